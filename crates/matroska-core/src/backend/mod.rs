@@ -1,0 +1,125 @@
+//! The storage interface behind a [`Cache`](crate::Cache), and its two implementations.
+//!
+//! A backend stores opaque bytes under string keys, keeps a reverse index from encoded
+//! dependencies to the keys that depend on them, and implements the stale-set guard: a
+//! [`Ticket`] taken before a load makes a later [`PutRequest`] refuse to store when any of its
+//! dependencies was invalidated in between. Both backends keep the same invariants; one
+//! conformance suite (`tests/conformance.rs`) checks them.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::Result;
+
+pub mod memory;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
+
+/// A point in the backend's own invalidation clock, taken before loading a value.
+///
+/// The clock is owned by the backend (Redis's `TIME` and a counter kept in Redis, or the
+/// process's monotonic clock for the in-memory backend), so processes on hosts with skewed
+/// clocks still agree on what happened before what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(pub u64);
+
+/// One value to store, with its dependencies.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct PutRequest<'a> {
+    /// The cache key (without prefix).
+    pub key: &'a str,
+    /// The encoded value.
+    pub value: Bytes,
+    /// Encoded dependencies ([`Dependency::encode`](crate::Dependency::encode)).
+    pub deps: &'a [String],
+    /// Time to live; always set, so nothing lives forever.
+    pub ttl: Duration,
+    /// When set, refuse to store if any dependency was invalidated after this ticket, or if
+    /// the ticket is older than the backend's stale window.
+    pub ticket: Option<Ticket>,
+}
+
+impl<'a> PutRequest<'a> {
+    /// A request to store `value` under `key`.
+    pub fn new(key: &'a str, value: Bytes, deps: &'a [String], ttl: Duration) -> Self {
+        PutRequest {
+            key,
+            value,
+            deps,
+            ttl,
+            ticket: None,
+        }
+    }
+
+    /// Guards the put with a ticket taken before the value was loaded.
+    #[must_use]
+    pub fn guarded_by(mut self, ticket: Option<Ticket>) -> Self {
+        self.ticket = ticket;
+        self
+    }
+}
+
+/// What a put did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PutOutcome {
+    /// The value is stored.
+    Stored,
+    /// A dependency was invalidated after the ticket was taken (or the ticket outlived the
+    /// stale window): the value may be stale and was not stored.
+    Stale,
+}
+
+/// Storage for a [`Cache`](crate::Cache). Implemented by [`memory::MemoryBackend`] and
+/// [`redis::RedisBackend`]; implement it to put matroska on another store.
+///
+/// Invariants every implementation keeps:
+/// - `put` stores the value and indexes it under every dependency atomically with respect to
+///   `invalidate`: an invalidation either sees the entry (and drops it) or happens before the
+///   put and, for a guarded put, makes it refuse.
+/// - `invalidate` leaves a marker per dependency for at least the stale window.
+/// - every stored item expires; index rows do not outlive the entries they point to by more
+///   than the longest TTL among those entries.
+#[async_trait]
+pub trait Backend: Send + Sync + fmt::Debug + 'static {
+    /// A short name for logs and errors (`"memory"`, `"redis"`).
+    fn name(&self) -> &'static str;
+
+    /// The bytes stored under `key`.
+    async fn get(&self, key: &str) -> Result<Option<Bytes>>;
+
+    /// Whether `key` holds a value.
+    async fn has(&self, key: &str) -> Result<bool>;
+
+    /// Stores a value with its dependencies, in one atomic step.
+    async fn put(&self, request: PutRequest<'_>) -> Result<PutOutcome>;
+
+    /// Removes `key`; returns whether it was there.
+    async fn delete(&self, key: &str) -> Result<bool>;
+
+    /// Drops every entry that depends on any of `deps` (encoded) and leaves a marker for each
+    /// dependency; returns the number of entries dropped.
+    async fn invalidate(&self, deps: &[String]) -> Result<u64>;
+
+    /// The current point of the backend's invalidation clock.
+    async fn ticket(&self) -> Result<Ticket>;
+
+    /// Tries to take the cross-process fill lease of `key` for `ttl`. Returns `Ok(None)` when
+    /// another holder has it, and `Ok(Some(token))` when this caller got it. Backends that live
+    /// in one process return a token at once (in-process coalescing already covers them).
+    async fn try_lease(&self, key: &str, ttl: Duration) -> Result<Option<u64>> {
+        let _ = (key, ttl);
+        Ok(Some(0))
+    }
+
+    /// Releases a lease taken with [`Backend::try_lease`], if this token still holds it.
+    async fn release_lease(&self, key: &str, token: u64) -> Result<()> {
+        let _ = (key, token);
+        Ok(())
+    }
+}

@@ -1,0 +1,643 @@
+//! The [`Cache`]: typed get / put / invalidate over a [`Backend`], and `get_or_load` with
+//! stale-set protection and stampede control.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::OnceCell;
+
+use crate::backend::memory::MemoryBackend;
+use crate::backend::{Backend, PutOutcome, PutRequest, Ticket};
+use crate::codec::Codec;
+use crate::dependency::Dependency;
+use crate::error::{Error, Result};
+use crate::observe::{Counter, backend_error, count};
+
+/// A dependency-tracking cache. Cheap to clone: clones share the backend and settings.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use matroska_core::{Cache, Dependency};
+///
+/// let cache = Cache::memory();
+/// let author = Dependency::id("author", 1);
+/// cache.put("articles-list", &vec!["Python", "Cache"], &[author.clone()], None).await?;
+/// assert_eq!(cache.get::<Vec<String>>("articles-list").await?.unwrap(), ["Python", "Cache"]);
+///
+/// // The author changed: everything that depends on them goes.
+/// assert_eq!(cache.invalidate(&[author]).await?, 1);
+/// assert_eq!(cache.get::<Vec<String>>("articles-list").await?, None);
+/// # Ok::<_, matroska_core::Error>(()) }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Arc<dyn Backend>,
+    settings: Settings,
+    /// In-process single-flight: key -> the load in progress.
+    flights: Mutex<HashMap<String, Weak<Flight>>>,
+}
+
+#[derive(Debug, Clone)]
+struct Settings {
+    codec: Codec,
+    schema_version: u32,
+    default_ttl: Duration,
+    max_value_bytes: usize,
+    max_key_bytes: usize,
+    stale_set_protection: bool,
+    fill_lease: Option<Duration>,
+}
+
+/// One in-process load of a key, shared by every caller that missed it meanwhile.
+struct Flight {
+    result: OnceCell<Filled>,
+}
+
+/// What a flight's loader produced, as followers see it.
+#[derive(Clone)]
+struct Filled {
+    bytes: Bytes,
+    /// Whether followers may use the bytes. False when the put was refused as possibly stale:
+    /// a follower may have started after the invalidation that made it stale.
+    shareable: bool,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("backend", &self.inner.backend)
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Cache`]; see [`Cache::builder`].
+#[derive(Debug)]
+#[must_use]
+pub struct CacheBuilder {
+    backend: Arc<dyn Backend>,
+    settings: Settings,
+}
+
+impl CacheBuilder {
+    /// The codec values are written with (reads accept any codec). Default: JSON.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.settings.codec = codec;
+        self
+    }
+
+    /// The schema version stamped on every value. Bump it when a cached type changes shape:
+    /// values written with another version read as misses. Default: 0.
+    pub fn schema_version(mut self, version: u32) -> Self {
+        self.settings.schema_version = version;
+        self
+    }
+
+    /// TTL of entries put without one. Default: one hour.
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.settings.default_ttl = ttl;
+        self
+    }
+
+    /// Largest encoded value stored; larger puts fail with [`Error::ValueTooLarge`].
+    /// Default: 8 MiB.
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.settings.max_value_bytes = bytes;
+        self
+    }
+
+    /// Longest key accepted; longer keys fail with [`Error::KeyTooLong`]. Default: 1 KiB.
+    pub fn max_key_bytes(mut self, bytes: usize) -> Self {
+        self.settings.max_key_bytes = bytes;
+        self
+    }
+
+    /// Whether [`Cache::get_or_load`] guards its put with a ticket taken before the load
+    /// (default: on). Turning it off brings back the stale-set race; it exists so tests can
+    /// show that race.
+    pub fn stale_set_protection(mut self, on: bool) -> Self {
+        self.settings.stale_set_protection = on;
+        self
+    }
+
+    /// Coalesces loads across processes: on a miss, [`Cache::get_or_load`] takes a lease on the
+    /// key for `ttl`; other processes wait (polling, up to `ttl`) for the holder's value instead
+    /// of loading too, and load anyway when the holder dies. Off by default; in-process
+    /// coalescing is always on.
+    pub fn fill_lease(mut self, ttl: Duration) -> Self {
+        self.settings.fill_lease = Some(ttl);
+        self
+    }
+
+    /// Builds the cache.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when a setting is out of range (a zero TTL or limit).
+    pub fn build(self) -> Result<Cache> {
+        let s = &self.settings;
+        if s.default_ttl.is_zero() {
+            return Err(Error::Config("default_ttl must be more than zero".into()));
+        }
+        if s.max_value_bytes == 0 || s.max_key_bytes == 0 {
+            return Err(Error::Config("size limits must be more than zero".into()));
+        }
+        if s.fill_lease.is_some_and(|d| d.is_zero()) {
+            return Err(Error::Config("fill_lease must be more than zero".into()));
+        }
+        Ok(Cache {
+            inner: Arc::new(Inner {
+                backend: self.backend,
+                settings: self.settings,
+                flights: Mutex::default(),
+            }),
+        })
+    }
+}
+
+/// The loader's output for [`Cache::get_or_load`]: the value and what it depends on.
+pub type Loaded<T> = (T, Vec<Dependency>);
+
+impl Cache {
+    /// Starts building a cache over `backend`.
+    pub fn builder(backend: impl Backend) -> CacheBuilder {
+        Self::builder_arc(Arc::new(backend))
+    }
+
+    /// Starts building a cache over a shared backend.
+    pub fn builder_arc(backend: Arc<dyn Backend>) -> CacheBuilder {
+        CacheBuilder {
+            backend,
+            settings: Settings {
+                codec: Codec::default(),
+                schema_version: 0,
+                default_ttl: Duration::from_secs(3600),
+                max_value_bytes: 8 << 20,
+                max_key_bytes: 1024,
+                stale_set_protection: true,
+                fill_lease: None,
+            },
+        }
+    }
+
+    /// A cache on a default in-memory backend, with default settings.
+    pub fn memory() -> Cache {
+        Cache {
+            inner: Arc::new(Inner {
+                backend: Arc::new(MemoryBackend::default()),
+                settings: Self::builder(MemoryBackend::default()).settings,
+                flights: Mutex::default(),
+            }),
+        }
+    }
+
+    /// The backend this cache stores into.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
+    fn check_key(&self, key: &str) -> Result<()> {
+        let limit = self.inner.settings.max_key_bytes;
+        if key.len() > limit {
+            let head: String = key.chars().take(32).collect();
+            return Err(Error::KeyTooLong {
+                head,
+                len: key.len(),
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        self.inner.backend.name()
+    }
+
+    /// The value under `key`, or `None` on a miss.
+    ///
+    /// Bytes that do not decode into `T` (another type, another schema version, corruption)
+    /// are a miss: the entry is removed and a warning logged. A failing backend is a miss too
+    /// (with a warning and the `matroska_backend_errors_total` counter), so a Redis outage
+    /// makes the application slower, not broken; use [`Cache::try_get`] to see the error.
+    ///
+    /// # Errors
+    /// [`Error::KeyTooLong`] only.
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        match self.try_get(key).await {
+            Err(e) if e.is_backend_failure() => {
+                backend_error(self.name(), "get");
+                tracing::warn!(key, error = %e, "cache read failed; treating it as a miss");
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
+    /// Like [`Cache::get`], but backend failures are returned instead of read as misses.
+    ///
+    /// # Errors
+    /// [`Error::KeyTooLong`], [`Error::Backend`], [`Error::Timeout`].
+    #[tracing::instrument(level = "debug", skip(self), fields(backend = self.name(), hit))]
+    pub async fn try_get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        self.check_key(key)?;
+        let bytes = self.inner.backend.get(key).await?;
+        let value = match bytes {
+            Some(bytes) => self.decode_or_drop(key, &bytes).await,
+            None => None,
+        };
+        let hit = value.is_some();
+        tracing::Span::current().record("hit", hit);
+        count(
+            if hit { Counter::Hit } else { Counter::Miss },
+            self.name(),
+            1,
+        );
+        Ok(value)
+    }
+
+    async fn decode_or_drop<T: DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> Option<T> {
+        let s = &self.inner.settings;
+        match s.codec.decode(bytes, s.schema_version) {
+            Ok(value) => Some(value),
+            Err(e) => {
+                count(Counter::DecodeError, self.name(), 1);
+                tracing::warn!(key, error = %e, "cached bytes do not decode; dropping the entry");
+                if let Err(e) = self.inner.backend.delete(key).await {
+                    tracing::warn!(key, error = %e, "could not drop undecodable entry");
+                }
+                None
+            }
+        }
+    }
+
+    /// Whether `key` holds a value (without decoding it). A failing backend reads as `false`.
+    ///
+    /// # Errors
+    /// [`Error::KeyTooLong`] only.
+    pub async fn has(&self, key: &str) -> Result<bool> {
+        self.check_key(key)?;
+        match self.inner.backend.has(key).await {
+            Ok(found) => Ok(found),
+            Err(e) => {
+                backend_error(self.name(), "has");
+                tracing::warn!(key, error = %e, "cache read failed; treating it as a miss");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Stores `value` under `key` with its dependencies, for `ttl` (or the default TTL).
+    ///
+    /// Whatever the number of dependencies, this is one backend round trip.
+    ///
+    /// # Errors
+    /// [`Error::KeyTooLong`], [`Error::Encode`], [`Error::ValueTooLarge`] (nothing is stored
+    /// and nothing else is touched), and backend failures.
+    pub async fn put<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        deps: &[Dependency],
+        ttl: Option<Duration>,
+    ) -> Result<()> {
+        let bytes = self.encode(key, value)?;
+        self.put_bytes(key, bytes, deps, ttl, None)
+            .await
+            .map(|_| ())
+    }
+
+    fn encode<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<Bytes> {
+        self.check_key(key)?;
+        let s = &self.inner.settings;
+        let bytes = s.codec.encode(key, value, s.schema_version)?;
+        if bytes.len() > s.max_value_bytes {
+            return Err(Error::ValueTooLarge {
+                key: key.to_owned(),
+                size: bytes.len(),
+                limit: s.max_value_bytes,
+            });
+        }
+        Ok(Bytes::from(bytes))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.name(), key, deps = deps.len(), guarded = ticket.is_some(), outcome))]
+    async fn put_bytes(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        deps: &[Dependency],
+        ttl: Option<Duration>,
+        ticket: Option<Ticket>,
+    ) -> Result<PutOutcome> {
+        let ttl = ttl
+            .filter(|t| !t.is_zero())
+            .unwrap_or(self.inner.settings.default_ttl);
+        let mut encoded: Vec<String> = deps.iter().map(Dependency::encode).collect();
+        encoded.sort_unstable();
+        encoded.dedup();
+        let request = PutRequest::new(key, bytes, &encoded, ttl).guarded_by(ticket);
+        let outcome = self.inner.backend.put(request).await?;
+        tracing::Span::current().record("outcome", tracing::field::debug(outcome));
+        match outcome {
+            PutOutcome::Stored => count(Counter::Put, self.name(), 1),
+            PutOutcome::Stale => {
+                count(Counter::StaleRefused, self.name(), 1);
+                tracing::debug!(
+                    key,
+                    "put refused: a dependency was invalidated during the load"
+                );
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Removes `key`; returns whether it held a value.
+    ///
+    /// # Errors
+    /// [`Error::KeyTooLong`] and backend failures.
+    pub async fn delete(&self, key: &str) -> Result<bool> {
+        self.check_key(key)?;
+        self.inner.backend.delete(key).await
+    }
+
+    /// Drops every entry that depends on any of `deps`; returns how many were dropped.
+    ///
+    /// One backend round trip for any number of dependencies (on Redis, up to
+    /// [`invalidate_batch`](crate::backend::redis::RedisConfig::invalidate_batch) dependent
+    /// entries; more take a few calls). Loads that started before this call cannot store
+    /// their result afterwards (see [`Cache::get_or_load`]).
+    ///
+    /// # Errors
+    /// Backend failures are always returned, never swallowed: an invalidation that did not
+    /// happen leaves stale values behind, and the caller must know.
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.name(), deps = deps.len(), dropped))]
+    pub async fn invalidate(&self, deps: &[Dependency]) -> Result<u64> {
+        if deps.is_empty() {
+            return Ok(0);
+        }
+        let mut encoded: Vec<String> = deps.iter().map(Dependency::encode).collect();
+        encoded.sort_unstable();
+        encoded.dedup();
+        let dropped = self
+            .inner
+            .backend
+            .invalidate(&encoded)
+            .await
+            .inspect_err(|e| {
+                backend_error(self.name(), "invalidate");
+                tracing::error!(error = %e, deps = ?deps, "invalidation failed");
+            })?;
+        tracing::Span::current().record("dropped", dropped);
+        count(Counter::Invalidation, self.name(), 1);
+        count(Counter::EntriesDropped, self.name(), dropped);
+        Ok(dropped)
+    }
+
+    /// The value under `key`; on a miss, runs `loader` and caches what it returns with its
+    /// dependencies.
+    ///
+    /// - **No stale sets.** A ticket is taken from the backend's clock *before* the loader
+    ///   runs; the put is refused when any of the value's dependencies was invalidated after
+    ///   it. So a value loaded across a concurrent update + invalidate is returned to this
+    ///   caller (its read really did happen before the write) but never stored.
+    /// - **No stampede.** Concurrent callers of one key in this process share one load; with
+    ///   [`CacheBuilder::fill_lease`] processes share it too.
+    /// - **Faults degrade.** A failing backend makes this a plain call of `loader`: the read
+    ///   is a miss, the put is logged and dropped.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use matroska_core::{Cache, Dependency};
+    ///
+    /// let cache = Cache::memory();
+    /// let load = || async {
+    ///     // ... query the database ...
+    ///     Ok::<_, std::io::Error>((vec![1, 2], vec![Dependency::id("article", 1)]))
+    /// };
+    /// let first: Vec<i32> = cache.get_or_load("list", None, load).await?;
+    /// let again: Vec<i32> = cache.get_or_load("list", None, || async { unreachable!() as Result<_, std::io::Error> }).await?;
+    /// assert_eq!(first, again);
+    /// # Ok::<_, matroska_core::Error>(()) }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Load`] with the loader's error; [`Error::KeyTooLong`], [`Error::Encode`],
+    /// [`Error::ValueTooLarge`] for bad input (the loaded value is lost with them, so check
+    /// limits up front). Backend failures are not returned.
+    pub async fn get_or_load<T, F, Fut, E>(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        loader: F,
+    ) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Loaded<T>, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.check_key(key)?;
+        let mut loader = Some(loader);
+        // Followers retry when the shared load turned out unusable for them; after a few
+        // rounds they load on their own rather than wait forever on a hot, churning key.
+        for _ in 0..3 {
+            if let Some(value) = self.get(key).await? {
+                return Ok(value);
+            }
+            let flight = self.join_flight(key);
+            let mut own: Option<T> = None;
+            let filled = flight
+                .result
+                .get_or_try_init(|| {
+                    // Only the caller that runs this closure loads; the loader is consumed.
+                    let loader = loader.take();
+                    self.fill(key, ttl, &flight, loader, &mut own)
+                })
+                .await?;
+            if let Some(value) = own {
+                return Ok(value);
+            }
+            if filled.shareable {
+                if let Some(value) = self.decode_or_drop(key, &filled.bytes).await {
+                    return Ok(value);
+                }
+            }
+            if loader.is_none() {
+                break;
+            }
+        }
+        // Either the flights kept turning out unusable, or our loader was consumed by a
+        // flight whose result we could not use: load without coalescing.
+        match loader.take() {
+            Some(loader) => {
+                let (value, _deps) = loader().await.map_err(|e| Error::Load(e.into()))?;
+                count(Counter::Load, self.name(), 1);
+                Ok(value)
+            }
+            None => Err(Error::Load(
+                "the shared load of this key produced no usable value".into(),
+            )),
+        }
+    }
+
+    fn join_flight(&self, key: &str) -> Arc<Flight> {
+        let mut flights = self
+            .inner
+            .flights
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(flight) = flights.get(key).and_then(Weak::upgrade) {
+            return flight;
+        }
+        let flight = Arc::new(Flight {
+            result: OnceCell::new(),
+        });
+        flights.insert(key.to_owned(), Arc::downgrade(&flight));
+        flight
+    }
+
+    fn leave_flight(&self, key: &str, flight: &Arc<Flight>) {
+        let mut flights = self
+            .inner
+            .flights
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if flights
+            .get(key)
+            .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(flight)))
+        {
+            flights.remove(key);
+        }
+    }
+
+    /// The leader's part of a flight: lease, ticket, load, put.
+    async fn fill<T, F, Fut, E>(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        flight: &Arc<Flight>,
+        loader: Option<F>,
+        own: &mut Option<T>,
+    ) -> Result<Filled>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Loaded<T>, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Some(loader) = loader else {
+            // This caller's loader went into an earlier flight that failed; another caller
+            // will take the lead (tokio's OnceCell hands initialisation to the next waiter).
+            return Err(Error::Load("the shared load of this key failed".into()));
+        };
+        let s = &self.inner.settings;
+        let lease = match s.fill_lease {
+            Some(lease_ttl) => match self.wait_for_lease(key, lease_ttl).await {
+                LeaseWait::Filled(bytes) => {
+                    self.leave_flight(key, flight);
+                    return Ok(Filled {
+                        bytes,
+                        shareable: true,
+                    });
+                }
+                LeaseWait::Held(token) => Some(token),
+                LeaseWait::Proceed => None,
+            },
+            None => None,
+        };
+        let ticket = if s.stale_set_protection {
+            match self.inner.backend.ticket().await {
+                Ok(ticket) => Some(ticket),
+                Err(e) => {
+                    backend_error(self.name(), "ticket");
+                    tracing::warn!(key, error = %e, "could not take a ticket; the value will not be cached");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let ticket_failed = s.stale_set_protection && ticket.is_none();
+        let loaded = loader().await.map_err(|e| Error::Load(e.into()));
+        count(Counter::Load, self.name(), 1);
+        // New callers from here on start their own flight (and find the value once it is put):
+        // only callers that joined while the load ran share its result, so none of them can
+        // have started after an invalidation that the put below does not see.
+        self.leave_flight(key, flight);
+        let result = match loaded {
+            Ok((value, deps)) => {
+                let bytes = self.encode(key, &value);
+                let filled = match bytes {
+                    Ok(bytes) if ticket_failed => Ok(Filled {
+                        bytes,
+                        shareable: true,
+                    }),
+                    Ok(bytes) => {
+                        let shareable = match self
+                            .put_bytes(key, bytes.clone(), &deps, ttl, ticket)
+                            .await
+                        {
+                            Ok(PutOutcome::Stored) => true,
+                            Ok(PutOutcome::Stale) => false,
+                            Err(e) => {
+                                backend_error(self.name(), "put");
+                                tracing::warn!(key, error = %e, "cache write failed; value not cached");
+                                true
+                            }
+                        };
+                        Ok(Filled { bytes, shareable })
+                    }
+                    Err(e) => Err(e),
+                };
+                *own = Some(value);
+                filled
+            }
+            Err(e) => Err(e),
+        };
+        if let Some(token) = lease {
+            if let Err(e) = self.inner.backend.release_lease(key, token).await {
+                tracing::debug!(key, error = %e, "could not release fill lease; it will expire");
+            }
+        }
+        result
+    }
+
+    async fn wait_for_lease(&self, key: &str, lease_ttl: Duration) -> LeaseWait {
+        let backend = &self.inner.backend;
+        match backend.try_lease(key, lease_ttl).await {
+            Ok(Some(token)) => return LeaseWait::Held(token),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(key, error = %e, "could not take fill lease; loading anyway");
+                return LeaseWait::Proceed;
+            }
+        }
+        // Someone else is loading: poll for their value until the lease would have expired.
+        let deadline = tokio::time::Instant::now() + lease_ttl;
+        let poll = (lease_ttl / 20).clamp(Duration::from_millis(5), Duration::from_millis(100));
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(poll).await;
+            match backend.get(key).await {
+                Ok(Some(bytes)) => return LeaseWait::Filled(bytes),
+                Ok(None) => {}
+                Err(_) => return LeaseWait::Proceed,
+            }
+        }
+        tracing::debug!(key, "fill lease holder did not deliver in time; loading");
+        LeaseWait::Proceed
+    }
+}
+
+enum LeaseWait {
+    Filled(Bytes),
+    Held(u64),
+    Proceed,
+}

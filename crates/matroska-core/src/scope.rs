@@ -1,0 +1,469 @@
+//! Scopes: which cached lists a created, deleted or modified object touches.
+//!
+//! A cached list that depends only on the primary keys of the rows it holds does not notice a
+//! *new* row that belongs in it. A [`Scope`] fixes that: it describes, for one kind of object,
+//! the filters the application caches lists by (`published`, `category`), and extracts those
+//! fields' values from an object. A list cached with [`Scope::condition`]`(published = true,
+//! category = "fantasy")` depends on that condition; saving an object runs
+//! [`Scope::invalidate_for`], which invalidates exactly the conditions the object matches.
+//!
+//! ## The dependencies a scope hands out
+//!
+//! | dependency | put with | invalidated by |
+//! |---|---|---|
+//! | `Condition(scope, fields)` | lists filtered by `fields` | [`Scope::invalidate_for`] of an object matching it, unless no watched field was modified |
+//! | `Condition(scope, {})` ([`Scope::any_change`]) | lists whose filter the scope cannot describe (production-mode fallback) | every [`Scope::invalidate_for`]: the empty condition matches every object |
+//! | `InvalidateAll(scope)` ([`Scope::all`]) | every list of the scope, with the above | writes that cannot be narrowed to objects (bulk updates, raw SQL): [`Scope::invalidate_all`] |
+//!
+//! ## Conditions over a subset of an extractor's fields
+//!
+//! An extractor describing `(published, category)` also serves lists filtered by
+//! `category` alone or `published` alone: [`Scope::invalidate_for`] invalidates the condition
+//! for every non-empty subset of its fields (for extractors of up to
+//! [`MAX_SUBSET_FIELDS`] fields; larger extractors serve only their full field set).
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use matroska_core::{Cache, Scope, Value};
+//!
+//! struct Article { published: bool, category: String }
+//!
+//! let scope = Scope::<Article>::new("Article")
+//!     .describe(&["published", "category"], |a| {
+//!         Some(vec![Value::from(a.published), Value::from(&a.category)])
+//!     });
+//! let cache = Cache::memory();
+//! let fantasy = scope.condition([("published", true.into()), ("category", "fantasy".into())])?;
+//! let sci_fi = scope.condition([("category", "sci-fi".into()), ("published", true.into())])?;
+//! cache.put("fantasy", &["Dune?"], &fantasy, None).await?;
+//! cache.put("sci-fi", &["Dune"], &sci_fi, None).await?;
+//!
+//! // A new published fantasy book enters the fantasy list only.
+//! let book = Article { published: true, category: "fantasy".into() };
+//! scope.invalidate_for(&book, &cache, None).await?;
+//! assert!(!cache.has("fantasy").await?);
+//! assert!(cache.has("sci-fi").await?);
+//! # Ok::<_, matroska_core::Error>(()) }).unwrap();
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+
+use crate::cache::Cache;
+use crate::dependency::Dependency;
+use crate::error::{Error, Result};
+use crate::value::Value;
+
+/// Extractors with at most this many fields serve conditions over any subset of their fields.
+pub const MAX_SUBSET_FIELDS: usize = 4;
+
+/// What a condition over undescribed fields does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ScopeMode {
+    /// Fail with [`Error::UnknownScopeFields`]: a typo is found at once.
+    Development,
+    /// Log a warning and depend on [`Scope::any_change`] instead: correct, coarser.
+    Production,
+}
+
+impl Default for ScopeMode {
+    /// `Development` in debug builds, `Production` in release builds.
+    fn default() -> Self {
+        if cfg!(debug_assertions) {
+            ScopeMode::Development
+        } else {
+            ScopeMode::Production
+        }
+    }
+}
+
+type ExtractFn<T> = dyn Fn(&T) -> Option<Vec<Value>> + Send + Sync;
+
+struct Extractor<T: ?Sized> {
+    /// The fields, in the order the extractor returns their values.
+    fields: Vec<String>,
+    extract: Arc<ExtractFn<T>>,
+}
+
+/// A family of cached lists over one kind of object; see the [module docs](self).
+pub struct Scope<T: ?Sized> {
+    name: String,
+    mode: ScopeMode,
+    extractors: Vec<Extractor<T>>,
+}
+
+impl<T: ?Sized> fmt::Debug for Scope<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scope")
+            .field("name", &self.name)
+            .field("mode", &self.mode)
+            .field(
+                "extractors",
+                &self
+                    .extractors
+                    .iter()
+                    .map(|e| &e.fields)
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl<T: ?Sized> Scope<T> {
+    /// A scope named `name` (usually the entity or table name), with no extractors yet and the
+    /// default [`ScopeMode`].
+    pub fn new(name: impl Into<String>) -> Self {
+        Scope {
+            name: name.into(),
+            mode: ScopeMode::default(),
+            extractors: Vec::new(),
+        }
+    }
+
+    /// Sets what a condition over undescribed fields does.
+    #[must_use]
+    pub fn mode(mut self, mode: ScopeMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Adds an extractor for `fields`. `extract` returns the fields' values in the same order,
+    /// or `None` when the object can be in no list filtered by these fields (then nothing is
+    /// invalidated for this extractor).
+    ///
+    /// An extractor whose closure returns a different number of values than `fields` is a
+    /// programming error; such an object invalidates [`Scope::all`] instead (and a warning
+    /// is logged), which is coarse but never stale.
+    #[must_use]
+    pub fn describe<F>(mut self, fields: &[&str], extract: F) -> Self
+    where
+        F: Fn(&T) -> Option<Vec<Value>> + Send + Sync + 'static,
+    {
+        self.extractors.push(Extractor {
+            fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+            extract: Arc::new(extract),
+        });
+        self
+    }
+
+    /// The scope's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The field lists of the extractors, in the order they were described.
+    pub fn described_fields(&self) -> impl Iterator<Item = &[String]> {
+        self.extractors.iter().map(|e| e.fields.as_slice())
+    }
+
+    /// The dependency that writes which cannot be narrowed to objects invalidate (bulk
+    /// updates, raw SQL). Every list this scope hands out depends on it.
+    pub fn all(&self) -> Dependency {
+        Dependency::invalidate_all(self.name.as_str())
+    }
+
+    /// The dependency that every [`Scope::invalidate_for`] invalidates: the empty condition,
+    /// which every object matches.
+    pub fn any_change(&self) -> Dependency {
+        Dependency::Condition {
+            scope: self.name.clone(),
+            fields: BTreeMap::new(),
+        }
+    }
+
+    /// The dependencies of a list filtered by `fields` (order does not matter): the condition,
+    /// and [`Scope::all`].
+    ///
+    /// # Errors
+    /// In [`ScopeMode::Development`], [`Error::UnknownScopeFields`] when no extractor
+    /// describes these fields (or a superset of at most [`MAX_SUBSET_FIELDS`] fields). In
+    /// production mode the same case logs a warning and returns [`Scope::any_change`] and
+    /// [`Scope::all`] instead.
+    pub fn condition<K: AsRef<str>>(
+        &self,
+        fields: impl IntoIterator<Item = (K, Value)>,
+    ) -> Result<Vec<Dependency>> {
+        let fields: BTreeMap<String, Value> = fields
+            .into_iter()
+            .map(|(k, v)| (k.as_ref().to_owned(), v))
+            .collect();
+        let names: BTreeSet<&str> = fields.keys().map(String::as_str).collect();
+        let described = !names.is_empty() && self.extractors.iter().any(|e| e.serves(&names));
+        if described {
+            return Ok(vec![
+                Dependency::Condition {
+                    scope: self.name.clone(),
+                    fields,
+                },
+                self.all(),
+            ]);
+        }
+        let names: Vec<String> = fields.into_keys().collect();
+        match self.mode {
+            ScopeMode::Development => Err(Error::UnknownScopeFields {
+                scope: self.name.clone(),
+                fields: names,
+            }),
+            ScopeMode::Production => {
+                tracing::warn!(
+                    scope = %self.name,
+                    fields = ?names,
+                    "no extractor describes these fields; the list depends on any change in the scope"
+                );
+                Ok(vec![self.any_change(), self.all()])
+            }
+        }
+    }
+
+    /// The dependencies an object's write invalidates: for each extractor that watches a
+    /// modified field (all of them when `modified` is `None`, as for a creation or deletion),
+    /// the conditions the object matches; and [`Scope::any_change`].
+    pub fn dependencies_for(&self, object: &T, modified: Option<&[&str]>) -> Vec<Dependency> {
+        self.dependencies_for_change(Some(object), None, modified)
+    }
+
+    /// Like [`Scope::dependencies_for`], for an object whose previous values are known too:
+    /// a row that moved from one list to another invalidates both.
+    pub fn dependencies_for_change(
+        &self,
+        before: Option<&T>,
+        after: Option<&T>,
+        modified: Option<&[&str]>,
+    ) -> Vec<Dependency> {
+        let mut deps = BTreeSet::new();
+        deps.insert(self.any_change());
+        for extractor in &self.extractors {
+            if let Some(modified) = modified {
+                if !extractor
+                    .fields
+                    .iter()
+                    .any(|f| modified.contains(&f.as_str()))
+                {
+                    continue;
+                }
+            }
+            for object in [before, after].into_iter().flatten() {
+                match (extractor.extract)(object) {
+                    None => {}
+                    Some(values) if values.len() == extractor.fields.len() => {
+                        extractor.conditions(&self.name, &values, &mut deps);
+                    }
+                    Some(values) => {
+                        tracing::warn!(
+                            scope = %self.name,
+                            fields = ?extractor.fields,
+                            values = values.len(),
+                            "scope extractor returned the wrong number of values; invalidating the whole scope"
+                        );
+                        deps.insert(self.all());
+                    }
+                }
+            }
+        }
+        deps.into_iter().collect()
+    }
+
+    /// Invalidates the lists `object` enters or leaves by being created, deleted or (with
+    /// `modified`, the names of changed fields) modified. Returns the entries dropped.
+    ///
+    /// # Errors
+    /// Backend failures, as [`Cache::invalidate`].
+    pub async fn invalidate_for(
+        &self,
+        object: &T,
+        cache: &Cache,
+        modified: Option<&[&str]>,
+    ) -> Result<u64> {
+        cache
+            .invalidate(&self.dependencies_for(object, modified))
+            .await
+    }
+
+    /// Like [`Scope::invalidate_for`], with the object's values before and after the write.
+    ///
+    /// # Errors
+    /// Backend failures, as [`Cache::invalidate`].
+    pub async fn invalidate_for_change(
+        &self,
+        before: Option<&T>,
+        after: Option<&T>,
+        cache: &Cache,
+        modified: Option<&[&str]>,
+    ) -> Result<u64> {
+        cache
+            .invalidate(&self.dependencies_for_change(before, after, modified))
+            .await
+    }
+
+    /// Invalidates every list of the scope.
+    ///
+    /// # Errors
+    /// Backend failures, as [`Cache::invalidate`].
+    pub async fn invalidate_all(&self, cache: &Cache) -> Result<u64> {
+        cache.invalidate(&[self.all(), self.any_change()]).await
+    }
+}
+
+impl<T: ?Sized> Extractor<T> {
+    fn serves(&self, names: &BTreeSet<&str>) -> bool {
+        let own: BTreeSet<&str> = self.fields.iter().map(String::as_str).collect();
+        if own.len() > MAX_SUBSET_FIELDS {
+            own == *names
+        } else {
+            names.is_subset(&own)
+        }
+    }
+
+    fn conditions(&self, scope: &str, values: &[Value], out: &mut BTreeSet<Dependency>) {
+        let n = self.fields.len();
+        let full_only = n > MAX_SUBSET_FIELDS;
+        let masks: Box<dyn Iterator<Item = u32>> = if full_only {
+            Box::new(std::iter::once((1_u32 << n) - 1))
+        } else {
+            Box::new(1..(1_u32 << n))
+        };
+        for mask in masks {
+            let fields: BTreeMap<String, Value> = self
+                .fields
+                .iter()
+                .zip(values)
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, (f, v))| (f.clone(), v.clone()))
+                .collect();
+            out.insert(Dependency::Condition {
+                scope: scope.to_owned(),
+                fields,
+            });
+        }
+    }
+}
+
+/// Types with a primary-key dependency; derived by `#[derive(CacheDeps)]`.
+pub trait CacheDeps {
+    /// The entity name used in this type's [`Dependency::PrimaryKey`] and scope.
+    fn entity_name() -> &'static str
+    where
+        Self: Sized;
+
+    /// This object's primary-key dependency.
+    fn primary_key(&self) -> Dependency;
+}
+
+/// Types with a scope; generated by `#[scope(...)]` attributes.
+pub trait Scoped: Sized + 'static {
+    /// The type's scope, with one extractor per `#[scope(...)]`.
+    fn scope() -> &'static Scope<Self>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Book {
+        published: bool,
+        category: String,
+        title: String,
+    }
+
+    fn scope() -> Scope<Book> {
+        Scope::new("Book").describe(&["published", "category"], |b: &Book| {
+            b.published
+                .then(|| vec![Value::from(true), Value::from(&b.category)])
+        })
+    }
+
+    #[test]
+    fn condition_field_order_does_not_matter() {
+        let s = scope();
+        let a = s
+            .condition([("published", true.into()), ("category", "f".into())])
+            .unwrap();
+        let b = s
+            .condition([("category", "f".into()), ("published", true.into())])
+            .unwrap();
+        assert_eq!(a, b);
+        assert!(a.contains(&s.all()));
+    }
+
+    #[test]
+    fn unknown_fields_error_in_development_and_degrade_in_production() {
+        let s = scope().mode(ScopeMode::Development);
+        assert!(matches!(
+            s.condition([("author", 1.into())]),
+            Err(Error::UnknownScopeFields { .. })
+        ));
+        let s = scope().mode(ScopeMode::Production);
+        assert_eq!(
+            s.condition([("author", 1.into())]).unwrap(),
+            vec![s.any_change(), s.all()]
+        );
+    }
+
+    #[test]
+    fn subset_conditions_are_served() {
+        let s = scope().mode(ScopeMode::Development);
+        let by_category = s.condition([("category", "f".into())]).unwrap();
+        let book = Book {
+            published: true,
+            category: "f".into(),
+            title: "t".into(),
+        };
+        assert!(s.dependencies_for(&book, None).contains(&by_category[0]));
+    }
+
+    #[test]
+    fn opted_out_object_invalidates_only_any_change() {
+        let s = scope();
+        let draft = Book {
+            published: false,
+            category: "f".into(),
+            title: "t".into(),
+        };
+        assert_eq!(s.dependencies_for(&draft, None), vec![s.any_change()]);
+    }
+
+    #[test]
+    fn unwatched_modification_skips_the_extractor() {
+        let s = scope();
+        let book = Book {
+            published: true,
+            category: "f".into(),
+            title: "t".into(),
+        };
+        let _ = &book.title;
+        assert_eq!(
+            s.dependencies_for(&book, Some(&["title"])),
+            vec![s.any_change()]
+        );
+        assert!(s.dependencies_for(&book, Some(&["category"])).len() > 1);
+    }
+
+    #[test]
+    fn category_move_touches_both_lists() {
+        let s = scope();
+        let before = Book {
+            published: true,
+            category: "fantasy".into(),
+            title: "t".into(),
+        };
+        let after = Book {
+            category: "sci-fi".into(),
+            ..before
+        };
+        let before = Book {
+            published: true,
+            category: "fantasy".into(),
+            title: "t".into(),
+        };
+        let deps = s.dependencies_for_change(Some(&before), Some(&after), Some(&["category"]));
+        for cat in ["fantasy", "sci-fi"] {
+            let c = s
+                .condition([("published", true.into()), ("category", cat.into())])
+                .unwrap();
+            assert!(deps.contains(&c[0]), "{cat}");
+        }
+    }
+}
