@@ -69,5 +69,5 @@ pub use cache::{Cache, CacheBuilder, Loaded};
 pub use codec::Codec;
 pub use dependency::Dependency;
 pub use error::{Error, Result};
-pub use scope::{CacheDeps, Scope, ScopeMode, Scoped};
+pub use scope::{CacheDeps, Scope, ScopeCondition, ScopeMode, Scoped};
 pub use value::{IntoValueByRef, Value};

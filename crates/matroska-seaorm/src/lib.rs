@@ -1,1 +1,7 @@
-//! SeaORM integration for matroska.
+//! SeaORM integration for matroska: invalidation on save and delete, cached queries.
+//!
+//! (Being written; see the SeaORM issue.)
+
+mod filter;
+
+pub use filter::ScopeFilter;
