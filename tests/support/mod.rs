@@ -151,11 +151,10 @@ impl PrivateRedis {
             let answering = std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok();
             if answering == up {
                 if up {
-                    // Accepting connections is not yet answering commands.
-                    if let Ok(mut c) = redis::Client::open(self.url()).and_then(|c| c.get_connection()) {
-                        if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                            return;
-                        }
+                    // Accepting connections is not yet answering commands; any reply (even
+                    // NOAUTH on a password-protected server) means it answers.
+                    if answers_ping(self.port) {
+                        return;
                     }
                 } else {
                     return;
@@ -181,4 +180,88 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free local port")
+}
+
+fn answers_ping(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut buf = [0_u8; 64];
+    stream.write_all(b"PING\r\n").is_ok()
+        && matches!(stream.read(&mut buf), Ok(n) if n > 0 && (buf.starts_with(b"+PONG") || buf.starts_with(b"-NOAUTH")))
+}
+
+/// Records the commands clients send to a server (`MONITOR`), so a test can count the round
+/// trips an operation costs. Commands that scripts run inside the server are not counted.
+pub struct Monitor {
+    lines: std::sync::mpsc::Receiver<String>,
+    stream: std::net::TcpStream,
+    url: String,
+}
+
+impl Monitor {
+    pub fn start(redis: &PrivateRedis) -> Self {
+        use std::io::{BufRead, BufReader, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", redis.port)).expect("connect");
+        stream.write_all(b"MONITOR\r\n").expect("MONITOR");
+        let reader = stream.try_clone().expect("clone socket");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(reader).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut monitor = Monitor { lines: rx, stream, url: redis.url() };
+        // Wait for MONITOR's +OK so nothing sent afterwards is missed.
+        monitor.next_line();
+        monitor
+    }
+
+    fn next_line(&mut self) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("MONITOR produced no line within 10 s")
+    }
+
+    fn echo(&self, marker: &str) {
+        let mut c = redis::Client::open(self.url.as_str()).and_then(|c| c.get_connection()).expect("connect");
+        let _: String = redis::cmd("ECHO").arg(marker).query(&mut c).expect("ECHO");
+    }
+
+    /// Runs `op` and returns its output with the commands clients sent meanwhile (one per
+    /// round trip for non-pipelined clients), e.g. `["evalsha"]`.
+    pub async fn commands<T>(&mut self, op: impl std::future::Future<Output = T>) -> (T, Vec<String>) {
+        let id = unique("m");
+        self.echo(&format!("start-{id}"));
+        let out = op.await;
+        self.echo(&format!("end-{id}"));
+        let mut commands = Vec::new();
+        let mut started = false;
+        loop {
+            let line = self.next_line();
+            if line.contains(&format!("start-{id}")) {
+                started = true;
+                continue;
+            }
+            if line.contains(&format!("end-{id}")) {
+                break;
+            }
+            if started && !line.contains(" lua]") {
+                let command = line.split('"').nth(1).unwrap_or("").to_lowercase();
+                commands.push(command);
+            }
+        }
+        (out, commands)
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
 }

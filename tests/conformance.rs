@@ -1,0 +1,377 @@
+//! The backend conformance suite: every case runs against the in-memory backend and against
+//! Redis (a fresh key prefix per case, on `REDIS_URL`).
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use matroska::backend::memory::MemoryBackend;
+use matroska::backend::{PutOutcome, PutRequest};
+use matroska::{Cache, Dependency, Error, Value};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Article {
+    id: i64,
+    title: String,
+}
+
+fn articles() -> Vec<Article> {
+    vec![
+        Article {
+            id: 1,
+            title: "Python".into(),
+        },
+        Article {
+            id: 2,
+            title: "Cache".into(),
+        },
+    ]
+}
+
+/// A loader error for tests.
+#[derive(Debug)]
+struct Boom;
+impl std::fmt::Display for Boom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("boom")
+    }
+}
+impl std::error::Error for Boom {}
+
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The cases, each taking a fresh cache and its backend.
+mod cases {
+    use super::*;
+
+    pub async fn miss_put_hit_delete(cache: Cache) {
+        assert_eq!(cache.get::<Vec<Article>>("articles-list").await.unwrap(), None);
+        assert!(!cache.has("articles-list").await.unwrap());
+        cache
+            .put("articles-list", &articles(), &[Dependency::id("author", 1)], None)
+            .await
+            .unwrap();
+        assert!(cache.has("articles-list").await.unwrap());
+        assert_eq!(
+            cache.get::<Vec<Article>>("articles-list").await.unwrap(),
+            Some(articles())
+        );
+        assert!(cache.delete("articles-list").await.unwrap());
+        assert!(!cache.delete("articles-list").await.unwrap());
+        assert_eq!(cache.get::<Vec<Article>>("articles-list").await.unwrap(), None);
+    }
+
+    pub async fn invalidate_drops_dependents_only(cache: Cache) {
+        let author = Dependency::id("author", 1);
+        cache
+            .put("list", &articles(), &[Dependency::id("article", 1), Dependency::id("article", 2), author.clone()], None)
+            .await
+            .unwrap();
+        cache
+            .put("other", &1, &[Dependency::id("author", 2)], None)
+            .await
+            .unwrap();
+        cache.put("by-tag", &2, &[Dependency::tag("t"), author.clone()], None).await.unwrap();
+        assert_eq!(cache.invalidate(&[Dependency::id("article", 3)]).await.unwrap(), 0);
+        assert_eq!(cache.invalidate(&[author.clone()]).await.unwrap(), 2);
+        assert!(!cache.has("list").await.unwrap());
+        assert!(!cache.has("by-tag").await.unwrap());
+        assert!(cache.has("other").await.unwrap());
+        // Nothing left to drop.
+        assert_eq!(cache.invalidate(&[author]).await.unwrap(), 0);
+        assert_eq!(cache.invalidate(&[]).await.unwrap(), 0);
+    }
+
+    pub async fn any_dependency_invalidates(cache: Cache) {
+        let deps: Vec<Dependency> = (0..20).map(|i| Dependency::id("article", i)).collect();
+        for (i, dep) in deps.iter().enumerate() {
+            let key = format!("k{i}");
+            cache.put(&key, &i, &deps, None).await.unwrap();
+            assert_eq!(cache.invalidate(std::slice::from_ref(dep)).await.unwrap(), 1);
+            assert!(!cache.has(&key).await.unwrap());
+        }
+    }
+
+    pub async fn many_dependents_are_counted(cache: Cache) {
+        let dep = Dependency::tag("hot");
+        for i in 0..300 {
+            cache.put(&format!("k{i}"), &i, &[dep.clone()], None).await.unwrap();
+        }
+        assert_eq!(cache.invalidate(&[dep]).await.unwrap(), 300);
+        for i in [0, 150, 299] {
+            assert!(!cache.has(&format!("k{i}")).await.unwrap());
+        }
+    }
+
+    pub async fn ttl_is_honoured(cache: Cache) {
+        cache
+            .put("short", &1, &[Dependency::tag("t")], Some(Duration::from_millis(150)))
+            .await
+            .unwrap();
+        cache
+            .put("long", &1, &[Dependency::tag("t")], Some(Duration::from_secs(60)))
+            .await
+            .unwrap();
+        assert!(cache.has("short").await.unwrap());
+        eventually("the short entry expires", async || !cache.has("short").await.unwrap()).await;
+        assert!(cache.has("long").await.unwrap());
+    }
+
+    pub async fn undecodable_bytes_are_a_miss_and_dropped(cache: Cache) {
+        cache.put("k", &vec![1, 2, 3], &[], None).await.unwrap();
+        // Read as another type: a miss, and the entry goes.
+        assert_eq!(cache.get::<Article>("k").await.unwrap(), None);
+        assert!(!cache.has("k").await.unwrap());
+        // Raw garbage written by someone else: a miss, no panic.
+        let garbage = bytes::Bytes::from_static(b"\xA7\x01\x01\0\0\0\0{not json");
+        cache
+            .backend()
+            .put(PutRequest::new("g", garbage, &[], Duration::from_secs(60)))
+            .await
+            .unwrap();
+        assert_eq!(cache.get::<Vec<i32>>("g").await.unwrap(), None);
+        assert!(!cache.has("g").await.unwrap());
+    }
+
+    pub async fn schema_version_change_is_a_miss(cache: Cache) {
+        let v1 = Cache::builder_arc(Arc::clone(cache.backend())).schema_version(1).build().unwrap();
+        let v2 = Cache::builder_arc(Arc::clone(cache.backend())).schema_version(2).build().unwrap();
+        v1.put("k", &articles(), &[], None).await.unwrap();
+        assert_eq!(v1.get::<Vec<Article>>("k").await.unwrap(), Some(articles()));
+        assert_eq!(v2.get::<Vec<Article>>("k").await.unwrap(), None);
+    }
+
+    pub async fn oversized_value_is_refused_and_loses_nothing(cache: Cache) {
+        let small = Cache::builder_arc(Arc::clone(cache.backend())).max_value_bytes(64).build().unwrap();
+        small.put("k", &"fits", &[], None).await.unwrap();
+        let err = small.put("k", &"x".repeat(100), &[], None).await.unwrap_err();
+        assert!(matches!(err, Error::ValueTooLarge { size, limit: 64, .. } if size > 100), "{err}");
+        assert!(err.to_string().contains("max_value_bytes"));
+        assert_eq!(small.get::<String>("k").await.unwrap().as_deref(), Some("fits"));
+    }
+
+    pub async fn long_key_is_refused(cache: Cache) {
+        let key = "k".repeat(2000);
+        let err = cache.put(&key, &1, &[], None).await.unwrap_err();
+        assert!(matches!(err, Error::KeyTooLong { len: 2000, .. }), "{err}");
+        assert!(cache.get::<i32>(&key).await.is_err());
+    }
+
+    pub async fn keys_with_separators_are_distinct(cache: Cache) {
+        let keys = ["a", "a:b", "a:", ":a", "{a}", "}:e:a", "e:a", "", "ключ", "a\0b", "a b", "%3A"];
+        for (i, key) in keys.iter().enumerate() {
+            cache.put(key, &i, &[Dependency::tag(*key)], None).await.unwrap();
+        }
+        for (i, key) in keys.iter().enumerate() {
+            assert_eq!(cache.get::<usize>(key).await.unwrap(), Some(i), "{key:?}");
+        }
+        assert_eq!(cache.invalidate(&[Dependency::tag("a:b")]).await.unwrap(), 1);
+        assert!(!cache.has("a:b").await.unwrap());
+        assert!(cache.has("a").await.unwrap());
+    }
+
+    pub async fn colliding_looking_dependencies_are_distinct(cache: Cache) {
+        let pairs = [
+            (Dependency::id("a:b", "c"), Dependency::id("a", "b:c")),
+            (Dependency::id("article", 1), Dependency::tag("article:1")),
+            (
+                Dependency::condition("A", [("p", Value::from(true))]),
+                Dependency::condition("A", [("p", Value::from("true"))]),
+            ),
+            (
+                Dependency::primary_key("t", [1_i64, 2]),
+                Dependency::primary_key("t", [12_i64]),
+            ),
+        ];
+        for (a, b) in pairs {
+            cache.put("ka", &1, &[a.clone()], None).await.unwrap();
+            cache.put("kb", &1, &[b.clone()], None).await.unwrap();
+            assert_eq!(cache.invalidate(&[a]).await.unwrap(), 1);
+            assert!(cache.has("kb").await.unwrap(), "{b} was dropped with its look-alike");
+            cache.invalidate(&[b]).await.unwrap();
+        }
+    }
+
+    pub async fn guarded_put_refuses_after_invalidation(cache: Cache) {
+        let backend = cache.backend();
+        let deps = vec![Dependency::id("article", 1).encode()];
+        let value = bytes::Bytes::from(matroska::Codec::Json.encode("k", &1, 0).unwrap());
+        let ttl = Duration::from_secs(60);
+
+        let ticket = backend.ticket().await.unwrap();
+        backend.invalidate(&deps).await.unwrap();
+        let outcome = backend
+            .put(PutRequest::new("k", value.clone(), &deps, ttl).guarded_by(Some(ticket)))
+            .await
+            .unwrap();
+        assert_eq!(outcome, PutOutcome::Stale);
+        assert!(!cache.has("k").await.unwrap());
+
+        // A ticket taken after the invalidation stores.
+        let ticket = backend.ticket().await.unwrap();
+        let outcome = backend
+            .put(PutRequest::new("k", value.clone(), &deps, ttl).guarded_by(Some(ticket)))
+            .await
+            .unwrap();
+        assert_eq!(outcome, PutOutcome::Stored);
+
+        // An invalidation of another dependency does not block.
+        let ticket = backend.ticket().await.unwrap();
+        backend.invalidate(&[Dependency::id("article", 2).encode()]).await.unwrap();
+        let outcome = backend
+            .put(PutRequest::new("k2", value, &deps, ttl).guarded_by(Some(ticket)))
+            .await
+            .unwrap();
+        assert_eq!(outcome, PutOutcome::Stored);
+    }
+
+    pub async fn get_or_load_loads_once_then_hits(cache: Cache) {
+        let loads = AtomicUsize::new(0);
+        for _ in 0..3 {
+            let value: Vec<Article> = cache
+                .get_or_load("list", None, || async {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, Boom>((articles(), vec![Dependency::id("author", 1)]))
+                })
+                .await
+                .unwrap();
+            assert_eq!(value, articles());
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        cache.invalidate(&[Dependency::id("author", 1)]).await.unwrap();
+        let _: Vec<Article> = cache
+            .get_or_load("list", None, || async {
+                loads.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, Boom>((articles(), vec![]))
+            })
+            .await
+            .unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
+    }
+
+    pub async fn get_or_load_passes_loader_errors(cache: Cache) {
+        let err = cache
+            .get_or_load::<i32, _, _, _>("k", None, || async { Err(Boom) })
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, Error::Load(e) if e.to_string() == "boom"), "{err}");
+        assert!(!cache.has("k").await.unwrap());
+    }
+
+    /// The stale-set race, made deterministic: the write and its invalidation happen while the
+    /// loader runs. The caller gets its (older) value, but it is not cached.
+    pub async fn value_loaded_across_an_invalidation_is_not_cached(cache: Cache) {
+        let dep = Dependency::id("article", 1);
+        let value: i32 = cache
+            .get_or_load("k", None, || async {
+                // A writer updates the row and invalidates, after our read.
+                cache.invalidate(std::slice::from_ref(&dep)).await.unwrap();
+                Ok::<_, Boom>((1, vec![dep.clone()]))
+            })
+            .await
+            .unwrap();
+        assert_eq!(value, 1);
+        assert!(!cache.has("k").await.unwrap(), "a value loaded before an invalidation was cached");
+
+        // Without the protection the stale value sticks: the race is real.
+        let unprotected = Cache::builder_arc(Arc::clone(cache.backend()))
+            .stale_set_protection(false)
+            .build()
+            .unwrap();
+        let _: i32 = unprotected
+            .get_or_load("k", None, || async {
+                unprotected.invalidate(std::slice::from_ref(&dep)).await.unwrap();
+                Ok::<_, Boom>((1, vec![dep.clone()]))
+            })
+            .await
+            .unwrap();
+        assert!(unprotected.has("k").await.unwrap());
+    }
+
+    pub async fn concurrent_callers_share_one_load(cache: Cache) {
+        let loads = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..100 {
+            let cache = cache.clone();
+            let loads = Arc::clone(&loads);
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get_or_load("hot", None, || async {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Ok::<_, Boom>((articles(), vec![Dependency::tag("hot")]))
+                    })
+                    .await
+                    .unwrap()
+            }));
+        }
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), articles());
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+    }
+
+    pub async fn overwrite_keeps_the_new_dependencies(cache: Cache) {
+        cache.put("k", &1, &[Dependency::tag("old")], None).await.unwrap();
+        cache.put("k", &2, &[Dependency::tag("new")], None).await.unwrap();
+        assert_eq!(cache.get::<i32>("k").await.unwrap(), Some(2));
+        assert_eq!(cache.invalidate(&[Dependency::tag("new")]).await.unwrap(), 1);
+        assert!(!cache.has("k").await.unwrap());
+    }
+}
+
+macro_rules! conformance {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            use super::*;
+            conformance!(@cases $make;
+                miss_put_hit_delete,
+                invalidate_drops_dependents_only,
+                any_dependency_invalidates,
+                many_dependents_are_counted,
+                ttl_is_honoured,
+                undecodable_bytes_are_a_miss_and_dropped,
+                schema_version_change_is_a_miss,
+                oversized_value_is_refused_and_loses_nothing,
+                long_key_is_refused,
+                keys_with_separators_are_distinct,
+                colliding_looking_dependencies_are_distinct,
+                guarded_put_refuses_after_invalidation,
+                get_or_load_loads_once_then_hits,
+                get_or_load_passes_loader_errors,
+                value_loaded_across_an_invalidation_is_not_cached,
+                concurrent_callers_share_one_load,
+                overwrite_keeps_the_new_dependencies,
+            );
+        }
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let cache: Cache = $make(stringify!($case)).await;
+                cases::$case(cache).await;
+            }
+        )*
+    };
+}
+
+async fn memory(_name: &str) -> Cache {
+    Cache::builder(MemoryBackend::default()).build().unwrap()
+}
+
+async fn redis(name: &str) -> Cache {
+    support::redis_cache(name).await
+}
+
+conformance!(memory_backend, memory);
+conformance!(redis_backend, redis);
