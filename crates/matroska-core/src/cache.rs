@@ -449,9 +449,18 @@ impl Cache {
         // Followers retry when the shared load turned out unusable for them; after a few
         // rounds they load on their own rather than wait forever on a hot, churning key.
         for _ in 0..3 {
-            if let Some(value) = self.get(key).await? {
-                return Ok(value);
-            }
+            // With the backend failing, the load goes ahead without ticket, lease or put:
+            // each would only wait for the same failure.
+            let degraded = match self.try_get(key).await {
+                Ok(Some(value)) => return Ok(value),
+                Ok(None) => false,
+                Err(e) if e.is_backend_failure() => {
+                    backend_error(self.name(), "get");
+                    tracing::warn!(key, error = %e, "cache read failed; loading without the cache");
+                    true
+                }
+                Err(e) => return Err(e),
+            };
             let flight = self.join_flight(key);
             let mut own: Option<T> = None;
             let filled = flight
@@ -459,7 +468,7 @@ impl Cache {
                 .get_or_try_init(|| {
                     // Only the caller that runs this closure loads; the loader is consumed.
                     let loader = loader.take();
-                    self.fill(key, ttl, &flight, loader, &mut own)
+                    self.fill(key, ttl, degraded, &flight, loader, &mut own)
                 })
                 .await?;
             if let Some(value) = own {
@@ -523,6 +532,7 @@ impl Cache {
         &self,
         key: &str,
         ttl: Option<Duration>,
+        degraded: bool,
         flight: &Arc<Flight>,
         loader: Option<F>,
         own: &mut Option<T>,
@@ -539,6 +549,17 @@ impl Cache {
             return Err(Error::Load("the shared load of this key failed".into()));
         };
         let s = &self.inner.settings;
+        if degraded {
+            let (value, _deps) = loader().await.map_err(|e| Error::Load(e.into()))?;
+            count(Counter::Load, self.name(), 1);
+            self.leave_flight(key, flight);
+            let bytes = self.encode(key, &value)?;
+            *own = Some(value);
+            return Ok(Filled {
+                bytes,
+                shareable: true,
+            });
+        }
         let lease = match s.fill_lease {
             Some(lease_ttl) => match self.wait_for_lease(key, lease_ttl).await {
                 LeaseWait::Filled(bytes) => {

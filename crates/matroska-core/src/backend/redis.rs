@@ -49,6 +49,9 @@ pub struct RedisConfig {
     /// The most entries one invalidation script call deletes before yielding to other
     /// clients; larger fan-outs take several calls.
     pub invalidate_batch: usize,
+    /// After a connection failure or time-out, operations fail at once for this long instead
+    /// of each waiting for the time-out: during an outage reads cost a miss, not a time-out.
+    pub retry_after: Duration,
 }
 
 impl RedisConfig {
@@ -61,7 +64,15 @@ impl RedisConfig {
             stale_window: Duration::from_secs(60),
             timeout: Duration::from_secs(1),
             invalidate_batch: 10_000,
+            retry_after: Duration::from_millis(500),
         }
+    }
+
+    /// Sets [`RedisConfig::retry_after`] (zero turns the fast-fail off).
+    #[must_use]
+    pub fn retry_after(mut self, pause: Duration) -> Self {
+        self.retry_after = pause;
+        self
     }
 
     /// Sets [`RedisConfig::stale_window`].
@@ -123,6 +134,9 @@ struct Inner {
     ticket: Script,
     release_lease: Script,
     lease_tokens: AtomicU64,
+    /// Fast-fail until this many ms after `epoch` (0: healthy).
+    down_until_ms: AtomicU64,
+    epoch: std::time::Instant,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -165,6 +179,8 @@ impl RedisBackend {
                 ticket: Script::new(TICKET),
                 release_lease: Script::new(RELEASE_LEASE),
                 lease_tokens: AtomicU64::new(seed_tokens()),
+                down_until_ms: AtomicU64::new(0),
+                epoch: std::time::Instant::now(),
             }),
         };
         match backend.check_server().await {
@@ -245,7 +261,50 @@ impl RedisBackend {
         operation: &'static str,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T> {
-        with_timeout(operation, self.inner.config.timeout, fut).await
+        let inner = &self.inner;
+        let now_ms = || u64::try_from(inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let down_until = inner.down_until_ms.load(Ordering::Relaxed);
+        if down_until != 0 && now_ms() < down_until {
+            return Err(Error::Backend {
+                backend: "redis",
+                message: format!(
+                    "Redis failed recently; `{operation}` not sent (retrying after {:?})",
+                    inner.config.retry_after
+                ),
+                source: None,
+            });
+        }
+        let result = with_timeout(operation, inner.config.timeout, fut).await;
+        match &result {
+            Err(Error::Timeout { .. }) => self.trip(now_ms()),
+            Err(Error::Backend {
+                source: Some(source),
+                ..
+            }) if source.downcast_ref::<redis::RedisError>().is_some_and(|e| {
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+            }) =>
+            {
+                self.trip(now_ms());
+            }
+            Ok(_) if down_until != 0 => {
+                inner.down_until_ms.store(0, Ordering::Relaxed);
+                tracing::info!("Redis answers again");
+            }
+            _ => {}
+        }
+        result
+    }
+
+    fn trip(&self, now_ms: u64) {
+        let pause = u64::try_from(self.inner.config.retry_after.as_millis()).unwrap_or(u64::MAX);
+        if pause > 0 {
+            self.inner
+                .down_until_ms
+                .store(now_ms.saturating_add(pause).max(1), Ordering::Relaxed);
+        }
     }
 }
 
