@@ -63,7 +63,11 @@ async fn get_articles_list(cache: &Cache) -> matroska::Result<Vec<Article>> {
         if hit { "cache hit" } else { "cache miss" }
     );
     cache
-        .get_or_load("articles-list", Some(Duration::from_secs(60)), load_articles)
+        .get_or_load(
+            "articles-list",
+            Some(Duration::from_secs(60)),
+            load_articles,
+        )
         .await
 }
 
@@ -87,7 +91,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             #[cfg(not(feature = "redis"))]
             {
-                return Err(format!("REDIS_URL={url} set, but built without the `redis` feature").into());
+                return Err(
+                    format!("REDIS_URL={url} set, but built without the `redis` feature").into(),
+                );
             }
         }
         Err(_) => {

@@ -54,10 +54,18 @@ mod cases {
     use super::*;
 
     pub async fn miss_put_hit_delete(cache: Cache) {
-        assert_eq!(cache.get::<Vec<Article>>("articles-list").await.unwrap(), None);
+        assert_eq!(
+            cache.get::<Vec<Article>>("articles-list").await.unwrap(),
+            None
+        );
         assert!(!cache.has("articles-list").await.unwrap());
         cache
-            .put("articles-list", &articles(), &[Dependency::id("author", 1)], None)
+            .put(
+                "articles-list",
+                &articles(),
+                &[Dependency::id("author", 1)],
+                None,
+            )
             .await
             .unwrap();
         assert!(cache.has("articles-list").await.unwrap());
@@ -67,21 +75,42 @@ mod cases {
         );
         assert!(cache.delete("articles-list").await.unwrap());
         assert!(!cache.delete("articles-list").await.unwrap());
-        assert_eq!(cache.get::<Vec<Article>>("articles-list").await.unwrap(), None);
+        assert_eq!(
+            cache.get::<Vec<Article>>("articles-list").await.unwrap(),
+            None
+        );
     }
 
     pub async fn invalidate_drops_dependents_only(cache: Cache) {
         let author = Dependency::id("author", 1);
         cache
-            .put("list", &articles(), &[Dependency::id("article", 1), Dependency::id("article", 2), author.clone()], None)
+            .put(
+                "list",
+                &articles(),
+                &[
+                    Dependency::id("article", 1),
+                    Dependency::id("article", 2),
+                    author.clone(),
+                ],
+                None,
+            )
             .await
             .unwrap();
         cache
             .put("other", &1, &[Dependency::id("author", 2)], None)
             .await
             .unwrap();
-        cache.put("by-tag", &2, &[Dependency::tag("t"), author.clone()], None).await.unwrap();
-        assert_eq!(cache.invalidate(&[Dependency::id("article", 3)]).await.unwrap(), 0);
+        cache
+            .put("by-tag", &2, &[Dependency::tag("t"), author.clone()], None)
+            .await
+            .unwrap();
+        assert_eq!(
+            cache
+                .invalidate(&[Dependency::id("article", 3)])
+                .await
+                .unwrap(),
+            0
+        );
         assert_eq!(cache.invalidate(&[author.clone()]).await.unwrap(), 2);
         assert!(!cache.has("list").await.unwrap());
         assert!(!cache.has("by-tag").await.unwrap());
@@ -96,7 +125,10 @@ mod cases {
         for (i, dep) in deps.iter().enumerate() {
             let key = format!("k{i}");
             cache.put(&key, &i, &deps, None).await.unwrap();
-            assert_eq!(cache.invalidate(std::slice::from_ref(dep)).await.unwrap(), 1);
+            assert_eq!(
+                cache.invalidate(std::slice::from_ref(dep)).await.unwrap(),
+                1
+            );
             assert!(!cache.has(&key).await.unwrap());
         }
     }
@@ -104,7 +136,10 @@ mod cases {
     pub async fn many_dependents_are_counted(cache: Cache) {
         let dep = Dependency::tag("hot");
         for i in 0..300 {
-            cache.put(&format!("k{i}"), &i, &[dep.clone()], None).await.unwrap();
+            cache
+                .put(&format!("k{i}"), &i, &[dep.clone()], None)
+                .await
+                .unwrap();
         }
         assert_eq!(cache.invalidate(&[dep]).await.unwrap(), 300);
         for i in [0, 150, 299] {
@@ -114,15 +149,28 @@ mod cases {
 
     pub async fn ttl_is_honoured(cache: Cache) {
         cache
-            .put("short", &1, &[Dependency::tag("t")], Some(Duration::from_millis(150)))
+            .put(
+                "short",
+                &1,
+                &[Dependency::tag("t")],
+                Some(Duration::from_millis(150)),
+            )
             .await
             .unwrap();
         cache
-            .put("long", &1, &[Dependency::tag("t")], Some(Duration::from_secs(60)))
+            .put(
+                "long",
+                &1,
+                &[Dependency::tag("t")],
+                Some(Duration::from_secs(60)),
+            )
             .await
             .unwrap();
         assert!(cache.has("short").await.unwrap());
-        eventually("the short entry expires", async || !cache.has("short").await.unwrap()).await;
+        eventually("the short entry expires", async || {
+            !cache.has("short").await.unwrap()
+        })
+        .await;
         assert!(cache.has("long").await.unwrap());
     }
 
@@ -143,20 +191,38 @@ mod cases {
     }
 
     pub async fn schema_version_change_is_a_miss(cache: Cache) {
-        let v1 = Cache::builder_arc(Arc::clone(cache.backend())).schema_version(1).build().unwrap();
-        let v2 = Cache::builder_arc(Arc::clone(cache.backend())).schema_version(2).build().unwrap();
+        let v1 = Cache::builder_arc(Arc::clone(cache.backend()))
+            .schema_version(1)
+            .build()
+            .unwrap();
+        let v2 = Cache::builder_arc(Arc::clone(cache.backend()))
+            .schema_version(2)
+            .build()
+            .unwrap();
         v1.put("k", &articles(), &[], None).await.unwrap();
         assert_eq!(v1.get::<Vec<Article>>("k").await.unwrap(), Some(articles()));
         assert_eq!(v2.get::<Vec<Article>>("k").await.unwrap(), None);
     }
 
     pub async fn oversized_value_is_refused_and_loses_nothing(cache: Cache) {
-        let small = Cache::builder_arc(Arc::clone(cache.backend())).max_value_bytes(64).build().unwrap();
+        let small = Cache::builder_arc(Arc::clone(cache.backend()))
+            .max_value_bytes(64)
+            .build()
+            .unwrap();
         small.put("k", &"fits", &[], None).await.unwrap();
-        let err = small.put("k", &"x".repeat(100), &[], None).await.unwrap_err();
-        assert!(matches!(err, Error::ValueTooLarge { size, limit: 64, .. } if size > 100), "{err}");
+        let err = small
+            .put("k", &"x".repeat(100), &[], None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::ValueTooLarge { size, limit: 64, .. } if size > 100),
+            "{err}"
+        );
         assert!(err.to_string().contains("max_value_bytes"));
-        assert_eq!(small.get::<String>("k").await.unwrap().as_deref(), Some("fits"));
+        assert_eq!(
+            small.get::<String>("k").await.unwrap().as_deref(),
+            Some("fits")
+        );
     }
 
     pub async fn long_key_is_refused(cache: Cache) {
@@ -167,14 +233,22 @@ mod cases {
     }
 
     pub async fn keys_with_separators_are_distinct(cache: Cache) {
-        let keys = ["a", "a:b", "a:", ":a", "{a}", "}:e:a", "e:a", "", "ключ", "a\0b", "a b", "%3A"];
+        let keys = [
+            "a", "a:b", "a:", ":a", "{a}", "}:e:a", "e:a", "", "ключ", "a\0b", "a b", "%3A",
+        ];
         for (i, key) in keys.iter().enumerate() {
-            cache.put(key, &i, &[Dependency::tag(*key)], None).await.unwrap();
+            cache
+                .put(key, &i, &[Dependency::tag(*key)], None)
+                .await
+                .unwrap();
         }
         for (i, key) in keys.iter().enumerate() {
             assert_eq!(cache.get::<usize>(key).await.unwrap(), Some(i), "{key:?}");
         }
-        assert_eq!(cache.invalidate(&[Dependency::tag("a:b")]).await.unwrap(), 1);
+        assert_eq!(
+            cache.invalidate(&[Dependency::tag("a:b")]).await.unwrap(),
+            1
+        );
         assert!(!cache.has("a:b").await.unwrap());
         assert!(cache.has("a").await.unwrap());
     }
@@ -196,7 +270,10 @@ mod cases {
             cache.put("ka", &1, &[a.clone()], None).await.unwrap();
             cache.put("kb", &1, &[b.clone()], None).await.unwrap();
             assert_eq!(cache.invalidate(&[a]).await.unwrap(), 1);
-            assert!(cache.has("kb").await.unwrap(), "{b} was dropped with its look-alike");
+            assert!(
+                cache.has("kb").await.unwrap(),
+                "{b} was dropped with its look-alike"
+            );
             cache.invalidate(&[b]).await.unwrap();
         }
     }
@@ -226,7 +303,10 @@ mod cases {
 
         // An invalidation of another dependency does not block.
         let ticket = backend.ticket().await.unwrap();
-        backend.invalidate(&[Dependency::id("article", 2).encode()]).await.unwrap();
+        backend
+            .invalidate(&[Dependency::id("article", 2).encode()])
+            .await
+            .unwrap();
         let outcome = backend
             .put(PutRequest::new("k2", value, &deps, ttl).guarded_by(Some(ticket)))
             .await
@@ -247,7 +327,10 @@ mod cases {
             assert_eq!(value, articles());
         }
         assert_eq!(loads.load(Ordering::SeqCst), 1);
-        cache.invalidate(&[Dependency::id("author", 1)]).await.unwrap();
+        cache
+            .invalidate(&[Dependency::id("author", 1)])
+            .await
+            .unwrap();
         let _: Vec<Article> = cache
             .get_or_load("list", None, || async {
                 loads.fetch_add(1, Ordering::SeqCst);
@@ -263,7 +346,10 @@ mod cases {
             .get_or_load::<i32, _, _, _>("k", None, || async { Err(Boom) })
             .await
             .unwrap_err();
-        assert!(matches!(&err, Error::Load(e) if e.to_string() == "boom"), "{err}");
+        assert!(
+            matches!(&err, Error::Load(e) if e.to_string() == "boom"),
+            "{err}"
+        );
         assert!(!cache.has("k").await.unwrap());
     }
 
@@ -280,7 +366,10 @@ mod cases {
             .await
             .unwrap();
         assert_eq!(value, 1);
-        assert!(!cache.has("k").await.unwrap(), "a value loaded before an invalidation was cached");
+        assert!(
+            !cache.has("k").await.unwrap(),
+            "a value loaded before an invalidation was cached"
+        );
 
         // Without the protection the stale value sticks: the race is real.
         let unprotected = Cache::builder_arc(Arc::clone(cache.backend()))
@@ -289,7 +378,10 @@ mod cases {
             .unwrap();
         let _: i32 = unprotected
             .get_or_load("k", None, || async {
-                unprotected.invalidate(std::slice::from_ref(&dep)).await.unwrap();
+                unprotected
+                    .invalidate(std::slice::from_ref(&dep))
+                    .await
+                    .unwrap();
                 Ok::<_, Boom>((1, vec![dep.clone()]))
             })
             .await
@@ -321,10 +413,19 @@ mod cases {
     }
 
     pub async fn overwrite_keeps_the_new_dependencies(cache: Cache) {
-        cache.put("k", &1, &[Dependency::tag("old")], None).await.unwrap();
-        cache.put("k", &2, &[Dependency::tag("new")], None).await.unwrap();
+        cache
+            .put("k", &1, &[Dependency::tag("old")], None)
+            .await
+            .unwrap();
+        cache
+            .put("k", &2, &[Dependency::tag("new")], None)
+            .await
+            .unwrap();
         assert_eq!(cache.get::<i32>("k").await.unwrap(), Some(2));
-        assert_eq!(cache.invalidate(&[Dependency::tag("new")]).await.unwrap(), 1);
+        assert_eq!(
+            cache.invalidate(&[Dependency::tag("new")]).await.unwrap(),
+            1
+        );
         assert!(!cache.has("k").await.unwrap());
     }
 }

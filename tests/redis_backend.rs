@@ -11,14 +11,19 @@ use matroska::backend::{Backend, PutOutcome, PutRequest};
 use matroska::{Cache, Dependency, Error};
 use support::PrivateRedis;
 
-async fn backend(redis: &PrivateRedis, config: impl FnOnce(RedisConfig) -> RedisConfig) -> RedisBackend {
+async fn backend(
+    redis: &PrivateRedis,
+    config: impl FnOnce(RedisConfig) -> RedisConfig,
+) -> RedisBackend {
     support::redis_backend_with(config(RedisConfig::new(redis.url(), "app"))).await
 }
 
 #[tokio::test]
 async fn each_operation_is_one_round_trip() {
     let redis = PrivateRedis::start();
-    let cache = Cache::builder(backend(&redis, |c| c).await).build().unwrap();
+    let cache = Cache::builder(backend(&redis, |c| c).await)
+        .build()
+        .unwrap();
     let deps: Vec<Dependency> = (0..20).map(|i| Dependency::id("article", i)).collect();
     // Load the scripts once (redis-rs sends SCRIPT LOAD after the first NOSCRIPT).
     cache.put("warm", &0, &deps, None).await.unwrap();
@@ -26,7 +31,9 @@ async fn each_operation_is_one_round_trip() {
     cache.backend().ticket().await.unwrap();
     let mut monitor = support::Monitor::start(&redis);
 
-    let (r, sent) = monitor.commands(cache.put("list", &vec![1, 2, 3], &deps, None)).await;
+    let (r, sent) = monitor
+        .commands(cache.put("list", &vec![1, 2, 3], &deps, None))
+        .await;
     r.unwrap();
     assert_eq!(sent, ["evalsha"], "put with 20 dependencies");
 
@@ -40,7 +47,10 @@ async fn each_operation_is_one_round_trip() {
 
     let many: Vec<Dependency> = (0..500).map(|i| Dependency::tag(format!("t{i}"))).collect();
     for i in 0..200 {
-        cache.put(&format!("k{i}"), &i, &many[i..=i], None).await.unwrap();
+        cache
+            .put(&format!("k{i}"), &i, &many[i..=i], None)
+            .await
+            .unwrap();
     }
     let (dropped, sent) = monitor.commands(cache.invalidate(&many)).await;
     assert_eq!(sent, ["evalsha"], "invalidate of 500 dependencies");
@@ -48,7 +58,9 @@ async fn each_operation_is_one_round_trip() {
 
     // A miss through get_or_load: GET, ticket, put.
     let (r, sent) = monitor
-        .commands(cache.get_or_load("loaded", None, || async { Ok::<_, std::io::Error>((1, deps.clone())) }))
+        .commands(cache.get_or_load("loaded", None, || async {
+            Ok::<_, std::io::Error>((1, deps.clone()))
+        }))
         .await;
     assert_eq!(r.unwrap(), 1);
     assert_eq!(sent, ["get", "evalsha", "evalsha"], "get_or_load miss");
@@ -57,29 +69,56 @@ async fn each_operation_is_one_round_trip() {
 #[tokio::test]
 async fn huge_fan_out_is_split_into_bounded_calls() {
     let redis = PrivateRedis::start();
-    let cache = Cache::builder(backend(&redis, |c| c.invalidate_batch(100)).await).build().unwrap();
+    let cache = Cache::builder(backend(&redis, |c| c.invalidate_batch(100)).await)
+        .build()
+        .unwrap();
     let hot = Dependency::tag("hot");
     for i in 0..1_050 {
-        cache.put(&format!("k{i}"), &i, &[hot.clone(), Dependency::id("a", i)], None).await.unwrap();
+        cache
+            .put(
+                &format!("k{i}"),
+                &i,
+                &[hot.clone(), Dependency::id("a", i)],
+                None,
+            )
+            .await
+            .unwrap();
     }
-    cache.invalidate(&[Dependency::tag("warm-up")]).await.unwrap();
+    cache
+        .invalidate(&[Dependency::tag("warm-up")])
+        .await
+        .unwrap();
     let mut monitor = support::Monitor::start(&redis);
     let (dropped, sent) = monitor.commands(cache.invalidate(&[hot])).await;
     assert_eq!(dropped.unwrap(), 1_050);
     // 100 entries per call: 11 calls, none of them long.
     assert_eq!(sent, vec!["evalsha"; 11]);
-    let keys: Vec<String> = redis::cmd("KEYS").arg("{app}:e:*").query(&mut redis.client()).unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("{app}:e:*")
+        .query(&mut redis.client())
+        .unwrap();
     assert!(keys.is_empty(), "{} entries survived", keys.len());
 }
 
 #[tokio::test]
 async fn every_key_written_has_a_ttl_and_index_outlives_entries() {
     let redis = PrivateRedis::start();
-    let cache = Cache::builder(backend(&redis, |c| c).await).build().unwrap();
+    let cache = Cache::builder(backend(&redis, |c| c).await)
+        .build()
+        .unwrap();
     let dep = Dependency::id("author", 1);
-    cache.put("short", &1, &[dep.clone()], Some(Duration::from_secs(10))).await.unwrap();
-    cache.put("long", &1, &[dep.clone()], Some(Duration::from_secs(500))).await.unwrap();
-    cache.put("shorter", &1, &[dep.clone()], Some(Duration::from_secs(5))).await.unwrap();
+    cache
+        .put("short", &1, &[dep.clone()], Some(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    cache
+        .put("long", &1, &[dep.clone()], Some(Duration::from_secs(500)))
+        .await
+        .unwrap();
+    cache
+        .put("shorter", &1, &[dep.clone()], Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
     cache.invalidate(&[Dependency::tag("other")]).await.unwrap();
     let mut conn = redis.client();
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
@@ -88,16 +127,32 @@ async fn every_key_written_has_a_ttl_and_index_outlives_entries() {
         let pttl: i64 = redis::cmd("PTTL").arg(key).query(&mut conn).unwrap();
         assert!(pttl > 0, "{key} has no TTL ({pttl})");
     }
-    let b = RedisBackend::connect(RedisConfig::new(redis.url(), "app")).await.unwrap();
-    let index_ttl: i64 = redis::cmd("PTTL").arg(b.index_key(&dep.encode())).query(&mut conn).unwrap();
-    assert!(index_ttl > 490_000, "index set expires before its longest entry: {index_ttl} ms");
+    let b = RedisBackend::connect(RedisConfig::new(redis.url(), "app"))
+        .await
+        .unwrap();
+    let index_ttl: i64 = redis::cmd("PTTL")
+        .arg(b.index_key(&dep.encode()))
+        .query(&mut conn)
+        .unwrap();
+    assert!(
+        index_ttl > 490_000,
+        "index set expires before its longest entry: {index_ttl} ms"
+    );
 }
 
 #[tokio::test]
 async fn prefixes_isolate_applications() {
     let url = support::redis_url();
-    let a = Cache::builder(support::redis_backend_with(RedisConfig::new(&url, support::unique("a"))).await).build().unwrap();
-    let b = Cache::builder(support::redis_backend_with(RedisConfig::new(&url, support::unique("b"))).await).build().unwrap();
+    let a = Cache::builder(
+        support::redis_backend_with(RedisConfig::new(&url, support::unique("a"))).await,
+    )
+    .build()
+    .unwrap();
+    let b = Cache::builder(
+        support::redis_backend_with(RedisConfig::new(&url, support::unique("b"))).await,
+    )
+    .build()
+    .unwrap();
     let dep = Dependency::tag("shared-name");
     a.put("k", &"a", &[dep.clone()], None).await.unwrap();
     b.put("k", &"b", &[dep.clone()], None).await.unwrap();
@@ -108,13 +163,19 @@ async fn prefixes_isolate_applications() {
 
 #[tokio::test]
 async fn bad_configuration_is_a_clear_error() {
-    let err = RedisBackend::connect(RedisConfig::new("redis://127.0.0.1:6379", "a{b")).await.unwrap_err();
-    assert!(matches!(err, Error::Config(_)), "{err}");
-    let err = RedisBackend::connect(RedisConfig::new("not a url", "p")).await.unwrap_err();
-    assert!(matches!(err, Error::Config(_)), "{err}");
-    let err = RedisBackend::connect(RedisConfig::new("redis://:wrong@127.0.0.1:6379", "p").timeout(Duration::from_millis(500)))
+    let err = RedisBackend::connect(RedisConfig::new("redis://127.0.0.1:6379", "a{b"))
         .await
         .unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err}");
+    let err = RedisBackend::connect(RedisConfig::new("not a url", "p"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err}");
+    let err = RedisBackend::connect(
+        RedisConfig::new("redis://:wrong@127.0.0.1:6379", "p").timeout(Duration::from_millis(500)),
+    )
+    .await
+    .unwrap_err();
     assert!(err.is_backend_failure(), "{err}");
 }
 
@@ -122,27 +183,42 @@ async fn bad_configuration_is_a_clear_error() {
 async fn auth_from_the_url() {
     let redis = PrivateRedis::start_with(&["--requirepass", "s3cret"]);
     let url = format!("redis://:s3cret@127.0.0.1:{}", redis.port);
-    let cache = Cache::builder(support::redis_backend_with(RedisConfig::new(url, "app")).await).build().unwrap();
+    let cache = Cache::builder(support::redis_backend_with(RedisConfig::new(url, "app")).await)
+        .build()
+        .unwrap();
     cache.put("k", &1, &[], None).await.unwrap();
     assert_eq!(cache.get::<i32>("k").await.unwrap(), Some(1));
 }
 
 #[tokio::test]
 async fn eviction_policy_that_can_drop_index_sets_is_reported() {
-    let evicting = PrivateRedis::start_with(&["--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"]);
+    let evicting =
+        PrivateRedis::start_with(&["--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"]);
     let b = backend(&evicting, |c| c).await;
     assert_eq!(
         b.check_server().await.unwrap(),
-        vec![ServerWarning::EvictionMayDropIndex { policy: "allkeys-lru".into() }]
+        vec![ServerWarning::EvictionMayDropIndex {
+            policy: "allkeys-lru".into()
+        }]
     );
-    let safe = PrivateRedis::start_with(&["--maxmemory", "64mb", "--maxmemory-policy", "noeviction"]);
-    assert!(backend(&safe, |c| c).await.check_server().await.unwrap().is_empty());
+    let safe =
+        PrivateRedis::start_with(&["--maxmemory", "64mb", "--maxmemory-policy", "noeviction"]);
+    assert!(
+        backend(&safe, |c| c)
+            .await
+            .check_server()
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
 async fn outage_degrades_reads_and_reports_invalidations() {
     let mut redis = PrivateRedis::start();
-    let cache = Cache::builder(backend(&redis, |c| c.timeout(Duration::from_millis(300))).await).build().unwrap();
+    let cache = Cache::builder(backend(&redis, |c| c.timeout(Duration::from_millis(300))).await)
+        .build()
+        .unwrap();
     let dep = Dependency::id("article", 1);
     cache.put("k", &1, &[dep.clone()], None).await.unwrap();
     redis.kill();
@@ -150,15 +226,35 @@ async fn outage_degrades_reads_and_reports_invalidations() {
     // Reads are misses, the loader keeps the application answering.
     assert_eq!(cache.get::<i32>("k").await.unwrap(), None);
     assert!(!cache.has("k").await.unwrap());
-    assert!(cache.try_get::<i32>("k").await.unwrap_err().is_backend_failure());
+    assert!(
+        cache
+            .try_get::<i32>("k")
+            .await
+            .unwrap_err()
+            .is_backend_failure()
+    );
     let value: i32 = cache
-        .get_or_load("k", None, || async { Ok::<_, std::io::Error>((7, vec![dep.clone()])) })
+        .get_or_load("k", None, || async {
+            Ok::<_, std::io::Error>((7, vec![dep.clone()]))
+        })
         .await
         .unwrap();
     assert_eq!(value, 7);
     // Writes that matter are reported.
-    assert!(cache.invalidate(&[dep.clone()]).await.unwrap_err().is_backend_failure());
-    assert!(cache.put("k", &1, &[], None).await.unwrap_err().is_backend_failure());
+    assert!(
+        cache
+            .invalidate(&[dep.clone()])
+            .await
+            .unwrap_err()
+            .is_backend_failure()
+    );
+    assert!(
+        cache
+            .put("k", &1, &[], None)
+            .await
+            .unwrap_err()
+            .is_backend_failure()
+    );
 
     // Back up (empty): the same cache object works again.
     redis.restart();

@@ -160,7 +160,12 @@ impl PrivateRedis {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "redis-server on port {} did not come {}", self.port, if up { "up" } else { "down" });
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} did not come {}",
+                self.port,
+                if up { "up" } else { "down" }
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -216,7 +221,11 @@ impl Monitor {
                 }
             }
         });
-        let mut monitor = Monitor { lines: rx, stream, url: redis.url() };
+        let mut monitor = Monitor {
+            lines: rx,
+            stream,
+            url: redis.url(),
+        };
         // Wait for MONITOR's +OK so nothing sent afterwards is missed.
         monitor.next_line();
         monitor
@@ -229,13 +238,18 @@ impl Monitor {
     }
 
     fn echo(&self, marker: &str) {
-        let mut c = redis::Client::open(self.url.as_str()).and_then(|c| c.get_connection()).expect("connect");
+        let mut c = redis::Client::open(self.url.as_str())
+            .and_then(|c| c.get_connection())
+            .expect("connect");
         let _: String = redis::cmd("ECHO").arg(marker).query(&mut c).expect("ECHO");
     }
 
     /// Runs `op` and returns its output with the commands clients sent meanwhile (one per
     /// round trip for non-pipelined clients), e.g. `["evalsha"]`.
-    pub async fn commands<T>(&mut self, op: impl std::future::Future<Output = T>) -> (T, Vec<String>) {
+    pub async fn commands<T>(
+        &mut self,
+        op: impl std::future::Future<Output = T>,
+    ) -> (T, Vec<String>) {
         let id = unique("m");
         self.echo(&format!("start-{id}"));
         let out = op.await;

@@ -1,0 +1,187 @@
+//! The Redis backend against raw redis-rs on the same connection type.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use matroska::Dependency;
+use redis::AsyncCommands;
+
+use common::{Article, redis_pair, runtime, small};
+
+fn get(c: &mut Criterion) {
+    let rt = runtime();
+    let (cache, raw) = rt.block_on(redis_pair("get"));
+    rt.block_on(cache.put("hit", &small(), &common::deps(5, 0), Some(Duration::from_secs(600)))).unwrap();
+    let stored: Vec<u8> = rt.block_on(async {
+        let b = cache.backend().get("hit").await.unwrap().unwrap();
+        b.to_vec()
+    });
+    let mut raw_conn = raw.clone();
+    rt.block_on(async {
+        let _: () = raw_conn.set_ex("bench_raw_hit", stored, 600).await.unwrap();
+    });
+
+    let mut g = c.benchmark_group("redis/get");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("raw GET hit", |b| {
+        b.to_async(&rt).iter(|| {
+            let mut conn = raw.clone();
+            async move {
+                let v: Option<Vec<u8>> = conn.get("bench_raw_hit").await.unwrap();
+                v
+            }
+        })
+    });
+    g.bench_function("matroska get hit", |b| {
+        b.to_async(&rt).iter(|| async { cache.get::<Article>("hit").await.unwrap() })
+    });
+    g.bench_function("raw GET miss", |b| {
+        b.to_async(&rt).iter(|| {
+            let mut conn = raw.clone();
+            async move {
+                let v: Option<Vec<u8>> = conn.get("bench_raw_missing").await.unwrap();
+                v
+            }
+        })
+    });
+    g.bench_function("matroska get miss", |b| {
+        b.to_async(&rt).iter(|| async { cache.get::<Article>("missing").await.unwrap() })
+    });
+    g.finish();
+
+    // Throughput with 32 concurrent tasks sharing the connection.
+    let mut g = c.benchmark_group("redis/get x32 tasks");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("raw GET hit", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(concurrently(iters, {
+                let raw = raw.clone();
+                move || {
+                    let mut conn = raw.clone();
+                    async move {
+                        let _: Option<Vec<u8>> = conn.get("bench_raw_hit").await.unwrap();
+                    }
+                }
+            }))
+        })
+    });
+    g.bench_function("matroska get hit", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(concurrently(iters, {
+                let cache = cache.clone();
+                move || {
+                    let cache = cache.clone();
+                    async move {
+                        cache.get::<Article>("hit").await.unwrap();
+                    }
+                }
+            }))
+        })
+    });
+    g.finish();
+}
+
+/// Runs `iters` operations spread over 32 tasks; returns the wall time.
+async fn concurrently<F, Fut>(iters: u64, op: F) -> Duration
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let op = Arc::new(op);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..32)
+        .map(|t| {
+            let op = Arc::clone(&op);
+            let n = iters / 32 + u64::from(t < iters % 32);
+            tokio::spawn(async move {
+                for _ in 0..n {
+                    op().await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    start.elapsed()
+}
+
+fn put(c: &mut Criterion) {
+    let rt = runtime();
+    let (cache, raw) = rt.block_on(redis_pair("put"));
+    let value = small();
+    let bytes = serde_json::to_vec(&value).unwrap();
+    let mut g = c.benchmark_group("redis/put");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("raw SET EX", |b| {
+        b.to_async(&rt).iter(|| {
+            let mut conn = raw.clone();
+            let bytes = bytes.clone();
+            async move {
+                let _: () = conn.set_ex("bench_raw_put", bytes, 600).await.unwrap();
+            }
+        })
+    });
+    for n in [1, 5, 20] {
+        let deps = common::deps(n, n);
+        g.bench_with_input(BenchmarkId::new("matroska put", format!("{n} deps")), &deps, |b, deps| {
+            b.to_async(&rt).iter(|| async { cache.put("put", &value, deps, Some(Duration::from_secs(600))).await.unwrap() })
+        });
+    }
+    g.finish();
+}
+
+fn invalidate(c: &mut Criterion) {
+    let rt = runtime();
+    let (cache, raw) = rt.block_on(redis_pair("invalidate"));
+    let mut g = c.benchmark_group("redis/invalidate one dependency");
+    g.sample_size(10);
+    for n in [1_usize, 100, 1000] {
+        let dep = Dependency::tag(format!("fan-out-{n}"));
+        g.bench_function(BenchmarkId::new("matroska invalidate", format!("{n} dependents")), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        for i in 0..n {
+                            cache.put(&format!("e{i}"), &1, std::slice::from_ref(&dep), None).await.unwrap();
+                        }
+                        let start = Instant::now();
+                        let dropped = cache.invalidate(std::slice::from_ref(&dep)).await.unwrap();
+                        total += start.elapsed();
+                        assert_eq!(dropped as usize, n);
+                    }
+                    total
+                })
+            })
+        });
+        // The floor: deleting the same keys when they are already known.
+        g.bench_function(BenchmarkId::new("raw DEL of the keys", format!("{n} keys")), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let mut conn = raw.clone();
+                    let keys: Vec<String> = (0..n).map(|i| format!("bench_raw_e{i}")).collect();
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let mut pipe = redis::pipe();
+                        for k in &keys {
+                            pipe.set_ex(k, 1, 600).ignore();
+                        }
+                        let _: () = pipe.query_async(&mut conn).await.unwrap();
+                        let start = Instant::now();
+                        let _: i64 = conn.del(&keys).await.unwrap();
+                        total += start.elapsed();
+                    }
+                    total
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, get, put, invalidate);
+criterion_main!(benches);
