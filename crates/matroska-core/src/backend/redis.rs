@@ -156,8 +156,14 @@ impl RedisBackend {
     /// when the server cannot be reached.
     pub async fn connect(config: RedisConfig) -> Result<Self> {
         validate_prefix(&config.prefix)?;
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| Error::Config(format!("bad Redis URL: {e}")))?;
+        let client = redis::Client::open(config.url.as_str()).map_err(|e| {
+            let hint = if config.url.starts_with("rediss://") && !cfg!(feature = "tls") {
+                " (rediss:// needs matroska's `tls` feature)"
+            } else {
+                ""
+            };
+            Error::Config(format!("bad Redis URL: {e}{hint}"))
+        })?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.timeout))
             .set_response_timeout(Some(config.timeout))
@@ -476,6 +482,19 @@ impl Backend for RedisBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn tls_urls_need_the_tls_feature() {
+        // Port 1 refuses at once: only the URL handling is under test.
+        let config =
+            RedisConfig::new("rediss://127.0.0.1:1/", "p").timeout(Duration::from_millis(200));
+        let err = RedisBackend::connect(config).await.unwrap_err();
+        if cfg!(feature = "tls") {
+            assert!(err.is_backend_failure(), "{err}");
+        } else {
+            assert!(matches!(err, Error::Config(_)), "{err}");
+        }
+    }
 
     #[test]
     fn prefixes_with_braces_are_refused() {
