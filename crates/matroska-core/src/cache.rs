@@ -190,13 +190,9 @@ impl Cache {
 
     /// A cache on a default in-memory backend, with default settings.
     pub fn memory() -> Cache {
-        Cache {
-            inner: Arc::new(Inner {
-                backend: Arc::new(MemoryBackend::default()),
-                settings: Self::builder(MemoryBackend::default()).settings,
-                flights: Mutex::default(),
-            }),
-        }
+        Self::builder(MemoryBackend::default())
+            .build()
+            .expect("the default settings are valid")
     }
 
     /// The backend this cache stores into.
