@@ -9,6 +9,8 @@
 //!   ([`Dependency::condition`], with [`Scope`]s deciding which filters a changed row touches).
 //! - A [`Cache`] stores values (through serde, with a versioned header) together with their
 //!   dependencies, and [`Cache::invalidate`] drops everything that depends on a dependency.
+//! - A [`DependencySet`] collects the primary-key dependencies of loaded models and the
+//!   relations loaded with them, in first-seen order without duplicates ([`CollectDeps`]).
 //! - A [`Backend`](backend::Backend) holds the bytes and the reverse index: the in-memory
 //!   [`MemoryBackend`](backend::memory::MemoryBackend) (always available) or the Redis backend
 //!   (feature `redis`).
@@ -53,11 +55,14 @@
 //! - `redis`: the Redis backend ([`backend::redis`]).
 //! - `metrics`: counters through the [`metrics`](https://docs.rs/metrics) facade.
 //! - `msgpack`: the MessagePack [`Codec`].
+//! - `chrono`, `uuid`: [`ToValue`] for chrono's dates and times and for `uuid::Uuid`, so they
+//!   can be primary keys and scope fields.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backend;
 mod cache;
 mod codec;
+mod collect;
 mod dependency;
 mod error;
 mod key;
@@ -67,7 +72,8 @@ mod value;
 
 pub use cache::{Cache, CacheBuilder, Loaded};
 pub use codec::Codec;
+pub use collect::{CollectDeps, DependencySet};
 pub use dependency::Dependency;
 pub use error::{Error, Result};
 pub use scope::{CacheDeps, Scope, ScopeCondition, ScopeMode, Scoped};
-pub use value::{IntoValueByRef, Value};
+pub use value::{ToValue, Value};

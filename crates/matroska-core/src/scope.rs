@@ -94,6 +94,28 @@ pub struct Scope<T: ?Sized> {
     extractors: Vec<Extractor<T>>,
 }
 
+impl<T: ?Sized> Clone for Extractor<T> {
+    fn clone(&self) -> Self {
+        Extractor {
+            fields: self.fields.clone(),
+            extract: Arc::clone(&self.extract),
+        }
+    }
+}
+
+/// Cloning is cheap (the extractors are shared), so a scope declared once, such as the
+/// `&'static` one `#[scope(...)]` generates, can be copied with another [`ScopeMode`]:
+/// `Article::scope().clone().mode(ScopeMode::Production)`.
+impl<T: ?Sized> Clone for Scope<T> {
+    fn clone(&self) -> Self {
+        Scope {
+            name: self.name.clone(),
+            mode: self.mode,
+            extractors: self.extractors.clone(),
+        }
+    }
+}
+
 impl<T: ?Sized> fmt::Debug for Scope<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Scope")
@@ -146,6 +168,11 @@ impl<T: ?Sized> Scope<T> {
             extract: Arc::new(extract),
         });
         self
+    }
+
+    /// What a condition over undescribed fields does in this scope.
+    pub fn current_mode(&self) -> ScopeMode {
+        self.mode
     }
 
     /// The scope's name.
@@ -317,21 +344,21 @@ impl<T: ?Sized> Extractor<T> {
     }
 
     fn conditions(&self, scope: &str, values: &[Value], out: &mut BTreeSet<Dependency>) {
-        let n = self.fields.len();
-        let full_only = n > MAX_SUBSET_FIELDS;
-        let masks: Box<dyn Iterator<Item = u32>> = if full_only {
-            Box::new(std::iter::once((1_u32 << n) - 1))
-        } else {
-            Box::new(1..(1_u32 << n))
-        };
-        for mask in masks {
-            let fields: BTreeMap<String, Value> = self
-                .fields
-                .iter()
-                .zip(values)
+        let pairs = || self.fields.iter().cloned().zip(values.iter().cloned());
+        if self.fields.len() > MAX_SUBSET_FIELDS {
+            // Only the full field set: 2^n subsets would be too many (and a mask cannot hold
+            // them past 32 fields).
+            out.insert(Dependency::Condition {
+                scope: scope.to_owned(),
+                fields: pairs().collect(),
+            });
+            return;
+        }
+        for mask in 1..(1_u32 << self.fields.len()) {
+            let fields: BTreeMap<String, Value> = pairs()
                 .enumerate()
                 .filter(|(i, _)| mask & (1 << i) != 0)
-                .map(|(_, (f, v))| (f.clone(), v.clone()))
+                .map(|(_, pair)| pair)
                 .collect();
             out.insert(Dependency::Condition {
                 scope: scope.to_owned(),

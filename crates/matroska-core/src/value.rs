@@ -156,21 +156,9 @@ impl From<f32> for Value {
     }
 }
 
-impl From<&str> for Value {
-    fn from(v: &str) -> Self {
-        Value::Str(v.to_owned())
-    }
-}
-
 impl From<String> for Value {
     fn from(v: String) -> Self {
         Value::Str(v)
-    }
-}
-
-impl From<&String> for Value {
-    fn from(v: &String) -> Self {
-        Value::Str(v.clone())
     }
 }
 
@@ -186,22 +174,227 @@ impl<T: Into<Value>> From<Option<T>> for Value {
     }
 }
 
-impl<T: Clone + Into<Value>> From<&T> for Value
-where
-    T: IntoValueByRef,
-{
+/// Borrowed values convert through [`ToValue`]: `Value::from(&article.category)`,
+/// `Value::from("fantasy")`.
+impl<T: ToValue + ?Sized> From<&T> for Value {
     fn from(v: &T) -> Self {
-        v.clone().into()
+        v.to_value()
     }
 }
 
-/// Marker for the types whose references convert into a [`Value`] by cloning
-/// (kept explicit so `&str`/`&String` keep their own impls).
-pub trait IntoValueByRef {}
-macro_rules! by_ref {
-    ($($t:ty),*) => {$( impl IntoValueByRef for $t {} )*};
+/// Converts a field's value into a [`Value`] without consuming it.
+///
+/// This is how `#[derive(CacheDeps)]` reads primary keys and scope fields, so a type used in
+/// a `#[cache(key)]` field or a `#[scope(...)]` must implement it. Implemented for every
+/// integer type, `bool`, `f32`/`f64`, `String`/`str`, `Vec<u8>`/`[u8]`, `Option<T>` (`None`
+/// is [`Value::Null`]), references, [`Value`] itself, and behind features:
+///
+/// | feature | types | [`Value::Typed`] type name and text form |
+/// |---|---|---|
+/// | `chrono` | `NaiveDate` | `date`, `2026-11-25` |
+/// | `chrono` | `NaiveTime` | `time`, `23:56:04`, `23:56:04.500` (a fraction of 3, 6 or 9 digits, when non-zero) |
+/// | `chrono` | `NaiveDateTime` | `datetime`, `2026-11-25T23:56:04.500` |
+/// | `chrono` | `DateTime<Tz>` | `timestamp`, the UTC instant: `2026-11-25T22:56:04.500Z` |
+/// | `uuid` | `Uuid` | `uuid`, lower-case hyphenated |
+///
+/// A `DateTime` in any time zone converts to its UTC instant, so one moment written with
+/// two offsets is one value, as it is for a `timestamptz` column.
+///
+/// For an application type (say a newtype id or a C-like enum), implement it by converting
+/// to the value the database column holds:
+///
+/// ```
+/// use matroska_core::{ToValue, Value};
+///
+/// struct UserId(i64);
+/// impl ToValue for UserId {
+///     fn to_value(&self) -> Value {
+///         self.0.to_value()
+///     }
+/// }
+/// assert_eq!(UserId(7).to_value(), Value::from(7));
+/// ```
+pub trait ToValue {
+    /// This value as a [`Value`].
+    fn to_value(&self) -> Value;
 }
-by_ref!(
+
+macro_rules! to_value_via_from {
+    ($($t:ty),*) => {$(
+        impl ToValue for $t {
+            fn to_value(&self) -> Value {
+                Value::from(*self)
+            }
+        }
+    )*};
+}
+to_value_via_from!(
     i8, i16, i32, i64, u8, u16, u32, u64, isize, usize, bool, f32, f64
 );
-impl<T: IntoValueByRef> IntoValueByRef for Option<T> {}
+
+impl ToValue for i128 {
+    fn to_value(&self) -> Value {
+        Value::Int(*self)
+    }
+}
+
+impl ToValue for u128 {
+    /// Values above `i128::MAX` cannot be widened into [`Value::Int`]; they are kept as
+    /// [`Value::Typed`] `u128` with their decimal form, which no other value equals.
+    fn to_value(&self) -> Value {
+        match i128::try_from(*self) {
+            Ok(i) => Value::Int(i),
+            Err(_) => Value::typed("u128", self.to_string()),
+        }
+    }
+}
+
+impl ToValue for str {
+    fn to_value(&self) -> Value {
+        Value::Str(self.to_owned())
+    }
+}
+
+impl ToValue for String {
+    fn to_value(&self) -> Value {
+        Value::Str(self.clone())
+    }
+}
+
+impl ToValue for [u8] {
+    fn to_value(&self) -> Value {
+        Value::Bytes(self.to_vec())
+    }
+}
+
+impl ToValue for Vec<u8> {
+    fn to_value(&self) -> Value {
+        Value::Bytes(self.clone())
+    }
+}
+
+impl ToValue for Value {
+    fn to_value(&self) -> Value {
+        self.clone()
+    }
+}
+
+impl<T: ToValue> ToValue for Option<T> {
+    fn to_value(&self) -> Value {
+        self.as_ref().map_or(Value::Null, ToValue::to_value)
+    }
+}
+
+impl<T: ToValue + ?Sized> ToValue for &T {
+    fn to_value(&self) -> Value {
+        (**self).to_value()
+    }
+}
+
+impl<T: ToValue + ?Sized> ToValue for Box<T> {
+    fn to_value(&self) -> Value {
+        (**self).to_value()
+    }
+}
+
+#[cfg(feature = "chrono")]
+#[cfg_attr(docsrs, doc(cfg(feature = "chrono")))]
+mod chrono_values {
+    //! Dates and times. The text forms are chrono's `Display` forms (with `T` between date and
+    //! time), which are canonical: one value, one text (leap seconds included, as `:60`).
+
+    use super::{ToValue, Value};
+
+    impl ToValue for chrono::NaiveDate {
+        fn to_value(&self) -> Value {
+            Value::typed("date", self.to_string())
+        }
+    }
+
+    impl ToValue for chrono::NaiveTime {
+        fn to_value(&self) -> Value {
+            Value::typed("time", self.to_string())
+        }
+    }
+
+    impl ToValue for chrono::NaiveDateTime {
+        fn to_value(&self) -> Value {
+            Value::typed("datetime", format!("{}T{}", self.date(), self.time()))
+        }
+    }
+
+    impl<Tz: chrono::TimeZone> ToValue for chrono::DateTime<Tz> {
+        fn to_value(&self) -> Value {
+            let utc = self.naive_utc();
+            Value::typed("timestamp", format!("{}T{}Z", utc.date(), utc.time()))
+        }
+    }
+}
+
+#[cfg(feature = "uuid")]
+#[cfg_attr(docsrs, doc(cfg(feature = "uuid")))]
+impl ToValue for uuid::Uuid {
+    fn to_value(&self) -> Value {
+        Value::typed("uuid", self.hyphenated().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn borrowed_and_owned_agree() {
+        let s = String::from("fantasy");
+        assert_eq!(Value::from(&s), Value::from("fantasy"));
+        assert_eq!(s.to_value(), Value::from(s.clone()));
+        assert_eq!(Some(3_u8).to_value(), Value::from(3_i64));
+        assert_eq!(None::<String>.to_value(), Value::Null);
+        assert_eq!((&&true).to_value(), Value::Bool(true));
+        assert_eq!(vec![1_u8, 2].to_value(), Value::Bytes(vec![1, 2]));
+        assert_eq!(
+            u128::MAX.to_value(),
+            Value::typed("u128", u128::MAX.to_string())
+        );
+        assert_eq!(7_u128.to_value(), Value::Int(7));
+    }
+
+    #[test]
+    fn typed_values_differ_from_their_text() {
+        assert_ne!(true.to_value(), "true".to_value());
+        assert_ne!(1.to_value(), "1".to_value());
+    }
+
+    #[cfg(feature = "chrono")]
+    #[test]
+    fn chrono_values_are_canonical() {
+        use chrono::{FixedOffset, NaiveDate, TimeZone, Utc};
+        let day = NaiveDate::from_ymd_opt(2026, 11, 25).expect("valid date");
+        assert_eq!(day.to_value(), Value::typed("date", "2026-11-25"));
+        let t = day.and_hms_milli_opt(23, 56, 4, 500).expect("valid time");
+        assert_eq!(
+            t.to_value(),
+            Value::typed("datetime", "2026-11-25T23:56:04.500")
+        );
+        assert_eq!(t.time().to_value(), Value::typed("time", "23:56:04.500"));
+        let paris = FixedOffset::east_opt(3600).expect("valid offset");
+        let a = paris.from_local_datetime(&t).single().expect("unambiguous");
+        let b = Utc.from_utc_datetime(&a.naive_utc());
+        assert_eq!(a.to_value(), b.to_value());
+        assert_eq!(
+            a.to_value(),
+            Value::typed("timestamp", "2026-11-25T22:56:04.500Z")
+        );
+        assert_ne!(t.to_value(), b.naive_utc().to_value());
+    }
+
+    #[cfg(feature = "uuid")]
+    #[test]
+    fn uuids_are_lower_case_hyphenated() {
+        let u = uuid::Uuid::from_u128(0xA1A2A3A4_B1B2_C1C2_D1D2_D3D4D5D6D7D8);
+        assert_eq!(
+            u.to_value(),
+            Value::typed("uuid", "a1a2a3a4-b1b2-c1c2-d1d2-d3d4d5d6d7d8")
+        );
+    }
+}

@@ -1,0 +1,357 @@
+//! Code generation for `#[derive(CacheDeps)]`, from the model in [`crate::internals::ast`].
+//!
+//! Everything is named by absolute path through the runtime crate (`::matroska` or the
+//! `#[cache(crate = "...")]` override), impls sit inside `const _: () = { ... };`, and the
+//! only items added to the user's module are the condition types they call.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{DeriveInput, Ident};
+
+use crate::internals::ast::{Container, Field, Scope};
+use crate::internals::ctxt::Ctxt;
+
+/// Expands `#[derive(CacheDeps)]`. On invalid input: the errors, plus stub impls so the rest of
+/// the user's crate does not add a flood of follow-on errors.
+pub fn derive_cache_deps(input: &DeriveInput) -> TokenStream {
+    let cx = Ctxt::new();
+    let cont = Container::from_ast(&cx, input);
+    match (cont, cx.check()) {
+        (Some(cont), Ok(())) => expand(&cont),
+        (cont, result) => {
+            let mut out = fallback(input, cont.as_ref());
+            if let Err(err) = result {
+                out.extend(err.to_compile_error());
+            }
+            out
+        }
+    }
+}
+
+fn expand(cont: &Container<'_>) -> TokenStream {
+    let cache_deps = impl_cache_deps(cont);
+    let collect_deps = impl_collect_deps(cont);
+    let scoped = impl_scoped(cont);
+    let conditions = cont.scopes.iter().map(|s| condition_type(cont, s));
+    let condition_impls = cont.scopes.iter().map(|s| impl_condition(cont, s));
+    let filters = cont
+        .scopes
+        .iter()
+        .filter(|_| cont.is_sea_orm_model())
+        .map(|s| impl_scope_filter(cont, s));
+    quote! {
+        #(#conditions)*
+
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals, unused_qualifications, clippy::all)]
+        const _: () = {
+            #cache_deps
+            #collect_deps
+            #scoped
+            #(#condition_impls)*
+            #(#filters)*
+        };
+    }
+}
+
+fn impl_cache_deps(cont: &Container<'_>) -> TokenStream {
+    let path = &cont.crate_path;
+    let ident = cont.ident;
+    let entity = &cont.entity;
+    let (impl_generics, ty_generics, where_clause) = cont.generics.split_for_impl();
+    let key = cont.key.iter().map(|&i| {
+        let field = &cont.fields[i];
+        let name = field.ident;
+        // Spanned at the field's type: a type without `ToValue` is reported there.
+        quote_spanned!(field.ty.span()=> #path::ToValue::to_value(&self.#name))
+    });
+    quote! {
+        #[automatically_derived]
+        impl #impl_generics #path::CacheDeps for #ident #ty_generics #where_clause {
+            fn entity_name() -> &'static str {
+                #entity
+            }
+
+            fn primary_key(&self) -> #path::Dependency {
+                #path::Dependency::primary_key(#entity, [#(#key),*])
+            }
+        }
+    }
+}
+
+fn impl_collect_deps(cont: &Container<'_>) -> TokenStream {
+    let path = &cont.crate_path;
+    let ident = cont.ident;
+    let related: Vec<&Field<'_>> = cont
+        .fields
+        .iter()
+        .filter(|f| f.attrs.related.is_some())
+        .collect();
+    let mut generics = cont.generics.clone();
+    if !generics.params.is_empty() {
+        // Like serde's inferred bounds: a generic related field must collect too.
+        let where_clause = generics.make_where_clause();
+        for field in &related {
+            let ty = field.ty;
+            where_clause
+                .predicates
+                .push(syn::parse_quote!(#ty: #path::CollectDeps));
+        }
+    }
+    let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
+    let set = Ident::new("__set", Span::mixed_site());
+    let related = related.iter().map(|field| {
+        let name = field.ident;
+        quote_spanned!(field.ty.span()=> #path::CollectDeps::collect_deps(&self.#name, #set);)
+    });
+    quote! {
+        #[automatically_derived]
+        impl #impl_generics #path::CollectDeps for #ident #ty_generics #where_clause {
+            fn collect_deps(&self, #set: &mut #path::DependencySet) {
+                #set.insert(#path::CacheDeps::primary_key(self));
+                #(#related)*
+            }
+        }
+    }
+}
+
+/// `Scoped` for every non-generic struct, with one extractor per `#[scope]` (none is a valid
+/// scope: its `invalidate_for` still reaches the lists that depend on any change).
+fn impl_scoped(cont: &Container<'_>) -> TokenStream {
+    if !cont.generics.params.is_empty() {
+        return TokenStream::new();
+    }
+    let path = &cont.crate_path;
+    let ident = cont.ident;
+    let entity = &cont.entity;
+    let object = Ident::new("__object", Span::mixed_site());
+    let describes = cont.scopes.iter().map(|scope| {
+        let names = scope.fields.iter().map(|&i| cont.fields[i].name());
+        let values = scope.fields.iter().map(|&i| {
+            let field = &cont.fields[i];
+            let name = field.ident;
+            quote_spanned!(field.ty.span()=> #path::ToValue::to_value(&#object.#name))
+        });
+        let when = scope.when.as_ref().map(|when| {
+            // Spanned at the expression: one that is not an `Fn(&Self) -> bool` is reported
+            // there.
+            let check = quote_spanned!(when.span()=> #path::__private::when::<#ident, _>(#when));
+            quote! {
+                if !(#check)(#object) {
+                    return #path::__private::None;
+                }
+            }
+        });
+        quote! {
+            .describe(&[#(#names),*], |#object: &#ident| {
+                #when
+                #path::__private::Some(#path::__private::vec![#(#values),*])
+            })
+        }
+    });
+    quote! {
+        #[automatically_derived]
+        impl #path::Scoped for #ident {
+            fn scope() -> &'static #path::Scope<Self> {
+                static SCOPE: #path::__private::OnceLock<#path::Scope<#ident>> =
+                    #path::__private::OnceLock::new();
+                SCOPE.get_or_init(|| #path::Scope::new(#entity) #(#describes)*)
+            }
+        }
+    }
+}
+
+/// The condition type of one scope: a struct with exactly the scope's fields, each of the
+/// field's own type, so a cached query can name nothing else.
+fn condition_type(cont: &Container<'_>, scope: &Scope) -> TokenStream {
+    let ident = cont.ident;
+    let vis = cont.vis;
+    let name = &scope.type_name;
+    let fields = scope.fields.iter().map(|&i| &cont.fields[i]);
+    let list = english_list(
+        scope
+            .fields
+            .iter()
+            .map(|&i| format!("`{}`", cont.fields[i].name())),
+    );
+    let attr = scope
+        .field_tokens
+        .iter()
+        .map(|f| crate::internals::ast::unraw(f))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let doc = format!(
+        " The filter of a cached list of [`{ident}`] by {list}: generated by \
+         `#[scope({attr})]`.\n\n \
+         Build it with a struct literal (a misspelt field or a value of the wrong type does \
+         not compile), then put [`dependencies`](Self::dependencies) with the cached list: \
+         it is invalidated when a row matching this filter is created, deleted, or moved in \
+         or out of it."
+    );
+    let fields = fields.map(|f| {
+        let fident = f.ident;
+        let ty = f.ty;
+        let doc = format!(" Lists where `{}` equals this value.", f.name());
+        quote! {
+            #[doc = #doc]
+            #vis #fident: #ty,
+        }
+    });
+    quote_spanned! {scope.span=>
+        #[doc = #doc]
+        #[derive(::core::fmt::Debug, ::core::clone::Clone)]
+        #vis struct #name {
+            #(#fields)*
+        }
+    }
+}
+
+fn impl_condition(cont: &Container<'_>, scope: &Scope) -> TokenStream {
+    let path = &cont.crate_path;
+    let entity = &cont.entity;
+    let name = &scope.type_name;
+    let pairs = scope.fields.iter().map(|&i| {
+        let field = &cont.fields[i];
+        let fname = field.name();
+        let fident = field.ident;
+        quote_spanned!(field.ty.span()=> (#fname, #path::ToValue::to_value(&self.#fident)))
+    });
+    quote! {
+        #[automatically_derived]
+        impl #path::ScopeCondition for #name {
+            fn scope_name(&self) -> &'static str {
+                #entity
+            }
+
+            fn fields(&self) -> #path::__private::Vec<(&'static str, #path::Value)> {
+                #path::__private::vec![#(#pairs),*]
+            }
+        }
+
+        #[automatically_derived]
+        impl #name {
+            /// The dependencies of a cached list filtered by this condition: the condition
+            /// and its scope's invalidate-all dependency.
+            pub fn dependencies(&self) -> #path::__private::Vec<#path::Dependency> {
+                #path::ScopeCondition::dependencies(self)
+            }
+        }
+    }
+}
+
+/// `ScopeFilter` for a SeaORM model's condition: the same fields and values as a `WHERE`
+/// clause, so the query and its dependency cannot disagree. `Entity` and `Column` are the
+/// ones `DeriveEntityModel` generates next to `Model`.
+fn impl_scope_filter(cont: &Container<'_>, scope: &Scope) -> TokenStream {
+    let path = &cont.crate_path;
+    let name = &scope.type_name;
+    let sea_orm = quote!(#path::__private::sea_orm);
+    let value = format_ident!("__value", span = Span::mixed_site());
+    let exprs = scope.fields.iter().map(|&i| {
+        let field = &cont.fields[i];
+        let fident = field.ident;
+        let column = field.column_variant();
+        if field.is_option() {
+            quote! {
+                match &self.#fident {
+                    #path::__private::Some(#value) => {
+                        #sea_orm::ColumnTrait::eq(&Column::#column, ::core::clone::Clone::clone(#value))
+                    }
+                    #path::__private::None => #sea_orm::ColumnTrait::is_null(&Column::#column),
+                }
+            }
+        } else {
+            quote! {
+                #sea_orm::ColumnTrait::eq(&Column::#column, ::core::clone::Clone::clone(&self.#fident))
+            }
+        }
+    });
+    quote! {
+        #[automatically_derived]
+        impl #path::__private::seaorm::ScopeFilter for #name {
+            type Entity = Entity;
+
+            fn filter(&self) -> #sea_orm::Condition {
+                #sea_orm::Condition::all() #(.add(#exprs))*
+            }
+        }
+
+        #[automatically_derived]
+        impl #name {
+            /// This condition as a SeaORM filter: `Entity::find().filter(condition.filter())`.
+            pub fn filter(&self) -> #sea_orm::Condition {
+                #path::__private::seaorm::ScopeFilter::filter(self)
+            }
+        }
+    }
+}
+
+/// Stub impls for input with errors: the user sees the errors, not their consequences.
+fn fallback(input: &DeriveInput, cont: Option<&Container<'_>>) -> TokenStream {
+    let default_path: syn::Path = syn::parse_quote!(::matroska);
+    let path = cont.map_or(&default_path, |c| &c.crate_path);
+    let ident = &input.ident;
+    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    let scoped = input.generics.params.is_empty().then(|| {
+        quote! {
+            #[automatically_derived]
+            impl #path::Scoped for #ident {
+                fn scope() -> &'static #path::Scope<Self> {
+                    ::core::unreachable!()
+                }
+            }
+        }
+    });
+    // Condition types of the scopes that did resolve, so code naming them still checks.
+    let (conditions, condition_impls) = match cont {
+        Some(cont) => (
+            cont.scopes
+                .iter()
+                .map(|s| condition_type(cont, s))
+                .collect(),
+            cont.scopes
+                .iter()
+                .map(|s| impl_condition(cont, s))
+                .collect(),
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
+    quote! {
+        #(#conditions)*
+
+        #[doc(hidden)]
+        const _: () = {
+            #[automatically_derived]
+            impl #impl_generics #path::CacheDeps for #ident #ty_generics #where_clause {
+                fn entity_name() -> &'static str {
+                    ::core::unreachable!()
+                }
+
+                fn primary_key(&self) -> #path::Dependency {
+                    ::core::unreachable!()
+                }
+            }
+
+            #[automatically_derived]
+            impl #impl_generics #path::CollectDeps for #ident #ty_generics #where_clause {
+                fn collect_deps(&self, _: &mut #path::DependencySet) {
+                    ::core::unreachable!()
+                }
+            }
+
+            #scoped
+            #(#condition_impls)*
+        };
+    }
+}
+
+/// "`a`", "`a` and `b`", "`a`, `b` and `c`".
+fn english_list(items: impl Iterator<Item = String>) -> String {
+    let items: Vec<String> = items.collect();
+    match items.split_last() {
+        None => String::new(),
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+    }
+}

@@ -1,0 +1,516 @@
+//! The typed model of a `#[derive(CacheDeps)]` input: the struct, its key, its related
+//! fields and its scopes, resolved and validated, keeping the user's tokens for spans.
+
+use heck::ToUpperCamelCase;
+use proc_macro2::Span;
+use syn::spanned::Spanned;
+use syn::{Data, DeriveInput, Fields, Generics, Ident, LitStr, Type, Visibility};
+
+use super::attr;
+use super::ctxt::Ctxt;
+
+/// A struct deriving `CacheDeps`.
+pub struct Container<'a> {
+    pub ident: &'a Ident,
+    pub vis: &'a Visibility,
+    pub generics: &'a Generics,
+    pub attrs: attr::Container,
+    pub fields: Vec<Field<'a>>,
+    /// The entity name: `#[cache(entity)]`, else SeaORM's table name, else the struct's name.
+    pub entity: String,
+    /// Where the runtime crate is: `#[cache(crate)]`, else `::matroska`.
+    pub crate_path: syn::Path,
+    /// Indices of the primary-key fields, in field order.
+    pub key: Vec<usize>,
+    pub scopes: Vec<Scope>,
+}
+
+/// A named field.
+pub struct Field<'a> {
+    pub ident: &'a Ident,
+    pub ty: &'a Type,
+    pub attrs: attr::Field,
+}
+
+/// A `#[scope(...)]`, resolved against the struct's fields.
+pub struct Scope {
+    /// The attribute's span.
+    pub span: Span,
+    /// Indices of the fields, in the order the attribute names them.
+    pub fields: Vec<usize>,
+    /// The fields as written in the attribute, for spans.
+    pub field_tokens: Vec<Ident>,
+    pub when: Option<syn::Expr>,
+    /// The generated condition type.
+    pub type_name: Ident,
+}
+
+impl<'a> Container<'a> {
+    /// Parses and validates `input`. Returns `None` when the input is not a struct with named
+    /// fields (the error is recorded in `cx`).
+    pub fn from_ast(cx: &Ctxt, input: &'a DeriveInput) -> Option<Self> {
+        let attrs = attr::Container::from_ast(cx, &input.attrs);
+        let named = match &input.data {
+            Data::Struct(data) => match &data.fields {
+                Fields::Named(named) => named,
+                Fields::Unnamed(_) | Fields::Unit => {
+                    cx.error_at(
+                        data.struct_token.span(),
+                        "`#[derive(CacheDeps)]` needs a struct with named fields, to name its key and scope fields",
+                    );
+                    return None;
+                }
+            },
+            Data::Enum(data) => {
+                cx.error_at(
+                    data.enum_token.span(),
+                    "`#[derive(CacheDeps)]` supports structs with named fields, not enums",
+                );
+                return None;
+            }
+            Data::Union(data) => {
+                cx.error_at(
+                    data.union_token.span(),
+                    "`#[derive(CacheDeps)]` supports structs with named fields, not unions",
+                );
+                return None;
+            }
+        };
+        let fields: Vec<Field<'a>> = named
+            .named
+            .iter()
+            .filter_map(|f| {
+                Some(Field {
+                    ident: f.ident.as_ref()?,
+                    ty: &f.ty,
+                    attrs: attr::Field::from_ast(cx, &f.attrs),
+                })
+            })
+            .collect();
+
+        let entity = attrs
+            .entity
+            .as_ref()
+            .or(attrs.table_name.as_ref())
+            .map_or_else(|| unraw(&input.ident), LitStr::value);
+        let crate_path = attrs
+            .crate_path
+            .clone()
+            .unwrap_or_else(|| syn::parse_quote!(::matroska));
+
+        let mut cont = Container {
+            ident: &input.ident,
+            vis: &input.vis,
+            generics: &input.generics,
+            attrs,
+            fields,
+            entity,
+            crate_path,
+            key: Vec::new(),
+            scopes: Vec::new(),
+        };
+        cont.key = cont.resolve_key(cx);
+        cont.check_fields(cx);
+        cont.scopes = cont.resolve_scopes(cx);
+        Some(cont)
+    }
+
+    /// Whether the struct is a SeaORM model (`#[sea_orm(table_name = ...)]`).
+    pub fn is_sea_orm_model(&self) -> bool {
+        self.attrs.table_name.is_some()
+    }
+
+    /// `#[cache(key)]` fields, else `#[sea_orm(primary_key)]` fields, else a field named `id`.
+    fn resolve_key(&self, cx: &Ctxt) -> Vec<usize> {
+        let marked = |pred: fn(&attr::Field) -> bool| -> Vec<usize> {
+            (0..self.fields.len())
+                .filter(|&i| pred(&self.fields[i].attrs))
+                .collect()
+        };
+        let key = marked(|a| a.key.is_some());
+        if !key.is_empty() {
+            return key;
+        }
+        let key = marked(|a| a.sea_orm_primary_key);
+        if !key.is_empty() {
+            return key;
+        }
+        if let Some(i) = self.fields.iter().position(|f| unraw(f.ident) == "id") {
+            return vec![i];
+        }
+        cx.error_at(
+            self.ident.span(),
+            format!(
+                "`{}` has no primary key: mark its key field(s) with `#[cache(key)]` (or `#[sea_orm(primary_key)]` on a SeaORM model), or name the field `id`",
+                self.ident
+            ),
+        );
+        Vec::new()
+    }
+
+    fn check_fields(&self, cx: &Ctxt) {
+        for field in &self.fields {
+            if let (Some(key), Some(related)) = (field.attrs.key, field.attrs.related) {
+                let mut err = syn::Error::new(
+                    related,
+                    format!(
+                        "field `{}` cannot be both `key` and `related`: a related field holds other loaded models",
+                        field.ident
+                    ),
+                );
+                err.combine(syn::Error::new(key, "marked `key` here"));
+                cx.syn_error(err);
+            }
+        }
+    }
+
+    fn resolve_scopes(&self, cx: &Ctxt) -> Vec<Scope> {
+        let attrs = &self.attrs.scopes;
+        if let (Some(first), false) = (attrs.first(), self.generics.params.is_empty()) {
+            let mut err = syn::Error::new(
+                first.span,
+                "`#[scope(...)]` is not supported on a generic struct: a scope is one static per type",
+            );
+            err.combine(syn::Error::new_spanned(
+                &self.generics.params,
+                "generic parameters declared here",
+            ));
+            cx.syn_error(err);
+            return Vec::new();
+        }
+        let mut scopes: Vec<Scope> = Vec::new();
+        for scope in attrs {
+            let mut fields = Vec::with_capacity(scope.fields.len());
+            for ident in &scope.fields {
+                match self.fields.iter().position(|f| f.ident == ident) {
+                    Some(i) => {
+                        if self.is_sea_orm_model() && self.fields[i].attrs.sea_orm_ignore {
+                            cx.error_spanned_by(
+                                ident,
+                                format!(
+                                    "field `{ident}` is `#[sea_orm(ignore)]`: it has no column to filter on"
+                                ),
+                            );
+                        }
+                        fields.push(i);
+                    }
+                    None => cx.error_spanned_by(
+                        ident,
+                        format!(
+                            "`{}` has no field `{ident}`; a scope names the fields a cached list is filtered by ({})",
+                            self.ident,
+                            self.field_list()
+                        ),
+                    ),
+                }
+            }
+            if fields.len() != scope.fields.len() {
+                continue;
+            }
+            let type_name = scope.name.clone().unwrap_or_else(|| {
+                let by: String = fields
+                    .iter()
+                    .map(|&i| unraw(self.fields[i].ident).to_upper_camel_case())
+                    .collect();
+                // A SeaORM model is always `Model`, in a module named after the entity: the
+                // module is the namespace (`article::ByPublishedCategory`, like
+                // `article::Column`). A plain struct's name goes in front.
+                let prefix = if self.is_sea_orm_model() {
+                    String::new()
+                } else {
+                    unraw(self.ident)
+                };
+                Ident::new(&format!("{prefix}By{by}"), scope.span)
+            });
+            let mut sorted = fields.clone();
+            sorted.sort_unstable();
+            if let Some(earlier) = scopes.iter().find(|s| {
+                let mut theirs = s.fields.clone();
+                theirs.sort_unstable();
+                theirs == sorted
+            }) {
+                let mut err = syn::Error::new(
+                    scope.span,
+                    "this scope names the same fields as an earlier one; give one `#[scope(...)]` per filter",
+                );
+                err.combine(syn::Error::new(earlier.span, "the earlier scope"));
+                cx.syn_error(err);
+                continue;
+            }
+            if let Some(earlier) = scopes.iter().find(|s| s.type_name == type_name) {
+                let mut err = syn::Error::new(
+                    type_name.span(),
+                    format!(
+                        "two scopes generate the condition type `{type_name}`; rename one with `name = ...`"
+                    ),
+                );
+                err.combine(syn::Error::new(earlier.span, "the other scope"));
+                cx.syn_error(err);
+                continue;
+            }
+            scopes.push(Scope {
+                span: scope.span,
+                fields,
+                field_tokens: scope.fields.clone(),
+                when: scope.when.clone(),
+                type_name,
+            });
+        }
+        scopes
+    }
+
+    fn field_list(&self) -> String {
+        let names: Vec<String> = self
+            .fields
+            .iter()
+            .map(|f| format!("`{}`", f.ident))
+            .collect();
+        if names.is_empty() {
+            "it has none".to_owned()
+        } else {
+            format!("fields: {}", names.join(", "))
+        }
+    }
+}
+
+impl Field<'_> {
+    /// The field's name without `r#`: the name used in conditions.
+    pub fn name(&self) -> String {
+        unraw(self.ident)
+    }
+
+    /// The SeaORM `Column` variant of this field, as `DeriveEntityModel` names it.
+    pub fn column_variant(&self) -> Ident {
+        let name = self
+            .attrs
+            .sea_orm_enum_name
+            .clone()
+            .unwrap_or_else(|| self.name().to_upper_camel_case());
+        // sea-orm-macros escapes the few PascalCase words that are keywords the same way.
+        match name.as_str() {
+            "Self" => Ident::new("Self_", self.ident.span()),
+            _ => Ident::new(&name, self.ident.span()),
+        }
+    }
+
+    /// Whether the field's type is written `Option<...>`: the column is nullable, and
+    /// `None` filters with `IS NULL`. (SeaORM itself decides nullability by the same test.)
+    pub fn is_option(&self) -> bool {
+        let Type::Path(path) = self.ty else {
+            return false;
+        };
+        path.qself.is_none()
+            && path
+                .path
+                .segments
+                .last()
+                .is_some_and(|s| s.ident == "Option")
+    }
+}
+
+/// An identifier's text without the `r#` of a raw identifier.
+pub fn unraw(ident: &Ident) -> String {
+    let s = ident.to_string();
+    match s.strip_prefix("r#") {
+        Some(rest) => rest.to_owned(),
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(input: DeriveInput) -> Result<Vec<String>, Vec<String>> {
+        let cx = Ctxt::new();
+        let cont = Container::from_ast(&cx, &input);
+        let summary = cont.map(|c| {
+            let mut out = vec![
+                format!("entity={}", c.entity),
+                format!(
+                    "key={}",
+                    c.key
+                        .iter()
+                        .map(|&i| c.fields[i].name())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+            ];
+            for s in &c.scopes {
+                out.push(format!(
+                    "{}({})",
+                    s.type_name,
+                    s.fields
+                        .iter()
+                        .map(|&i| c.fields[i].name())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ));
+            }
+            out
+        });
+        match cx.check() {
+            Ok(()) => Ok(summary.unwrap_or_default()),
+            Err(err) => Err(err.into_iter().map(|e| e.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn plain_struct_defaults() {
+        let got = parse(syn::parse_quote! {
+            #[scope(published, category)]
+            #[scope(category, name = InCategory)]
+            struct Article { id: i64, published: bool, category: String }
+        });
+        assert_eq!(
+            got.unwrap(),
+            [
+                "entity=Article",
+                "key=id",
+                "ArticleByPublishedCategory(published,category)",
+                "InCategory(category)"
+            ]
+        );
+    }
+
+    #[test]
+    fn cache_attributes_override() {
+        let got = parse(syn::parse_quote! {
+            #[cache(entity = "order_line", crate = "my_matroska")]
+            struct Line { id: i64, #[cache(key)] order: i64, #[cache(key)] n: i32 }
+        });
+        assert_eq!(got.unwrap(), ["entity=order_line", "key=order,n"]);
+    }
+
+    #[test]
+    fn sea_orm_model() {
+        let got = parse(syn::parse_quote! {
+            #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+            #[sea_orm(table_name = "order_lines", schema_name = "shop")]
+            #[scope(r#type, sku_id)]
+            pub struct Model {
+                #[sea_orm(primary_key, auto_increment = false)]
+                pub order_id: i64,
+                #[sea_orm(primary_key, auto_increment = false, column_type = "Integer")]
+                pub line: i32,
+                #[sea_orm(enum_name = "Kind")]
+                pub r#type: String,
+                #[sea_orm(column_name = "sku", default_expr = "Expr::value(1)", nullable)]
+                pub sku_id: Option<i64>,
+            }
+        });
+        assert_eq!(
+            got.unwrap(),
+            [
+                "entity=order_lines",
+                "key=order_id,line",
+                "ByTypeSkuId(type,sku_id)"
+            ]
+        );
+    }
+
+    #[test]
+    fn column_variants_follow_sea_orm() {
+        let input: DeriveInput = syn::parse_quote! {
+            #[sea_orm(table_name = "t")]
+            struct Model {
+                #[sea_orm(primary_key)] id: i32,
+                category_id: i32, r#type: String,
+                #[sea_orm(enum_name = "Renamed")] x: i32, sku_2: i32,
+            }
+        };
+        let cx = Ctxt::new();
+        let cont = Container::from_ast(&cx, &input).unwrap();
+        cx.check().unwrap();
+        let variants: Vec<String> = cont
+            .fields
+            .iter()
+            .map(|f| f.column_variant().to_string())
+            .collect();
+        assert_eq!(variants, ["Id", "CategoryId", "Type", "Renamed", "Sku2"]);
+        assert!(!cont.fields[1].is_option());
+    }
+
+    #[test]
+    fn all_errors_are_reported_at_once() {
+        let errors = parse(syn::parse_quote! {
+            #[cache(entity = "a", entity = "b", key, frobnicate = 1)]
+            #[scope(published, categroy)]
+            #[scope(published, published)]
+            #[scope(when = |a: &Article| true)]
+            #[scope(author, colour = 1)]
+            struct Article {
+                #[cache(entity = "x", weird)]
+                title: String,
+                #[scope(title)]
+                published: bool,
+                category: String,
+            }
+        })
+        .unwrap_err();
+        let expected = [
+            "`entity` is given twice",
+            "`#[cache(key)]` belongs on a field, not on the struct",
+            "unknown cache option `frobnicate` on a struct",
+            "field `published` is named twice in this scope",
+            "a scope needs at least one field",
+            "unknown scope option `colour`",
+            "`#[cache(entity = ...)]` belongs on the struct, not on a field",
+            "unknown cache option `weird` on a field",
+            "`#[scope(...)]` belongs on the struct",
+            "`Article` has no primary key",
+            "`Article` has no field `categroy`",
+            "`Article` has no field `author`",
+        ];
+        for want in expected {
+            assert!(
+                errors.iter().any(|e| e.contains(want)),
+                "missing {want:?} in {errors:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_scopes_and_names_are_rejected() {
+        let errors = parse(syn::parse_quote! {
+            #[scope(published, category)]
+            #[scope(category, published)]
+            #[scope(published, name = ArticleByPublishedCategory)]
+            struct Article { id: i64, published: bool, category: String }
+        })
+        .unwrap_err();
+        assert!(
+            errors[0].contains("same fields as an earlier one"),
+            "{errors:?}"
+        );
+        assert!(errors[2].contains("two scopes generate"), "{errors:?}");
+    }
+
+    #[test]
+    fn shapes_that_are_not_named_structs() {
+        for input in [
+            syn::parse_quote! { enum E { A } },
+            syn::parse_quote! { struct T(i64); },
+        ] {
+            assert!(parse(input).unwrap_err()[0].contains("named fields"));
+        }
+        let errors = parse(syn::parse_quote! {
+            #[scope(x)]
+            struct G<T> { id: i64, x: T }
+        })
+        .unwrap_err();
+        assert!(errors[0].contains("generic struct"));
+    }
+
+    #[test]
+    fn option_fields_are_detected_by_name() {
+        let input: DeriveInput = syn::parse_quote! {
+            struct S { id: i64, a: Option<i32>, b: std::option::Option<String>, c: Vec<u8> }
+        };
+        let cx = Ctxt::new();
+        let cont = Container::from_ast(&cx, &input).unwrap();
+        cx.check().unwrap();
+        let opts: Vec<bool> = cont.fields.iter().map(Field::is_option).collect();
+        assert_eq!(opts, [false, true, true, false]);
+    }
+}

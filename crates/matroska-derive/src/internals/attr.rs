@@ -1,0 +1,335 @@
+//! The attributes the derive reads: its own `#[cache(...)]` and `#[scope(...)]`, and the
+//! parts of SeaORM's `#[sea_orm(...)]` that name a table and a primary key.
+//!
+//! Each attribute is parsed into a typed value that keeps the user's tokens for spans.
+//! Problems are recorded in the [`Ctxt`] and parsing goes on, so one build reports all of
+//! them.
+
+use proc_macro2::Span;
+use syn::meta::ParseNestedMeta;
+use syn::parse::{Parse, ParseStream};
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{Attribute, Expr, Ident, LitStr, Token};
+
+use super::ctxt::Ctxt;
+
+/// `#[cache(...)]`: this derive's options.
+pub const CACHE: &str = "cache";
+/// `#[scope(...)]`: one extractor and condition type per attribute.
+pub const SCOPE: &str = "scope";
+/// `#[sea_orm(...)]`: read, never required.
+pub const SEA_ORM: &str = "sea_orm";
+
+/// `#[cache(entity = "...")]` on the struct.
+pub const ENTITY: &str = "entity";
+/// `#[cache(crate = "...")]` on the struct.
+pub const CRATE: &str = "crate";
+/// `#[cache(key)]` on a field.
+pub const KEY: &str = "key";
+/// `#[cache(related)]` on a field.
+pub const RELATED: &str = "related";
+/// `#[scope(..., when = ...)]`.
+pub const WHEN: &str = "when";
+/// `#[scope(..., name = ...)]`.
+pub const NAME: &str = "name";
+/// `#[sea_orm(table_name = "...")]` on a SeaORM model.
+pub const TABLE_NAME: &str = "table_name";
+/// `#[sea_orm(primary_key)]` on a SeaORM model's field.
+pub const PRIMARY_KEY: &str = "primary_key";
+/// `#[sea_orm(enum_name = "...")]`: the field's `Column` variant.
+pub const ENUM_NAME: &str = "enum_name";
+/// `#[sea_orm(ignore)]`: a field with no column.
+pub const IGNORE: &str = "ignore";
+
+/// The attributes of the struct.
+#[derive(Default)]
+pub struct Container {
+    /// `#[cache(entity = "...")]`.
+    pub entity: Option<LitStr>,
+    /// `#[cache(crate = "...")]`.
+    pub crate_path: Option<syn::Path>,
+    /// `#[sea_orm(table_name = "...")]`: the struct is a SeaORM model.
+    pub table_name: Option<LitStr>,
+    /// The `#[scope(...)]` attributes, in order.
+    pub scopes: Vec<ScopeAttr>,
+}
+
+/// One `#[scope(field, ..., when = ..., name = ...)]`.
+pub struct ScopeAttr {
+    /// The whole attribute, for errors about it.
+    pub span: Span,
+    /// The fields, as written.
+    pub fields: Vec<Ident>,
+    /// `when = <expr>`: an `Fn(&Self) -> bool` deciding whether an object can be in such a list.
+    pub when: Option<Expr>,
+    /// `name = Ident`: the condition type's name.
+    pub name: Option<Ident>,
+}
+
+/// The attributes of a field.
+#[derive(Default)]
+pub struct Field {
+    /// `#[cache(key)]`, with the `key` token's span.
+    pub key: Option<Span>,
+    /// `#[cache(related)]`, with the `related` token's span.
+    pub related: Option<Span>,
+    /// `#[sea_orm(primary_key)]`.
+    pub sea_orm_primary_key: bool,
+    /// `#[sea_orm(enum_name = "...")]`.
+    pub sea_orm_enum_name: Option<String>,
+    /// `#[sea_orm(ignore)]`.
+    pub sea_orm_ignore: bool,
+}
+
+impl Container {
+    pub fn from_ast(cx: &Ctxt, attrs: &[Attribute]) -> Self {
+        let mut out = Container::default();
+        for attr in attrs {
+            if attr.path().is_ident(CACHE) {
+                let result = attr.parse_nested_meta(|meta| {
+                    if meta.path.is_ident(ENTITY) {
+                        let lit: LitStr = meta.value()?.parse()?;
+                        if lit.value().is_empty() {
+                            cx.error_spanned_by(&lit, "the entity name cannot be empty");
+                        }
+                        set_once(cx, &mut out.entity, lit, &meta, ENTITY);
+                    } else if meta.path.is_ident(CRATE) {
+                        let lit: LitStr = meta.value()?.parse()?;
+                        match lit.parse::<syn::Path>() {
+                            Ok(path) => set_once(cx, &mut out.crate_path, path, &meta, CRATE),
+                            Err(_) => cx.error_spanned_by(
+                                &lit,
+                                format!(
+                                    "`crate = {:?}` is not a path; write the name matroska is imported under, e.g. `crate = \"my_matroska\"`",
+                                    lit.value()
+                                ),
+                            ),
+                        }
+                    } else if meta.path.is_ident(KEY) || meta.path.is_ident(RELATED) {
+                        let name = path_name(&meta.path);
+                        cx.error_spanned_by(
+                            &meta.path,
+                            format!("`#[cache({name})]` belongs on a field, not on the struct"),
+                        );
+                    } else {
+                        cx.error_spanned_by(
+                            &meta.path,
+                            format!(
+                                "unknown cache option `{}` on a struct; expected `entity = \"...\"` or `crate = \"...\"`",
+                                path_name(&meta.path)
+                            ),
+                        );
+                        skip_value(&meta);
+                    }
+                    Ok(())
+                });
+                if let Err(err) = result {
+                    cx.syn_error(err);
+                }
+            } else if attr.path().is_ident(SCOPE) {
+                if let Some(scope) = ScopeAttr::parse(cx, attr) {
+                    out.scopes.push(scope);
+                }
+            } else if attr.path().is_ident(SEA_ORM) {
+                // SeaORM's own derive validates its attribute; we only pick out the table name
+                // and ignore whatever we cannot read.
+                let _ = attr.parse_nested_meta(|meta| {
+                    if meta.path.is_ident(TABLE_NAME) {
+                        if let Ok(lit) = meta.value()?.parse::<LitStr>() {
+                            out.table_name = Some(lit);
+                        }
+                    } else {
+                        skip_value(&meta);
+                    }
+                    Ok(())
+                });
+            }
+        }
+        out
+    }
+}
+
+impl Field {
+    pub fn from_ast(cx: &Ctxt, attrs: &[Attribute]) -> Self {
+        let mut out = Field::default();
+        for attr in attrs {
+            if attr.path().is_ident(CACHE) {
+                let result = attr.parse_nested_meta(|meta| {
+                    if meta.path.is_ident(KEY) {
+                        set_once(cx, &mut out.key, meta.path.span(), &meta, KEY);
+                    } else if meta.path.is_ident(RELATED) {
+                        set_once(cx, &mut out.related, meta.path.span(), &meta, RELATED);
+                    } else if meta.path.is_ident(ENTITY) || meta.path.is_ident(CRATE) {
+                        let name = path_name(&meta.path);
+                        cx.error_spanned_by(
+                            &meta.path,
+                            format!(
+                                "`#[cache({name} = ...)]` belongs on the struct, not on a field"
+                            ),
+                        );
+                        skip_value(&meta);
+                    } else {
+                        cx.error_spanned_by(
+                            &meta.path,
+                            format!(
+                                "unknown cache option `{}` on a field; expected `key` or `related`",
+                                path_name(&meta.path)
+                            ),
+                        );
+                        skip_value(&meta);
+                    }
+                    Ok(())
+                });
+                if let Err(err) = result {
+                    cx.syn_error(err);
+                }
+            } else if attr.path().is_ident(SCOPE) {
+                cx.error_spanned_by(
+                    attr,
+                    "`#[scope(...)]` belongs on the struct, naming the fields it filters by: `#[scope(published, category)]`",
+                );
+            } else if attr.path().is_ident(SEA_ORM) {
+                let _ = attr.parse_nested_meta(|meta| {
+                    if meta.path.is_ident(PRIMARY_KEY) {
+                        out.sea_orm_primary_key = true;
+                    } else if meta.path.is_ident(IGNORE) {
+                        out.sea_orm_ignore = true;
+                    } else if meta.path.is_ident(ENUM_NAME) {
+                        if let Ok(lit) = meta.value()?.parse::<LitStr>() {
+                            out.sea_orm_enum_name = Some(lit.value());
+                        }
+                    } else {
+                        skip_value(&meta);
+                    }
+                    Ok(())
+                });
+            }
+        }
+        out
+    }
+}
+
+/// One item of `#[scope(...)]`: a field, or an `option = value`.
+enum ScopeItem {
+    Field(Ident),
+    Option(Ident, Expr),
+}
+
+impl Parse for ScopeItem {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        // `Ident::parse_any` would accept keywords; a field named like a keyword is written
+        // `r#type`, which `Ident` parses.
+        let ident: Ident = input.parse()?;
+        if input.peek(Token![=]) {
+            input.parse::<Token![=]>()?;
+            Ok(ScopeItem::Option(ident, input.parse()?))
+        } else {
+            Ok(ScopeItem::Field(ident))
+        }
+    }
+}
+
+impl ScopeAttr {
+    fn parse(cx: &Ctxt, attr: &Attribute) -> Option<Self> {
+        let items = match attr.parse_args_with(Punctuated::<ScopeItem, Token![,]>::parse_terminated)
+        {
+            Ok(items) => items,
+            Err(err) => {
+                let err = if matches!(attr.meta, syn::Meta::Path(_)) {
+                    syn::Error::new_spanned(
+                        attr,
+                        "`#[scope]` needs the fields it filters by: `#[scope(published, category)]`",
+                    )
+                } else {
+                    err
+                };
+                cx.syn_error(err);
+                return None;
+            }
+        };
+        let mut scope = ScopeAttr {
+            span: attr.span(),
+            fields: Vec::new(),
+            when: None,
+            name: None,
+        };
+        for item in items {
+            match item {
+                ScopeItem::Field(ident) => {
+                    if let Some(first) = scope.fields.iter().find(|f| **f == ident) {
+                        let mut err = syn::Error::new(
+                            ident.span(),
+                            format!("field `{ident}` is named twice in this scope"),
+                        );
+                        err.combine(syn::Error::new(first.span(), "first named here"));
+                        cx.syn_error(err);
+                    } else {
+                        scope.fields.push(ident);
+                    }
+                }
+                ScopeItem::Option(option, value) if option == WHEN => {
+                    if scope.when.is_some() {
+                        cx.error_spanned_by(&option, "`when` is given twice in this scope");
+                    }
+                    scope.when = Some(value);
+                }
+                ScopeItem::Option(option, value) if option == NAME => match value {
+                    Expr::Path(p) if p.qself.is_none() && p.path.get_ident().is_some() => {
+                        if scope.name.is_some() {
+                            cx.error_spanned_by(&option, "`name` is given twice in this scope");
+                        }
+                        scope.name = p.path.get_ident().cloned();
+                    }
+                    other => cx.error_spanned_by(
+                        other,
+                        "`name` takes the condition type's name, e.g. `name = FantasyBooks`",
+                    ),
+                },
+                ScopeItem::Option(option, _) => cx.error_spanned_by(
+                    &option,
+                    format!(
+                        "unknown scope option `{option}`; expected a field name, `when = <fn(&Self) -> bool>` or `name = TypeName`"
+                    ),
+                ),
+            }
+        }
+        if scope.fields.is_empty() {
+            cx.error_spanned_by(
+                attr,
+                "a scope needs at least one field to filter by: `#[scope(published, category)]`",
+            );
+            return None;
+        }
+        Some(scope)
+    }
+}
+
+/// Sets `slot` once; a second occurrence is an error at the repeated option.
+fn set_once<T>(cx: &Ctxt, slot: &mut Option<T>, value: T, meta: &ParseNestedMeta<'_>, name: &str) {
+    if slot.is_some() {
+        cx.error_spanned_by(&meta.path, format!("`{name}` is given twice"));
+    } else {
+        *slot = Some(value);
+    }
+}
+
+/// Consumes `= value` or `(...)` after an option we do not read, so parsing can go on.
+fn skip_value(meta: &ParseNestedMeta<'_>) {
+    if meta.input.peek(Token![=]) {
+        let _ = meta.value().and_then(|v| v.parse::<Expr>());
+    } else if meta.input.peek(syn::token::Paren) {
+        let _ = meta.parse_nested_meta(|nested| {
+            skip_value(&nested);
+            Ok(())
+        });
+    }
+}
+
+fn path_name(path: &syn::Path) -> String {
+    path.segments
+        .iter()
+        .map(|s| s.ident.to_string())
+        .collect::<Vec<_>>()
+        .join("::")
+}
