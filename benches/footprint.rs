@@ -45,20 +45,34 @@ fn deps(i: usize) -> Vec<Dependency> {
         Dependency::id("article", i),
         Dependency::primary_key("comment", [i as i64, 1]),
         Dependency::id("author", i % 50),
-        Dependency::condition("Article", [("category", matroska::Value::from(["fantasy", "sci-fi"][i % 2]))]),
+        Dependency::condition(
+            "Article",
+            [(
+                "category",
+                matroska::Value::from(["fantasy", "sci-fi"][i % 2]),
+            )],
+        ),
         Dependency::invalidate_all("Article"),
     ]
 }
 
 fn main() {
-    let value = Bytes::from(matroska::Codec::Json.encode("k", &common::small(), 0).unwrap());
+    let value = Bytes::from(
+        matroska::Codec::Json
+            .encode("k", &common::small(), 0)
+            .unwrap(),
+    );
     let keys: Vec<String> = (0..N).map(|i| format!("articles:{i}")).collect();
-    let encoded: Vec<Vec<String>> = (0..N).map(|i| deps(i).iter().map(Dependency::encode).collect()).collect();
+    let encoded: Vec<Vec<String>> = (0..N)
+        .map(|i| deps(i).iter().map(Dependency::encode).collect())
+        .collect();
     let rt = common::runtime();
 
     // Bare moka holding the same keys and values.
     let before = LIVE.load(Ordering::Relaxed);
-    let moka: moka::sync::Cache<Arc<str>, Bytes> = moka::sync::Cache::builder().max_capacity(N as u64 * 2).build();
+    let moka: moka::sync::Cache<Arc<str>, Bytes> = moka::sync::Cache::builder()
+        .max_capacity(N as u64 * 2)
+        .build();
     for k in &keys {
         moka.insert(Arc::from(k.as_str()), value.clone());
     }
@@ -69,7 +83,15 @@ fn main() {
     let backend = MemoryBackend::default();
     rt.block_on(async {
         for (k, d) in keys.iter().zip(&encoded) {
-            backend.put(PutRequest::new(k, value.clone(), d, Duration::from_secs(600))).await.unwrap();
+            backend
+                .put(PutRequest::new(
+                    k,
+                    value.clone(),
+                    d,
+                    Duration::from_secs(600),
+                ))
+                .await
+                .unwrap();
         }
     });
     backend.run_pending_tasks();
@@ -79,7 +101,15 @@ fn main() {
     let (redis_entry, redis_index) = rt.block_on(async {
         let (cache, _) = common::redis_pair("footprint").await;
         for i in 0..N {
-            cache.put(&keys[i], &common::small(), &deps(i), Some(Duration::from_secs(600))).await.unwrap();
+            cache
+                .put(
+                    &keys[i],
+                    &common::small(),
+                    &deps(i),
+                    Some(Duration::from_secs(600)),
+                )
+                .await
+                .unwrap();
         }
         let client = redis::Client::open(common::redis_url()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -97,13 +127,24 @@ fn main() {
                 .await
                 .unwrap();
             for key in batch {
-                let usage: Option<u64> = redis::cmd("MEMORY").arg("USAGE").arg(&key).arg("SAMPLES").arg(0).query_async(&mut conn).await.unwrap();
+                let usage: Option<u64> = redis::cmd("MEMORY")
+                    .arg("USAGE")
+                    .arg(&key)
+                    .arg("SAMPLES")
+                    .arg(0)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
                 if key.contains("}:e:") {
                     entry += usage.unwrap_or(0);
                 } else {
                     index += usage.unwrap_or(0);
                 }
-                let _: () = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.unwrap();
+                let _: () = redis::cmd("DEL")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
             }
             if next == 0 {
                 break;
@@ -113,7 +154,10 @@ fn main() {
         (entry as f64 / N as f64, index as f64 / N as f64)
     });
 
-    println!("| store ({N} entries, ~{} B values, 5 deps each) | bytes per entry |", value.len());
+    println!(
+        "| store ({N} entries, ~{} B values, 5 deps each) | bytes per entry |",
+        value.len()
+    );
     println!("|---|---|");
     println!("| bare moka (key + value only) | {moka_bytes:.0} |");
     println!("| MemoryBackend (entry + reverse index) | {memory_bytes:.0} |");

@@ -28,12 +28,19 @@ fn get(c: &mut Criterion) {
     let value = Bytes::from(matroska::Codec::Json.encode("k", &small(), 0).unwrap());
     let keys: Vec<String> = (0..10_000).map(|i| format!("articles:{i}")).collect();
 
-    let moka: moka::sync::Cache<Arc<str>, Bytes> = moka::sync::Cache::builder().max_capacity(100_000).build();
+    let moka: moka::sync::Cache<Arc<str>, Bytes> =
+        moka::sync::Cache::builder().max_capacity(100_000).build();
     let backend = MemoryBackend::default();
     let deps: Vec<String> = common::deps(5, 0).iter().map(|d| d.encode()).collect();
     for k in &keys {
         moka.insert(Arc::from(k.as_str()), value.clone());
-        ready(backend.put(PutRequest::new(k, value.clone(), &deps, Duration::from_secs(600)))).unwrap();
+        ready(backend.put(PutRequest::new(
+            k,
+            value.clone(),
+            &deps,
+            Duration::from_secs(600),
+        )))
+        .unwrap();
     }
     let cache = Cache::builder(backend.clone()).build().unwrap();
 
@@ -78,7 +85,13 @@ fn get(c: &mut Criterion) {
     g.bench_function("MemoryBackend put, 5 deps", |b| {
         b.iter(|| {
             i = (i + 1) % keys.len();
-            ready(backend.put(PutRequest::new(&keys[i], value.clone(), &deps, Duration::from_secs(600)))).unwrap()
+            ready(backend.put(PutRequest::new(
+                &keys[i],
+                value.clone(),
+                &deps,
+                Duration::from_secs(600),
+            )))
+            .unwrap()
         })
     });
     g.finish();

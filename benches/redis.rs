@@ -14,7 +14,13 @@ use common::{Article, redis_pair, runtime, small};
 fn get(c: &mut Criterion) {
     let rt = runtime();
     let (cache, raw) = rt.block_on(redis_pair("get"));
-    rt.block_on(cache.put("hit", &small(), &common::deps(5, 0), Some(Duration::from_secs(600)))).unwrap();
+    rt.block_on(cache.put(
+        "hit",
+        &small(),
+        &common::deps(5, 0),
+        Some(Duration::from_secs(600)),
+    ))
+    .unwrap();
     let stored: Vec<u8> = rt.block_on(async {
         let b = cache.backend().get("hit").await.unwrap().unwrap();
         b.to_vec()
@@ -36,7 +42,8 @@ fn get(c: &mut Criterion) {
         })
     });
     g.bench_function("matroska get hit", |b| {
-        b.to_async(&rt).iter(|| async { cache.get::<Article>("hit").await.unwrap() })
+        b.to_async(&rt)
+            .iter(|| async { cache.get::<Article>("hit").await.unwrap() })
     });
     g.bench_function("raw GET miss", |b| {
         b.to_async(&rt).iter(|| {
@@ -48,7 +55,8 @@ fn get(c: &mut Criterion) {
         })
     });
     g.bench_function("matroska get miss", |b| {
-        b.to_async(&rt).iter(|| async { cache.get::<Article>("missing").await.unwrap() })
+        b.to_async(&rt)
+            .iter(|| async { cache.get::<Article>("missing").await.unwrap() })
     });
     g.finish();
 
@@ -127,9 +135,18 @@ fn put(c: &mut Criterion) {
     });
     for n in [1, 5, 20] {
         let deps = common::deps(n, n);
-        g.bench_with_input(BenchmarkId::new("matroska put", format!("{n} deps")), &deps, |b, deps| {
-            b.to_async(&rt).iter(|| async { cache.put("put", &value, deps, Some(Duration::from_secs(600))).await.unwrap() })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("matroska put", format!("{n} deps")),
+            &deps,
+            |b, deps| {
+                b.to_async(&rt).iter(|| async {
+                    cache
+                        .put("put", &value, deps, Some(Duration::from_secs(600)))
+                        .await
+                        .unwrap()
+                })
+            },
+        );
     }
     g.finish();
 }
@@ -141,44 +158,54 @@ fn invalidate(c: &mut Criterion) {
     g.sample_size(10);
     for n in [1_usize, 100, 1000] {
         let dep = Dependency::tag(format!("fan-out-{n}"));
-        g.bench_function(BenchmarkId::new("matroska invalidate", format!("{n} dependents")), |b| {
-            b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        for i in 0..n {
-                            cache.put(&format!("e{i}"), &1, std::slice::from_ref(&dep), None).await.unwrap();
+        g.bench_function(
+            BenchmarkId::new("matroska invalidate", format!("{n} dependents")),
+            |b| {
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            for i in 0..n {
+                                cache
+                                    .put(&format!("e{i}"), &1, std::slice::from_ref(&dep), None)
+                                    .await
+                                    .unwrap();
+                            }
+                            let start = Instant::now();
+                            let dropped =
+                                cache.invalidate(std::slice::from_ref(&dep)).await.unwrap();
+                            total += start.elapsed();
+                            assert_eq!(dropped as usize, n);
                         }
-                        let start = Instant::now();
-                        let dropped = cache.invalidate(std::slice::from_ref(&dep)).await.unwrap();
-                        total += start.elapsed();
-                        assert_eq!(dropped as usize, n);
-                    }
-                    total
+                        total
+                    })
                 })
-            })
-        });
+            },
+        );
         // The floor: deleting the same keys when they are already known.
-        g.bench_function(BenchmarkId::new("raw DEL of the keys", format!("{n} keys")), |b| {
-            b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let mut conn = raw.clone();
-                    let keys: Vec<String> = (0..n).map(|i| format!("bench_raw_e{i}")).collect();
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        let mut pipe = redis::pipe();
-                        for k in &keys {
-                            pipe.set_ex(k, 1, 600).ignore();
+        g.bench_function(
+            BenchmarkId::new("raw DEL of the keys", format!("{n} keys")),
+            |b| {
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let mut conn = raw.clone();
+                        let keys: Vec<String> = (0..n).map(|i| format!("bench_raw_e{i}")).collect();
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            let mut pipe = redis::pipe();
+                            for k in &keys {
+                                pipe.set_ex(k, 1, 600).ignore();
+                            }
+                            let _: () = pipe.query_async(&mut conn).await.unwrap();
+                            let start = Instant::now();
+                            let _: i64 = conn.del(&keys).await.unwrap();
+                            total += start.elapsed();
                         }
-                        let _: () = pipe.query_async(&mut conn).await.unwrap();
-                        let start = Instant::now();
-                        let _: i64 = conn.del(&keys).await.unwrap();
-                        total += start.elapsed();
-                    }
-                    total
+                        total
+                    })
                 })
-            })
-        });
+            },
+        );
     }
     g.finish();
 }

@@ -45,7 +45,9 @@ pub fn small() -> Article {
 }
 
 pub fn deps(n: usize, salt: usize) -> Vec<Dependency> {
-    (0..n).map(|i| Dependency::id("article", salt * 1000 + i)).collect()
+    (0..n)
+        .map(|i| Dependency::id("article", salt * 1000 + i))
+        .collect()
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {
@@ -67,9 +69,11 @@ pub fn prefix(name: &str) -> String {
 /// A matroska cache on Redis and a raw `ConnectionManager` to the same server: the baseline
 /// uses the connection type the backend uses.
 pub async fn redis_pair(name: &str) -> (Cache, ConnectionManager) {
-    let backend = RedisBackend::connect(RedisConfig::new(redis_url(), prefix(name)).timeout(Duration::from_secs(5)))
-        .await
-        .expect("Redis is required for this bench (REDIS_URL)");
+    let backend = RedisBackend::connect(
+        RedisConfig::new(redis_url(), prefix(name)).timeout(Duration::from_secs(5)),
+    )
+    .await
+    .expect("Redis is required for this bench (REDIS_URL)");
     let cache = Cache::builder(backend).build().expect("valid settings");
     let raw = ConnectionManager::new(redis::Client::open(redis_url()).expect("URL"))
         .await
