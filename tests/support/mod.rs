@@ -279,3 +279,4 @@ impl Drop for Monitor {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 }
+pub mod db;

@@ -1,0 +1,188 @@
+//! Scratch databases for the SeaORM tests: a SQLite file in the temp dir, a fresh PostgreSQL
+//! schema, or a fresh MariaDB/MySQL database per test, dropped when the handle is dropped.
+//!
+//! Services come from `DATABASE_URL_POSTGRES` (default `postgres://postgres@127.0.0.1:5432/test`)
+//! and `DATABASE_URL_MYSQL` (default `mysql://root@127.0.0.1:3306/test`). A missing service
+//! fails the test.
+#![cfg(feature = "seaorm")]
+
+use std::path::PathBuf;
+
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend};
+
+use super::unique;
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sqlite,
+    Postgres,
+    MySql,
+}
+
+/// `DATABASE_URL_POSTGRES`, default `postgres://postgres@127.0.0.1:5432/test`.
+pub fn postgres_url() -> String {
+    std::env::var("DATABASE_URL_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// `DATABASE_URL_MYSQL`, default `mysql://root@127.0.0.1:3306/test`.
+pub fn mysql_url() -> String {
+    std::env::var("DATABASE_URL_MYSQL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+}
+
+/// A database of a test's own. Dropping it drops the schema / database / file.
+pub struct ScratchDb {
+    pub conn: DatabaseConnection,
+    pub kind: Kind,
+    /// The URL the connection was opened with (for extra connections).
+    pub url: String,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    File(PathBuf),
+    Statement { admin_url: String, sql: String },
+}
+
+impl ScratchDb {
+    /// A scratch database of `kind`, named after `name`.
+    pub async fn new(kind: Kind, name: &str) -> Self {
+        match kind {
+            Kind::Sqlite => Self::sqlite(name).await,
+            Kind::Postgres => Self::postgres(name).await,
+            Kind::MySql => Self::mysql(name).await,
+        }
+    }
+
+    /// A SQLite file in the temp dir (a file, not `:memory:`, so a pool's connections share it).
+    pub async fn sqlite(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("{}.db", unique(name)));
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        // SeaORM pools one SQLite connection by default; the tests read on a second connection
+        // while a transaction holds the first.
+        let conn = Database::connect(
+            ConnectOptions::new(url.clone())
+                .sqlx_logging(false)
+                .max_connections(4)
+                .to_owned(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("SQLite at {url}: {e}"));
+        // WAL lets readers run while a transaction writes (the tests read during transactions).
+        conn.execute_unprepared("PRAGMA journal_mode=WAL")
+            .await
+            .expect("WAL mode");
+        ScratchDb {
+            conn,
+            kind: Kind::Sqlite,
+            url,
+            cleanup: Cleanup::File(path),
+        }
+    }
+
+    /// A fresh schema on `DATABASE_URL_POSTGRES`, set as every pooled connection's search path.
+    pub async fn postgres(name: &str) -> Self {
+        let admin_url = postgres_url();
+        let schema = unique(name);
+        let admin = Database::connect(ConnectOptions::new(admin_url.clone()).sqlx_logging(false).to_owned())
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {admin_url} is required for this test (set DATABASE_URL_POSTGRES): {e}"));
+        admin
+            .execute_unprepared(&format!("CREATE SCHEMA \"{schema}\""))
+            .await
+            .expect("create schema");
+        admin.close().await.ok();
+        let conn = Database::connect(
+            ConnectOptions::new(admin_url.clone())
+                .sqlx_logging(false)
+                .set_schema_search_path(schema.clone())
+                .to_owned(),
+        )
+        .await
+        .expect("connect to the schema");
+        ScratchDb {
+            conn,
+            kind: Kind::Postgres,
+            url: admin_url.clone(),
+            cleanup: Cleanup::Statement {
+                admin_url,
+                sql: format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"),
+            },
+        }
+    }
+
+    /// A fresh database on the server of `DATABASE_URL_MYSQL`.
+    pub async fn mysql(name: &str) -> Self {
+        let admin_url = mysql_url();
+        let database = unique(name);
+        let admin = Database::connect(ConnectOptions::new(admin_url.clone()).sqlx_logging(false).to_owned())
+            .await
+            .unwrap_or_else(|e| panic!("MariaDB/MySQL at {admin_url} is required for this test (set DATABASE_URL_MYSQL): {e}"));
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE `{database}`"))
+            .await
+            .expect("create database");
+        admin.close().await.ok();
+        let base = admin_url
+            .rsplit_once('/')
+            .map_or(admin_url.as_str(), |(b, _)| b);
+        let url = format!("{base}/{database}");
+        let conn = Database::connect(
+            ConnectOptions::new(url.clone())
+                .sqlx_logging(false)
+                .to_owned(),
+        )
+        .await
+        .expect("connect to the database");
+        ScratchDb {
+            conn,
+            kind: Kind::MySql,
+            url,
+            cleanup: Cleanup::Statement {
+                admin_url,
+                sql: format!("DROP DATABASE IF EXISTS `{database}`"),
+            },
+        }
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.conn.get_database_backend()
+    }
+}
+
+impl Drop for ScratchDb {
+    fn drop(&mut self) {
+        match &self.cleanup {
+            Cleanup::File(path) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+            }
+            Cleanup::Statement { admin_url, sql } => {
+                let (admin_url, sql) = (admin_url.clone(), sql.clone());
+                // Drop runs inside the test's runtime: clean up from a thread with its own.
+                let _ = std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    rt.block_on(async {
+                        if let Ok(admin) = Database::connect(
+                            ConnectOptions::new(admin_url)
+                                .sqlx_logging(false)
+                                .to_owned(),
+                        )
+                        .await
+                        {
+                            let _ = admin.execute_unprepared(&sql).await;
+                            let _ = admin.close().await;
+                        }
+                    });
+                    Ok::<_, std::io::Error>(())
+                })
+                .join();
+            }
+        }
+    }
+}
