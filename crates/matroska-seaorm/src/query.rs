@@ -124,15 +124,7 @@ impl<S: QueryFilter + QueryTrait> Cached<S> {
         self
     }
 
-    /// Filters the query by a scope condition and makes the entry depend on it, instead of
-    /// on any change of the entity. Several calls combine with `AND`.
-    ///
-    /// The query's other filters and its ordering must only use the scope's watched columns
-    /// (see the [module docs](self)).
-    pub fn scoped<C: ScopeFilter>(mut self, condition: &C) -> Self
-    where
-        S: QueryFilter,
-    {
+    fn scope_by<C: ScopeFilter>(mut self, condition: &C) -> Self {
         self.query = self.query.filter(condition.filter());
         self.conditions.extend(condition.dependencies());
         self
@@ -194,10 +186,19 @@ where
     E: EntityTrait,
     E::Model: CacheDeps + Serialize + DeserializeOwned + Send + Sync,
 {
+    /// Filters the query by a scope condition of its entity and makes the entry depend on
+    /// it, instead of on any change of the entity. Several calls combine with `AND`.
+    ///
+    /// The query's other filters and its ordering must only use the scope's watched columns
+    /// (see the [module docs](self)).
+    pub fn scoped<C: ScopeFilter<Entity = E>>(self, condition: &C) -> Self {
+        self.scope_by(condition)
+    }
+
     /// All rows, as `Select::all`.
     ///
     /// # Errors
-    /// [`Error::Db`] from the query; [`Error::Cache`] for a key or value over the cache's
+    /// [`Error::Db`](crate::Error::Db) from the query; [`Error::Cache`](crate::Error::Cache) for a key or value over the cache's
     /// limits. A failing cache backend is not an error: the query runs uncached.
     pub async fn all<C: ConnectionTrait>(self, db: &C) -> Result<Vec<E::Model>> {
         let key = self.key::<E>("all", db.get_database_backend());
@@ -287,6 +288,15 @@ where
     E::Model: CacheDeps + Serialize + DeserializeOwned + Send + Sync,
     F::Model: CacheDeps + Serialize + DeserializeOwned + Send + Sync,
 {
+    /// Filters the query by a scope condition of its entity and makes the entry depend on
+    /// it, instead of on any change of the entity. Several calls combine with `AND`.
+    ///
+    /// The query's other filters and its ordering must only use the scope's watched columns
+    /// (see the [module docs](self)).
+    pub fn scoped<C: ScopeFilter<Entity = E>>(self, condition: &C) -> Self {
+        self.scope_by(condition)
+    }
+
     /// All rows with their related row, as `SelectTwo::all` (`find_also_related`).
     ///
     /// # Errors
@@ -351,6 +361,15 @@ where
     E::Model: CacheDeps + Serialize + DeserializeOwned + Send + Sync,
     F::Model: CacheDeps + Serialize + DeserializeOwned + Send + Sync,
 {
+    /// Filters the query by a scope condition of its entity and makes the entry depend on
+    /// it, instead of on any change of the entity. Several calls combine with `AND`.
+    ///
+    /// The query's other filters and its ordering must only use the scope's watched columns
+    /// (see the [module docs](self)).
+    pub fn scoped<C: ScopeFilter<Entity = E>>(self, condition: &C) -> Self {
+        self.scope_by(condition)
+    }
+
     /// All rows with their related rows, as `SelectTwoMany::all` (`find_with_related`).
     ///
     /// # Errors

@@ -191,7 +191,8 @@ impl Drop for FlushOnDrop {
 /// call when it completes (or is dropped). Batches nest: an inner batch joins the outer one.
 ///
 /// Use it around a bare `db.begin()` ... `txn.commit()`, or to make several saves cost one
-/// round trip. The cache is the one current when the batch starts.
+/// round trip. The cache is the one current when the batch starts. The batch belongs to the
+/// task: saves in tasks spawned inside it invalidate on their own, right after each save.
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
