@@ -4,7 +4,7 @@
 //! rule: **every write that does not go through a hooked `ActiveModel` goes through this
 //! module** (or is followed by [`invalidate_entity`]). Each helper invalidates as narrowly as
 //! the database lets it, after the write (after commit inside a
-//! [`transaction`](crate::transaction) / [`batch`](crate::batch)):
+//! [`transaction`](crate::transaction()) / [`batch`](crate::batch)):
 //!
 //! | helper | PostgreSQL, SQLite ≥ 3.35 | MariaDB / MySQL |
 //! |---|---|---|
@@ -405,7 +405,7 @@ where
 
 /// Invalidates every cached list and query of entity `E` (`all` and `any_change`): for raw
 /// SQL and other writes that cannot be narrowed to rows. Call it after the write; inside a
-/// [`transaction`](crate::transaction) or [`batch`](crate::batch) it waits for the end.
+/// [`transaction`](crate::transaction()) or [`batch`](crate::batch) it waits for the end.
 ///
 /// Entries depending only on a row's primary key (cached by hand) are not touched; invalidate
 /// those rows' keys with [`invalidate`].
@@ -422,7 +422,7 @@ where
 }
 
 /// Invalidates `deps` through the current cache: now, or at the end of the enclosing
-/// [`transaction`](crate::transaction) / [`batch`](crate::batch).
+/// [`transaction`](crate::transaction()) / [`batch`](crate::batch).
 ///
 /// # Errors
 /// [`Error::NoCache`]; outside a batch, the backend's failure (queued for retry too).

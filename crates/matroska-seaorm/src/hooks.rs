@@ -22,8 +22,8 @@
 //! its primary key whatever those values say.
 //!
 //! Invalidations happen after the statement, or at the end of the enclosing
-//! [`transaction`](crate::transaction) / [`batch`](crate::batch); see
-//! [`transaction`](crate::transaction#a-bare-begin) for a bare `begin()`. SeaORM runs no hooks
+//! [`transaction`](crate::transaction()) / [`batch`](crate::batch); see
+//! [`transaction`](mod@crate::transaction#a-bare-begin) for a bare `begin()`. SeaORM runs no hooks
 //! for `insert_many`, `update_many`, `delete_many`, `delete_by_id`, `Entity::insert(..).exec`,
 //! `Entity::update(..).exec` or raw SQL; and `update_without_returning` runs `before_save`
 //! only (its invalidations wait for the task's next save): use the [bulk](crate::bulk)
@@ -162,7 +162,7 @@ where
 /// The body of `ActiveModelBehavior::after_save`: invalidates the row's primary key and the
 /// conditions the saved row matches (for an update, only those of extractors watching a
 /// modified column), with what [`before_save`] collected: now, or at the end of the
-/// enclosing [`transaction`](crate::transaction) / [`batch`](crate::batch).
+/// enclosing [`transaction`](crate::transaction()) / [`batch`](crate::batch).
 ///
 /// A failed invalidation does not fail the save (the row is written): it is queued and
 /// retried, see the [failure policy](crate::invalidator#failure-policy-retry-queue-then-refuse-writes).
@@ -233,7 +233,7 @@ where
 }
 
 /// The body of `ActiveModelBehavior::after_delete`: invalidates what [`before_delete`]
-/// collected, now or at the end of the enclosing [`transaction`](crate::transaction) /
+/// collected, now or at the end of the enclosing [`transaction`](crate::transaction()) /
 /// [`batch`](crate::batch). Failures are queued, as in [`after_save`].
 ///
 /// # Errors

@@ -8,14 +8,14 @@
 //! 2. the process-global cache set once at start-up with [`set_global_cache`] (or
 //!    [`Invalidator::install_global`]).
 //!
-//! With neither, a hooked save fails with [`Error::NoCache`](crate::Error::NoCache) before
+//! With neither, a hooked save fails with [`Error::NoCache`] before
 //! it writes: silently skipping the invalidation would leave stale entries behind (possibly
 //! in another process that shares the Redis).
 //!
 //! ## Failure policy: retry queue, then refuse writes
 //!
 //! A hook's invalidation runs *after* the row was written (after commit, in a
-//! [`transaction`](crate::transaction)): when the cache backend fails then, the write cannot
+//! [`transaction`](crate::transaction())): when the cache backend fails then, the write cannot
 //! be undone, and failing the call would tell the caller a committed write did not happen
 //! (inviting a duplicate retry). So:
 //!
@@ -25,7 +25,7 @@
 //!   carries the queue along (still one round trip);
 //! - while the queue holds [`backlog_limit`](InvalidatorBuilder::backlog_limit) or more
 //!   dependencies, hooked saves and the bulk helpers **refuse to write** with
-//!   [`Error::Backlog`](crate::Error::Backlog), before touching the database: a write whose
+//!   [`Error::Backlog`], before touching the database: a write whose
 //!   invalidation cannot be delivered is not accepted once the outage is clearly not a blip;
 //! - [`Invalidator::pending`] and [`Invalidator::flush`] let health checks see and drain the
 //!   queue. The queue lives in the process: entries still queued when it exits are lost,
