@@ -30,15 +30,25 @@ pub use matroska_core::*;
 ///
 /// For
 ///
-/// ```ignore
+/// ```
+/// use matroska::{CacheDeps, ScopeCondition, Scoped};
+///
 /// #[derive(CacheDeps)]
 /// #[scope(published, category, when = Article::is_listed)]
 /// pub struct Article { id: i64, published: bool, category: String, title: String }
+///
+/// impl Article {
+///     fn is_listed(&self) -> bool { self.published }
+/// }
+///
+/// let fantasy = ArticleByPublishedCategory { published: true, category: "fantasy".into() };
+/// assert_eq!(fantasy.scope_name(), Article::entity_name());
+/// assert_eq!(Article::scope().name(), "Article");
 /// ```
 ///
-/// the derive generates:
+/// the derive generates (in outline):
 ///
-/// ```ignore
+/// ```text
 /// impl CacheDeps for Article {
 ///     fn entity_name() -> &'static str { "Article" }
 ///     fn primary_key(&self) -> Dependency { /* PrimaryKey("Article", self.id) */ }
@@ -140,11 +150,12 @@ pub mod __private {
     pub use std::vec;
     pub use std::vec::Vec;
 
-    /// Pins the type of a `#[scope(..., when = ...)]` expression to `Fn(&T) -> bool`, which
-    /// also lets a closure's argument type be inferred.
+    /// Calls a `#[scope(..., when = ...)]` expression on `object`. Taking it as an
+    /// `Fn(&T) -> bool` argument lets a closure's argument type be inferred, and reports a
+    /// wrong expression once, at the expression.
     #[inline]
-    pub fn when<T: ?Sized, F: Fn(&T) -> bool>(f: F) -> F {
-        f
+    pub fn when<T: ?Sized, F: Fn(&T) -> bool>(f: F, object: &T) -> bool {
+        f(object)
     }
 
     #[cfg(feature = "seaorm")]

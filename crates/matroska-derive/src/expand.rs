@@ -60,12 +60,10 @@ fn impl_cache_deps(cont: &Container<'_>) -> TokenStream {
     let ident = cont.ident;
     let entity = &cont.entity;
     let (impl_generics, ty_generics, where_clause) = cont.generics.split_for_impl();
-    let key = cont.key.iter().map(|&i| {
-        let field = &cont.fields[i];
-        let name = field.ident;
-        // Spanned at the field's type: a type without `ToValue` is reported there.
-        quote_spanned!(field.ty.span()=> #path::ToValue::to_value(&self.#name))
-    });
+    let key = cont
+        .key
+        .iter()
+        .map(|&i| to_value(path, &cont.fields[i], quote!(self)));
     quote! {
         #[automatically_derived]
         impl #impl_generics #path::CacheDeps for #ident #ty_generics #where_clause {
@@ -103,7 +101,8 @@ fn impl_collect_deps(cont: &Container<'_>) -> TokenStream {
     let set = Ident::new("__set", Span::mixed_site());
     let related = related.iter().map(|field| {
         let name = field.ident;
-        quote_spanned!(field.ty.span()=> #path::CollectDeps::collect_deps(&self.#name, #set);)
+        let collect = respan(quote!(#path::CollectDeps::collect_deps), field.ty.span());
+        quote!(#collect(&self.#name, #set);)
     });
     quote! {
         #[automatically_derived]
@@ -125,20 +124,25 @@ fn impl_scoped(cont: &Container<'_>) -> TokenStream {
     let path = &cont.crate_path;
     let ident = cont.ident;
     let entity = &cont.entity;
-    let object = Ident::new("__object", Span::mixed_site());
+    // Call-site hygiene (it is respanned at field types), with a name no `when` expression
+    // would use.
+    let object = Ident::new("__matroska_object", Span::call_site());
     let describes = cont.scopes.iter().map(|scope| {
-        let names = scope.fields.iter().map(|&i| cont.fields[i].name());
-        let values = scope.fields.iter().map(|&i| {
-            let field = &cont.fields[i];
-            let name = field.ident;
-            quote_spanned!(field.ty.span()=> #path::ToValue::to_value(&#object.#name))
-        });
+        let names = scope
+            .fields
+            .iter()
+            .map(|&i| field_name(cont, &cont.fields[i]));
+        let values = scope
+            .fields
+            .iter()
+            .map(|&i| to_value(path, &cont.fields[i], quote!(#object)));
         let when = scope.when.as_ref().map(|when| {
             // Spanned at the expression: one that is not an `Fn(&Self) -> bool` is reported
             // there.
-            let check = quote_spanned!(when.span()=> #path::__private::when::<#ident, _>(#when));
+            let check = respan(quote!(#path::__private::when::<#ident, _>), when.span());
+            let object = respan(quote!(#object), when.span());
             quote! {
-                if !(#check)(#object) {
+                if !#check(#when, #object) {
                     return #path::__private::None;
                 }
             }
@@ -178,7 +182,7 @@ fn condition_type(cont: &Container<'_>, scope: &Scope) -> TokenStream {
     let attr = scope
         .field_tokens
         .iter()
-        .map(|f| crate::internals::ast::unraw(f))
+        .map(crate::internals::ast::unraw)
         .collect::<Vec<_>>()
         .join(", ");
     let doc = format!(
@@ -213,9 +217,9 @@ fn impl_condition(cont: &Container<'_>, scope: &Scope) -> TokenStream {
     let name = &scope.type_name;
     let pairs = scope.fields.iter().map(|&i| {
         let field = &cont.fields[i];
-        let fname = field.name();
-        let fident = field.ident;
-        quote_spanned!(field.ty.span()=> (#fname, #path::ToValue::to_value(&self.#fident)))
+        let fname = field_name(cont, field);
+        let value = to_value(path, field, quote!(self));
+        quote!((#fname, #value))
     });
     quote! {
         #[automatically_derived]
@@ -343,6 +347,48 @@ fn fallback(input: &DeriveInput, cont: Option<&Container<'_>>) -> TokenStream {
             #scoped
             #(#condition_impls)*
         };
+    }
+}
+
+/// `ToValue::to_value(&<receiver>.<field>)`, spanned at the field's type: a type without
+/// `ToValue` is reported there, not at the derive. (Respanning keeps the receiver resolving:
+/// user spans and the call site share hygiene.)
+fn to_value(path: &syn::Path, field: &Field<'_>, receiver: TokenStream) -> TokenStream {
+    let name = field.ident;
+    respan(
+        quote!(#path::ToValue::to_value(&#receiver.#name)),
+        field.ty.span(),
+    )
+}
+
+/// `tokens` with every span set to `span`, so errors about them point at the user's tokens.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut tt| {
+            if let proc_macro2::TokenTree::Group(g) = &tt {
+                let mut group = proc_macro2::Group::new(g.delimiter(), respan(g.stream(), span));
+                group.set_span(span);
+                tt = proc_macro2::TokenTree::Group(group);
+            } else {
+                tt.set_span(span);
+            }
+            tt
+        })
+        .collect()
+}
+
+/// A scope field's name in conditions: the field's name, or on a SeaORM model its column's
+/// name as SeaORM reports it (`Column::as_str()`), so the names of modified columns an
+/// `ActiveModel` reports can be handed to `Scope::invalidate_for` as they are.
+fn field_name(cont: &Container<'_>, field: &Field<'_>) -> TokenStream {
+    if cont.is_sea_orm_model() {
+        let path = &cont.crate_path;
+        let column = field.column_variant();
+        quote!(#path::__private::sea_orm::IdenStatic::as_str(&Column::#column))
+    } else {
+        let name = field.name();
+        quote!(#name)
     }
 }
 

@@ -1,8 +1,6 @@
 //! Plain structs: defaults, overrides, every scope option, and the generated API in use.
 
-use matroska::{
-    CacheDeps, CollectDeps, Dependency, DependencySet, ScopeCondition, Scoped, Value,
-};
+use matroska::{CacheDeps, CollectDeps, Dependency, DependencySet, ScopeCondition, Scoped, Value};
 
 #[derive(CacheDeps)]
 pub struct User {
@@ -66,13 +64,23 @@ mod renamed {
 }
 
 fn main() {
-    let user = User { id: 1, name: "kolypto".into() };
+    let user = User {
+        id: 1,
+        name: "kolypto".into(),
+    };
     assert_eq!(User::entity_name(), "User");
     assert_eq!(user.primary_key(), Dependency::primary_key("User", [1]));
     let _ = &user.name;
 
-    let line = OrderLine { order: 7, line: 2, items: vec![user] };
-    assert_eq!(line.primary_key(), Dependency::primary_key("order_line", [7, 2]));
+    let line = OrderLine {
+        order: 7,
+        line: 2,
+        items: vec![user],
+    };
+    assert_eq!(
+        line.primary_key(),
+        Dependency::primary_key("order_line", [7, 2])
+    );
     assert_eq!(
         DependencySet::of(&line).into_vec(),
         [line.primary_key(), Dependency::primary_key("User", [1])]
@@ -85,7 +93,10 @@ fn main() {
         author_id: 1,
         r#type: "book".into(),
         editor_id: None,
-        author: Some(User { id: 1, name: "kolypto".into() }),
+        author: Some(User {
+            id: 1,
+            name: "kolypto".into(),
+        }),
     };
     // Scope name is the entity name; one extractor per `#[scope]`.
     let scope = Article::scope();
@@ -93,20 +104,31 @@ fn main() {
     assert_eq!(scope.described_fields().count(), 5);
 
     // Typed conditions: struct literals with the fields' own types.
-    let fantasy = ArticleByPublishedCategory { published: true, category: "fantasy".into() };
+    let fantasy = ArticleByPublishedCategory {
+        published: true,
+        category: "fantasy".into(),
+    };
     assert_eq!(fantasy.scope_name(), "Article");
     assert_eq!(
         fantasy.dependencies(),
         scope
-            .condition([("published", Value::from(true)), ("category", "fantasy".into())])
+            .condition([
+                ("published", Value::from(true)),
+                ("category", "fantasy".into())
+            ])
             .unwrap()
     );
     let by_author = ByAuthor { author_id: 1 };
-    let by_type = ArticleByType { r#type: "book".into() };
+    let by_type = ArticleByType {
+        r#type: "book".into(),
+    };
     assert_eq!(by_type.fields(), [("type", Value::from("book"))]);
     let unedited = ArticleByEditorId { editor_id: None };
     assert_eq!(unedited.fields(), [("editor_id", Value::Null)]);
-    let _ = ArticleByCategory { category: "fantasy".into() }.clone();
+    let _ = ArticleByCategory {
+        category: "fantasy".into(),
+    }
+    .clone();
     let _ = format!("{by_author:?}");
 
     // A draft opts out of the `when` scopes, not of the others.
@@ -120,13 +142,25 @@ fn main() {
     article.collect_deps(&mut set);
     assert_eq!(
         set.into_vec(),
-        [Dependency::primary_key("Article", [10]), Dependency::primary_key("User", [1])]
+        [
+            Dependency::primary_key("Article", [10]),
+            Dependency::primary_key("User", [1])
+        ]
     );
 
-    let w = Wrapper { id: 3, inner: Dependency::tag("x") };
+    let w = Wrapper {
+        id: 3,
+        inner: Dependency::tag("x"),
+    };
     assert_eq!(DependencySet::of(&w).len(), 2);
 
-    let tag = renamed::Tag { id: 1, kind: "k".into() };
-    assert_eq!(renamed::TagByKind { kind: "k".into() }.fields()[0].1, Value::from(&tag.kind));
+    let tag = renamed::Tag {
+        id: 1,
+        kind: "k".into(),
+    };
+    assert_eq!(
+        renamed::TagByKind { kind: "k".into() }.fields()[0].1,
+        Value::from(&tag.kind)
+    );
     assert_eq!(tag.primary_key(), Dependency::primary_key("Tag", [tag.id]));
 }

@@ -63,7 +63,10 @@ fn main() {
     assert_eq!(fantasy.scope_name(), "order_lines");
 
     let day = sea_orm::prelude::Date::from_ymd_opt(2026, 11, 25).unwrap();
-    let unassigned = line::ByEditorIdShippedOn { editor_id: None, shipped_on: Some(day) };
+    let unassigned = line::ByEditorIdShippedOn {
+        editor_id: None,
+        shipped_on: Some(day),
+    };
     let where_clause = sql(unassigned.filter());
     assert!(
         where_clause.ends_with(
@@ -73,11 +76,27 @@ fn main() {
     );
     assert_eq!(
         unassigned.fields(),
-        [("editor_id", Value::Null), ("shipped_on", Value::typed("date", "2026-11-25"))]
+        [
+            ("editor_id", Value::Null),
+            ("shipped_on", Value::typed("date", "2026-11-25"))
+        ]
     );
 
-    let books = line::OfType { r#type: "book".into() };
-    assert!(sql(books.filter()).ends_with(r#"WHERE "order_lines"."type" = 'book'"#));
+    let books = line::OfType {
+        r#type: "book".into(),
+    };
+    let where_clause = sql(books.filter());
+    assert!(
+        where_clause.ends_with(r#"WHERE "order_lines"."kind" = 'book'"#),
+        "{where_clause}"
+    );
+    // On a SeaORM model, scope fields are named by their columns, as SeaORM reports them.
+    assert_eq!(books.fields(), [("kind", Value::from("book"))]);
+    let scope_fields: Vec<Vec<String>> = line::Model::scope()
+        .described_fields()
+        .map(<[String]>::to_vec)
+        .collect();
+    assert_eq!(scope_fields[2], ["kind"]);
 
     let tracking = sea_orm::prelude::Uuid::nil();
     let by_tracking = line::ByTracking { tracking };
@@ -94,7 +113,10 @@ fn main() {
         tracking,
         created_at: Default::default(),
     };
-    assert_eq!(model.primary_key(), Dependency::primary_key("order_lines", [7, 2]));
+    assert_eq!(
+        model.primary_key(),
+        Dependency::primary_key("order_lines", [7, 2])
+    );
     let deps = line::Model::scope().dependencies_for(&model, None);
     assert!(deps.contains(&fantasy.dependencies()[0]));
 }

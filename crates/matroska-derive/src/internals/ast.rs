@@ -2,7 +2,7 @@
 //! fields and its scopes, resolved and validated, keeping the user's tokens for spans.
 
 use heck::ToUpperCamelCase;
-use proc_macro2::Span;
+use proc_macro2::{Span, TokenStream};
 use syn::spanned::Spanned;
 use syn::{Data, DeriveInput, Fields, Generics, Ident, LitStr, Type, Visibility};
 
@@ -34,8 +34,10 @@ pub struct Field<'a> {
 
 /// A `#[scope(...)]`, resolved against the struct's fields.
 pub struct Scope {
-    /// The attribute's span.
+    /// The attribute's first token.
     pub span: Span,
+    /// The whole attribute, for errors spanning it.
+    pub tokens: TokenStream,
     /// Indices of the fields, in the order the attribute names them.
     pub fields: Vec<usize>,
     /// The fields as written in the attribute, for spans.
@@ -167,8 +169,8 @@ impl<'a> Container<'a> {
     fn resolve_scopes(&self, cx: &Ctxt) -> Vec<Scope> {
         let attrs = &self.attrs.scopes;
         if let (Some(first), false) = (attrs.first(), self.generics.params.is_empty()) {
-            let mut err = syn::Error::new(
-                first.span,
+            let mut err = syn::Error::new_spanned(
+                &first.tokens,
                 "`#[scope(...)]` is not supported on a generic struct: a scope is one static per type",
             );
             err.combine(syn::Error::new_spanned(
@@ -229,11 +231,14 @@ impl<'a> Container<'a> {
                 theirs.sort_unstable();
                 theirs == sorted
             }) {
-                let mut err = syn::Error::new(
-                    scope.span,
+                let mut err = syn::Error::new_spanned(
+                    &scope.tokens,
                     "this scope names the same fields as an earlier one; give one `#[scope(...)]` per filter",
                 );
-                err.combine(syn::Error::new(earlier.span, "the earlier scope"));
+                err.combine(syn::Error::new_spanned(
+                    &earlier.tokens,
+                    "the earlier scope",
+                ));
                 cx.syn_error(err);
                 continue;
             }
@@ -244,12 +249,13 @@ impl<'a> Container<'a> {
                         "two scopes generate the condition type `{type_name}`; rename one with `name = ...`"
                     ),
                 );
-                err.combine(syn::Error::new(earlier.span, "the other scope"));
+                err.combine(syn::Error::new_spanned(&earlier.tokens, "the other scope"));
                 cx.syn_error(err);
                 continue;
             }
             scopes.push(Scope {
                 span: scope.span,
+                tokens: scope.tokens.clone(),
                 fields,
                 field_tokens: scope.fields.clone(),
                 when: scope.when.clone(),
@@ -363,7 +369,7 @@ mod tests {
             struct Article { id: i64, published: bool, category: String }
         });
         assert_eq!(
-            got.unwrap(),
+            got.expect("valid input"),
             [
                 "entity=Article",
                 "key=id",
@@ -379,7 +385,10 @@ mod tests {
             #[cache(entity = "order_line", crate = "my_matroska")]
             struct Line { id: i64, #[cache(key)] order: i64, #[cache(key)] n: i32 }
         });
-        assert_eq!(got.unwrap(), ["entity=order_line", "key=order,n"]);
+        assert_eq!(
+            got.expect("valid input"),
+            ["entity=order_line", "key=order,n"]
+        );
     }
 
     #[test]
@@ -400,7 +409,7 @@ mod tests {
             }
         });
         assert_eq!(
-            got.unwrap(),
+            got.expect("valid input"),
             [
                 "entity=order_lines",
                 "key=order_id,line",
@@ -420,8 +429,8 @@ mod tests {
             }
         };
         let cx = Ctxt::new();
-        let cont = Container::from_ast(&cx, &input).unwrap();
-        cx.check().unwrap();
+        let cont = Container::from_ast(&cx, &input).expect("valid input");
+        cx.check().expect("valid input");
         let variants: Vec<String> = cont
             .fields
             .iter()
@@ -447,7 +456,7 @@ mod tests {
                 category: String,
             }
         })
-        .unwrap_err();
+        .expect_err("invalid input");
         let expected = [
             "`entity` is given twice",
             "`#[cache(key)]` belongs on a field, not on the struct",
@@ -478,7 +487,7 @@ mod tests {
             #[scope(published, name = ArticleByPublishedCategory)]
             struct Article { id: i64, published: bool, category: String }
         })
-        .unwrap_err();
+        .expect_err("invalid input");
         assert!(
             errors[0].contains("same fields as an earlier one"),
             "{errors:?}"
@@ -492,13 +501,13 @@ mod tests {
             syn::parse_quote! { enum E { A } },
             syn::parse_quote! { struct T(i64); },
         ] {
-            assert!(parse(input).unwrap_err()[0].contains("named fields"));
+            assert!(parse(input).expect_err("invalid input")[0].contains("named fields"));
         }
         let errors = parse(syn::parse_quote! {
             #[scope(x)]
             struct G<T> { id: i64, x: T }
         })
-        .unwrap_err();
+        .expect_err("invalid input");
         assert!(errors[0].contains("generic struct"));
     }
 
@@ -508,8 +517,8 @@ mod tests {
             struct S { id: i64, a: Option<i32>, b: std::option::Option<String>, c: Vec<u8> }
         };
         let cx = Ctxt::new();
-        let cont = Container::from_ast(&cx, &input).unwrap();
-        cx.check().unwrap();
+        let cont = Container::from_ast(&cx, &input).expect("valid input");
+        cx.check().expect("valid input");
         let opts: Vec<bool> = cont.fields.iter().map(Field::is_option).collect();
         assert_eq!(opts, [false, true, true, false]);
     }

@@ -5,7 +5,8 @@
 //! Problems are recorded in the [`Ctxt`] and parsing goes on, so one build reports all of
 //! them.
 
-use proc_macro2::Span;
+use proc_macro2::{Span, TokenStream};
+use quote::ToTokens;
 use syn::meta::ParseNestedMeta;
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
@@ -57,8 +58,10 @@ pub struct Container {
 
 /// One `#[scope(field, ..., when = ..., name = ...)]`.
 pub struct ScopeAttr {
-    /// The whole attribute, for errors about it.
+    /// The first token of the attribute, for generated code.
     pub span: Span,
+    /// The whole attribute, for errors spanning it.
+    pub tokens: TokenStream,
     /// The fields, as written.
     pub fields: Vec<Ident>,
     /// `when = <expr>`: an `Fn(&Self) -> bool` deciding whether an object can be in such a list.
@@ -250,6 +253,7 @@ impl ScopeAttr {
         };
         let mut scope = ScopeAttr {
             span: attr.span(),
+            tokens: attr.to_token_stream(),
             fields: Vec::new(),
             when: None,
             name: None,
