@@ -23,6 +23,11 @@ pub use matroska_core::*;
 /// | `#[scope(a, b, when = path_or_closure)]` | | an `Fn(&Self) -> bool`: a row for which it is false can be in no such list and invalidates nothing for this scope |
 /// | `#[scope(a, b, name = TypeName)]` | | names the condition type |
 ///
+/// [`Scoped`] is implemented for every non-generic struct (without `#[scope]`, by a scope
+/// with no extractors, whose [`Scope::invalidate_for`] still reaches the lists that depend on
+/// [`Scope::any_change`]); a `#[scope]` on a generic struct is an error, as a scope is one
+/// static per type.
+///
 /// Key and scope fields are read through [`ToValue`] (integers, `bool`, floats, strings,
 /// bytes, `Option`, and with features `chrono` and `uuid` dates, times and UUIDs).
 ///
@@ -80,7 +85,10 @@ pub use matroska_core::*;
 /// `Model` prefix: `#[scope(published, category)]` in module `article` generates
 /// `article::ByPublishedCategory`, which also implements `seaorm::ScopeFilter` (feature
 /// `seaorm`), with an inherent `filter()` giving `Column::Published.eq(..)` and
-/// `Column::Category.eq(..)` (`is_null()` for a `None`). One value then gives a query both
+/// `Column::Category.eq(..)` (`is_null()` for a `None`). On a model, scope fields are named
+/// by their column (`Column::as_str()`, which differs from the field's name only under
+/// `column_name`, `enum_name` or `rename_all`), as the SeaORM hooks report modified
+/// columns. One value then gives a query both
 /// its `WHERE` clause and its dependency:
 ///
 /// ```ignore
