@@ -111,7 +111,13 @@ mod cases {
                 .unwrap(),
             0
         );
-        assert_eq!(cache.invalidate(&[author.clone()]).await.unwrap(), 2);
+        assert_eq!(
+            cache
+                .invalidate(std::slice::from_ref(&author))
+                .await
+                .unwrap(),
+            2
+        );
         assert!(!cache.has("list").await.unwrap());
         assert!(!cache.has("by-tag").await.unwrap());
         assert!(cache.has("other").await.unwrap());
@@ -137,7 +143,7 @@ mod cases {
         let dep = Dependency::tag("hot");
         for i in 0..300 {
             cache
-                .put(&format!("k{i}"), &i, &[dep.clone()], None)
+                .put(&format!("k{i}"), &i, std::slice::from_ref(&dep), None)
                 .await
                 .unwrap();
         }
@@ -267,8 +273,14 @@ mod cases {
             ),
         ];
         for (a, b) in pairs {
-            cache.put("ka", &1, &[a.clone()], None).await.unwrap();
-            cache.put("kb", &1, &[b.clone()], None).await.unwrap();
+            cache
+                .put("ka", &1, std::slice::from_ref(&a), None)
+                .await
+                .unwrap();
+            cache
+                .put("kb", &1, std::slice::from_ref(&b), None)
+                .await
+                .unwrap();
             assert_eq!(cache.invalidate(&[a]).await.unwrap(), 1);
             assert!(
                 cache.has("kb").await.unwrap(),

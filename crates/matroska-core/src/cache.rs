@@ -470,10 +470,10 @@ impl Cache {
             if let Some(value) = own {
                 return Ok(value);
             }
-            if filled.shareable {
-                if let Some(value) = self.decode_or_drop(key, &filled.bytes).await {
-                    return Ok(value);
-                }
+            if filled.shareable
+                && let Some(value) = self.decode_or_drop(key, &filled.bytes).await
+            {
+                return Ok(value);
             }
             if loader.is_none() {
                 break;
@@ -619,10 +619,10 @@ impl Cache {
             }
             Err(e) => Err(e),
         };
-        if let Some(token) = lease {
-            if let Err(e) = self.inner.backend.release_lease(key, token).await {
-                tracing::debug!(key, error = %e, "could not release fill lease; it will expire");
-            }
+        if let Some(token) = lease
+            && let Err(e) = self.inner.backend.release_lease(key, token).await
+        {
+            tracing::debug!(key, error = %e, "could not release fill lease; it will expire");
         }
         result
     }

@@ -58,6 +58,8 @@
 //! - `chrono`, `uuid`: [`ToValue`] for chrono's dates and times and for `uuid::Uuid`, so they
 //!   can be primary keys and scope fields.
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// Library code states why an `expect` cannot fail, and never unwraps.
+#![warn(clippy::unwrap_used)]
 
 pub mod backend;
 mod cache;

@@ -262,14 +262,13 @@ impl<T: ?Sized> Scope<T> {
         let mut deps = BTreeSet::new();
         deps.insert(self.any_change());
         for extractor in &self.extractors {
-            if let Some(modified) = modified {
-                if !extractor
+            if let Some(modified) = modified
+                && !extractor
                     .fields
                     .iter()
                     .any(|f| modified.contains(&f.as_str()))
-                {
-                    continue;
-                }
+            {
+                continue;
             }
             for object in [before, after].into_iter().flatten() {
                 match (extractor.extract)(object) {

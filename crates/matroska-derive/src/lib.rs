@@ -6,6 +6,8 @@
 //!
 //! Layout: `internals` parses the input into a typed model (collecting every error),
 //! `expand` generates code from it.
+// Library code states why an `expect` cannot fail, and never unwraps.
+#![warn(clippy::unwrap_used)]
 
 mod expand;
 mod internals;

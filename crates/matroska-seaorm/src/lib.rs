@@ -101,6 +101,8 @@
 //! [`CacheDeps`]: matroska_core::CacheDeps
 //! [`Scoped`]: matroska_core::Scoped
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// Library code states why an `expect` cannot fail, and never unwraps.
+#![warn(clippy::unwrap_used)]
 
 pub mod bulk;
 mod dependencies;
