@@ -91,7 +91,7 @@ pub use matroska_core::*;
 /// columns. One value then gives a query both
 /// its `WHERE` clause and its dependency:
 ///
-/// ```ignore
+/// ```text
 /// let fantasy = article::ByPublishedCategory { published: true, category: "fantasy".into() };
 /// let rows = article::Entity::find().filter(fantasy.filter()).all(&db).await?;
 /// cache.put(&key, &rows, &fantasy.dependencies(), None).await?;
