@@ -69,14 +69,22 @@ pub fn prefix(name: &str) -> String {
 /// A matroska cache on Redis and a raw `ConnectionManager` to the same server: the baseline
 /// uses the connection type the backend uses.
 pub async fn redis_pair(name: &str) -> (Cache, ConnectionManager) {
-    let backend = RedisBackend::connect(
-        RedisConfig::new(redis_url(), prefix(name)).timeout(Duration::from_secs(5)),
-    )
-    .await
-    .expect("Redis is required for this bench (REDIS_URL)");
-    let cache = Cache::builder(backend).build().expect("valid settings");
+    let cache = redis_cache(name).await;
     let raw = ConnectionManager::new(redis::Client::open(redis_url()).expect("URL"))
         .await
         .expect("Redis");
     (cache, raw)
 }
+
+/// A matroska cache on Redis under the bench's own prefix.
+pub async fn redis_cache(name: &str) -> Cache {
+    let backend = RedisBackend::connect(
+        RedisConfig::new(redis_url(), prefix(name)).timeout(Duration::from_secs(5)),
+    )
+    .await
+    .expect("Redis is required for this bench (REDIS_URL)");
+    Cache::builder(backend).build().expect("valid settings")
+}
+
+#[cfg(feature = "seaorm")]
+pub mod seaorm;
