@@ -15,7 +15,6 @@
 //!
 //! Bounded by operation counts, not by time; nothing here asserts on timing.
 #![cfg(feature = "seaorm")]
-#![allow(clippy::unwrap_used)]
 
 mod support;
 
