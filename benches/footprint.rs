@@ -100,10 +100,10 @@ fn main() {
     // Redis: MEMORY USAGE of every key under a fresh prefix, divided by the entries.
     let (redis_entry, redis_index) = rt.block_on(async {
         let (cache, _) = common::redis_pair("footprint").await;
-        for i in 0..N {
+        for (i, key) in keys.iter().enumerate() {
             cache
                 .put(
-                    &keys[i],
+                    key,
                     &common::small(),
                     &deps(i),
                     Some(Duration::from_secs(600)),

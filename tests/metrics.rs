@@ -62,8 +62,14 @@ async fn operations_are_counted() {
     let dep = Dependency::id("author", 1);
 
     assert_eq!(cache.get::<i32>("k").await.unwrap(), None);
-    cache.put("k", &1, &[dep.clone()], None).await.unwrap();
-    cache.put("j", &2, &[dep.clone()], None).await.unwrap();
+    cache
+        .put("k", &1, std::slice::from_ref(&dep), None)
+        .await
+        .unwrap();
+    cache
+        .put("j", &2, std::slice::from_ref(&dep), None)
+        .await
+        .unwrap();
     assert_eq!(cache.get::<i32>("k").await.unwrap(), Some(1));
     assert_eq!(
         cache.get::<String>("j").await.unwrap(),

@@ -108,15 +108,30 @@ async fn every_key_written_has_a_ttl_and_index_outlives_entries() {
         .unwrap();
     let dep = Dependency::id("author", 1);
     cache
-        .put("short", &1, &[dep.clone()], Some(Duration::from_secs(10)))
+        .put(
+            "short",
+            &1,
+            std::slice::from_ref(&dep),
+            Some(Duration::from_secs(10)),
+        )
         .await
         .unwrap();
     cache
-        .put("long", &1, &[dep.clone()], Some(Duration::from_secs(500)))
+        .put(
+            "long",
+            &1,
+            std::slice::from_ref(&dep),
+            Some(Duration::from_secs(500)),
+        )
         .await
         .unwrap();
     cache
-        .put("shorter", &1, &[dep.clone()], Some(Duration::from_secs(5)))
+        .put(
+            "shorter",
+            &1,
+            std::slice::from_ref(&dep),
+            Some(Duration::from_secs(5)),
+        )
         .await
         .unwrap();
     cache.invalidate(&[Dependency::tag("other")]).await.unwrap();
@@ -154,8 +169,12 @@ async fn prefixes_isolate_applications() {
     .build()
     .unwrap();
     let dep = Dependency::tag("shared-name");
-    a.put("k", &"a", &[dep.clone()], None).await.unwrap();
-    b.put("k", &"b", &[dep.clone()], None).await.unwrap();
+    a.put("k", &"a", std::slice::from_ref(&dep), None)
+        .await
+        .unwrap();
+    b.put("k", &"b", std::slice::from_ref(&dep), None)
+        .await
+        .unwrap();
     assert_eq!(a.get::<String>("k").await.unwrap().as_deref(), Some("a"));
     assert_eq!(a.invalidate(&[dep]).await.unwrap(), 1);
     assert_eq!(b.get::<String>("k").await.unwrap().as_deref(), Some("b"));
@@ -220,7 +239,10 @@ async fn outage_degrades_reads_and_reports_invalidations() {
         .build()
         .unwrap();
     let dep = Dependency::id("article", 1);
-    cache.put("k", &1, &[dep.clone()], None).await.unwrap();
+    cache
+        .put("k", &1, std::slice::from_ref(&dep), None)
+        .await
+        .unwrap();
     redis.kill();
 
     // Reads are misses, the loader keeps the application answering.
@@ -243,7 +265,7 @@ async fn outage_degrades_reads_and_reports_invalidations() {
     // Writes that matter are reported.
     assert!(
         cache
-            .invalidate(&[dep.clone()])
+            .invalidate(std::slice::from_ref(&dep))
             .await
             .unwrap_err()
             .is_backend_failure()
@@ -260,7 +282,11 @@ async fn outage_degrades_reads_and_reports_invalidations() {
     redis.restart();
     let mut ok = false;
     for _ in 0..100 {
-        if cache.put("k", &2, &[dep.clone()], None).await.is_ok() {
+        if cache
+            .put("k", &2, std::slice::from_ref(&dep), None)
+            .await
+            .is_ok()
+        {
             ok = true;
             break;
         }
