@@ -25,9 +25,10 @@
 use std::time::Duration;
 
 use matroska_core::{Cache, CacheDeps, Dependency, Loaded};
+use sea_orm::sea_query::{FromValueTuple, IntoValueTuple};
 use sea_orm::{
-    ConnectionTrait, DbErr, EntityName, EntityTrait, PaginatorTrait, QueryFilter, QueryTrait,
-    Select, SelectTwo, SelectTwoMany, Statement,
+    ConnectionTrait, DbErr, EntityName, EntityTrait, PaginatorTrait, PrimaryKeyTrait, QueryFilter,
+    QueryTrait, Select, SelectTwo, SelectTwoMany, Statement,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -140,12 +141,7 @@ impl<S: QueryFilter + QueryTrait> Cached<S> {
     }
 
     fn key<E: EntityName>(&self, kind: &str, backend: sea_orm::DbBackend) -> String {
-        let statement = self.query.build(backend);
-        format!(
-            "q:{}:{kind}:{:032x}",
-            E::default().table_name(),
-            statement_hash(&statement)
-        )
+        query_key::<E, _>(&self.query, kind, backend)
     }
 
     async fn load<T, F, Fut>(&self, key: &str, loader: F) -> Result<T>
@@ -163,6 +159,19 @@ impl<S: QueryFilter + QueryTrait> Cached<S> {
 
 use crate::dependencies::entity_dependencies as coarse;
 
+/// `q:{table}:{kind}:{hash of the statement built for backend}`.
+fn query_key<E: EntityName, S: QueryTrait>(
+    query: &S,
+    kind: &str,
+    backend: sea_orm::DbBackend,
+) -> String {
+    format!(
+        "q:{}:{kind}:{:032x}",
+        E::default().table_name(),
+        statement_hash(&query.build(backend))
+    )
+}
+
 /// A stable 128-bit hash of a built statement: backend, SQL, and each value's debug form,
 /// every part length-prefixed so the concatenation is unambiguous.
 fn statement_hash(statement: &Statement) -> u128 {
@@ -179,6 +188,118 @@ fn statement_hash(statement: &Statement) -> u128 {
         }
     }
     hasher.digest128()
+}
+
+/// The row of `E` with primary key `id`, answered from `cache` when it can be.
+///
+/// Unlike `E::find_by_id(id).cached(&cache).one(&db)`, which cannot tell that its filter is a
+/// primary key and so depends on any write to the entity, this lookup depends on that one key
+/// (and the entity's `all`, for bulk writes): saving another row keeps it cached. A missing
+/// row is cached too, and the insert of a row with that key drops it.
+///
+/// For key types the key dependency cannot be built from (floats, JSON, ...), it falls back to
+/// the entity-wide dependencies, like an unscoped query.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// # mod article {
+/// #     use sea_orm::entity::prelude::*;
+/// #     use matroska_core::{CacheDeps, Dependency, Value};
+/// #     #[derive(Clone, Debug, PartialEq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]
+/// #     #[sea_orm(table_name = "article")]
+/// #     pub struct Model { #[sea_orm(primary_key)] pub id: i32, pub title: String }
+/// #     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+/// #     pub enum Relation {}
+/// #     impl ActiveModelBehavior for ActiveModel {}
+/// #     impl CacheDeps for Model {
+/// #         fn entity_name() -> &'static str { "article" }
+/// #         fn primary_key(&self) -> Dependency { Dependency::primary_key("article", [Value::Int(self.id.into())]) }
+/// #     }
+/// # }
+/// use sea_orm::{ConnectionTrait, Database};
+/// use matroska_core::{Cache, CacheDeps};
+///
+/// let db = Database::connect("sqlite::memory:").await?;
+/// db.execute_unprepared("CREATE TABLE article (id INTEGER PRIMARY KEY, title TEXT NOT NULL);
+///                        INSERT INTO article VALUES (1, 'Python'), (2, 'Cache')").await?;
+/// let cache = Cache::memory();
+/// let first = matroska_seaorm::query::find_by_id::<article::Entity, _>(&cache, &db, 1).await?;
+/// let second = matroska_seaorm::query::find_by_id::<article::Entity, _>(&cache, &db, 2).await?;
+/// assert_eq!(first.as_ref().map(|a| a.title.as_str()), Some("Python"));
+/// // A write to article 2 leaves article 1's entry alone.
+/// cache.invalidate(&[second.unwrap().primary_key()]).await?;
+/// assert!(cache.has(&matroska_seaorm::query::find_by_id_key::<article::Entity>(1, db.get_database_backend())).await?);
+/// # Ok::<_, Box<dyn std::error::Error>>(()) }).unwrap();
+/// ```
+///
+/// # Errors
+/// As [`Cached::all`].
+pub async fn find_by_id<E, C>(
+    cache: &Cache,
+    db: &C,
+    id: impl Into<<E::PrimaryKey as PrimaryKeyTrait>::ValueType>,
+) -> Result<Option<E::Model>>
+where
+    E: EntityTrait,
+    E::Model: CacheDeps + Serialize + DeserializeOwned + Send + Sync,
+    C: ConnectionTrait,
+{
+    let values = id.into().into_value_tuple();
+    let name = <E::Model as CacheDeps>::entity_name();
+    let missing_row_deps = match key_values(values.clone()) {
+        Some(key) => vec![
+            Dependency::primary_key(name, key),
+            Dependency::invalidate_all(name),
+        ],
+        None => coarse::<E::Model>(),
+    };
+    let id =
+        <<E::PrimaryKey as PrimaryKeyTrait>::ValueType as FromValueTuple>::from_value_tuple(values);
+    let cached = E::find_by_id(id).cached(cache);
+    let key = cached.key::<E>("id", db.get_database_backend());
+    let query = cached.query.clone();
+    cached
+        .load(&key, || async move {
+            let row = query.one(db).await?;
+            let deps = match &row {
+                Some(row) => vec![row.primary_key(), Dependency::invalidate_all(name)],
+                None => missing_row_deps,
+            };
+            Ok((row, deps))
+        })
+        .await
+}
+
+/// The cache key [`find_by_id`] uses for `id` on `backend` (to inspect or delete the entry).
+pub fn find_by_id_key<E: EntityTrait>(
+    id: impl Into<<E::PrimaryKey as PrimaryKeyTrait>::ValueType>,
+    backend: sea_orm::DbBackend,
+) -> String {
+    query_key::<E, _>(&E::find_by_id(id), "id", backend)
+}
+
+/// A primary key's values as the derive's `ToValue` renders them, when every part has a
+/// known rendering.
+fn key_values(values: sea_orm::sea_query::ValueTuple) -> Option<Vec<matroska_core::Value>> {
+    use matroska_core::{ToValue, Value as V};
+    use sea_orm::Value as S;
+    values
+        .into_iter()
+        .map(|v| match v {
+            S::Bool(Some(b)) => Some(b.to_value()),
+            S::TinyInt(Some(i)) => Some(i.to_value()),
+            S::SmallInt(Some(i)) => Some(i.to_value()),
+            S::Int(Some(i)) => Some(i.to_value()),
+            S::BigInt(Some(i)) => Some(i.to_value()),
+            S::TinyUnsigned(Some(i)) => Some(i.to_value()),
+            S::SmallUnsigned(Some(i)) => Some(i.to_value()),
+            S::Unsigned(Some(i)) => Some(i.to_value()),
+            S::BigUnsigned(Some(i)) => Some(i.to_value()),
+            S::String(Some(s)) => Some(s.to_value()),
+            S::Uuid(Some(u)) => Some(u.to_value()),
+            _ => None::<V>,
+        })
+        .collect()
 }
 
 impl<E> Cached<Select<E>>
