@@ -20,7 +20,7 @@ pub use matroska_core::*;
 /// | `#[cache(related)]` | field | a loaded relation (a model, `Option`, `Vec`, ...) whose dependencies [`CollectDeps`] adds after the model's own |
 /// | `#[cache(crate = "my_matroska")]` | struct | where the `matroska` crate is, when renamed in `Cargo.toml` |
 /// | `#[scope(a, b)]` | struct, repeatable | one list filter the application caches: an extractor of `a` and `b` in [`Scoped::scope`], and a condition type |
-/// | `#[scope(a, b, when = path_or_closure)]` | | an `Fn(&Self) -> bool`: a row for which it is false can be in no such list and invalidates nothing for this scope |
+/// | `#[scope(a, b, when = path_or_closure)]` | | an `Fn(&Self) -> bool`: a row for which it is false can be in no such list and invalidates nothing for this scope. It must read only the scope's own fields (`a`, `b`): an update of any other field skips the scope. For a guard on another field, declare the scope by hand with [`Scope::describe_guarded`] |
 /// | `#[scope(a, b, name = TypeName)]` | | names the condition type |
 ///
 /// [`Scoped`] is implemented for every non-generic struct (without `#[scope]`, by a scope

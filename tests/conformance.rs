@@ -401,13 +401,57 @@ mod cases {
         assert!(unprotected.has("k").await.unwrap());
     }
 
+    /// Followers never receive a value whose put was refused: it may predate an
+    /// invalidation that returned before they joined. They load again instead.
+    pub async fn followers_do_not_get_a_refused_value(cache: Cache) {
+        let dep = Dependency::id("article", 1);
+        let version = Arc::new(AtomicUsize::new(0));
+        let start = Arc::new(tokio::sync::Barrier::new(10));
+        let mut tasks = Vec::new();
+        for _ in 0..10 {
+            let (cache, dep, version, start) = (
+                cache.clone(),
+                dep.clone(),
+                Arc::clone(&version),
+                Arc::clone(&start),
+            );
+            tasks.push(tokio::spawn(async move {
+                start.wait().await;
+                let c = cache.clone();
+                cache
+                    .get_or_load("k", None, || async move {
+                        let v = version.fetch_add(1, Ordering::SeqCst);
+                        if v == 0 {
+                            // The first load is slow and a writer invalidates meanwhile.
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            c.invalidate(std::slice::from_ref(&dep)).await.unwrap();
+                        }
+                        Ok::<_, Boom>((v, vec![dep]))
+                    })
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut got = Vec::new();
+        for t in tasks {
+            got.push(t.await.unwrap());
+        }
+        // Only the leader's own caller may see version 0.
+        assert_eq!(got.iter().filter(|&&v| v == 0).count(), 1, "{got:?}");
+        assert!(cache.get::<usize>("k").await.unwrap().unwrap() >= 1);
+    }
+
     pub async fn concurrent_callers_share_one_load(cache: Cache) {
         let loads = Arc::new(AtomicUsize::new(0));
+        // All callers start together, so every one of them misses while the load runs.
+        let start = Arc::new(tokio::sync::Barrier::new(100));
         let mut tasks = Vec::new();
         for _ in 0..100 {
             let cache = cache.clone();
             let loads = Arc::clone(&loads);
+            let start = Arc::clone(&start);
             tasks.push(tokio::spawn(async move {
+                start.wait().await;
                 cache
                     .get_or_load("hot", None, || async {
                         loads.fetch_add(1, Ordering::SeqCst);
@@ -463,6 +507,7 @@ macro_rules! conformance {
                 get_or_load_passes_loader_errors,
                 value_loaded_across_an_invalidation_is_not_cached,
                 concurrent_callers_share_one_load,
+                followers_do_not_get_a_refused_value,
                 overwrite_keeps_the_new_dependencies,
             );
         }

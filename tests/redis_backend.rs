@@ -357,3 +357,78 @@ async fn cross_process_lease_coalesces_loads() {
     }
     assert_eq!(loads.load(Ordering::SeqCst), 1);
 }
+
+/// A lease holder that gives up (its load failed, or its put was refused) hands over at once:
+/// the waiter takes the lease on its next poll instead of waiting out a two-minute lease.
+#[tokio::test]
+async fn lease_is_handed_over_when_the_holder_gives_up() {
+    let redis = PrivateRedis::start();
+    let backend = backend(&redis, |c| c).await;
+    let cache = Cache::builder(backend.clone())
+        .fill_lease(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    // Another process holds the lease.
+    let token = backend
+        .try_lease("hot", Duration::from_secs(120))
+        .await
+        .unwrap()
+        .unwrap();
+    let waiter = tokio::spawn({
+        let cache = cache.clone();
+        async move {
+            cache
+                .get_or_load("hot", None, || async {
+                    Ok::<_, std::io::Error>((7, vec![Dependency::tag("hot")]))
+                })
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    backend.release_lease("hot", token).await.unwrap();
+    // A deadline, not a measurement: without the hand-over this would wait 120 s.
+    let value = tokio::time::timeout(Duration::from_secs(30), waiter)
+        .await
+        .expect("hand-over")
+        .unwrap();
+    assert_eq!(value.unwrap(), 7);
+}
+
+/// A value another process filled that this one cannot decode (a rolling deploy with another
+/// schema version) is dropped, and this caller still loads its own.
+#[tokio::test]
+async fn undecodable_value_from_the_lease_holder_is_reloaded() {
+    let redis = PrivateRedis::start();
+    let backend = backend(&redis, |c| c).await;
+    let v1 = Cache::builder(backend.clone())
+        .schema_version(1)
+        .fill_lease(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let v2 = Cache::builder(backend.clone())
+        .schema_version(2)
+        .build()
+        .unwrap();
+    let token = backend
+        .try_lease("k", Duration::from_millis(500))
+        .await
+        .unwrap()
+        .unwrap();
+    let waiter = tokio::spawn({
+        let v1 = v1.clone();
+        async move {
+            v1.get_or_load("k", None, || async {
+                Ok::<_, std::io::Error>(("from v1".to_string(), vec![]))
+            })
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    v2.put("k", &"from v2", &[], None).await.unwrap();
+    backend.release_lease("k", token).await.unwrap();
+    let value = tokio::time::timeout(Duration::from_secs(30), waiter)
+        .await
+        .expect("no hang")
+        .unwrap();
+    assert_eq!(value.unwrap(), "from v1");
+}

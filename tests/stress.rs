@@ -116,13 +116,7 @@ impl Rng {
     }
 }
 
-async fn reader(
-    h: Arc<Harness>,
-    cache: Cache,
-    seed: u64,
-    reads: u64,
-    latencies: Arc<std::sync::Mutex<Vec<(Instant, Duration)>>>,
-) {
+async fn reader(h: Arc<Harness>, cache: Cache, seed: u64, reads: u64, latencies: Latencies) {
     let mut rng = Rng(seed);
     for _ in 0..reads {
         let id = rng.next(ROWS);
@@ -190,6 +184,9 @@ struct Outcome {
     latencies: Vec<(Instant, Duration)>,
 }
 
+/// Every read's start and duration, in completion order; the caller may watch it for progress.
+type Latencies = Arc<std::sync::Mutex<Vec<(Instant, Duration)>>>;
+
 async fn run(
     name: &str,
     cache: Cache,
@@ -198,8 +195,28 @@ async fn run(
     writers: u64,
     writes: u64,
 ) -> Outcome {
+    run_observed(
+        name,
+        cache,
+        readers,
+        reads,
+        writers,
+        writes,
+        Latencies::default(),
+    )
+    .await
+}
+
+async fn run_observed(
+    name: &str,
+    cache: Cache,
+    readers: u64,
+    reads: u64,
+    writers: u64,
+    writes: u64,
+    latencies: Latencies,
+) -> Outcome {
     let h = Harness::new(name).await;
-    let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for r in 0..readers {
         tasks.push(tokio::spawn(reader(
@@ -309,19 +326,36 @@ async fn redis_killed_and_restarted_mid_run() {
     let cache = Cache::builder(backend).build().unwrap();
     let outage = Arc::new(std::sync::Mutex::new(None::<(Instant, Instant)>));
     let outage2 = Arc::clone(&outage);
+    let progress = Latencies::default();
+    let watched = Arc::clone(&progress);
     let during = async move {
-        // Let the run warm up, then take Redis away for a while and bring it back empty.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Once a sixth of the reads are done (an event, not a delay), take Redis away for a
+        // while and bring it back empty. Killing and restarting block: off the runtime.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while watched.lock().unwrap().len() < 300 {
+            assert!(Instant::now() < deadline, "the run made no progress");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let from = Instant::now();
-        redis.kill();
+        redis = tokio::task::spawn_blocking(move || {
+            redis.kill();
+            redis
+        })
+        .await
+        .unwrap();
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        redis.restart();
+        redis = tokio::task::spawn_blocking(move || {
+            redis.restart();
+            redis
+        })
+        .await
+        .unwrap();
         *outage2.lock().unwrap() = Some((from, Instant::now()));
         // Keep the server alive until the run ends.
         tokio::time::sleep(Duration::from_secs(3600)).await;
         drop(redis);
     };
-    let run_fut = run("stress_outage", cache, 6, 300, 2, 100);
+    let run_fut = run_observed("stress_outage", cache, 6, 300, 2, 100, progress);
     let o = tokio::select! {
         o = run_fut => o,
         () = during => unreachable!("the outage task sleeps past the run"),

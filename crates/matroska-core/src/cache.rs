@@ -66,9 +66,13 @@ struct Flight {
 #[derive(Clone)]
 struct Filled {
     bytes: Bytes,
-    /// Whether followers may use the bytes. False when the put was refused as possibly stale:
-    /// a follower may have started after the invalidation that made it stale.
+    /// Whether followers may use the bytes: only when the guarded put stored them (or another
+    /// process's value arrived through the lease). A put refused as possibly stale, or one
+    /// that could not be checked, proves nothing about invalidations that happened after a
+    /// follower joined, so such bytes go to the leader's own caller only.
     shareable: bool,
+    /// The backend failed during the fill: followers load on their own at once.
+    unverified: bool,
 }
 
 impl std::fmt::Debug for Cache {
@@ -150,8 +154,12 @@ impl CacheBuilder {
         if s.max_value_bytes == 0 || s.max_key_bytes == 0 {
             return Err(Error::Config("size limits must be more than zero".into()));
         }
-        if s.fill_lease.is_some_and(|d| d.is_zero()) {
-            return Err(Error::Config("fill_lease must be more than zero".into()));
+        if s.fill_lease
+            .is_some_and(|d| d.is_zero() || d > Duration::from_secs(3600))
+        {
+            return Err(Error::Config(
+                "fill_lease must be more than zero and at most an hour".into(),
+            ));
         }
         Ok(Cache {
             inner: Arc::new(Inner {
@@ -461,11 +469,9 @@ impl Cache {
             let mut own: Option<T> = None;
             let filled = flight
                 .result
-                .get_or_try_init(|| {
-                    // Only the caller that runs this closure loads; the loader is consumed.
-                    let loader = loader.take();
-                    self.fill(key, ttl, degraded, &flight, loader, &mut own)
-                })
+                // Only the caller that runs this closure leads; it consumes its loader only
+                // when it actually loads.
+                .get_or_try_init(|| self.fill(key, ttl, degraded, &flight, &mut loader, &mut own))
                 .await?;
             if let Some(value) = own {
                 return Ok(value);
@@ -475,12 +481,13 @@ impl Cache {
             {
                 return Ok(value);
             }
-            if loader.is_none() {
+            if filled.unverified || loader.is_none() {
+                // The backend is failing: another round would fail the same way.
                 break;
             }
         }
-        // Either the flights kept turning out unusable, or our loader was consumed by a
-        // flight whose result we could not use: load without coalescing.
+        // The flights kept turning out unusable for this caller (refused as stale, or loaded
+        // while the backend was failing): load without coalescing.
         match loader.take() {
             Some(loader) => {
                 let (value, _deps) = loader().await.map_err(|e| Error::Load(e.into()))?;
@@ -530,7 +537,7 @@ impl Cache {
         ttl: Option<Duration>,
         degraded: bool,
         flight: &Arc<Flight>,
-        loader: Option<F>,
+        loader: &mut Option<F>,
         own: &mut Option<T>,
     ) -> Result<Filled>
     where
@@ -539,38 +546,23 @@ impl Cache {
         Fut: Future<Output = Result<Loaded<T>, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let Some(loader) = loader else {
-            // This caller's loader went into an earlier flight that failed; another caller
-            // will take the lead (tokio's OnceCell hands initialisation to the next waiter).
-            return Err(Error::Load("the shared load of this key failed".into()));
-        };
         let s = &self.inner.settings;
-        if degraded {
-            let (value, _deps) = loader().await.map_err(|e| Error::Load(e.into()))?;
-            count(Counter::Load, self.name(), 1);
-            self.leave_flight(key, flight);
-            let bytes = self.encode(key, &value)?;
-            *own = Some(value);
-            return Ok(Filled {
-                bytes,
-                shareable: true,
-            });
-        }
         let lease = match s.fill_lease {
-            Some(lease_ttl) => match self.wait_for_lease(key, lease_ttl).await {
+            Some(lease_ttl) if !degraded => match self.wait_for_lease(key, lease_ttl).await {
                 LeaseWait::Filled(bytes) => {
                     self.leave_flight(key, flight);
                     return Ok(Filled {
                         bytes,
                         shareable: true,
+                        unverified: false,
                     });
                 }
                 LeaseWait::Held(token) => Some(token),
                 LeaseWait::Proceed => None,
             },
-            None => None,
+            _ => None,
         };
-        let ticket = if s.stale_set_protection {
+        let ticket = if s.stale_set_protection && !degraded {
             match self.inner.backend.ticket().await {
                 Ok(ticket) => Some(ticket),
                 Err(e) => {
@@ -582,40 +574,47 @@ impl Cache {
         } else {
             None
         };
-        let ticket_failed = s.stale_set_protection && ticket.is_none();
-        let loaded = loader().await.map_err(|e| Error::Load(e.into()));
+        // Without a ticket the value cannot be checked against invalidations: not cached.
+        let unverified = degraded || (s.stale_set_protection && ticket.is_none());
+        let Some(load) = loader.take() else {
+            // Unreachable in practice: a caller whose loader is gone has returned already.
+            return Err(Error::Load("this caller's loader already ran".into()));
+        };
+        let loaded = load().await.map_err(|e| Error::Load(e.into()));
         count(Counter::Load, self.name(), 1);
         // New callers from here on start their own flight (and find the value once it is put):
-        // only callers that joined while the load ran share its result, so none of them can
-        // have started after an invalidation that the put below does not see.
+        // only callers that joined while the load ran share its result, and they do only when
+        // the guarded put below proves no dependency was invalidated since the ticket.
         self.leave_flight(key, flight);
         let result = match loaded {
             Ok((value, deps)) => {
-                let bytes = self.encode(key, &value);
-                let filled = match bytes {
-                    Ok(bytes) if ticket_failed => Ok(Filled {
+                let filled = self.encode(key, &value).map(|bytes| (bytes, deps));
+                *own = Some(value);
+                match filled {
+                    Ok((bytes, _)) if unverified => Ok(Filled {
                         bytes,
-                        shareable: true,
+                        shareable: false,
+                        unverified: true,
                     }),
-                    Ok(bytes) => {
-                        let shareable = match self
-                            .put_bytes(key, bytes.clone(), &deps, ttl, ticket)
-                            .await
-                        {
+                    Ok((bytes, deps)) => {
+                        let put = self.put_bytes(key, bytes.clone(), &deps, ttl, ticket).await;
+                        let stored = match put {
                             Ok(PutOutcome::Stored) => true,
                             Ok(PutOutcome::Stale) => false,
-                            Err(e) => {
+                            Err(ref e) => {
                                 backend_error(self.name(), "put");
                                 tracing::warn!(key, error = %e, "cache write failed; value not cached");
-                                true
+                                false
                             }
                         };
-                        Ok(Filled { bytes, shareable })
+                        Ok(Filled {
+                            bytes,
+                            shareable: stored,
+                            unverified: put.is_err(),
+                        })
                     }
                     Err(e) => Err(e),
-                };
-                *own = Some(value);
-                filled
+                }
             }
             Err(e) => Err(e),
         };
@@ -638,6 +637,9 @@ impl Cache {
             }
         }
         // Someone else is loading: poll for their value until the lease would have expired.
+        // The lease is asked for again each time, so a holder whose load failed or whose put
+        // was refused (it releases the lease with no value) hands over at once instead of
+        // making everyone wait out the lease.
         let deadline = tokio::time::Instant::now() + lease_ttl;
         let poll = (lease_ttl / 20).clamp(Duration::from_millis(5), Duration::from_millis(100));
         while tokio::time::Instant::now() < deadline {
@@ -646,6 +648,9 @@ impl Cache {
                 Ok(Some(bytes)) => return LeaseWait::Filled(bytes),
                 Ok(None) => {}
                 Err(_) => return LeaseWait::Proceed,
+            }
+            if let Ok(Some(token)) = backend.try_lease(key, lease_ttl).await {
+                return LeaseWait::Held(token);
             }
         }
         tracing::debug!(key, "fill lease holder did not deliver in time; loading");

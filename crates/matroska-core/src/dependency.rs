@@ -96,6 +96,15 @@ impl Dependency {
         }
     }
 
+    /// The empty condition of `scope`: every object matches it, so every write to the scope
+    /// invalidates it (see [`Scope::any_change`](crate::Scope::any_change)).
+    pub fn any_change(scope: impl Into<String>) -> Self {
+        Dependency::Condition {
+            scope: scope.into(),
+            fields: BTreeMap::new(),
+        }
+    }
+
     /// Everything in `scope`.
     pub fn invalidate_all(scope: impl Into<String>) -> Self {
         Dependency::InvalidateAll {

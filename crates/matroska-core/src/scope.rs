@@ -85,6 +85,9 @@ struct Extractor<T: ?Sized> {
     /// The fields, in the order the extractor returns their values.
     fields: Vec<String>,
     extract: Arc<ExtractFn<T>>,
+    /// Whether the extractor may opt out (`None`) because of fields it does not describe
+    /// (a `when` guard): it is consulted on every write and serves its full field set only.
+    guarded: bool,
 }
 
 /// A family of cached lists over one kind of object; see the [module docs](self).
@@ -99,6 +102,7 @@ impl<T: ?Sized> Clone for Extractor<T> {
         Extractor {
             fields: self.fields.clone(),
             extract: Arc::clone(&self.extract),
+            guarded: self.guarded,
         }
     }
 }
@@ -153,19 +157,42 @@ impl<T: ?Sized> Scope<T> {
 
     /// Adds an extractor for `fields`. `extract` returns the fields' values in the same order,
     /// or `None` when the object can be in no list filtered by these fields (then nothing is
-    /// invalidated for this extractor).
+    /// invalidated for this extractor). Whether it returns `None` must depend on `fields`
+    /// only; for a guard on other fields use [`Scope::describe_guarded`].
     ///
     /// An extractor whose closure returns a different number of values than `fields` is a
     /// programming error; such an object invalidates [`Scope::all`] instead (and a warning
     /// is logged), which is coarse but never stale.
     #[must_use]
-    pub fn describe<F>(mut self, fields: &[&str], extract: F) -> Self
+    pub fn describe<F>(self, fields: &[&str], extract: F) -> Self
+    where
+        F: Fn(&T) -> Option<Vec<Value>> + Send + Sync + 'static,
+    {
+        self.push(fields, extract, false)
+    }
+
+    /// Like [`Scope::describe`], for an extractor that returns `None` depending on fields it
+    /// does not describe, e.g. `published` guarding a `category` extractor ("drafts are in no
+    /// category list"). Such an extractor is consulted on every write, whatever was modified
+    /// (a change to the guard's field can move an object into a list), and serves conditions
+    /// over exactly its fields only: a list filtered by a subset of them could hold the
+    /// objects the guard excludes. `#[scope(.., when = ..)]` generates this.
+    #[must_use]
+    pub fn describe_guarded<F>(self, fields: &[&str], extract: F) -> Self
+    where
+        F: Fn(&T) -> Option<Vec<Value>> + Send + Sync + 'static,
+    {
+        self.push(fields, extract, true)
+    }
+
+    fn push<F>(mut self, fields: &[&str], extract: F, guarded: bool) -> Self
     where
         F: Fn(&T) -> Option<Vec<Value>> + Send + Sync + 'static,
     {
         self.extractors.push(Extractor {
             fields: fields.iter().map(|f| (*f).to_owned()).collect(),
             extract: Arc::new(extract),
+            guarded,
         });
         self
     }
@@ -194,10 +221,7 @@ impl<T: ?Sized> Scope<T> {
     /// The dependency that every [`Scope::invalidate_for`] invalidates: the empty condition,
     /// which every object matches.
     pub fn any_change(&self) -> Dependency {
-        Dependency::Condition {
-            scope: self.name.clone(),
-            fields: BTreeMap::new(),
-        }
+        Dependency::any_change(self.name.as_str())
     }
 
     /// The dependencies of a list filtered by `fields` (order does not matter): the condition,
@@ -263,6 +287,7 @@ impl<T: ?Sized> Scope<T> {
         deps.insert(self.any_change());
         for extractor in &self.extractors {
             if let Some(modified) = modified
+                && !extractor.guarded
                 && !extractor
                     .fields
                     .iter()
@@ -335,7 +360,7 @@ impl<T: ?Sized> Scope<T> {
 impl<T: ?Sized> Extractor<T> {
     fn serves(&self, names: &BTreeSet<&str>) -> bool {
         let own: BTreeSet<&str> = self.fields.iter().map(String::as_str).collect();
-        if own.len() > MAX_SUBSET_FIELDS {
+        if self.guarded || own.len() > MAX_SUBSET_FIELDS {
             own == *names
         } else {
             names.is_subset(&own)
@@ -344,7 +369,7 @@ impl<T: ?Sized> Extractor<T> {
 
     fn conditions(&self, scope: &str, values: &[Value], out: &mut BTreeSet<Dependency>) {
         let pairs = || self.fields.iter().cloned().zip(values.iter().cloned());
-        if self.fields.len() > MAX_SUBSET_FIELDS {
+        if self.guarded || self.fields.len() > MAX_SUBSET_FIELDS {
             // Only the full field set: 2^n subsets would be too many (and a mask cannot hold
             // them past 32 fields).
             out.insert(Dependency::Condition {
@@ -484,6 +509,38 @@ mod tests {
             vec![s.any_change()]
         );
         assert!(s.dependencies_for(&book, Some(&["category"])).len() > 1);
+    }
+
+    #[test]
+    fn guarded_extractor_is_consulted_on_any_write_and_serves_its_full_set_only() {
+        let s = Scope::<Book>::new("Book")
+            .mode(ScopeMode::Development)
+            .describe_guarded(&["category"], |b: &Book| {
+                b.published.then(|| vec![Value::from(&b.category)])
+            });
+        let book = Book {
+            published: true,
+            category: "f".into(),
+            title: "t".into(),
+        };
+        // Publishing (a change to the guard's field only) moves the book into the list.
+        let list = s.condition([("category", "f".into())]).unwrap();
+        assert!(
+            s.dependencies_for(&book, Some(&["published"]))
+                .contains(&list[0])
+        );
+        let guarded_two = Scope::<Book>::new("Book")
+            .mode(ScopeMode::Development)
+            .describe_guarded(&["category", "title"], |b: &Book| {
+                b.published
+                    .then(|| vec![Value::from(&b.category), Value::from(&b.title)])
+            });
+        assert!(guarded_two.condition([("category", "f".into())]).is_err());
+        assert!(
+            guarded_two
+                .condition([("category", "f".into()), ("title", "t".into())])
+                .is_ok()
+        );
     }
 
     #[test]

@@ -40,7 +40,7 @@ where
 pub fn entity_dependencies<M: CacheDeps>() -> Vec<Dependency> {
     let name = M::entity_name();
     vec![
-        Dependency::condition(name, Vec::<(String, matroska_core::Value)>::new()),
+        Dependency::any_change(name),
         Dependency::invalidate_all(name),
     ]
 }

@@ -77,6 +77,10 @@ struct Inner {
     retry_min: Duration,
     retry_max: Duration,
     retrying: AtomicBool,
+    /// Queued dependencies taken out of `backlog` by a delivery still in flight: they still
+    /// count as pending, or an outage would empty the queue on every attempt and let writes
+    /// through past the limit.
+    in_flight: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Invalidator {
@@ -125,6 +129,7 @@ impl InvalidatorBuilder {
                 retry_min: self.retry_min,
                 retry_max: self.retry_max,
                 retrying: AtomicBool::new(false),
+                in_flight: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
     }
@@ -180,7 +185,29 @@ impl Invalidator {
 
     /// Dependencies waiting in the retry queue.
     pub fn pending(&self) -> usize {
-        self.lock_backlog().len()
+        let queued = self.lock_backlog().len();
+        queued + self.inner.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Takes the queue for a delivery, still counting it as pending until [`Self::settle`].
+    fn take_backlog(&self) -> BTreeSet<Dependency> {
+        let mut backlog = self.lock_backlog();
+        let taken = std::mem::take(&mut *backlog);
+        self.inner
+            .in_flight
+            .fetch_add(taken.len(), Ordering::AcqRel);
+        taken
+    }
+
+    /// Ends a delivery of `taken` queued dependencies; on failure `failed` goes back first, so
+    /// the pending count never dips in between.
+    fn settle(&self, taken: usize, failed: Option<Vec<Dependency>>) -> usize {
+        let mut backlog = self.lock_backlog();
+        if let Some(failed) = failed {
+            backlog.extend(failed);
+        }
+        self.inner.in_flight.fetch_sub(taken, Ordering::AcqRel);
+        backlog.len()
     }
 
     /// Delivers the retry queue now; returns the entries dropped.
@@ -217,20 +244,20 @@ impl Invalidator {
         &self,
         deps: Vec<Dependency>,
     ) -> std::result::Result<u64, matroska_core::Error> {
-        let mut all: BTreeSet<Dependency> = std::mem::take(&mut *self.lock_backlog());
+        let mut all = self.take_backlog();
+        let taken = all.len();
         all.extend(deps);
         if all.is_empty() {
             return Ok(0);
         }
         let batch: Vec<Dependency> = all.into_iter().collect();
         match self.inner.cache.invalidate(&batch).await {
-            Ok(dropped) => Ok(dropped),
+            Ok(dropped) => {
+                self.settle(taken, None);
+                Ok(dropped)
+            }
             Err(e) => {
-                let queued = {
-                    let mut backlog = self.lock_backlog();
-                    backlog.extend(batch);
-                    backlog.len()
-                };
+                let queued = self.settle(taken, Some(batch));
                 tracing::error!(
                     error = %e,
                     queued,
@@ -259,9 +286,8 @@ impl Invalidator {
         let mut delay = self.inner.retry_min;
         loop {
             tokio::time::sleep(delay).await;
-            let batch: Vec<Dependency> = std::mem::take(&mut *self.lock_backlog())
-                .into_iter()
-                .collect();
+            let batch: Vec<Dependency> = self.take_backlog().into_iter().collect();
+            let taken = batch.len();
             if batch.is_empty() {
                 self.inner.retrying.store(false, Ordering::Release);
                 // A failure queued between the take and the store above must not be left
@@ -273,6 +299,7 @@ impl Invalidator {
             }
             match self.inner.cache.invalidate(&batch).await {
                 Ok(_) => {
+                    self.settle(taken, None);
                     tracing::info!(
                         deps = batch.len(),
                         "queued invalidations delivered after retry"
@@ -280,8 +307,8 @@ impl Invalidator {
                     delay = self.inner.retry_min;
                 }
                 Err(e) => {
-                    self.lock_backlog().extend(batch);
-                    delay = (delay * 2).min(self.inner.retry_max);
+                    self.settle(taken, Some(batch));
+                    delay = delay.saturating_mul(2).min(self.inner.retry_max);
                     tracing::warn!(error = %e, retry_in = ?delay, "queued invalidations still failing");
                 }
             }

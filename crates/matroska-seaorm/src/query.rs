@@ -6,8 +6,9 @@
 //!
 //! - **Key**: `q:{table}:{kind}:{hash}`, the hash a fixed 128-bit xxh3 of the backend, the SQL
 //!   SeaORM builds for the connection's backend, and its bound values: equal queries share an
-//!   entry across processes and releases of matroska (bump the cache's schema version when a
-//!   model's shape changes).
+//!   entry across processes of one build. Another SeaORM version may render a statement or a
+//!   value differently, which changes keys (a miss, never a wrong hit); bump the cache's
+//!   schema version when a model's shape changes.
 //! - **Dependencies**: the primary key of every row returned (related rows included), plus
 //!   - with [`Cached::scoped`], the scope condition (which also filters the query: one typed
 //!     value serves both, since a `Select`'s filter cannot be read back);

@@ -66,15 +66,16 @@ impl MemoryConfig {
 #[derive(Debug)]
 struct Stored {
     value: Bytes,
-    deps: Box<[Arc<str>]>,
+    deps: Arc<[Arc<str>]>,
     generation: u64,
     ttl: Duration,
 }
 
 type Entries = moka::sync::Cache<Arc<str>, Arc<Stored>>;
 
-/// Removals reported by moka, waiting to be applied to the index.
-type Removed = Arc<Mutex<Vec<(Arc<str>, Arc<Stored>)>>>;
+/// Removals reported by moka, waiting to be applied to the index: (key, generation,
+/// dependencies). Not the stored value: its bytes are freed at once.
+type Removed = Arc<Mutex<Vec<(Arc<str>, u64, Arc<[Arc<str>]>)>>>;
 
 #[derive(Debug, Default)]
 struct State {
@@ -155,7 +156,7 @@ impl MemoryBackend {
             .eviction_listener(move |key, value, _cause: RemovalCause| {
                 // Only this small queue is locked here: moka may call the listener on a thread
                 // that holds the state mutex (inside `put` or `invalidate`).
-                lock(&sink).push((Arc::clone(&key), value));
+                lock(&sink).push((Arc::clone(&key), value.generation, Arc::clone(&value.deps)));
             });
         builder = match config.max_bytes {
             Some(bytes) => builder
@@ -176,7 +177,8 @@ impl MemoryBackend {
                     ..State::default()
                 }),
                 epoch: Instant::now(),
-                stale_window: config.stale_window,
+                // Bounded so that `Instant + window` cannot overflow.
+                stale_window: config.stale_window.min(Duration::from_secs(86_400)),
             }),
         }
     }
@@ -223,9 +225,9 @@ impl Inner {
 
     fn apply_removals(&self, state: &mut State) {
         let removed = std::mem::take(&mut *lock(&self.removed));
-        for (key, stored) in removed {
-            let row = (key, stored.generation);
-            for dep in &stored.deps {
+        for (key, generation, deps) in removed {
+            let row = (key, generation);
+            for dep in deps.iter() {
                 if let Some(keys) = state.index.get_mut(dep) {
                     keys.remove(&row);
                     if keys.is_empty() {
@@ -274,7 +276,7 @@ impl Backend for MemoryBackend {
         state.next_generation += 1;
         let generation = state.next_generation;
         let key: Arc<str> = Arc::from(request.key);
-        let deps: Box<[Arc<str>]> = request
+        let deps: Arc<[Arc<str>]> = request
             .deps
             .iter()
             .map(|d| match state.index.get_key_value(d.as_str()) {
@@ -282,7 +284,7 @@ impl Backend for MemoryBackend {
                 None => Arc::from(d.as_str()),
             })
             .collect();
-        for dep in &deps {
+        for dep in deps.iter() {
             state
                 .index
                 .entry(Arc::clone(dep))

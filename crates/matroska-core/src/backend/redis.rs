@@ -416,7 +416,8 @@ impl Backend for RedisBackend {
             }
             invocation
                 .arg(pending.len())
-                .arg(self.inner.config.invalidate_batch)
+                // At least one entry per call, or a call would make no progress.
+                .arg(self.inner.config.invalidate_batch.max(1))
                 .arg(millis(self.inner.config.stale_window));
             let mut conn = self.conn();
             let reply: Vec<i64> = self
