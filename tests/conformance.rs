@@ -441,6 +441,35 @@ mod cases {
         assert!(cache.get::<usize>("k").await.unwrap().unwrap() >= 1);
     }
 
+    /// A failing load fails every caller that waited on it, at once: one load, not one per
+    /// caller in turn.
+    pub async fn concurrent_callers_share_one_failure(cache: Cache) {
+        let loads = Arc::new(AtomicUsize::new(0));
+        let start = Arc::new(tokio::sync::Barrier::new(20));
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let (cache, loads, start) = (cache.clone(), Arc::clone(&loads), Arc::clone(&start));
+            tasks.push(tokio::spawn(async move {
+                start.wait().await;
+                cache
+                    .get_or_load::<i32, _, _, _>("failing", None, || async {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Err(Boom)
+                    })
+                    .await
+            }));
+        }
+        for task in tasks {
+            let err = task.await.unwrap().unwrap_err();
+            assert!(
+                matches!(&err, Error::Load(_)) && err.to_string().contains("boom"),
+                "{err}"
+            );
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+    }
+
     pub async fn concurrent_callers_share_one_load(cache: Cache) {
         let loads = Arc::new(AtomicUsize::new(0));
         // All callers start together, so every one of them misses while the load runs.
@@ -508,6 +537,7 @@ macro_rules! conformance {
                 value_loaded_across_an_invalidation_is_not_cached,
                 concurrent_callers_share_one_load,
                 followers_do_not_get_a_refused_value,
+                concurrent_callers_share_one_failure,
                 overwrite_keeps_the_new_dependencies,
             );
         }

@@ -59,8 +59,22 @@ struct Settings {
 
 /// One in-process load of a key, shared by every caller that missed it meanwhile.
 struct Flight {
-    result: OnceCell<Filled>,
+    /// The outcome, failures included: when the load fails, every caller waiting on it gets
+    /// the failure at once instead of each running its own load one after another.
+    result: OnceCell<std::result::Result<Filled, SharedLoadError>>,
 }
+
+/// A failed shared load, as the callers that waited on it see it.
+#[derive(Debug, Clone)]
+struct SharedLoadError(Arc<str>);
+
+impl std::fmt::Display for SharedLoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the shared load of this key failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for SharedLoadError {}
 
 /// What a flight's loader produced, as followers see it.
 #[derive(Clone)]
@@ -467,15 +481,32 @@ impl Cache {
             };
             let flight = self.join_flight(key);
             let mut own: Option<T> = None;
-            let filled = flight
+            let mut own_error: Option<Error> = None;
+            let outcome = flight
                 .result
                 // Only the caller that runs this closure leads; it consumes its loader only
                 // when it actually loads.
-                .get_or_try_init(|| self.fill(key, ttl, degraded, &flight, &mut loader, &mut own))
-                .await?;
+                .get_or_init(|| async {
+                    let filled = self
+                        .fill(key, ttl, degraded, &flight, &mut loader, &mut own)
+                        .await;
+                    filled.map_err(|e| {
+                        let shared = SharedLoadError(Arc::from(e.to_string()));
+                        own_error = Some(e);
+                        shared
+                    })
+                })
+                .await;
+            if let Some(e) = own_error {
+                return Err(e);
+            }
             if let Some(value) = own {
                 return Ok(value);
             }
+            let filled = match outcome {
+                Ok(filled) => filled,
+                Err(shared) => return Err(Error::Load(Box::new(shared.clone()))),
+            };
             if filled.shareable
                 && let Some(value) = self.decode_or_drop(key, &filled.bytes).await
             {
