@@ -74,7 +74,8 @@ async fn get_articles_list(cache: &Cache) -> matroska::Result<Vec<Article>> {
 async fn modify_user(cache: &Cache, id: i64) -> matroska::Result<()> {
     // ... update the user in the database, then:
     let dropped = cache.invalidate(&[Dependency::id("author", id)]).await?;
-    println!("modify_user({id}): invalidated {dropped} cached entr(y/ies)");
+    let entries = if dropped == 1 { "entry" } else { "entries" };
+    println!("modify_user({id}): invalidated {dropped} cached {entries}");
     Ok(())
 }
 
