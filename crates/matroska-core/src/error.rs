@@ -90,6 +90,7 @@ pub enum Error {
 }
 
 impl Error {
+    #[cfg(feature = "redis")]
     pub(crate) fn backend(
         backend: &'static str,
         source: impl std::error::Error + Send + Sync + 'static,

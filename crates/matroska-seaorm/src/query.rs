@@ -141,6 +141,14 @@ impl<S: QueryFilter + QueryTrait> Cached<S> {
         }
     }
 
+    /// The base dependencies plus the related entity's entity-wide ones: a new related row
+    /// can enter a joined result.
+    fn related_dependencies<M: CacheDeps, R: CacheDeps>(&self) -> Vec<Dependency> {
+        let mut deps = self.base_dependencies::<M>();
+        deps.extend(coarse::<R>());
+        deps
+    }
+
     fn key<E: EntityName>(&self, kind: &str, backend: sea_orm::DbBackend) -> String {
         query_key::<E, _>(&self.query, kind, backend)
     }
@@ -156,9 +164,57 @@ impl<S: QueryFilter + QueryTrait> Cached<S> {
             .await
             .map_err(from_load)
     }
+
+    /// The body every cached select shares: key, then on a miss run `fetch` and cache its
+    /// result with `row_deps` of what it returned plus `extra`.
+    async fn fetch<'c, E, T, C, Fut>(
+        self,
+        db: &'c C,
+        kind: &str,
+        extra: Vec<Dependency>,
+        fetch: impl FnOnce(S, &'c C) -> Fut,
+        row_deps: impl FnOnce(&T) -> Vec<Dependency>,
+    ) -> Result<T>
+    where
+        E: EntityName,
+        S: Clone,
+        C: ConnectionTrait,
+        Fut: Future<Output = Result<T, DbErr>>,
+        T: Serialize + DeserializeOwned,
+    {
+        let key = self.key::<E>(kind, db.get_database_backend());
+        let query = self.query.clone();
+        self.load(&key, || async move {
+            let rows = fetch(query, db).await?;
+            let mut deps = row_deps(&rows);
+            deps.extend(extra);
+            Ok((rows, deps))
+        })
+        .await
+    }
 }
 
 use crate::dependencies::entity_dependencies as coarse;
+
+/// The primary keys of `rows`.
+fn rows_deps<M: CacheDeps>(rows: &[M]) -> Vec<Dependency> {
+    rows.iter().map(CacheDeps::primary_key).collect()
+}
+
+/// The primary keys of rows and of their loaded related rows.
+fn pairs_deps<'a, M, R, I>(pairs: impl Iterator<Item = (&'a M, I)>) -> Vec<Dependency>
+where
+    M: CacheDeps + 'a,
+    R: CacheDeps + 'a,
+    I: Iterator<Item = &'a R>,
+{
+    let mut deps = Vec::new();
+    for (row, related) in pairs {
+        deps.push(row.primary_key());
+        deps.extend(related.map(CacheDeps::primary_key));
+    }
+    deps
+}
 
 /// `q:{table}:{kind}:{hash of the statement built for backend}`.
 fn query_key<E: EntityName, S: QueryTrait>(
@@ -323,15 +379,14 @@ where
     /// [`Error::Db`](crate::Error::Db) from the query; [`Error::Cache`](crate::Error::Cache) for a key or value over the cache's
     /// limits. A failing cache backend is not an error: the query runs uncached.
     pub async fn all<C: ConnectionTrait>(self, db: &C) -> Result<Vec<E::Model>> {
-        let key = self.key::<E>("all", db.get_database_backend());
         let base = self.base_dependencies::<E::Model>();
-        let query = self.query.clone();
-        self.load(&key, || async move {
-            let rows = query.all(db).await?;
-            let mut deps: Vec<Dependency> = rows.iter().map(CacheDeps::primary_key).collect();
-            deps.extend(base);
-            Ok((rows, deps))
-        })
+        self.fetch::<E, _, _, _>(
+            db,
+            "all",
+            base,
+            |q, db| q.all(db),
+            |rows: &Vec<_>| rows_deps(rows),
+        )
         .await
     }
 
@@ -340,15 +395,14 @@ where
     /// # Errors
     /// As [`Cached::all`].
     pub async fn one<C: ConnectionTrait>(self, db: &C) -> Result<Option<E::Model>> {
-        let key = self.key::<E>("one", db.get_database_backend());
         let base = self.base_dependencies::<E::Model>();
-        let query = self.query.clone();
-        self.load(&key, || async move {
-            let row = query.one(db).await?;
-            let mut deps: Vec<Dependency> = row.iter().map(CacheDeps::primary_key).collect();
-            deps.extend(base);
-            Ok((row, deps))
-        })
+        self.fetch::<E, _, _, _>(
+            db,
+            "one",
+            base,
+            |q, db| q.one(db),
+            |row: &Option<E::Model>| row.iter().map(CacheDeps::primary_key).collect(),
+        )
         .await
     }
 
@@ -358,14 +412,9 @@ where
     /// # Errors
     /// As [`Cached::all`].
     pub async fn count<C: ConnectionTrait>(self, db: &C) -> Result<u64> {
-        let key = self.key::<E>("count", db.get_database_backend());
         let base = self.base_dependencies::<E::Model>();
-        let query = self.query.clone();
-        self.load(&key, || async move {
-            let n = query.count(db).await?;
-            Ok((n, base))
-        })
-        .await
+        self.fetch::<E, _, _, _>(db, "count", base, |q, db| q.count(db), |_: &u64| Vec::new())
+            .await
     }
 
     /// Page `page` (from 0) of `page_size` rows, as `paginate(db, page_size).fetch_page(page)`.
@@ -378,18 +427,15 @@ where
         page_size: u64,
         page: u64,
     ) -> Result<Vec<E::Model>> {
-        let key = self.key::<E>(
-            &format!("page{page_size}.{page}"),
-            db.get_database_backend(),
-        );
         let base = self.base_dependencies::<E::Model>();
-        let query = self.query.clone();
-        self.load(&key, || async move {
-            let rows = query.paginate(db, page_size).fetch_page(page).await?;
-            let mut deps: Vec<Dependency> = rows.iter().map(CacheDeps::primary_key).collect();
-            deps.extend(base);
-            Ok((rows, deps))
-        })
+        let kind = format!("page{page_size}.{page}");
+        self.fetch::<E, _, _, _>(
+            db,
+            &kind,
+            base,
+            |q, db| async move { q.paginate(db, page_size).fetch_page(page).await },
+            |rows: &Vec<_>| rows_deps(rows),
+        )
         .await
     }
 
@@ -427,23 +473,15 @@ where
         self,
         db: &C,
     ) -> Result<Vec<(E::Model, Option<F::Model>)>> {
-        let key = self.key::<E>(
-            &format!("also.{}", F::default().table_name()),
-            db.get_database_backend(),
-        );
-        let base = self.base_dependencies::<E::Model>();
-        let query = self.query.clone();
-        self.load(&key, || async move {
-            let rows = query.all(db).await?;
-            let mut deps = Vec::new();
-            for (row, related) in &rows {
-                deps.push(row.primary_key());
-                deps.extend(related.iter().map(CacheDeps::primary_key));
-            }
-            deps.extend(base);
-            deps.extend(coarse::<F::Model>());
-            Ok((rows, deps))
-        })
+        let kind = format!("also.{}", F::default().table_name());
+        let extra = self.related_dependencies::<E::Model, F::Model>();
+        self.fetch::<E, _, _, _>(
+            db,
+            &kind,
+            extra,
+            |q, db| q.all(db),
+            |rows: &Vec<_>| pairs_deps(rows.iter().map(|(row, related)| (row, related.iter()))),
+        )
         .await
     }
 
@@ -455,23 +493,15 @@ where
         self,
         db: &C,
     ) -> Result<Option<(E::Model, Option<F::Model>)>> {
-        let key = self.key::<E>(
-            &format!("also1.{}", F::default().table_name()),
-            db.get_database_backend(),
-        );
-        let base = self.base_dependencies::<E::Model>();
-        let query = self.query.clone();
-        self.load(&key, || async move {
-            let row = query.one(db).await?;
-            let mut deps = Vec::new();
-            if let Some((row, related)) = &row {
-                deps.push(row.primary_key());
-                deps.extend(related.iter().map(CacheDeps::primary_key));
-            }
-            deps.extend(base);
-            deps.extend(coarse::<F::Model>());
-            Ok((row, deps))
-        })
+        let kind = format!("also1.{}", F::default().table_name());
+        let extra = self.related_dependencies::<E::Model, F::Model>();
+        self.fetch::<E, _, _, _>(
+            db,
+            &kind,
+            extra,
+            |q, db| q.one(db),
+            |row: &Option<_>| pairs_deps(row.iter().map(|(row, related)| (row, related.iter()))),
+        )
         .await
     }
 }
@@ -497,23 +527,15 @@ where
     /// # Errors
     /// As [`Cached::all`].
     pub async fn all<C: ConnectionTrait>(self, db: &C) -> Result<Vec<(E::Model, Vec<F::Model>)>> {
-        let key = self.key::<E>(
-            &format!("with.{}", F::default().table_name()),
-            db.get_database_backend(),
-        );
-        let base = self.base_dependencies::<E::Model>();
-        let query = self.query.clone();
-        self.load(&key, || async move {
-            let rows = query.all(db).await?;
-            let mut deps = Vec::new();
-            for (row, related) in &rows {
-                deps.push(row.primary_key());
-                deps.extend(related.iter().map(CacheDeps::primary_key));
-            }
-            deps.extend(base);
-            deps.extend(coarse::<F::Model>());
-            Ok((rows, deps))
-        })
+        let kind = format!("with.{}", F::default().table_name());
+        let extra = self.related_dependencies::<E::Model, F::Model>();
+        self.fetch::<E, _, _, _>(
+            db,
+            &kind,
+            extra,
+            |q, db| q.all(db),
+            |rows: &Vec<_>| pairs_deps(rows.iter().map(|(row, related)| (row, related.iter()))),
+        )
         .await
     }
 }
