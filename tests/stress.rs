@@ -20,11 +20,6 @@ use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
 };
 
-fn postgres_url() -> String {
-    std::env::var("DATABASE_URL_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
 const ROWS: i64 = 4;
 
 /// Shared state of one run: the table, what writers have committed *and invalidated*, and
@@ -43,12 +38,12 @@ struct Harness {
 
 impl Harness {
     async fn new(name: &str) -> Arc<Self> {
-        let mut options = ConnectOptions::new(postgres_url());
+        let mut options = ConnectOptions::new(support::db::postgres_url());
         options.max_connections(16).sqlx_logging(false);
         let db = Database::connect(options).await.unwrap_or_else(|e| {
             panic!(
                 "PostgreSQL at {} is required (set DATABASE_URL_POSTGRES): {e}",
-                postgres_url()
+                support::db::postgres_url()
             )
         });
         let table = support::unique(name);
@@ -105,21 +100,10 @@ fn dep(id: i64) -> Dependency {
     Dependency::id("row", id)
 }
 
-/// xorshift: a tiny deterministic generator, one per task.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self, n: i64) -> i64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as i64
-    }
-}
-
 async fn reader(h: Arc<Harness>, cache: Cache, seed: u64, reads: u64, latencies: Latencies) {
-    let mut rng = Rng(seed);
+    let mut rng = support::Rng(seed);
     for _ in 0..reads {
-        let id = rng.next(ROWS);
+        let id = rng.next(ROWS as u64) as i64;
         // What must be visible: every version whose invalidation returned before we start.
         let floor = h.invalidated[id as usize].load(Ordering::SeqCst);
         let started = Instant::now();
@@ -143,9 +127,9 @@ async fn reader(h: Arc<Harness>, cache: Cache, seed: u64, reads: u64, latencies:
 }
 
 async fn writer(h: Arc<Harness>, cache: Cache, seed: u64, writes: u64) {
-    let mut rng = Rng(seed);
+    let mut rng = support::Rng(seed);
     for _ in 0..writes {
-        let id = rng.next(ROWS);
+        let id = rng.next(ROWS as u64) as i64;
         let row =
             h.db.query_one_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,

@@ -171,17 +171,6 @@ impl ConnectionTrait for SlowReads<'_> {
     }
 }
 
-/// xorshift: a tiny deterministic generator, one per task.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// The row by id, from the cache when it is there.
 async fn cached_row(cache: &Cache, db: &impl ConnectionTrait, id: i64) -> row::Model {
     row::Entity::find_by_id(id)
@@ -204,7 +193,7 @@ async fn cached_bucket(cache: &Cache, db: &impl ConnectionTrait, bucket: i32) ->
 }
 
 async fn reader(h: Arc<Harness>, cache: Cache, seed: u64, reads: u64) {
-    let mut rng = Rng(seed);
+    let mut rng = support::Rng(seed);
     let db = h.slow_reads();
     for _ in 0..reads {
         // What must be visible: every version whose save returned before the read starts.
@@ -229,7 +218,7 @@ fn transactional(writer: u64) -> bool {
 }
 
 /// The next version of `current`: one more, and every fourth save or so in the other bucket.
-fn next(current: &row::Model, rng: &mut Rng) -> row::Model {
+fn next(current: &row::Model, rng: &mut support::Rng) -> row::Model {
     let mut next = current.clone();
     next.version += 1;
     if rng.next(4) == 0 {
@@ -250,7 +239,7 @@ fn update(from: &row::Model, to: &row::Model) -> row::ActiveModel {
 }
 
 async fn writer(h: Arc<Harness>, w: u64, seed: u64, saves: u64) {
-    let mut rng = Rng(seed);
+    let mut rng = support::Rng(seed);
     let db = h.conn().clone();
     let mut owned: Vec<row::Model> = row::Entity::find()
         .order_by_asc(row::Column::Id)

@@ -280,3 +280,16 @@ impl Drop for Monitor {
     }
 }
 pub mod db;
+
+/// xorshift: a tiny deterministic generator for test workloads, one per task.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next number in `0..n`.
+    pub fn next(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
