@@ -166,6 +166,45 @@ pub mod __private {
         f(object)
     }
 
+    /// Picks a column's decoder for the generated [`WatchedTable`](crate::WatchedTable): the
+    /// field type's [`FromDbJson`](crate::FromDbJson) when it has one, else the JSON's own
+    /// shape. Autoref specialization: `(&DecoderProbe::<T>::new()).decoder()`
+    /// resolves to [`ViaFromDbJson`] first when `T: FromDbJson`, and to [`ViaUntyped`] on
+    /// `&DecoderProbe<T>` otherwise, so a field type without a decoder still compiles.
+    pub struct DecoderProbe<T: ?Sized>(std::marker::PhantomData<fn() -> Box<T>>);
+
+    impl<T: ?Sized> DecoderProbe<T> {
+        /// A probe for `T`.
+        #[allow(clippy::new_without_default)]
+        pub fn new() -> Self {
+            DecoderProbe(std::marker::PhantomData)
+        }
+    }
+
+    /// The typed side of [`DecoderProbe`].
+    pub trait ViaFromDbJson {
+        /// `T`'s decoder.
+        fn decoder(&self) -> crate::ColumnDecoder;
+    }
+
+    impl<T: crate::FromDbJson + ?Sized> ViaFromDbJson for DecoderProbe<T> {
+        fn decoder(&self) -> crate::ColumnDecoder {
+            crate::ColumnDecoder::of::<T>()
+        }
+    }
+
+    /// The fallback side of [`DecoderProbe`].
+    pub trait ViaUntyped {
+        /// The untyped decoder.
+        fn decoder(&self) -> crate::ColumnDecoder;
+    }
+
+    impl<T: ?Sized> ViaUntyped for &DecoderProbe<T> {
+        fn decoder(&self) -> crate::ColumnDecoder {
+            crate::ColumnDecoder::untyped()
+        }
+    }
+
     #[cfg(feature = "seaorm")]
     pub use matroska_seaorm as seaorm;
     #[cfg(feature = "seaorm")]

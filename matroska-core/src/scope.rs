@@ -368,27 +368,41 @@ impl<T: ?Sized> Extractor<T> {
     }
 
     fn conditions(&self, scope: &str, values: &[Value], out: &mut BTreeSet<Dependency>) {
-        let pairs = || self.fields.iter().cloned().zip(values.iter().cloned());
-        if self.guarded || self.fields.len() > MAX_SUBSET_FIELDS {
-            // Only the full field set: 2^n subsets would be too many (and a mask cannot hold
-            // them past 32 fields).
-            out.insert(Dependency::Condition {
-                scope: scope.to_owned(),
-                fields: pairs().collect(),
-            });
-            return;
-        }
-        for mask in 1..(1_u32 << self.fields.len()) {
-            let fields: BTreeMap<String, Value> = pairs()
-                .enumerate()
-                .filter(|(i, _)| mask & (1 << i) != 0)
-                .map(|(_, pair)| pair)
-                .collect();
-            out.insert(Dependency::Condition {
-                scope: scope.to_owned(),
-                fields,
-            });
-        }
+        condition_subsets(scope, &self.fields, values, self.guarded, out);
+    }
+}
+
+/// The conditions an object with these field values matches: every non-empty subset of the
+/// fields (only the full set when `full_only`, or past [`MAX_SUBSET_FIELDS`] fields). Shared
+/// by [`Scope`] and [`TableSpec`](crate::TableSpec), so a hooked save and the outbox relay
+/// hand out the same conditions.
+pub(crate) fn condition_subsets(
+    scope: &str,
+    fields: &[String],
+    values: &[Value],
+    full_only: bool,
+    out: &mut BTreeSet<Dependency>,
+) {
+    let pairs = || fields.iter().cloned().zip(values.iter().cloned());
+    if full_only || fields.len() > MAX_SUBSET_FIELDS {
+        // Only the full field set: 2^n subsets would be too many (and a mask cannot hold
+        // them past 32 fields).
+        out.insert(Dependency::Condition {
+            scope: scope.to_owned(),
+            fields: pairs().collect(),
+        });
+        return;
+    }
+    for mask in 1..(1_u32 << fields.len()) {
+        let fields: BTreeMap<String, Value> = pairs()
+            .enumerate()
+            .filter(|(i, _)| mask & (1 << i) != 0)
+            .map(|(_, pair)| pair)
+            .collect();
+        out.insert(Dependency::Condition {
+            scope: scope.to_owned(),
+            fields,
+        });
     }
 }
 

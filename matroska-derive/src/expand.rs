@@ -33,6 +33,7 @@ fn expand(cont: &Container<'_>) -> TokenStream {
     let cache_deps = impl_cache_deps(cont);
     let collect_deps = impl_collect_deps(cont);
     let scoped = impl_scoped(cont);
+    let watched = impl_watched_table(cont);
     let conditions = cont.scopes.iter().map(|s| condition_type(cont, s));
     let condition_impls = cont.scopes.iter().map(|s| impl_condition(cont, s));
     let filters = cont
@@ -49,6 +50,7 @@ fn expand(cont: &Container<'_>) -> TokenStream {
             #cache_deps
             #collect_deps
             #scoped
+            #watched
             #(#condition_impls)*
             #(#filters)*
         };
@@ -161,6 +163,48 @@ fn impl_scoped(cont: &Container<'_>) -> TokenStream {
                 static SCOPE: #path::__private::OnceLock<#path::Scope<#ident>> =
                     #path::__private::OnceLock::new();
                 SCOPE.get_or_init(|| #path::Scope::new(#entity) #(#describes)*)
+            }
+        }
+    }
+}
+
+/// `WatchedTable` for every non-generic struct: the table (the entity name; SeaORM's
+/// `table_name`), the key columns and each scope's columns with their fields' decoders, so
+/// the outbox relay computes the same dependencies as a hooked save.
+fn impl_watched_table(cont: &Container<'_>) -> TokenStream {
+    if !cont.generics.params.is_empty() {
+        return TokenStream::new();
+    }
+    let path = &cont.crate_path;
+    let ident = cont.ident;
+    let entity = &cont.entity;
+    let decoder = |field: &Field<'_>| {
+        let ty = field.ty;
+        quote!((&#path::__private::DecoderProbe::<#ty>::new()).decoder())
+    };
+    let keys = cont.key.iter().map(|&i| {
+        let field = &cont.fields[i];
+        let name = field_name(cont, field);
+        let decode = decoder(field);
+        quote!(.key(#name, #decode))
+    });
+    let scopes = cont.scopes.iter().map(|scope| {
+        let columns = scope.fields.iter().map(|&i| {
+            let field = &cont.fields[i];
+            let name = field_name(cont, field);
+            let decode = decoder(field);
+            quote!((#name, #decode))
+        });
+        let guarded = scope.when.is_some();
+        quote!(.scope(&[#(#columns),*], #guarded))
+    });
+    quote! {
+        #[automatically_derived]
+        impl #path::WatchedTable for #ident {
+            fn watched_table() -> #path::TableSpec {
+                #[allow(unused_imports)]
+                use #path::__private::{ViaFromDbJson as _, ViaUntyped as _};
+                #path::TableSpec::new(#entity, #entity) #(#keys)* #(#scopes)*
             }
         }
     }

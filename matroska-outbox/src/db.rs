@@ -1,0 +1,388 @@
+//! The relay's database access (sqlx), and the one installer every connection type shares.
+
+use std::future::Future;
+
+use async_trait::async_trait;
+use matroska_core::TableSpec;
+
+use crate::ddl::{Dialect, LAYOUT_VERSION, Outbox};
+use crate::error::{Error, Result};
+
+/// A connection the outbox can be installed through: the relay's sqlx pools here, SeaORM's
+/// connections in `matroska-seaorm`, Diesel's in `matroska-diesel`.
+#[async_trait]
+pub trait SqlConnection: Send + Sync {
+    /// The database's dialect.
+    fn dialect(&self) -> Dialect;
+
+    /// Runs one statement through the text protocol (triggers cannot be prepared on MySQL).
+    ///
+    /// # Errors
+    /// The database's error.
+    async fn execute_sql(&self, sql: &str) -> Result<()>;
+
+    /// Runs a query returning rows of (text, integer).
+    ///
+    /// # Errors
+    /// The database's error.
+    async fn query_pairs(&self, sql: &str) -> Result<Vec<(String, i64)>>;
+}
+
+/// Installs (or upgrades) the outbox for `tables` through `conn`: creates the outbox tables if
+/// missing, replaces each table's triggers, records the layout version. Idempotent; safe to
+/// run on every start-up or in a migration.
+///
+/// # Errors
+/// [`Error::NewerLayout`] (nothing is changed for any table) when a table carries triggers of
+/// a newer layout; [`Error::InvalidSpec`]; the database's errors.
+pub async fn install(
+    conn: &(impl SqlConnection + ?Sized),
+    outbox: &Outbox,
+    tables: &[TableSpec],
+) -> Result<()> {
+    let dialect = conn.dialect();
+    for sql in outbox.create_tables_sql(dialect) {
+        conn.execute_sql(&sql).await?;
+    }
+    let installed = conn.query_pairs(&outbox.versions_sql(dialect)).await?;
+    for spec in tables {
+        if let Some((_, v)) = installed
+            .iter()
+            .find(|(t, v)| t == spec.table() && *v > LAYOUT_VERSION)
+        {
+            return Err(Error::NewerLayout {
+                table: spec.table().to_owned(),
+                installed: *v,
+                ours: LAYOUT_VERSION,
+            });
+        }
+    }
+    let statements = outbox.install_sql(dialect, tables)?;
+    let creates = outbox.create_tables_sql(dialect).len();
+    for sql in &statements[creates..] {
+        conn.execute_sql(sql).await?;
+    }
+    tracing::info!(
+        tables = tables.len(),
+        version = LAYOUT_VERSION,
+        "matroska outbox installed"
+    );
+    Ok(())
+}
+
+/// Removes the triggers of `tables` (the outbox tables and their rows stay).
+///
+/// # Errors
+/// The database's errors.
+pub async fn uninstall(
+    conn: &(impl SqlConnection + ?Sized),
+    outbox: &Outbox,
+    tables: &[&str],
+) -> Result<()> {
+    for sql in outbox.uninstall_sql(conn.dialect(), tables) {
+        conn.execute_sql(&sql).await?;
+    }
+    Ok(())
+}
+
+/// The tables the outbox watches here, with their layout versions (empty when the outbox is
+/// not installed).
+///
+/// # Errors
+/// The database's errors, other than a missing outbox.
+pub async fn watched_tables(
+    conn: &(impl SqlConnection + ?Sized),
+    outbox: &Outbox,
+) -> Result<Vec<(String, i64)>> {
+    match conn.query_pairs(&outbox.versions_sql(conn.dialect())).await {
+        Ok(rows) => Ok(rows),
+        Err(e) if is_missing_table(&e) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+fn is_missing_table(e: &Error) -> bool {
+    let text = e.to_string().to_ascii_lowercase();
+    text.contains("does not exist")
+        || text.contains("doesn't exist")
+        || text.contains("no such table")
+}
+
+/// A database the relay reads the outbox of: one of sqlx's pools. SeaORM users pass the pool
+/// behind their connection (`db.get_postgres_connection_pool().clone()`).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum OutboxDb {
+    /// PostgreSQL.
+    #[cfg(feature = "postgres")]
+    Postgres(sqlx::PgPool),
+    /// MySQL / MariaDB.
+    #[cfg(feature = "mysql")]
+    MySql(sqlx::MySqlPool),
+    /// SQLite.
+    #[cfg(feature = "sqlite")]
+    Sqlite(sqlx::SqlitePool),
+}
+
+#[cfg(feature = "postgres")]
+impl From<sqlx::PgPool> for OutboxDb {
+    fn from(pool: sqlx::PgPool) -> Self {
+        OutboxDb::Postgres(pool)
+    }
+}
+
+#[cfg(feature = "mysql")]
+impl From<sqlx::MySqlPool> for OutboxDb {
+    fn from(pool: sqlx::MySqlPool) -> Self {
+        OutboxDb::MySql(pool)
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl From<sqlx::SqlitePool> for OutboxDb {
+    fn from(pool: sqlx::SqlitePool) -> Self {
+        OutboxDb::Sqlite(pool)
+    }
+}
+
+/// One outbox row as the relay reads it.
+#[derive(Debug, Clone)]
+pub(crate) struct OutboxRow {
+    pub id: i64,
+    pub table: String,
+    pub op: String,
+    pub old_row: Option<String>,
+    pub new_row: Option<String>,
+    pub created_us: i64,
+}
+
+type RowTuple = (i64, String, String, Option<String>, Option<String>, i64);
+
+impl From<RowTuple> for OutboxRow {
+    fn from((id, table, op, old_row, new_row, created_us): RowTuple) -> Self {
+        OutboxRow {
+            id,
+            table,
+            op,
+            old_row,
+            new_row,
+            created_us,
+        }
+    }
+}
+
+/// A row the relay could not read, for the dead-letter table.
+#[derive(Debug, Clone)]
+pub(crate) struct DeadRow {
+    pub row: OutboxRow,
+    pub error: String,
+}
+
+/// What a delivery decided for a claimed batch.
+pub(crate) struct Settled {
+    /// Rows delivered (or moved aside): deleted from the outbox.
+    pub done: Vec<i64>,
+    pub dead: Vec<DeadRow>,
+}
+
+/// SQL built here from checked identifiers, escaped literals and integers.
+fn safe(sql: &str) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(sql.to_owned())
+}
+
+fn id_list(ids: &[i64]) -> String {
+    ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+}
+
+impl OutboxDb {
+    /// Connects a pool to `url` (`postgres://`, `mysql://`/`mariadb://`, `sqlite:`).
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedDatabase`], or the connection's error.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let scheme = url.split(':').next().unwrap_or_default();
+        match scheme {
+            #[cfg(feature = "postgres")]
+            "postgres" | "postgresql" => Ok(OutboxDb::Postgres(sqlx::PgPool::connect(url).await?)),
+            #[cfg(feature = "mysql")]
+            "mysql" | "mariadb" => Ok(OutboxDb::MySql(
+                sqlx::MySqlPool::connect(&url.replacen("mariadb:", "mysql:", 1)).await?,
+            )),
+            #[cfg(feature = "sqlite")]
+            "sqlite" => Ok(OutboxDb::Sqlite(sqlx::SqlitePool::connect(url).await?)),
+            other => Err(Error::UnsupportedDatabase(other.to_owned())),
+        }
+    }
+
+    /// The number of rows waiting in the outbox, and the write time of the oldest (µs since
+    /// the epoch, by the database's clock), if any.
+    pub(crate) async fn depth(&self, outbox: &Outbox) -> Result<(u64, Option<i64>)> {
+        let sql = format!(
+            "SELECT COUNT(*), MIN(created_us) FROM {}",
+            outbox.outbox_table(self.dialect())
+        );
+        let (count, oldest): (i64, Option<i64>) = match self {
+            #[cfg(feature = "postgres")]
+            OutboxDb::Postgres(pool) => sqlx::query_as(safe(&sql)).fetch_one(pool).await?,
+            #[cfg(feature = "mysql")]
+            OutboxDb::MySql(pool) => sqlx::query_as(safe(&sql)).fetch_one(pool).await?,
+            #[cfg(feature = "sqlite")]
+            OutboxDb::Sqlite(pool) => sqlx::query_as(safe(&sql)).fetch_one(pool).await?,
+        };
+        Ok((u64::try_from(count).unwrap_or(0), oldest))
+    }
+
+    /// The dead letters: (id, table, error), oldest first.
+    pub(crate) async fn dead_letters(&self, outbox: &Outbox) -> Result<Vec<(i64, String, String)>> {
+        let sql = format!(
+            "SELECT id, table_name, error FROM {} ORDER BY id",
+            outbox.dead_table(self.dialect())
+        );
+        Ok(match self {
+            #[cfg(feature = "postgres")]
+            OutboxDb::Postgres(pool) => sqlx::query_as(safe(&sql)).fetch_all(pool).await?,
+            #[cfg(feature = "mysql")]
+            OutboxDb::MySql(pool) => sqlx::query_as(safe(&sql)).fetch_all(pool).await?,
+            #[cfg(feature = "sqlite")]
+            OutboxDb::Sqlite(pool) => sqlx::query_as(safe(&sql)).fetch_all(pool).await?,
+        })
+    }
+
+    /// Claims up to `limit` rows, in id order, and hands them to `deliver`. Rows are deleted
+    /// (and dead letters moved aside) only when `deliver` succeeds; on its failure, or if this
+    /// future is dropped, they stay for the next claim.
+    ///
+    /// On PostgreSQL and MySQL the rows are locked (`FOR UPDATE SKIP LOCKED`) in a transaction
+    /// held across the delivery, so concurrent relays split the work. On SQLite (one writer)
+    /// they are read without a lock and deleted by id afterwards: two relays may deliver a
+    /// row twice (harmless), never lose one (ids are never reused).
+    pub(crate) async fn claim<F, Fut>(
+        &self,
+        outbox: &Outbox,
+        limit: usize,
+        deliver: F,
+    ) -> Result<usize>
+    where
+        F: FnOnce(Vec<OutboxRow>) -> Fut + Send,
+        Fut: Future<Output = Result<Settled>> + Send,
+    {
+        let d = self.dialect();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (table, dead) = (outbox.outbox_table(d), outbox.dead_table(d));
+        let columns = match d {
+            Dialect::Postgres => {
+                "id, table_name, op::text, old_row::text, new_row::text, created_us"
+            }
+            _ => "id, table_name, op, old_row, new_row, created_us",
+        };
+        let lock = match d {
+            Dialect::Sqlite => "",
+            _ => " FOR UPDATE SKIP LOCKED",
+        };
+        let select = format!("SELECT {columns} FROM {table} ORDER BY id LIMIT {limit}{lock}");
+        let insert_dead = format!(
+            "INSERT INTO {dead} (id, table_name, op, old_row, new_row, created_us, error, moved_us) \
+             VALUES ({})",
+            match d {
+                Dialect::Postgres => "$1, $2, $3, $4, $5, $6, $7, $8",
+                _ => "?, ?, ?, ?, ?, ?, ?, ?",
+            }
+        );
+        let delete = |ids: &[i64]| format!("DELETE FROM {table} WHERE id IN ({})", id_list(ids));
+        let now = now_us();
+
+        macro_rules! claim_in {
+            ($conn:expr, $commit:expr) => {{
+                let rows: Vec<RowTuple> =
+                    sqlx::query_as(safe(&select)).fetch_all(&mut *$conn).await?;
+                let claimed = rows.len();
+                if claimed == 0 {
+                    return Ok(0);
+                }
+                let settled = deliver(rows.into_iter().map(OutboxRow::from).collect()).await?;
+                for dead in &settled.dead {
+                    sqlx::query(safe(&insert_dead))
+                        .bind(dead.row.id)
+                        .bind(&dead.row.table)
+                        .bind(&dead.row.op)
+                        .bind(&dead.row.old_row)
+                        .bind(&dead.row.new_row)
+                        .bind(dead.row.created_us)
+                        .bind(&dead.error)
+                        .bind(now)
+                        .execute(&mut *$conn)
+                        .await?;
+                }
+                if !settled.done.is_empty() {
+                    sqlx::query(safe(&delete(&settled.done)))
+                        .execute(&mut *$conn)
+                        .await?;
+                }
+                $commit;
+                Ok(claimed)
+            }};
+        }
+
+        match self {
+            #[cfg(feature = "postgres")]
+            OutboxDb::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                claim_in!(tx, tx.commit().await?)
+            }
+            #[cfg(feature = "mysql")]
+            OutboxDb::MySql(pool) => {
+                let mut tx = pool.begin().await?;
+                claim_in!(tx, tx.commit().await?)
+            }
+            #[cfg(feature = "sqlite")]
+            OutboxDb::Sqlite(pool) => {
+                let mut conn = pool.acquire().await?;
+                claim_in!(conn, ())
+            }
+        }
+    }
+}
+
+/// The relay's clock, µs since the epoch (for lag: the database's clock on the same host).
+pub(crate) fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+#[async_trait]
+impl SqlConnection for OutboxDb {
+    fn dialect(&self) -> Dialect {
+        match self {
+            #[cfg(feature = "postgres")]
+            OutboxDb::Postgres(_) => Dialect::Postgres,
+            #[cfg(feature = "mysql")]
+            OutboxDb::MySql(_) => Dialect::MySql,
+            #[cfg(feature = "sqlite")]
+            OutboxDb::Sqlite(_) => Dialect::Sqlite,
+        }
+    }
+
+    async fn execute_sql(&self, sql: &str) -> Result<()> {
+        match self {
+            #[cfg(feature = "postgres")]
+            OutboxDb::Postgres(pool) => drop(sqlx::raw_sql(safe(sql)).execute(pool).await?),
+            #[cfg(feature = "mysql")]
+            OutboxDb::MySql(pool) => drop(sqlx::raw_sql(safe(sql)).execute(pool).await?),
+            #[cfg(feature = "sqlite")]
+            OutboxDb::Sqlite(pool) => drop(sqlx::raw_sql(safe(sql)).execute(pool).await?),
+        };
+        Ok(())
+    }
+
+    async fn query_pairs(&self, sql: &str) -> Result<Vec<(String, i64)>> {
+        Ok(match self {
+            #[cfg(feature = "postgres")]
+            OutboxDb::Postgres(pool) => sqlx::query_as(safe(&sql)).fetch_all(pool).await?,
+            #[cfg(feature = "mysql")]
+            OutboxDb::MySql(pool) => sqlx::query_as(safe(&sql)).fetch_all(pool).await?,
+            #[cfg(feature = "sqlite")]
+            OutboxDb::Sqlite(pool) => sqlx::query_as(safe(&sql)).fetch_all(pool).await?,
+        })
+    }
+}

@@ -1,0 +1,55 @@
+//! The outbox's error type.
+
+/// Errors of installing the outbox and of the relay.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A database statement failed.
+    #[error("outbox database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The database behind a SeaORM or Diesel connection failed (its own error, as text).
+    #[error("outbox database error: {0}")]
+    Connection(String),
+    /// The cache refused or failed an invalidation; the outbox rows stay for a retry.
+    #[error("outbox delivery failed: {0}")]
+    Cache(#[from] matroska_core::Error),
+    /// A name that cannot be used as an identifier.
+    #[error(
+        "invalid {what} name {name:?}: use 1 to 48 ASCII letters, digits and underscores, not starting with a digit"
+    )]
+    InvalidName {
+        /// What was named.
+        what: String,
+        /// The name.
+        name: String,
+    },
+    /// A table spec the triggers cannot be generated from.
+    #[error("cannot watch table `{table}`: {reason}")]
+    InvalidSpec {
+        /// The table.
+        table: String,
+        /// Why.
+        reason: String,
+    },
+    /// The triggers installed on a table are of a newer layout than this build knows.
+    #[error(
+        "table `{table}` has outbox triggers of layout {installed}, newer than this build's {ours}; \
+         upgrade matroska-outbox instead of downgrading the triggers"
+    )]
+    NewerLayout {
+        /// The table.
+        table: String,
+        /// The installed layout version.
+        installed: i64,
+        /// This build's layout version.
+        ours: i64,
+    },
+    /// The database URL names no database this build supports.
+    #[error(
+        "unsupported database URL scheme {0:?} (enable the matching feature: postgres, mysql, sqlite)"
+    )]
+    UnsupportedDatabase(String),
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,90 @@
+//! # matroska-outbox
+//!
+//! **No write escapes the cache.** The database records every change to a watched table in
+//! the writing transaction, and a relay delivers it to the cache after the commit, at least
+//! once. Whatever wrote the row — a hooked SeaORM save, `update_many`, raw SQL, `psql`, a
+//! migration, another service — and whatever happened after the commit — the writer's future
+//! dropped, its process killed, Redis down for a while — the cached entries that depend on
+//! the row are invalidated.
+//!
+//! ## How
+//!
+//! 1. **Triggers + outbox** ([`ddl`]): `AFTER INSERT/UPDATE/DELETE` triggers on each watched
+//!    table append the row's primary key and the old and new values of its scope columns to
+//!    the `matroska_outbox` table, as part of the writing transaction: a rolled-back write
+//!    records nothing, a committed one cannot lose its record. What to record comes from the
+//!    entity's [`TableSpec`](matroska_core::TableSpec), which `#[derive(CacheDeps)]` generates
+//!    ([`WatchedTable`](matroska_core::WatchedTable)).
+//! 2. **Relay** ([`Relay`]): a background task, in any number of processes, claims outbox rows
+//!    (`FOR UPDATE SKIP LOCKED` on PostgreSQL and MySQL/MariaDB), turns each into the
+//!    dependencies a hooked save would have invalidated (computed from the database's own old
+//!    values, so they are always right), invalidates them in bounded calls, and deletes the
+//!    rows in the same transaction only after the invalidation succeeded. It wakes on
+//!    PostgreSQL's `NOTIFY` (sent on commit), on [`poke`] after this process's own commits,
+//!    and polls as a safety net.
+//!
+//! The stale-set guard of [`Cache::get_or_load`](matroska_core::Cache::get_or_load) closes the
+//! remaining window: a load that read the old row before the commit took its ticket before the
+//! relay's invalidation, so its put is refused.
+//!
+//! ## Usage
+//!
+//! ```toml
+//! [dependencies]
+//! matroska-outbox = { version = "0.1", features = ["postgres"] }
+//! ```
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use matroska_core::{Cache, ColumnDecoder, Dependency, TableSpec};
+//! use matroska_outbox::{Outbox, OutboxDb, Relay, SqlConnection};
+//!
+//! let db = OutboxDb::connect("sqlite::memory:").await?;
+//! db.execute_sql("CREATE TABLE post (id INTEGER PRIMARY KEY, category TEXT NOT NULL)").await?;
+//! // `post::Model::watched_table()` when the model derives `CacheDeps`.
+//! let post = TableSpec::new("post", "post")
+//!     .key("id", ColumnDecoder::of::<i64>())
+//!     .scope(&[("category", ColumnDecoder::of::<String>())], false);
+//! matroska_outbox::install(&db, &Outbox::default(), &[post.clone()]).await?;
+//!
+//! let cache = Cache::memory();
+//! let fantasy = Dependency::condition("post", [("category", "fantasy".into())]);
+//! cache.put("fantasy-posts", &Vec::<i64>::new(), &[fantasy], None).await?;
+//!
+//! // Any writer: here raw SQL, which no ORM hook sees.
+//! db.execute_sql("INSERT INTO post (id, category) VALUES (1, 'fantasy')").await?;
+//! let relay = Relay::builder(db, cache.clone()).watch(post).build();
+//! relay.drain().await?;
+//! assert!(!cache.has("fantasy-posts").await?);
+//! # Ok::<_, Box<dyn std::error::Error>>(()) }).unwrap();
+//! ```
+//!
+//! ## Guarantee
+//!
+//! Every committed change to a watched table is invalidated in the cache at least once,
+//! after its commit, as soon as a relay runs and the cache accepts the invalidation.
+//!
+//! ## Operations
+//!
+//! [`Relay::depth`] (rows waiting, age of the oldest), [`Relay::stats`] (rows delivered, dead
+//! letters, failures, lag p50/p99), [`Relay::dead_letters`], [`Relay::drain`]; with the
+//! `metrics` feature the gauges and counters `matroska_outbox_depth`,
+//! `matroska_outbox_rows_delivered_total`, `matroska_outbox_dead_letters_total`,
+//! `matroska_outbox_failures_total` and the histogram `matroska_outbox_lag_seconds`.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+// Library code states why an `expect` cannot fail, and never unwraps.
+#![warn(clippy::unwrap_used)]
+
+#[cfg(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")))]
+compile_error!("matroska-outbox needs at least one of the features `postgres`, `mysql`, `sqlite`");
+
+mod db;
+pub mod ddl;
+mod error;
+mod record;
+mod relay;
+
+pub use db::{OutboxDb, SqlConnection, install, uninstall, watched_tables};
+pub use ddl::{Dialect, LAYOUT_VERSION, Outbox};
+pub use error::{Error, Result};
+pub use relay::{Delivery, OutboxDepth, Relay, RelayBuilder, RelayHandle, RelayStats, poke};

@@ -1,0 +1,127 @@
+//! One outbox row → the dependencies it invalidates.
+
+use std::collections::HashMap;
+
+use matroska_core::table::Row;
+use matroska_core::{Dependency, RowChange, TableSpec};
+
+use crate::db::OutboxRow;
+
+/// What a row turned into.
+#[derive(Debug)]
+pub(crate) enum Reading {
+    /// The row's exact dependencies.
+    Exact(Vec<Dependency>),
+    /// A table no registered spec describes: its whole entity, by table name.
+    UnknownTable(Vec<Dependency>),
+    /// An unreadable row: the whole entity's lists, and the row goes to the dead letters.
+    Unreadable {
+        deps: Vec<Dependency>,
+        error: String,
+    },
+}
+
+fn parse(text: Option<&str>) -> Result<Option<Row>, String> {
+    match text {
+        None => Ok(None),
+        Some(text) => match serde_json::from_str(text) {
+            Ok(serde_json::Value::Object(row)) => Ok(Some(row)),
+            Ok(serde_json::Value::Null) => Ok(None),
+            Ok(_) => Err("the recorded row is not a JSON object".into()),
+            Err(e) => Err(format!("the recorded row is not JSON: {e}")),
+        },
+    }
+}
+
+/// Reads one row against the specs (by table name).
+pub(crate) fn read(row: &OutboxRow, specs: &HashMap<String, TableSpec>) -> Reading {
+    let Some(spec) = specs.get(&row.table) else {
+        return Reading::UnknownTable(TableSpec::coarse_dependencies(&row.table));
+    };
+    let exact = || -> Result<Vec<Dependency>, String> {
+        let old = parse(row.old_row.as_deref())?;
+        let new = parse(row.new_row.as_deref())?;
+        let change = match (row.op.trim(), &old, &new) {
+            ("T", _, _) => return Ok(TableSpec::coarse_dependencies(spec.entity())),
+            ("I", _, Some(new)) => RowChange::Insert { new },
+            ("D", Some(old), _) => RowChange::Delete { old },
+            ("K", _, Some(key)) => RowChange::KeyOnly { key },
+            ("U", old, new) if old.is_some() || new.is_some() => RowChange::Update {
+                old: old.as_ref(),
+                new: new.as_ref(),
+            },
+            (op, _, _) => return Err(format!("operation {op:?} without the rows it needs")),
+        };
+        spec.dependencies(&change).map_err(|e| e.to_string())
+    };
+    match exact() {
+        Ok(deps) => Reading::Exact(deps),
+        Err(error) => Reading::Unreadable {
+            deps: TableSpec::coarse_dependencies(spec.entity()),
+            error,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use matroska_core::ColumnDecoder;
+
+    use super::*;
+
+    fn specs() -> HashMap<String, TableSpec> {
+        let spec = TableSpec::new("post", "posts")
+            .key("id", ColumnDecoder::of::<i64>())
+            .scope(&[("category", ColumnDecoder::of::<String>())], false);
+        HashMap::from([("posts".to_owned(), spec)])
+    }
+
+    fn row(table: &str, op: &str, old: Option<&str>, new: Option<&str>) -> OutboxRow {
+        OutboxRow {
+            id: 1,
+            table: table.into(),
+            op: op.into(),
+            old_row: old.map(Into::into),
+            new_row: new.map(Into::into),
+            created_us: 0,
+        }
+    }
+
+    #[test]
+    fn exact_rows() {
+        let r = read(
+            &row("posts", "I", None, Some(r#"{"id": 1, "category": "a"}"#)),
+            &specs(),
+        );
+        let Reading::Exact(deps) = r else {
+            panic!("{r:?}")
+        };
+        assert!(deps.contains(&Dependency::primary_key("post", [1])));
+        assert!(deps.contains(&Dependency::condition("post", [("category", "a".into())])));
+    }
+
+    #[test]
+    fn unknown_tables_invalidate_by_table_name() {
+        let r = read(&row("gone", "I", None, Some("{}")), &specs());
+        assert!(
+            matches!(r, Reading::UnknownTable(deps) if deps.contains(&Dependency::invalidate_all("gone")))
+        );
+    }
+
+    #[test]
+    fn unreadable_rows_go_aside_with_coarse_dependencies() {
+        for bad in [
+            row("posts", "I", None, Some("not json")),
+            row("posts", "I", None, None),
+            row("posts", "X", None, Some("{}")),
+            row("posts", "D", Some(r#"{"id": "x", "category": "a"}"#), None),
+            row("posts", "I", None, Some("[1]")),
+        ] {
+            let r = read(&bad, &specs());
+            assert!(
+                matches!(&r, Reading::Unreadable { deps, .. } if deps.contains(&Dependency::invalidate_all("post"))),
+                "{bad:?} -> {r:?}"
+            );
+        }
+    }
+}

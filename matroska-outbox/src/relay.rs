@@ -1,0 +1,558 @@
+//! The relay: claims outbox rows, invalidates their dependencies, deletes them.
+//!
+//! Delivery is **at least once**: a row is deleted in the same database transaction that
+//! claimed it, after its invalidation succeeded; a failed invalidation, a crash or a dropped
+//! future leaves it for the next claim. Invalidating twice is harmless.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use matroska_core::{Cache, Dependency, TableSpec, WatchedTable};
+use tokio::sync::Notify;
+
+use crate::db::{DeadRow, OutboxDb, Settled, now_us};
+use crate::ddl::Outbox;
+use crate::error::Result;
+use crate::record::{Reading, read};
+
+/// Relays in this process, for [`poke`].
+static RELAYS: Mutex<Vec<Weak<Notify>>> = Mutex::new(Vec::new());
+
+/// Wakes every relay of this process now, instead of at its next poll: call it after a
+/// commit (the SeaORM integration does, after each hooked save and transaction). Cheap: no
+/// I/O.
+pub fn poke() {
+    let mut relays = RELAYS.lock().unwrap_or_else(PoisonError::into_inner);
+    relays.retain(|w| match w.upgrade() {
+        Some(wake) => {
+            wake.notify_one();
+            true
+        }
+        None => false,
+    });
+}
+
+/// How many recent lags the percentiles are computed over.
+const LAG_WINDOW: usize = 4096;
+
+/// Counters of one relay since it was built.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct RelayStats {
+    /// Outbox rows delivered (invalidated and deleted).
+    pub rows_delivered: u64,
+    /// Rows moved to the dead-letter table.
+    pub dead_letters: u64,
+    /// Rows of tables no spec describes (their entity was invalidated whole).
+    pub unknown_rows: u64,
+    /// Claims that failed (database or cache); their rows stayed.
+    pub failures: u64,
+    /// Lag from the write to the invalidation, median over the last deliveries.
+    pub lag_p50: Option<Duration>,
+    /// Lag from the write to the invalidation, 99th percentile over the last deliveries.
+    pub lag_p99: Option<Duration>,
+}
+
+/// The outbox's backlog, from [`Relay::depth`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OutboxDepth {
+    /// Rows waiting.
+    pub rows: u64,
+    /// Age of the oldest waiting row.
+    pub oldest: Option<Duration>,
+}
+
+/// What one [`Relay::run_once`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Delivery {
+    /// Rows claimed and settled (delivered or moved aside).
+    pub rows: usize,
+    /// Distinct dependencies invalidated.
+    pub dependencies: usize,
+    /// Rows moved to the dead letters.
+    pub dead: usize,
+}
+
+/// Builds a [`Relay`]; see [`Relay::builder`].
+#[derive(Debug)]
+#[must_use]
+pub struct RelayBuilder {
+    db: OutboxDb,
+    cache: Cache,
+    outbox: Outbox,
+    specs: HashMap<String, TableSpec>,
+    batch: usize,
+    deps_per_call: usize,
+    poll: Duration,
+    retry_min: Duration,
+    retry_max: Duration,
+}
+
+impl RelayBuilder {
+    /// The outbox to read (default: [`Outbox::default`]).
+    pub fn outbox(mut self, outbox: Outbox) -> Self {
+        self.outbox = outbox;
+        self
+    }
+
+    /// Reads changes of `spec`'s table.
+    pub fn watch(mut self, spec: TableSpec) -> Self {
+        self.specs.insert(spec.table().to_owned(), spec);
+        self
+    }
+
+    /// Reads changes of `T`'s table (`#[derive(CacheDeps)]` implements [`WatchedTable`]).
+    pub fn watch_type<T: WatchedTable>(self) -> Self {
+        self.watch(T::watched_table())
+    }
+
+    /// Rows claimed per database round trip (default 500). Bounds the relay's memory
+    /// whatever the size of a bulk write.
+    pub fn batch_size(mut self, rows: usize) -> Self {
+        self.batch = rows.max(1);
+        self
+    }
+
+    /// Dependencies per [`Cache::invalidate`] call (default 1 000), so one huge batch never
+    /// becomes one long-running backend call.
+    pub fn dependencies_per_call(mut self, deps: usize) -> Self {
+        self.deps_per_call = deps.max(1);
+        self
+    }
+
+    /// How often the outbox is polled when nothing wakes the relay (default: 1 s on
+    /// PostgreSQL, where `LISTEN` wakes it on every commit, 50 ms elsewhere).
+    pub fn poll_interval(mut self, every: Duration) -> Self {
+        self.poll = every;
+        self
+    }
+
+    /// The first and longest wait after a failed claim (doubling in between; default 50 ms
+    /// and 5 s).
+    pub fn retry_delay(mut self, first: Duration, max: Duration) -> Self {
+        self.retry_min = first;
+        self.retry_max = max.max(first);
+        self
+    }
+
+    /// Builds the relay.
+    pub fn build(self) -> Relay {
+        let wake = Arc::new(Notify::new());
+        RELAYS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::downgrade(&wake));
+        Relay {
+            inner: Arc::new(Inner {
+                db: self.db,
+                cache: self.cache,
+                outbox: self.outbox,
+                specs: self.specs,
+                batch: self.batch,
+                deps_per_call: self.deps_per_call,
+                poll: self.poll,
+                retry_min: self.retry_min,
+                retry_max: self.retry_max,
+                wake,
+                stats: Mutex::default(),
+                warned: Mutex::default(),
+            }),
+        }
+    }
+}
+
+struct Inner {
+    db: OutboxDb,
+    cache: Cache,
+    outbox: Outbox,
+    specs: HashMap<String, TableSpec>,
+    batch: usize,
+    deps_per_call: usize,
+    poll: Duration,
+    retry_min: Duration,
+    retry_max: Duration,
+    wake: Arc<Notify>,
+    stats: Mutex<StatsState>,
+    /// Unknown tables already warned about.
+    warned: Mutex<BTreeSet<String>>,
+}
+
+#[derive(Default)]
+struct StatsState {
+    stats: RelayStats,
+    lags: VecDeque<Duration>,
+}
+
+/// Delivers the outbox to a cache; see the [crate docs](crate). Cheap to clone.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use matroska_core::Cache;
+/// use matroska_outbox::{OutboxDb, Relay};
+///
+/// let db = OutboxDb::connect("postgres://postgres@127.0.0.1/test").await?;
+/// let relay = Relay::builder(db, Cache::memory())
+///     // .watch_type::<post::Model>()  -- every entity the application caches
+///     .build();
+/// let handle = relay.spawn();
+/// // ... on shutdown:
+/// handle.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Relay {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("outbox", &self.inner.outbox)
+            .field("tables", &self.inner.specs.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// Starts building a relay reading `db`'s outbox into `cache`.
+    pub fn builder(db: impl Into<OutboxDb>, cache: Cache) -> RelayBuilder {
+        let db = db.into();
+        let poll = match crate::db::SqlConnection::dialect(&db) {
+            crate::Dialect::Postgres => Duration::from_secs(1),
+            _ => Duration::from_millis(50),
+        };
+        RelayBuilder {
+            db,
+            cache,
+            outbox: Outbox::default(),
+            specs: HashMap::new(),
+            batch: 500,
+            deps_per_call: 1_000,
+            poll,
+            retry_min: Duration::from_millis(50),
+            retry_max: Duration::from_secs(5),
+        }
+    }
+
+    /// The database.
+    pub fn db(&self) -> &OutboxDb {
+        &self.inner.db
+    }
+
+    /// The outbox read.
+    pub fn outbox(&self) -> &Outbox {
+        &self.inner.outbox
+    }
+
+    /// Counters and lag percentiles.
+    pub fn stats(&self) -> RelayStats {
+        self.inner
+            .stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stats
+            .clone()
+    }
+
+    /// The outbox's backlog.
+    ///
+    /// # Errors
+    /// The database's errors.
+    pub async fn depth(&self) -> Result<OutboxDepth> {
+        let (rows, oldest) = self.inner.db.depth(&self.inner.outbox).await?;
+        let oldest = oldest.map(|us| {
+            Duration::from_micros(u64::try_from(now_us().saturating_sub(us)).unwrap_or(0))
+        });
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("matroska_outbox_depth").set(rows as f64);
+        Ok(OutboxDepth { rows, oldest })
+    }
+
+    /// The rows moved aside as unreadable: (id, table, error), oldest first. Their entity's
+    /// lists were invalidated when they were moved; fix or delete them by hand.
+    ///
+    /// # Errors
+    /// The database's errors.
+    pub async fn dead_letters(&self) -> Result<Vec<(i64, String, String)>> {
+        self.inner.db.dead_letters(&self.inner.outbox).await
+    }
+
+    /// Claims one batch and delivers it; see the [module docs](self).
+    ///
+    /// # Errors
+    /// The database's or the cache's failure; the batch stays in the outbox.
+    pub async fn run_once(&self) -> Result<Delivery> {
+        let inner = &self.inner;
+        let mut delivery = Delivery::default();
+        let claimed = inner
+            .db
+            .claim(&inner.outbox, inner.batch, |rows| async {
+                let mut deps = BTreeSet::new();
+                let mut settled = Settled {
+                    done: Vec::with_capacity(rows.len()),
+                    dead: Vec::new(),
+                };
+                let mut unknown = 0_u64;
+                let created: Vec<i64> = rows.iter().map(|r| r.created_us).collect();
+                for row in rows {
+                    match read(&row, &inner.specs) {
+                        Reading::Exact(d) => deps.extend(d),
+                        Reading::UnknownTable(d) => {
+                            unknown += 1;
+                            self.warn_unknown(&row.table);
+                            deps.extend(d);
+                        }
+                        Reading::Unreadable { deps: d, error } => {
+                            tracing::error!(
+                                id = row.id,
+                                table = %row.table,
+                                %error,
+                                "unreadable outbox row: invalidating its entity's lists and moving it to the dead letters"
+                            );
+                            deps.extend(d);
+                            settled.dead.push(DeadRow {
+                                row: row.clone(),
+                                error,
+                            });
+                        }
+                    }
+                    settled.done.push(row.id);
+                }
+                let deps: Vec<Dependency> = deps.into_iter().collect();
+                for chunk in deps.chunks(inner.deps_per_call) {
+                    inner.cache.invalidate(chunk).await?;
+                }
+                delivery.dependencies = deps.len();
+                delivery.dead = settled.dead.len();
+                self.record(&created, unknown, settled.dead.len() as u64);
+                tracing::debug!(
+                    rows = created.len(),
+                    deps = deps.len(),
+                    dead = settled.dead.len(),
+                    "outbox rows delivered"
+                );
+                Ok(settled)
+            })
+            .await;
+        match claimed {
+            Ok(rows) => {
+                delivery.rows = rows;
+                Ok(delivery)
+            }
+            Err(e) => {
+                self.with_stats(|s| s.stats.failures += 1);
+                #[cfg(feature = "metrics")]
+                metrics::counter!("matroska_outbox_failures_total").increment(1);
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs [`Relay::run_once`] until the outbox is empty; returns the rows delivered.
+    ///
+    /// # Errors
+    /// As [`Relay::run_once`].
+    pub async fn drain(&self) -> Result<u64> {
+        let mut total = 0_u64;
+        loop {
+            let delivery = self.run_once().await?;
+            total += delivery.rows as u64;
+            if delivery.rows < self.inner.batch {
+                return Ok(total);
+            }
+        }
+    }
+
+    fn with_stats<R>(&self, f: impl FnOnce(&mut StatsState) -> R) -> R {
+        f(&mut self
+            .inner
+            .stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Counts a delivered batch (before its commit: a commit that then fails re-delivers,
+    /// and counts again).
+    fn record(&self, created: &[i64], unknown: u64, dead: u64) {
+        let now = now_us();
+        let lags: Vec<Duration> = created
+            .iter()
+            .map(|&c| Duration::from_micros(u64::try_from(now.saturating_sub(c)).unwrap_or(0)))
+            .collect();
+        #[cfg(feature = "metrics")]
+        {
+            metrics::counter!("matroska_outbox_rows_delivered_total")
+                .increment(created.len() as u64);
+            metrics::counter!("matroska_outbox_dead_letters_total").increment(dead);
+            let histogram = metrics::histogram!("matroska_outbox_lag_seconds");
+            for lag in &lags {
+                histogram.record(lag.as_secs_f64());
+            }
+        }
+        self.with_stats(|s| {
+            s.stats.rows_delivered += created.len() as u64;
+            s.stats.unknown_rows += unknown;
+            s.stats.dead_letters += dead;
+            for lag in lags {
+                if s.lags.len() == LAG_WINDOW {
+                    s.lags.pop_front();
+                }
+                s.lags.push_back(lag);
+            }
+            let mut sorted: Vec<Duration> = s.lags.iter().copied().collect();
+            sorted.sort_unstable();
+            let at = |q: f64| {
+                #[allow(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    clippy::cast_precision_loss
+                )]
+                let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+                sorted.get(i).copied()
+            };
+            s.stats.lag_p50 = at(0.5);
+            s.stats.lag_p99 = at(0.99);
+        });
+    }
+
+    fn warn_unknown(&self, table: &str) {
+        let mut warned = self
+            .inner
+            .warned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if warned.insert(table.to_owned()) {
+            tracing::warn!(
+                table,
+                "outbox rows of a table this relay does not watch: invalidating the whole entity by \
+                 table name (register its spec with `watch`, or uninstall its triggers)"
+            );
+        }
+    }
+
+    /// Runs the relay in a background task until [`RelayHandle::shutdown`] (or the handle is
+    /// dropped). On PostgreSQL it `LISTEN`s for the triggers' notifications; elsewhere, and
+    /// as a safety net, it polls every [`poll_interval`](RelayBuilder::poll_interval);
+    /// [`poke`] wakes it at once.
+    pub fn spawn(self) -> RelayHandle {
+        let stop = Arc::new(Notify::new());
+        let task = tokio::spawn(self.clone().run(Arc::clone(&stop)));
+        RelayHandle {
+            relay: self,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    async fn run(self, stop: Arc<Notify>) {
+        let inner = &self.inner;
+        #[cfg(feature = "postgres")]
+        let _listener = self.listen();
+        let mut delay = inner.retry_min;
+        loop {
+            let more = match self.run_once().await {
+                Ok(d) => {
+                    delay = inner.retry_min;
+                    d.rows >= inner.batch
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "outbox delivery failed; the rows stay");
+                    let wait = delay;
+                    delay = delay.saturating_mul(2).min(inner.retry_max);
+                    tokio::select! {
+                        () = stop.notified() => return,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                    continue;
+                }
+            };
+            if more {
+                continue;
+            }
+            tokio::select! {
+                () = stop.notified() => return,
+                () = inner.wake.notified() => {}
+                () = tokio::time::sleep(inner.poll) => {}
+            }
+        }
+    }
+
+    /// On PostgreSQL, a task forwarding the triggers' notifications to the relay's wake-up
+    /// (reconnecting after failures); aborted with the returned guard.
+    #[cfg(feature = "postgres")]
+    fn listen(&self) -> Option<AbortOnDrop> {
+        let OutboxDb::Postgres(pool) = &self.inner.db else {
+            return None;
+        };
+        let pool = pool.clone();
+        let channel = self.inner.outbox.channel().to_owned();
+        let wake = Arc::clone(&self.inner.wake);
+        let retry = self.inner.retry_max;
+        Some(AbortOnDrop(tokio::spawn(async move {
+            loop {
+                let listened = async {
+                    let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+                    listener.listen(&channel).await?;
+                    // A commit may have landed before LISTEN took effect.
+                    wake.notify_one();
+                    loop {
+                        listener.recv().await?;
+                        wake.notify_one();
+                    }
+                    #[allow(unreachable_code)]
+                    Ok::<(), sqlx::Error>(())
+                };
+                if let Err(e) = listened.await {
+                    tracing::warn!(error = %e, "outbox LISTEN failed; polling until it reconnects");
+                }
+                tokio::time::sleep(retry).await;
+            }
+        })))
+    }
+}
+
+#[cfg(feature = "postgres")]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+#[cfg(feature = "postgres")]
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A relay running in the background; dropping it stops the relay (rows not yet claimed wait
+/// for the next relay).
+#[derive(Debug)]
+pub struct RelayHandle {
+    relay: Relay,
+    stop: Arc<Notify>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RelayHandle {
+    /// The relay.
+    pub fn relay(&self) -> &Relay {
+        &self.relay
+    }
+
+    /// Stops the relay once its current claim (if any) is settled.
+    pub async fn shutdown(mut self) {
+        self.stop.notify_one();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for RelayHandle {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            // A claim cut short rolls back: its rows stay for the next relay.
+            task.abort();
+        }
+    }
+}
