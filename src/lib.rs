@@ -211,6 +211,11 @@ pub mod __private {
     pub use sea_orm;
 }
 
+/// The database outbox and its relay: see [`matroska_outbox`].
+#[cfg(feature = "outbox")]
+#[cfg_attr(docsrs, doc(cfg(feature = "outbox")))]
+pub use matroska_outbox as outbox;
+
 // -- seaorm (owned by the SeaORM work) --
 #[cfg(feature = "seaorm")]
 #[cfg_attr(docsrs, doc(cfg(feature = "seaorm")))]

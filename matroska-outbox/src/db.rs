@@ -41,9 +41,8 @@ pub async fn install(
     tables: &[TableSpec],
 ) -> Result<()> {
     let dialect = conn.dialect();
-    for sql in outbox.create_tables_sql(dialect) {
-        conn.execute_sql(&sql).await?;
-    }
+    let outbox = &resolve_schema(conn, outbox).await?;
+    execute_all(conn, &outbox.create_tables_sql(dialect)).await?;
     let installed = conn.query_pairs(&outbox.versions_sql(dialect)).await?;
     for spec in tables {
         if let Some((_, v)) = installed
@@ -59,9 +58,7 @@ pub async fn install(
     }
     let statements = outbox.install_sql(dialect, tables)?;
     let creates = outbox.create_tables_sql(dialect).len();
-    for sql in &statements[creates..] {
-        conn.execute_sql(sql).await?;
-    }
+    execute_all(conn, &statements[creates..]).await?;
     tracing::info!(
         tables = tables.len(),
         version = LAYOUT_VERSION,
@@ -79,9 +76,8 @@ pub async fn uninstall(
     outbox: &Outbox,
     tables: &[&str],
 ) -> Result<()> {
-    for sql in outbox.uninstall_sql(conn.dialect(), tables) {
-        conn.execute_sql(&sql).await?;
-    }
+    let outbox = &resolve_schema(conn, outbox).await?;
+    execute_all(conn, &outbox.uninstall_sql(conn.dialect(), tables)).await?;
     Ok(())
 }
 
@@ -99,6 +95,41 @@ pub async fn watched_tables(
         Err(e) if is_missing_table(&e) => Ok(Vec::new()),
         Err(e) => Err(e),
     }
+}
+
+/// Runs DDL statements in order. On SQLite they go as one script, on one connection, after a
+/// read of the schema: a pooled connection whose cached schema is stale compiles
+/// `DROP TRIGGER IF EXISTS` of a trigger it does not know into a no-op that never rechecks
+/// the schema (seen with sqlx and SeaORM pools: a second install failed with "trigger already
+/// exists"); reading `sqlite_master` first makes that connection reload it.
+async fn execute_all(conn: &(impl SqlConnection + ?Sized), statements: &[String]) -> Result<()> {
+    if conn.dialect() == Dialect::Sqlite {
+        let mut script = String::from("SELECT COUNT(*) FROM sqlite_master;\n");
+        for sql in statements {
+            script.push_str(sql);
+            script.push_str(";\n");
+        }
+        return conn.execute_sql(&script).await;
+    }
+    for sql in statements {
+        conn.execute_sql(sql).await?;
+    }
+    Ok(())
+}
+
+/// On PostgreSQL, the outbox pinned to the installing connection's current schema: the
+/// trigger functions then write there whatever a writer's `search_path`.
+async fn resolve_schema(conn: &(impl SqlConnection + ?Sized), outbox: &Outbox) -> Result<Outbox> {
+    if conn.dialect() != Dialect::Postgres || outbox.schema().is_some() {
+        return Ok(outbox.clone());
+    }
+    let rows = conn
+        .query_pairs("SELECT current_schema()::text, 0::bigint")
+        .await?;
+    Ok(match rows.into_iter().next() {
+        Some((schema, _)) => outbox.clone().pinned_to(schema),
+        None => outbox.clone(),
+    })
 }
 
 fn is_missing_table(e: &Error) -> bool {

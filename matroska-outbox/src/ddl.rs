@@ -152,6 +152,12 @@ impl Outbox {
         Ok(self)
     }
 
+    /// The outbox in `schema`, a name read from the database (quoted, not checked).
+    pub(crate) fn pinned_to(mut self, schema: String) -> Self {
+        self.schema = Some(schema);
+        self
+    }
+
     /// The outbox table's name (unquoted).
     pub fn table(&self) -> &str {
         &self.table
@@ -306,6 +312,31 @@ impl Outbox {
         .into_iter()
         .map(|t| format!("DROP TABLE IF EXISTS {t}"))
         .collect()
+    }
+
+    /// A query that counts this outbox's triggers on `table` (3 or more when it is watched;
+    /// never fails, even without the outbox installed, so it is safe inside a transaction).
+    pub fn triggers_present_sql(&self, dialect: Dialect, table: &str) -> String {
+        let prefix = literal(&format!("{}_{}_%", self.table, name_part(table)).replace('_', "\\_"));
+        match dialect {
+            Dialect::Postgres => format!(
+                "SELECT COUNT(*) FROM pg_trigger WHERE tgrelid = to_regclass({}) AND tgname LIKE {prefix}",
+                literal(&quote(dialect, table))
+            ),
+            Dialect::MySql => format!(
+                "SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE EVENT_OBJECT_SCHEMA = {} \
+                 AND EVENT_OBJECT_TABLE = {} AND TRIGGER_NAME LIKE {prefix}",
+                self.schema
+                    .as_deref()
+                    .map_or_else(|| "DATABASE()".to_owned(), literal),
+                literal(table)
+            ),
+            Dialect::Sqlite => format!(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = {} \
+                 AND name LIKE {prefix} ESCAPE '\\'",
+                literal(table)
+            ),
+        }
     }
 
     /// The query of the installed layout versions: rows of (table_name, version).

@@ -40,7 +40,9 @@ use sea_orm::{
 };
 
 use crate::invalidator::Invalidator;
-use crate::transaction::{finish, push, stash_update, take_update, warn_if_bare_transaction};
+use crate::transaction::{
+    discard, finish, push, stash_update, take_update, warn_if_bare_transaction,
+};
 
 /// The `Model` of an `ActiveModel`.
 pub type ModelOf<AM> = <<AM as ActiveModelTrait>::Entity as EntityTrait>::Model;
@@ -124,10 +126,36 @@ where
     AM::Entity::find().filter(condition).one(db).await
 }
 
-fn current_for_write() -> Result<Invalidator, DbErr> {
-    let invalidator = Invalidator::require()?;
-    invalidator.check_capacity()?;
-    Ok(invalidator)
+/// The invalidator for a write to `AM`'s table, checked before the write: `None` when no cache
+/// is registered but the outbox watches the table (its relay will invalidate). A full retry
+/// queue refuses the write only when no outbox watches the table.
+async fn current_for_write<AM, C>(db: &C) -> Result<Option<Invalidator>, DbErr>
+where
+    AM: ActiveModelTrait,
+    C: ConnectionTrait,
+{
+    let table = sea_orm::EntityName::table_name(&<AM::Entity as Default>::default());
+    match Invalidator::current() {
+        Some(invalidator) => match invalidator.check_capacity() {
+            Ok(()) => Ok(Some(invalidator)),
+            Err(_) if crate::outbox::covers(db, table).await => Ok(Some(invalidator)),
+            Err(e) => Err(e.into()),
+        },
+        None if crate::outbox::covers(db, table).await => Ok(None),
+        None => Err(crate::Error::NoCache.into()),
+    }
+}
+
+/// Ends a save: invalidates what it collected through the current invalidator, or (no cache,
+/// the outbox watches the table) drops it; and wakes this process's relays.
+async fn end_save() {
+    match Invalidator::current() {
+        Some(invalidator) => {
+            let _ = finish(&invalidator).await;
+        }
+        None => discard(),
+    }
+    matroska_outbox::poke();
 }
 
 /// The body of `ActiveModelBehavior::before_save`: refuses the write when no cache is
@@ -143,7 +171,7 @@ where
     C: ConnectionTrait,
     ModelOf<AM>: CacheDeps + Scoped + Send + Sync,
 {
-    current_for_write()?;
+    current_for_write::<AM, C>(db).await?;
     warn_if_bare_transaction::<C>();
     if insert {
         return Ok(am);
@@ -169,7 +197,7 @@ where
 /// Without [`before_save`] wired, an update invalidates the whole scope (old values unknown).
 ///
 /// # Errors
-/// [`Error::NoCache`](crate::Error::NoCache) (as [`DbErr::Custom`]).
+/// None today (the row is written; a cache failure is queued, not returned).
 pub async fn after_save<AM, C>(
     model: ModelOf<AM>,
     db: &C,
@@ -181,7 +209,6 @@ where
     ModelOf<AM>: CacheDeps + Scoped + Send + Sync,
 {
     let _ = db;
-    let invalidator = Invalidator::require()?;
     let scope = <ModelOf<AM> as Scoped>::scope();
     let mut deps = vec![model.primary_key()];
     if insert {
@@ -198,7 +225,7 @@ where
         }
     }
     push(deps);
-    let _ = finish(&invalidator).await;
+    end_save().await;
     Ok(model)
 }
 
@@ -214,7 +241,7 @@ where
     C: ConnectionTrait,
     ModelOf<AM>: CacheDeps + Scoped + Send + Sync,
 {
-    current_for_write()?;
+    current_for_write::<AM, C>(db).await?;
     warn_if_bare_transaction::<C>();
     let scope = <ModelOf<AM> as Scoped>::scope();
     let row = match am.clone().try_into_model() {
@@ -237,15 +264,14 @@ where
 /// [`batch`](crate::batch). Failures are queued, as in [`after_save`].
 ///
 /// # Errors
-/// [`Error::NoCache`](crate::Error::NoCache) (as [`DbErr::Custom`]).
+/// None today, as [`after_save`].
 pub async fn after_delete<AM, C>(am: AM, db: &C) -> Result<AM, DbErr>
 where
     AM: ActiveModelTrait + Send,
     C: ConnectionTrait,
 {
     let _ = db;
-    let invalidator = Invalidator::require()?;
-    let _ = finish(&invalidator).await;
+    end_save().await;
     Ok(am)
 }
 

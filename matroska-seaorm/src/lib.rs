@@ -110,6 +110,7 @@ mod error;
 mod filter;
 pub mod hooks;
 pub mod invalidator;
+pub mod outbox;
 pub mod query;
 pub mod transaction;
 

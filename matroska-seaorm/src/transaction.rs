@@ -125,6 +125,22 @@ pub(crate) async fn finish(invalidator: &Invalidator) -> Result<u64, matroska_co
     invalidator.deliver(deps).await
 }
 
+/// Ends a save outside a batch without delivering what it collected (no cache is registered
+/// and the outbox watches the table: its relay invalidates).
+pub(crate) fn discard() {
+    if in_batch() {
+        return;
+    }
+    let mut owners = OWNERS.lock().unwrap_or_else(PoisonError::into_inner);
+    let me = owner();
+    if let Some(p) = owners.get_mut(&me) {
+        p.deps.clear();
+        if p.updates.is_empty() {
+            owners.remove(&me);
+        }
+    }
+}
+
 /// Collects `deps` and, outside a batch, invalidates them now.
 pub(crate) async fn record(
     invalidator: &Invalidator,

@@ -1,0 +1,190 @@
+//! The database outbox ([`matroska_outbox`]) from SeaORM: install it in a migration, run its
+//! relay on the application's pool.
+//!
+//! With the outbox installed on a table, every committed write to it is invalidated — the
+//! hooked saves, `Entity::update_many()`, `delete_by_id`, raw SQL, `psql`, other processes —
+//! by a [`Relay`] after the commit. The hooks stay for read-your-writes (a request that saves
+//! and then reads sees its write at once) and become an optimisation:
+//!
+//! - a hooked save with **no cache registered** (a migration, a CLI, a test) proceeds when the
+//!   outbox watches its table, instead of failing with [`Error::NoCache`](crate::Error::NoCache):
+//!   the relay will invalidate (one catalogue query per such save checks the triggers);
+//! - a full retry queue no longer refuses writes to a watched table: the outbox delivers them.
+//!
+//! ## In a migration
+//!
+//! ```ignore
+//! use sea_orm_migration::prelude::*;
+//! use matroska::WatchedTable;
+//!
+//! #[async_trait::async_trait]
+//! impl MigrationTrait for Migration {
+//!     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+//!         matroska::seaorm::outbox::install(
+//!             manager.get_connection(),
+//!             &[post::Model::watched_table(), comment::Model::watched_table()],
+//!         )
+//!         .await
+//!         .map_err(|e| DbErr::Migration(e.to_string()))
+//!     }
+//!
+//!     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+//!         matroska::seaorm::outbox::uninstall(manager.get_connection(), &["post", "comment"])
+//!             .await
+//!             .map_err(|e| DbErr::Migration(e.to_string()))
+//!     }
+//! }
+//! ```
+//!
+//! ## At start-up
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use matroska_core::Cache;
+//! use matroska_seaorm::outbox;
+//!
+//! let db = sea_orm::Database::connect("sqlite::memory:").await?;
+//! let cache = Cache::memory();
+//! let relay = outbox::relay(&db, cache.clone())?
+//!     // .watch_type::<post::Model>() for every cached entity
+//!     .build()
+//!     .spawn();
+//! // ...
+//! relay.shutdown().await;
+//! # Ok::<_, Box<dyn std::error::Error>>(()) }).unwrap();
+//! ```
+
+use std::sync::OnceLock;
+
+use async_trait::async_trait;
+use matroska_core::{Cache, TableSpec};
+use matroska_outbox::{Dialect, Outbox, OutboxDb, RelayBuilder, SqlConnection};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
+
+pub use matroska_outbox::{Relay, RelayHandle, poke};
+
+static OUTBOX: OnceLock<Outbox> = OnceLock::new();
+
+/// Names the outbox the hooks look for (default [`Outbox::default`]). Call once at start-up,
+/// before any save, if the outbox was installed under another name.
+///
+/// # Errors
+/// [`crate::Error::AlreadyRegistered`] when one was set already.
+pub fn use_outbox(outbox: Outbox) -> crate::Result<()> {
+    OUTBOX
+        .set(outbox)
+        .map_err(|_| crate::Error::AlreadyRegistered)
+}
+
+fn configured() -> &'static Outbox {
+    OUTBOX.get_or_init(Outbox::default)
+}
+
+/// A SeaORM connection (a `DatabaseConnection`, a transaction, a migration's
+/// `SchemaManagerConnection`) as the outbox installer's [`SqlConnection`].
+pub struct SeaOrmSql<'a, C: ?Sized>(pub &'a C);
+
+fn dialect(backend: DbBackend) -> Dialect {
+    match backend {
+        DbBackend::Postgres => Dialect::Postgres,
+        DbBackend::MySql => Dialect::MySql,
+        _ => Dialect::Sqlite,
+    }
+}
+
+fn db_error(e: DbErr) -> matroska_outbox::Error {
+    matroska_outbox::Error::Connection(e.to_string())
+}
+
+#[async_trait]
+impl<C: ConnectionTrait + Sync + ?Sized> SqlConnection for SeaOrmSql<'_, C> {
+    fn dialect(&self) -> Dialect {
+        dialect(self.0.get_database_backend())
+    }
+
+    async fn execute_sql(&self, sql: &str) -> matroska_outbox::Result<()> {
+        self.0.execute_unprepared(sql).await.map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn query_pairs(&self, sql: &str) -> matroska_outbox::Result<Vec<(String, i64)>> {
+        let rows = self
+            .0
+            .query_all_raw(Statement::from_string(self.0.get_database_backend(), sql))
+            .await
+            .map_err(db_error)?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get_by_index::<String>(0).map_err(db_error)?,
+                    row.try_get_by_index::<i64>(1).map_err(db_error)?,
+                ))
+            })
+            .collect()
+    }
+}
+
+/// Installs (or upgrades) the outbox for `tables` on `conn` (see
+/// [`matroska_outbox::install`]): idempotent, for a migration or start-up.
+///
+/// # Errors
+/// As [`matroska_outbox::install`].
+pub async fn install<C>(conn: &C, tables: &[TableSpec]) -> matroska_outbox::Result<()>
+where
+    C: ConnectionTrait + Sync + ?Sized,
+{
+    matroska_outbox::install(&SeaOrmSql(conn), configured(), tables).await
+}
+
+/// Removes the outbox triggers of `tables` (for a migration's `down`).
+///
+/// # Errors
+/// The database's errors.
+pub async fn uninstall<C>(conn: &C, tables: &[&str]) -> matroska_outbox::Result<()>
+where
+    C: ConnectionTrait + Sync + ?Sized,
+{
+    matroska_outbox::uninstall(&SeaOrmSql(conn), configured(), tables).await
+}
+
+/// The sqlx pool behind a SeaORM connection, for the relay.
+///
+/// # Errors
+/// [`matroska_outbox::Error::UnsupportedDatabase`] for a mock or proxy connection.
+pub fn relay_db(db: &DatabaseConnection) -> matroska_outbox::Result<OutboxDb> {
+    if db.is_mock_connection() {
+        return Err(matroska_outbox::Error::UnsupportedDatabase("mock".into()));
+    }
+    Ok(match db.get_database_backend() {
+        DbBackend::Postgres => OutboxDb::from(db.get_postgres_connection_pool().clone()),
+        DbBackend::MySql => OutboxDb::from(db.get_mysql_connection_pool().clone()),
+        _ => OutboxDb::from(db.get_sqlite_connection_pool().clone()),
+    })
+}
+
+/// A relay over the pool behind `db` (so an in-memory SQLite database is shared), reading the
+/// configured outbox into `cache`; add the watched entities and `.build().spawn()`.
+///
+/// # Errors
+/// As [`relay_db`].
+pub fn relay(db: &DatabaseConnection, cache: Cache) -> matroska_outbox::Result<RelayBuilder> {
+    Ok(Relay::builder(relay_db(db)?, cache).outbox(configured().clone()))
+}
+
+/// Whether the outbox's triggers watch `table` on `conn`'s database. One catalogue query that
+/// cannot fail on a missing outbox (so it is safe inside a transaction).
+pub(crate) async fn covers<C: ConnectionTrait + ?Sized>(conn: &C, table: &str) -> bool {
+    let backend = conn.get_database_backend();
+    let sql = configured().triggers_present_sql(dialect(backend), table);
+    match conn
+        .query_one_raw(Statement::from_string(backend, sql))
+        .await
+    {
+        Ok(Some(row)) => row.try_get_by_index::<i64>(0).is_ok_and(|n| n >= 3),
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!(table, error = %e, "could not check for the outbox triggers");
+            false
+        }
+    }
+}
