@@ -519,3 +519,166 @@ async fn primary_key_change(env: Env) {
     env.expect(&[ROW_A, "row-new", FANTASY], &[SCI_FI, ROW_B])
         .await;
 }
+
+/// An entity with a scope on a column of every supported type.
+mod typed {
+    use sea_orm::entity::prelude::*;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(
+        Clone, Debug, PartialEq, DeriveEntityModel, Serialize, Deserialize, matroska::CacheDeps,
+    )]
+    #[sea_orm(table_name = "typed")]
+    #[scope(flag)]
+    #[scope(small)]
+    #[scope(big)]
+    #[scope(ratio)]
+    #[scope(label)]
+    #[scope(note)]
+    #[scope(day)]
+    #[scope(at)]
+    #[scope(stamp)]
+    #[scope(uid)]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub flag: bool,
+        pub small: i16,
+        pub big: i64,
+        pub ratio: f64,
+        pub label: String,
+        pub note: Option<String>,
+        pub day: Date,
+        pub at: DateTime,
+        pub stamp: DateTimeUtc,
+        pub uid: Uuid,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    matroska::seaorm::active_model_behavior!(ActiveModel);
+}
+
+/// Caches one entry per scope condition of `model` (one per typed column); returns the keys.
+async fn cache_conditions(cache: &Cache, model: &typed::Model, tag: &str) -> Vec<String> {
+    use matroska::Scoped;
+    let mut keys = Vec::new();
+    for (i, dep) in typed::Model::scope()
+        .dependencies_for(model, None)
+        .into_iter()
+        .filter(
+            |d| matches!(d, matroska::Dependency::Condition { fields, .. } if !fields.is_empty()),
+        )
+        .enumerate()
+    {
+        let key = format!("{tag}-{i}: {dep:?}");
+        cache.put(&key, &1, &[dep], None).await.unwrap();
+        keys.push(key);
+    }
+    assert_eq!(keys.len(), 10, "one condition per typed column");
+    keys
+}
+
+async fn wait_gone(cache: &Cache, keys: &[String], relay: &outbox::RelayHandle) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for key in keys {
+        while cache.has(key).await.unwrap() {
+            assert!(
+                Instant::now() < deadline,
+                "not invalidated: {key} (relay: {:?}, dead letters: {:?})",
+                relay.relay().stats(),
+                relay.relay().dead_letters().await
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// The relay's dependencies, computed from the JSON each database's triggers write, equal the
+/// ones computed from the model for every column type: booleans (MySQL and SQLite write
+/// numbers), integers, floats, text, NULL, dates, naive and zoned timestamps, UUIDs (bytes on
+/// MySQL and SQLite).
+async fn typed_values(kind: Kind) {
+    use chrono::{NaiveDate, TimeZone, Utc};
+    let db = ScratchDb::new(kind, "typed_values").await;
+    let schema = sea_orm::Schema::new(db.backend());
+    db.conn
+        .execute(&schema.create_table_from_entity(typed::Entity))
+        .await
+        .unwrap();
+    outbox::install(&db.conn, &[typed::Model::watched_table()])
+        .await
+        .unwrap();
+    let cache = support::redis_cache("typed_values").await;
+    let relay = outbox::relay(&db.conn, cache.clone())
+        .unwrap()
+        .watch_type::<typed::Model>()
+        .build()
+        .spawn();
+
+    let day = NaiveDate::from_ymd_opt(2026, 11, 25).unwrap();
+    let first = typed::Model {
+        id: 1,
+        flag: true,
+        small: -7,
+        big: 9_007_199_254_740_993,
+        ratio: 0.1,
+        label: "Fantasy ü".into(),
+        note: None,
+        day,
+        // SeaORM creates MySQL DATETIME columns without fractions of a second.
+        at: day
+            .and_hms_micro_opt(9, 30, 0, if kind == Kind::MySql { 0 } else { 123_456 })
+            .unwrap(),
+        stamp: Utc.with_ymd_and_hms(2026, 11, 25, 23, 59, 59).unwrap(),
+        uid: uuid::Uuid::from_u128(0x0123_4567_89ab_cdef_fedc_ba98_7654_3210),
+    };
+    let keys = cache_conditions(&cache, &first, "insert").await;
+    let saved = typed::ActiveModel::from(first.clone())
+        .insert(&db.conn)
+        .await
+        .unwrap();
+    assert_eq!(saved, first, "the database stores these values exactly");
+    wait_gone(&cache, &keys, &relay).await;
+
+    // Every column changes: the old and the new values' conditions are invalidated.
+    let second = typed::Model {
+        flag: false,
+        small: 300,
+        big: -1,
+        ratio: -2.5,
+        label: "sci-fi".into(),
+        note: Some("a note".into()),
+        day: day.succ_opt().unwrap(),
+        at: day.and_hms_opt(0, 0, 0).unwrap(),
+        stamp: Utc.with_ymd_and_hms(1999, 12, 31, 0, 0, 1).unwrap(),
+        uid: uuid::Uuid::nil(),
+        ..first.clone()
+    };
+    let mut keys = cache_conditions(&cache, &first, "old").await;
+    keys.extend(cache_conditions(&cache, &second, "new").await);
+    let raw = typed::ActiveModel::from(second.clone()).reset_all();
+    typed::Entity::update(raw).exec(&db.conn).await.unwrap();
+    wait_gone(&cache, &keys, &relay).await;
+
+    let keys = cache_conditions(&cache, &second, "delete").await;
+    typed::Entity::delete_by_id(1).exec(&db.conn).await.unwrap();
+    wait_gone(&cache, &keys, &relay).await;
+    assert_eq!(relay.relay().stats().dead_letters, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_values_sqlite() {
+    typed_values(Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_values_postgres() {
+    typed_values(Kind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_values_mysql() {
+    typed_values(Kind::MySql).await;
+}
