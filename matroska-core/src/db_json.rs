@@ -220,7 +220,7 @@ impl FromDbJson for String {
 /// Bytes from `{"hex": ".."}` (matroska's triggers), PostgreSQL's `"\\x.."`, or a JSON array.
 fn bytes(json: &Json) -> Option<Vec<u8>> {
     fn unhex(s: &str) -> Option<Vec<u8>> {
-        if s.len() % 2 != 0 {
+        if !s.len().is_multiple_of(2) {
             return None;
         }
         (0..s.len())

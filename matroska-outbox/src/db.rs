@@ -323,7 +323,7 @@ impl OutboxDb {
         let now = now_us();
 
         macro_rules! claim_in {
-            ($conn:expr, $commit:expr) => {{
+            ($conn:expr, $($commit:tt)*) => {{
                 let rows: Vec<RowTuple> =
                     sqlx::query_as(safe(&select)).fetch_all(&mut *$conn).await?;
                 let claimed = rows.len();
@@ -349,7 +349,7 @@ impl OutboxDb {
                         .execute(&mut *$conn)
                         .await?;
                 }
-                $commit;
+                $($commit)*
                 Ok(claimed)
             }};
         }
@@ -358,17 +358,17 @@ impl OutboxDb {
             #[cfg(feature = "postgres")]
             OutboxDb::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
-                claim_in!(tx, tx.commit().await?)
+                claim_in!(tx, tx.commit().await?;)
             }
             #[cfg(feature = "mysql")]
             OutboxDb::MySql(pool) => {
                 let mut tx = pool.begin().await?;
-                claim_in!(tx, tx.commit().await?)
+                claim_in!(tx, tx.commit().await?;)
             }
             #[cfg(feature = "sqlite")]
             OutboxDb::Sqlite(pool) => {
                 let mut conn = pool.acquire().await?;
-                claim_in!(conn, ())
+                claim_in!(conn,)
             }
         }
     }
@@ -397,11 +397,17 @@ impl SqlConnection for OutboxDb {
     async fn execute_sql(&self, sql: &str) -> Result<()> {
         match self {
             #[cfg(feature = "postgres")]
-            OutboxDb::Postgres(pool) => drop(sqlx::raw_sql(safe(sql)).execute(pool).await?),
+            OutboxDb::Postgres(pool) => {
+                sqlx::raw_sql(safe(sql)).execute(pool).await?;
+            }
             #[cfg(feature = "mysql")]
-            OutboxDb::MySql(pool) => drop(sqlx::raw_sql(safe(sql)).execute(pool).await?),
+            OutboxDb::MySql(pool) => {
+                sqlx::raw_sql(safe(sql)).execute(pool).await?;
+            }
             #[cfg(feature = "sqlite")]
-            OutboxDb::Sqlite(pool) => drop(sqlx::raw_sql(safe(sql)).execute(pool).await?),
+            OutboxDb::Sqlite(pool) => {
+                sqlx::raw_sql(safe(sql)).execute(pool).await?;
+            }
         };
         Ok(())
     }
@@ -409,11 +415,11 @@ impl SqlConnection for OutboxDb {
     async fn query_pairs(&self, sql: &str) -> Result<Vec<(String, i64)>> {
         Ok(match self {
             #[cfg(feature = "postgres")]
-            OutboxDb::Postgres(pool) => sqlx::query_as(safe(&sql)).fetch_all(pool).await?,
+            OutboxDb::Postgres(pool) => sqlx::query_as(safe(sql)).fetch_all(pool).await?,
             #[cfg(feature = "mysql")]
-            OutboxDb::MySql(pool) => sqlx::query_as(safe(&sql)).fetch_all(pool).await?,
+            OutboxDb::MySql(pool) => sqlx::query_as(safe(sql)).fetch_all(pool).await?,
             #[cfg(feature = "sqlite")]
-            OutboxDb::Sqlite(pool) => sqlx::query_as(safe(&sql)).fetch_all(pool).await?,
+            OutboxDb::Sqlite(pool) => sqlx::query_as(safe(sql)).fetch_all(pool).await?,
         })
     }
 }
