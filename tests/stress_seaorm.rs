@@ -16,6 +16,7 @@
 //! Bounded by operation counts, not by time; nothing here asserts on timing.
 #![cfg(feature = "seaorm")]
 
+mod seaorm_blog;
 mod support;
 
 use std::sync::Arc;
@@ -31,31 +32,8 @@ use sea_orm::{
     Statement,
 };
 
+use seaorm_blog::stress_row as row;
 use support::db::ScratchDb;
-
-/// The rows under stress: a version that every save bumps, and a watched bucket.
-mod row {
-    use sea_orm::entity::prelude::*;
-    use serde::{Deserialize, Serialize};
-
-    /// Generates `ByBucket`, the scope condition of the list query.
-    #[derive(
-        Clone, Debug, PartialEq, Eq, DeriveEntityModel, Serialize, Deserialize, matroska::CacheDeps,
-    )]
-    #[sea_orm(table_name = "stress_row")]
-    #[scope(bucket)]
-    pub struct Model {
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub id: i64,
-        pub version: i64,
-        pub bucket: i32,
-    }
-
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-
-    matroska::seaorm::active_model_behavior!(ActiveModel);
-}
 
 const ROWS: i64 = 8;
 const BUCKETS: i32 = 2;

@@ -99,6 +99,30 @@ pub mod plain_article {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+/// The rows of the stress tests: a version that every write bumps, and a watched bucket.
+pub mod stress_row {
+    use sea_orm::entity::prelude::*;
+    use serde::{Deserialize, Serialize};
+
+    /// Generates `ByBucket`, the scope condition of the list query.
+    #[derive(
+        Clone, Debug, PartialEq, Eq, DeriveEntityModel, Serialize, Deserialize, matroska::CacheDeps,
+    )]
+    #[sea_orm(table_name = "stress_row")]
+    #[scope(bucket)]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: i64,
+        pub version: i64,
+        pub bucket: i32,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    matroska::seaorm::active_model_behavior!(ActiveModel);
+}
+
 /// Creates the tables.
 pub async fn create_tables(db: &DatabaseConnection) {
     let schema = Schema::new(db.get_database_backend());
