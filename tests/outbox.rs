@@ -684,3 +684,182 @@ async fn typed_values_postgres() {
 async fn typed_values_mysql() {
     typed_values(Kind::MySql).await;
 }
+
+/// Redis down: the relay's claims fail, the rows stay, it backs off; once Redis is back every
+/// row is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_loses_nothing() {
+    let mut redis = support::PrivateRedis::start();
+    let db = ScratchDb::new(Kind::Postgres, "outbox_outage").await;
+    create_tables(&db.conn).await;
+    outbox::install(
+        &db.conn,
+        &[
+            article::Model::watched_table(),
+            author::Model::watched_table(),
+        ],
+    )
+    .await
+    .unwrap();
+    let cache = Cache::builder(
+        support::redis_backend_with(matroska::backend::redis::RedisConfig::new(
+            redis.url(),
+            support::unique("outage"),
+        ))
+        .await,
+    )
+    .build()
+    .unwrap();
+    let relay = outbox::relay(&db.conn, cache.clone())
+        .unwrap()
+        .watch_type::<article::Model>()
+        .retry_delay(Duration::from_millis(20), Duration::from_millis(200))
+        .build()
+        .spawn();
+    redis.kill();
+    let author = author::ActiveModel {
+        name: Set("a".into()),
+        ..Default::default()
+    }
+    .insert(&db.conn)
+    .await
+    .unwrap();
+    insert_article(&db.conn, "written during the outage", "fantasy", author.id).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while relay.relay().stats().failures < 2 {
+        assert!(Instant::now() < deadline, "the relay never tried");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        relay.relay().depth().await.unwrap().rows >= 1,
+        "the undelivered row stays in the outbox"
+    );
+
+    redis.restart();
+    // An entry cached after the restart depends on the list the outage's write entered: the
+    // row recorded before the restart still drops it once delivered.
+    let fantasy = article::published_in("fantasy").dependencies();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cache.put(FANTASY, &1, &fantasy, None).await.is_err() {
+        assert!(Instant::now() < deadline, "Redis did not come back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    while cache.has(FANTASY).await.unwrap() || relay.relay().depth().await.unwrap().rows > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the rows were not delivered after the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Bad rows never block the rows behind them: a table no spec describes invalidates its
+/// entity by table name; an unreadable row goes to the dead letters (and its entity's lists are
+/// dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_rows_are_moved_aside() {
+    for kind in [Kind::Sqlite, Kind::Postgres, Kind::MySql] {
+        let db = ScratchDb::new(kind, "outbox_bad_rows").await;
+        create_tables(&db.conn).await;
+        outbox::install(&db.conn, &[article::Model::watched_table()])
+            .await
+            .unwrap();
+        let cache = support::redis_cache("outbox_bad_rows").await;
+        let gone_list = matroska::Dependency::invalidate_all("gone");
+        cache
+            .put("gone-list", &1, &[gone_list], None)
+            .await
+            .unwrap();
+        cache
+            .put(
+                FANTASY,
+                &1,
+                &article::published_in("fantasy").dependencies(),
+                None,
+            )
+            .await
+            .unwrap();
+        let insert = |table: &str, row: &str| {
+            format!(
+                "INSERT INTO matroska_outbox (table_name, op, old_row, new_row, created_us) \
+                 VALUES ('{table}', 'I', NULL, '{row}', 0)"
+            )
+        };
+        // JSONB on PostgreSQL cannot hold invalid JSON; a row of the wrong shape is as bad.
+        let unreadable = if kind == Kind::Postgres {
+            "[1, 2]"
+        } else {
+            "not json"
+        };
+        for sql in [
+            insert("gone", "{}"),
+            insert("article", unreadable),
+            insert(
+                "article",
+                r#"{"id": "x", "published": true, "category": "a"}"#,
+            ),
+        ] {
+            db.conn.execute_unprepared(&sql).await.unwrap();
+        }
+        let relay = outbox::relay(&db.conn, cache.clone())
+            .unwrap()
+            .watch_type::<article::Model>()
+            .build();
+        assert_eq!(relay.drain().await.unwrap(), 3, "{kind:?}");
+        assert!(!cache.has("gone-list").await.unwrap(), "{kind:?}");
+        assert!(!cache.has(FANTASY).await.unwrap(), "{kind:?}");
+        let dead = relay.dead_letters().await.unwrap();
+        assert_eq!(dead.len(), 2, "{kind:?}: {dead:?}");
+        assert_eq!(relay.stats().unknown_rows, 1);
+        assert_eq!(relay.depth().await.unwrap().rows, 0);
+    }
+}
+
+/// A 20 000-row `UPDATE` (one statement-level trigger run on PostgreSQL) is delivered in
+/// bounded batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_update_in_bounded_batches() {
+    let db = ScratchDb::new(Kind::Postgres, "outbox_bulk").await;
+    create_tables(&db.conn).await;
+    db.conn
+        .execute_unprepared("INSERT INTO author (name) VALUES ('a')")
+        .await
+        .unwrap();
+    db.conn
+        .execute_unprepared(
+            "INSERT INTO article (title, category, published, author_id) \
+             SELECT 't' || g, 'c' || (g % 100), true, (SELECT MIN(id) FROM author) \
+             FROM generate_series(1, 20000) g",
+        )
+        .await
+        .unwrap();
+    outbox::install(&db.conn, &[article::Model::watched_table()])
+        .await
+        .unwrap();
+    let cache = support::redis_cache("outbox_bulk").await;
+    cache
+        .put("c7", &1, &article::published_in("c7").dependencies(), None)
+        .await
+        .unwrap();
+    db.conn
+        .execute_unprepared("UPDATE article SET published = false")
+        .await
+        .unwrap();
+    let relay = outbox::relay(&db.conn, cache.clone())
+        .unwrap()
+        .watch_type::<article::Model>()
+        .batch_size(1_000)
+        .build();
+    let mut batches = 0;
+    loop {
+        let delivery = relay.run_once().await.unwrap();
+        assert!(delivery.rows <= 1_000);
+        if delivery.rows == 0 {
+            break;
+        }
+        batches += 1;
+    }
+    assert_eq!(batches, 20);
+    assert_eq!(relay.stats().rows_delivered, 20_000);
+    assert!(!cache.has("c7").await.unwrap());
+}
