@@ -77,6 +77,7 @@ pub struct ScratchDb {
 enum Cleanup {
     File(PathBuf),
     Schema { admin_url: String, schema: String },
+    Database { admin_url: String, database: String },
 }
 
 /// `DATABASE_URL_POSTGRES`, default `postgres://postgres@127.0.0.1:5432/test`.
@@ -127,6 +128,50 @@ impl ScratchDb {
         Self::filled("postgres", conn, Cleanup::Schema { admin_url, schema }).await
     }
 
+    /// A fresh database on `DATABASE_URL_MYSQL` (MariaDB here).
+    pub async fn mysql() -> Self {
+        let admin_url = std::env::var("DATABASE_URL_MYSQL")
+            .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
+        let database = super::prefix("seaorm");
+        let admin = Database::connect(
+            ConnectOptions::new(admin_url.clone())
+                .sqlx_logging(false)
+                .to_owned(),
+        )
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "MariaDB at {admin_url} is required for this bench (set DATABASE_URL_MYSQL): {e}"
+            )
+        });
+        admin
+            .execute_unprepared(&format!(
+                "DROP DATABASE IF EXISTS `{database}`; CREATE DATABASE `{database}`"
+            ))
+            .await
+            .expect("create database");
+        admin.close().await.ok();
+        let base = admin_url
+            .rsplit_once('/')
+            .map_or(admin_url.as_str(), |(b, _)| b);
+        let conn = Database::connect(
+            ConnectOptions::new(format!("{base}/{database}"))
+                .sqlx_logging(false)
+                .to_owned(),
+        )
+        .await
+        .expect("connect to the database");
+        Self::filled(
+            "mariadb",
+            conn,
+            Cleanup::Database {
+                admin_url,
+                database,
+            },
+        )
+        .await
+    }
+
     async fn filled(name: &'static str, conn: DatabaseConnection, cleanup: Cleanup) -> Self {
         let schema = Schema::new(conn.get_database_backend());
         conn.execute(&schema.create_table_from_entity(plain_article::Entity))
@@ -157,6 +202,23 @@ impl ScratchDb {
             Cleanup::File(path) => {
                 for suffix in ["", "-wal", "-shm"] {
                     let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+            }
+            Cleanup::Database {
+                admin_url,
+                database,
+            } => {
+                if let Ok(admin) = Database::connect(
+                    ConnectOptions::new(admin_url)
+                        .sqlx_logging(false)
+                        .to_owned(),
+                )
+                .await
+                {
+                    let _ = admin
+                        .execute_unprepared(&format!("DROP DATABASE IF EXISTS `{database}`"))
+                        .await;
+                    admin.close().await.ok();
                 }
             }
             Cleanup::Schema { admin_url, schema } => {
