@@ -222,6 +222,20 @@ impl Cache {
         &self.inner.backend
     }
 
+    /// Whether `self` and `other` are clones of one cache (built once, then cloned). Two
+    /// caches built separately are different even over one backend.
+    ///
+    /// ```
+    /// use matroska_core::Cache;
+    ///
+    /// let cache = Cache::memory();
+    /// assert!(cache.same_cache(&cache.clone()));
+    /// assert!(!cache.same_cache(&Cache::memory()));
+    /// ```
+    pub fn same_cache(&self, other: &Cache) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     fn check_key(&self, key: &str) -> Result<()> {
         let limit = self.inner.settings.max_key_bytes;
         if key.len() > limit {

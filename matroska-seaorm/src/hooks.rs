@@ -143,7 +143,7 @@ where
     C: ConnectionTrait,
     ModelOf<AM>: CacheDeps + Scoped + Send + Sync,
 {
-    current_for_write()?;
+    let invalidator = current_for_write()?;
     warn_if_bare_transaction::<C>();
     if insert {
         return Ok(am);
@@ -153,7 +153,10 @@ where
         && let Some(old) = find_row(&am, db).await?
     {
         let scope = <ModelOf<AM> as Scoped>::scope();
-        push(scope.dependencies_for_change(Some(&old), None, Some(&modified)));
+        push(
+            &invalidator,
+            scope.dependencies_for_change(Some(&old), None, Some(&modified)),
+        );
     }
     stash_update(am_key(&am), modified);
     Ok(am)
@@ -197,8 +200,8 @@ where
             }
         }
     }
-    push(deps);
-    let _ = finish(&invalidator).await;
+    push(&invalidator, deps);
+    let _ = finish().await;
     Ok(model)
 }
 
@@ -214,7 +217,7 @@ where
     C: ConnectionTrait,
     ModelOf<AM>: CacheDeps + Scoped + Send + Sync,
 {
-    current_for_write()?;
+    let invalidator = current_for_write()?;
     warn_if_bare_transaction::<C>();
     let scope = <ModelOf<AM> as Scoped>::scope();
     let row = match am.clone().try_into_model() {
@@ -223,11 +226,11 @@ where
     };
     match row {
         Some(row) => {
-            push([row.primary_key()]);
-            push(scope.dependencies_for(&row, None));
+            push(&invalidator, [row.primary_key()]);
+            push(&invalidator, scope.dependencies_for(&row, None));
         }
         // Nothing to delete; the statement will affect no row.
-        None => push([scope.any_change()]),
+        None => push(&invalidator, [scope.any_change()]),
     }
     Ok(am)
 }
@@ -244,8 +247,8 @@ where
     C: ConnectionTrait,
 {
     let _ = db;
-    let invalidator = Invalidator::require()?;
-    let _ = finish(&invalidator).await;
+    Invalidator::require()?;
+    let _ = finish().await;
     Ok(am)
 }
 
