@@ -808,4 +808,38 @@ async fn with_cache_inside_a_unit_of_work(env: Env) {
     .await
     .unwrap();
     assert_eq!(titles(&in_other(&env).await), ["v3", "outer"]);
+
+    // A nested transaction rolls back to its savepoint after a query cached its
+    // uncommitted row in `other`; the outer one commits: that entry goes too.
+    let newest_first = || {
+        article::Entity::find()
+            .order_by_desc(article::Column::Id)
+            .cached(&other)
+            .scoped(&a)
+    };
+    let inside = newest_first();
+    seaorm::transaction(db, |txn| {
+        Box::pin(async move {
+            let inner = seaorm::transaction(txn, |txn| {
+                Box::pin(async move {
+                    new_article("phantom", "A", true, author)
+                        .insert(txn)
+                        .await?;
+                    let rows = inside.all(txn).await.map_err(DbErr::from)?;
+                    assert_eq!(titles(&rows), ["phantom", "outer", "v3"]);
+                    Err::<(), _>(DbErr::Custom("roll back".into()))
+                })
+            })
+            .await;
+            assert!(inner.is_err());
+            Ok::<_, DbErr>(())
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        titles(&newest_first().all(db).await.unwrap()),
+        ["outer", "v3"],
+        "the row rolled back to the savepoint is still cached"
+    );
 }

@@ -341,6 +341,41 @@ async fn with_cache_shares_the_caches_retry_queue() {
     request("third").await.expect("accepted again");
 }
 
+/// An invalidator outlives runtimes (it is registered per cache, or global): a retry loop
+/// dropped with its runtime does not keep later runtimes from retrying.
+#[test]
+fn retries_resume_on_a_new_runtime() {
+    let backend = Arc::new(Faulty::new(MemoryBackend::default()));
+    let cache = Cache::builder_arc(backend.clone()).build().unwrap();
+    let invalidator = Invalidator::builder(cache)
+        .retry_delay(Duration::from_millis(10), Duration::from_millis(10))
+        .build();
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let fail_once = || {
+        invalidator.clone().scope(async {
+            backend.set_down(true);
+            let failed = seaorm::invalidate(vec![matroska::Dependency::tag("t")]).await;
+            backend.set_down(false);
+            assert!(failed.is_err());
+        })
+    };
+    // The first runtime ends with its retry loop still waiting.
+    runtime().block_on(fail_once());
+    assert!(invalidator.pending() > 0);
+    runtime().block_on(async {
+        fail_once().await;
+        eventually("no retry ran on the new runtime", async || {
+            invalidator.pending() == 0
+        })
+        .await;
+    });
+}
+
 #[tokio::test]
 async fn a_save_without_a_cache_is_refused_before_writing() {
     let scratch = ScratchDb::sqlite("nocache").await;

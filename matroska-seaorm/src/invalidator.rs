@@ -358,39 +358,49 @@ impl Invalidator {
             self.inner.retrying.store(false, Ordering::Release);
             return;
         };
-        let this = self.clone();
-        runtime.spawn(async move { this.retry_loop().await });
-    }
-
-    async fn retry_loop(self) {
-        // A loop dropped with its runtime must not leave `retrying` set: no other loop would
-        // ever start for this invalidator, which may outlive the runtime (it is registered
-        // per cache, or global).
-        struct Retrying<'a> {
-            flag: &'a AtomicBool,
-            owned: bool,
-        }
-        impl Drop for Retrying<'_> {
-            fn drop(&mut self) {
-                if self.owned {
-                    self.flag.store(false, Ordering::Release);
-                }
-            }
-        }
-        let mut retrying = Retrying {
-            flag: &self.inner.retrying,
+        // Made before the spawn and moved into the task, so the flag is reset even when the
+        // task is dropped unpolled (its runtime shutting down).
+        let flag = RetryFlag {
+            invalidator: self.clone(),
             owned: true,
         };
-        let mut delay = self.inner.retry_min;
+        runtime.spawn(flag.retry_loop());
+    }
+}
+
+/// Owns `retrying` for one retry loop. A loop dropped with its runtime must not leave the flag
+/// set: no other loop would ever start for this invalidator, which may outlive the runtime
+/// (it is registered per cache, or global).
+struct RetryFlag {
+    invalidator: Invalidator,
+    /// Cleared when another loop took the flag over.
+    owned: bool,
+}
+
+impl Drop for RetryFlag {
+    fn drop(&mut self) {
+        if self.owned {
+            self.invalidator
+                .inner
+                .retrying
+                .store(false, Ordering::Release);
+        }
+    }
+}
+
+impl RetryFlag {
+    async fn retry_loop(mut self) {
+        let this = self.invalidator.clone();
+        let mut delay = this.inner.retry_min;
         loop {
             tokio::time::sleep(delay).await;
-            let Some(delivery) = Delivery::start(&self, Vec::new()) else {
-                self.inner.retrying.store(false, Ordering::Release);
+            let Some(delivery) = Delivery::start(&this, Vec::new()) else {
+                this.inner.retrying.store(false, Ordering::Release);
                 // A failure queued between the take and the store above must not be left
                 // without a retry: go on unless another loop took over.
-                if self.pending() == 0 || self.inner.retrying.swap(true, Ordering::AcqRel) {
-                    // Another loop owns `retrying` now: leave it set.
-                    retrying.owned = false;
+                if this.pending() == 0 || this.inner.retrying.swap(true, Ordering::AcqRel) {
+                    // The flag is clear or another loop's now: leave it alone.
+                    self.owned = false;
                     return;
                 }
                 continue;
@@ -399,10 +409,10 @@ impl Invalidator {
             match delivery.attempt().await {
                 Ok(_) => {
                     tracing::info!(deps, "queued invalidations delivered after retry");
-                    delay = self.inner.retry_min;
+                    delay = this.inner.retry_min;
                 }
                 Err(e) => {
-                    delay = delay.saturating_mul(2).min(self.inner.retry_max);
+                    delay = delay.saturating_mul(2).min(this.inner.retry_max);
                     tracing::warn!(error = %e, retry_in = ?delay, "queued invalidations still failing");
                 }
             }

@@ -22,7 +22,9 @@
 //! - `begin`, `commit` or `rollback` fails, or the future is **dropped** (a time-out) after
 //!   its work started: whether anything committed is unknown, so everything collected is
 //!   invalidated (at worst extra misses).
-//! - [`batch`] cannot see a commit or rollback: it always invalidates everything.
+//! - [`batch`] cannot see a commit or rollback: it always invalidates the writes.
+//! - A [`transaction`] nested in another (a savepoint) or in a [`batch`] joins it; when the
+//!   nested one rolls back and the outer one commits, everything is invalidated.
 //!
 //! The choice this makes: the collected dependencies cannot tell a write on the
 //! transaction from one the callback made *outside* it (a hooked save or bulk helper on
@@ -75,8 +77,8 @@ struct Target {
     invalidator: Invalidator,
     /// Dependencies of writes: delivered when the unit of work commits.
     writes: BTreeSet<Dependency>,
-    /// Dependencies of entries cached by loads inside a [`transaction`]: such a load may have
-    /// read the transaction's uncommitted rows, so on rollback these are delivered instead.
+    /// Dependencies of entries cached by loads inside the unit of work: such a load may have
+    /// read a transaction's uncommitted rows, so on rollback these are delivered instead.
     reads: BTreeSet<Dependency>,
 }
 
@@ -150,11 +152,12 @@ fn deliver_all(
     }
 }
 
-/// A [`batch`]'s buffer, and whether it belongs to a [`transaction`] (only then are the
-/// entries loads cache recorded).
+/// A unit of work's buffer.
 struct Batch {
     pending: Mutex<Pending>,
-    transactional: bool,
+    /// A [`transaction`] nested inside rolled back (to its savepoint): the entries loads
+    /// cached inside it may hold its rows, so they go even when the outer one commits.
+    inner_rollback: AtomicBool,
 }
 
 impl Batch {
@@ -209,16 +212,13 @@ pub(crate) fn push(invalidator: &Invalidator, deps: impl IntoIterator<Item = Dep
     with_pending(|p| p.target(invalidator).writes.extend(deps));
 }
 
-/// Notes that a load inside a [`transaction`] cached an entry in `cache` with `deps`: should
-/// the transaction roll back, the entry may hold rows that never existed. Outside a
-/// transaction, nothing to do.
+/// Notes that a load inside a unit of work cached an entry in `cache` with `deps`: should a
+/// transaction roll back, the entry may hold rows that never existed. Outside a unit of
+/// work, nothing to do.
 pub(crate) fn note_cached_load(cache: &Cache, deps: &[Dependency]) {
     let Ok(batch) = BATCH.try_with(Arc::clone) else {
         return;
     };
-    if !batch.transactional {
-        return;
-    }
     let invalidator = Invalidator::for_cache(cache);
     batch
         .lock()
@@ -312,20 +312,22 @@ impl Drop for FlushOnDrop {
 }
 
 /// Runs `fut` as a unit of work; `outcome` says from its output what to deliver.
-async fn unit_of_work<F: Future>(
-    fut: F,
-    transactional: bool,
-    outcome: impl FnOnce(&F::Output) -> Outcome,
-) -> F::Output {
+async fn unit_of_work<F: Future>(fut: F, outcome: impl FnOnce(&F::Output) -> Outcome) -> F::Output {
     let guard = FlushOnDrop {
         batch: Arc::new(Batch {
             pending: Mutex::default(),
-            transactional,
+            inner_rollback: AtomicBool::new(false),
         }),
     };
     let out = BATCH.scope(Arc::clone(&guard.batch), fut).await;
+    let outcome = match outcome(&out) {
+        Outcome::Committed if guard.batch.inner_rollback.load(Ordering::Acquire) => {
+            Outcome::Unknown
+        }
+        outcome => outcome,
+    };
     // Failures are queued and retried (see the invalidator's failure policy).
-    let _ = guard.deliver(outcome(&out)).await;
+    let _ = guard.deliver(outcome).await;
     out
 }
 
@@ -364,7 +366,7 @@ pub async fn batch<F: Future>(fut: F) -> F::Output {
     if in_batch() {
         return fut.await;
     }
-    unit_of_work(fut, false, |_| Outcome::Committed).await
+    unit_of_work(fut, |_| Outcome::Committed).await
 }
 
 /// [`TransactionTrait::transaction`] with the invalidations of its saves held back until the
@@ -410,12 +412,17 @@ where
             .check_capacity()
             .map_err(|e| TransactionError::Connection(e.into()))?;
     }
-    if in_batch() {
-        // Joins the enclosing unit of work, which decides for both (an inner rollback of a
-        // savepoint only costs extra misses when the outer one commits).
-        return db.transaction(callback).await;
+    if let Ok(outer) = BATCH.try_with(Arc::clone) {
+        // Joins the enclosing unit of work, which delivers for both: its writes when the
+        // outer one commits (extra misses for a savepoint rolled back), and then the entries
+        // loads cached too if this one rolled back.
+        let out = db.transaction(callback).await;
+        if out.is_err() {
+            outer.inner_rollback.store(true, Ordering::Release);
+        }
+        return out;
     }
-    unit_of_work(db.transaction(callback), true, |out| match out {
+    unit_of_work(db.transaction(callback), |out| match out {
         Ok(_) => Outcome::Committed,
         // The callback failed and SeaORM rolled back.
         Err(TransactionError::Transaction(_)) => Outcome::RolledBack,
