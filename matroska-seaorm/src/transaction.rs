@@ -34,7 +34,7 @@
 //! after it, or use [`batch`], which always delivers.
 //!
 //! The delivery survives its caller: it starts before the first await and runs on its own
-//! (see [`Invalidator`](crate::Invalidator)), so a caller dropped while it waits for the
+//! (see [`Invalidator`]), so a caller dropped while it waits for the
 //! cache loses nothing.
 //!
 //! ## A bare `begin()`
