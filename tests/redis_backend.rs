@@ -432,3 +432,54 @@ async fn undecodable_value_from_the_lease_holder_is_reloaded() {
         .unwrap();
     assert_eq!(value.unwrap(), "from v1");
 }
+
+/// A leader dropped mid-load (a request time-out, a client gone) releases its fill lease at
+/// once: a caller of this process that was waiting on it and another process both load
+/// without waiting out the hour-long lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_leader_releases_its_lease() {
+    let redis = PrivateRedis::start();
+    let backend = backend(&redis, |c| c).await;
+    let lease = Duration::from_secs(3600);
+    let here = Cache::builder(backend.clone())
+        .fill_lease(lease)
+        .build()
+        .unwrap();
+    let there = Cache::builder(backend.clone())
+        .fill_lease(lease)
+        .build()
+        .unwrap();
+    let (started, running) = tokio::sync::oneshot::channel();
+    let leader = tokio::spawn({
+        let here = here.clone();
+        async move {
+            here.get_or_load("hot", None, || async move {
+                let _ = started.send(());
+                std::future::pending::<Result<(i32, Vec<Dependency>), std::io::Error>>().await
+            })
+            .await
+        }
+    });
+    running.await.unwrap();
+    let load = |cache: Cache| {
+        tokio::spawn(async move {
+            cache
+                .get_or_load("hot", None, || async {
+                    Ok::<_, std::io::Error>((5, vec![Dependency::tag("hot")]))
+                })
+                .await
+        })
+    };
+    let follower = load(here.clone());
+    leader.abort();
+    assert!(leader.await.unwrap_err().is_cancelled());
+    let other = load(there);
+    // A deadline, not a measurement: with the lease left behind these would wait an hour.
+    for task in [follower, other] {
+        let value = tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("the abandoned lease was handed over")
+            .unwrap();
+        assert_eq!(value.unwrap(), 5);
+    }
+}

@@ -10,8 +10,8 @@ mod support;
 
 use std::future::Future;
 
-use matroska::Cache;
 use matroska::seaorm::{self, CachedExt, bulk};
+use matroska::{Cache, CacheDeps};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
@@ -82,6 +82,7 @@ matrix!(
     bulk_helpers,
     cached_queries_match_uncached,
     lookup_by_id_depends_on_its_key_only,
+    with_cache_inside_a_unit_of_work,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -387,7 +388,13 @@ async fn transaction_commit_and_rollback(env: Env) {
     );
     assert_eq!(titles(&fresh_list(&env, &a).await), ["v3"]);
 
-    // Rollback: nothing changes in the database, and the cache still agrees with it.
+    // Rollback: nothing changes in the database, so nothing is invalidated (an entry that
+    // depends on the row survives), and the cache still agrees with the database.
+    let probe = "depends-on-the-row";
+    env.cache
+        .put(probe, &1, &[row.primary_key()], None)
+        .await
+        .unwrap();
     let result = seaorm::transaction(db, |txn| {
         Box::pin(async move {
             article::ActiveModel {
@@ -402,6 +409,39 @@ async fn transaction_commit_and_rollback(env: Env) {
     })
     .await;
     assert!(result.is_err());
+    assert!(
+        env.cache.has(probe).await.unwrap(),
+        "a rolled-back update invalidated"
+    );
+    assert_eq!(titles(&fresh_list(&env, &a).await), ["v3"]);
+
+    // A cached query on the transaction (one not cached yet) reads its uncommitted row and
+    // caches it; the rollback drops that entry (the row never existed).
+    let newest_first = |cache: &Cache| {
+        article::Entity::find()
+            .order_by_desc(article::Column::Id)
+            .cached(cache)
+            .scoped(&a)
+    };
+    let cache = env.cache.clone();
+    let (inside, author) = (newest_first(&cache), kolypto.id);
+    let result = seaorm::transaction(db, |txn| {
+        Box::pin(async move {
+            new_article("phantom", "A", true, author)
+                .insert(txn)
+                .await?;
+            let rows = inside.all(txn).await.map_err(DbErr::from)?;
+            assert_eq!(titles(&rows), ["phantom", "v3"]);
+            Err::<(), _>(DbErr::Custom("roll back".into()))
+        })
+    })
+    .await;
+    assert!(result.is_err());
+    assert_eq!(
+        titles(&newest_first(&cache).all(db).await.unwrap()),
+        ["v3"],
+        "the rolled-back row is still cached"
+    );
     assert_eq!(titles(&fresh_list(&env, &a).await), ["v3"]);
 
     // A bare begin()/commit() wrapped in `batch`: invalidated after the commit as well.
@@ -700,4 +740,106 @@ async fn lookup_by_id_depends_on_its_key_only(env: Env) {
     let id = first.id;
     first.delete(db).await.unwrap();
     assert_eq!(lookup(id).await.unwrap(), None);
+}
+
+/// A `with_cache` inside a `transaction` or `batch` sends the invalidations of the saves it
+/// wraps to its own cache, at the end of the unit of work; the others go to the cache
+/// current outside.
+async fn with_cache_inside_a_unit_of_work(env: Env) {
+    let db = env.conn();
+    let kolypto = new_author(db, "kolypto").await;
+    let a = article::published_in("A");
+    let row = new_article("v1", "A", true, kolypto.id)
+        .insert(db)
+        .await
+        .unwrap();
+    let other = support::memory_cache();
+    // Both caches hold the list.
+    let in_other = async |env: &Env| {
+        article::Entity::find()
+            .order_by_asc(article::Column::Id)
+            .cached(&other)
+            .scoped(&a)
+            .all(env.conn())
+            .await
+            .unwrap()
+    };
+    assert_eq!(titles(&in_other(&env).await), ["v1"]);
+    assert_eq!(titles(&fresh_list(&env, &a).await), ["v1"]);
+
+    let (id, other_cache, author) = (row.id, other.clone(), kolypto.id);
+    seaorm::transaction(db, |txn| {
+        Box::pin(async move {
+            seaorm::with_cache(other_cache, async {
+                article::ActiveModel {
+                    id: Set(id),
+                    title: Set("v2".into()),
+                    ..Default::default()
+                }
+                .update(txn)
+                .await
+            })
+            .await?;
+            new_article("outer", "A", true, author).insert(txn).await?;
+            Ok::<_, DbErr>(())
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        titles(&in_other(&env).await),
+        ["v2", "outer"],
+        "the inner cache is stale"
+    );
+    assert_eq!(titles(&fresh_list(&env, &a).await), ["v2", "outer"]);
+
+    seaorm::batch(async {
+        seaorm::with_cache(other.clone(), async {
+            article::ActiveModel {
+                id: Set(id),
+                title: Set("v3".into()),
+                ..Default::default()
+            }
+            .update(db)
+            .await
+        })
+        .await
+    })
+    .await
+    .unwrap();
+    assert_eq!(titles(&in_other(&env).await), ["v3", "outer"]);
+
+    // A nested transaction rolls back to its savepoint after a query cached its
+    // uncommitted row in `other`; the outer one commits: that entry goes too.
+    let newest_first = || {
+        article::Entity::find()
+            .order_by_desc(article::Column::Id)
+            .cached(&other)
+            .scoped(&a)
+    };
+    let inside = newest_first();
+    seaorm::transaction(db, |txn| {
+        Box::pin(async move {
+            let inner = seaorm::transaction(txn, |txn| {
+                Box::pin(async move {
+                    new_article("phantom", "A", true, author)
+                        .insert(txn)
+                        .await?;
+                    let rows = inside.all(txn).await.map_err(DbErr::from)?;
+                    assert_eq!(titles(&rows), ["phantom", "outer", "v3"]);
+                    Err::<(), _>(DbErr::Custom("roll back".into()))
+                })
+            })
+            .await;
+            assert!(inner.is_err());
+            Ok::<_, DbErr>(())
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        titles(&newest_first().all(db).await.unwrap()),
+        ["outer", "v3"],
+        "the row rolled back to the savepoint is still cached"
+    );
 }

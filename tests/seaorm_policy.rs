@@ -7,61 +7,21 @@ mod seaorm_blog;
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use bytes::Bytes;
+use matroska::Cache;
 use matroska::backend::memory::MemoryBackend;
 use matroska::backend::redis::RedisConfig;
-use matroska::backend::{Backend, PutOutcome, PutRequest, Ticket};
 use matroska::seaorm::{self, Invalidator};
-use matroska::{Cache, Error};
 use sea_orm::{
     ActiveModelTrait, DatabaseConnection, DbErr, EntityTrait, IntoActiveModel, ModelTrait,
-    PaginatorTrait, Set,
+    PaginatorTrait, Set, TransactionTrait,
 };
 
 use seaorm_blog::{article, author, create_tables, plain_article};
-use support::db::ScratchDb;
-
-/// An in-memory backend whose invalidations fail while `down` is set.
-#[derive(Debug, Default)]
-struct Flaky {
-    inner: MemoryBackend,
-    down: AtomicBool,
-}
-
-#[async_trait]
-impl Backend for Flaky {
-    fn name(&self) -> &'static str {
-        "flaky"
-    }
-    async fn get(&self, key: &str) -> matroska::Result<Option<Bytes>> {
-        self.inner.get(key).await
-    }
-    async fn has(&self, key: &str) -> matroska::Result<bool> {
-        self.inner.has(key).await
-    }
-    async fn put(&self, request: PutRequest<'_>) -> matroska::Result<PutOutcome> {
-        self.inner.put(request).await
-    }
-    async fn delete(&self, key: &str) -> matroska::Result<bool> {
-        self.inner.delete(key).await
-    }
-    async fn invalidate(&self, deps: &[String]) -> matroska::Result<u64> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(Error::Timeout {
-                operation: "invalidate",
-                timeout: Duration::from_millis(1),
-            });
-        }
-        self.inner.invalidate(deps).await
-    }
-    async fn ticket(&self) -> matroska::Result<Ticket> {
-        self.inner.ticket().await
-    }
-}
+use support::db::{Kind, ScratchDb};
+use support::faults::Faulty;
 
 fn article_in(category: &str, author: i32) -> article::ActiveModel {
     article::ActiveModel {
@@ -88,7 +48,7 @@ async fn failed_invalidations_are_queued_retried_and_then_refuse_writes() {
     let scratch = ScratchDb::sqlite("policy").await;
     let db = &scratch.conn;
     create_tables(db).await;
-    let backend = Arc::new(Flaky::default());
+    let backend = Arc::new(Faulty::new(MemoryBackend::default()));
     let cache = Cache::builder_arc(backend.clone()).build().unwrap();
     let invalidator = Invalidator::builder(cache.clone())
         .backlog_limit(8)
@@ -108,7 +68,7 @@ async fn failed_invalidations_are_queued_retried_and_then_refuse_writes() {
 
             // The backend fails: the save succeeds, its invalidation waits in the queue, and the
             // stale list is still served meanwhile.
-            backend.down.store(true, Ordering::SeqCst);
+            backend.set_down(true);
             let first = article_in("A", author.id)
                 .insert(db)
                 .await
@@ -156,7 +116,7 @@ async fn failed_invalidations_are_queued_retried_and_then_refuse_writes() {
             );
 
             // The backend comes back: the background retry drains the queue; the list is fresh.
-            backend.down.store(false, Ordering::SeqCst);
+            backend.set_down(false);
             let deadline = Instant::now() + Duration::from_secs(10);
             while invalidator.pending() > 0 {
                 assert!(Instant::now() < deadline, "the retry queue did not drain");
@@ -170,6 +130,250 @@ async fn failed_invalidations_are_queued_retried_and_then_refuse_writes() {
             assert_eq!(cached_a(&cache, db).await.len(), 2);
         })
         .await;
+}
+
+/// Polls `check` until it holds; fails after 10 s with `what`.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A scratch database with its tables, a cache on Redis behind a [`Faulty`] wrapper, and its
+/// invalidator, whose background retry never runs during a test (only deliveries drain its
+/// queue), with an author and the cached list of category A.
+struct Rig {
+    scratch: ScratchDb,
+    backend: Arc<Faulty>,
+    cache: Cache,
+    invalidator: Invalidator,
+    author: i32,
+}
+
+impl Rig {
+    async fn new(kind: Kind, name: &str) -> Rig {
+        let scratch = ScratchDb::new(kind, name).await;
+        create_tables(&scratch.conn).await;
+        let backend = Arc::new(Faulty::new(support::redis_backend(name).await));
+        let cache = Cache::builder_arc(backend.clone()).build().unwrap();
+        let hour = Duration::from_secs(3600);
+        let invalidator = Invalidator::builder(cache.clone())
+            .retry_delay(hour, hour)
+            .build();
+        let author = seaorm::with_cache(cache.clone(), async {
+            author::ActiveModel {
+                name: Set("kolypto".into()),
+                ..Default::default()
+            }
+            .insert(&scratch.conn)
+            .await
+            .unwrap()
+        })
+        .await;
+        Rig {
+            scratch,
+            backend,
+            cache,
+            invalidator,
+            author: author.id,
+        }
+    }
+
+    fn db(&self) -> &DatabaseConnection {
+        &self.scratch.conn
+    }
+
+    /// Puts a failed invalidation into the retry queue: a save while the backend is down.
+    async fn queue_a_failure(&self) {
+        self.backend.set_down(true);
+        article_in("B", self.author)
+            .insert(self.db())
+            .await
+            .unwrap();
+        self.backend.set_down(false);
+        assert!(self.invalidator.pending() > 0);
+    }
+
+    /// Runs `write` with the gate closed and drops it once its invalidation waits at the
+    /// gate, as a request time-out would; then opens the gate.
+    async fn drop_mid_invalidation<T>(&self, write: impl Future<Output = T>) {
+        self.backend.close();
+        let stopped = self.backend.stopped();
+        tokio::select! {
+            _ = write => panic!("the write finished with the gate closed"),
+            () = self.backend.stopped_after(stopped) => {}
+        }
+        self.backend.open();
+    }
+
+    /// Waits until the cached list of A shows `titles`, and the retry queue is empty.
+    async fn settles_on(&self, titles: &[&str]) {
+        eventually(
+            "the dropped write's invalidation never arrived",
+            async || {
+                let list = cached_a(&self.cache, self.db()).await;
+                list.iter().map(|a| a.title.as_str()).collect::<Vec<_>>() == titles
+            },
+        )
+        .await;
+        eventually(
+            "the retry queue the dropped write carried was lost",
+            async || self.invalidator.pending() == 0,
+        )
+        .await;
+    }
+}
+
+/// A caller dropped while its hooked save's invalidation waits for the backend loses neither
+/// that invalidation nor the retry queue it carried, and the pending count comes back down
+/// (else, at the limit, every hooked write would be refused with the backend healthy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_save_still_invalidates() {
+    let rig = Rig::new(Kind::Sqlite, "dropped_save").await;
+    let db = rig.db();
+    rig.invalidator
+        .clone()
+        .scope(async {
+            assert!(cached_a(&rig.cache, db).await.is_empty());
+            rig.queue_a_failure().await;
+            rig.drop_mid_invalidation(article_in("A", rig.author).insert(db))
+                .await;
+            rig.settles_on(&["in A"]).await;
+        })
+        .await;
+}
+
+/// The same for a `transaction` dropped after its commit, while its invalidation waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_transaction_still_invalidates() {
+    let rig = Rig::new(Kind::Postgres, "dropped_txn").await;
+    let db = rig.db();
+    rig.invalidator
+        .clone()
+        .scope(async {
+            let row = article_in("A", rig.author).insert(db).await.unwrap();
+            assert_eq!(cached_a(&rig.cache, db).await, vec![row.clone()]);
+            rig.queue_a_failure().await;
+            rig.drop_mid_invalidation(seaorm::transaction(db, |txn| {
+                Box::pin(async move {
+                    article::ActiveModel {
+                        id: Set(row.id),
+                        title: Set("v2".into()),
+                        ..Default::default()
+                    }
+                    .update(txn)
+                    .await
+                })
+            }))
+            .await;
+            rig.settles_on(&["v2"]).await;
+        })
+        .await;
+}
+
+/// The same for a `batch` around a bare `begin()` / `commit()`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_batch_still_invalidates() {
+    let rig = Rig::new(Kind::MySql, "dropped_batch").await;
+    let db = rig.db();
+    rig.invalidator
+        .clone()
+        .scope(async {
+            let row = article_in("A", rig.author).insert(db).await.unwrap();
+            assert_eq!(cached_a(&rig.cache, db).await, vec![row.clone()]);
+            rig.queue_a_failure().await;
+            rig.drop_mid_invalidation(seaorm::batch(async {
+                let txn = db.begin().await?;
+                article::ActiveModel {
+                    id: Set(row.id),
+                    title: Set("v2".into()),
+                    ..Default::default()
+                }
+                .update(&txn)
+                .await?;
+                txn.commit().await
+            }))
+            .await;
+            rig.settles_on(&["v2"]).await;
+        })
+        .await;
+}
+
+/// `with_cache` with one cache, called per request, uses that cache's one retry queue: its
+/// limit holds across the requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_cache_shares_the_caches_retry_queue() {
+    let scratch = ScratchDb::sqlite("shared_queue").await;
+    let db = &scratch.conn;
+    create_tables(db).await;
+    let backend = Arc::new(Faulty::new(MemoryBackend::default()));
+    let cache = Cache::builder_arc(backend.clone()).build().unwrap();
+    let invalidator = Invalidator::builder(cache.clone()).backlog_limit(1).build();
+    let request = |name: &'static str| {
+        seaorm::with_cache(cache.clone(), async move {
+            author::ActiveModel {
+                name: Set(name.into()),
+                ..Default::default()
+            }
+            .insert(db)
+            .await
+        })
+    };
+    backend.set_down(true);
+    request("first").await.expect("queued, not refused");
+    let refused = request("second").await.unwrap_err();
+    assert!(
+        refused.to_string().contains("refusing the write"),
+        "{refused}"
+    );
+    assert!(
+        seaorm::with_cache(cache.clone(), async {
+            Invalidator::current()
+                .unwrap()
+                .same_invalidator(&invalidator)
+        })
+        .await
+    );
+    backend.set_down(false);
+    eventually("the queue drained", async || invalidator.pending() == 0).await;
+    request("third").await.expect("accepted again");
+}
+
+/// An invalidator outlives runtimes (it is registered per cache, or global): a retry loop
+/// dropped with its runtime does not keep later runtimes from retrying.
+#[test]
+fn retries_resume_on_a_new_runtime() {
+    let backend = Arc::new(Faulty::new(MemoryBackend::default()));
+    let cache = Cache::builder_arc(backend.clone()).build().unwrap();
+    let invalidator = Invalidator::builder(cache)
+        .retry_delay(Duration::from_millis(10), Duration::from_millis(10))
+        .build();
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let fail_once = || {
+        invalidator.clone().scope(async {
+            backend.set_down(true);
+            let failed = seaorm::invalidate(vec![matroska::Dependency::tag("t")]).await;
+            backend.set_down(false);
+            assert!(failed.is_err());
+        })
+    };
+    // The first runtime ends with its retry loop still waiting.
+    runtime().block_on(fail_once());
+    assert!(invalidator.pending() > 0);
+    runtime().block_on(async {
+        fail_once().await;
+        eventually("no retry ran on the new runtime", async || {
+            invalidator.pending() == 0
+        })
+        .await;
+    });
 }
 
 #[tokio::test]

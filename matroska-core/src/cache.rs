@@ -222,6 +222,20 @@ impl Cache {
         &self.inner.backend
     }
 
+    /// Whether `self` and `other` are clones of one cache (built once, then cloned). Two
+    /// caches built separately are different even over one backend.
+    ///
+    /// ```
+    /// use matroska_core::Cache;
+    ///
+    /// let cache = Cache::memory();
+    /// assert!(cache.same_cache(&cache.clone()));
+    /// assert!(!cache.same_cache(&Cache::memory()));
+    /// ```
+    pub fn same_cache(&self, other: &Cache) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     fn check_key(&self, key: &str) -> Result<()> {
         let limit = self.inner.settings.max_key_bytes;
         if key.len() > limit {
@@ -479,7 +493,8 @@ impl Cache {
                 }
                 Err(e) => return Err(e),
             };
-            let flight = self.join_flight(key);
+            let hold = self.join_flight(key);
+            let flight = hold.flight();
             let mut own: Option<T> = None;
             let mut own_error: Option<Error> = None;
             let outcome = flight
@@ -488,7 +503,7 @@ impl Cache {
                 // when it actually loads.
                 .get_or_init(|| async {
                     let filled = self
-                        .fill(key, ttl, degraded, &flight, &mut loader, &mut own)
+                        .fill(key, ttl, degraded, flight, &mut loader, &mut own)
                         .await;
                     filled.map_err(|e| {
                         let shared = SharedLoadError(Arc::from(e.to_string()));
@@ -531,28 +546,27 @@ impl Cache {
         }
     }
 
-    fn join_flight(&self, key: &str) -> Arc<Flight> {
-        let mut flights = self
-            .inner
-            .flights
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(flight) = flights.get(key).and_then(Weak::upgrade) {
-            return flight;
+    fn join_flight<'a>(&'a self, key: &'a str) -> FlightHold<'a> {
+        let mut flights = lock_flights(&self.inner.flights);
+        let flight = match flights.get(key).and_then(Weak::upgrade) {
+            Some(flight) => flight,
+            None => {
+                let flight = Arc::new(Flight {
+                    result: OnceCell::new(),
+                });
+                flights.insert(key.to_owned(), Arc::downgrade(&flight));
+                flight
+            }
+        };
+        FlightHold {
+            flights: &self.inner.flights,
+            key,
+            flight: Some(flight),
         }
-        let flight = Arc::new(Flight {
-            result: OnceCell::new(),
-        });
-        flights.insert(key.to_owned(), Arc::downgrade(&flight));
-        flight
     }
 
     fn leave_flight(&self, key: &str, flight: &Arc<Flight>) {
-        let mut flights = self
-            .inner
-            .flights
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut flights = lock_flights(&self.inner.flights);
         if flights
             .get(key)
             .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(flight)))
@@ -588,7 +602,13 @@ impl Cache {
                         unverified: false,
                     });
                 }
-                LeaseWait::Held(token) => Some(token),
+                // Held from here on by a guard: a caller dropped at any later await still
+                // hands the lease over at once instead of making other processes wait it out.
+                LeaseWait::Held(token) => Some(LeaseHold {
+                    backend: Arc::clone(&self.inner.backend),
+                    key: key.to_owned(),
+                    token: Some(token),
+                }),
                 LeaseWait::Proceed => None,
             },
             _ => None,
@@ -649,10 +669,8 @@ impl Cache {
             }
             Err(e) => Err(e),
         };
-        if let Some(token) = lease
-            && let Err(e) = self.inner.backend.release_lease(key, token).await
-        {
-            tracing::debug!(key, error = %e, "could not release fill lease; it will expire");
+        if let Some(lease) = lease {
+            lease.release().await;
         }
         result
     }
@@ -689,8 +707,170 @@ impl Cache {
     }
 }
 
+fn lock_flights(
+    flights: &Mutex<HashMap<String, Weak<Flight>>>,
+) -> std::sync::MutexGuard<'_, HashMap<String, Weak<Flight>>> {
+    flights
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One caller's hold on a flight. The last hold to go removes the flight's map entry, also
+/// when its caller is dropped mid-load (a request time-out, a client gone): otherwise the map
+/// would keep an entry for every key whose load was abandoned and never asked for again.
+struct FlightHold<'a> {
+    flights: &'a Mutex<HashMap<String, Weak<Flight>>>,
+    key: &'a str,
+    /// `Some` until dropped.
+    flight: Option<Arc<Flight>>,
+}
+
+impl FlightHold<'_> {
+    fn flight(&self) -> &Arc<Flight> {
+        self.flight
+            .as_ref()
+            .expect("a hold has its flight until it is dropped")
+    }
+}
+
+impl Drop for FlightHold<'_> {
+    fn drop(&mut self) {
+        let mut flights = lock_flights(self.flights);
+        // Let go under the lock, where every upgrade happens too: of two holds dropped at
+        // once, the second always sees no strong reference left.
+        drop(self.flight.take());
+        if flights.get(self.key).is_some_and(|w| w.strong_count() == 0) {
+            flights.remove(self.key);
+        }
+    }
+}
+
+/// A fill lease this process holds. Released by [`LeaseHold::release`], or on drop from a
+/// spawned task when the load was abandoned at an await: a dropped leader must not make the
+/// other processes wait out the lease's TTL.
+struct LeaseHold {
+    backend: Arc<dyn Backend>,
+    key: String,
+    /// `Some` until released.
+    token: Option<u64>,
+}
+
+impl LeaseHold {
+    async fn release(mut self) {
+        if let Some(token) = self.token {
+            if let Err(e) = self.backend.release_lease(&self.key, token).await {
+                tracing::debug!(key = self.key, error = %e, "could not release fill lease; it will expire");
+            }
+            // Cleared only now: dropped during the release above, `drop` releases again.
+            self.token = None;
+        }
+    }
+}
+
+impl Drop for LeaseHold {
+    fn drop(&mut self) {
+        let Some(token) = self.token.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::debug!(
+                key = self.key,
+                "abandoned fill lease not released (no runtime); it will expire"
+            );
+            return;
+        };
+        let (backend, key) = (Arc::clone(&self.backend), std::mem::take(&mut self.key));
+        runtime.spawn(async move {
+            if let Err(e) = backend.release_lease(&key, token).await {
+                tracing::debug!(key, error = %e, "could not release abandoned fill lease; it will expire");
+            }
+        });
+    }
+}
+
 enum LeaseWait {
     Filled(Bytes),
     Held(u64),
     Proceed,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    fn flights(cache: &Cache) -> usize {
+        lock_flights(&cache.inner.flights).len()
+    }
+
+    fn holders(cache: &Cache, key: &str) -> usize {
+        lock_flights(&cache.inner.flights)
+            .get(key)
+            .map_or(0, Weak::strong_count)
+    }
+
+    /// A load that signals when it starts and never finishes.
+    async fn stuck(
+        started: tokio::sync::oneshot::Sender<()>,
+    ) -> Result<Loaded<i32>, std::io::Error> {
+        let _ = started.send(());
+        std::future::pending().await
+    }
+
+    #[tokio::test]
+    async fn a_leader_dropped_mid_load_leaves_no_flight_behind() {
+        let cache = Cache::memory();
+        let (started, running) = tokio::sync::oneshot::channel();
+        let load = cache.get_or_load("k", None, || stuck(started));
+        tokio::select! {
+            _ = load => panic!("the stuck load finished"),
+            _ = running => {}
+        }
+        assert_eq!(
+            flights(&cache),
+            0,
+            "the abandoned flight is still in the map"
+        );
+        let value: i32 = cache
+            .get_or_load("k", None, || async { Ok::<_, std::io::Error>((7, vec![])) })
+            .await
+            .unwrap();
+        assert_eq!(value, 7);
+        assert_eq!(flights(&cache), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_loads_when_its_leader_is_dropped() {
+        let cache = Cache::memory();
+        let (started, running) = tokio::sync::oneshot::channel();
+        let leader = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.get_or_load("k", None, || stuck(started)).await }
+        });
+        running.await.unwrap();
+        let follower = tokio::spawn({
+            let cache = cache.clone();
+            async move {
+                cache
+                    .get_or_load("k", None, || async {
+                        Ok::<_, std::io::Error>((2, vec![Dependency::tag("t")]))
+                    })
+                    .await
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while holders(&cache, "k") < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the follower never joined the flight"
+            );
+            tokio::task::yield_now().await;
+        }
+        leader.abort();
+        assert!(leader.await.unwrap_err().is_cancelled());
+        assert_eq!(follower.await.unwrap().unwrap(), 2);
+        assert_eq!(flights(&cache), 0);
+        assert_eq!(cache.get::<i32>("k").await.unwrap(), Some(2));
+    }
 }

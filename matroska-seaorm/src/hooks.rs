@@ -40,9 +40,7 @@ use sea_orm::{
 };
 
 use crate::invalidator::Invalidator;
-use crate::transaction::{
-    discard, finish, push, stash_update, take_update, warn_if_bare_transaction,
-};
+use crate::transaction::{finish, push, stash_update, take_update, warn_if_bare_transaction};
 
 /// The `Model` of an `ActiveModel`.
 pub type ModelOf<AM> = <<AM as ActiveModelTrait>::Entity as EntityTrait>::Model;
@@ -146,15 +144,10 @@ where
     }
 }
 
-/// Ends a save: invalidates what it collected through the current invalidator, or (no cache,
-/// the outbox watches the table) drops it; and wakes this process's relays.
+/// Ends a save: outside a unit of work, invalidates what it collected (nothing when no cache
+/// is registered and the outbox watches the table); and wakes this process's relays.
 async fn end_save() {
-    match Invalidator::current() {
-        Some(invalidator) => {
-            let _ = finish(&invalidator).await;
-        }
-        None => discard(),
-    }
+    let _ = finish().await;
     matroska_outbox::poke();
 }
 
@@ -171,7 +164,7 @@ where
     C: ConnectionTrait,
     ModelOf<AM>: CacheDeps + Scoped + Send + Sync,
 {
-    current_for_write::<AM, C>(db).await?;
+    let invalidator = current_for_write::<AM, C>(db).await?;
     warn_if_bare_transaction::<C>();
     if insert {
         return Ok(am);
@@ -181,7 +174,12 @@ where
         && let Some(old) = find_row(&am, db).await?
     {
         let scope = <ModelOf<AM> as Scoped>::scope();
-        push(scope.dependencies_for_change(Some(&old), None, Some(&modified)));
+        if let Some(invalidator) = &invalidator {
+            push(
+                invalidator,
+                scope.dependencies_for_change(Some(&old), None, Some(&modified)),
+            );
+        }
     }
     stash_update(am_key(&am), modified);
     Ok(am)
@@ -224,7 +222,9 @@ where
             }
         }
     }
-    push(deps);
+    if let Some(invalidator) = Invalidator::current() {
+        push(&invalidator, deps);
+    }
     end_save().await;
     Ok(model)
 }
@@ -241,20 +241,22 @@ where
     C: ConnectionTrait,
     ModelOf<AM>: CacheDeps + Scoped + Send + Sync,
 {
-    current_for_write::<AM, C>(db).await?;
+    let invalidator = current_for_write::<AM, C>(db).await?;
     warn_if_bare_transaction::<C>();
     let scope = <ModelOf<AM> as Scoped>::scope();
     let row = match am.clone().try_into_model() {
         Ok(model) => Some(model),
         Err(_) => find_row(&am, db).await?,
     };
-    match row {
-        Some(row) => {
-            push([row.primary_key()]);
-            push(scope.dependencies_for(&row, None));
+    match (&invalidator, row) {
+        // No cache registered: the outbox's relay invalidates.
+        (None, _) => {}
+        (Some(invalidator), Some(row)) => {
+            push(invalidator, [row.primary_key()]);
+            push(invalidator, scope.dependencies_for(&row, None));
         }
         // Nothing to delete; the statement will affect no row.
-        None => push([scope.any_change()]),
+        (Some(invalidator), None) => push(invalidator, [scope.any_change()]),
     }
     Ok(am)
 }

@@ -12,6 +12,18 @@
 //! it writes: silently skipping the invalidation would leave stale entries behind (possibly
 //! in another process that shares the Redis).
 //!
+//! A cache has one invalidator while it is in use ([`Invalidator::for_cache`]): calling
+//! [`with_cache`] per request with one cache shares that cache's retry queue and its limit.
+//!
+//! ## Delivery survives its caller
+//!
+//! An invalidation starts when the save's hook ends (or its unit of work), before any await,
+//! and runs in a task of its own that the caller merely waits for: a caller dropped meanwhile
+//! (a request time-out, a client gone) loses neither its dependencies nor the retry queue the
+//! delivery carries, and the pending count comes down when the task ends. Without a tokio
+//! runtime the delivery runs in the caller's future, and dropping that puts everything into
+//! the retry queue.
+//!
 //! ## Failure policy: retry queue, then refuse writes
 //!
 //! A hook's invalidation runs *after* the row was written (after commit, in a
@@ -34,10 +46,11 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use matroska_core::{Cache, Dependency};
+use tracing::Instrument;
 
 use crate::error::{Error, Result};
 
@@ -46,6 +59,11 @@ tokio::task_local! {
 }
 
 static GLOBAL: OnceLock<Invalidator> = OnceLock::new();
+
+/// The live invalidators, so that [`with_cache`] called again with one cache (per request,
+/// say) uses that cache's one retry queue and its limit. Weak: an invalidator nobody uses any
+/// more (no scope, no retry task) goes, with its cache.
+static REGISTRY: LazyLock<Mutex<Vec<Weak<Inner>>>> = LazyLock::new(Mutex::default);
 
 /// A [`Cache`] as the hooks and helpers use it: with the retry queue of its failed
 /// invalidations. Cheap to clone.
@@ -119,9 +137,11 @@ impl InvalidatorBuilder {
         self
     }
 
-    /// Builds the invalidator.
+    /// Builds the invalidator. While it lives, it is the one [`with_cache`] and
+    /// [`Invalidator::for_cache`] use for this cache, unless the cache has a live invalidator
+    /// already (build one per cache).
     pub fn build(self) -> Invalidator {
-        Invalidator {
+        let invalidator = Invalidator {
             inner: Arc::new(Inner {
                 cache: self.cache,
                 backlog: Mutex::default(),
@@ -131,8 +151,32 @@ impl InvalidatorBuilder {
                 retrying: AtomicBool::new(false),
                 in_flight: std::sync::atomic::AtomicUsize::new(0),
             }),
+        };
+        let mut registry = lock_registry();
+        if find_live(&mut registry, &invalidator.inner.cache).is_none() {
+            registry.push(Arc::downgrade(&invalidator.inner));
         }
+        invalidator
     }
+}
+
+fn lock_registry() -> std::sync::MutexGuard<'static, Vec<Weak<Inner>>> {
+    REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The live invalidator of `cache` in the registry; drops the entries of dead ones.
+fn find_live(registry: &mut Vec<Weak<Inner>>, cache: &Cache) -> Option<Invalidator> {
+    let mut found = None;
+    registry.retain(|weak| match weak.upgrade() {
+        Some(inner) => {
+            if found.is_none() && inner.cache.same_cache(cache) {
+                found = Some(Invalidator { inner });
+            }
+            true
+        }
+        None => false,
+    });
+    found
 }
 
 impl Invalidator {
@@ -149,6 +193,34 @@ impl Invalidator {
             retry_min: Duration::from_millis(50),
             retry_max: Duration::from_secs(5),
         }
+    }
+
+    /// The invalidator of `cache`: the live one (see [`InvalidatorBuilder::build`]), else a
+    /// new one with the default policy. [`with_cache`] uses this, so every task working with
+    /// one cache shares its retry queue, and the queue's limit holds across them.
+    ///
+    /// ```
+    /// use matroska_core::Cache;
+    /// use matroska_seaorm::Invalidator;
+    ///
+    /// let cache = Cache::memory();
+    /// let first = Invalidator::for_cache(&cache);
+    /// assert!(first.same_invalidator(&Invalidator::for_cache(&cache.clone())));
+    /// assert!(!first.same_invalidator(&Invalidator::for_cache(&Cache::memory())));
+    /// ```
+    pub fn for_cache(cache: &Cache) -> Invalidator {
+        if let Some(live) = find_live(&mut lock_registry(), cache) {
+            return live;
+        }
+        // Built outside the registry's lock (`build` takes it): a racing caller that
+        // registered first wins, and this one is discarded for it.
+        let built = Self::new(cache.clone());
+        find_live(&mut lock_registry(), cache).unwrap_or(built)
+    }
+
+    /// Whether both are clones of one invalidator (one retry queue).
+    pub fn same_invalidator(&self, other: &Invalidator) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// The cache.
@@ -240,31 +312,39 @@ impl Invalidator {
     /// Invalidates `deps` together with the retry queue, in one call. On failure everything
     /// goes (back) into the queue, a retry is scheduled, and the error is returned for
     /// callers that can report it.
-    pub(crate) async fn deliver(
+    ///
+    /// The work starts at the call, not at the first poll, and does not depend on the
+    /// returned future: it runs in a task of its own, so a caller dropped while it waits (a
+    /// request time-out, a client gone) loses neither `deps` nor the queue. Without a tokio
+    /// runtime it runs in the returned future, and dropping that puts everything back into
+    /// the queue.
+    pub(crate) fn deliver(
         &self,
         deps: Vec<Dependency>,
-    ) -> std::result::Result<u64, matroska_core::Error> {
-        let mut all = self.take_backlog();
-        let taken = all.len();
-        all.extend(deps);
-        if all.is_empty() {
-            return Ok(0);
-        }
-        let batch: Vec<Dependency> = all.into_iter().collect();
-        match self.inner.cache.invalidate(&batch).await {
-            Ok(dropped) => {
-                self.settle(taken, None);
-                Ok(dropped)
+    ) -> impl Future<Output = std::result::Result<u64, matroska_core::Error>> + Send + use<> {
+        let delivery = Delivery::start(self, deps);
+        let backend = self.inner.cache.backend().name();
+        let running = match (delivery, tokio::runtime::Handle::try_current()) {
+            (None, _) => Running::Nothing,
+            (Some(delivery), Ok(runtime)) => {
+                Running::Task(runtime.spawn(delivery.run().in_current_span()))
             }
-            Err(e) => {
-                let queued = self.settle(taken, Some(batch));
-                tracing::error!(
-                    error = %e,
-                    queued,
-                    "invalidation failed; queued for retry (writes are refused once the queue is full)"
-                );
-                self.spawn_retry();
-                Err(e)
+            (Some(delivery), Err(_)) => Running::Inline(delivery),
+        };
+        async move {
+            match running {
+                Running::Nothing => Ok(0),
+                Running::Inline(delivery) => delivery.run().await,
+                // The task panicked or its runtime shut down: the delivery's drop queued it.
+                Running::Task(task) => task.await.unwrap_or_else(|e| {
+                    Err(matroska_core::Error::Backend {
+                        backend,
+                        message: format!(
+                            "the invalidation task did not finish ({e}); queued for retry"
+                        ),
+                        source: Some(Box::new(e)),
+                    })
+                }),
             }
         }
     }
@@ -278,41 +358,142 @@ impl Invalidator {
             self.inner.retrying.store(false, Ordering::Release);
             return;
         };
-        let this = self.clone();
-        runtime.spawn(async move { this.retry_loop().await });
+        // Made before the spawn and moved into the task, so the flag is reset even when the
+        // task is dropped unpolled (its runtime shutting down).
+        let flag = RetryFlag {
+            invalidator: self.clone(),
+            owned: true,
+        };
+        runtime.spawn(flag.retry_loop());
     }
+}
 
-    async fn retry_loop(self) {
-        let mut delay = self.inner.retry_min;
+/// Owns `retrying` for one retry loop. A loop dropped with its runtime must not leave the flag
+/// set: no other loop would ever start for this invalidator, which may outlive the runtime
+/// (it is registered per cache, or global).
+struct RetryFlag {
+    invalidator: Invalidator,
+    /// Cleared when another loop took the flag over.
+    owned: bool,
+}
+
+impl Drop for RetryFlag {
+    fn drop(&mut self) {
+        if self.owned {
+            self.invalidator
+                .inner
+                .retrying
+                .store(false, Ordering::Release);
+        }
+    }
+}
+
+impl RetryFlag {
+    async fn retry_loop(mut self) {
+        let this = self.invalidator.clone();
+        let mut delay = this.inner.retry_min;
         loop {
             tokio::time::sleep(delay).await;
-            let batch: Vec<Dependency> = self.take_backlog().into_iter().collect();
-            let taken = batch.len();
-            if batch.is_empty() {
-                self.inner.retrying.store(false, Ordering::Release);
+            let Some(delivery) = Delivery::start(&this, Vec::new()) else {
+                this.inner.retrying.store(false, Ordering::Release);
                 // A failure queued between the take and the store above must not be left
                 // without a retry: go on unless another loop took over.
-                if self.pending() == 0 || self.inner.retrying.swap(true, Ordering::AcqRel) {
+                if this.pending() == 0 || this.inner.retrying.swap(true, Ordering::AcqRel) {
+                    // The flag is clear or another loop's now: leave it alone.
+                    self.owned = false;
                     return;
                 }
                 continue;
-            }
-            match self.inner.cache.invalidate(&batch).await {
+            };
+            let deps = delivery.batch.len();
+            match delivery.attempt().await {
                 Ok(_) => {
-                    self.settle(taken, None);
-                    tracing::info!(
-                        deps = batch.len(),
-                        "queued invalidations delivered after retry"
-                    );
-                    delay = self.inner.retry_min;
+                    tracing::info!(deps, "queued invalidations delivered after retry");
+                    delay = this.inner.retry_min;
                 }
                 Err(e) => {
-                    self.settle(taken, Some(batch));
-                    delay = delay.saturating_mul(2).min(self.inner.retry_max);
+                    delay = delay.saturating_mul(2).min(this.inner.retry_max);
                     tracing::warn!(error = %e, retry_in = ?delay, "queued invalidations still failing");
                 }
             }
         }
+    }
+}
+
+/// How [`Invalidator::deliver`] runs its delivery.
+enum Running {
+    Nothing,
+    Task(tokio::task::JoinHandle<std::result::Result<u64, matroska_core::Error>>),
+    Inline(Delivery),
+}
+
+/// One invalidation call in progress: the retry queue taken at its start (still counted as
+/// pending) plus new dependencies. However it ends (delivered, failed, or dropped at its
+/// await), the pending count comes back down and nothing undelivered is lost: what did not
+/// get through goes back into the queue.
+struct Delivery {
+    invalidator: Invalidator,
+    batch: Vec<Dependency>,
+    /// How many of `batch` came from the queue.
+    taken: usize,
+    settled: bool,
+}
+
+impl Delivery {
+    /// Takes the queue; `None` when there is nothing to deliver.
+    fn start(invalidator: &Invalidator, deps: Vec<Dependency>) -> Option<Delivery> {
+        let mut all = invalidator.take_backlog();
+        let taken = all.len();
+        all.extend(deps);
+        if all.is_empty() {
+            // Nothing was taken either: no count to settle.
+            return None;
+        }
+        Some(Delivery {
+            invalidator: invalidator.clone(),
+            batch: all.into_iter().collect(),
+            taken,
+            settled: false,
+        })
+    }
+
+    /// One attempt; a failure is queued (not retried: see [`Delivery::run`]).
+    async fn attempt(mut self) -> std::result::Result<u64, matroska_core::Error> {
+        let result = self.invalidator.inner.cache.invalidate(&self.batch).await;
+        self.settled = true;
+        let failed = result.is_err().then(|| std::mem::take(&mut self.batch));
+        self.invalidator.settle(self.taken, failed);
+        result
+    }
+
+    /// One attempt, and a retry scheduled on failure.
+    async fn run(self) -> std::result::Result<u64, matroska_core::Error> {
+        let invalidator = self.invalidator.clone();
+        let result = self.attempt().await;
+        if let Err(e) = &result {
+            tracing::error!(
+                error = %e,
+                queued = invalidator.pending(),
+                "invalidation failed; queued for retry (writes are refused once the queue is full)"
+            );
+            invalidator.spawn_retry();
+        }
+        result
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let queued = self.invalidator.settle(self.taken, Some(batch));
+        tracing::warn!(
+            queued,
+            "an invalidation was abandoned before it finished; queued for retry"
+        );
+        self.invalidator.spawn_retry();
     }
 }
 
@@ -330,11 +511,12 @@ impl Invalidator {
 /// # Errors
 /// [`Error::AlreadyRegistered`] when a global cache is set already.
 pub fn set_global_cache(cache: Cache) -> Result<()> {
-    Invalidator::new(cache).install_global()
+    Invalidator::for_cache(&cache).install_global()
 }
 
 /// Runs `fut` with `cache` as the cache the hooks invalidate in this task, whatever the
-/// global one: each test can use its own cache, in parallel.
+/// global one: each test can use its own cache, in parallel. The cache's one invalidator
+/// ([`Invalidator::for_cache`]) is used, so calls with one cache share its retry queue.
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -348,7 +530,7 @@ pub fn set_global_cache(cache: Cache) -> Result<()> {
 /// # })
 /// ```
 pub async fn with_cache<F: Future>(cache: Cache, fut: F) -> F::Output {
-    Invalidator::new(cache).scope(fut).await
+    Invalidator::for_cache(&cache).scope(fut).await
 }
 
 /// The cache the hooks use here (see the [module docs](self)), if any.

@@ -18,7 +18,8 @@
 //!   [`with_cache`] (tests in parallel). Failed invalidations are queued and retried; writes
 //!   are refused while the queue is full.
 //! - **Transactions** ([`transaction()`], [`batch`]): invalidations wait for the commit and go
-//!   in one call.
+//!   in one call per cache; a rolled-back [`transaction()`] invalidates nothing it wrote.
+//!   Deliveries run in tasks of their own: a caller dropped meanwhile loses none.
 //! - **Bulk writes** ([`bulk`]): `update_many`, `delete_many`, `insert_many` and raw SQL run no
 //!   hooks; use [`bulk::update_many`], [`bulk::delete_many`], [`bulk::insert_many`],
 //!   [`invalidate_entity`].

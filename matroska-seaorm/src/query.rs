@@ -159,8 +159,14 @@ impl<S: QueryFilter + QueryTrait> Cached<S> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Loaded<T>, DbErr>>,
     {
+        let cache = &self.cache;
         self.cache
-            .get_or_load(key, self.ttl, loader)
+            .get_or_load(key, self.ttl, || async move {
+                let (value, deps) = loader().await?;
+                // Inside a `transaction` this load may have read uncommitted rows.
+                crate::transaction::note_cached_load(cache, &deps);
+                Ok::<_, DbErr>((value, deps))
+            })
             .await
             .map_err(from_load)
     }

@@ -8,8 +8,34 @@
 //! covered by the stale-set guard of [`Cache::get_or_load`]: its ticket predates the
 //! invalidation, so its put is refused.
 //!
-//! On rollback the collected dependencies are invalidated too: at worst some extra misses,
-//! and nothing is lost when the callback also wrote outside the transaction.
+//! Each dependency goes to the cache that was current where it was collected: a
+//! [`with_cache`](crate::with_cache) inside the unit of work sends the saves it wraps to its
+//! own cache (one call per cache).
+//!
+//! ## Commit, rollback, and a dropped unit of work
+//!
+//! - [`transaction`] **commits**: the writes' dependencies are invalidated.
+//! - Its callback returns `Err` and SeaORM **rolls back**: the writes' dependencies are
+//!   *not* invalidated (nothing changed, so that would only cost misses). One exception: a
+//!   cached query run inside the callback may have read the transaction's uncommitted rows
+//!   and cached them, so the entries such loads cached are invalidated.
+//! - `begin`, `commit` or `rollback` fails, or the future is **dropped** (a time-out) after
+//!   its work started: whether anything committed is unknown, so everything collected is
+//!   invalidated (at worst extra misses).
+//! - [`batch`] cannot see a commit or rollback: it always invalidates the writes.
+//! - A [`transaction`] nested in another (a savepoint) or in a [`batch`] joins it; when the
+//!   nested one rolls back and the outer one commits, everything is invalidated.
+//!
+//! The choice this makes: the collected dependencies cannot tell a write on the
+//! transaction from one the callback made *outside* it (a hooked save or bulk helper on
+//! the outer connection, raw SQL followed by [`invalidate`](crate::invalidate)). Such a write
+//! commits on its own, and on rollback its invalidation is dropped with the rest. So inside
+//! [`transaction`], write only through the callback's transaction; do other writes before or
+//! after it, or use [`batch`], which always delivers.
+//!
+//! The delivery survives its caller: it starts before the first await and runs on its own
+//! (see [`Invalidator`]), so a caller dropped while it waits for the
+//! cache loses nothing.
 //!
 //! ## A bare `begin()`
 //!
@@ -30,7 +56,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use matroska_core::Dependency;
+use matroska_core::{Cache, Dependency};
 use sea_orm::{TransactionError, TransactionTrait};
 
 use crate::invalidator::Invalidator;
@@ -38,15 +64,110 @@ use crate::invalidator::Invalidator;
 /// What one unit of work (a batch, or one task's in-flight save) has collected.
 #[derive(Default)]
 pub(crate) struct Pending {
-    deps: BTreeSet<Dependency>,
+    /// Per invalidator (cache) the dependencies go to: each save, helper or query records
+    /// its own target, so a `with_cache` inside a batch sends its saves to its cache.
+    targets: Vec<Target>,
     /// Updates between `before_save` and `after_save`: (model type, primary key) -> the
     /// modified scope fields.
     updates: HashMap<(TypeId, String), Vec<&'static str>>,
     touched: Option<Instant>,
 }
 
+struct Target {
+    invalidator: Invalidator,
+    /// Dependencies of writes: delivered when the unit of work commits.
+    writes: BTreeSet<Dependency>,
+    /// Dependencies of entries cached by loads inside the unit of work: such a load may have
+    /// read a transaction's uncommitted rows, so on rollback these are delivered instead.
+    reads: BTreeSet<Dependency>,
+}
+
+/// How a unit of work ended, which decides what it delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Committed (or a [`batch`], which delivers its writes whatever happened): the writes.
+    Committed,
+    /// Rolled back: the writes never happened, only the entries loads cached go.
+    RolledBack,
+    /// Dropped, or a commit or rollback that failed: everything.
+    Unknown,
+}
+
+impl Pending {
+    fn target(&mut self, invalidator: &Invalidator) -> &mut Target {
+        let at = match self
+            .targets
+            .iter()
+            .position(|t| t.invalidator.same_invalidator(invalidator))
+        {
+            Some(at) => at,
+            None => {
+                self.targets.push(Target {
+                    invalidator: invalidator.clone(),
+                    writes: BTreeSet::new(),
+                    reads: BTreeSet::new(),
+                });
+                self.targets.len() - 1
+            }
+        };
+        &mut self.targets[at]
+    }
+
+    /// Takes what `outcome` delivers, per invalidator; forgets the rest.
+    fn take(&mut self, outcome: Outcome) -> Vec<(Invalidator, Vec<Dependency>)> {
+        std::mem::take(&mut self.targets)
+            .into_iter()
+            .filter_map(|t| {
+                let deps: Vec<Dependency> = match outcome {
+                    Outcome::Committed => t.writes.into_iter().collect(),
+                    Outcome::RolledBack => t.reads.into_iter().collect(),
+                    Outcome::Unknown => t.writes.into_iter().chain(t.reads).collect(),
+                };
+                (!deps.is_empty()).then_some((t.invalidator, deps))
+            })
+            .collect()
+    }
+}
+
+/// Starts every delivery now, at the call (each then runs on its own, whatever happens to
+/// the caller: see [`Invalidator`]); the future waits for them and returns the entries
+/// dropped, or the first failure (every failure is queued for retry).
+fn deliver_all(
+    deliveries: Vec<(Invalidator, Vec<Dependency>)>,
+) -> impl Future<Output = Result<u64, matroska_core::Error>> {
+    let running: Vec<_> = deliveries
+        .into_iter()
+        .map(|(invalidator, deps)| invalidator.deliver(deps))
+        .collect();
+    async move {
+        let mut dropped = 0;
+        let mut failure = None;
+        for delivery in running {
+            match delivery.await {
+                Ok(n) => dropped += n,
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        failure.map_or(Ok(dropped), Err)
+    }
+}
+
+/// A unit of work's buffer.
+struct Batch {
+    pending: Mutex<Pending>,
+    /// A [`transaction`] nested inside rolled back (to its savepoint): the entries loads
+    /// cached inside it may hold its rows, so they go even when the outer one commits.
+    inner_rollback: AtomicBool,
+}
+
+impl Batch {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 tokio::task_local! {
-    static BATCH: Arc<Mutex<Pending>>;
+    static BATCH: Arc<Batch>;
 }
 
 /// Who is saving, outside a batch: the tokio task (a save's hooks run on one task, which may
@@ -69,7 +190,7 @@ const ABANDONED_AFTER: Duration = Duration::from_secs(600);
 
 fn with_pending<R>(f: impl FnOnce(&mut Pending) -> R) -> R {
     if let Ok(batch) = BATCH.try_with(Arc::clone) {
-        return f(&mut batch.lock().unwrap_or_else(PoisonError::into_inner));
+        return f(&mut batch.lock());
     }
     let mut owners = OWNERS.lock().unwrap_or_else(PoisonError::into_inner);
     let now = Instant::now();
@@ -86,9 +207,24 @@ pub(crate) fn in_batch() -> bool {
     BATCH.try_with(|_| ()).is_ok()
 }
 
-/// Collects dependencies for the end of the unit of work.
-pub(crate) fn push(deps: impl IntoIterator<Item = Dependency>) {
-    with_pending(|p| p.deps.extend(deps));
+/// Collects dependencies of a write for `invalidator`, for the end of the unit of work.
+pub(crate) fn push(invalidator: &Invalidator, deps: impl IntoIterator<Item = Dependency>) {
+    with_pending(|p| p.target(invalidator).writes.extend(deps));
+}
+
+/// Notes that a load inside a unit of work cached an entry in `cache` with `deps`: should a
+/// transaction roll back, the entry may hold rows that never existed. Outside a unit of
+/// work, nothing to do.
+pub(crate) fn note_cached_load(cache: &Cache, deps: &[Dependency]) {
+    let Ok(batch) = BATCH.try_with(Arc::clone) else {
+        return;
+    };
+    let invalidator = Invalidator::for_cache(cache);
+    batch
+        .lock()
+        .target(&invalidator)
+        .reads
+        .extend(deps.iter().cloned());
 }
 
 pub(crate) fn stash_update(key: (TypeId, String), modified: Vec<&'static str>) {
@@ -101,53 +237,40 @@ pub(crate) fn take_update(key: &(TypeId, String)) -> Option<Vec<&'static str>> {
     with_pending(|p| p.updates.remove(key))
 }
 
-/// Ends a save: outside a batch, invalidates what the owner collected (one call). A failure
-/// is queued for retry by the invalidator (see its failure policy) and returned; hooks drop
-/// it, since their row is written.
-pub(crate) async fn finish(invalidator: &Invalidator) -> Result<u64, matroska_core::Error> {
+/// Ends a save: outside a batch, invalidates what the owner collected (one call per target
+/// cache). A failure is queued for retry by the invalidator (see its failure policy) and
+/// returned; hooks drop it, since their row is written.
+///
+/// The dependencies leave the owner's buffer and their deliveries start in one step, with
+/// no await between: a caller dropped at the await below loses nothing.
+pub(crate) async fn finish() -> Result<u64, matroska_core::Error> {
     if in_batch() {
         return Ok(0);
     }
-    let deps: Vec<Dependency> = {
+    let deliveries = {
         let mut owners = OWNERS.lock().unwrap_or_else(PoisonError::into_inner);
         let me = owner();
         match owners.get_mut(&me) {
             Some(p) => {
-                let deps = std::mem::take(&mut p.deps).into_iter().collect();
+                let deliveries = p.take(Outcome::Committed);
                 if p.updates.is_empty() {
                     owners.remove(&me);
                 }
-                deps
+                deliveries
             }
             None => Vec::new(),
         }
     };
-    invalidator.deliver(deps).await
+    deliver_all(deliveries).await
 }
 
-/// Ends a save outside a batch without delivering what it collected (no cache is registered
-/// and the outbox watches the table: its relay invalidates).
-pub(crate) fn discard() {
-    if in_batch() {
-        return;
-    }
-    let mut owners = OWNERS.lock().unwrap_or_else(PoisonError::into_inner);
-    let me = owner();
-    if let Some(p) = owners.get_mut(&me) {
-        p.deps.clear();
-        if p.updates.is_empty() {
-            owners.remove(&me);
-        }
-    }
-}
-
-/// Collects `deps` and, outside a batch, invalidates them now.
+/// Collects `deps` for `invalidator` and, outside a batch, invalidates them now.
 pub(crate) async fn record(
     invalidator: &Invalidator,
     deps: Vec<Dependency>,
 ) -> Result<u64, matroska_core::Error> {
-    push(deps);
-    finish(invalidator).await
+    push(invalidator, deps);
+    finish().await
 }
 
 /// Warns once per process when a hook runs on a transaction outside [`transaction`] / [`batch`].
@@ -165,41 +288,47 @@ pub(crate) fn warn_if_bare_transaction<C: ?Sized>() {
     }
 }
 
-/// Invalidates what `pending` collected if the unit of work ends without doing it (the
-/// future was dropped, e.g. by a timeout, possibly after its commit).
+/// Delivers everything a unit of work collected if it ends without doing so (the future was
+/// dropped, e.g. by a time-out, possibly after its commit: the outcome is unknown).
 struct FlushOnDrop {
-    pending: Arc<Mutex<Pending>>,
-    invalidator: Option<Invalidator>,
+    batch: Arc<Batch>,
 }
 
 impl FlushOnDrop {
-    fn take(&self) -> Vec<Dependency> {
-        let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        std::mem::take(&mut p.deps).into_iter().collect()
+    /// Takes the buffer and starts its deliveries; they run on their own from here.
+    fn deliver(
+        &self,
+        outcome: Outcome,
+    ) -> impl Future<Output = Result<u64, matroska_core::Error>> + use<> {
+        deliver_all(self.batch.lock().take(outcome))
     }
 }
 
 impl Drop for FlushOnDrop {
     fn drop(&mut self) {
-        let deps = self.take();
-        if deps.is_empty() {
-            return;
-        }
-        match (
-            self.invalidator.take(),
-            tokio::runtime::Handle::try_current(),
-        ) {
-            (Some(invalidator), Ok(runtime)) => {
-                runtime.spawn(async move {
-                    let _ = invalidator.deliver(deps).await;
-                });
-            }
-            _ => tracing::error!(
-                deps = ?deps,
-                "a dropped batch could not deliver its invalidations (no cache or no runtime)"
-            ),
-        }
+        // Started at once and not awaited; a failure is queued by the invalidator.
+        drop(self.deliver(Outcome::Unknown));
     }
+}
+
+/// Runs `fut` as a unit of work; `outcome` says from its output what to deliver.
+async fn unit_of_work<F: Future>(fut: F, outcome: impl FnOnce(&F::Output) -> Outcome) -> F::Output {
+    let guard = FlushOnDrop {
+        batch: Arc::new(Batch {
+            pending: Mutex::default(),
+            inner_rollback: AtomicBool::new(false),
+        }),
+    };
+    let out = BATCH.scope(Arc::clone(&guard.batch), fut).await;
+    let outcome = match outcome(&out) {
+        Outcome::Committed if guard.batch.inner_rollback.load(Ordering::Acquire) => {
+            Outcome::Unknown
+        }
+        outcome => outcome,
+    };
+    // Failures are queued and retried (see the invalidator's failure policy).
+    let _ = guard.deliver(outcome).await;
+    out
 }
 
 /// Runs `fut`, holding back the invalidations of every hooked save, bulk helper and
@@ -207,8 +336,11 @@ impl Drop for FlushOnDrop {
 /// call when it completes (or is dropped). Batches nest: an inner batch joins the outer one.
 ///
 /// Use it around a bare `db.begin()` ... `txn.commit()`, or to make several saves cost one
-/// round trip. The cache is the one current when the batch starts. The batch belongs to the
-/// task: saves in tasks spawned inside it invalidate on their own, right after each save.
+/// round trip per cache. Each save's invalidations go to the cache current at the save (a
+/// [`with_cache`](crate::with_cache) inside the batch is honoured). A batch cannot tell a
+/// commit from a rollback: it always invalidates everything it collected. The batch belongs
+/// to the task: saves in tasks spawned inside it invalidate on their own, right after each
+/// save.
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -234,29 +366,14 @@ pub async fn batch<F: Future>(fut: F) -> F::Output {
     if in_batch() {
         return fut.await;
     }
-    let guard = FlushOnDrop {
-        pending: Arc::default(),
-        invalidator: Invalidator::current(),
-    };
-    let out = BATCH.scope(Arc::clone(&guard.pending), fut).await;
-    let deps = guard.take();
-    if !deps.is_empty() {
-        match &guard.invalidator {
-            // Failures are queued and retried (see the invalidator's failure policy).
-            Some(invalidator) => {
-                let _ = invalidator.deliver(deps).await;
-            }
-            None => tracing::error!(
-                deps = ?deps,
-                "no matroska cache was registered when the batch started; its invalidations are lost"
-            ),
-        }
-    }
-    out
+    unit_of_work(fut, |_| Outcome::Committed).await
 }
 
 /// [`TransactionTrait::transaction`] with the invalidations of its saves held back until the
-/// transaction is over, then sent in one call (see the [module docs](self)).
+/// transaction commits, then sent in one call per cache; after a rollback nothing is sent
+/// but the entries cached queries stored from inside it (see the [module
+/// docs](self#commit-rollback-and-a-dropped-unit-of-work), also for writes the callback makes
+/// outside the transaction). Inside a [`batch`] or another `transaction`, it joins that one.
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -295,5 +412,22 @@ where
             .check_capacity()
             .map_err(|e| TransactionError::Connection(e.into()))?;
     }
-    batch(db.transaction(callback)).await
+    if let Ok(outer) = BATCH.try_with(Arc::clone) {
+        // Joins the enclosing unit of work, which delivers for both: its writes when the
+        // outer one commits (extra misses for a savepoint rolled back), and then the entries
+        // loads cached too if this one rolled back.
+        let out = db.transaction(callback).await;
+        if out.is_err() {
+            outer.inner_rollback.store(true, Ordering::Release);
+        }
+        return out;
+    }
+    unit_of_work(db.transaction(callback), |out| match out {
+        Ok(_) => Outcome::Committed,
+        // The callback failed and SeaORM rolled back.
+        Err(TransactionError::Transaction(_)) => Outcome::RolledBack,
+        // `begin`, `commit` or `rollback` failed: whether anything committed is unknown.
+        Err(TransactionError::Connection(_)) => Outcome::Unknown,
+    })
+    .await
 }

@@ -1,0 +1,105 @@
+//! A real backend with faults injected into its invalidations: they fail while the backend
+//! is "down", and wait while its gate is closed (to drop a caller mid-invalidation).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use matroska::Error;
+use matroska::backend::{Backend, PutOutcome, PutRequest, Ticket};
+use tokio::sync::watch;
+
+/// Wraps a backend; everything but `invalidate` goes straight through.
+#[derive(Debug)]
+pub struct Faulty {
+    inner: Arc<dyn Backend>,
+    down: AtomicBool,
+    open: watch::Sender<bool>,
+    /// Invalidations that reached the closed gate, ever.
+    stopped: watch::Sender<usize>,
+}
+
+impl Faulty {
+    pub fn new(inner: impl Backend) -> Self {
+        Faulty {
+            inner: Arc::new(inner),
+            down: AtomicBool::new(false),
+            open: watch::Sender::new(true),
+            stopped: watch::Sender::new(0),
+        }
+    }
+
+    /// While `down`, invalidations fail with a time-out.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Closes the gate: invalidations wait until [`Faulty::open`].
+    pub fn close(&self) {
+        self.open.send_replace(false);
+    }
+
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+
+    /// How many invalidations have reached the closed gate so far.
+    pub fn stopped(&self) -> usize {
+        *self.stopped.borrow()
+    }
+
+    /// Waits until more than `before` invalidations have reached the closed gate.
+    pub async fn stopped_after(&self, before: usize) {
+        let mut stopped = self.stopped.subscribe();
+        stopped
+            .wait_for(|n| *n > before)
+            .await
+            .expect("the sender lives in self");
+    }
+}
+
+#[async_trait]
+impl Backend for Faulty {
+    fn name(&self) -> &'static str {
+        "faulty"
+    }
+    async fn get(&self, key: &str) -> matroska::Result<Option<Bytes>> {
+        self.inner.get(key).await
+    }
+    async fn has(&self, key: &str) -> matroska::Result<bool> {
+        self.inner.has(key).await
+    }
+    async fn put(&self, request: PutRequest<'_>) -> matroska::Result<PutOutcome> {
+        self.inner.put(request).await
+    }
+    async fn delete(&self, key: &str) -> matroska::Result<bool> {
+        self.inner.delete(key).await
+    }
+    async fn invalidate(&self, deps: &[String]) -> matroska::Result<u64> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(Error::Timeout {
+                operation: "invalidate",
+                timeout: Duration::from_millis(1),
+            });
+        }
+        let mut open = self.open.subscribe();
+        if !*open.borrow_and_update() {
+            self.stopped.send_modify(|n| *n += 1);
+            open.wait_for(|o| *o)
+                .await
+                .expect("the sender lives in self");
+        }
+        self.inner.invalidate(deps).await
+    }
+    async fn ticket(&self) -> matroska::Result<Ticket> {
+        self.inner.ticket().await
+    }
+    async fn try_lease(&self, key: &str, ttl: Duration) -> matroska::Result<Option<u64>> {
+        self.inner.try_lease(key, ttl).await
+    }
+    async fn release_lease(&self, key: &str, token: u64) -> matroska::Result<()> {
+        self.inner.release_lease(key, token).await
+    }
+}
