@@ -32,6 +32,20 @@ pub fn derive_cache_deps(input: &DeriveInput) -> TokenStream {
 fn expand(cont: &Container<'_>) -> TokenStream {
     let cache_deps = impl_cache_deps(cont);
     let collect_deps = impl_collect_deps(cont);
+    if cont.is_sea_orm_model_ex() {
+        // SeaORM 2.0's `#[sea_orm::model]` copies the derive and `#[scope]` from `Model` onto
+        // the generated `ModelEx` (the model with its related rows). The condition types, the
+        // scope and the table belong to `Model`'s expansion; generating them again here would
+        // define them twice. `ModelEx` gets its key and dependencies.
+        return quote! {
+            #[doc(hidden)]
+            #[allow(non_upper_case_globals, unused_qualifications, clippy::all)]
+            const _: () = {
+                #cache_deps
+                #collect_deps
+            };
+        };
+    }
     let scoped = impl_scoped(cont);
     let watched = impl_watched_table(cont);
     let conditions = cont.scopes.iter().map(|s| condition_type(cont, s));

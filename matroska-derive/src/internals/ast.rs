@@ -117,6 +117,12 @@ impl<'a> Container<'a> {
         Some(cont)
     }
 
+    /// Whether the struct is the `ModelEx` that SeaORM 2.0's `#[sea_orm::model]` generates
+    /// next to a `Model` (SeaORM's own derives insist on that name).
+    pub fn is_sea_orm_model_ex(&self) -> bool {
+        self.is_sea_orm_model() && self.ident == "ModelEx"
+    }
+
     /// Whether the struct is a SeaORM model (`#[sea_orm(table_name = ...)]`).
     pub fn is_sea_orm_model(&self) -> bool {
         self.attrs.table_name.is_some()
