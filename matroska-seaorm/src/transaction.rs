@@ -422,12 +422,15 @@ where
         }
         return out;
     }
-    unit_of_work(db.transaction(callback), |out| match out {
+    let out = unit_of_work(db.transaction(callback), |out| match out {
         Ok(_) => Outcome::Committed,
         // The callback failed and SeaORM rolled back.
         Err(TransactionError::Transaction(_)) => Outcome::RolledBack,
         // `begin`, `commit` or `rollback` failed: whether anything committed is unknown.
         Err(TransactionError::Connection(_)) => Outcome::Unknown,
     })
-    .await
+    .await;
+    // The commit is in: this process's outbox relays need not wait for their next poll.
+    matroska_outbox::poke();
+    out
 }
