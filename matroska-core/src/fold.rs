@@ -1,0 +1,124 @@
+//! Folding string values the way a column's collation compares them.
+//!
+//! MySQL's and MariaDB's default collations (`utf8mb4_general_ci`, `utf8mb4_unicode_ci`,
+//! `uca1400_ai_ci`) compare case- and accent-insensitively and ignore trailing spaces;
+//! PostgreSQL's `citext` ignores case. A list cached for `category = "Fantasy"` then holds the
+//! rows stored as `"fantasy"` and `"FANTASY "`, and saving one of them must invalidate it: both
+//! sides of a scope condition — the list's filter and the saved row's value — are folded
+//! before they become a dependency.
+//!
+//! A fold must be **at least as coarse** as the collation: values the database considers
+//! equal must fold to the same string. A coarser fold only costs extra misses (two lists that
+//! share a folded value invalidate together); a finer one leaves stale entries.
+
+use unicode_normalization::UnicodeNormalization;
+
+use crate::value::Value;
+
+/// How a scope field's string values are folded before they become part of a dependency.
+///
+/// ```
+/// use matroska_core::{Fold, Value};
+///
+/// let mysql = Fold::CI_AI;
+/// assert_eq!(mysql.apply(Value::from("Crème Brûlée  ")), mysql.apply(Value::from("creme brulee")));
+/// assert_ne!(Fold::CASE.apply(Value::from("é")), Fold::CASE.apply(Value::from("e")));
+/// // Other values pass through.
+/// assert_eq!(Fold::CI_AI.apply(Value::from(7)), Value::from(7));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Fold {
+    /// Letter case does not matter (`"A" = "a"`).
+    pub case: bool,
+    /// Accents do not matter (`"é" = "e"`; compatibility decomposition, marks dropped).
+    pub accents: bool,
+    /// Trailing spaces do not matter (`PAD SPACE` collations).
+    pub trailing_spaces: bool,
+}
+
+impl Fold {
+    /// Binary comparison: nothing is folded.
+    pub const EXACT: Fold = Fold {
+        case: false,
+        accents: false,
+        trailing_spaces: false,
+    };
+
+    /// Case-insensitive (PostgreSQL `citext`).
+    pub const CASE: Fold = Fold {
+        case: true,
+        accents: false,
+        trailing_spaces: false,
+    };
+
+    /// Case- and accent-insensitive, trailing spaces ignored: MySQL's and MariaDB's `_ci`
+    /// collations (the defaults).
+    pub const CI_AI: Fold = Fold {
+        case: true,
+        accents: true,
+        trailing_spaces: true,
+    };
+
+    /// Whether this fold changes anything.
+    pub fn is_exact(&self) -> bool {
+        *self == Fold::EXACT
+    }
+
+    /// Folds a string.
+    pub fn text(&self, s: &str) -> String {
+        let s = if self.trailing_spaces {
+            s.trim_end_matches(' ')
+        } else {
+            s
+        };
+        let mut out: String = if self.accents {
+            s.nfkd()
+                .filter(|c| !unicode_normalization::char::is_combining_mark(*c))
+                .collect()
+        } else {
+            s.to_owned()
+        };
+        if self.case {
+            // `utf8mb4_general_ci` equates ß with s, `utf8mb4_unicode_ci` with ss: folding
+            // all three to s is coarser than either (measured on MariaDB 10.11).
+            out = out.to_lowercase().replace('ß', "s").replace("ss", "s");
+        }
+        out
+    }
+
+    /// Folds a value: strings are folded, other values pass through.
+    pub fn apply(&self, value: Value) -> Value {
+        match value {
+            Value::Str(s) if !self.is_exact() => Value::Str(self.text(&s)),
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ci_ai_equates_what_mysql_equates() {
+        let f = Fold::CI_AI;
+        for (a, b) in [
+            ("Fantasy", "fantasy"),
+            ("fantasy  ", "FANTASY"),
+            ("Élan", "elan"),
+            ("straße", "STRASSE"),
+            ("straße", "strase"),
+            ("ﬁ", "fi"),
+        ] {
+            assert_eq!(f.text(a), f.text(b), "{a} vs {b}");
+        }
+        assert_ne!(f.text("a b"), f.text("ab"));
+        assert_ne!(f.text(" a"), f.text("a"), "leading spaces count");
+    }
+
+    #[test]
+    fn exact_changes_nothing() {
+        assert_eq!(Fold::EXACT.text("Élan "), "Élan ");
+        assert!(Fold::default().is_exact());
+    }
+}
