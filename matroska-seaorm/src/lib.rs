@@ -111,6 +111,7 @@ mod filter;
 pub mod hooks;
 pub mod invalidator;
 pub mod query;
+mod row;
 pub mod transaction;
 
 pub use bulk::{invalidate, invalidate_entity};

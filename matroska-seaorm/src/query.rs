@@ -18,6 +18,11 @@
 //!   The related entity of a `find_also_related` / `find_with_related` query always adds its
 //!   `any_change` and `all`: a new related row can enter the result.
 //!
+//! - **Values**: each row as its column values (SeaORM `Value`s, read with `ModelTrait::get`),
+//!   rebuilt on a hit through the `ActiveModel`, as SeaORM builds models: a hit returns exactly
+//!   the row the database returned, whatever serde attributes the model carries (sea-orm-cli's
+//!   `#[serde(skip_deserializing)]` on keys included). Models need no serde impl.
+//!
 //! A scoped query must not filter or order by columns outside the scope's extractors
 //! (except ones that never change, like the primary key): a row whose unwatched column changes
 //! invalidates only its primary key and `any_change`, so it could enter such a query unseen.
@@ -29,13 +34,14 @@ use matroska_core::{Cache, CacheDeps, Dependency, Loaded};
 use sea_orm::sea_query::{FromValueTuple, IntoValueTuple};
 use sea_orm::{
     ConnectionTrait, DbErr, EntityName, EntityTrait, PaginatorTrait, PrimaryKeyTrait, QueryFilter,
-    QueryTrait, Select, SelectTwo, SelectTwoMany, Statement,
+    QueryTrait, Select, SelectTwo, SelectTwoMany, Statement, TryIntoModel,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Result, from_load};
 use crate::filter::ScopeFilter;
+use crate::row::Row;
 
 /// Adds [`cached`](CachedExt::cached) to SeaORM selects.
 pub trait CachedExt: Sized {
@@ -165,28 +171,26 @@ impl<S: QueryFilter + QueryTrait> Cached<S> {
             .map_err(from_load)
     }
 
-    /// The body every cached select shares: key, then on a miss run `fetch` and cache its
-    /// result with `row_deps` of what it returned plus `extra`.
+    /// The body every cached select shares: key, then on a miss run `load` and cache what it
+    /// returns (rows in their cached form, and their dependencies) with `extra` added.
     async fn fetch<'c, E, T, C, Fut>(
         self,
         db: &'c C,
         kind: &str,
         extra: Vec<Dependency>,
-        fetch: impl FnOnce(S, &'c C) -> Fut,
-        row_deps: impl FnOnce(&T) -> Vec<Dependency>,
+        load: impl FnOnce(S, &'c C) -> Fut,
     ) -> Result<T>
     where
         E: EntityName,
         S: Clone,
         C: ConnectionTrait,
-        Fut: Future<Output = Result<T, DbErr>>,
+        Fut: Future<Output = Result<Loaded<T>, DbErr>>,
         T: Serialize + DeserializeOwned,
     {
         let key = self.key::<E>(kind, db.get_database_backend());
         let query = self.query.clone();
         self.load(&key, || async move {
-            let rows = fetch(query, db).await?;
-            let mut deps = row_deps(&rows);
+            let (rows, mut deps) = load(query, db).await?;
             deps.extend(extra);
             Ok((rows, deps))
         })
@@ -196,24 +200,28 @@ impl<S: QueryFilter + QueryTrait> Cached<S> {
 
 use crate::dependencies::entity_dependencies as coarse;
 
-/// The primary keys of `rows`.
-fn rows_deps<M: CacheDeps>(rows: &[M]) -> Vec<Dependency> {
-    rows.iter().map(CacheDeps::primary_key).collect()
+/// Rows in their cached form, with their primary keys.
+fn stored<E>(rows: Vec<E::Model>) -> Loaded<Vec<Row<E>>>
+where
+    E: EntityTrait,
+    E::Model: CacheDeps,
+{
+    let deps = rows.iter().map(CacheDeps::primary_key).collect();
+    (rows.into_iter().map(Row).collect(), deps)
 }
 
-/// The primary keys of rows and of their loaded related rows.
-fn pairs_deps<'a, M, R, I>(pairs: impl Iterator<Item = (&'a M, I)>) -> Vec<Dependency>
+fn restored<E: EntityTrait>(rows: Vec<Row<E>>) -> Vec<E::Model> {
+    rows.into_iter().map(Row::into_model).collect()
+}
+
+/// A row in its cached form, adding its primary key to `deps`.
+fn keep<E>(row: E::Model, deps: &mut Vec<Dependency>) -> Row<E>
 where
-    M: CacheDeps + 'a,
-    R: CacheDeps + 'a,
-    I: Iterator<Item = &'a R>,
+    E: EntityTrait,
+    E::Model: CacheDeps,
 {
-    let mut deps = Vec::new();
-    for (row, related) in pairs {
-        deps.push(row.primary_key());
-        deps.extend(related.map(CacheDeps::primary_key));
-    }
-    deps
+    deps.push(row.primary_key());
+    Row(row)
 }
 
 /// `q:{table}:{kind}:{hash of the statement built for backend}`.
@@ -298,7 +306,8 @@ pub async fn find_by_id<E, C>(
 ) -> Result<Option<E::Model>>
 where
     E: EntityTrait,
-    E::Model: CacheDeps + Serialize + DeserializeOwned + Send + Sync,
+    E::Model: CacheDeps + Send + Sync,
+    E::ActiveModel: TryIntoModel<E::Model>,
     C: ConnectionTrait,
 {
     let values = id.into().into_value_tuple();
@@ -315,16 +324,17 @@ where
     let cached = E::find_by_id(id).cached(cache);
     let key = cached.key::<E>("id", db.get_database_backend());
     let query = cached.query.clone();
-    cached
+    let row: Option<Row<E>> = cached
         .load(&key, || async move {
             let row = query.one(db).await?;
             let deps = match &row {
                 Some(row) => vec![row.primary_key(), Dependency::invalidate_all(name)],
                 None => missing_row_deps,
             };
-            Ok((row, deps))
+            Ok((row.map(Row), deps))
         })
-        .await
+        .await?;
+    Ok(row.map(Row::into_model))
 }
 
 /// The cache key [`find_by_id`] uses for `id` on `backend` (to inspect or delete the entry).
@@ -362,7 +372,8 @@ fn key_values(values: sea_orm::sea_query::ValueTuple) -> Option<Vec<matroska_cor
 impl<E> Cached<Select<E>>
 where
     E: EntityTrait,
-    E::Model: CacheDeps + Serialize + DeserializeOwned + Send + Sync,
+    E::Model: CacheDeps + Send + Sync,
+    E::ActiveModel: TryIntoModel<E::Model>,
 {
     /// Filters the query by a scope condition of its entity and makes the entry depend on
     /// it, instead of on any change of the entity. Several calls combine with `AND`.
@@ -380,14 +391,12 @@ where
     /// limits. A failing cache backend is not an error: the query runs uncached.
     pub async fn all<C: ConnectionTrait>(self, db: &C) -> Result<Vec<E::Model>> {
         let base = self.base_dependencies::<E::Model>();
-        self.fetch::<E, _, _, _>(
-            db,
-            "all",
-            base,
-            |q, db| q.all(db),
-            |rows: &Vec<_>| rows_deps(rows),
-        )
-        .await
+        let rows = self
+            .fetch::<E, _, _, _>(db, "all", base, |q, db| async move {
+                Ok(stored::<E>(q.all(db).await?))
+            })
+            .await?;
+        Ok(restored(rows))
     }
 
     /// The first row, as `Select::one`.
@@ -396,14 +405,14 @@ where
     /// As [`Cached::all`].
     pub async fn one<C: ConnectionTrait>(self, db: &C) -> Result<Option<E::Model>> {
         let base = self.base_dependencies::<E::Model>();
-        self.fetch::<E, _, _, _>(
-            db,
-            "one",
-            base,
-            |q, db| q.one(db),
-            |row: &Option<E::Model>| row.iter().map(CacheDeps::primary_key).collect(),
-        )
-        .await
+        let row = self
+            .fetch::<E, _, _, _>(db, "one", base, |q, db| async move {
+                let row = q.one(db).await?;
+                let deps = row.iter().map(CacheDeps::primary_key).collect();
+                Ok((row.map(Row::<E>), deps))
+            })
+            .await?;
+        Ok(row.map(Row::into_model))
     }
 
     /// The number of rows, as `PaginatorTrait::count`. Depends on the scope condition (or any
@@ -413,8 +422,10 @@ where
     /// As [`Cached::all`].
     pub async fn count<C: ConnectionTrait>(self, db: &C) -> Result<u64> {
         let base = self.base_dependencies::<E::Model>();
-        self.fetch::<E, _, _, _>(db, "count", base, |q, db| q.count(db), |_: &u64| Vec::new())
-            .await
+        self.fetch::<E, _, _, _>(db, "count", base, |q, db| async move {
+            Ok((q.count(db).await?, Vec::new()))
+        })
+        .await
     }
 
     /// Page `page` (from 0) of `page_size` rows, as `paginate(db, page_size).fetch_page(page)`.
@@ -429,14 +440,14 @@ where
     ) -> Result<Vec<E::Model>> {
         let base = self.base_dependencies::<E::Model>();
         let kind = format!("page{page_size}.{page}");
-        self.fetch::<E, _, _, _>(
-            db,
-            &kind,
-            base,
-            |q, db| async move { q.paginate(db, page_size).fetch_page(page).await },
-            |rows: &Vec<_>| rows_deps(rows),
-        )
-        .await
+        let rows = self
+            .fetch::<E, _, _, _>(db, &kind, base, |q, db| async move {
+                Ok(stored::<E>(
+                    q.paginate(db, page_size).fetch_page(page).await?,
+                ))
+            })
+            .await?;
+        Ok(restored(rows))
     }
 
     /// The number of pages of `page_size` rows, as `paginate(db, page_size).num_pages()`.
@@ -453,8 +464,10 @@ impl<E, F> Cached<SelectTwo<E, F>>
 where
     E: EntityTrait,
     F: EntityTrait,
-    E::Model: CacheDeps + Serialize + DeserializeOwned + Send + Sync,
-    F::Model: CacheDeps + Serialize + DeserializeOwned + Send + Sync,
+    E::Model: CacheDeps + Send + Sync,
+    F::Model: CacheDeps + Send + Sync,
+    E::ActiveModel: TryIntoModel<E::Model>,
+    F::ActiveModel: TryIntoModel<F::Model>,
 {
     /// Filters the query by a scope condition of its entity and makes the entry depend on
     /// it, instead of on any change of the entity. Several calls combine with `AND`.
@@ -475,14 +488,24 @@ where
     ) -> Result<Vec<(E::Model, Option<F::Model>)>> {
         let kind = format!("also.{}", F::default().table_name());
         let extra = self.related_dependencies::<E::Model, F::Model>();
-        self.fetch::<E, _, _, _>(
-            db,
-            &kind,
-            extra,
-            |q, db| q.all(db),
-            |rows: &Vec<_>| pairs_deps(rows.iter().map(|(row, related)| (row, related.iter()))),
-        )
-        .await
+        let rows: Vec<(Row<E>, Option<Row<F>>)> = self
+            .fetch::<E, _, _, _>(db, &kind, extra, |q, db| async move {
+                let mut deps = Vec::new();
+                let rows = q.all(db).await?;
+                let rows = rows
+                    .into_iter()
+                    .map(|(row, related)| {
+                        let row = keep(row, &mut deps);
+                        (row, related.map(|r| keep(r, &mut deps)))
+                    })
+                    .collect();
+                Ok((rows, deps))
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(row, related)| (row.into_model(), related.map(Row::into_model)))
+            .collect())
     }
 
     /// The first row with its related row, as `SelectTwo::one`.
@@ -495,14 +518,17 @@ where
     ) -> Result<Option<(E::Model, Option<F::Model>)>> {
         let kind = format!("also1.{}", F::default().table_name());
         let extra = self.related_dependencies::<E::Model, F::Model>();
-        self.fetch::<E, _, _, _>(
-            db,
-            &kind,
-            extra,
-            |q, db| q.one(db),
-            |row: &Option<_>| pairs_deps(row.iter().map(|(row, related)| (row, related.iter()))),
-        )
-        .await
+        let row: Option<(Row<E>, Option<Row<F>>)> = self
+            .fetch::<E, _, _, _>(db, &kind, extra, |q, db| async move {
+                let mut deps = Vec::new();
+                let row = q.one(db).await?.map(|(row, related)| {
+                    let row = keep(row, &mut deps);
+                    (row, related.map(|r| keep(r, &mut deps)))
+                });
+                Ok((row, deps))
+            })
+            .await?;
+        Ok(row.map(|(row, related)| (row.into_model(), related.map(Row::into_model))))
     }
 }
 
@@ -510,8 +536,10 @@ impl<E, F> Cached<SelectTwoMany<E, F>>
 where
     E: EntityTrait,
     F: EntityTrait,
-    E::Model: CacheDeps + Serialize + DeserializeOwned + Send + Sync,
-    F::Model: CacheDeps + Serialize + DeserializeOwned + Send + Sync,
+    E::Model: CacheDeps + Send + Sync,
+    F::Model: CacheDeps + Send + Sync,
+    E::ActiveModel: TryIntoModel<E::Model>,
+    F::ActiveModel: TryIntoModel<F::Model>,
 {
     /// Filters the query by a scope condition of its entity and makes the entry depend on
     /// it, instead of on any change of the entity. Several calls combine with `AND`.
@@ -529,14 +557,25 @@ where
     pub async fn all<C: ConnectionTrait>(self, db: &C) -> Result<Vec<(E::Model, Vec<F::Model>)>> {
         let kind = format!("with.{}", F::default().table_name());
         let extra = self.related_dependencies::<E::Model, F::Model>();
-        self.fetch::<E, _, _, _>(
-            db,
-            &kind,
-            extra,
-            |q, db| q.all(db),
-            |rows: &Vec<_>| pairs_deps(rows.iter().map(|(row, related)| (row, related.iter()))),
-        )
-        .await
+        let rows: Vec<(Row<E>, Vec<Row<F>>)> = self
+            .fetch::<E, _, _, _>(db, &kind, extra, |q, db| async move {
+                let mut deps = Vec::new();
+                let rows = q.all(db).await?;
+                let rows = rows
+                    .into_iter()
+                    .map(|(row, related)| {
+                        let row = keep(row, &mut deps);
+                        let related = related.into_iter().map(|r| keep(r, &mut deps)).collect();
+                        (row, related)
+                    })
+                    .collect();
+                Ok((rows, deps))
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(row, related)| (row.into_model(), restored(related)))
+            .collect())
     }
 }
 

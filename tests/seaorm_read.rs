@@ -1,0 +1,204 @@
+//! The read path of the SeaORM integration: what a cached query gives back, and when it may
+//! be served from or stored in the cache at all. Each test has its own database (or schema)
+//! and its own cache.
+#![cfg(feature = "seaorm")]
+#![allow(clippy::unwrap_used)]
+
+mod seaorm_blog;
+mod support;
+
+use matroska::seaorm::{self, CachedExt};
+use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, QueryOrder, Schema};
+
+use support::db::{Kind, ScratchDb};
+
+/// Models as sea-orm-cli generates them for an API: the key (and here a server-side column
+/// too) is `#[serde(skip_deserializing)]`, so a client cannot set it.
+mod skipping {
+    pub mod writer {
+        use sea_orm::entity::prelude::*;
+        use serde::{Deserialize, Serialize};
+
+        #[derive(
+            Clone,
+            Debug,
+            PartialEq,
+            Eq,
+            DeriveEntityModel,
+            Serialize,
+            Deserialize,
+            matroska::CacheDeps,
+        )]
+        #[sea_orm(table_name = "writer")]
+        pub struct Model {
+            #[sea_orm(primary_key)]
+            #[serde(skip_deserializing)]
+            pub id: i32,
+            pub name: String,
+        }
+
+        #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+        pub enum Relation {
+            #[sea_orm(has_many = "super::post::Entity")]
+            Post,
+        }
+
+        impl Related<super::post::Entity> for Entity {
+            fn to() -> RelationDef {
+                Relation::Post.def()
+            }
+        }
+
+        impl ActiveModelBehavior for ActiveModel {}
+    }
+
+    pub mod post {
+        use sea_orm::entity::prelude::*;
+        use serde::{Deserialize, Serialize};
+
+        #[derive(
+            Clone,
+            Debug,
+            PartialEq,
+            Eq,
+            DeriveEntityModel,
+            Serialize,
+            Deserialize,
+            matroska::CacheDeps,
+        )]
+        #[sea_orm(table_name = "post")]
+        pub struct Model {
+            #[sea_orm(primary_key)]
+            #[serde(skip_deserializing)]
+            pub id: i32,
+            pub title: String,
+            #[serde(skip_deserializing)]
+            pub moderation_note: String,
+            #[serde(skip)]
+            pub writer_id: Option<i32>,
+        }
+
+        #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+        pub enum Relation {
+            #[sea_orm(
+                belongs_to = "super::writer::Entity",
+                from = "Column::WriterId",
+                to = "super::writer::Column::Id"
+            )]
+            Writer,
+        }
+
+        impl Related<super::writer::Entity> for Entity {
+            fn to() -> RelationDef {
+                Relation::Writer.def()
+            }
+        }
+
+        impl ActiveModelBehavior for ActiveModel {}
+    }
+}
+
+async fn skipping_tables(db: &DatabaseConnection) {
+    use skipping::{post, writer};
+    let schema = Schema::new(db.get_database_backend());
+    for statement in [
+        schema.create_table_from_entity(writer::Entity),
+        schema.create_table_from_entity(post::Entity),
+    ] {
+        db.execute(&statement).await.unwrap();
+    }
+    db.execute_unprepared(
+        "INSERT INTO writer (id, name) VALUES (11, 'kolypto');
+         INSERT INTO post (id, title, moderation_note, writer_id) VALUES
+           (21, 'Python', 'checked', 11), (22, 'Cache', 'pending', NULL)",
+    )
+    .await
+    .unwrap();
+}
+
+/// Every cached shape gives back the rows the database returned, on a hit too, whatever the
+/// model's serde attributes say.
+async fn rows_come_back_as_the_database_returned_them(kind: Kind, codec: matroska::Codec) {
+    use skipping::{post, writer};
+    let db = ScratchDb::new(kind, "skipping").await;
+    let db = &db.conn;
+    skipping_tables(db).await;
+    let cache = matroska::Cache::builder(matroska::backend::memory::MemoryBackend::default())
+        .codec(codec)
+        .build()
+        .unwrap();
+    let posts = || post::Entity::find().order_by_asc(post::Column::Id);
+
+    let expected = posts().all(db).await.unwrap();
+    assert_eq!(
+        (expected[0].id, expected[0].moderation_note.as_str()),
+        (21, "checked")
+    );
+    let also = posts().find_also_related(writer::Entity);
+    let with = writer::Entity::find().find_with_related(post::Entity);
+    let expected_also = also.clone().all(db).await.unwrap();
+    let expected_with = with.clone().all(db).await.unwrap();
+
+    // Twice each: the first fills the entry, the second is served from it.
+    for round in ["fill", "hit"] {
+        assert_eq!(
+            posts().cached(&cache).all(db).await.unwrap(),
+            expected,
+            "{round}"
+        );
+        assert_eq!(
+            posts().cached(&cache).one(db).await.unwrap().as_ref(),
+            Some(&expected[0]),
+            "{round}"
+        );
+        assert_eq!(
+            posts().cached(&cache).page(db, 1, 1).await.unwrap(),
+            expected[1..2],
+            "{round}"
+        );
+        assert_eq!(
+            seaorm::query::find_by_id::<post::Entity, _>(&cache, db, 22)
+                .await
+                .unwrap()
+                .as_ref(),
+            Some(&expected[1]),
+            "{round}"
+        );
+        assert_eq!(
+            also.clone().cached(&cache).all(db).await.unwrap(),
+            expected_also,
+            "{round}"
+        );
+        assert_eq!(
+            also.clone().cached(&cache).one(db).await.unwrap().as_ref(),
+            expected_also.first(),
+            "{round}"
+        );
+        assert_eq!(
+            with.clone().cached(&cache).all(db).await.unwrap(),
+            expected_with,
+            "{round}"
+        );
+    }
+    // The second round was served from the cache: a row changed behind its back is not seen.
+    db.execute_unprepared("UPDATE post SET title = 'changed'")
+        .await
+        .unwrap();
+    assert_eq!(posts().cached(&cache).all(db).await.unwrap(), expected);
+}
+
+#[tokio::test]
+async fn rows_come_back_as_the_database_returned_them_sqlite() {
+    rows_come_back_as_the_database_returned_them(Kind::Sqlite, matroska::Codec::Json).await;
+}
+
+#[tokio::test]
+async fn rows_come_back_as_the_database_returned_them_postgres() {
+    rows_come_back_as_the_database_returned_them(Kind::Postgres, matroska::Codec::Json).await;
+}
+
+#[cfg(feature = "msgpack")]
+#[tokio::test]
+async fn rows_come_back_as_the_database_returned_them_msgpack() {
+    rows_come_back_as_the_database_returned_them(Kind::Sqlite, matroska::Codec::MessagePack).await;
+}
