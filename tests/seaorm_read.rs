@@ -202,3 +202,153 @@ async fn rows_come_back_as_the_database_returned_them_postgres() {
 async fn rows_come_back_as_the_database_returned_them_msgpack() {
     rows_come_back_as_the_database_returned_them(Kind::Sqlite, matroska::Codec::MessagePack).await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Cached queries inside transactions read through the cache.
+
+use sea_orm::{ActiveModelTrait, DbErr, Set, TransactionTrait};
+use seaorm_blog::{article, author};
+
+fn blog_article(title: &str, author: i32) -> article::ActiveModel {
+    article::ActiveModel {
+        title: Set(title.into()),
+        category: Set("A".into()),
+        published: Set(true),
+        author_id: Set(author),
+        ..Default::default()
+    }
+}
+
+async fn titles_cached(cache: &matroska::Cache, db: &impl ConnectionTrait) -> Vec<String> {
+    article::Entity::find()
+        .order_by_asc(article::Column::Id)
+        .cached(cache)
+        .all(db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.title)
+        .collect()
+}
+
+/// Blog tables, one author, and a cache registered for the hooks of this task.
+async fn blog(kind: Kind, name: &str) -> (ScratchDb, matroska::Cache, i32) {
+    let db = ScratchDb::new(kind, name).await;
+    seaorm_blog::create_tables(&db.conn).await;
+    let cache = support::memory_cache();
+    let author = seaorm::with_cache(cache.clone(), async {
+        author::ActiveModel {
+            name: Set("kolypto".into()),
+            ..Default::default()
+        }
+        .insert(&db.conn)
+        .await
+        .unwrap()
+    })
+    .await;
+    (db, cache, author.id)
+}
+
+/// A row inserted in a transaction that rolls back is never served from the cache: not to
+/// another connection while the transaction runs, not afterwards.
+async fn rolled_back_rows_are_never_served(kind: Kind) {
+    let (scratch, cache, author) = blog(kind, "rollback").await;
+    let db = &scratch.conn;
+    seaorm::with_cache(cache.clone(), async {
+        blog_article("committed", author).insert(db).await.unwrap();
+
+        // A bare `begin()`: the hooks invalidate right after each statement.
+        let txn = db.begin().await.unwrap();
+        blog_article("uncommitted", author)
+            .insert(&txn)
+            .await
+            .unwrap();
+        assert_eq!(
+            titles_cached(&cache, &txn).await,
+            ["committed", "uncommitted"]
+        );
+        assert_eq!(titles_cached(&cache, db).await, ["committed"], "during");
+        txn.rollback().await.unwrap();
+        assert_eq!(titles_cached(&cache, db).await, ["committed"], "after");
+
+        // `matroska_seaorm::transaction`, which invalidates after the rollback.
+        let cache2 = cache.clone();
+        let outer = db.clone();
+        let rolled_back = seaorm::transaction(db, |txn| {
+            Box::pin(async move {
+                blog_article("uncommitted", author).insert(txn).await?;
+                let inside = titles_cached(&cache2, txn).await;
+                assert_eq!(inside, ["committed", "uncommitted"]);
+                assert_eq!(
+                    titles_cached(&cache2, &outer).await,
+                    ["committed"],
+                    "during"
+                );
+                Err::<(), _>(DbErr::Custom("roll back".into()))
+            })
+        })
+        .await;
+        assert!(rolled_back.is_err());
+        assert_eq!(titles_cached(&cache, db).await, ["committed"], "after");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolled_back_rows_are_never_served_sqlite() {
+    rolled_back_rows_are_never_served(Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolled_back_rows_are_never_served_postgres() {
+    rolled_back_rows_are_never_served(Kind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolled_back_rows_are_never_served_mysql() {
+    rolled_back_rows_are_never_served(Kind::MySql).await;
+}
+
+/// MariaDB's default isolation, REPEATABLE READ, reads a snapshot taken at the transaction's
+/// first read: a cached query in it must not store rows another connection has changed and
+/// invalidated since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_snapshot_is_not_stored_mysql() {
+    let (scratch, cache, author) = blog(Kind::MySql, "snapshot").await;
+    let db = &scratch.conn;
+    seaorm::with_cache(cache.clone(), async {
+        let row = blog_article("old", author).insert(db).await.unwrap();
+
+        let txn = db.begin().await.unwrap();
+        // The first read takes the snapshot.
+        assert_eq!(article::Entity::find().all(&txn).await.unwrap().len(), 1);
+        // Another connection commits a change; its hook invalidates at once.
+        let mut am: article::ActiveModel = row.into();
+        am.title = Set("new".into());
+        am.update(db).await.unwrap();
+        // The transaction still sees the snapshot ...
+        assert_eq!(titles_cached(&cache, &txn).await, ["old"]);
+        txn.commit().await.unwrap();
+        // ... which must not have reached the cache.
+        assert_eq!(titles_cached(&cache, db).await, ["new"]);
+    })
+    .await;
+}
+
+/// Inside a batch the invalidations of its writes wait for its end: a hit could be stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_reads_through() {
+    let (scratch, cache, author) = blog(Kind::Sqlite, "batch").await;
+    let db = &scratch.conn;
+    seaorm::with_cache(cache.clone(), async {
+        blog_article("first", author).insert(db).await.unwrap();
+        assert_eq!(titles_cached(&cache, db).await, ["first"]);
+        seaorm::batch(async {
+            blog_article("second", author).insert(db).await.unwrap();
+            assert_eq!(titles_cached(&cache, db).await, ["first", "second"]);
+        })
+        .await;
+        assert_eq!(titles_cached(&cache, db).await, ["first", "second"]);
+    })
+    .await;
+}

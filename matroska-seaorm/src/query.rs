@@ -23,11 +23,18 @@
 //!   the row the database returned, whatever serde attributes the model carries (sea-orm-cli's
 //!   `#[serde(skip_deserializing)]` on keys included). Models need no serde impl.
 //!
+//! - **Transactions**: on a `DatabaseTransaction` (any connection but SeaORM's pool handle
+//!   `DatabaseConnection`), and anywhere inside [`transaction`](crate::transaction()) or
+//!   [`batch`](crate::batch), a cached query reads through: no hit, no fill. A transaction's
+//!   view is its own (uncommitted rows that may roll back, an old `REPEATABLE READ` snapshot),
+//!   and inside a batch the invalidations of its writes have not run yet.
+//!
 //! A scoped query must not filter or order by columns outside the scope's extractors
 //! (except ones that never change, like the primary key): a row whose unwatched column changes
 //! invalidates only its primary key and `any_change`, so it could enter such a query unseen.
 //! Without `.scoped`, any filter and order is safe.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use matroska_core::{Cache, CacheDeps, Dependency, Loaded};
@@ -42,6 +49,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{Result, from_load};
 use crate::filter::ScopeFilter;
 use crate::row::Row;
+use crate::transaction::in_batch;
 
 /// Adds [`cached`](CachedExt::cached) to SeaORM selects.
 pub trait CachedExt: Sized {
@@ -189,6 +197,9 @@ impl<S: QueryFilter + QueryTrait> Cached<S> {
     {
         let key = self.key::<E>(kind, db.get_database_backend());
         let query = self.query.clone();
+        if reads_through::<C>(&key) {
+            return Ok(load(query, db).await?.0);
+        }
         self.load(&key, || async move {
             let (rows, mut deps) = load(query, db).await?;
             deps.extend(extra);
@@ -199,6 +210,48 @@ impl<S: QueryFilter + QueryTrait> Cached<S> {
 }
 
 use crate::dependencies::entity_dependencies as coarse;
+
+/// Whether a cached query on a `C` must go to the database, neither served from nor stored in
+/// the cache: inside a transaction, or a [`batch`](crate::batch) /
+/// [`transaction`](crate::transaction()) whose invalidations are held back.
+///
+/// A transaction sees its own uncommitted writes (stored, they would be served to everyone,
+/// even after a rollback) and, under `REPEATABLE READ`, a snapshot that may predate committed
+/// writes whose invalidations have already run (stored, the old rows would stay until the
+/// TTL); and a cached entry cannot show it its own writes. Inside a batch, the invalidations
+/// of the batch's writes have not run yet, so a hit could be stale.
+///
+/// Hooks and queries only get the connection, so its type tells: only SeaORM's pool handles
+/// (`DatabaseConnection`, `RestrictedConnection`) are known not to be a transaction. Any other
+/// type (`DatabaseTransaction`, `DatabaseExecutor`, a wrapper) reads through.
+fn reads_through<C: ?Sized>(key: &str) -> bool {
+    static UNKNOWN: AtomicBool = AtomicBool::new(false);
+    if in_batch() {
+        tracing::debug!(
+            key,
+            "cached query inside a matroska transaction or batch: reading through"
+        );
+        return true;
+    }
+    let name = std::any::type_name::<C>();
+    let pool = [
+        "sea_orm::database::db_connection::DatabaseConnection",
+        "sea_orm::database::restricted_connection::RestrictedConnection",
+    ];
+    if pool.contains(&name) {
+        return false;
+    }
+    if name.ends_with("Transaction") {
+        tracing::debug!(key, "cached query inside a transaction: reading through");
+    } else if !UNKNOWN.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            connection = name,
+            "cached queries on this connection type read through the cache: matroska cannot \
+             tell whether it is a transaction; pass the `DatabaseConnection`"
+        );
+    }
+    true
+}
 
 /// Rows in their cached form, with their primary keys.
 fn stored<E>(rows: Vec<E::Model>) -> Loaded<Vec<Row<E>>>
@@ -324,6 +377,9 @@ where
     let cached = E::find_by_id(id).cached(cache);
     let key = cached.key::<E>("id", db.get_database_backend());
     let query = cached.query.clone();
+    if reads_through::<C>(&key) {
+        return Ok(query.one(db).await?);
+    }
     let row: Option<Row<E>> = cached
         .load(&key, || async move {
             let row = query.one(db).await?;
@@ -602,6 +658,13 @@ mod tests {
             format!("{:032x}", statement_hash(&stmt("SELECT 1", vec![]))),
             "b4479d79ba30ebc733237d99c422b866"
         );
+    }
+
+    #[test]
+    fn only_pool_handles_are_served_from_the_cache() {
+        assert!(!reads_through::<sea_orm::DatabaseConnection>("k"));
+        assert!(reads_through::<sea_orm::DatabaseTransaction>("k"));
+        assert!(reads_through::<sea_orm::DatabaseExecutor<'static>>("k"));
     }
 
     #[test]
