@@ -219,7 +219,10 @@ fn blog_article(title: &str, author: i32) -> article::ActiveModel {
     }
 }
 
-async fn titles_cached(cache: &matroska::Cache, db: &impl ConnectionTrait) -> Vec<String> {
+async fn titles_cached(
+    cache: &matroska::Cache,
+    db: &impl seaorm::CacheableConnection,
+) -> Vec<String> {
     article::Entity::find()
         .order_by_asc(article::Column::Id)
         .cached(cache)
@@ -351,4 +354,91 @@ async fn a_batch_reads_through() {
         assert_eq!(titles_cached(&cache, db).await, ["first", "second"]);
     })
     .await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Tenants: keys are tied to the connection's database and schema.
+
+/// Two schemas (picked by `search_path`) hold the same table with different rows, behind one
+/// cache: each connection gets its own schema's rows, from the cache too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemas_behind_one_cache_do_not_share_entries_postgres() {
+    use skipping::post;
+    let tenant_a = ScratchDb::new(Kind::Postgres, "tenant_a").await;
+    let tenant_b = ScratchDb::new(Kind::Postgres, "tenant_b").await;
+    skipping_tables(&tenant_a.conn).await;
+    skipping_tables(&tenant_b.conn).await;
+    tenant_b
+        .conn
+        .execute_unprepared("UPDATE post SET title = 'tenant b'")
+        .await
+        .unwrap();
+    let cache = support::redis_cache("tenants").await;
+    let titles = |db: DatabaseConnection| {
+        let cache = cache.clone();
+        async move {
+            let all = post::Entity::find()
+                .order_by_asc(post::Column::Id)
+                .cached(&cache)
+                .all(&db)
+                .await
+                .unwrap();
+            let by_id = seaorm::query::find_by_id::<post::Entity, _>(&cache, &db, 21)
+                .await
+                .unwrap()
+                .unwrap();
+            let count = post::Entity::find()
+                .cached(&cache)
+                .count(&db)
+                .await
+                .unwrap();
+            (all[0].title.clone(), by_id.title, count)
+        }
+    };
+    for round in ["fill", "hit"] {
+        assert_eq!(
+            titles(tenant_a.conn.clone()).await,
+            ("Python".to_owned(), "Python".to_owned(), 2),
+            "{round}"
+        );
+        assert_eq!(
+            titles(tenant_b.conn.clone()).await,
+            ("tenant b".to_owned(), "tenant b".to_owned(), 2),
+            "{round}"
+        );
+    }
+    // A second pool on tenant A's schema shares its entries (the namespace is the schema,
+    // not the pool): a change behind the cache's back is not seen.
+    tenant_a
+        .conn
+        .execute_unprepared("UPDATE post SET title = 'changed'")
+        .await
+        .unwrap();
+    let again = sea_orm::Database::connect(
+        sea_orm::ConnectOptions::new(tenant_a.url.clone())
+            .sqlx_logging(false)
+            .set_schema_search_path(tenant_a.schema.clone().unwrap())
+            .to_owned(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(titles(again).await.0, "Python");
+}
+
+/// Two SQLite databases in memory behind one cache: each pool is a database of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_sqlite_databases_do_not_share_entries() {
+    use skipping::post;
+    let cache = support::memory_cache();
+    let mut titles = Vec::new();
+    for title in ["first", "second"] {
+        let db = sea_orm::Database::connect("sqlite::memory:").await.unwrap();
+        skipping_tables(&db).await;
+        db.execute_unprepared(&format!("UPDATE post SET title = '{title}'"))
+            .await
+            .unwrap();
+        let rows = post::Entity::find().cached(&cache).all(&db).await.unwrap();
+        titles.push(rows[0].title.clone());
+    }
+    assert_eq!(titles, ["first", "second"]);
 }

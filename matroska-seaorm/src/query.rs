@@ -34,18 +34,19 @@
 //! invalidates only its primary key and `any_change`, so it could enter such a query unseen.
 //! Without `.scoped`, any filter and order is safe.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use matroska_core::{Cache, CacheDeps, Dependency, Loaded};
 use sea_orm::sea_query::{FromValueTuple, IntoValueTuple};
 use sea_orm::{
-    ConnectionTrait, DbErr, EntityName, EntityTrait, PaginatorTrait, PrimaryKeyTrait, QueryFilter,
-    QueryTrait, Select, SelectTwo, SelectTwoMany, Statement, TryIntoModel,
+    DbErr, EntityName, EntityTrait, PaginatorTrait, PrimaryKeyTrait, QueryFilter, QueryTrait,
+    Select, SelectTwo, SelectTwoMany, Statement, TryIntoModel,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::connection::CacheableConnection;
 use crate::error::{Result, from_load};
 use crate::filter::ScopeFilter;
 use crate::row::Row;
@@ -163,8 +164,13 @@ impl<S: QueryFilter + QueryTrait> Cached<S> {
         deps
     }
 
-    fn key<E: EntityName>(&self, kind: &str, backend: sea_orm::DbBackend) -> String {
-        query_key::<E, _>(&self.query, kind, backend)
+    fn key<E: EntityName>(
+        &self,
+        kind: &str,
+        namespace: &str,
+        backend: sea_orm::DbBackend,
+    ) -> String {
+        query_key::<E, _>(&self.query, kind, namespace, backend)
     }
 
     async fn load<T, F, Fut>(&self, key: &str, loader: F) -> Result<T>
@@ -191,15 +197,15 @@ impl<S: QueryFilter + QueryTrait> Cached<S> {
     where
         E: EntityName,
         S: Clone,
-        C: ConnectionTrait,
+        C: CacheableConnection,
         Fut: Future<Output = Result<Loaded<T>, DbErr>>,
         T: Serialize + DeserializeOwned,
     {
-        let key = self.key::<E>(kind, db.get_database_backend());
         let query = self.query.clone();
-        if reads_through::<C>(&key) {
+        let Some(namespace) = cache_namespace::<E, C>(db, kind).await? else {
             return Ok(load(query, db).await?.0);
-        }
+        };
+        let key = self.key::<E>(kind, &namespace, db.get_database_backend());
         self.load(&key, || async move {
             let (rows, mut deps) = load(query, db).await?;
             deps.extend(extra);
@@ -211,46 +217,33 @@ impl<S: QueryFilter + QueryTrait> Cached<S> {
 
 use crate::dependencies::entity_dependencies as coarse;
 
-/// Whether a cached query on a `C` must go to the database, neither served from nor stored in
-/// the cache: inside a transaction, or a [`batch`](crate::batch) /
-/// [`transaction`](crate::transaction()) whose invalidations are held back.
+/// The namespace of `db` for keys, or `None` when a cached query must go to the database,
+/// neither served from nor stored in the cache: on a transaction (see
+/// [`CacheableConnection`]), or inside a [`batch`](crate::batch) /
+/// [`transaction`](crate::transaction()), whose writes' invalidations have not run yet (a hit
+/// could be stale).
 ///
 /// A transaction sees its own uncommitted writes (stored, they would be served to everyone,
 /// even after a rollback) and, under `REPEATABLE READ`, a snapshot that may predate committed
 /// writes whose invalidations have already run (stored, the old rows would stay until the
-/// TTL); and a cached entry cannot show it its own writes. Inside a batch, the invalidations
-/// of the batch's writes have not run yet, so a hit could be stale.
-///
-/// Hooks and queries only get the connection, so its type tells: only SeaORM's pool handles
-/// (`DatabaseConnection`, `RestrictedConnection`) are known not to be a transaction. Any other
-/// type (`DatabaseTransaction`, `DatabaseExecutor`, a wrapper) reads through.
-fn reads_through<C: ?Sized>(key: &str) -> bool {
-    static UNKNOWN: AtomicBool = AtomicBool::new(false);
-    if in_batch() {
+/// TTL).
+async fn cache_namespace<E: EntityName, C: CacheableConnection>(
+    db: &C,
+    kind: &str,
+) -> Result<Option<Arc<str>>> {
+    let namespace = if in_batch() {
+        None
+    } else {
+        db.cache_namespace().await?
+    };
+    if namespace.is_none() {
         tracing::debug!(
-            key,
-            "cached query inside a matroska transaction or batch: reading through"
-        );
-        return true;
-    }
-    let name = std::any::type_name::<C>();
-    let pool = [
-        "sea_orm::database::db_connection::DatabaseConnection",
-        "sea_orm::database::restricted_connection::RestrictedConnection",
-    ];
-    if pool.contains(&name) {
-        return false;
-    }
-    if name.ends_with("Transaction") {
-        tracing::debug!(key, "cached query inside a transaction: reading through");
-    } else if !UNKNOWN.swap(true, Ordering::Relaxed) {
-        tracing::warn!(
-            connection = name,
-            "cached queries on this connection type read through the cache: matroska cannot \
-             tell whether it is a transaction; pass the `DatabaseConnection`"
+            table = E::default().table_name(),
+            kind,
+            "cached query inside a transaction or batch: reading through"
         );
     }
-    true
+    Ok(namespace)
 }
 
 /// Rows in their cached form, with their primary keys.
@@ -281,23 +274,26 @@ where
 fn query_key<E: EntityName, S: QueryTrait>(
     query: &S,
     kind: &str,
+    namespace: &str,
     backend: sea_orm::DbBackend,
 ) -> String {
     format!(
         "q:{}:{kind}:{:032x}",
         E::default().table_name(),
-        statement_hash(&query.build(backend))
+        statement_hash(namespace, &query.build(backend))
     )
 }
 
-/// A stable 128-bit hash of a built statement: backend, SQL, and each value's debug form,
-/// every part length-prefixed so the concatenation is unambiguous.
-fn statement_hash(statement: &Statement) -> u128 {
+/// A stable 128-bit hash of a built statement and the connection's namespace: namespace,
+/// backend, SQL, and each value's debug form, every part length-prefixed so the concatenation
+/// is unambiguous.
+fn statement_hash(namespace: &str, statement: &Statement) -> u128 {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     let mut part = |bytes: &[u8]| {
         hasher.update(&(bytes.len() as u64).to_le_bytes());
         hasher.update(bytes);
     };
+    part(namespace.as_bytes());
     part(format!("{:?}", statement.db_backend).as_bytes());
     part(statement.sql.as_bytes());
     if let Some(values) = &statement.values {
@@ -346,7 +342,8 @@ fn statement_hash(statement: &Statement) -> u128 {
 /// assert_eq!(first.as_ref().map(|a| a.title.as_str()), Some("Python"));
 /// // A write to article 2 leaves article 1's entry alone.
 /// cache.invalidate(&[second.unwrap().primary_key()]).await?;
-/// assert!(cache.has(&matroska_seaorm::query::find_by_id_key::<article::Entity>(1, db.get_database_backend())).await?);
+/// let key = matroska_seaorm::query::find_by_id_key::<article::Entity, _>(&db, 1).await?;
+/// assert!(cache.has(&key.expect("not a transaction")).await?);
 /// # Ok::<_, Box<dyn std::error::Error>>(()) }).unwrap();
 /// ```
 ///
@@ -361,7 +358,7 @@ where
     E: EntityTrait,
     E::Model: CacheDeps + Send + Sync,
     E::ActiveModel: TryIntoModel<E::Model>,
-    C: ConnectionTrait,
+    C: CacheableConnection,
 {
     let values = id.into().into_value_tuple();
     let name = <E::Model as CacheDeps>::entity_name();
@@ -375,11 +372,11 @@ where
     let id =
         <<E::PrimaryKey as PrimaryKeyTrait>::ValueType as FromValueTuple>::from_value_tuple(values);
     let cached = E::find_by_id(id).cached(cache);
-    let key = cached.key::<E>("id", db.get_database_backend());
     let query = cached.query.clone();
-    if reads_through::<C>(&key) {
+    let Some(namespace) = cache_namespace::<E, C>(db, "id").await? else {
         return Ok(query.one(db).await?);
-    }
+    };
+    let key = cached.key::<E>("id", &namespace, db.get_database_backend());
     let row: Option<Row<E>> = cached
         .load(&key, || async move {
             let row = query.one(db).await?;
@@ -393,12 +390,29 @@ where
     Ok(row.map(Row::into_model))
 }
 
-/// The cache key [`find_by_id`] uses for `id` on `backend` (to inspect or delete the entry).
-pub fn find_by_id_key<E: EntityTrait>(
+/// The cache key [`find_by_id`] uses for `id` on `db` (to inspect or delete the entry);
+/// `None` where it reads through (a transaction).
+///
+/// # Errors
+/// The database's, from the query that asks for `db`'s namespace (once per pool).
+pub async fn find_by_id_key<E, C>(
+    db: &C,
     id: impl Into<<E::PrimaryKey as PrimaryKeyTrait>::ValueType>,
-    backend: sea_orm::DbBackend,
-) -> String {
-    query_key::<E, _>(&E::find_by_id(id), "id", backend)
+) -> Result<Option<String>>
+where
+    E: EntityTrait,
+    C: CacheableConnection,
+{
+    let Some(namespace) = db.cache_namespace().await? else {
+        return Ok(None);
+    };
+    let backend = db.get_database_backend();
+    Ok(Some(query_key::<E, _>(
+        &E::find_by_id(id),
+        "id",
+        &namespace,
+        backend,
+    )))
 }
 
 /// A primary key's values as the derive's `ToValue` renders them, when every part has a
@@ -445,7 +459,7 @@ where
     /// # Errors
     /// [`Error::Db`](crate::Error::Db) from the query; [`Error::Cache`](crate::Error::Cache) for a key or value over the cache's
     /// limits. A failing cache backend is not an error: the query runs uncached.
-    pub async fn all<C: ConnectionTrait>(self, db: &C) -> Result<Vec<E::Model>> {
+    pub async fn all<C: CacheableConnection>(self, db: &C) -> Result<Vec<E::Model>> {
         let base = self.base_dependencies::<E::Model>();
         let rows = self
             .fetch::<E, _, _, _>(db, "all", base, |q, db| async move {
@@ -459,7 +473,7 @@ where
     ///
     /// # Errors
     /// As [`Cached::all`].
-    pub async fn one<C: ConnectionTrait>(self, db: &C) -> Result<Option<E::Model>> {
+    pub async fn one<C: CacheableConnection>(self, db: &C) -> Result<Option<E::Model>> {
         let base = self.base_dependencies::<E::Model>();
         let row = self
             .fetch::<E, _, _, _>(db, "one", base, |q, db| async move {
@@ -476,7 +490,7 @@ where
     ///
     /// # Errors
     /// As [`Cached::all`].
-    pub async fn count<C: ConnectionTrait>(self, db: &C) -> Result<u64> {
+    pub async fn count<C: CacheableConnection>(self, db: &C) -> Result<u64> {
         let base = self.base_dependencies::<E::Model>();
         self.fetch::<E, _, _, _>(db, "count", base, |q, db| async move {
             Ok((q.count(db).await?, Vec::new()))
@@ -488,7 +502,7 @@ where
     ///
     /// # Errors
     /// As [`Cached::all`].
-    pub async fn page<C: ConnectionTrait>(
+    pub async fn page<C: CacheableConnection>(
         self,
         db: &C,
         page_size: u64,
@@ -510,7 +524,7 @@ where
     ///
     /// # Errors
     /// As [`Cached::all`].
-    pub async fn num_pages<C: ConnectionTrait>(self, db: &C, page_size: u64) -> Result<u64> {
+    pub async fn num_pages<C: CacheableConnection>(self, db: &C, page_size: u64) -> Result<u64> {
         let items = self.count(db).await?;
         Ok(items.div_ceil(page_size.max(1)))
     }
@@ -538,7 +552,7 @@ where
     ///
     /// # Errors
     /// As [`Cached::all`].
-    pub async fn all<C: ConnectionTrait>(
+    pub async fn all<C: CacheableConnection>(
         self,
         db: &C,
     ) -> Result<Vec<(E::Model, Option<F::Model>)>> {
@@ -568,7 +582,7 @@ where
     ///
     /// # Errors
     /// As [`Cached::all`].
-    pub async fn one<C: ConnectionTrait>(
+    pub async fn one<C: CacheableConnection>(
         self,
         db: &C,
     ) -> Result<Option<(E::Model, Option<F::Model>)>> {
@@ -610,7 +624,10 @@ where
     ///
     /// # Errors
     /// As [`Cached::all`].
-    pub async fn all<C: ConnectionTrait>(self, db: &C) -> Result<Vec<(E::Model, Vec<F::Model>)>> {
+    pub async fn all<C: CacheableConnection>(
+        self,
+        db: &C,
+    ) -> Result<Vec<(E::Model, Vec<F::Model>)>> {
         let kind = format!("with.{}", F::default().table_name());
         let extra = self.related_dependencies::<E::Model, F::Model>();
         let rows: Vec<(Row<E>, Vec<Row<F>>)> = self
@@ -649,28 +666,30 @@ mod tests {
         let a = stmt("SELECT 1 WHERE x = ?", vec![1_i32.into()]);
         let b = stmt("SELECT 1 WHERE x = ?", vec![2_i32.into()]);
         let c = stmt("SELECT 1 WHERE x = ?", vec!["1".into()]);
-        assert_eq!(statement_hash(&a), statement_hash(&a.clone()));
-        assert_ne!(statement_hash(&a), statement_hash(&b));
-        assert_ne!(statement_hash(&a), statement_hash(&c));
+        assert_eq!(statement_hash("", &a), statement_hash("", &a.clone()));
+        assert_ne!(statement_hash("", &a), statement_hash("", &b));
+        assert_ne!(statement_hash("", &a), statement_hash("", &c));
+        assert_ne!(
+            statement_hash("Postgres/db/a/u", &a),
+            statement_hash("Postgres/db/b/u", &a)
+        );
         // Fixed across processes and builds (no random seed): pinned, since a change here
         // orphans every deployed key.
         assert_eq!(
-            format!("{:032x}", statement_hash(&stmt("SELECT 1", vec![]))),
+            format!("{:032x}", statement_hash("", &stmt("SELECT 1", vec![]))),
             "b4479d79ba30ebc733237d99c422b866"
         );
-    }
-
-    #[test]
-    fn only_pool_handles_are_served_from_the_cache() {
-        assert!(!reads_through::<sea_orm::DatabaseConnection>("k"));
-        assert!(reads_through::<sea_orm::DatabaseTransaction>("k"));
-        assert!(reads_through::<sea_orm::DatabaseExecutor<'static>>("k"));
     }
 
     #[test]
     fn hash_separates_sql_from_values() {
         let a = stmt("SELECT ?", vec!["a".into(), "b".into()]);
         let b = stmt("SELECT ?", vec!["ab".into()]);
-        assert_ne!(statement_hash(&a), statement_hash(&b));
+        assert_ne!(statement_hash("", &a), statement_hash("", &b));
+        let select = stmt("SELECT 1", vec![]);
+        assert_ne!(
+            statement_hash("Sqlite", &select),
+            statement_hash("", &select)
+        );
     }
 }
