@@ -442,3 +442,76 @@ async fn in_memory_sqlite_databases_do_not_share_entries() {
     }
     assert_eq!(titles, ["first", "second"]);
 }
+
+// ---------------------------------------------------------------------------------------
+// A scope extractor that panics in a hook.
+
+mod fragile {
+    use matroska::{CacheDeps, Dependency, Scope, ScopeMode, Scoped, Value};
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "fragile")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i32,
+        pub category: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl CacheDeps for Model {
+        fn entity_name() -> &'static str {
+            "fragile"
+        }
+        fn primary_key(&self) -> Dependency {
+            Dependency::primary_key("fragile", [Value::Int(self.id.into())])
+        }
+    }
+
+    impl Scoped for Model {
+        fn scope() -> &'static Scope<Self> {
+            static SCOPE: std::sync::LazyLock<Scope<Model>> = std::sync::LazyLock::new(|| {
+                Scope::new("fragile").mode(ScopeMode::Production).describe(
+                    &["category"],
+                    |m: &Model| {
+                        assert!(m.category != "boom", "unexpected category");
+                        Some(vec![Value::from(&m.category)])
+                    },
+                )
+            });
+            &SCOPE
+        }
+    }
+
+    matroska::seaorm::active_model_behavior!(ActiveModel);
+}
+
+/// The hook runs the extractor after the row is written: a panic there must not lose the
+/// invalidation. The whole scope is invalidated instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_extractor_invalidates_the_whole_scope() {
+    use matroska::Scoped;
+    let scratch = ScratchDb::new(Kind::Sqlite, "fragile").await;
+    let db = &scratch.conn;
+    db.execute(&Schema::new(db.get_database_backend()).create_table_from_entity(fragile::Entity))
+        .await
+        .unwrap();
+    let cache = support::memory_cache();
+    let scope = fragile::Model::scope();
+    let list = scope.condition([("category", "boom".into())]).unwrap();
+    cache.put("boom-list", &0, &list, None).await.unwrap();
+
+    let saved = seaorm::with_cache(cache.clone(), async {
+        fragile::ActiveModel {
+            category: Set("boom".into()),
+            ..Default::default()
+        }
+        .insert(db)
+        .await
+    })
+    .await;
+    assert_eq!(saved.unwrap().category, "boom");
+    assert!(!cache.has("boom-list").await.unwrap());
+}
