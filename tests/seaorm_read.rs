@@ -515,3 +515,51 @@ async fn a_panicking_extractor_invalidates_the_whole_scope() {
     assert_eq!(saved.unwrap().category, "boom");
     assert!(!cache.has("boom-list").await.unwrap());
 }
+
+// ---------------------------------------------------------------------------------------
+// Bulk updates that change a primary key.
+
+/// `bulk::update_many` setting the key invalidates the old key (a cached row) and the new one
+/// (a cached miss).
+async fn a_bulk_key_change_invalidates_old_and_new_keys(kind: Kind) {
+    use seaorm::query::find_by_id;
+    let (scratch, cache, author) = blog(kind, "bulk_key").await;
+    let db = &scratch.conn;
+    seaorm::with_cache(cache.clone(), async {
+        let row = blog_article("moving", author).insert(db).await.unwrap();
+        let new_id = row.id + 1000;
+        let lookup = |id| find_by_id::<article::Entity, _>(&cache, db, id);
+        assert!(lookup(row.id).await.unwrap().is_some());
+        assert!(lookup(new_id).await.unwrap().is_none());
+
+        let moved = seaorm::bulk::update_many::<article::Entity>()
+            .set(article::Column::Id, new_id)
+            .filter(sea_orm::ColumnTrait::eq(&article::Column::Id, row.id))
+            .exec(db)
+            .await
+            .unwrap();
+        assert_eq!(moved, 1);
+        assert_eq!(lookup(row.id).await.unwrap(), None, "old key still cached");
+        assert_eq!(
+            lookup(new_id).await.unwrap().map(|a| a.title),
+            Some("moving".to_owned()),
+            "new key still cached as missing"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_key_change_invalidates_old_and_new_keys_sqlite() {
+    a_bulk_key_change_invalidates_old_and_new_keys(Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_key_change_invalidates_old_and_new_keys_postgres() {
+    a_bulk_key_change_invalidates_old_and_new_keys(Kind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_key_change_invalidates_old_and_new_keys_mysql() {
+    a_bulk_key_change_invalidates_old_and_new_keys(Kind::MySql).await;
+}
