@@ -273,6 +273,11 @@ impl Cache {
         };
         let hit = value.is_some();
         tracing::Span::current().record("hit", hit);
+        if hit {
+            tracing::debug!(key, "cache hit");
+        } else {
+            tracing::debug!(key, "cache miss");
+        }
         count(
             if hit { Counter::Hit } else { Counter::Miss },
             self.name(),
@@ -346,7 +351,7 @@ impl Cache {
         Ok(Bytes::from(bytes))
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.name(), key, deps = deps.len(), guarded = ticket.is_some(), outcome))]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.name(), key = key, deps = deps.len(), guarded = ticket.is_some(), outcome))]
     async fn put_bytes(
         &self,
         key: &str,
@@ -365,7 +370,10 @@ impl Cache {
         let outcome = self.inner.backend.put(request).await?;
         tracing::Span::current().record("outcome", tracing::field::debug(outcome));
         match outcome {
-            PutOutcome::Stored => count(Counter::Put, self.name(), 1),
+            PutOutcome::Stored => {
+                tracing::debug!(key, deps = encoded.len(), ttl = ?ttl, "cache put");
+                count(Counter::Put, self.name(), 1);
+            }
             PutOutcome::Stale => {
                 count(Counter::StaleRefused, self.name(), 1);
                 tracing::debug!(
@@ -414,6 +422,7 @@ impl Cache {
                 tracing::error!(error = %e, deps = ?deps, "invalidation failed");
             })?;
         tracing::Span::current().record("dropped", dropped);
+        tracing::debug!(deps = encoded.len(), dropped, "cache invalidate");
         count(Counter::Invalidation, self.name(), 1);
         count(Counter::EntriesDropped, self.name(), dropped);
         Ok(dropped)

@@ -412,8 +412,10 @@ where
 }
 
 /// Invalidates every cached list and query of entity `E` (`all` and `any_change`): for raw
-/// SQL and other writes that cannot be narrowed to rows. Call it after the write; inside a
+/// SQL and other writes that cannot be narrowed to rows, or to drop everything cached about
+/// `E` after rows were fixed by hand. Call it after the write; inside a
 /// [`transaction`](crate::transaction()) or [`batch`](crate::batch) it waits for the end.
+/// Cached queries and [`find_by_id`](crate::query::find_by_id) lookups all depend on `all`.
 ///
 /// Entries depending only on a row's primary key (cached by hand) are not touched; invalidate
 /// those rows' keys with [`invalidate`].
