@@ -2,9 +2,9 @@
 //! every save, with no `invalidate` call in the application code.
 //!
 //! ```sh
-//! cargo run --example blog --features seaorm                       # SQLite in memory
-//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo run --example blog --features seaorm
-//! DATABASE_URL=mysql://root@127.0.0.1:3306/test cargo run --example blog --features seaorm
+//! cargo run --example blog --features sqlx-sqlite                  # SQLite in memory
+//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo run --example blog --features sqlx-sqlite,sqlx-postgres
+//! DATABASE_URL=mysql://root@127.0.0.1:3306/test cargo run --example blog --features sqlx-sqlite,sqlx-mysql
 //! ```
 //!
 //! It creates (and at the end drops) the tables `blog_author` and `blog_article`.

@@ -1,7 +1,8 @@
 //! # matroska
 //!
 //! The facade crate: re-exports [`matroska_core`] and, behind features, the derive macros
-//! (`derive`, on by default) and the SeaORM integration (`seaorm`).
+//! (`derive`, on by default) and the SeaORM integration (`seaorm`, with SeaORM's drivers
+//! picked by `sqlx-postgres`, `sqlx-mysql`, `sqlx-sqlite`, each of which implies `seaorm`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use matroska_core::*;

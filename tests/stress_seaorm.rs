@@ -149,8 +149,16 @@ impl ConnectionTrait for SlowReads<'_> {
     }
 }
 
+/// Reads the pool's data: its cached-query keys are the pool's.
+#[async_trait]
+impl seaorm::CacheableConnection for SlowReads<'_> {
+    async fn cache_namespace(&self) -> Result<Option<Arc<str>>, DbErr> {
+        self.db.cache_namespace().await
+    }
+}
+
 /// The row by id, from the cache when it is there.
-async fn cached_row(cache: &Cache, db: &impl ConnectionTrait, id: i64) -> row::Model {
+async fn cached_row(cache: &Cache, db: &impl seaorm::CacheableConnection, id: i64) -> row::Model {
     row::Entity::find_by_id(id)
         .cached(cache)
         .one(db)
@@ -160,7 +168,11 @@ async fn cached_row(cache: &Cache, db: &impl ConnectionTrait, id: i64) -> row::M
 }
 
 /// A bucket's rows, from the cache when it is there.
-async fn cached_bucket(cache: &Cache, db: &impl ConnectionTrait, bucket: i32) -> Vec<row::Model> {
+async fn cached_bucket(
+    cache: &Cache,
+    db: &impl seaorm::CacheableConnection,
+    bucket: i32,
+) -> Vec<row::Model> {
     row::Entity::find()
         .order_by_asc(row::Column::Id)
         .cached(cache)

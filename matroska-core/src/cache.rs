@@ -287,6 +287,11 @@ impl Cache {
         };
         let hit = value.is_some();
         tracing::Span::current().record("hit", hit);
+        if hit {
+            tracing::debug!(key, "cache hit");
+        } else {
+            tracing::debug!(key, "cache miss");
+        }
         count(
             if hit { Counter::Hit } else { Counter::Miss },
             self.name(),
@@ -360,7 +365,7 @@ impl Cache {
         Ok(Bytes::from(bytes))
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.name(), key, deps = deps.len(), guarded = ticket.is_some(), outcome))]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.name(), key = key, deps = deps.len(), guarded = ticket.is_some(), outcome))]
     async fn put_bytes(
         &self,
         key: &str,
@@ -379,7 +384,10 @@ impl Cache {
         let outcome = self.inner.backend.put(request).await?;
         tracing::Span::current().record("outcome", tracing::field::debug(outcome));
         match outcome {
-            PutOutcome::Stored => count(Counter::Put, self.name(), 1),
+            PutOutcome::Stored => {
+                tracing::debug!(key, deps = encoded.len(), ttl = ?ttl, "cache put");
+                count(Counter::Put, self.name(), 1);
+            }
             PutOutcome::Stale => {
                 count(Counter::StaleRefused, self.name(), 1);
                 tracing::debug!(
@@ -428,6 +436,7 @@ impl Cache {
                 tracing::error!(error = %e, deps = ?deps, "invalidation failed");
             })?;
         tracing::Span::current().record("dropped", dropped);
+        tracing::debug!(deps = encoded.len(), dropped, "cache invalidate");
         count(Counter::Invalidation, self.name(), 1);
         count(Counter::EntriesDropped, self.name(), dropped);
         Ok(dropped)

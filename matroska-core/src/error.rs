@@ -84,6 +84,21 @@ pub enum Error {
         /// The fields the condition named.
         fields: Vec<String>,
     },
+    /// A scope extractor misbehaved (returned the wrong number of values, or panicked); in
+    /// [`ScopeMode::Development`](crate::ScopeMode::Development) only, from
+    /// [`Scope::try_dependencies_for_change`](crate::Scope::try_dependencies_for_change) and
+    /// the `invalidate_for*` methods. Production mode invalidates the whole scope instead.
+    #[error(
+        "the extractor of scope `{scope}` for fields {fields:?} {problem}; fix the closure given to `Scope::describe` (or the `#[scope(...)]` fields); the whole scope was invalidated instead"
+    )]
+    ScopeExtractor {
+        /// The scope.
+        scope: String,
+        /// The extractor's fields.
+        fields: Vec<String>,
+        /// What went wrong ("returned 1 values", "panicked: ...").
+        problem: String,
+    },
     /// The loader of [`Cache::get_or_load`](crate::Cache::get_or_load) failed.
     #[error("loader failed: {0}")]
     Load(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -160,9 +160,10 @@ impl<T: ?Sized> Scope<T> {
     /// invalidated for this extractor). Whether it returns `None` must depend on `fields`
     /// only; for a guard on other fields use [`Scope::describe_guarded`].
     ///
-    /// An extractor whose closure returns a different number of values than `fields` is a
-    /// programming error; such an object invalidates [`Scope::all`] instead (and a warning
-    /// is logged), which is coarse but never stale.
+    /// An extractor whose closure returns a different number of values than `fields`, or
+    /// panics, is a programming error: an error in development mode (see
+    /// [`Scope::try_dependencies_for_change`]), the whole scope invalidated in production
+    /// mode, which is coarse but never stale.
     #[must_use]
     pub fn describe<F>(self, fields: &[&str], extract: F) -> Self
     where
@@ -271,18 +272,75 @@ impl<T: ?Sized> Scope<T> {
     /// The dependencies an object's write invalidates: for each extractor that watches a
     /// modified field (all of them when `modified` is `None`, as for a creation or deletion),
     /// the conditions the object matches; and [`Scope::any_change`].
+    ///
+    /// Never fails and never panics: a misbehaving extractor (see
+    /// [`Scope::try_dependencies_for_change`]) makes it return the whole scope
+    /// ([`Scope::all`] and [`Scope::any_change`]), logged at error level.
     pub fn dependencies_for(&self, object: &T, modified: Option<&[&str]>) -> Vec<Dependency> {
         self.dependencies_for_change(Some(object), None, modified)
     }
 
     /// Like [`Scope::dependencies_for`], for an object whose previous values are known too:
     /// a row that moved from one list to another invalidates both.
+    ///
+    /// Never fails and never panics, in either mode: hooks call it after the row is written,
+    /// when an error or a panic would lose the invalidation. A misbehaving extractor gives the
+    /// whole scope instead, logged at error level; use
+    /// [`Scope::try_dependencies_for_change`] to get the error.
     pub fn dependencies_for_change(
         &self,
         before: Option<&T>,
         after: Option<&T>,
         modified: Option<&[&str]>,
     ) -> Vec<Dependency> {
+        self.collect(before, after, modified).0
+    }
+
+    /// Like [`Scope::dependencies_for_change`], but in [`ScopeMode::Development`] a
+    /// misbehaving extractor is an error, so tests find it.
+    ///
+    /// An extractor misbehaves when it returns a different number of values than its fields,
+    /// or panics. In [`ScopeMode::Production`] that is logged at error level and answered
+    /// with the whole scope ([`Scope::all`] and [`Scope::any_change`]): coarse, never stale.
+    /// (A panic is caught only where panics unwind, not under `panic = "abort"`.)
+    ///
+    /// ```
+    /// use matroska_core::{Error, Scope, ScopeMode, Value};
+    ///
+    /// struct Book { category: String }
+    /// let scope = Scope::<Book>::new("Book")
+    ///     .describe(&["category", "published"], |b| Some(vec![Value::from(&b.category)]));
+    /// let book = Book { category: "fantasy".into() };
+    ///
+    /// let dev = scope.clone().mode(ScopeMode::Development);
+    /// assert!(matches!(dev.try_dependencies_for_change(Some(&book), None, None), Err(Error::ScopeExtractor { .. })));
+    /// let prod = scope.mode(ScopeMode::Production);
+    /// assert_eq!(prod.try_dependencies_for_change(Some(&book), None, None)?, vec![prod.any_change(), prod.all()]);
+    /// # Ok::<_, Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ScopeExtractor`] in development mode.
+    pub fn try_dependencies_for_change(
+        &self,
+        before: Option<&T>,
+        after: Option<&T>,
+        modified: Option<&[&str]>,
+    ) -> Result<Vec<Dependency>> {
+        match self.collect(before, after, modified) {
+            (_, Some(error)) if self.mode == ScopeMode::Development => Err(error),
+            (deps, _) => Ok(deps),
+        }
+    }
+
+    /// The dependencies, and the first extractor failure (after which the whole scope is
+    /// returned).
+    fn collect(
+        &self,
+        before: Option<&T>,
+        after: Option<&T>,
+        modified: Option<&[&str]>,
+    ) -> (Vec<Dependency>, Option<Error>) {
         let mut deps = BTreeSet::new();
         deps.insert(self.any_change());
         for extractor in &self.extractors {
@@ -296,46 +354,50 @@ impl<T: ?Sized> Scope<T> {
                 continue;
             }
             for object in [before, after].into_iter().flatten() {
-                match (extractor.extract)(object) {
-                    None => {}
-                    Some(values) if values.len() == extractor.fields.len() => {
-                        extractor.conditions(&self.name, &values, &mut deps);
-                    }
-                    Some(values) => {
-                        tracing::warn!(
+                match extractor.run(object) {
+                    Ok(None) => {}
+                    Ok(Some(values)) => extractor.conditions(&self.name, &values, &mut deps),
+                    Err(problem) => {
+                        tracing::error!(
                             scope = %self.name,
                             fields = ?extractor.fields,
-                            values = values.len(),
-                            "scope extractor returned the wrong number of values; invalidating the whole scope"
+                            problem = %problem,
+                            "scope extractor misbehaved; invalidating the whole scope"
                         );
-                        deps.insert(self.all());
+                        let error = Error::ScopeExtractor {
+                            scope: self.name.clone(),
+                            fields: extractor.fields.clone(),
+                            problem,
+                        };
+                        return (vec![self.any_change(), self.all()], Some(error));
                     }
                 }
             }
         }
-        deps.into_iter().collect()
+        (deps.into_iter().collect(), None)
     }
 
     /// Invalidates the lists `object` enters or leaves by being created, deleted or (with
     /// `modified`, the names of changed fields) modified. Returns the entries dropped.
     ///
     /// # Errors
-    /// Backend failures, as [`Cache::invalidate`].
+    /// Backend failures, as [`Cache::invalidate`]; in development mode
+    /// [`Error::ScopeExtractor`] for a misbehaving extractor, after invalidating the whole
+    /// scope.
     pub async fn invalidate_for(
         &self,
         object: &T,
         cache: &Cache,
         modified: Option<&[&str]>,
     ) -> Result<u64> {
-        cache
-            .invalidate(&self.dependencies_for(object, modified))
+        self.invalidate_for_change(Some(object), None, cache, modified)
             .await
     }
 
     /// Like [`Scope::invalidate_for`], with the object's values before and after the write.
     ///
     /// # Errors
-    /// Backend failures, as [`Cache::invalidate`].
+    /// As [`Scope::invalidate_for`].
     pub async fn invalidate_for_change(
         &self,
         before: Option<&T>,
@@ -343,9 +405,12 @@ impl<T: ?Sized> Scope<T> {
         cache: &Cache,
         modified: Option<&[&str]>,
     ) -> Result<u64> {
-        cache
-            .invalidate(&self.dependencies_for_change(before, after, modified))
-            .await
+        let (deps, error) = self.collect(before, after, modified);
+        let dropped = cache.invalidate(&deps).await?;
+        match error {
+            Some(error) if self.mode == ScopeMode::Development => Err(error),
+            _ => Ok(dropped),
+        }
     }
 
     /// Invalidates every list of the scope.
@@ -358,6 +423,29 @@ impl<T: ?Sized> Scope<T> {
 }
 
 impl<T: ?Sized> Extractor<T> {
+    /// The extractor's values for `object`, or what went wrong. A panic is caught: it would
+    /// otherwise unwind through a save whose row is written, losing its invalidation.
+    fn run(&self, object: &T) -> std::result::Result<Option<Vec<Value>>, String> {
+        let extracted =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.extract)(object)));
+        match extracted {
+            Ok(Some(values)) if values.len() != self.fields.len() => Err(format!(
+                "returned {} values for {} fields",
+                values.len(),
+                self.fields.len()
+            )),
+            Ok(values) => Ok(values),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-string payload".to_owned());
+                Err(format!("panicked: {message}"))
+            }
+        }
+    }
+
     fn serves(&self, names: &BTreeSet<&str>) -> bool {
         let own: BTreeSet<&str> = self.fields.iter().map(String::as_str).collect();
         if self.guarded || own.len() > MAX_SUBSET_FIELDS {
@@ -555,6 +643,88 @@ mod tests {
                 .condition([("category", "f".into()), ("title", "t".into())])
                 .is_ok()
         );
+    }
+
+    /// An extractor of two fields that returns one value, and one that panics on drafts.
+    fn misbehaving(mode: ScopeMode) -> Scope<Book> {
+        Scope::new("Book")
+            .mode(mode)
+            .describe(&["category", "title"], |b: &Book| {
+                Some(vec![Value::from(&b.category)])
+            })
+            .describe(&["published"], |b: &Book| {
+                assert!(b.published, "drafts are not supported");
+                Some(vec![Value::from(b.published)])
+            })
+    }
+
+    fn book(published: bool) -> Book {
+        Book {
+            published,
+            category: "f".into(),
+            title: "t".into(),
+        }
+    }
+
+    #[test]
+    fn a_misbehaving_extractor_is_an_error_in_development() {
+        let s = misbehaving(ScopeMode::Development);
+        for (modified, published) in [(["title"], true), (["published"], false)] {
+            let error = s
+                .try_dependencies_for_change(Some(&book(published)), None, Some(&modified))
+                .unwrap_err();
+            assert!(matches!(error, Error::ScopeExtractor { .. }), "{error}");
+        }
+        let panicked = s
+            .try_dependencies_for_change(None, Some(&book(false)), Some(&["published"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            panicked.contains("panicked: drafts are not supported"),
+            "{panicked}"
+        );
+        // The infallible form still answers, with the whole scope.
+        assert_eq!(
+            s.dependencies_for(&book(false), None),
+            vec![s.any_change(), s.all()]
+        );
+    }
+
+    #[test]
+    fn a_misbehaving_extractor_invalidates_the_whole_scope_in_production() {
+        let s = misbehaving(ScopeMode::Production);
+        let whole = vec![s.any_change(), s.all()];
+        for (modified, published) in [(["title"], true), (["published"], false)] {
+            let object = book(published);
+            assert_eq!(
+                s.try_dependencies_for_change(Some(&object), None, Some(&modified))
+                    .unwrap(),
+                whole
+            );
+            assert_eq!(s.dependencies_for(&object, Some(&modified)), whole);
+        }
+        // A well-behaved extractor of the same scope is unaffected.
+        assert!(
+            s.try_dependencies_for_change(Some(&book(true)), None, Some(&["published"]))
+                .unwrap()
+                .contains(&Dependency::condition(
+                    "Book",
+                    [("published", Value::from(true))]
+                ))
+        );
+    }
+
+    #[tokio::test]
+    async fn invalidate_for_invalidates_the_whole_scope_before_reporting() {
+        for mode in [ScopeMode::Development, ScopeMode::Production] {
+            let s = misbehaving(mode);
+            let cache = Cache::memory();
+            let list = s.condition([("published", true.into())]).unwrap();
+            cache.put("list", &1, &list, None).await.unwrap();
+            let result = s.invalidate_for(&book(false), &cache, None).await;
+            assert!(!cache.has("list").await.unwrap(), "{mode:?}");
+            assert_eq!(result.is_err(), mode == ScopeMode::Development);
+        }
     }
 
     #[test]

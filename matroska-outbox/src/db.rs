@@ -153,6 +153,10 @@ pub enum OutboxDb {
     /// SQLite.
     #[cfg(feature = "sqlite")]
     Sqlite(sqlx::SqlitePool),
+    /// No driver feature is enabled: no value of this type can exist.
+    #[doc(hidden)]
+    #[cfg(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")))]
+    NoDriver(std::convert::Infallible),
 }
 
 #[cfg(feature = "postgres")]
@@ -257,6 +261,8 @@ impl OutboxDb {
             OutboxDb::Postgres(pool) => sqlx::query_as(safe(&sql)).fetch_one(pool).await?,
             #[cfg(feature = "mysql")]
             OutboxDb::MySql(pool) => sqlx::query_as(safe(&sql)).fetch_one(pool).await?,
+            #[cfg(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")))]
+            OutboxDb::NoDriver(never) => match *never {},
             #[cfg(feature = "sqlite")]
             OutboxDb::Sqlite(pool) => sqlx::query_as(safe(&sql)).fetch_one(pool).await?,
         };
@@ -274,6 +280,8 @@ impl OutboxDb {
             OutboxDb::Postgres(pool) => sqlx::query_as(safe(&sql)).fetch_all(pool).await?,
             #[cfg(feature = "mysql")]
             OutboxDb::MySql(pool) => sqlx::query_as(safe(&sql)).fetch_all(pool).await?,
+            #[cfg(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")))]
+            OutboxDb::NoDriver(never) => match *never {},
             #[cfg(feature = "sqlite")]
             OutboxDb::Sqlite(pool) => sqlx::query_as(safe(&sql)).fetch_all(pool).await?,
         })
@@ -375,6 +383,8 @@ impl OutboxDb {
                 let mut tx = conn.begin().await?;
                 claim_in!(tx, tx.commit().await?;)
             }
+            #[cfg(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")))]
+            OutboxDb::NoDriver(never) => match *never {},
             #[cfg(feature = "sqlite")]
             OutboxDb::Sqlite(pool) => {
                 let mut conn = pool.acquire().await?;
@@ -399,6 +409,8 @@ impl SqlConnection for OutboxDb {
             OutboxDb::Postgres(_) => Dialect::Postgres,
             #[cfg(feature = "mysql")]
             OutboxDb::MySql(_) => Dialect::MySql,
+            #[cfg(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")))]
+            OutboxDb::NoDriver(never) => match *never {},
             #[cfg(feature = "sqlite")]
             OutboxDb::Sqlite(_) => Dialect::Sqlite,
         }
@@ -414,6 +426,8 @@ impl SqlConnection for OutboxDb {
             OutboxDb::MySql(pool) => {
                 sqlx::raw_sql(safe(sql)).execute(pool).await?;
             }
+            #[cfg(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")))]
+            OutboxDb::NoDriver(never) => match *never {},
             #[cfg(feature = "sqlite")]
             OutboxDb::Sqlite(pool) => {
                 sqlx::raw_sql(safe(sql)).execute(pool).await?;
@@ -428,6 +442,8 @@ impl SqlConnection for OutboxDb {
             OutboxDb::Postgres(pool) => sqlx::query_as(safe(sql)).fetch_all(pool).await?,
             #[cfg(feature = "mysql")]
             OutboxDb::MySql(pool) => sqlx::query_as(safe(sql)).fetch_all(pool).await?,
+            #[cfg(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")))]
+            OutboxDb::NoDriver(never) => match *never {},
             #[cfg(feature = "sqlite")]
             OutboxDb::Sqlite(pool) => sqlx::query_as(safe(sql)).fetch_all(pool).await?,
         })

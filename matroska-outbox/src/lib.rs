@@ -74,9 +74,11 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 // Library code states why an `expect` cannot fail, and never unwraps.
 #![warn(clippy::unwrap_used)]
-
-#[cfg(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")))]
-compile_error!("matroska-outbox needs at least one of the features `postgres`, `mysql`, `sqlite`");
+// Without a driver feature `OutboxDb` has no values, and the code using it is unreachable.
+#![cfg_attr(
+    not(any(feature = "postgres", feature = "mysql", feature = "sqlite")),
+    allow(unused, unreachable_code)
+)]
 
 mod db;
 pub mod ddl;

@@ -483,6 +483,7 @@ impl Relay {
     /// On PostgreSQL, a task forwarding the triggers' notifications to the relay's wake-up
     /// (reconnecting after failures); aborted with the returned guard.
     #[cfg(feature = "postgres")]
+    #[allow(irrefutable_let_patterns)] // with `postgres` the only driver
     fn listen(&self) -> Option<AbortOnDrop> {
         let OutboxDb::Postgres(pool) = &self.inner.db else {
             return None;

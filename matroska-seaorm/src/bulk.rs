@@ -8,7 +8,7 @@
 //!
 //! | helper | PostgreSQL, SQLite ≥ 3.35 | MariaDB / MySQL |
 //! |---|---|---|
-//! | [`update_many`] | `UPDATE … RETURNING`: primary keys and `any_change`; when a watched column is set, the old rows are selected first in the same transaction, and the old and new conditions go too | the affected rows are selected first (`FOR UPDATE`, same transaction): the same dependencies |
+//! | [`update_many`] | `UPDATE … RETURNING`: primary keys and `any_change`; when a watched or primary-key column is set, the old rows are selected first in the same transaction, and their keys and the old and new conditions go too | the affected rows are selected first (`FOR UPDATE`, same transaction): the same dependencies; setting a primary-key column adds `all` |
 //! | [`delete_many`] | `DELETE … RETURNING`: primary keys and conditions of the deleted rows | selected first (`FOR UPDATE`, same transaction), then deleted |
 //! | [`insert_many`] | `INSERT … RETURNING`: primary keys and conditions of the new rows | entity-wide: `all` and `any_change` |
 //! | raw SQL | [`invalidate_entity`]: `all` and `any_change` | same |
@@ -278,10 +278,17 @@ where
         let scope = <E::Model as Scoped>::scope();
         let columns: Vec<E::Column> = self.sets.iter().map(|(c, _)| *c).collect();
         let modified = watched::<E>(&columns);
+        // A new key leaves the old one behind: the old rows must be read first, like a
+        // watched column's old values.
+        let sets_key = E::PrimaryKey::iter().any(|key| {
+            columns
+                .iter()
+                .any(|c| c.as_str() == key.into_column().as_str())
+        });
         let returning_ok = has_returning(db).await?;
         let mut deps: Vec<Dependency> = vec![scope.any_change()];
         let count;
-        if returning_ok && modified.is_empty() {
+        if returning_ok && modified.is_empty() && !sets_key {
             // One statement: the conditions cannot change, the keys say which rows did.
             let rows = returning::<E, _, _>(self.statement().into_query(), db).await?;
             count = rows.len() as u64;
@@ -310,9 +317,10 @@ where
                 deps.push(row.primary_key());
                 deps.extend(scope.dependencies_for_change(None, Some(row), Some(&modified)));
             }
-            if count > old.len() as u64 {
-                // Rows entered the filter between the select and the update: their old
-                // values are unknown.
+            if count > old.len() as u64 || (sets_key && !returning_ok) {
+                // Rows entered the filter between the select and the update (their old
+                // values are unknown), or keys changed and the new rows cannot be found by
+                // their old keys (lookups cached as missing under the new keys).
                 deps.push(scope.all());
             }
         }
@@ -404,8 +412,10 @@ where
 }
 
 /// Invalidates every cached list and query of entity `E` (`all` and `any_change`): for raw
-/// SQL and other writes that cannot be narrowed to rows. Call it after the write; inside a
+/// SQL and other writes that cannot be narrowed to rows, or to drop everything cached about
+/// `E` after rows were fixed by hand. Call it after the write; inside a
 /// [`transaction`](crate::transaction()) or [`batch`](crate::batch) it waits for the end.
+/// Cached queries and [`find_by_id`](crate::query::find_by_id) lookups all depend on `all`.
 ///
 /// Entries depending only on a row's primary key (cached by hand) are not touched; invalidate
 /// those rows' keys with [`invalidate`].

@@ -25,7 +25,10 @@
 //!   [`invalidate_entity`].
 //! - **Cached queries** ([`query`]): `Entity::find()...cached(&cache).all(&db)`, also `one`,
 //!   `count`, `page`, `find_also_related` and `find_with_related`; `.scoped(&condition)`
-//!   filters by a typed scope condition ([`ScopeFilter`]) and depends on it.
+//!   filters by a typed scope condition ([`ScopeFilter`]) and depends on it. Rows are cached as
+//!   their column values (a hit returns exactly what the database returned); keys carry the
+//!   connection's database and schema ([`connection`]); inside a transaction or batch they
+//!   read through.
 //! - **By hand**, in the seed's style: [`row_dependencies`] of loaded models for
 //!   [`Cache::put`](matroska_core::Cache::put) or a
 //!   [`get_or_load`](matroska_core::Cache::get_or_load) loader.
@@ -34,8 +37,14 @@
 //!
 //! ```toml
 //! [dependencies]
-//! matroska = { version = "0.1", features = ["seaorm"] }
+//! # `seaorm` with the drivers of your databases: `sqlx-postgres`, `sqlx-mysql`, `sqlx-sqlite`.
+//! matroska = { version = "0.1", features = ["sqlx-postgres"] }
 //! ```
+//!
+//! The `sqlx-*` features turn on SeaORM's driver of the same name; only the drivers asked for
+//! are compiled. Cached queries need matroska-seaorm's feature for the database they run on
+//! (to tell its pools apart, see [`connection`]); without it they read through, with a
+//! warning.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -106,6 +115,7 @@
 #![warn(clippy::unwrap_used)]
 
 pub mod bulk;
+pub mod connection;
 mod dependencies;
 mod error;
 mod filter;
@@ -113,9 +123,11 @@ pub mod hooks;
 pub mod invalidator;
 pub mod outbox;
 pub mod query;
+mod row;
 pub mod transaction;
 
 pub use bulk::{invalidate, invalidate_entity};
+pub use connection::CacheableConnection;
 pub use dependencies::{entity_dependencies, row_dependencies};
 pub use error::{Error, Result};
 pub use filter::ScopeFilter;

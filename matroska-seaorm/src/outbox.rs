@@ -155,11 +155,17 @@ pub fn relay_db(db: &DatabaseConnection) -> matroska_outbox::Result<OutboxDb> {
     if db.is_mock_connection() {
         return Err(matroska_outbox::Error::UnsupportedDatabase("mock".into()));
     }
-    Ok(match db.get_database_backend() {
-        DbBackend::Postgres => OutboxDb::from(db.get_postgres_connection_pool().clone()),
-        DbBackend::MySql => OutboxDb::from(db.get_mysql_connection_pool().clone()),
-        _ => OutboxDb::from(db.get_sqlite_connection_pool().clone()),
-    })
+    match db.get_database_backend() {
+        #[cfg(feature = "sqlx-postgres")]
+        DbBackend::Postgres => Ok(OutboxDb::from(db.get_postgres_connection_pool().clone())),
+        #[cfg(feature = "sqlx-mysql")]
+        DbBackend::MySql => Ok(OutboxDb::from(db.get_mysql_connection_pool().clone())),
+        #[cfg(feature = "sqlx-sqlite")]
+        DbBackend::Sqlite => Ok(OutboxDb::from(db.get_sqlite_connection_pool().clone())),
+        other => Err(matroska_outbox::Error::UnsupportedDatabase(format!(
+            "{other:?} (enable matroska's sqlx-* feature for it)"
+        ))),
+    }
 }
 
 /// A relay over the pool behind `db` (so an in-memory SQLite database is shared), reading the

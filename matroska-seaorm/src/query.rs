@@ -18,24 +18,39 @@
 //!   The related entity of a `find_also_related` / `find_with_related` query always adds its
 //!   `any_change` and `all`: a new related row can enter the result.
 //!
+//! - **Values**: each row as its column values (SeaORM `Value`s, read with `ModelTrait::get`),
+//!   rebuilt on a hit through the `ActiveModel`, as SeaORM builds models: a hit returns exactly
+//!   the row the database returned, whatever serde attributes the model carries (sea-orm-cli's
+//!   `#[serde(skip_deserializing)]` on keys included). Models need no serde impl.
+//!
+//! - **Transactions**: on a `DatabaseTransaction` (any connection but SeaORM's pool handle
+//!   `DatabaseConnection`), and anywhere inside [`transaction`](crate::transaction()) or
+//!   [`batch`](crate::batch), a cached query reads through: no hit, no fill. A transaction's
+//!   view is its own (uncommitted rows that may roll back, an old `REPEATABLE READ` snapshot),
+//!   and inside a batch the invalidations of its writes have not run yet.
+//!
 //! A scoped query must not filter or order by columns outside the scope's extractors
 //! (except ones that never change, like the primary key): a row whose unwatched column changes
 //! invalidates only its primary key and `any_change`, so it could enter such a query unseen.
 //! Without `.scoped`, any filter and order is safe.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use matroska_core::{Cache, CacheDeps, Dependency, Loaded};
 use sea_orm::sea_query::{FromValueTuple, IntoValueTuple};
 use sea_orm::{
-    ConnectionTrait, DbErr, EntityName, EntityTrait, PaginatorTrait, PrimaryKeyTrait, QueryFilter,
-    QueryTrait, Select, SelectTwo, SelectTwoMany, Statement,
+    DbErr, EntityName, EntityTrait, PaginatorTrait, PrimaryKeyTrait, QueryFilter, QueryTrait,
+    Select, SelectTwo, SelectTwoMany, Statement, TryIntoModel,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::connection::CacheableConnection;
 use crate::error::{Result, from_load};
 use crate::filter::ScopeFilter;
+use crate::row::Row;
+use crate::transaction::in_batch;
 
 /// Adds [`cached`](CachedExt::cached) to SeaORM selects.
 pub trait CachedExt: Sized {
@@ -149,8 +164,13 @@ impl<S: QueryFilter + QueryTrait> Cached<S> {
         deps
     }
 
-    fn key<E: EntityName>(&self, kind: &str, backend: sea_orm::DbBackend) -> String {
-        query_key::<E, _>(&self.query, kind, backend)
+    fn key<E: EntityName>(
+        &self,
+        kind: &str,
+        namespace: &str,
+        backend: sea_orm::DbBackend,
+    ) -> String {
+        query_key::<E, _>(&self.query, kind, namespace, backend)
     }
 
     async fn load<T, F, Fut>(&self, key: &str, loader: F) -> Result<T>
@@ -171,28 +191,29 @@ impl<S: QueryFilter + QueryTrait> Cached<S> {
             .map_err(from_load)
     }
 
-    /// The body every cached select shares: key, then on a miss run `fetch` and cache its
-    /// result with `row_deps` of what it returned plus `extra`.
+    /// The body every cached select shares: key, then on a miss run `load` and cache what it
+    /// returns (rows in their cached form, and their dependencies) with `extra` added.
     async fn fetch<'c, E, T, C, Fut>(
         self,
         db: &'c C,
         kind: &str,
         extra: Vec<Dependency>,
-        fetch: impl FnOnce(S, &'c C) -> Fut,
-        row_deps: impl FnOnce(&T) -> Vec<Dependency>,
+        load: impl FnOnce(S, &'c C) -> Fut,
     ) -> Result<T>
     where
         E: EntityName,
         S: Clone,
-        C: ConnectionTrait,
-        Fut: Future<Output = Result<T, DbErr>>,
+        C: CacheableConnection,
+        Fut: Future<Output = Result<Loaded<T>, DbErr>>,
         T: Serialize + DeserializeOwned,
     {
-        let key = self.key::<E>(kind, db.get_database_backend());
         let query = self.query.clone();
+        let Some(namespace) = cache_namespace::<E, C>(db, kind).await? else {
+            return Ok(load(query, db).await?.0);
+        };
+        let key = self.key::<E>(kind, &namespace, db.get_database_backend());
         self.load(&key, || async move {
-            let rows = fetch(query, db).await?;
-            let mut deps = row_deps(&rows);
+            let (rows, mut deps) = load(query, db).await?;
             deps.extend(extra);
             Ok((rows, deps))
         })
@@ -202,47 +223,83 @@ impl<S: QueryFilter + QueryTrait> Cached<S> {
 
 use crate::dependencies::entity_dependencies as coarse;
 
-/// The primary keys of `rows`.
-fn rows_deps<M: CacheDeps>(rows: &[M]) -> Vec<Dependency> {
-    rows.iter().map(CacheDeps::primary_key).collect()
+/// The namespace of `db` for keys, or `None` when a cached query must go to the database,
+/// neither served from nor stored in the cache: on a transaction (see
+/// [`CacheableConnection`]), or inside a [`batch`](crate::batch) /
+/// [`transaction`](crate::transaction()), whose writes' invalidations have not run yet (a hit
+/// could be stale).
+///
+/// A transaction sees its own uncommitted writes (stored, they would be served to everyone,
+/// even after a rollback) and, under `REPEATABLE READ`, a snapshot that may predate committed
+/// writes whose invalidations have already run (stored, the old rows would stay until the
+/// TTL).
+async fn cache_namespace<E: EntityName, C: CacheableConnection>(
+    db: &C,
+    kind: &str,
+) -> Result<Option<Arc<str>>> {
+    let namespace = if in_batch() {
+        None
+    } else {
+        db.cache_namespace().await?
+    };
+    if namespace.is_none() {
+        tracing::debug!(
+            table = E::default().table_name(),
+            kind,
+            "cached query inside a transaction or batch: reading through"
+        );
+    }
+    Ok(namespace)
 }
 
-/// The primary keys of rows and of their loaded related rows.
-fn pairs_deps<'a, M, R, I>(pairs: impl Iterator<Item = (&'a M, I)>) -> Vec<Dependency>
+/// Rows in their cached form, with their primary keys.
+fn stored<E>(rows: Vec<E::Model>) -> Loaded<Vec<Row<E>>>
 where
-    M: CacheDeps + 'a,
-    R: CacheDeps + 'a,
-    I: Iterator<Item = &'a R>,
+    E: EntityTrait,
+    E::Model: CacheDeps,
 {
-    let mut deps = Vec::new();
-    for (row, related) in pairs {
-        deps.push(row.primary_key());
-        deps.extend(related.map(CacheDeps::primary_key));
-    }
-    deps
+    let deps = rows.iter().map(CacheDeps::primary_key).collect();
+    (rows.into_iter().map(Row).collect(), deps)
+}
+
+fn restored<E: EntityTrait>(rows: Vec<Row<E>>) -> Vec<E::Model> {
+    rows.into_iter().map(Row::into_model).collect()
+}
+
+/// A row in its cached form, adding its primary key to `deps`.
+fn keep<E>(row: E::Model, deps: &mut Vec<Dependency>) -> Row<E>
+where
+    E: EntityTrait,
+    E::Model: CacheDeps,
+{
+    deps.push(row.primary_key());
+    Row(row)
 }
 
 /// `q:{table}:{kind}:{hash of the statement built for backend}`.
 fn query_key<E: EntityName, S: QueryTrait>(
     query: &S,
     kind: &str,
+    namespace: &str,
     backend: sea_orm::DbBackend,
 ) -> String {
     format!(
         "q:{}:{kind}:{:032x}",
         E::default().table_name(),
-        statement_hash(&query.build(backend))
+        statement_hash(namespace, &query.build(backend))
     )
 }
 
-/// A stable 128-bit hash of a built statement: backend, SQL, and each value's debug form,
-/// every part length-prefixed so the concatenation is unambiguous.
-fn statement_hash(statement: &Statement) -> u128 {
+/// A stable 128-bit hash of a built statement and the connection's namespace: namespace,
+/// backend, SQL, and each value's debug form, every part length-prefixed so the concatenation
+/// is unambiguous.
+fn statement_hash(namespace: &str, statement: &Statement) -> u128 {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     let mut part = |bytes: &[u8]| {
         hasher.update(&(bytes.len() as u64).to_le_bytes());
         hasher.update(bytes);
     };
+    part(namespace.as_bytes());
     part(format!("{:?}", statement.db_backend).as_bytes());
     part(statement.sql.as_bytes());
     if let Some(values) = &statement.values {
@@ -291,7 +348,8 @@ fn statement_hash(statement: &Statement) -> u128 {
 /// assert_eq!(first.as_ref().map(|a| a.title.as_str()), Some("Python"));
 /// // A write to article 2 leaves article 1's entry alone.
 /// cache.invalidate(&[second.unwrap().primary_key()]).await?;
-/// assert!(cache.has(&matroska_seaorm::query::find_by_id_key::<article::Entity>(1, db.get_database_backend())).await?);
+/// let key = matroska_seaorm::query::find_by_id_key::<article::Entity, _>(&db, 1).await?;
+/// assert!(cache.has(&key.expect("not a transaction")).await?);
 /// # Ok::<_, Box<dyn std::error::Error>>(()) }).unwrap();
 /// ```
 ///
@@ -304,8 +362,9 @@ pub async fn find_by_id<E, C>(
 ) -> Result<Option<E::Model>>
 where
     E: EntityTrait,
-    E::Model: CacheDeps + Serialize + DeserializeOwned + Send + Sync,
-    C: ConnectionTrait,
+    E::Model: CacheDeps + Send + Sync,
+    E::ActiveModel: TryIntoModel<E::Model>,
+    C: CacheableConnection,
 {
     let values = id.into().into_value_tuple();
     let name = <E::Model as CacheDeps>::entity_name();
@@ -319,26 +378,47 @@ where
     let id =
         <<E::PrimaryKey as PrimaryKeyTrait>::ValueType as FromValueTuple>::from_value_tuple(values);
     let cached = E::find_by_id(id).cached(cache);
-    let key = cached.key::<E>("id", db.get_database_backend());
     let query = cached.query.clone();
-    cached
+    let Some(namespace) = cache_namespace::<E, C>(db, "id").await? else {
+        return Ok(query.one(db).await?);
+    };
+    let key = cached.key::<E>("id", &namespace, db.get_database_backend());
+    let row: Option<Row<E>> = cached
         .load(&key, || async move {
             let row = query.one(db).await?;
             let deps = match &row {
                 Some(row) => vec![row.primary_key(), Dependency::invalidate_all(name)],
                 None => missing_row_deps,
             };
-            Ok((row, deps))
+            Ok((row.map(Row), deps))
         })
-        .await
+        .await?;
+    Ok(row.map(Row::into_model))
 }
 
-/// The cache key [`find_by_id`] uses for `id` on `backend` (to inspect or delete the entry).
-pub fn find_by_id_key<E: EntityTrait>(
+/// The cache key [`find_by_id`] uses for `id` on `db` (to inspect or delete the entry);
+/// `None` where it reads through (a transaction).
+///
+/// # Errors
+/// The database's, from the query that asks for `db`'s namespace (once per pool).
+pub async fn find_by_id_key<E, C>(
+    db: &C,
     id: impl Into<<E::PrimaryKey as PrimaryKeyTrait>::ValueType>,
-    backend: sea_orm::DbBackend,
-) -> String {
-    query_key::<E, _>(&E::find_by_id(id), "id", backend)
+) -> Result<Option<String>>
+where
+    E: EntityTrait,
+    C: CacheableConnection,
+{
+    let Some(namespace) = db.cache_namespace().await? else {
+        return Ok(None);
+    };
+    let backend = db.get_database_backend();
+    Ok(Some(query_key::<E, _>(
+        &E::find_by_id(id),
+        "id",
+        &namespace,
+        backend,
+    )))
 }
 
 /// A primary key's values as the derive's `ToValue` renders them, when every part has a
@@ -368,7 +448,8 @@ fn key_values(values: sea_orm::sea_query::ValueTuple) -> Option<Vec<matroska_cor
 impl<E> Cached<Select<E>>
 where
     E: EntityTrait,
-    E::Model: CacheDeps + Serialize + DeserializeOwned + Send + Sync,
+    E::Model: CacheDeps + Send + Sync,
+    E::ActiveModel: TryIntoModel<E::Model>,
 {
     /// Filters the query by a scope condition of its entity and makes the entry depend on
     /// it, instead of on any change of the entity. Several calls combine with `AND`.
@@ -384,32 +465,30 @@ where
     /// # Errors
     /// [`Error::Db`](crate::Error::Db) from the query; [`Error::Cache`](crate::Error::Cache) for a key or value over the cache's
     /// limits. A failing cache backend is not an error: the query runs uncached.
-    pub async fn all<C: ConnectionTrait>(self, db: &C) -> Result<Vec<E::Model>> {
+    pub async fn all<C: CacheableConnection>(self, db: &C) -> Result<Vec<E::Model>> {
         let base = self.base_dependencies::<E::Model>();
-        self.fetch::<E, _, _, _>(
-            db,
-            "all",
-            base,
-            |q, db| q.all(db),
-            |rows: &Vec<_>| rows_deps(rows),
-        )
-        .await
+        let rows = self
+            .fetch::<E, _, _, _>(db, "all", base, |q, db| async move {
+                Ok(stored::<E>(q.all(db).await?))
+            })
+            .await?;
+        Ok(restored(rows))
     }
 
     /// The first row, as `Select::one`.
     ///
     /// # Errors
     /// As [`Cached::all`].
-    pub async fn one<C: ConnectionTrait>(self, db: &C) -> Result<Option<E::Model>> {
+    pub async fn one<C: CacheableConnection>(self, db: &C) -> Result<Option<E::Model>> {
         let base = self.base_dependencies::<E::Model>();
-        self.fetch::<E, _, _, _>(
-            db,
-            "one",
-            base,
-            |q, db| q.one(db),
-            |row: &Option<E::Model>| row.iter().map(CacheDeps::primary_key).collect(),
-        )
-        .await
+        let row = self
+            .fetch::<E, _, _, _>(db, "one", base, |q, db| async move {
+                let row = q.one(db).await?;
+                let deps = row.iter().map(CacheDeps::primary_key).collect();
+                Ok((row.map(Row::<E>), deps))
+            })
+            .await?;
+        Ok(row.map(Row::into_model))
     }
 
     /// The number of rows, as `PaginatorTrait::count`. Depends on the scope condition (or any
@@ -417,17 +496,19 @@ where
     ///
     /// # Errors
     /// As [`Cached::all`].
-    pub async fn count<C: ConnectionTrait>(self, db: &C) -> Result<u64> {
+    pub async fn count<C: CacheableConnection>(self, db: &C) -> Result<u64> {
         let base = self.base_dependencies::<E::Model>();
-        self.fetch::<E, _, _, _>(db, "count", base, |q, db| q.count(db), |_: &u64| Vec::new())
-            .await
+        self.fetch::<E, _, _, _>(db, "count", base, |q, db| async move {
+            Ok((q.count(db).await?, Vec::new()))
+        })
+        .await
     }
 
     /// Page `page` (from 0) of `page_size` rows, as `paginate(db, page_size).fetch_page(page)`.
     ///
     /// # Errors
     /// As [`Cached::all`].
-    pub async fn page<C: ConnectionTrait>(
+    pub async fn page<C: CacheableConnection>(
         self,
         db: &C,
         page_size: u64,
@@ -435,21 +516,21 @@ where
     ) -> Result<Vec<E::Model>> {
         let base = self.base_dependencies::<E::Model>();
         let kind = format!("page{page_size}.{page}");
-        self.fetch::<E, _, _, _>(
-            db,
-            &kind,
-            base,
-            |q, db| async move { q.paginate(db, page_size).fetch_page(page).await },
-            |rows: &Vec<_>| rows_deps(rows),
-        )
-        .await
+        let rows = self
+            .fetch::<E, _, _, _>(db, &kind, base, |q, db| async move {
+                Ok(stored::<E>(
+                    q.paginate(db, page_size).fetch_page(page).await?,
+                ))
+            })
+            .await?;
+        Ok(restored(rows))
     }
 
     /// The number of pages of `page_size` rows, as `paginate(db, page_size).num_pages()`.
     ///
     /// # Errors
     /// As [`Cached::all`].
-    pub async fn num_pages<C: ConnectionTrait>(self, db: &C, page_size: u64) -> Result<u64> {
+    pub async fn num_pages<C: CacheableConnection>(self, db: &C, page_size: u64) -> Result<u64> {
         let items = self.count(db).await?;
         Ok(items.div_ceil(page_size.max(1)))
     }
@@ -459,8 +540,10 @@ impl<E, F> Cached<SelectTwo<E, F>>
 where
     E: EntityTrait,
     F: EntityTrait,
-    E::Model: CacheDeps + Serialize + DeserializeOwned + Send + Sync,
-    F::Model: CacheDeps + Serialize + DeserializeOwned + Send + Sync,
+    E::Model: CacheDeps + Send + Sync,
+    F::Model: CacheDeps + Send + Sync,
+    E::ActiveModel: TryIntoModel<E::Model>,
+    F::ActiveModel: TryIntoModel<F::Model>,
 {
     /// Filters the query by a scope condition of its entity and makes the entry depend on
     /// it, instead of on any change of the entity. Several calls combine with `AND`.
@@ -475,40 +558,53 @@ where
     ///
     /// # Errors
     /// As [`Cached::all`].
-    pub async fn all<C: ConnectionTrait>(
+    pub async fn all<C: CacheableConnection>(
         self,
         db: &C,
     ) -> Result<Vec<(E::Model, Option<F::Model>)>> {
         let kind = format!("also.{}", F::default().table_name());
         let extra = self.related_dependencies::<E::Model, F::Model>();
-        self.fetch::<E, _, _, _>(
-            db,
-            &kind,
-            extra,
-            |q, db| q.all(db),
-            |rows: &Vec<_>| pairs_deps(rows.iter().map(|(row, related)| (row, related.iter()))),
-        )
-        .await
+        let rows: Vec<(Row<E>, Option<Row<F>>)> = self
+            .fetch::<E, _, _, _>(db, &kind, extra, |q, db| async move {
+                let mut deps = Vec::new();
+                let rows = q.all(db).await?;
+                let rows = rows
+                    .into_iter()
+                    .map(|(row, related)| {
+                        let row = keep(row, &mut deps);
+                        (row, related.map(|r| keep(r, &mut deps)))
+                    })
+                    .collect();
+                Ok((rows, deps))
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(row, related)| (row.into_model(), related.map(Row::into_model)))
+            .collect())
     }
 
     /// The first row with its related row, as `SelectTwo::one`.
     ///
     /// # Errors
     /// As [`Cached::all`].
-    pub async fn one<C: ConnectionTrait>(
+    pub async fn one<C: CacheableConnection>(
         self,
         db: &C,
     ) -> Result<Option<(E::Model, Option<F::Model>)>> {
         let kind = format!("also1.{}", F::default().table_name());
         let extra = self.related_dependencies::<E::Model, F::Model>();
-        self.fetch::<E, _, _, _>(
-            db,
-            &kind,
-            extra,
-            |q, db| q.one(db),
-            |row: &Option<_>| pairs_deps(row.iter().map(|(row, related)| (row, related.iter()))),
-        )
-        .await
+        let row: Option<(Row<E>, Option<Row<F>>)> = self
+            .fetch::<E, _, _, _>(db, &kind, extra, |q, db| async move {
+                let mut deps = Vec::new();
+                let row = q.one(db).await?.map(|(row, related)| {
+                    let row = keep(row, &mut deps);
+                    (row, related.map(|r| keep(r, &mut deps)))
+                });
+                Ok((row, deps))
+            })
+            .await?;
+        Ok(row.map(|(row, related)| (row.into_model(), related.map(Row::into_model))))
     }
 }
 
@@ -516,8 +612,10 @@ impl<E, F> Cached<SelectTwoMany<E, F>>
 where
     E: EntityTrait,
     F: EntityTrait,
-    E::Model: CacheDeps + Serialize + DeserializeOwned + Send + Sync,
-    F::Model: CacheDeps + Serialize + DeserializeOwned + Send + Sync,
+    E::Model: CacheDeps + Send + Sync,
+    F::Model: CacheDeps + Send + Sync,
+    E::ActiveModel: TryIntoModel<E::Model>,
+    F::ActiveModel: TryIntoModel<F::Model>,
 {
     /// Filters the query by a scope condition of its entity and makes the entry depend on
     /// it, instead of on any change of the entity. Several calls combine with `AND`.
@@ -532,17 +630,31 @@ where
     ///
     /// # Errors
     /// As [`Cached::all`].
-    pub async fn all<C: ConnectionTrait>(self, db: &C) -> Result<Vec<(E::Model, Vec<F::Model>)>> {
+    pub async fn all<C: CacheableConnection>(
+        self,
+        db: &C,
+    ) -> Result<Vec<(E::Model, Vec<F::Model>)>> {
         let kind = format!("with.{}", F::default().table_name());
         let extra = self.related_dependencies::<E::Model, F::Model>();
-        self.fetch::<E, _, _, _>(
-            db,
-            &kind,
-            extra,
-            |q, db| q.all(db),
-            |rows: &Vec<_>| pairs_deps(rows.iter().map(|(row, related)| (row, related.iter()))),
-        )
-        .await
+        let rows: Vec<(Row<E>, Vec<Row<F>>)> = self
+            .fetch::<E, _, _, _>(db, &kind, extra, |q, db| async move {
+                let mut deps = Vec::new();
+                let rows = q.all(db).await?;
+                let rows = rows
+                    .into_iter()
+                    .map(|(row, related)| {
+                        let row = keep(row, &mut deps);
+                        let related = related.into_iter().map(|r| keep(r, &mut deps)).collect();
+                        (row, related)
+                    })
+                    .collect();
+                Ok((rows, deps))
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(row, related)| (row.into_model(), restored(related)))
+            .collect())
     }
 }
 
@@ -560,14 +672,18 @@ mod tests {
         let a = stmt("SELECT 1 WHERE x = ?", vec![1_i32.into()]);
         let b = stmt("SELECT 1 WHERE x = ?", vec![2_i32.into()]);
         let c = stmt("SELECT 1 WHERE x = ?", vec!["1".into()]);
-        assert_eq!(statement_hash(&a), statement_hash(&a.clone()));
-        assert_ne!(statement_hash(&a), statement_hash(&b));
-        assert_ne!(statement_hash(&a), statement_hash(&c));
+        assert_eq!(statement_hash("", &a), statement_hash("", &a.clone()));
+        assert_ne!(statement_hash("", &a), statement_hash("", &b));
+        assert_ne!(statement_hash("", &a), statement_hash("", &c));
+        assert_ne!(
+            statement_hash("Postgres/db/a/u", &a),
+            statement_hash("Postgres/db/b/u", &a)
+        );
         // Fixed across processes and builds (no random seed): pinned, since a change here
-        // orphans every deployed key.
+        // orphans every deployed key. (Changed once, when the namespace joined the hash.)
         assert_eq!(
-            format!("{:032x}", statement_hash(&stmt("SELECT 1", vec![]))),
-            "b4479d79ba30ebc733237d99c422b866"
+            format!("{:032x}", statement_hash("", &stmt("SELECT 1", vec![]))),
+            "d235a35d025625a14e210c1d28453fae"
         );
     }
 
@@ -575,6 +691,11 @@ mod tests {
     fn hash_separates_sql_from_values() {
         let a = stmt("SELECT ?", vec!["a".into(), "b".into()]);
         let b = stmt("SELECT ?", vec!["ab".into()]);
-        assert_ne!(statement_hash(&a), statement_hash(&b));
+        assert_ne!(statement_hash("", &a), statement_hash("", &b));
+        let select = stmt("SELECT 1", vec![]);
+        assert_ne!(
+            statement_hash("Sqlite", &select),
+            statement_hash("", &select)
+        );
     }
 }

@@ -38,6 +38,8 @@ pub struct ScratchDb {
     pub kind: Kind,
     /// The URL the connection was opened with (for extra connections).
     pub url: String,
+    /// PostgreSQL: the schema every pooled connection has as its search path.
+    pub schema: Option<String>,
     cleanup: Cleanup,
 }
 
@@ -78,6 +80,7 @@ impl ScratchDb {
             conn,
             kind: Kind::Sqlite,
             url,
+            schema: None,
             cleanup: Cleanup::File(path),
         }
     }
@@ -106,6 +109,7 @@ impl ScratchDb {
             conn,
             kind: Kind::Postgres,
             url: admin_url.clone(),
+            schema: Some(schema.clone()),
             cleanup: Cleanup::Statement {
                 admin_url,
                 sql: format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"),
@@ -140,6 +144,7 @@ impl ScratchDb {
             conn,
             kind: Kind::MySql,
             url,
+            schema: None,
             cleanup: Cleanup::Statement {
                 admin_url,
                 sql: format!("DROP DATABASE IF EXISTS `{database}`"),
