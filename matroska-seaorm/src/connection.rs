@@ -133,7 +133,8 @@ fn warn_uncached(backend: DbBackend) {
         tracing::warn!(
             ?backend,
             "cached queries on this connection read through the cache: matroska-seaorm cannot \
-             identify its pool (turn on matroska-seaorm's `sqlx-*` feature for this database)"
+             identify its pool (a mock or proxy connection, or a driver this build lacks: turn \
+             on matroska-seaorm's `sqlx-*` feature for this database)"
         );
     }
 }
