@@ -386,11 +386,13 @@ impl Cache {
         self.inner.backend.delete(key).await
     }
 
-    /// Drops every entry that depends on any of `deps`; returns how many were dropped.
+    /// Drops every entry that depends on any of `deps`; returns how many were dropped where
+    /// the backend counts them (the in-memory backend; Redis returns 0, see
+    /// [`Backend::invalidate`]).
     ///
-    /// One backend round trip for any number of dependencies (on Redis, up to
-    /// [`invalidate_batch`](crate::backend::redis::RedisConfig::invalidate_batch) dependent
-    /// entries; more take a few calls). Loads that started before this call cannot store
+    /// One backend round trip whatever the number of dependents (on Redis, for up to
+    /// [`invalidate_batch`](crate::backend::redis::RedisConfig::invalidate_batch)
+    /// dependencies; more take a few calls). Loads that started before this call cannot store
     /// their result afterwards (see [`Cache::get_or_load`]).
     ///
     /// # Errors
