@@ -224,6 +224,8 @@ mod cases {
         v1.put("k", &articles(), &[], None).await.unwrap();
         assert_eq!(v1.get::<Vec<Article>>("k").await.unwrap(), Some(articles()));
         assert_eq!(v2.get::<Vec<Article>>("k").await.unwrap(), None);
+        // A rolling deploy: the other version's entry stays for the processes that use it.
+        assert_eq!(v1.get::<Vec<Article>>("k").await.unwrap(), Some(articles()));
     }
 
     pub async fn oversized_value_is_refused_and_loses_nothing(cache: Cache) {

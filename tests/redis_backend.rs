@@ -637,3 +637,156 @@ async fn ticket_from_before_a_restart_never_stores_after_it() {
     }
     assert_eq!(refused, 3);
 }
+
+/// An application starts while Redis is down: the backend is built at once, operations fail
+/// fast (reads are misses), and it connects when Redis comes up.
+#[tokio::test]
+async fn backend_built_while_redis_is_down_connects_in_the_background() {
+    let mut redis = PrivateRedis::start();
+    redis.kill();
+    let backend =
+        RedisBackend::new(RedisConfig::new(redis.url(), "app").timeout(Duration::from_millis(300)))
+            .unwrap();
+    assert!(!backend.is_connected());
+    let cache = Cache::builder(backend.clone()).build().unwrap();
+    assert_eq!(cache.get::<i32>("k").await.unwrap(), None);
+    let err = cache.invalidate(&[Dependency::tag("t")]).await.unwrap_err();
+    assert!(err.is_backend_failure(), "{err}");
+    let loaded: i32 = cache
+        .get_or_load("k", None, || async {
+            Ok::<_, std::io::Error>((5, vec![Dependency::tag("t")]))
+        })
+        .await
+        .unwrap();
+    assert_eq!(loaded, 5);
+
+    redis.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while cache
+        .put("k", &1, &[Dependency::tag("t")], None)
+        .await
+        .is_err()
+    {
+        assert!(std::time::Instant::now() < deadline, "never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(backend.is_connected());
+    assert_eq!(cache.get::<i32>("k").await.unwrap(), Some(1));
+    cache.invalidate(&[Dependency::tag("t")]).await.unwrap();
+    assert_eq!(cache.get::<i32>("k").await.unwrap(), None);
+}
+
+/// One command that times out (the server is paused for a moment) does not make the next
+/// commands fail unsent: only connection errors or repeated time-outs trip the fast-fail.
+#[tokio::test]
+async fn one_slow_command_does_not_trip_the_fast_fail() {
+    let redis = PrivateRedis::start();
+    let b = backend(&redis, |c| {
+        c.timeout(Duration::from_millis(300))
+            .retry_after(Duration::from_secs(60))
+    })
+    .await;
+    b.put(PutRequest::new(
+        "k",
+        bytes::Bytes::from_static(b"v"),
+        &[],
+        Duration::from_secs(60),
+    ))
+    .await
+    .unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(600)
+        .arg("ALL")
+        .query(&mut redis.client())
+        .unwrap();
+    let err = b.get("k").await.unwrap_err();
+    assert!(err.to_string().contains("timed out"), "{err}");
+    // Sent, not refused by the fast-fail: it answers once the pause ends (or times out).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match b.get("k").await {
+            Ok(v) => {
+                assert_eq!(v.as_deref(), Some(&b"v"[..]));
+                break;
+            }
+            Err(e) => {
+                assert!(
+                    !e.to_string().contains("not sent"),
+                    "tripped by one time-out: {e}"
+                );
+                assert!(std::time::Instant::now() < deadline, "{e}");
+            }
+        }
+    }
+}
+
+/// With Redis down, 50 concurrent callers of one key share loads instead of each loading:
+/// an outage must not turn into a database stampede.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_keeps_in_process_coalescing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut redis = PrivateRedis::start();
+    let cache = Cache::builder(backend(&redis, |c| c.timeout(Duration::from_millis(300))).await)
+        .build()
+        .unwrap();
+    redis.kill();
+    let loads = Arc::new(AtomicUsize::new(0));
+    let start = Arc::new(tokio::sync::Barrier::new(50));
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (cache, loads, start) = (cache.clone(), Arc::clone(&loads), Arc::clone(&start));
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            cache
+                .get_or_load("hot", None, || async {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    Ok::<_, std::io::Error>((7, vec![Dependency::tag("hot")]))
+                })
+                .await
+                .unwrap()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 7);
+    }
+    let loads = loads.load(Ordering::SeqCst);
+    assert!(loads <= 3, "{loads} loads for 50 callers during an outage");
+}
+
+/// A failed invalidation is logged with counts, not with the dependency values (which can be
+/// personal data).
+#[tokio::test]
+async fn failed_invalidation_logs_no_dependency_values() {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let sink = Sink::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing_subscriber::util::SubscriberInitExt::set_default(subscriber);
+    let mut redis = PrivateRedis::start();
+    let cache = Cache::builder(backend(&redis, |c| c.timeout(Duration::from_millis(300))).await)
+        .build()
+        .unwrap();
+    redis.kill();
+    let secret = Dependency::id("user", "alice@example.com");
+    assert!(cache.invalidate(&[secret]).await.is_err());
+    let logged = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+    assert!(logged.contains("invalidation failed"), "{logged}");
+    assert!(!logged.contains("alice"), "{logged}");
+}

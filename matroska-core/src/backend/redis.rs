@@ -32,8 +32,8 @@
 //! Everything lives in the `{P}` hash tag (one Redis Cluster slot), so each script is
 //! single-slot. See ARCHITECTURE.md for the invariants and the measurements behind this.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -192,7 +192,10 @@ pub struct RedisBackend {
 }
 
 struct Inner {
-    conn: ConnectionManager,
+    /// Set once the first connection succeeds; the manager reconnects by itself after that.
+    conn: OnceLock<ConnectionManager>,
+    /// Why the background connection has not succeeded yet.
+    connect_error: Mutex<Option<String>>,
     config: RedisConfig,
     clock_key: String,
     /// `{P}:s:`, what precedes a dependency in its stamp key.
@@ -209,8 +212,14 @@ struct Inner {
     nonces: AtomicU64,
     /// Fast-fail until this many ms after `epoch` (0: healthy).
     down_until_ms: AtomicU64,
+    /// Time-outs in a row; the fast-fail trips at [`TIMEOUTS_TO_TRIP`].
+    timeouts_in_a_row: AtomicU32,
     epoch: std::time::Instant,
 }
+
+/// One slow command is not an outage: the fast-fail trips at once on a connection error, but
+/// only after this many time-outs in a row.
+const TIMEOUTS_TO_TRIP: u32 = 3;
 
 impl std::fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -221,36 +230,66 @@ impl std::fmt::Debug for RedisBackend {
 }
 
 impl RedisBackend {
-    /// Connects to Redis.
+    /// Connects to Redis, waiting (up to [`RedisConfig::timeout`]) for the first connection.
+    /// Use [`RedisBackend::new`] to start while Redis may be down.
     ///
     /// # Errors
     /// [`Error::Config`] for a bad URL or prefix, [`Error::Backend`] or [`Error::Timeout`]
     /// when the server cannot be reached.
     pub async fn connect(config: RedisConfig) -> Result<Self> {
-        validate_prefix(&config.prefix)?;
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| {
-            let hint = if config.url.starts_with("rediss://") && !cfg!(feature = "tls") {
-                " (rediss:// needs matroska's `tls` feature)"
-            } else {
-                ""
-            };
-            Error::Config(format!("bad Redis URL: {e}{hint}"))
-        })?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.timeout))
-            .set_response_timeout(Some(config.timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(config.timeout);
+        let (client, manager_config) = client_for(&config)?;
         let conn = with_timeout(
             "connect",
             config.timeout,
             ConnectionManager::new_with_config(client, manager_config),
         )
         .await?;
+        let backend = Self::unconnected(config);
+        backend.inner.conn.get_or_init(|| conn);
+        Ok(backend)
+    }
+
+    /// A backend that connects in the background, so an application can start while Redis is
+    /// down: until the first connection succeeds, every operation fails at once (reads are
+    /// misses, invalidations report the failure), as during an outage later on.
+    ///
+    /// ```no_run
+    /// # async fn run() -> matroska_core::Result<()> {
+    /// use matroska_core::Cache;
+    /// use matroska_core::backend::redis::{RedisBackend, RedisConfig};
+    ///
+    /// let backend = RedisBackend::new(RedisConfig::new("redis://127.0.0.1:6379", "myapp"))?;
+    /// let cache = Cache::builder(backend).build()?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a bad URL or prefix, or when called outside a Tokio runtime
+    /// (the connection task needs one).
+    pub fn new(config: RedisConfig) -> Result<Self> {
+        let (client, manager_config) = client_for(&config)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::Config(
+                "RedisBackend::new must be called inside a Tokio runtime (it connects in a \
+                 background task)"
+                    .into(),
+            )
+        })?;
+        let backend = Self::unconnected(config);
+        runtime.spawn(connect_in_background(
+            Arc::downgrade(&backend.inner),
+            client,
+            manager_config,
+        ));
+        Ok(backend)
+    }
+
+    fn unconnected(config: RedisConfig) -> Self {
         let prefix = &config.prefix;
-        Ok(RedisBackend {
+        RedisBackend {
             inner: Arc::new(Inner {
-                conn,
+                conn: OnceLock::new(),
+                connect_error: Mutex::new(None),
                 clock_key: format!("{{{prefix}}}:c"),
                 stamp_prefix: format!("{{{prefix}}}:s:"),
                 known: moka::sync::Cache::new(config.known_keys),
@@ -261,9 +300,16 @@ impl RedisBackend {
                 release_lease: Script::new(RELEASE_LEASE),
                 nonces: AtomicU64::new(seed_nonces()),
                 down_until_ms: AtomicU64::new(0),
+                timeouts_in_a_row: AtomicU32::new(0),
                 epoch: std::time::Instant::now(),
             }),
-        })
+        }
+    }
+
+    /// Whether the first connection has succeeded (the connection may be down again since:
+    /// it reconnects by itself).
+    pub fn is_connected(&self) -> bool {
+        self.inner.conn.get().is_some()
     }
 
     /// The configuration this backend runs with.
@@ -285,8 +331,22 @@ impl RedisBackend {
         format!("{{{}}}:l:{key}", self.inner.config.prefix)
     }
 
-    fn conn(&self) -> ConnectionManager {
-        self.inner.conn.clone()
+    fn conn(&self) -> Result<ConnectionManager> {
+        if let Some(conn) = self.inner.conn.get() {
+            return Ok(conn.clone());
+        }
+        let why = self
+            .inner
+            .connect_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .unwrap_or_else(|| "the first attempt is under way".into());
+        Err(Error::Backend {
+            backend: "redis",
+            message: format!("not connected to Redis yet ({why}); connecting in the background"),
+            source: None,
+        })
     }
 
     /// A value no other call of any process is likely to get (splitmix64 of a seeded counter),
@@ -320,23 +380,29 @@ impl RedisBackend {
             });
         }
         let result = with_timeout(operation, inner.config.timeout, fut).await;
-        match &result {
-            Err(Error::Timeout { .. }) => self.trip(now_ms()),
+        let redis_error = match &result {
             Err(Error::Backend {
                 source: Some(source),
                 ..
-            }) if source.downcast_ref::<redis::RedisError>().is_some_and(|e| {
-                e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || e.is_timeout()
-            }) =>
-            {
-                self.trip(now_ms());
+            }) => source.downcast_ref::<redis::RedisError>(),
+            _ => None,
+        };
+        let timed_out = matches!(result, Err(Error::Timeout { .. }))
+            || redis_error.is_some_and(redis::RedisError::is_timeout);
+        match &result {
+            _ if timed_out => {
+                let in_a_row = inner.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+                if in_a_row >= TIMEOUTS_TO_TRIP {
+                    self.trip(now_ms());
+                }
             }
-            Ok(_) if down_until != 0 => {
-                inner.down_until_ms.store(0, Ordering::Relaxed);
-                tracing::info!("Redis answers again");
+            Err(_) if redis_error.is_some_and(is_connection_error) => self.trip(now_ms()),
+            Ok(_) => {
+                inner.timeouts_in_a_row.store(0, Ordering::Relaxed);
+                if down_until != 0 {
+                    inner.down_until_ms.store(0, Ordering::Relaxed);
+                    tracing::info!("Redis answers again");
+                }
             }
             _ => {}
         }
@@ -418,6 +484,69 @@ impl<'a> Envelope<'a> {
     }
 }
 
+/// The server is unreachable (as opposed to slow, or answering with an error).
+fn is_connection_error(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
+}
+
+fn client_for(config: &RedisConfig) -> Result<(redis::Client, ConnectionManagerConfig)> {
+    validate_prefix(&config.prefix)?;
+    let client = redis::Client::open(config.url.as_str()).map_err(|e| {
+        let hint = if config.url.starts_with("rediss://") && !cfg!(feature = "tls") {
+            " (rediss:// needs matroska's `tls` feature)"
+        } else {
+            ""
+        };
+        Error::Config(format!("bad Redis URL: {e}{hint}"))
+    })?;
+    let manager_config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(config.timeout))
+        .set_response_timeout(Some(config.timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(config.timeout);
+    Ok((client, manager_config))
+}
+
+/// Tries to connect until it succeeds or the backend is dropped, backing off up to 5 s.
+async fn connect_in_background(
+    inner: Weak<Inner>,
+    client: redis::Client,
+    manager_config: ConnectionManagerConfig,
+) {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let Some(timeout) = inner.upgrade().map(|i| i.config.timeout) else {
+            return;
+        };
+        let attempt = with_timeout(
+            "connect",
+            timeout,
+            ConnectionManager::new_with_config(client.clone(), manager_config.clone()),
+        )
+        .await;
+        let Some(live) = inner.upgrade() else {
+            return;
+        };
+        match attempt {
+            Ok(conn) => {
+                live.conn.get_or_init(|| conn);
+                tracing::info!(prefix = %live.config.prefix, "connected to Redis");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?pause, "cannot connect to Redis yet");
+                *live
+                    .connect_error
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
+            }
+        }
+        drop(live);
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
 async fn with_timeout<T>(
     operation: &'static str,
     timeout: Duration,
@@ -478,7 +607,7 @@ impl Backend for RedisBackend {
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         let entry_key = self.entry_key(key);
         let known = self.inner.known.get(key);
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         // The entry and the stamps it had last time, in one round trip: `GET` runs first, so
         // an invalidation that returned before this read started shows in the `MGET`.
         let (entry, guessed): (Option<Vec<u8>>, Option<Stamps>) = match &known {
@@ -547,7 +676,7 @@ impl Backend for RedisBackend {
             .arg(clock)
             .arg(self.nonce())
             .arg(self.inner.stamp_prefix.len());
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let stored: i64 = self.run("put", invocation.invoke_async(&mut conn)).await?;
         Ok(if stored == 1 {
             self.inner.known.insert(request.key.to_owned(), keys);
@@ -558,7 +687,7 @@ impl Backend for RedisBackend {
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let removed: i64 = self.run("delete", conn.del(self.entry_key(key))).await?;
         Ok(removed > 0)
     }
@@ -574,14 +703,14 @@ impl Backend for RedisBackend {
             invocation
                 .arg(self.nonce())
                 .arg(millis(self.inner.config.stale_window));
-            let mut conn = self.conn();
+            let mut conn = self.conn()?;
             let _: i64 = self
                 .run("invalidate", invocation.invoke_async(&mut conn))
                 .await?;
         }
         let replicas = self.inner.config.wait_for_replicas;
         if replicas > 0 {
-            let mut conn = self.conn();
+            let mut conn = self.conn()?;
             let acked: usize = self
                 .run(
                     "wait",
@@ -615,7 +744,7 @@ impl Backend for RedisBackend {
     async fn ticket(&self) -> Result<Ticket> {
         let mut invocation = self.inner.ticket.prepare_invoke();
         invocation.key(&self.inner.clock_key).arg(self.nonce());
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let clock: String = self
             .run("ticket", invocation.invoke_async(&mut conn))
             .await?;
@@ -624,7 +753,7 @@ impl Backend for RedisBackend {
 
     async fn try_lease(&self, key: &str, ttl: Duration) -> Result<Option<u64>> {
         let token = self.nonce();
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let taken: Option<String> = self
             .run(
                 "lease",
@@ -643,7 +772,7 @@ impl Backend for RedisBackend {
     async fn release_lease(&self, key: &str, token: u64) -> Result<()> {
         let mut invocation = self.inner.release_lease.prepare_invoke();
         invocation.key(self.lease_key(key)).arg(token);
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let _: i64 = self
             .run("release_lease", invocation.invoke_async(&mut conn))
             .await?;
