@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `{P}:e:<key>` | string | an entry: its dependencies with the stamps they had when it was stored, then the value (codec header + payload) |
 //! | `{P}:s:<dependency>` | string | the dependency's stamp, replaced by a never-used value on every invalidation |
-//! | `{P}:c` | string | the invalidation clock, `<epoch>:<count>` (the only key without a TTL) |
+//! | `{P}:c` | string | the invalidation clock, `<epoch>:<count>:<replication id>` (the only key without a TTL) |
 //! | `{P}:l:<key>` | string | cross-process fill lease of a key |
 //!
 //! `<dependency>` is [`Dependency::encode`](crate::Dependency::encode), which is injective, and
@@ -704,7 +704,7 @@ impl Backend for RedisBackend {
                 .arg(self.nonce())
                 .arg(millis(self.inner.config.stale_window));
             let mut conn = self.conn()?;
-            let _: i64 = self
+            let _stamp: String = self
                 .run("invalidate", invocation.invoke_async(&mut conn))
                 .await?;
         }

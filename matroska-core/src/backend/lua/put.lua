@@ -1,7 +1,7 @@
 -- put.lua: store one entry with the current stamps of its dependencies, in one round trip.
 --
 -- KEYS[1]       the entry
--- KEYS[2]       the clock: '<epoch>:<count>'
+-- KEYS[2]       the clock: '<epoch>:<count>:<replication id>' (see ticket.lua)
 -- KEYS[3 ..]    the stamp of each dependency
 -- ARGV[1]  value bytes
 -- ARGV[2]  time to live, ms
@@ -16,8 +16,8 @@
 -- Invariants:
 -- * a read serves the entry only while every recorded stamp equals the current one, so
 --   losing any key (the entry's stamps, the clock) can only make it a miss;
--- * a guarded put refuses when the clock has another epoch than its ticket (restart,
---   failover, lost clock), when a stamp of the ticket's epoch is newer than the ticket, and
+-- * a guarded put refuses when the clock has another epoch than its ticket or was written
+--   under another replication id (restart, failover, lost clock), when a stamp of the ticket's epoch is newer than the ticket, and
 --   when a stamp is missing while some invalidation ran after the ticket (the missing stamp
 --   may have been that invalidation's, then evicted);
 -- * a missing stamp is created (also by a refused put, so the next load can store), with a
@@ -31,12 +31,13 @@ local refuse = false
 local ticket, clock
 if guarded then
   ticket = tonumber(ARGV[4])
+  local rid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
   local c = redis.call('GET', KEYS[2])
-  local epoch, count
+  local epoch, count, owner
   if c then
-    epoch, count = string.match(c, '^(%d+):(%d+)$')
+    epoch, count, owner = string.match(c, '^(%d+):(%d+):(%w+)$')
   end
-  if epoch ~= ARGV[3] then
+  if epoch ~= ARGV[3] or owner ~= rid then
     refuse = true
   else
     clock = tonumber(count)
