@@ -607,3 +607,12 @@ async fn redis(name: &str) -> Cache {
 
 conformance!(memory_backend, memory);
 conformance!(redis_backend, redis);
+#[cfg(feature = "cluster")]
+conformance!(redis_cluster_backend, redis_cluster);
+
+#[cfg(feature = "cluster")]
+async fn redis_cluster(name: &str) -> Cache {
+    Cache::builder(support::redis_cluster_backend(name).await)
+        .build()
+        .unwrap()
+}

@@ -38,11 +38,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Script};
 
 use super::{Backend, PutOutcome, PutRequest, Ticket};
 use crate::error::{Error, Result};
+
+#[cfg(feature = "cluster")]
+mod cluster;
 
 static PUT: &str = include_str!("lua/put.lua");
 static INVALIDATE: &str = include_str!("lua/invalidate.lua");
@@ -79,6 +82,9 @@ pub struct RedisConfig {
     /// replicas and automatic failover, an invalidation the promoted replica never received
     /// is lost, and this is what prevents that.
     pub wait_for_replicas: usize,
+    /// Seed nodes of a Redis Cluster (`redis://host:port` each); empty for a single server
+    /// at [`RedisConfig::url`]. See [`RedisConfig::cluster`].
+    pub cluster_nodes: Vec<String>,
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -92,6 +98,14 @@ impl std::fmt::Debug for RedisConfig {
             .field("retry_after", &self.retry_after)
             .field("known_keys", &self.known_keys)
             .field("wait_for_replicas", &self.wait_for_replicas)
+            .field(
+                "cluster_nodes",
+                &self
+                    .cluster_nodes
+                    .iter()
+                    .map(|url| redact_password(url))
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -129,7 +143,26 @@ impl RedisConfig {
             retry_after: Duration::from_millis(500),
             known_keys: 10_000,
             wait_for_replicas: 0,
+            cluster_nodes: Vec::new(),
         }
+    }
+
+    /// Settings for a Redis Cluster reached through any of `nodes` (feature `cluster`).
+    ///
+    /// Entries and stamps are spread over the cluster's slots (only the clock, one key per
+    /// prefix, lives in the slot of `{prefix}`); every script touches one key. A put then
+    /// takes three round trips (stamps, clock, entry) instead of one, ordered so that any
+    /// interleaving with an invalidation errs towards a miss. Consider
+    /// [`RedisConfig::wait_for_replicas`]: without it, an invalidation that a failed master
+    /// had not yet replicated is lost on failover.
+    pub fn cluster<S: Into<String>>(
+        nodes: impl IntoIterator<Item = S>,
+        prefix: impl Into<String>,
+    ) -> Self {
+        let nodes: Vec<String> = nodes.into_iter().map(Into::into).collect();
+        let mut config = Self::new(nodes.first().cloned().unwrap_or_default(), prefix);
+        config.cluster_nodes = nodes;
+        config
     }
 
     /// Sets [`RedisConfig::retry_after`] (zero turns the fast-fail off).
@@ -192,18 +225,26 @@ pub struct RedisBackend {
 }
 
 struct Inner {
-    /// Set once the first connection succeeds; the manager reconnects by itself after that.
-    conn: OnceLock<ConnectionManager>,
+    /// Set once the first connection succeeds; both connection kinds reconnect by themselves
+    /// after that.
+    conn: OnceLock<Conn>,
+    connector: Connector,
     /// Why the background connection has not succeeded yet.
     connect_error: Mutex<Option<String>>,
     config: RedisConfig,
     clock_key: String,
-    /// `{P}:s:`, what precedes a dependency in its stamp key.
+    /// `{P}:e:` (`P:e:` on a cluster), what precedes a key in its entry key.
+    entry_prefix: String,
+    /// `{P}:s:` (`P:s:` on a cluster), what precedes a dependency in its stamp key.
     stamp_prefix: String,
-    put: Script,
-    invalidate: Script,
-    ticket: Script,
-    release_lease: Script,
+    /// `{P}:l:` (`P:l:` on a cluster).
+    lease_prefix: String,
+    put: Lua,
+    invalidate: Lua,
+    ticket: Lua,
+    release_lease: Lua,
+    #[cfg(feature = "cluster")]
+    cluster: cluster::Scripts,
     /// Key -> the stamp keys of its entry as last stored or read here: what a read fetches
     /// together with the entry.
     known: moka::sync::Cache<String, Arc<[Vec<u8>]>>,
@@ -221,6 +262,16 @@ struct Inner {
 /// only after this many time-outs in a row.
 const TIMEOUTS_TO_TRIP: u32 = 3;
 
+impl Inner {
+    fn current_conn(&self) -> Option<Conn> {
+        self.conn.get().cloned()
+    }
+
+    fn set_conn(&self, conn: Conn) {
+        self.conn.get_or_init(|| conn);
+    }
+}
+
 impl std::fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisBackend")
@@ -237,15 +288,10 @@ impl RedisBackend {
     /// [`Error::Config`] for a bad URL or prefix, [`Error::Backend`] or [`Error::Timeout`]
     /// when the server cannot be reached.
     pub async fn connect(config: RedisConfig) -> Result<Self> {
-        let (client, manager_config) = client_for(&config)?;
-        let conn = with_timeout(
-            "connect",
-            config.timeout,
-            ConnectionManager::new_with_config(client, manager_config),
-        )
-        .await?;
-        let backend = Self::unconnected(config);
-        backend.inner.conn.get_or_init(|| conn);
+        let connector = Connector::for_config(&config)?;
+        let conn = with_timeout("connect", config.timeout, connector.connect()).await?;
+        let backend = Self::unconnected(config, connector);
+        backend.inner.set_conn(conn);
         Ok(backend)
     }
 
@@ -267,7 +313,7 @@ impl RedisBackend {
     /// [`Error::Config`] for a bad URL or prefix, or when called outside a Tokio runtime
     /// (the connection task needs one).
     pub fn new(config: RedisConfig) -> Result<Self> {
-        let (client, manager_config) = client_for(&config)?;
+        let connector = Connector::for_config(&config)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::Config(
                 "RedisBackend::new must be called inside a Tokio runtime (it connects in a \
@@ -275,29 +321,37 @@ impl RedisBackend {
                     .into(),
             )
         })?;
-        let backend = Self::unconnected(config);
-        runtime.spawn(connect_in_background(
-            Arc::downgrade(&backend.inner),
-            client,
-            manager_config,
-        ));
+        let backend = Self::unconnected(config, connector);
+        runtime.spawn(connect_in_background(Arc::downgrade(&backend.inner)));
         Ok(backend)
     }
 
-    fn unconnected(config: RedisConfig) -> Self {
+    fn unconnected(config: RedisConfig, connector: Connector) -> Self {
         let prefix = &config.prefix;
+        // On one server everything shares the hash tag `{P}`, so the put script can name the
+        // entry, the clock and the stamps at once; on a cluster they spread over slots.
+        let spread = if config.cluster_nodes.is_empty() {
+            format!("{{{prefix}}}")
+        } else {
+            prefix.clone()
+        };
         RedisBackend {
             inner: Arc::new(Inner {
                 conn: OnceLock::new(),
+                connector,
                 connect_error: Mutex::new(None),
                 clock_key: format!("{{{prefix}}}:c"),
-                stamp_prefix: format!("{{{prefix}}}:s:"),
+                entry_prefix: format!("{spread}:e:"),
+                stamp_prefix: format!("{spread}:s:"),
+                lease_prefix: format!("{spread}:l:"),
                 known: moka::sync::Cache::new(config.known_keys),
                 config,
-                put: Script::new(PUT),
-                invalidate: Script::new(INVALIDATE),
-                ticket: Script::new(TICKET),
-                release_lease: Script::new(RELEASE_LEASE),
+                put: Lua::new(PUT),
+                invalidate: Lua::new(INVALIDATE),
+                ticket: Lua::new(TICKET),
+                release_lease: Lua::new(RELEASE_LEASE),
+                #[cfg(feature = "cluster")]
+                cluster: cluster::Scripts::default(),
                 nonces: AtomicU64::new(seed_nonces()),
                 down_until_ms: AtomicU64::new(0),
                 timeouts_in_a_row: AtomicU32::new(0),
@@ -309,7 +363,7 @@ impl RedisBackend {
     /// Whether the first connection has succeeded (the connection may be down again since:
     /// it reconnects by itself).
     pub fn is_connected(&self) -> bool {
-        self.inner.conn.get().is_some()
+        self.inner.current_conn().is_some()
     }
 
     /// The configuration this backend runs with.
@@ -319,7 +373,7 @@ impl RedisBackend {
 
     /// The Redis key of the entry `key` (for inspection with other clients).
     pub fn entry_key(&self, key: &str) -> String {
-        format!("{{{}}}:e:{key}", self.inner.config.prefix)
+        format!("{}{key}", self.inner.entry_prefix)
     }
 
     /// The Redis key of the stamp of an encoded dependency (for inspection with other clients).
@@ -328,12 +382,16 @@ impl RedisBackend {
     }
 
     fn lease_key(&self, key: &str) -> String {
-        format!("{{{}}}:l:{key}", self.inner.config.prefix)
+        format!("{}{key}", self.inner.lease_prefix)
     }
 
-    fn conn(&self) -> Result<ConnectionManager> {
-        if let Some(conn) = self.inner.conn.get() {
-            return Ok(conn.clone());
+    fn is_cluster(&self) -> bool {
+        !self.inner.config.cluster_nodes.is_empty()
+    }
+
+    fn conn(&self) -> Result<Conn> {
+        if let Some(conn) = self.inner.current_conn() {
+            return Ok(conn);
         }
         let why = self
             .inner
@@ -489,47 +547,193 @@ fn is_connection_error(e: &redis::RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
 }
 
-fn client_for(config: &RedisConfig) -> Result<(redis::Client, ConnectionManagerConfig)> {
-    validate_prefix(&config.prefix)?;
-    let client = redis::Client::open(config.url.as_str()).map_err(|e| {
-        let hint = if config.url.starts_with("rediss://") && !cfg!(feature = "tls") {
-            " (rediss:// needs matroska's `tls` feature)"
-        } else {
-            ""
+/// A Lua script, called with `EVALSHA` and, when the server does not have it yet, with `EVAL`
+/// on the same key's node. (redis-rs's `Script` sends `SCRIPT LOAD` instead, which a cluster
+/// connection routes to every node: one dead node fails every script after a failover.)
+struct Lua {
+    code: &'static str,
+    hash: String,
+}
+
+impl Lua {
+    fn new(code: &'static str) -> Self {
+        Lua {
+            code,
+            hash: redis::Script::new(code).get_hash().to_owned(),
+        }
+    }
+
+    fn prepare_invoke(&self) -> LuaCall<'_> {
+        LuaCall {
+            lua: self,
+            keys: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+
+    fn key(&self, key: impl redis::ToRedisArgs) -> LuaCall<'_> {
+        let mut call = self.prepare_invoke();
+        call.key(key);
+        call
+    }
+}
+
+/// One call of a [`Lua`] script: its keys and arguments.
+struct LuaCall<'a> {
+    lua: &'a Lua,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl LuaCall<'_> {
+    fn key(&mut self, key: impl redis::ToRedisArgs) -> &mut Self {
+        self.keys.extend(key.to_redis_args());
+        self
+    }
+
+    fn arg(&mut self, arg: impl redis::ToRedisArgs) -> &mut Self {
+        self.args.extend(arg.to_redis_args());
+        self
+    }
+
+    async fn invoke_async<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut Conn,
+    ) -> redis::RedisResult<T> {
+        let call = |verb: &str, body: &str| {
+            let mut cmd = redis::cmd(verb);
+            cmd.arg(body)
+                .arg(self.keys.len())
+                .arg(&self.keys)
+                .arg(&self.args);
+            cmd
         };
-        Error::Config(format!("bad Redis URL: {e}{hint}"))
-    })?;
-    let manager_config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(config.timeout))
-        .set_response_timeout(Some(config.timeout))
-        .set_number_of_retries(2)
-        .set_max_delay(config.timeout);
-    Ok((client, manager_config))
+        match call("EVALSHA", &self.lua.hash).query_async(conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                call("EVAL", self.lua.code).query_async(conn).await
+            }
+            other => other,
+        }
+    }
+}
+
+/// A connection to one server or to a cluster; the backend's code is the same for both
+/// except where a script would span slots.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    #[cfg(feature = "cluster")]
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// What opens a [`Conn`], kept for retries.
+#[derive(Clone)]
+enum Connector {
+    Single(redis::Client, ConnectionManagerConfig),
+    #[cfg(feature = "cluster")]
+    Cluster(redis::cluster::ClusterClient),
+}
+
+impl Connector {
+    fn for_config(config: &RedisConfig) -> Result<Self> {
+        validate_prefix(&config.prefix)?;
+        let bad_url = |e: redis::RedisError| {
+            let hint = if config.url.starts_with("rediss://") && !cfg!(feature = "tls") {
+                " (rediss:// needs matroska's `tls` feature)"
+            } else {
+                ""
+            };
+            Error::Config(format!("bad Redis URL: {e}{hint}"))
+        };
+        if !config.cluster_nodes.is_empty() {
+            #[cfg(feature = "cluster")]
+            {
+                let client = redis::cluster::ClusterClient::builder(config.cluster_nodes.clone())
+                    .connection_timeout(config.timeout)
+                    .response_timeout(config.timeout)
+                    .retries(2)
+                    .build()
+                    .map_err(bad_url)?;
+                return Ok(Connector::Cluster(client));
+            }
+            #[cfg(not(feature = "cluster"))]
+            return Err(Error::Config(
+                "RedisConfig::cluster needs matroska's `cluster` feature".into(),
+            ));
+        }
+        let client = redis::Client::open(config.url.as_str()).map_err(bad_url)?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.timeout))
+            .set_response_timeout(Some(config.timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(config.timeout);
+        Ok(Connector::Single(client, manager_config))
+    }
+
+    async fn connect(&self) -> redis::RedisResult<Conn> {
+        match self {
+            Connector::Single(client, config) => {
+                ConnectionManager::new_with_config(client.clone(), config.clone())
+                    .await
+                    .map(Conn::Single)
+            }
+            #[cfg(feature = "cluster")]
+            Connector::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+        }
+    }
 }
 
 /// Tries to connect until it succeeds or the backend is dropped, backing off up to 5 s.
-async fn connect_in_background(
-    inner: Weak<Inner>,
-    client: redis::Client,
-    manager_config: ConnectionManagerConfig,
-) {
+async fn connect_in_background(inner: Weak<Inner>) {
     let mut pause = Duration::from_millis(50);
     loop {
-        let Some(timeout) = inner.upgrade().map(|i| i.config.timeout) else {
+        let Some((timeout, connector)) = inner
+            .upgrade()
+            .map(|i| (i.config.timeout, i.connector.clone()))
+        else {
             return;
         };
-        let attempt = with_timeout(
-            "connect",
-            timeout,
-            ConnectionManager::new_with_config(client.clone(), manager_config.clone()),
-        )
-        .await;
+        let attempt = with_timeout("connect", timeout, connector.connect()).await;
         let Some(live) = inner.upgrade() else {
             return;
         };
         match attempt {
             Ok(conn) => {
-                live.conn.get_or_init(|| conn);
+                live.set_conn(conn);
                 tracing::info!(prefix = %live.config.prefix, "connected to Redis");
                 return;
             }
@@ -611,6 +815,22 @@ impl Backend for RedisBackend {
         // The entry and the stamps it had last time, in one round trip: `GET` runs first, so
         // an invalidation that returned before this read started shows in the `MGET`.
         let (entry, guessed): (Option<Vec<u8>>, Option<Stamps>) = match &known {
+            Some(keys) if !keys.is_empty() && self.is_cluster() => {
+                // Other slots, so no pipeline: both requests in flight at once. Their order
+                // does not matter: an invalidation that returned before this read began shows
+                // in the stamps either way.
+                let mut other = conn.clone();
+                let (get, mget) = (
+                    redis::cmd("GET").arg(&entry_key).clone(),
+                    redis::cmd("MGET").arg(&keys[..]).clone(),
+                );
+                let entry = get.query_async(&mut conn);
+                let stamps = mget.query_async(&mut other);
+                let (entry, stamps) = self
+                    .run("get", async { tokio::try_join!(entry, stamps) })
+                    .await?;
+                (entry, Some(stamps))
+            }
             Some(keys) if !keys.is_empty() => {
                 let mut pipe = redis::pipe();
                 pipe.cmd("GET").arg(&entry_key).cmd("MGET").arg(&keys[..]);
@@ -654,6 +874,10 @@ impl Backend for RedisBackend {
     }
 
     async fn put(&self, request: PutRequest<'_>) -> Result<PutOutcome> {
+        #[cfg(feature = "cluster")]
+        if self.is_cluster() {
+            return self.put_spread(request).await;
+        }
         let mut invocation = self.inner.put.prepare_invoke();
         invocation
             .key(self.entry_key(request.key))
@@ -695,6 +919,11 @@ impl Backend for RedisBackend {
     async fn invalidate(&self, deps: &[String]) -> Result<u64> {
         let batch = self.inner.config.invalidate_batch.max(1);
         for chunk in deps.chunks(batch) {
+            #[cfg(feature = "cluster")]
+            if self.is_cluster() {
+                self.invalidate_spread(chunk).await?;
+                continue;
+            }
             let mut invocation = self.inner.invalidate.prepare_invoke();
             invocation.key(&self.inner.clock_key);
             for dep in chunk {
@@ -714,9 +943,10 @@ impl Backend for RedisBackend {
             let acked: usize = self
                 .run(
                     "wait",
+                    // Half the time-out, so WAIT answers before the operation times out.
                     redis::cmd("WAIT")
                         .arg(replicas)
-                        .arg(millis(self.inner.config.timeout))
+                        .arg(millis(self.inner.config.timeout / 2))
                         .query_async(&mut conn),
                 )
                 .await?;
