@@ -790,3 +790,38 @@ async fn failed_invalidation_logs_no_dependency_values() {
     assert!(logged.contains("invalidation failed"), "{logged}");
     assert!(!logged.contains("alice"), "{logged}");
 }
+
+/// A put with more dependencies than one script call handles (`invalidate_batch`) takes the
+/// step-by-step protocol the cluster uses, with the same guarantees.
+#[tokio::test]
+async fn put_with_very_many_dependencies_is_split_and_still_guarded() {
+    let redis = PrivateRedis::start();
+    let b = backend(&redis, |c| c.invalidate_batch(10)).await;
+    let deps: Vec<String> = (0..25).map(|i| Dependency::id("row", i).encode()).collect();
+    let value = bytes::Bytes::from(matroska::Codec::Json.encode("k", &1, 0).unwrap());
+    let ttl = Duration::from_secs(60);
+    let mut monitor = support::Monitor::start(&redis);
+    let (outcome, sent) = monitor
+        .commands(b.put(PutRequest::new("k", value.clone(), &deps, ttl)))
+        .await;
+    assert_eq!(outcome.unwrap(), PutOutcome::Stored);
+    assert!(sent.len() > 1, "one script for 25 dependencies: {sent:?}");
+    assert!(b.get("k").await.unwrap().is_some());
+    b.invalidate(&deps[24..]).await.unwrap();
+    assert_eq!(b.get("k").await.unwrap(), None);
+
+    let ticket = b.ticket().await.unwrap();
+    b.invalidate(&deps[3..4]).await.unwrap();
+    let outcome = b
+        .put(PutRequest::new("k", value.clone(), &deps, ttl).guarded_by(Some(ticket)))
+        .await
+        .unwrap();
+    assert_eq!(outcome, PutOutcome::Stale);
+    let ticket = b.ticket().await.unwrap();
+    let outcome = b
+        .put(PutRequest::new("k", value, &deps, ttl).guarded_by(Some(ticket)))
+        .await
+        .unwrap();
+    assert_eq!(outcome, PutOutcome::Stored);
+    assert!(b.get("k").await.unwrap().is_some());
+}

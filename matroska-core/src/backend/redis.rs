@@ -44,8 +44,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use super::{Backend, PutOutcome, PutRequest, Ticket};
 use crate::error::{Error, Result};
 
-#[cfg(feature = "cluster")]
-mod cluster;
+mod spread;
 
 static PUT: &str = include_str!("lua/put.lua");
 static INVALIDATE: &str = include_str!("lua/invalidate.lua");
@@ -68,8 +67,8 @@ pub struct RedisConfig {
     pub stale_window: Duration,
     /// Upper bound on one operation, connection included.
     pub timeout: Duration,
-    /// The most dependencies one invalidation script call stamps; more take several calls,
-    /// so no call blocks the server for long.
+    /// The most dependencies one invalidation script call stamps, and one put script reads;
+    /// more take several calls, so no call blocks the server for long.
     pub invalidate_batch: usize,
     /// After a connection failure or time-out, operations fail at once for this long instead
     /// of each waiting for the time-out: during an outage reads cost a miss, not a time-out.
@@ -243,8 +242,7 @@ struct Inner {
     invalidate: Lua,
     ticket: Lua,
     release_lease: Lua,
-    #[cfg(feature = "cluster")]
-    cluster: cluster::Scripts,
+    spread: spread::Scripts,
     /// Key -> the stamp keys of its entry as last stored or read here: what a read fetches
     /// together with the entry.
     known: moka::sync::Cache<String, Arc<[Vec<u8>]>>,
@@ -350,8 +348,7 @@ impl RedisBackend {
                 invalidate: Lua::new(INVALIDATE),
                 ticket: Lua::new(TICKET),
                 release_lease: Lua::new(RELEASE_LEASE),
-                #[cfg(feature = "cluster")]
-                cluster: cluster::Scripts::default(),
+                spread: spread::Scripts::default(),
                 nonces: AtomicU64::new(seed_nonces()),
                 down_until_ms: AtomicU64::new(0),
                 timeouts_in_a_row: AtomicU32::new(0),
@@ -874,8 +871,9 @@ impl Backend for RedisBackend {
     }
 
     async fn put(&self, request: PutRequest<'_>) -> Result<PutOutcome> {
-        #[cfg(feature = "cluster")]
-        if self.is_cluster() {
+        // One script names the entry, the clock and every stamp: on a cluster they live in
+        // other slots, and with very many dependencies the script would block the server.
+        if self.is_cluster() || request.deps.len() > self.inner.config.invalidate_batch {
             return self.put_spread(request).await;
         }
         let mut invocation = self.inner.put.prepare_invoke();
@@ -919,7 +917,6 @@ impl Backend for RedisBackend {
     async fn invalidate(&self, deps: &[String]) -> Result<u64> {
         let batch = self.inner.config.invalidate_batch.max(1);
         for chunk in deps.chunks(batch) {
-            #[cfg(feature = "cluster")]
             if self.is_cluster() {
                 self.invalidate_spread(chunk).await?;
                 continue;

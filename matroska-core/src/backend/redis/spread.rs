@@ -1,5 +1,6 @@
 //! Put and invalidate on Redis Cluster, where an entry, its stamps and the clock live in
-//! different slots and no script may name them together.
+//! different slots and no script may name them together; on one server, puts with more
+//! dependencies than one script call should handle take this path too.
 //!
 //! Each step is a single-key command or script, and the steps are ordered so that any
 //! interleaving with another client, or a failure between two steps, errs towards a miss:
@@ -24,7 +25,7 @@ use crate::backend::{PutOutcome, PutRequest};
 static STAMP: &str = include_str!("../lua/stamp.lua");
 static CHECK_CLOCK: &str = include_str!("../lua/check_clock.lua");
 
-/// The cluster-only scripts.
+/// The scripts of the spread protocol.
 pub(super) struct Scripts {
     /// Shared with the tasks that read stamps concurrently.
     stamp: Arc<Lua>,
@@ -49,33 +50,13 @@ impl RedisBackend {
             .iter()
             .map(|dep| self.stamp_key(dep).into_bytes())
             .collect();
-        // 1. The stamps, each in its own slot, all in flight at once.
-        let mut reads = JoinSet::new();
-        for (i, key) in keys.iter().enumerate() {
-            let mut conn = self.conn()?;
-            let (script, key) = (Arc::clone(&self.inner.cluster.stamp), key.clone());
-            reads.spawn(async move {
-                let reply: redis::RedisResult<(Vec<u8>, i64)> = script
-                    .key(key)
-                    .arg(ttl)
-                    .arg(nonce)
-                    .invoke_async(&mut conn)
-                    .await;
-                (i, reply)
-            });
+        // 1. The stamps, each in its own slot, a batch at a time in flight.
+        let mut stamps = vec![(Vec::new(), 0_i64); keys.len()];
+        let batch = self.inner.config.invalidate_batch.max(1);
+        for (at, chunk) in keys.chunks(batch).enumerate() {
+            self.read_stamps(chunk, at * batch, ttl, nonce, &mut stamps)
+                .await?;
         }
-        let stamps = self
-            .run("put", async {
-                let mut stamps = vec![(Vec::new(), 0_i64); keys.len()];
-                while let Some(done) = reads.join_next().await {
-                    let (i, reply) = done.map_err(|e| {
-                        redis::RedisError::from(std::io::Error::other(e.to_string()))
-                    })?;
-                    stamps[i] = reply?;
-                }
-                Ok(stamps)
-            })
-            .await?;
         // 2. The ticket: against the stamps just read, then against the clock, read after
         // them.
         if let Some(ticket) = request.ticket {
@@ -89,7 +70,7 @@ impl RedisBackend {
                 return Ok(PutOutcome::Stale);
             }
             let missing = stamps.iter().any(|&(_, created)| created == 1);
-            let mut invocation = self.inner.cluster.check_clock.prepare_invoke();
+            let mut invocation = self.inner.spread.check_clock.prepare_invoke();
             invocation
                 .key(&self.inner.clock_key)
                 .arg(ticket.epoch)
@@ -128,6 +109,40 @@ impl RedisBackend {
             .await?;
         self.inner.known.insert(request.key.to_owned(), keys);
         Ok(PutOutcome::Stored)
+    }
+
+    /// Reads (or creates) the stamps of `keys`, concurrently, into `into[offset..]`.
+    async fn read_stamps(
+        &self,
+        keys: &[Vec<u8>],
+        offset: usize,
+        ttl: u64,
+        nonce: u64,
+        into: &mut [(Vec<u8>, i64)],
+    ) -> Result<()> {
+        let mut reads = JoinSet::new();
+        for (i, key) in keys.iter().enumerate() {
+            let mut conn = self.conn()?;
+            let (script, key) = (Arc::clone(&self.inner.spread.stamp), key.clone());
+            reads.spawn(async move {
+                let reply: redis::RedisResult<(Vec<u8>, i64)> = script
+                    .key(key)
+                    .arg(ttl)
+                    .arg(nonce)
+                    .invoke_async(&mut conn)
+                    .await;
+                (offset + i, reply)
+            });
+        }
+        self.run("put", async {
+            while let Some(done) = reads.join_next().await {
+                let (i, reply) = done
+                    .map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))?;
+                into[i] = reply?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     pub(super) async fn invalidate_spread(&self, deps: &[String]) -> Result<()> {
