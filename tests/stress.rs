@@ -466,3 +466,26 @@ async fn cluster_master_killed_and_replica_promoted_mid_run() {
         o.diverged
     );
 }
+
+/// The checker is not vacuous on a cluster either: without the protection it sees stale reads.
+#[cfg(feature = "cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn checker_catches_stale_reads_on_a_cluster_without_protection() {
+    let mut stale = 0;
+    for round in 0..5 {
+        let cache = Cache::builder(support::redis_cluster_backend("stress_cluster_off").await)
+            .stale_set_protection(false)
+            .build()
+            .unwrap();
+        let o = run("stress_cluster_off", cache, 8, 400, 2, 150).await;
+        report(&format!("cluster unprotected round {round}"), &o);
+        stale += o.stale_reads + o.diverged.len() as u64;
+        if stale > 0 {
+            break;
+        }
+    }
+    assert!(
+        stale > 0,
+        "the checker saw no stale read with the protection off"
+    );
+}
