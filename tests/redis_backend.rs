@@ -825,3 +825,62 @@ async fn put_with_very_many_dependencies_is_split_and_still_guarded() {
     assert_eq!(outcome, PutOutcome::Stored);
     assert!(b.get("k").await.unwrap().is_some());
 }
+
+/// A replica is promoted that never got the master's last invalidation, and the count in its
+/// clock is behind: a ticket taken on the old master after that invalidation must not store on
+/// the promoted replica, even after the same invalidation is repeated there (same count).
+#[tokio::test]
+async fn ticket_from_the_old_master_never_stores_on_a_promoted_replica() {
+    // A full sync writes an RDB file: into the temporary directory, not the working tree.
+    let dir = std::env::temp_dir().join(support::unique("replication"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dir.to_str().expect("a UTF-8 temporary directory");
+    let master = PrivateRedis::start_with(&["--dir", dir]);
+    let port = master.port.to_string();
+    let replica = PrivateRedis::start_with(&["--dir", dir, "--replicaof", "127.0.0.1", &port]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut replica.client())
+            .unwrap();
+        if info.contains("master_link_status:up") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica never synced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let on_master = backend(&master, |c| c).await;
+    let dep = vec![Dependency::id("row", 1).encode()];
+    on_master.invalidate(&dep).await.unwrap();
+    let synced: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(5_000)
+        .query(&mut master.client())
+        .unwrap();
+    assert_eq!(synced, 1);
+
+    // Failover: the replica is promoted; the master's next invalidation never reaches it.
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut replica.client())
+        .unwrap();
+    on_master.invalidate(&dep).await.unwrap();
+    let ticket = on_master.ticket().await.unwrap();
+
+    // The application now talks to the promoted replica and invalidates again.
+    let on_replica = backend(&replica, |c| c).await;
+    on_replica.invalidate(&dep).await.unwrap();
+    let value = bytes::Bytes::from(matroska::Codec::Json.encode("k", &1, 0).unwrap());
+    let outcome = on_replica
+        .put(PutRequest::new("k", value, &dep, Duration::from_secs(60)).guarded_by(Some(ticket)))
+        .await
+        .unwrap();
+    assert_eq!(outcome, PutOutcome::Stale);
+    drop((master, replica));
+    let _ = std::fs::remove_dir_all(dir);
+}
