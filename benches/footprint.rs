@@ -1,5 +1,6 @@
 //! Memory per entry: in-memory backend (heap bytes, counted by a global allocator) and Redis
-//! (`MEMORY USAGE` of the entry and its share of index keys), for entries with 5 dependencies.
+//! (`MEMORY USAGE` of the entry and its share of the stamp keys), for entries with 5
+//! dependencies.
 //!
 //! Not a criterion bench: it prints one table. `cargo bench --bench footprint`.
 
@@ -162,6 +163,6 @@ fn main() {
     println!("| bare moka (key + value only) | {moka_bytes:.0} |");
     println!("| MemoryBackend (entry + reverse index) | {memory_bytes:.0} |");
     println!("| Redis: entry key | {redis_entry:.0} |");
-    println!("| Redis: index sets + markers, per entry | {redis_index:.0} |");
+    println!("| Redis: stamps + clock, per entry | {redis_index:.0} |");
     println!("| Redis: total | {:.0} |", redis_entry + redis_index);
 }

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use matroska::backend::redis::{RedisBackend, RedisConfig, ServerWarning};
+use matroska::backend::redis::{RedisBackend, RedisConfig};
 use matroska::backend::{Backend, PutOutcome, PutRequest};
 use matroska::{Cache, Dependency, Error};
 use support::PrivateRedis;
@@ -37,9 +37,10 @@ async fn each_operation_is_one_round_trip() {
     r.unwrap();
     assert_eq!(sent, ["evalsha"], "put with 20 dependencies");
 
+    // The entry and the stamps its put recorded, pipelined: one round trip.
     let (r, sent) = monitor.commands(cache.get::<Vec<i32>>("list")).await;
     assert_eq!(r.unwrap(), Some(vec![1, 2, 3]));
-    assert_eq!(sent, ["get"], "get hit");
+    assert_eq!(sent, ["get", "mget"], "get hit");
 
     let (r, sent) = monitor.commands(cache.get::<Vec<i32>>("missing")).await;
     assert_eq!(r.unwrap(), None);
@@ -54,7 +55,8 @@ async fn each_operation_is_one_round_trip() {
     }
     let (dropped, sent) = monitor.commands(cache.invalidate(&many)).await;
     assert_eq!(sent, ["evalsha"], "invalidate of 500 dependencies");
-    assert_eq!(dropped.unwrap(), 200);
+    dropped.unwrap();
+    assert!(!cache.has("k0").await.unwrap() && !cache.has("k199").await.unwrap());
 
     // A miss through get_or_load: GET, ticket, put.
     let (r, sent) = monitor
@@ -66,14 +68,16 @@ async fn each_operation_is_one_round_trip() {
     assert_eq!(sent, ["get", "evalsha", "evalsha"], "get_or_load miss");
 }
 
+/// Invalidation work is bounded by dependencies, whatever the fan-out: a dependency with 5,000
+/// dependents is one script call; 2,500 dependencies with 1,000 per call are three.
 #[tokio::test]
-async fn huge_fan_out_is_split_into_bounded_calls() {
+async fn invalidation_is_bounded_by_dependencies_not_dependents() {
     let redis = PrivateRedis::start();
-    let cache = Cache::builder(backend(&redis, |c| c.invalidate_batch(100)).await)
+    let cache = Cache::builder(backend(&redis, |c| c).await)
         .build()
         .unwrap();
     let hot = Dependency::tag("hot");
-    for i in 0..1_050 {
+    for i in 0..5_000 {
         cache
             .put(
                 &format!("k{i}"),
@@ -89,19 +93,20 @@ async fn huge_fan_out_is_split_into_bounded_calls() {
         .await
         .unwrap();
     let mut monitor = support::Monitor::start(&redis);
-    let (dropped, sent) = monitor.commands(cache.invalidate(&[hot])).await;
-    assert_eq!(dropped.unwrap(), 1_050);
-    // 100 entries per call: 11 calls, none of them long.
-    assert_eq!(sent, vec!["evalsha"; 11]);
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("{app}:e:*")
-        .query(&mut redis.client())
-        .unwrap();
-    assert!(keys.is_empty(), "{} entries survived", keys.len());
+    let (r, sent) = monitor.commands(cache.invalidate(&[hot])).await;
+    r.unwrap();
+    assert_eq!(sent, ["evalsha"]);
+    for i in (0..5_000).step_by(499) {
+        assert!(!cache.has(&format!("k{i}")).await.unwrap(), "k{i} survived");
+    }
+    let many: Vec<Dependency> = (0..2_500).map(|i| Dependency::id("b", i)).collect();
+    let (r, sent) = monitor.commands(cache.invalidate(&many)).await;
+    r.unwrap();
+    assert_eq!(sent, vec!["evalsha"; 3]);
 }
 
 #[tokio::test]
-async fn every_key_written_has_a_ttl_and_index_outlives_entries() {
+async fn every_key_written_has_a_ttl_and_stamps_outlive_entries() {
     let redis = PrivateRedis::start();
     let cache = Cache::builder(backend(&redis, |c| c).await)
         .build()
@@ -140,18 +145,22 @@ async fn every_key_written_has_a_ttl_and_index_outlives_entries() {
     assert!(keys.len() >= 5, "{keys:?}");
     for key in &keys {
         let pttl: i64 = redis::cmd("PTTL").arg(key).query(&mut conn).unwrap();
-        assert!(pttl > 0, "{key} has no TTL ({pttl})");
+        // The clock is the one exception: one key per prefix, and losing it would only cost
+        // the guarded puts in flight.
+        if key != "{app}:c" {
+            assert!(pttl > 0, "{key} has no TTL ({pttl})");
+        }
     }
     let b = RedisBackend::connect(RedisConfig::new(redis.url(), "app"))
         .await
         .unwrap();
-    let index_ttl: i64 = redis::cmd("PTTL")
-        .arg(b.index_key(&dep.encode()))
+    let stamp_ttl: i64 = redis::cmd("PTTL")
+        .arg(b.stamp_key(&dep.encode()))
         .query(&mut conn)
         .unwrap();
     assert!(
-        index_ttl > 490_000,
-        "index set expires before its longest entry: {index_ttl} ms"
+        stamp_ttl > 490_000,
+        "a stamp expires before the longest entry that recorded it: {stamp_ttl} ms"
     );
 }
 
@@ -176,7 +185,8 @@ async fn prefixes_isolate_applications() {
         .await
         .unwrap();
     assert_eq!(a.get::<String>("k").await.unwrap().as_deref(), Some("a"));
-    assert_eq!(a.invalidate(&[dep]).await.unwrap(), 1);
+    a.invalidate(&[dep]).await.unwrap();
+    assert_eq!(a.get::<String>("k").await.unwrap(), None);
     assert_eq!(b.get::<String>("k").await.unwrap().as_deref(), Some("b"));
 }
 
@@ -207,29 +217,6 @@ async fn auth_from_the_url() {
         .unwrap();
     cache.put("k", &1, &[], None).await.unwrap();
     assert_eq!(cache.get::<i32>("k").await.unwrap(), Some(1));
-}
-
-#[tokio::test]
-async fn eviction_policy_that_can_drop_index_sets_is_reported() {
-    let evicting =
-        PrivateRedis::start_with(&["--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"]);
-    let b = backend(&evicting, |c| c).await;
-    assert_eq!(
-        b.check_server().await.unwrap(),
-        vec![ServerWarning::EvictionMayDropIndex {
-            policy: "allkeys-lru".into()
-        }]
-    );
-    let safe =
-        PrivateRedis::start_with(&["--maxmemory", "64mb", "--maxmemory-policy", "noeviction"]);
-    assert!(
-        backend(&safe, |c| c)
-            .await
-            .check_server()
-            .await
-            .unwrap()
-            .is_empty()
-    );
 }
 
 #[tokio::test]
@@ -482,4 +469,469 @@ async fn a_dropped_leader_releases_its_lease() {
             .unwrap();
         assert_eq!(value.unwrap(), 5);
     }
+}
+
+/// Fills a private server with `maxmemory 2mb` far past its memory, so Redis evicts keys of
+/// every kind, while entries are read, written and invalidated. Whatever it evicts, a read
+/// after an invalidation returned never sees the invalidated value.
+async fn eviction_never_serves_invalidated_values(policy: &str) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+    let redis = PrivateRedis::start_with(&["--maxmemory", "2mb", "--maxmemory-policy", policy]);
+    let cache = Cache::builder(backend(&redis, |c| c).await)
+        .build()
+        .unwrap();
+    const ROWS: usize = 200;
+    let row = |i: usize| Dependency::id("row", i as i64);
+
+    // 1. Deterministic: 200 cached rows, memory filled, every row invalidated.
+    for i in 0..ROWS {
+        cache
+            .put(&format!("row:{i}"), &0_i64, &[row(i)], None)
+            .await
+            .unwrap();
+    }
+    let junk = "x".repeat(4096);
+    for j in 0..400 {
+        // 1.6 MB of junk, with dependencies of its own, through the same cache: past the
+        // memory limit, but not so far that every row is evicted.
+        let deps = [Dependency::tag(format!("junk{}", j % 97))];
+        // Put may fail under memory pressure (OOM answers); only reads are under test.
+        let _ = cache.put(&format!("junk:{j}"), &junk, &deps, None).await;
+        // Reading the rows keeps their entries hot for LRU, and nothing else of theirs.
+        if j % 50 == 0 {
+            for i in 0..ROWS {
+                let _ = cache.get::<i64>(&format!("row:{i}")).await;
+            }
+        }
+    }
+    let mut present = 0;
+    for i in 0..ROWS {
+        if cache.has(&format!("row:{i}")).await.unwrap() {
+            present += 1;
+        }
+    }
+    println!("{policy}: {present}/{ROWS} rows cached before the invalidation");
+    assert!(present > 0, "the rows were evicted: nothing to check");
+    let all: Vec<Dependency> = (0..ROWS).map(row).collect();
+    cache.invalidate(&all).await.unwrap();
+    let mut stale = 0;
+    for i in 0..ROWS {
+        if cache
+            .get::<i64>(&format!("row:{i}"))
+            .await
+            .unwrap()
+            .is_some()
+        {
+            stale += 1;
+        }
+    }
+    assert_eq!(
+        stale, 0,
+        "{policy}: {stale}/{ROWS} entries readable after their invalidation"
+    );
+
+    // 2. Concurrent: readers load rows through the cache, writers bump a row and invalidate
+    // it, fillers keep memory full; a read that starts after an invalidation returned must see
+    // at least that version.
+    let versions: Arc<Vec<AtomicI64>> = Arc::new((0..ROWS).map(|_| AtomicI64::new(0)).collect());
+    let invalidated: Arc<Vec<AtomicI64>> = Arc::new((0..ROWS).map(|_| AtomicI64::new(0)).collect());
+    let stale_reads = Arc::new(AtomicU64::new(0));
+    let hits = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for r in 0..4_u64 {
+        let (cache, versions, invalidated, stale_reads, hits) = (
+            cache.clone(),
+            Arc::clone(&versions),
+            Arc::clone(&invalidated),
+            Arc::clone(&stale_reads),
+            Arc::clone(&hits),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut rng = support::Rng(0x9E37_79B9 + r * 7919);
+            for _ in 0..1_500 {
+                let i = rng.next(ROWS as u64 / 10) as usize;
+                let floor = invalidated[i].load(Ordering::SeqCst);
+                let versions2 = Arc::clone(&versions);
+                let mut loaded = false;
+                let v: i64 = cache
+                    .get_or_load(&format!("row:{i}"), None, || {
+                        loaded = true;
+                        async move {
+                            let v = versions2[i].load(Ordering::SeqCst);
+                            tokio::task::yield_now().await;
+                            Ok::<_, std::io::Error>((v, vec![Dependency::id("row", i as i64)]))
+                        }
+                    })
+                    .await
+                    .unwrap();
+                if !loaded {
+                    hits.fetch_add(1, Ordering::Relaxed);
+                }
+                if v < floor {
+                    stale_reads.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for w in 0..2_u64 {
+        let (cache, versions, invalidated) = (
+            cache.clone(),
+            Arc::clone(&versions),
+            Arc::clone(&invalidated),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut rng = support::Rng(0xDEAD_BEEF + w * 104_729);
+            for _ in 0..300 {
+                let i = rng.next(ROWS as u64 / 10) as usize;
+                let v = versions[i].fetch_add(1, Ordering::SeqCst) + 1;
+                cache
+                    .invalidate(&[Dependency::id("row", i as i64)])
+                    .await
+                    .unwrap();
+                invalidated[i].fetch_max(v, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    for f in 0..2_u64 {
+        let cache = cache.clone();
+        let junk = junk.clone();
+        tasks.push(tokio::spawn(async move {
+            for j in 0..1_500_u64 {
+                let dep = Dependency::id("row", ((j * 7 + f) % ROWS as u64) as i64);
+                let _ = cache
+                    .put(&format!("junk:{f}:{j}"), &junk, &[dep], None)
+                    .await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let evicted: String = redis::cmd("INFO")
+        .arg("stats")
+        .query(&mut redis.client())
+        .unwrap();
+    let evicted = evicted
+        .lines()
+        .find_map(|l| l.strip_prefix("evicted_keys:"))
+        .unwrap_or("0")
+        .trim()
+        .to_owned();
+    println!(
+        "{policy}: {} hits, {} stale reads, {evicted} keys evicted",
+        hits.load(Ordering::Relaxed),
+        stale_reads.load(Ordering::Relaxed)
+    );
+    assert!(
+        evicted.parse::<u64>().unwrap() > 1_000,
+        "memory was not under pressure"
+    );
+    assert!(
+        hits.load(Ordering::Relaxed) > 0,
+        "the cache never hit: nothing was exercised"
+    );
+    assert_eq!(
+        stale_reads.load(Ordering::Relaxed),
+        0,
+        "{policy}: stale reads"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_under_allkeys_lru_never_serves_invalidated_values() {
+    eviction_never_serves_invalidated_values("allkeys-lru").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_under_volatile_lru_never_serves_invalidated_values() {
+    eviction_never_serves_invalidated_values("volatile-lru").await;
+}
+
+/// A load takes its ticket, a writer invalidates, Redis restarts empty (no persistence), and
+/// only then does the load try to store its value: it must be refused.
+#[tokio::test]
+async fn ticket_from_before_a_restart_never_stores_after_it() {
+    let mut redis = PrivateRedis::start();
+    let b = backend(&redis, |c| c).await;
+    let dep = vec![Dependency::id("row", 1).encode()];
+    let value = bytes::Bytes::from(matroska::Codec::Json.encode("k", &1, 0).unwrap());
+    let ttl = Duration::from_secs(60);
+    let mut refused = 0;
+    for _ in 0..3 {
+        let ticket = b.ticket().await.unwrap();
+        b.invalidate(&dep).await.unwrap();
+        redis.kill();
+        redis.restart();
+        let mut outcome = None;
+        for _ in 0..200 {
+            match b
+                .put(PutRequest::new("k", value.clone(), &dep, ttl).guarded_by(Some(ticket)))
+                .await
+            {
+                Ok(o) => {
+                    outcome = Some(o);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+            }
+        }
+        if outcome.expect("no reconnect") == PutOutcome::Stale {
+            refused += 1;
+        }
+        assert_eq!(
+            b.get("k").await.unwrap(),
+            None,
+            "the stale value was stored"
+        );
+    }
+    assert_eq!(refused, 3);
+}
+
+/// An application starts while Redis is down: the backend is built at once, operations fail
+/// fast (reads are misses), and it connects when Redis comes up.
+#[tokio::test]
+async fn backend_built_while_redis_is_down_connects_in_the_background() {
+    let mut redis = PrivateRedis::start();
+    redis.kill();
+    let backend =
+        RedisBackend::new(RedisConfig::new(redis.url(), "app").timeout(Duration::from_millis(300)))
+            .unwrap();
+    assert!(!backend.is_connected());
+    let cache = Cache::builder(backend.clone()).build().unwrap();
+    assert_eq!(cache.get::<i32>("k").await.unwrap(), None);
+    let err = cache.invalidate(&[Dependency::tag("t")]).await.unwrap_err();
+    assert!(err.is_backend_failure(), "{err}");
+    let loaded: i32 = cache
+        .get_or_load("k", None, || async {
+            Ok::<_, std::io::Error>((5, vec![Dependency::tag("t")]))
+        })
+        .await
+        .unwrap();
+    assert_eq!(loaded, 5);
+
+    redis.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while cache
+        .put("k", &1, &[Dependency::tag("t")], None)
+        .await
+        .is_err()
+    {
+        assert!(std::time::Instant::now() < deadline, "never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(backend.is_connected());
+    assert_eq!(cache.get::<i32>("k").await.unwrap(), Some(1));
+    cache.invalidate(&[Dependency::tag("t")]).await.unwrap();
+    assert_eq!(cache.get::<i32>("k").await.unwrap(), None);
+}
+
+/// One command that times out (the server is paused for a moment) does not make the next
+/// commands fail unsent: only connection errors or repeated time-outs trip the fast-fail.
+#[tokio::test]
+async fn one_slow_command_does_not_trip_the_fast_fail() {
+    let redis = PrivateRedis::start();
+    let b = backend(&redis, |c| {
+        c.timeout(Duration::from_millis(300))
+            .retry_after(Duration::from_secs(60))
+    })
+    .await;
+    b.put(PutRequest::new(
+        "k",
+        bytes::Bytes::from_static(b"v"),
+        &[],
+        Duration::from_secs(60),
+    ))
+    .await
+    .unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(600)
+        .arg("ALL")
+        .query(&mut redis.client())
+        .unwrap();
+    let err = b.get("k").await.unwrap_err();
+    assert!(err.to_string().contains("timed out"), "{err}");
+    // Sent, not refused by the fast-fail: it answers once the pause ends (or times out).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match b.get("k").await {
+            Ok(v) => {
+                assert_eq!(v.as_deref(), Some(&b"v"[..]));
+                break;
+            }
+            Err(e) => {
+                assert!(
+                    !e.to_string().contains("not sent"),
+                    "tripped by one time-out: {e}"
+                );
+                assert!(std::time::Instant::now() < deadline, "{e}");
+            }
+        }
+    }
+}
+
+/// With Redis down, 50 concurrent callers of one key share loads instead of each loading:
+/// an outage must not turn into a database stampede.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_keeps_in_process_coalescing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut redis = PrivateRedis::start();
+    let cache = Cache::builder(backend(&redis, |c| c.timeout(Duration::from_millis(300))).await)
+        .build()
+        .unwrap();
+    redis.kill();
+    let loads = Arc::new(AtomicUsize::new(0));
+    let start = Arc::new(tokio::sync::Barrier::new(50));
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (cache, loads, start) = (cache.clone(), Arc::clone(&loads), Arc::clone(&start));
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            cache
+                .get_or_load("hot", None, || async {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    Ok::<_, std::io::Error>((7, vec![Dependency::tag("hot")]))
+                })
+                .await
+                .unwrap()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 7);
+    }
+    let loads = loads.load(Ordering::SeqCst);
+    assert!(loads <= 3, "{loads} loads for 50 callers during an outage");
+}
+
+/// A failed invalidation is logged with counts, not with the dependency values (which can be
+/// personal data).
+#[tokio::test]
+async fn failed_invalidation_logs_no_dependency_values() {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let sink = Sink::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing_subscriber::util::SubscriberInitExt::set_default(subscriber);
+    let mut redis = PrivateRedis::start();
+    let cache = Cache::builder(backend(&redis, |c| c.timeout(Duration::from_millis(300))).await)
+        .build()
+        .unwrap();
+    redis.kill();
+    let secret = Dependency::id("user", "alice@example.com");
+    assert!(cache.invalidate(&[secret]).await.is_err());
+    let logged = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+    assert!(logged.contains("invalidation failed"), "{logged}");
+    assert!(!logged.contains("alice"), "{logged}");
+}
+
+/// A put with more dependencies than one script call handles (`invalidate_batch`) takes the
+/// step-by-step protocol the cluster uses, with the same guarantees.
+#[tokio::test]
+async fn put_with_very_many_dependencies_is_split_and_still_guarded() {
+    let redis = PrivateRedis::start();
+    let b = backend(&redis, |c| c.invalidate_batch(10)).await;
+    let deps: Vec<String> = (0..25).map(|i| Dependency::id("row", i).encode()).collect();
+    let value = bytes::Bytes::from(matroska::Codec::Json.encode("k", &1, 0).unwrap());
+    let ttl = Duration::from_secs(60);
+    let mut monitor = support::Monitor::start(&redis);
+    let (outcome, sent) = monitor
+        .commands(b.put(PutRequest::new("k", value.clone(), &deps, ttl)))
+        .await;
+    assert_eq!(outcome.unwrap(), PutOutcome::Stored);
+    assert!(sent.len() > 1, "one script for 25 dependencies: {sent:?}");
+    assert!(b.get("k").await.unwrap().is_some());
+    b.invalidate(&deps[24..]).await.unwrap();
+    assert_eq!(b.get("k").await.unwrap(), None);
+
+    let ticket = b.ticket().await.unwrap();
+    b.invalidate(&deps[3..4]).await.unwrap();
+    let outcome = b
+        .put(PutRequest::new("k", value.clone(), &deps, ttl).guarded_by(Some(ticket)))
+        .await
+        .unwrap();
+    assert_eq!(outcome, PutOutcome::Stale);
+    let ticket = b.ticket().await.unwrap();
+    let outcome = b
+        .put(PutRequest::new("k", value, &deps, ttl).guarded_by(Some(ticket)))
+        .await
+        .unwrap();
+    assert_eq!(outcome, PutOutcome::Stored);
+    assert!(b.get("k").await.unwrap().is_some());
+}
+
+/// A replica is promoted that never got the master's last invalidation, and the count in its
+/// clock is behind: a ticket taken on the old master after that invalidation must not store on
+/// the promoted replica, even after the same invalidation is repeated there (same count).
+#[tokio::test]
+async fn ticket_from_the_old_master_never_stores_on_a_promoted_replica() {
+    // A full sync writes an RDB file: into the temporary directory, not the working tree.
+    let dir = std::env::temp_dir().join(support::unique("replication"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dir.to_str().expect("a UTF-8 temporary directory");
+    let master = PrivateRedis::start_with(&["--dir", dir]);
+    let port = master.port.to_string();
+    let replica = PrivateRedis::start_with(&["--dir", dir, "--replicaof", "127.0.0.1", &port]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut replica.client())
+            .unwrap();
+        if info.contains("master_link_status:up") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica never synced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let on_master = backend(&master, |c| c).await;
+    let dep = vec![Dependency::id("row", 1).encode()];
+    on_master.invalidate(&dep).await.unwrap();
+    let synced: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(5_000)
+        .query(&mut master.client())
+        .unwrap();
+    assert_eq!(synced, 1);
+
+    // Failover: the replica is promoted; the master's next invalidation never reaches it.
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut replica.client())
+        .unwrap();
+    on_master.invalidate(&dep).await.unwrap();
+    let ticket = on_master.ticket().await.unwrap();
+
+    // The application now talks to the promoted replica and invalidates again.
+    let on_replica = backend(&replica, |c| c).await;
+    on_replica.invalidate(&dep).await.unwrap();
+    let value = bytes::Bytes::from(matroska::Codec::Json.encode("k", &1, 0).unwrap());
+    let outcome = on_replica
+        .put(PutRequest::new("k", value, &dep, Duration::from_secs(60)).guarded_by(Some(ticket)))
+        .await
+        .unwrap();
+    assert_eq!(outcome, PutOutcome::Stale);
+    drop((master, replica));
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -378,3 +378,114 @@ async fn redis_killed_and_restarted_mid_run() {
         o.diverged
     );
 }
+
+#[cfg(feature = "cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_stale_reads_on_a_cluster() {
+    let cache = Cache::builder(support::redis_cluster_backend("stress_cluster").await)
+        .build()
+        .unwrap();
+    let o = run("stress_cluster", cache, 8, 400, 2, 150).await;
+    report("cluster", &o);
+    assert_eq!(o.reads, 8 * 400);
+    assert_eq!(
+        o.stale_reads, 0,
+        "a reader got a value older than a returned invalidation"
+    );
+    assert!(
+        o.diverged.is_empty(),
+        "cache differs from the database: {:?}",
+        o.diverged
+    );
+    assert!(
+        o.loads < o.reads,
+        "the cache never hit: the test exercised nothing"
+    );
+}
+
+/// A cluster master is killed mid-run and its replica promoted: reads keep answering and none
+/// is stale. Invalidations wait for a replica (`wait_for_replicas(1)`), so the promoted
+/// replica has every invalidation that returned.
+#[cfg(feature = "cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_master_killed_and_replica_promoted_mid_run() {
+    let mut cluster = tokio::task::spawn_blocking(support::cluster::PrivateCluster::start)
+        .await
+        .unwrap();
+    let prefix = support::unique("failover");
+    let backend = support::redis_backend_with(
+        RedisConfig::cluster(cluster.urls(), prefix.clone())
+            .timeout(Duration::from_millis(500))
+            .wait_for_replicas(1),
+    )
+    .await;
+    let cache = Cache::builder(backend).build().unwrap();
+    let progress = Latencies::default();
+    let watched = Arc::clone(&progress);
+    let killed = Arc::new(std::sync::Mutex::new(None::<u16>));
+    let killed2 = Arc::clone(&killed);
+    let during = async move {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while watched.lock().unwrap().len() < 300 {
+            assert!(Instant::now() < deadline, "the run made no progress");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The master of the clock: every ticket and invalidation goes through it.
+        let clock = format!("{{{prefix}}}:c");
+        cluster = tokio::task::spawn_blocking(move || {
+            let port = cluster.master_of(&clock);
+            cluster.kill(port);
+            *killed2.lock().unwrap() = Some(port);
+            // Its replica takes over; then the old master comes back as the new one's replica,
+            // so invalidations find a replica to wait for again.
+            cluster.wait_for_failover(port);
+            cluster.restart(port);
+            cluster.wait_until_healthy();
+            cluster
+        })
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        drop(cluster);
+    };
+    let run_fut = run_observed("stress_failover", cache, 6, 300, 2, 100, progress);
+    let o = tokio::select! {
+        o = run_fut => o,
+        () = during => unreachable!("the failover task sleeps past the run"),
+    };
+    report("cluster failover", &o);
+    assert!(
+        killed.lock().unwrap().is_some(),
+        "no master was killed during the run"
+    );
+    assert_eq!(o.reads, 6 * 300, "every read answered");
+    assert_eq!(o.stale_reads, 0);
+    assert!(
+        o.diverged.is_empty(),
+        "cache differs from the database: {:?}",
+        o.diverged
+    );
+}
+
+/// The checker is not vacuous on a cluster either: without the protection it sees stale reads.
+#[cfg(feature = "cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn checker_catches_stale_reads_on_a_cluster_without_protection() {
+    let mut stale = 0;
+    for round in 0..5 {
+        let cache = Cache::builder(support::redis_cluster_backend("stress_cluster_off").await)
+            .stale_set_protection(false)
+            .build()
+            .unwrap();
+        let o = run("stress_cluster_off", cache, 8, 400, 2, 150).await;
+        report(&format!("cluster unprotected round {round}"), &o);
+        stale += o.stale_reads + o.diverged.len() as u64;
+        if stale > 0 {
+            break;
+        }
+    }
+    assert!(
+        stale > 0,
+        "the checker saw no stale read with the protection off"
+    );
+}

@@ -64,6 +64,9 @@ struct Flight {
     result: OnceCell<std::result::Result<Filled, SharedLoadError>>,
 }
 
+/// When the loader of a flight started.
+type LoadStart = tokio::time::Instant;
+
 /// A failed shared load, as the callers that waited on it see it.
 #[derive(Debug, Clone)]
 struct SharedLoadError(Arc<str>);
@@ -85,8 +88,13 @@ struct Filled {
     /// that could not be checked, proves nothing about invalidations that happened after a
     /// follower joined, so such bytes go to the leader's own caller only.
     shareable: bool,
-    /// The backend failed during the fill: followers load on their own at once.
+    /// The backend failed during the fill, so nothing checked the value against
+    /// invalidations: only callers that started before the load began may use it (their
+    /// read cannot be older than the data), the others go round again and share the next
+    /// load. A Redis outage costs a load per key at a time, not one per caller.
     unverified: bool,
+    /// When the loader started (`None` when no load ran: the value came from the lease).
+    load_started: Option<LoadStart>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -255,8 +263,9 @@ impl Cache {
 
     /// The value under `key`, or `None` on a miss.
     ///
-    /// Bytes that do not decode into `T` (another type, another schema version, corruption)
-    /// are a miss: the entry is removed and a warning logged. A failing backend is a miss too
+    /// Bytes that do not decode into `T` (another type, corruption) are a miss: the entry is
+    /// removed and a warning logged. An entry of another schema version is a miss and is left
+    /// for the processes that still use that version. A failing backend is a miss too
     /// (with a warning and the `matroska_backend_errors_total` counter), so a Redis outage
     /// makes the application slower, not broken; use [`Cache::try_get`] to see the error.
     ///
@@ -304,6 +313,10 @@ impl Cache {
         let s = &self.inner.settings;
         match s.codec.decode(bytes, s.schema_version) {
             Ok(value) => Some(value),
+            // Another version's entry (a rolling deploy): a miss for us, still a hit for it.
+            Err(_) if Codec::schema_version_of(bytes).is_some_and(|v| v != s.schema_version) => {
+                None
+            }
             Err(e) => {
                 count(Counter::DecodeError, self.name(), 1);
                 tracing::warn!(key, error = %e, "cached bytes do not decode; dropping the entry");
@@ -408,11 +421,13 @@ impl Cache {
         self.inner.backend.delete(key).await
     }
 
-    /// Drops every entry that depends on any of `deps`; returns how many were dropped.
+    /// Drops every entry that depends on any of `deps`; returns how many were dropped where
+    /// the backend counts them (the in-memory backend; Redis returns 0, see
+    /// [`Backend::invalidate`]).
     ///
-    /// One backend round trip for any number of dependencies (on Redis, up to
-    /// [`invalidate_batch`](crate::backend::redis::RedisConfig::invalidate_batch) dependent
-    /// entries; more take a few calls). Loads that started before this call cannot store
+    /// One backend round trip whatever the number of dependents (on Redis, for up to
+    /// [`invalidate_batch`](crate::backend::redis::RedisConfig::invalidate_batch)
+    /// dependencies; more take a few calls). Loads that started before this call cannot store
     /// their result afterwards (see [`Cache::get_or_load`]).
     ///
     /// # Errors
@@ -433,7 +448,8 @@ impl Cache {
             .await
             .inspect_err(|e| {
                 backend_error(self.name(), "invalidate");
-                tracing::error!(error = %e, deps = ?deps, "invalidation failed");
+                // Counts only: dependency values can be personal data.
+                tracing::error!(error = %e, deps = deps.len(), "invalidation failed");
             })?;
         tracing::Span::current().record("dropped", dropped);
         tracing::debug!(deps = encoded.len(), dropped, "cache invalidate");
@@ -451,8 +467,10 @@ impl Cache {
     ///   caller (its read really did happen before the write) but never stored.
     /// - **No stampede.** Concurrent callers of one key in this process share one load; with
     ///   [`CacheBuilder::fill_lease`] processes share it too.
-    /// - **Faults degrade.** A failing backend makes this a plain call of `loader`: the read
-    ///   is a miss, the put is logged and dropped.
+    /// - **Faults degrade.** A failing backend makes this a call of `loader` without the
+    ///   cache: the read is a miss, the put is logged and dropped. Concurrent callers still
+    ///   share loads: a caller uses a value loaded unchecked only when the load started after
+    ///   the caller did, else it shares the next one.
     ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -486,6 +504,7 @@ impl Cache {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         self.check_key(key)?;
+        let started = LoadStart::now();
         let mut loader = Some(loader);
         // Followers retry when the shared load turned out unusable for them; after a few
         // rounds they load on their own rather than wait forever on a hot, churning key.
@@ -531,18 +550,19 @@ impl Cache {
                 Ok(filled) => filled,
                 Err(shared) => return Err(Error::Load(Box::new(shared.clone()))),
             };
-            if filled.shareable
+            let fresh_enough =
+                filled.unverified && filled.load_started.is_some_and(|at| at >= started);
+            if (filled.shareable || fresh_enough)
                 && let Some(value) = self.decode_or_drop(key, &filled.bytes).await
             {
                 return Ok(value);
             }
-            if filled.unverified || loader.is_none() {
-                // The backend is failing: another round would fail the same way.
+            if loader.is_none() {
                 break;
             }
         }
         // The flights kept turning out unusable for this caller (refused as stale, or loaded
-        // while the backend was failing): load without coalescing.
+        // unchecked before this caller started): load without coalescing.
         match loader.take() {
             Some(loader) => {
                 let (value, _deps) = loader().await.map_err(|e| Error::Load(e.into()))?;
@@ -609,6 +629,7 @@ impl Cache {
                         bytes,
                         shareable: true,
                         unverified: false,
+                        load_started: None,
                     });
                 }
                 // Held from here on by a guard: a caller dropped at any later await still
@@ -640,6 +661,7 @@ impl Cache {
             // Unreachable in practice: a caller whose loader is gone has returned already.
             return Err(Error::Load("this caller's loader already ran".into()));
         };
+        let load_started = Some(LoadStart::now());
         let loaded = load().await.map_err(|e| Error::Load(e.into()));
         count(Counter::Load, self.name(), 1);
         // New callers from here on start their own flight (and find the value once it is put):
@@ -655,6 +677,7 @@ impl Cache {
                         bytes,
                         shareable: false,
                         unverified: true,
+                        load_started,
                     }),
                     Ok((bytes, deps)) => {
                         let put = self.put_bytes(key, bytes.clone(), &deps, ttl, ticket).await;
@@ -671,6 +694,7 @@ impl Cache {
                             bytes,
                             shareable: stored,
                             unverified: put.is_err(),
+                            load_started,
                         })
                     }
                     Err(e) => Err(e),

@@ -72,6 +72,14 @@ impl Codec {
         Ok(out)
     }
 
+    /// The schema version in the header of `bytes`, when they carry a matroska header.
+    pub(crate) fn schema_version_of(bytes: &[u8]) -> Option<u32> {
+        match bytes {
+            [MAGIC, LAYOUT, _, a, b, c, d, ..] => Some(u32::from_le_bytes([*a, *b, *c, *d])),
+            _ => None,
+        }
+    }
+
     /// Decodes bytes written by [`Codec::encode`] with any codec this build knows.
     ///
     /// # Errors

@@ -53,6 +53,7 @@
 //! ## Features
 //!
 //! - `redis`: the Redis backend ([`backend::redis`]).
+//! - `cluster`: Redis Cluster for it ([`RedisConfig::cluster`](backend::redis::RedisConfig::cluster)).
 //! - `metrics`: counters through the [`metrics`](https://docs.rs/metrics) facade.
 //! - `msgpack`: the MessagePack [`Codec`].
 //! - `chrono`, `uuid`: [`ToValue`] for chrono's dates and times and for `uuid::Uuid`, so they

@@ -54,6 +54,15 @@ pub async fn redis_cache(name: &str) -> Cache {
         .expect("default settings are valid")
 }
 
+/// A Redis backend on the test binary's shared private cluster, under a fresh prefix.
+#[cfg(feature = "cluster")]
+pub async fn redis_cluster_backend(name: &str) -> RedisBackend {
+    let cluster = tokio::task::spawn_blocking(cluster::PrivateCluster::shared)
+        .await
+        .expect("the cluster starts");
+    redis_backend_with(RedisConfig::cluster(cluster.urls(), unique(name))).await
+}
+
 /// A cache on a fresh in-memory backend.
 pub fn memory_cache() -> Cache {
     Cache::builder(MemoryBackend::default())
@@ -180,14 +189,14 @@ impl Drop for PrivateRedis {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free local port")
 }
 
-fn answers_ping(port: u16) -> bool {
+pub(crate) fn answers_ping(port: u16) -> bool {
     use std::io::{Read, Write};
     let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return false;
@@ -279,6 +288,8 @@ impl Drop for Monitor {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 }
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod db;
 pub mod faults;
 

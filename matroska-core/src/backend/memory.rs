@@ -257,7 +257,7 @@ impl Backend for MemoryBackend {
         let now = self.now_micros();
         let mut state = self.inner.lock_state();
         self.inner.apply_removals(&mut state);
-        if let Some(Ticket(ticket)) = request.ticket {
+        if let Some(Ticket { clock: ticket, .. }) = request.ticket {
             let window = u64::try_from(self.inner.stale_window.as_micros()).unwrap_or(u64::MAX);
             if now.saturating_sub(ticket) > window {
                 return Ok(PutOutcome::Stale);
@@ -341,6 +341,7 @@ impl Backend for MemoryBackend {
     async fn ticket(&self) -> Result<Ticket> {
         let now = self.now_micros();
         let state = self.inner.lock_state();
-        Ok(Ticket(state.clock.max(now)))
+        // One epoch: the clock lives as long as the backend.
+        Ok(Ticket::new(0, state.clock.max(now)))
     }
 }

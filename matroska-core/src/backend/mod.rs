@@ -1,7 +1,7 @@
 //! The storage interface behind a [`Cache`](crate::Cache), and its two implementations.
 //!
-//! A backend stores opaque bytes under string keys, keeps a reverse index from encoded
-//! dependencies to the keys that depend on them, and implements the stale-set guard: a
+//! A backend stores opaque bytes under string keys, makes every entry that depends on an
+//! invalidated dependency unreadable, and implements the stale-set guard: a
 //! [`Ticket`] taken before a load makes a later [`PutRequest`] refuse to store when any of its
 //! dependencies was invalidated in between. Both backends keep the same invariants; one
 //! conformance suite (`tests/conformance.rs`) checks them.
@@ -21,11 +21,25 @@ pub mod redis;
 
 /// A point in the backend's own invalidation clock, taken before loading a value.
 ///
-/// The clock is owned by the backend (Redis's `TIME` and a counter kept in Redis, or the
-/// process's monotonic clock for the in-memory backend), so processes on hosts with skewed
-/// clocks still agree on what happened before what.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Ticket(pub u64);
+/// The clock is owned by the backend (a counter kept in Redis, or the process's monotonic
+/// clock for the in-memory backend), so processes on hosts with skewed clocks still agree on
+/// what happened before what. The `epoch` names the clock's incarnation: a backend whose clock
+/// was lost (a Redis restart or failover) starts another epoch, and refuses puts guarded by a
+/// ticket of an earlier one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    /// The clock's incarnation.
+    pub epoch: u64,
+    /// The clock's reading within the epoch.
+    pub clock: u64,
+}
+
+impl Ticket {
+    /// A ticket at `clock` in `epoch`.
+    pub fn new(epoch: u64, clock: u64) -> Self {
+        Ticket { epoch, clock }
+    }
+}
 
 /// One value to store, with its dependencies.
 #[derive(Debug)]
@@ -39,8 +53,9 @@ pub struct PutRequest<'a> {
     pub deps: &'a [String],
     /// Time to live; always set, so nothing lives forever.
     pub ttl: Duration,
-    /// When set, refuse to store if any dependency was invalidated after this ticket, or if
-    /// the ticket is older than the backend's stale window.
+    /// When set, refuse to store if any dependency was invalidated after this ticket (or the
+    /// backend can no longer tell, e.g. the ticket is older than the memory backend's stale
+    /// window, or Redis lost the state that would tell).
     pub ticket: Option<Ticket>,
 }
 
@@ -79,12 +94,13 @@ pub enum PutOutcome {
 /// [`redis::RedisBackend`]; implement it to put matroska on another store.
 ///
 /// Invariants every implementation keeps:
-/// - `put` stores the value and indexes it under every dependency atomically with respect to
-///   `invalidate`: an invalidation either sees the entry (and drops it) or happens before the
-///   put and, for a guarded put, makes it refuse.
-/// - `invalidate` leaves a marker per dependency for at least the stale window.
-/// - every stored item expires; index rows do not outlive the entries they point to by more
-///   than the longest TTL among those entries.
+/// - `put` is atomic with respect to `invalidate`: an invalidation either happens after the
+///   put (and the entry reads as a miss from then on) or before it, and then, for a guarded
+///   put whose ticket predates the invalidation, makes the put refuse.
+/// - a read that starts after `invalidate` returned never returns an entry stored with one of
+///   its dependencies before that invalidation.
+/// - overwriting a key replaces its dependencies: the old ones no longer reach the new value.
+/// - every stored item expires.
 #[async_trait]
 pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// A short name for logs and errors (`"memory"`, `"redis"`).
@@ -102,8 +118,10 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Removes `key`; returns whether it was there.
     async fn delete(&self, key: &str) -> Result<bool>;
 
-    /// Drops every entry that depends on any of `deps` (encoded) and leaves a marker for each
-    /// dependency; returns the number of entries dropped.
+    /// Drops every entry that depends on any of `deps` (encoded), and makes guarded puts with
+    /// an earlier ticket refuse. Returns the number of entries dropped when the backend tracks
+    /// dependents (the memory backend); a backend that invalidates without looking at
+    /// dependents (Redis, in O(dependencies)) returns 0.
     async fn invalidate(&self, deps: &[String]) -> Result<u64>;
 
     /// The current point of the backend's invalidation clock.

@@ -1,4 +1,4 @@
-//! The Redis backend: one `GET` per read, one script call per put and per invalidation.
+//! The Redis backend: version stamps, so that losing any key can only cause a miss.
 //!
 //! # Key layout
 //!
@@ -6,66 +6,162 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{P}:e:<key>` | string | a cached value (codec header + payload) |
-//! | `{P}:d:<dependency>` | set | names of the entries that depend on the dependency |
-//! | `{P}:v:<dependency>` | string | invalidation marker: clock stamp of the last invalidation |
-//! | `{P}:clock` | string | the invalidation clock |
+//! | `{P}:e:<key>` | string | an entry: its dependencies with the stamps they had when it was stored, then the value (codec header + payload) |
+//! | `{P}:s:<dependency>` | string | the dependency's stamp, replaced by a never-used value on every invalidation |
+//! | `{P}:c` | string | the invalidation clock, `<epoch>:<count>:<replication id>` (the only key without a TTL) |
 //! | `{P}:l:<key>` | string | cross-process fill lease of a key |
 //!
 //! `<dependency>` is [`Dependency::encode`](crate::Dependency::encode), which is injective, and
-//! `<key>` is the user's key as is: it ends the Redis key, so any bytes are safe. The `{P}` hash
-//! tag puts every key of one prefix in one Redis Cluster slot, which multi-key scripts need;
-//! see ARCHITECTURE.md for the cluster plan.
+//! `<key>` is the user's key as is: it ends the Redis key, so any bytes are safe.
+//!
+//! # Protocol
+//!
+//! - **get**: `GET` the entry and, in the same pipeline, `MGET` the stamps this process saw on
+//!   the key's entry last time; the entry is a hit only when every recorded stamp equals the
+//!   current one. A wrong guess (first read of a key, changed dependencies) costs a second
+//!   round trip. A missing stamp is a miss, so eviction, expiry or a restart cannot make an
+//!   invalidated entry readable again.
+//! - **invalidate**: one script call per [`RedisConfig::invalidate_batch`] dependencies sets
+//!   each stamp to `<epoch>:<count>` with a fresh count: O(dependencies), whatever the number
+//!   of dependents, and no index to lose.
+//! - **ticket** / **guarded put**: the ticket is the clock; the put script refuses when the
+//!   clock's epoch changed (a lost clock), a stamp of the ticket's epoch is newer than the
+//!   ticket, or a stamp is missing while an invalidation ran after the ticket. It stores the
+//!   entry with the stamps it read, in the same script.
+//!
+//! Everything lives in the `{P}` hash tag (one Redis Cluster slot), so each script is
+//! single-slot. See ARCHITECTURE.md for the invariants and the measurements behind this.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Script};
 
 use super::{Backend, PutOutcome, PutRequest, Ticket};
 use crate::error::{Error, Result};
+
+mod spread;
 
 static PUT: &str = include_str!("lua/put.lua");
 static INVALIDATE: &str = include_str!("lua/invalidate.lua");
 static TICKET: &str = include_str!("lua/ticket.lua");
 static RELEASE_LEASE: &str = include_str!("lua/release_lease.lua");
 
+/// First byte of an entry written by this layout (`put.lua`); anything else is not ours.
+const ENTRY_MAGIC: u8 = 0xB5;
+
 /// Settings of a [`RedisBackend`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port/db` (AUTH comes from the URL).
     pub url: String,
     /// The namespace of every key this backend writes.
     pub prefix: String,
-    /// How long invalidation markers live; a guarded put whose ticket is older is refused.
+    /// How long a stamp written by an invalidation lives at least (puts extend it to the TTL
+    /// of the entries that record it).
     pub stale_window: Duration,
     /// Upper bound on one operation, connection included.
     pub timeout: Duration,
-    /// The most entries one invalidation script call deletes before yielding to other
-    /// clients; larger fan-outs take several calls.
+    /// The most dependencies one invalidation script call stamps, and one put script reads;
+    /// more take several calls, so no call blocks the server for long.
     pub invalidate_batch: usize,
     /// After a connection failure or time-out, operations fail at once for this long instead
     /// of each waiting for the time-out: during an outage reads cost a miss, not a time-out.
     pub retry_after: Duration,
+    /// How many keys' dependency lists this process remembers, so that a read fetches the
+    /// entry and its stamps in one round trip.
+    pub known_keys: u64,
+    /// After each invalidation, wait (`WAIT`, up to [`RedisConfig::timeout`]) until this many
+    /// replicas have it, and fail the invalidation otherwise. Off (0) by default; with
+    /// replicas and automatic failover, an invalidation the promoted replica never received
+    /// is lost, and this is what prevents that.
+    pub wait_for_replicas: usize,
+    /// Seed nodes of a Redis Cluster (`redis://host:port` each); empty for a single server
+    /// at [`RedisConfig::url`]. See [`RedisConfig::cluster`].
+    pub cluster_nodes: Vec<String>,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_password(&self.url))
+            .field("prefix", &self.prefix)
+            .field("stale_window", &self.stale_window)
+            .field("timeout", &self.timeout)
+            .field("invalidate_batch", &self.invalidate_batch)
+            .field("retry_after", &self.retry_after)
+            .field("known_keys", &self.known_keys)
+            .field("wait_for_replicas", &self.wait_for_replicas)
+            .field(
+                "cluster_nodes",
+                &self
+                    .cluster_nodes
+                    .iter()
+                    .map(|url| redact_password(url))
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// The URL with the password of its user-info part (`user:password@`) replaced by `***`.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // The user-info ends at the last `@` before the path.
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let user = rest[..at]
+        .split_once(':')
+        .map_or(&rest[..at], |(user, _)| user);
+    if user.len() == at {
+        // `user@host`: no password.
+        return url.to_owned();
+    }
+    format!("{scheme}://{user}:***{}", &rest[at..])
 }
 
 impl RedisConfig {
     /// Settings for `url` with keys under `prefix`, and defaults for the rest: a 60 s stale
-    /// window, a 1 s time-out, 10,000 entries per invalidation call.
+    /// window, a 1 s time-out, 1,000 dependencies per invalidation call, 10,000 known keys.
     pub fn new(url: impl Into<String>, prefix: impl Into<String>) -> Self {
         RedisConfig {
             url: url.into(),
             prefix: prefix.into(),
             stale_window: Duration::from_secs(60),
             timeout: Duration::from_secs(1),
-            invalidate_batch: 10_000,
+            invalidate_batch: 1_000,
             retry_after: Duration::from_millis(500),
+            known_keys: 10_000,
+            wait_for_replicas: 0,
+            cluster_nodes: Vec::new(),
         }
+    }
+
+    /// Settings for a Redis Cluster reached through any of `nodes` (feature `cluster`).
+    ///
+    /// Entries and stamps are spread over the cluster's slots (only the clock, one key per
+    /// prefix, lives in the slot of `{prefix}`); every script touches one key. A put then
+    /// takes three round trips (stamps, clock, entry) instead of one, ordered so that any
+    /// interleaving with an invalidation errs towards a miss. Consider
+    /// [`RedisConfig::wait_for_replicas`]: without it, an invalidation that a failed master
+    /// had not yet replicated is lost on failover.
+    pub fn cluster<S: Into<String>>(
+        nodes: impl IntoIterator<Item = S>,
+        prefix: impl Into<String>,
+    ) -> Self {
+        let nodes: Vec<String> = nodes.into_iter().map(Into::into).collect();
+        let mut config = Self::new(nodes.first().cloned().unwrap_or_default(), prefix);
+        config.cluster_nodes = nodes;
+        config
     }
 
     /// Sets [`RedisConfig::retry_after`] (zero turns the fast-fail off).
@@ -89,24 +185,26 @@ impl RedisConfig {
         self
     }
 
-    /// Sets [`RedisConfig::invalidate_batch`].
+    /// Sets [`RedisConfig::invalidate_batch`] (dependencies per script call).
     #[must_use]
-    pub fn invalidate_batch(mut self, entries: usize) -> Self {
-        self.invalidate_batch = entries.max(1);
+    pub fn invalidate_batch(mut self, dependencies: usize) -> Self {
+        self.invalidate_batch = dependencies.max(1);
         self
     }
-}
 
-/// What [`RedisBackend::check_server`] found about the server's configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ServerWarning {
-    /// Redis may evict keys under memory pressure, and eviction does not know that an index
-    /// set must outlive its entries: an evicted set loses invalidations.
-    EvictionMayDropIndex {
-        /// The configured `maxmemory-policy`.
-        policy: String,
-    },
+    /// Sets [`RedisConfig::known_keys`].
+    #[must_use]
+    pub fn known_keys(mut self, keys: u64) -> Self {
+        self.known_keys = keys;
+        self
+    }
+
+    /// Sets [`RedisConfig::wait_for_replicas`].
+    #[must_use]
+    pub fn wait_for_replicas(mut self, replicas: usize) -> Self {
+        self.wait_for_replicas = replicas;
+        self
+    }
 }
 
 /// The Redis backend. Cheap to clone.
@@ -126,17 +224,50 @@ pub struct RedisBackend {
 }
 
 struct Inner {
-    conn: ConnectionManager,
+    /// Set once the first connection succeeds; both connection kinds reconnect by themselves
+    /// after that.
+    conn: OnceLock<Conn>,
+    connector: Connector,
+    /// Why the background connection has not succeeded yet.
+    connect_error: Mutex<Option<String>>,
     config: RedisConfig,
     clock_key: String,
-    put: Script,
-    invalidate: Script,
-    ticket: Script,
-    release_lease: Script,
-    lease_tokens: AtomicU64,
+    /// `{P}:e:` (`P:e:` on a cluster), what precedes a key in its entry key.
+    entry_prefix: String,
+    /// `{P}:s:` (`P:s:` on a cluster), what precedes a dependency in its stamp key.
+    stamp_prefix: String,
+    /// `{P}:l:` (`P:l:` on a cluster).
+    lease_prefix: String,
+    put: Lua,
+    invalidate: Lua,
+    ticket: Lua,
+    release_lease: Lua,
+    spread: spread::Scripts,
+    /// Key -> the stamp keys of its entry as last stored or read here: what a read fetches
+    /// together with the entry.
+    known: moka::sync::Cache<String, Arc<[Vec<u8>]>>,
+    /// Lease tokens, epochs and nonces: unique per process, and across processes but for a
+    /// 2^-64 chance.
+    nonces: AtomicU64,
     /// Fast-fail until this many ms after `epoch` (0: healthy).
     down_until_ms: AtomicU64,
+    /// Time-outs in a row; the fast-fail trips at [`TIMEOUTS_TO_TRIP`].
+    timeouts_in_a_row: AtomicU32,
     epoch: std::time::Instant,
+}
+
+/// One slow command is not an outage: the fast-fail trips at once on a connection error, but
+/// only after this many time-outs in a row.
+const TIMEOUTS_TO_TRIP: u32 = 3;
+
+impl Inner {
+    fn current_conn(&self) -> Option<Conn> {
+        self.conn.get().cloned()
+    }
+
+    fn set_conn(&self, conn: Conn) {
+        self.conn.get_or_init(|| conn);
+    }
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -148,91 +279,88 @@ impl std::fmt::Debug for RedisBackend {
 }
 
 impl RedisBackend {
-    /// Connects to Redis and checks its configuration (a warning is logged when eviction
-    /// could drop index sets; see [`RedisBackend::check_server`]).
+    /// Connects to Redis, waiting (up to [`RedisConfig::timeout`]) for the first connection.
+    /// Use [`RedisBackend::new`] to start while Redis may be down.
     ///
     /// # Errors
     /// [`Error::Config`] for a bad URL or prefix, [`Error::Backend`] or [`Error::Timeout`]
     /// when the server cannot be reached.
     pub async fn connect(config: RedisConfig) -> Result<Self> {
-        validate_prefix(&config.prefix)?;
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| {
-            let hint = if config.url.starts_with("rediss://") && !cfg!(feature = "tls") {
-                " (rediss:// needs matroska's `tls` feature)"
-            } else {
-                ""
-            };
-            Error::Config(format!("bad Redis URL: {e}{hint}"))
-        })?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.timeout))
-            .set_response_timeout(Some(config.timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(config.timeout);
-        let conn = with_timeout(
-            "connect",
-            config.timeout,
-            ConnectionManager::new_with_config(client, manager_config),
-        )
-        .await?;
-        let backend = RedisBackend {
-            inner: Arc::new(Inner {
-                conn,
-                clock_key: format!("{{{}}}:clock", config.prefix),
-                config,
-                put: Script::new(PUT),
-                invalidate: Script::new(INVALIDATE),
-                ticket: Script::new(TICKET),
-                release_lease: Script::new(RELEASE_LEASE),
-                lease_tokens: AtomicU64::new(seed_tokens()),
-                down_until_ms: AtomicU64::new(0),
-                epoch: std::time::Instant::now(),
-            }),
-        };
-        match backend.check_server().await {
-            Ok(warnings) => {
-                for ServerWarning::EvictionMayDropIndex { policy } in warnings {
-                    tracing::warn!(
-                        %policy,
-                        "Redis maxmemory-policy may evict matroska's reverse-index sets while \
-                         keeping entries, which loses invalidations; use `noeviction` or a \
-                         dedicated instance without maxmemory"
-                    );
-                }
-            }
-            // Managed services often disable CONFIG: not knowing is not an error.
-            Err(e) => tracing::debug!(error = %e, "could not read Redis configuration"),
-        }
+        let connector = Connector::for_config(&config)?;
+        let conn = with_timeout("connect", config.timeout, connector.connect()).await?;
+        let backend = Self::unconnected(config, connector);
+        backend.inner.set_conn(conn);
         Ok(backend)
     }
 
-    /// Reads `maxmemory` and `maxmemory-policy` and reports settings under which Redis could
-    /// evict an index set while keeping the entries it names.
+    /// A backend that connects in the background, so an application can start while Redis is
+    /// down: until the first connection succeeds, every operation fails at once (reads are
+    /// misses, invalidations report the failure), as during an outage later on.
+    ///
+    /// ```no_run
+    /// # async fn run() -> matroska_core::Result<()> {
+    /// use matroska_core::Cache;
+    /// use matroska_core::backend::redis::{RedisBackend, RedisConfig};
+    ///
+    /// let backend = RedisBackend::new(RedisConfig::new("redis://127.0.0.1:6379", "myapp"))?;
+    /// let cache = Cache::builder(backend).build()?;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
-    /// Backend errors, including `CONFIG` being disabled on the server.
-    pub async fn check_server(&self) -> Result<Vec<ServerWarning>> {
-        let mut conn = self.inner.conn.clone();
-        let (maxmemory, policy): (Vec<String>, Vec<String>) = with_timeout(
-            "config",
-            self.inner.config.timeout,
-            redis::pipe()
-                .cmd("CONFIG")
-                .arg("GET")
-                .arg("maxmemory")
-                .cmd("CONFIG")
-                .arg("GET")
-                .arg("maxmemory-policy")
-                .query_async(&mut conn),
-        )
-        .await?;
-        let maxmemory = maxmemory.get(1).map_or("0", String::as_str);
-        let policy = policy.get(1).cloned().unwrap_or_default();
-        if maxmemory != "0" && policy != "noeviction" {
-            Ok(vec![ServerWarning::EvictionMayDropIndex { policy }])
+    /// [`Error::Config`] for a bad URL or prefix, or when called outside a Tokio runtime
+    /// (the connection task needs one).
+    pub fn new(config: RedisConfig) -> Result<Self> {
+        let connector = Connector::for_config(&config)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::Config(
+                "RedisBackend::new must be called inside a Tokio runtime (it connects in a \
+                 background task)"
+                    .into(),
+            )
+        })?;
+        let backend = Self::unconnected(config, connector);
+        runtime.spawn(connect_in_background(Arc::downgrade(&backend.inner)));
+        Ok(backend)
+    }
+
+    fn unconnected(config: RedisConfig, connector: Connector) -> Self {
+        let prefix = &config.prefix;
+        // On one server everything shares the hash tag `{P}`, so the put script can name the
+        // entry, the clock and the stamps at once; on a cluster they spread over slots.
+        let spread = if config.cluster_nodes.is_empty() {
+            format!("{{{prefix}}}")
         } else {
-            Ok(Vec::new())
+            prefix.clone()
+        };
+        RedisBackend {
+            inner: Arc::new(Inner {
+                conn: OnceLock::new(),
+                connector,
+                connect_error: Mutex::new(None),
+                clock_key: format!("{{{prefix}}}:c"),
+                entry_prefix: format!("{spread}:e:"),
+                stamp_prefix: format!("{spread}:s:"),
+                lease_prefix: format!("{spread}:l:"),
+                known: moka::sync::Cache::new(config.known_keys),
+                config,
+                put: Lua::new(PUT),
+                invalidate: Lua::new(INVALIDATE),
+                ticket: Lua::new(TICKET),
+                release_lease: Lua::new(RELEASE_LEASE),
+                spread: spread::Scripts::default(),
+                nonces: AtomicU64::new(seed_nonces()),
+                down_until_ms: AtomicU64::new(0),
+                timeouts_in_a_row: AtomicU32::new(0),
+                epoch: std::time::Instant::now(),
+            }),
         }
+    }
+
+    /// Whether the first connection has succeeded (the connection may be down again since:
+    /// it reconnects by itself).
+    pub fn is_connected(&self) -> bool {
+        self.inner.current_conn().is_some()
     }
 
     /// The configuration this backend runs with.
@@ -242,24 +370,50 @@ impl RedisBackend {
 
     /// The Redis key of the entry `key` (for inspection with other clients).
     pub fn entry_key(&self, key: &str) -> String {
-        format!("{{{}}}:e:{key}", self.inner.config.prefix)
+        format!("{}{key}", self.inner.entry_prefix)
     }
 
-    /// The Redis key of the reverse-index set of an encoded dependency.
-    pub fn index_key(&self, dep: &str) -> String {
-        format!("{{{}}}:d:{dep}", self.inner.config.prefix)
-    }
-
-    fn marker_key(&self, dep: &str) -> String {
-        format!("{{{}}}:v:{dep}", self.inner.config.prefix)
+    /// The Redis key of the stamp of an encoded dependency (for inspection with other clients).
+    pub fn stamp_key(&self, dep: &str) -> String {
+        format!("{}{dep}", self.inner.stamp_prefix)
     }
 
     fn lease_key(&self, key: &str) -> String {
-        format!("{{{}}}:l:{key}", self.inner.config.prefix)
+        format!("{}{key}", self.inner.lease_prefix)
     }
 
-    fn conn(&self) -> ConnectionManager {
-        self.inner.conn.clone()
+    fn is_cluster(&self) -> bool {
+        !self.inner.config.cluster_nodes.is_empty()
+    }
+
+    fn conn(&self) -> Result<Conn> {
+        if let Some(conn) = self.inner.current_conn() {
+            return Ok(conn);
+        }
+        let why = self
+            .inner
+            .connect_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .unwrap_or_else(|| "the first attempt is under way".into());
+        Err(Error::Backend {
+            backend: "redis",
+            message: format!("not connected to Redis yet ({why}); connecting in the background"),
+            source: None,
+        })
+    }
+
+    /// A value no other call of any process is likely to get (splitmix64 of a seeded counter),
+    /// never 0.
+    fn nonce(&self) -> u64 {
+        let mut z = self
+            .inner
+            .nonces
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)).max(1)
     }
 
     async fn run<T>(
@@ -281,23 +435,29 @@ impl RedisBackend {
             });
         }
         let result = with_timeout(operation, inner.config.timeout, fut).await;
-        match &result {
-            Err(Error::Timeout { .. }) => self.trip(now_ms()),
+        let redis_error = match &result {
             Err(Error::Backend {
                 source: Some(source),
                 ..
-            }) if source.downcast_ref::<redis::RedisError>().is_some_and(|e| {
-                e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || e.is_timeout()
-            }) =>
-            {
-                self.trip(now_ms());
+            }) => source.downcast_ref::<redis::RedisError>(),
+            _ => None,
+        };
+        let timed_out = matches!(result, Err(Error::Timeout { .. }))
+            || redis_error.is_some_and(redis::RedisError::is_timeout);
+        match &result {
+            _ if timed_out => {
+                let in_a_row = inner.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+                if in_a_row >= TIMEOUTS_TO_TRIP {
+                    self.trip(now_ms());
+                }
             }
-            Ok(_) if down_until != 0 => {
-                inner.down_until_ms.store(0, Ordering::Relaxed);
-                tracing::info!("Redis answers again");
+            Err(_) if redis_error.is_some_and(is_connection_error) => self.trip(now_ms()),
+            Ok(_) => {
+                inner.timeouts_in_a_row.store(0, Ordering::Relaxed);
+                if down_until != 0 {
+                    inner.down_until_ms.store(0, Ordering::Relaxed);
+                    tracing::info!("Redis answers again");
+                }
             }
             _ => {}
         }
@@ -311,6 +471,280 @@ impl RedisBackend {
                 .down_until_ms
                 .store(now_ms.saturating_add(pause).max(1), Ordering::Relaxed);
         }
+    }
+
+    /// Whether every stamp recorded in `entry` equals the current one in `current` (same
+    /// order); a missing stamp is not equal to anything.
+    fn stamps_match(entry: &Envelope<'_>, current: &[Option<Vec<u8>>]) -> bool {
+        entry.deps.len() == current.len()
+            && entry
+                .deps
+                .iter()
+                .zip(current)
+                .all(|((_, recorded), now)| now.as_deref() == Some(*recorded))
+    }
+
+    fn stamp_keys_of(&self, entry: &Envelope<'_>) -> Arc<[Vec<u8>]> {
+        entry
+            .deps
+            .iter()
+            .map(|(dep, _)| [self.inner.stamp_prefix.as_bytes(), dep].concat())
+            .collect()
+    }
+}
+
+/// An entry as `put.lua` writes it: `0xB5`, `n:`, then per dependency `<len>:<dependency>`
+/// `<len>:<stamp>`, then the value.
+#[derive(Debug)]
+struct Envelope<'a> {
+    deps: Vec<(&'a [u8], &'a [u8])>,
+    /// Where the value starts.
+    value_at: usize,
+}
+
+impl<'a> Envelope<'a> {
+    /// `None` for bytes this layout did not write (another version, another writer).
+    fn parse(bytes: &'a [u8]) -> Option<Self> {
+        fn number(bytes: &[u8], at: usize) -> Option<(usize, usize)> {
+            let digits = bytes.get(at..)?.iter().take(11).position(|&b| b == b':')?;
+            let text = std::str::from_utf8(&bytes[at..at + digits]).ok()?;
+            Some((text.parse().ok()?, at + digits + 1))
+        }
+        fn item(bytes: &[u8], at: usize) -> Option<(&[u8], usize)> {
+            let (len, at) = number(bytes, at)?;
+            Some((bytes.get(at..at.checked_add(len)?)?, at + len))
+        }
+        if bytes.first() != Some(&ENTRY_MAGIC) {
+            return None;
+        }
+        let (n, mut at) = number(bytes, 1)?;
+        // Bounded by the bytes at hand, not by what the header claims.
+        let mut deps = Vec::with_capacity(n.min(bytes.len() / 4));
+        for _ in 0..n {
+            let (dep, next) = item(bytes, at)?;
+            let (stamp, next) = item(bytes, next)?;
+            deps.push((dep, stamp));
+            at = next;
+        }
+        Some(Envelope { deps, value_at: at })
+    }
+
+    /// Whether `keys` are the stamp keys of this entry's dependencies, in order.
+    fn has_stamp_keys(&self, keys: &[Vec<u8>], prefix: &[u8]) -> bool {
+        keys.len() == self.deps.len()
+            && keys
+                .iter()
+                .zip(&self.deps)
+                .all(|(key, (dep, _))| key.strip_prefix(prefix) == Some(*dep))
+    }
+}
+
+/// The server is unreachable (as opposed to slow, or answering with an error).
+fn is_connection_error(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
+}
+
+/// A Lua script, called with `EVALSHA` and, when the server does not have it yet, with `EVAL`
+/// on the same key's node. (redis-rs's `Script` sends `SCRIPT LOAD` instead, which a cluster
+/// connection routes to every node: one dead node fails every script after a failover.)
+struct Lua {
+    code: &'static str,
+    hash: String,
+}
+
+impl Lua {
+    fn new(code: &'static str) -> Self {
+        Lua {
+            code,
+            hash: redis::Script::new(code).get_hash().to_owned(),
+        }
+    }
+
+    fn prepare_invoke(&self) -> LuaCall<'_> {
+        LuaCall {
+            lua: self,
+            keys: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+
+    fn key(&self, key: impl redis::ToRedisArgs) -> LuaCall<'_> {
+        let mut call = self.prepare_invoke();
+        call.key(key);
+        call
+    }
+}
+
+/// One call of a [`Lua`] script: its keys and arguments.
+struct LuaCall<'a> {
+    lua: &'a Lua,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl LuaCall<'_> {
+    fn key(&mut self, key: impl redis::ToRedisArgs) -> &mut Self {
+        self.keys.extend(key.to_redis_args());
+        self
+    }
+
+    fn arg(&mut self, arg: impl redis::ToRedisArgs) -> &mut Self {
+        self.args.extend(arg.to_redis_args());
+        self
+    }
+
+    async fn invoke_async<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut Conn,
+    ) -> redis::RedisResult<T> {
+        let call = |verb: &str, body: &str| {
+            let mut cmd = redis::cmd(verb);
+            cmd.arg(body)
+                .arg(self.keys.len())
+                .arg(&self.keys)
+                .arg(&self.args);
+            cmd
+        };
+        match call("EVALSHA", &self.lua.hash).query_async(conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                call("EVAL", self.lua.code).query_async(conn).await
+            }
+            other => other,
+        }
+    }
+}
+
+/// A connection to one server or to a cluster; the backend's code is the same for both
+/// except where a script would span slots.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    #[cfg(feature = "cluster")]
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// What opens a [`Conn`], kept for retries.
+#[derive(Clone)]
+enum Connector {
+    Single(redis::Client, ConnectionManagerConfig),
+    #[cfg(feature = "cluster")]
+    Cluster(redis::cluster::ClusterClient),
+}
+
+impl Connector {
+    fn for_config(config: &RedisConfig) -> Result<Self> {
+        validate_prefix(&config.prefix)?;
+        let bad_url = |e: redis::RedisError| {
+            let hint = if config.url.starts_with("rediss://") && !cfg!(feature = "tls") {
+                " (rediss:// needs matroska's `tls` feature)"
+            } else {
+                ""
+            };
+            Error::Config(format!("bad Redis URL: {e}{hint}"))
+        };
+        if !config.cluster_nodes.is_empty() {
+            #[cfg(feature = "cluster")]
+            {
+                let client = redis::cluster::ClusterClient::builder(config.cluster_nodes.clone())
+                    .connection_timeout(config.timeout)
+                    .response_timeout(config.timeout)
+                    .retries(2)
+                    .build()
+                    .map_err(bad_url)?;
+                return Ok(Connector::Cluster(client));
+            }
+            #[cfg(not(feature = "cluster"))]
+            return Err(Error::Config(
+                "RedisConfig::cluster needs matroska's `cluster` feature".into(),
+            ));
+        }
+        let client = redis::Client::open(config.url.as_str()).map_err(bad_url)?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.timeout))
+            .set_response_timeout(Some(config.timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(config.timeout);
+        Ok(Connector::Single(client, manager_config))
+    }
+
+    async fn connect(&self) -> redis::RedisResult<Conn> {
+        match self {
+            Connector::Single(client, config) => {
+                ConnectionManager::new_with_config(client.clone(), config.clone())
+                    .await
+                    .map(Conn::Single)
+            }
+            #[cfg(feature = "cluster")]
+            Connector::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+        }
+    }
+}
+
+/// Tries to connect until it succeeds or the backend is dropped, backing off up to 5 s.
+async fn connect_in_background(inner: Weak<Inner>) {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let Some((timeout, connector)) = inner
+            .upgrade()
+            .map(|i| (i.config.timeout, i.connector.clone()))
+        else {
+            return;
+        };
+        let attempt = with_timeout("connect", timeout, connector.connect()).await;
+        let Some(live) = inner.upgrade() else {
+            return;
+        };
+        match attempt {
+            Ok(conn) => {
+                live.set_conn(conn);
+                tracing::info!(prefix = %live.config.prefix, "connected to Redis");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?pause, "cannot connect to Redis yet");
+                *live
+                    .connect_error
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
+            }
+        }
+        drop(live);
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -336,8 +770,8 @@ fn validate_prefix(prefix: &str) -> Result<()> {
     Ok(())
 }
 
-/// A per-process starting point for lease tokens, so two processes rarely share tokens.
-fn seed_tokens() -> u64 {
+/// A per-process starting point for nonces, so two processes rarely share them.
+fn seed_nonces() -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -345,13 +779,25 @@ fn seed_tokens() -> u64 {
     (nanos as u64) ^ (u64::from(std::process::id()) << 32)
 }
 
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
+
+fn bad_reply(what: &str) -> Error {
+    Error::Backend {
+        backend: "redis",
+        message: format!("unexpected reply from Redis: {what}"),
+        source: None,
+    }
+}
+
+/// Parses the clock `<epoch>:<count>` that ticket.lua returns.
+fn parse_clock(clock: &str) -> Option<Ticket> {
+    let (epoch, count) = clock.split_once(':')?;
+    Some(Ticket::new(epoch.parse().ok()?, count.parse().ok()?))
+}
+
+type Stamps = Vec<Option<Vec<u8>>>;
 
 #[async_trait]
 impl Backend for RedisBackend {
@@ -360,34 +806,102 @@ impl Backend for RedisBackend {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        let mut conn = self.conn();
-        let value: Option<Vec<u8>> = self.run("get", conn.get(self.entry_key(key))).await?;
-        Ok(value.map(Bytes::from))
+        let entry_key = self.entry_key(key);
+        let known = self.inner.known.get(key);
+        let mut conn = self.conn()?;
+        // The entry and the stamps it had last time, in one round trip: `GET` runs first, so
+        // an invalidation that returned before this read started shows in the `MGET`.
+        let (entry, guessed): (Option<Vec<u8>>, Option<Stamps>) = match &known {
+            Some(keys) if !keys.is_empty() && self.is_cluster() => {
+                // Other slots, so no pipeline: both requests in flight at once. Their order
+                // does not matter: an invalidation that returned before this read began shows
+                // in the stamps either way.
+                let mut other = conn.clone();
+                let (get, mget) = (
+                    redis::cmd("GET").arg(&entry_key).clone(),
+                    redis::cmd("MGET").arg(&keys[..]).clone(),
+                );
+                let entry = get.query_async(&mut conn);
+                let stamps = mget.query_async(&mut other);
+                let (entry, stamps) = self
+                    .run("get", async { tokio::try_join!(entry, stamps) })
+                    .await?;
+                (entry, Some(stamps))
+            }
+            Some(keys) if !keys.is_empty() => {
+                let mut pipe = redis::pipe();
+                pipe.cmd("GET").arg(&entry_key).cmd("MGET").arg(&keys[..]);
+                let (entry, stamps) = self.run("get", pipe.query_async(&mut conn)).await?;
+                (entry, Some(stamps))
+            }
+            _ => (self.run("get", conn.get(&entry_key)).await?, None),
+        };
+        let Some(entry) = entry else {
+            return Ok(None);
+        };
+        let entry = Bytes::from(entry);
+        let Some(envelope) = Envelope::parse(&entry) else {
+            tracing::debug!(key, "entry not in this layout's format; a miss");
+            return Ok(None);
+        };
+        let prefix = self.inner.stamp_prefix.as_bytes();
+        let valid = match (known, guessed) {
+            _ if envelope.deps.is_empty() => true,
+            (Some(keys), Some(stamps)) if envelope.has_stamp_keys(&keys, prefix) => {
+                Self::stamps_match(&envelope, &stamps)
+            }
+            _ => {
+                let keys = self.stamp_keys_of(&envelope);
+                self.inner.known.insert(key.to_owned(), Arc::clone(&keys));
+                let stamps: Stamps = self
+                    .run(
+                        "get",
+                        redis::cmd("MGET").arg(&keys[..]).query_async(&mut conn),
+                    )
+                    .await?;
+                Self::stamps_match(&envelope, &stamps)
+            }
+        };
+        let value_at = envelope.value_at;
+        Ok(valid.then(|| entry.slice(value_at..)))
     }
 
     async fn has(&self, key: &str) -> Result<bool> {
-        let mut conn = self.conn();
-        self.run("has", conn.exists(self.entry_key(key))).await
+        Ok(self.get(key).await?.is_some())
     }
 
     async fn put(&self, request: PutRequest<'_>) -> Result<PutOutcome> {
+        // One script names the entry, the clock and every stamp: on a cluster they live in
+        // other slots, and with very many dependencies the script would block the server.
+        if self.is_cluster() || request.deps.len() > self.inner.config.invalidate_batch {
+            return self.put_spread(request).await;
+        }
         let mut invocation = self.inner.put.prepare_invoke();
-        invocation.key(self.entry_key(request.key));
-        for dep in request.deps {
-            invocation.key(self.index_key(dep));
+        invocation
+            .key(self.entry_key(request.key))
+            .key(&self.inner.clock_key);
+        let keys: Arc<[Vec<u8>]> = request
+            .deps
+            .iter()
+            .map(|dep| self.stamp_key(dep).into_bytes())
+            .collect();
+        for key in keys.iter() {
+            invocation.key(key.as_slice());
         }
-        for dep in request.deps {
-            invocation.key(self.marker_key(dep));
-        }
+        let (epoch, clock) = request
+            .ticket
+            .map_or((String::new(), 0), |t| (t.epoch.to_string(), t.clock));
         invocation
             .arg(request.value.as_ref())
             .arg(millis(request.ttl))
-            .arg(request.deps.len())
-            .arg(request.ticket.map(|t| t.0.to_string()).unwrap_or_default())
-            .arg(micros(self.inner.config.stale_window));
-        let mut conn = self.conn();
+            .arg(epoch)
+            .arg(clock)
+            .arg(self.nonce())
+            .arg(self.inner.stamp_prefix.len());
+        let mut conn = self.conn()?;
         let stored: i64 = self.run("put", invocation.invoke_async(&mut conn)).await?;
         Ok(if stored == 1 {
+            self.inner.known.insert(request.key.to_owned(), keys);
             PutOutcome::Stored
         } else {
             PutOutcome::Stale
@@ -395,65 +909,78 @@ impl Backend for RedisBackend {
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let removed: i64 = self.run("delete", conn.del(self.entry_key(key))).await?;
         Ok(removed > 0)
     }
 
     async fn invalidate(&self, deps: &[String]) -> Result<u64> {
-        let mut pending: Vec<&String> = deps.iter().collect();
-        let mut dropped = 0;
-        let mut calls = 0_u32;
-        while !pending.is_empty() {
-            calls += 1;
+        let batch = self.inner.config.invalidate_batch.max(1);
+        for chunk in deps.chunks(batch) {
+            if self.is_cluster() {
+                self.invalidate_spread(chunk).await?;
+                continue;
+            }
             let mut invocation = self.inner.invalidate.prepare_invoke();
             invocation.key(&self.inner.clock_key);
-            for dep in &pending {
-                invocation.key(self.index_key(dep));
-            }
-            for dep in &pending {
-                invocation.key(self.marker_key(dep));
+            for dep in chunk {
+                invocation.key(self.stamp_key(dep));
             }
             invocation
-                .arg(pending.len())
-                // At least one entry per call, or a call would make no progress.
-                .arg(self.inner.config.invalidate_batch.max(1))
+                .arg(self.nonce())
                 .arg(millis(self.inner.config.stale_window));
-            let mut conn = self.conn();
-            let reply: Vec<i64> = self
+            let mut conn = self.conn()?;
+            let _stamp: String = self
                 .run("invalidate", invocation.invoke_async(&mut conn))
                 .await?;
-            let (count, unfinished) = reply.split_first().unwrap_or((&0, &[]));
-            dropped += u64::try_from(*count).unwrap_or(0);
-            pending = unfinished
-                .iter()
-                .filter_map(|&i| usize::try_from(i - 1).ok().and_then(|i| pending.get(i)))
-                .copied()
-                .collect();
         }
-        if calls > 1 {
+        let replicas = self.inner.config.wait_for_replicas;
+        if replicas > 0 {
+            let mut conn = self.conn()?;
+            let acked: usize = self
+                .run(
+                    "wait",
+                    // Half the time-out, so WAIT answers before the operation times out.
+                    redis::cmd("WAIT")
+                        .arg(replicas)
+                        .arg(millis(self.inner.config.timeout / 2))
+                        .query_async(&mut conn),
+                )
+                .await?;
+            if acked < replicas {
+                return Err(Error::Backend {
+                    backend: "redis",
+                    message: format!(
+                        "the invalidation reached {acked} of {replicas} replicas in time; \
+                         retry it (it is idempotent)"
+                    ),
+                    source: None,
+                });
+            }
+        }
+        if deps.len() > batch {
             tracing::debug!(
-                calls,
-                dropped,
+                calls = deps.len().div_ceil(batch),
                 "large invalidation split into several script calls"
             );
         }
-        Ok(dropped)
+        // Dependents are never looked at, so not counted.
+        Ok(0)
     }
 
     async fn ticket(&self) -> Result<Ticket> {
         let mut invocation = self.inner.ticket.prepare_invoke();
-        invocation.key(&self.inner.clock_key);
-        let mut conn = self.conn();
-        let now: u64 = self
+        invocation.key(&self.inner.clock_key).arg(self.nonce());
+        let mut conn = self.conn()?;
+        let clock: String = self
             .run("ticket", invocation.invoke_async(&mut conn))
             .await?;
-        Ok(Ticket(now))
+        parse_clock(&clock).ok_or_else(|| bad_reply("a clock that is not `<epoch>:<count>`"))
     }
 
     async fn try_lease(&self, key: &str, ttl: Duration) -> Result<Option<u64>> {
-        let token = self.inner.lease_tokens.fetch_add(1, Ordering::Relaxed);
-        let mut conn = self.conn();
+        let token = self.nonce();
+        let mut conn = self.conn()?;
         let taken: Option<String> = self
             .run(
                 "lease",
@@ -472,7 +999,7 @@ impl Backend for RedisBackend {
     async fn release_lease(&self, key: &str, token: u64) -> Result<()> {
         let mut invocation = self.inner.release_lease.prepare_invoke();
         invocation.key(self.lease_key(key)).arg(token);
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let _: i64 = self
             .run("release_lease", invocation.invoke_async(&mut conn))
             .await?;
@@ -503,5 +1030,46 @@ mod tests {
         assert!(validate_prefix("").is_err());
         assert!(validate_prefix("a{b").is_err());
         assert!(validate_prefix("a}b").is_err());
+    }
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        for (url, shown) in [
+            ("redis://:s3cret@h:6379/0", "redis://:***@h:6379/0"),
+            ("redis://user:s3cret@h:6379", "redis://user:***@h:6379"),
+            ("rediss://u:p@ss@h", "rediss://u:***@h"),
+            ("redis://user@h:6379", "redis://user@h:6379"),
+            ("redis://h:6379/0", "redis://h:6379/0"),
+        ] {
+            let debug = format!("{:?}", RedisConfig::new(url, "p"));
+            assert!(debug.contains(&format!("{shown:?}")), "{debug}");
+            assert!(
+                !debug.contains("s3cret") && !debug.contains("p@ss"),
+                "{debug}"
+            );
+        }
+    }
+
+    #[test]
+    fn envelopes_parse_and_garbage_does_not() {
+        let mut bytes = vec![ENTRY_MAGIC];
+        bytes.extend_from_slice(b"2:3:dep5:1:1:24:a:{}3:c99VALUE");
+        let e = Envelope::parse(&bytes).unwrap();
+        assert_eq!(
+            e.deps,
+            vec![(&b"dep"[..], &b"1:1:2"[..]), (&b"a:{}"[..], &b"c99"[..])]
+        );
+        assert_eq!(&bytes[e.value_at..], b"VALUE");
+        for garbage in [
+            &b""[..],
+            b"\xA7\x01\x01\0\0\0\0[]",
+            b"\xB5",
+            b"\xB5x:",
+            b"\xB59999999999999:",
+            b"\xB51:3:de",
+            b"\xB51:99999999999999999999:d",
+        ] {
+            assert!(Envelope::parse(garbage).is_none(), "{garbage:?}");
+        }
     }
 }

@@ -1,58 +1,80 @@
--- put.lua: store one entry and index it under each of its dependencies, in one round trip.
+-- put.lua: store one entry with the current stamps of its dependencies, in one round trip.
 --
--- KEYS[1]              the entry
--- KEYS[2 .. n+1]       the reverse-index set of each dependency
--- KEYS[n+2 .. 2n+1]    the invalidation marker of each dependency (same order)
+-- KEYS[1]       the entry
+-- KEYS[2]       the clock: '<epoch>:<count>:<replication id>' (see ticket.lua)
+-- KEYS[3 ..]    the stamp of each dependency
 -- ARGV[1]  value bytes
 -- ARGV[2]  time to live, ms
--- ARGV[3]  n, the number of dependencies
--- ARGV[4]  ticket (µs on the server's clock) taken before the value was loaded, or '' for an
---          unguarded put
--- ARGV[5]  stale window, µs: how long invalidation markers live
+-- ARGV[3]  ticket epoch taken before the value was loaded, or '' for an unguarded put
+-- ARGV[4]  ticket count
+-- ARGV[5]  a fresh nonce, for stamps this call has to create
+-- ARGV[6]  length of the stamp keys' common prefix (what precedes the dependency)
 --
--- Returns 1 when stored, 0 when refused because the value may be stale.
+-- The entry is '\181' .. n .. ':' then, per dependency, '<len>:<dependency><len>:<stamp>',
+-- then the value. Returns 1 when stored, 0 when refused because the value may be stale.
 --
 -- Invariants:
--- * a guarded put never stores a value one of whose dependencies was invalidated after the
---   ticket was taken (the marker says when), nor one whose ticket is older than the markers
---   live (a marker that has expired can no longer tell);
--- * an index set lives at least as long as the longest-lived entry it names, so an
---   invalidation can always find every live entry;
--- * every key written has a TTL.
-local n = tonumber(ARGV[3])
-local ttl = tonumber(ARGV[2])
-
-if ARGV[4] ~= '' then
-  local ticket = tonumber(ARGV[4])
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  if now - ticket > tonumber(ARGV[5]) then
-    return 0
+-- * a read serves the entry only while every recorded stamp equals the current one, so
+--   losing any key (the entry's stamps, the clock) can only make it a miss;
+-- * a guarded put refuses when the clock has another epoch than its ticket or was written
+--   under another replication id (restart, failover, lost clock), when a stamp of the ticket's epoch is newer than the ticket, and
+--   when a stamp is missing while some invalidation ran after the ticket (the missing stamp
+--   may have been that invalidation's, then evicted);
+-- * a missing stamp is created (also by a refused put, so the next load can store), with a
+--   value no entry recorded before: entries that recorded a lost stamp stay misses;
+-- * stamps live at least as long as the entries that recorded them (PEXPIRE ... GT), and
+--   every key written but the clock has a TTL.
+local n = #KEYS - 2
+local ttl = ARGV[2]
+local guarded = ARGV[3] ~= ''
+local refuse = false
+local ticket, clock
+if guarded then
+  ticket = tonumber(ARGV[4])
+  local rid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
+  local c = redis.call('GET', KEYS[2])
+  local epoch, count, owner
+  if c then
+    epoch, count, owner = string.match(c, '^(%d+):(%d+):(%w+)$')
   end
-  for i = 1, n do
-    local marker = redis.call('GET', KEYS[n + 1 + i])
-    if marker and tonumber(marker) > ticket then
-      return 0
-    end
+  if epoch ~= ARGV[3] or owner ~= rid then
+    refuse = true
+  else
+    clock = tonumber(count)
   end
 end
 
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
-for i = 2, n + 1 do
-  local added = redis.call('SADD', KEYS[i], KEYS[1])
-  if redis.call('PTTL', KEYS[i]) < ttl then
-    redis.call('PEXPIRE', KEYS[i], ttl)
-  end
-  -- A long-lived dependency that is never invalidated (a scope's invalidate-all, say) keeps
-  -- collecting names of entries that have since expired. Now and then, sample a few members
-  -- and drop the dead ones: bounded work per put, and the set stays near its live size.
-  if added == 1 and redis.call('SCARD', KEYS[i]) % 64 == 0 then
-    local sample = redis.call('SRANDMEMBER', KEYS[i], 16)
-    for _, member in ipairs(sample) do
-      if redis.call('EXISTS', member) == 0 then
-        redis.call('SREM', KEYS[i], member)
+local plen = tonumber(ARGV[6])
+local parts = { '\181', tostring(n), ':' }
+for i = 3, n + 2 do
+  local key = KEYS[i]
+  local stamp = redis.call('GET', key)
+  if not stamp then
+    stamp = 'c' .. ARGV[5]
+    redis.call('SET', key, stamp, 'PX', ttl)
+    if guarded and not refuse and clock > ticket then
+      refuse = true
+    end
+  else
+    if guarded and not refuse then
+      local epoch, count = string.match(stamp, '^(%d+):(%d+)$')
+      if epoch == ARGV[3] and tonumber(count) > ticket then
+        refuse = true
       end
     end
+    redis.call('PEXPIRE', key, ttl, 'GT')
   end
+  local dep = string.sub(key, plen + 1)
+  parts[#parts + 1] = tostring(#dep)
+  parts[#parts + 1] = ':'
+  parts[#parts + 1] = dep
+  parts[#parts + 1] = tostring(#stamp)
+  parts[#parts + 1] = ':'
+  parts[#parts + 1] = stamp
 end
+if refuse then
+  return 0
+end
+parts[#parts + 1] = ARGV[1]
+redis.call('SET', KEYS[1], table.concat(parts), 'PX', ttl)
 return 1

@@ -1,11 +1,24 @@
 -- ticket.lua: read the invalidation clock before loading a value.
 --
--- KEYS[1]  the invalidation clock
+-- KEYS[1]  the clock: '<epoch>:<count>:<replication id of the server that wrote it>'
+-- ARGV[1]  a fresh epoch (decimal, never 0), used when the clock is missing or was written
+--          under another replication id
 --
--- Returns max(stored clock, server time in µs). Every invalidation that starts after this
--- call writes a stamp greater than the result (see invalidate.lua), so a guarded put with this
--- ticket can tell whether it raced with one.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local clock = tonumber(redis.call('GET', KEYS[1]) or '0')
-return math.max(clock, now)
+-- Returns '<epoch>:<count>'. Every invalidation that runs after this call writes stamps
+-- '<epoch>:<higher count>' (see invalidate.lua), so a guarded put with this ticket can tell
+-- whether one of its dependencies was invalidated since.
+--
+-- Invariant: a clock that is lost (restart, eviction) or may be behind (a replica promoted
+-- after a failover has a new replication id) comes back with another epoch, so no ticket taken
+-- before can store after it, and counts never go backwards within an epoch.
+local rid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
+local c = redis.call('GET', KEYS[1])
+local epoch, count, owner
+if c then
+  epoch, count, owner = string.match(c, '^(%d+):(%d+):(%w+)$')
+end
+if not epoch or owner ~= rid then
+  epoch, count = ARGV[1], '0'
+  redis.call('SET', KEYS[1], epoch .. ':0:' .. rid)
+end
+return epoch .. ':' .. count

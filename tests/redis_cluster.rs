@@ -1,0 +1,104 @@
+//! The Redis backend on a private Redis Cluster (feature `cluster`): keys spread over the
+//! masters, and scripts stay within one slot. The conformance suite and the stress tests run
+//! on a cluster too (`tests/conformance.rs`, `tests/stress.rs`).
+#![cfg(feature = "cluster")]
+
+mod support;
+
+use std::time::Duration;
+
+use matroska::backend::redis::RedisConfig;
+use matroska::{Cache, Dependency};
+use support::cluster::PrivateCluster;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_and_stamps_spread_over_every_master() {
+    let cluster = tokio::task::spawn_blocking(PrivateCluster::shared)
+        .await
+        .unwrap();
+    let prefix = support::unique("spread");
+    let backend =
+        support::redis_backend_with(RedisConfig::cluster(cluster.urls(), prefix.clone())).await;
+    let cache = Cache::builder(backend.clone()).build().unwrap();
+    for i in 0..200 {
+        cache
+            .put(&format!("k{i}"), &i, &[Dependency::id("row", i)], None)
+            .await
+            .unwrap();
+    }
+    let mut masters = std::collections::HashSet::new();
+    for i in 0..200 {
+        masters.insert(cluster.master_of(&backend.entry_key(&format!("k{i}"))));
+        masters.insert(cluster.master_of(&backend.stamp_key(&Dependency::id("row", i).encode())));
+    }
+    assert_eq!(
+        masters.len(),
+        3,
+        "keys of one prefix live on {masters:?} only"
+    );
+    // And every one of them works: invalidate half, read all.
+    let half: Vec<Dependency> = (0..100).map(|i| Dependency::id("row", i)).collect();
+    cache.invalidate(&half).await.unwrap();
+    for i in 0..200 {
+        let got = cache.get::<i64>(&format!("k{i}")).await.unwrap();
+        assert_eq!(got, (i >= 100).then_some(i), "k{i}");
+    }
+}
+
+/// A guarded put whose ticket predates an invalidation is refused on a cluster as on one
+/// server, whichever nodes hold the stamps; and one from before a failover of the clock's
+/// master is refused after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ticket_from_before_a_failover_never_stores_after_it() {
+    use matroska::backend::{Backend, PutOutcome, PutRequest};
+    let mut cluster = tokio::task::spawn_blocking(PrivateCluster::start)
+        .await
+        .unwrap();
+    let prefix = support::unique("failover");
+    let b = support::redis_backend_with(
+        RedisConfig::cluster(cluster.urls(), prefix.clone())
+            .timeout(Duration::from_millis(500))
+            .wait_for_replicas(1),
+    )
+    .await;
+    let deps = vec![Dependency::id("row", 1).encode()];
+    let value = bytes::Bytes::from(matroska::Codec::Json.encode("k", &1, 0).unwrap());
+    let ttl = Duration::from_secs(60);
+    let ticket = b.ticket().await.unwrap();
+    let clock = format!("{{{prefix}}}:c");
+    let cluster = tokio::task::spawn_blocking(move || {
+        let port = cluster.master_of(&clock);
+        cluster.kill(port);
+        cluster.wait_for_failover(port);
+        cluster
+    })
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let outcome = loop {
+        match b
+            .put(PutRequest::new("k", value.clone(), &deps, ttl).guarded_by(Some(ticket)))
+            .await
+        {
+            Ok(outcome) => break outcome,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "{e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(
+        outcome,
+        PutOutcome::Stale,
+        "a ticket from before the failover stored"
+    );
+    // A fresh ticket stores, and reads answer.
+    let ticket = b.ticket().await.unwrap();
+    let outcome = b
+        .put(PutRequest::new("k", value, &deps, ttl).guarded_by(Some(ticket)))
+        .await
+        .unwrap();
+    assert_eq!(outcome, PutOutcome::Stored);
+    assert!(b.get("k").await.unwrap().is_some());
+    drop(cluster);
+}
