@@ -11,9 +11,33 @@
 //! equal must fold to the same string. A coarser fold only costs extra misses (two lists that
 //! share a folded value invalidate together); a finer one leaves stale entries.
 
+use std::collections::BTreeSet;
+use std::sync::{PoisonError, RwLock};
+
 use unicode_normalization::UnicodeNormalization;
 
 use crate::value::Value;
+
+/// Scope fields whose column compares more loosely than their fold (found by a start-up
+/// check in production mode): every write through them invalidates the whole scope.
+static COARSE: RwLock<BTreeSet<(String, String)>> = RwLock::new(BTreeSet::new());
+
+/// Marks `scope`'s `field` as compared more loosely by its column than its [`Fold`] folds:
+/// from now on every write that invalidates a condition over it also invalidates the scope's
+/// lists (`Scope::all`) — coarse, never stale. Start-up collation checks call it in production
+/// mode; in development mode they report an error instead.
+pub fn mark_coarse(scope: &str, field: &str) {
+    COARSE
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert((scope.to_owned(), field.to_owned()));
+}
+
+/// Whether [`mark_coarse`] marked `scope`'s `field`.
+pub fn is_coarse(scope: &str, field: &str) -> bool {
+    let coarse = COARSE.read().unwrap_or_else(PoisonError::into_inner);
+    !coarse.is_empty() && coarse.contains(&(scope.to_owned(), field.to_owned()))
+}
 
 /// How a scope field's string values are folded before they become part of a dependency.
 ///

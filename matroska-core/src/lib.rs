@@ -69,7 +69,7 @@ mod collect;
 mod db_json;
 mod dependency;
 mod error;
-mod fold;
+pub mod fold;
 mod key;
 mod observe;
 pub mod scope;

@@ -53,6 +53,7 @@ use std::sync::Arc;
 use crate::cache::Cache;
 use crate::dependency::Dependency;
 use crate::error::{Error, Result};
+use crate::fold::Fold;
 use crate::value::Value;
 
 /// Extractors with at most this many fields serve conditions over any subset of their fields.
@@ -95,6 +96,8 @@ pub struct Scope<T: ?Sized> {
     name: String,
     mode: ScopeMode,
     extractors: Vec<Extractor<T>>,
+    /// How each field's string values compare in the database (see [`Fold`]).
+    folds: BTreeMap<String, Fold>,
 }
 
 impl<T: ?Sized> Clone for Extractor<T> {
@@ -116,6 +119,7 @@ impl<T: ?Sized> Clone for Scope<T> {
             name: self.name.clone(),
             mode: self.mode,
             extractors: self.extractors.clone(),
+            folds: self.folds.clone(),
         }
     }
 }
@@ -145,7 +149,39 @@ impl<T: ?Sized> Scope<T> {
             name: name.into(),
             mode: ScopeMode::default(),
             extractors: Vec::new(),
+            folds: BTreeMap::new(),
         }
+    }
+
+    /// Folds `field`'s string values with `fold` on both sides — in the conditions lists are
+    /// cached by and in those a written object invalidates — so that values its column's
+    /// collation considers equal make one condition (see [`Fold`]).
+    ///
+    /// ```
+    /// use matroska_core::{Fold, Scope, Value};
+    ///
+    /// struct Book { category: String }
+    /// let scope = Scope::<Book>::new("Book")
+    ///     .describe(&["category"], |b| Some(vec![Value::from(&b.category)]))
+    ///     .fold("category", Fold::CI_AI);
+    /// let list = scope.condition([("category", Value::from("Fantasy"))])?;
+    /// let saved = scope.dependencies_for(&Book { category: "fantasy ".into() }, None);
+    /// assert!(saved.contains(&list[0]));
+    /// # Ok::<_, matroska_core::Error>(())
+    /// ```
+    #[must_use]
+    pub fn fold(mut self, field: &str, fold: Fold) -> Self {
+        if fold.is_exact() {
+            self.folds.remove(field);
+        } else {
+            self.folds.insert(field.to_owned(), fold);
+        }
+        self
+    }
+
+    /// The fold of `field` ([`Fold::EXACT`] unless [`Scope::fold`] set one).
+    pub fn field_fold(&self, field: &str) -> Fold {
+        self.folds.get(field).copied().unwrap_or_default()
     }
 
     /// Sets what a condition over undescribed fields does.
@@ -239,7 +275,7 @@ impl<T: ?Sized> Scope<T> {
     ) -> Result<Vec<Dependency>> {
         let fields: BTreeMap<String, Value> = fields
             .into_iter()
-            .map(|(k, v)| (k.as_ref().to_owned(), v))
+            .map(|(k, v)| (k.as_ref().to_owned(), self.field_fold(k.as_ref()).apply(v)))
             .collect();
         let names: BTreeSet<&str> = fields.keys().map(String::as_str).collect();
         let described = !names.is_empty() && self.extractors.iter().any(|e| e.serves(&names));
@@ -356,7 +392,22 @@ impl<T: ?Sized> Scope<T> {
             for object in [before, after].into_iter().flatten() {
                 match extractor.run(object) {
                     Ok(None) => {}
-                    Ok(Some(values)) => extractor.conditions(&self.name, &values, &mut deps),
+                    Ok(Some(values)) => {
+                        let values: Vec<Value> = extractor
+                            .fields
+                            .iter()
+                            .zip(values)
+                            .map(|(field, v)| self.field_fold(field).apply(v))
+                            .collect();
+                        extractor.conditions(&self.name, &values, &mut deps);
+                        if extractor
+                            .fields
+                            .iter()
+                            .any(|f| crate::fold::is_coarse(&self.name, f))
+                        {
+                            deps.insert(self.all());
+                        }
+                    }
                     Err(problem) => {
                         tracing::error!(
                             scope = %self.name,

@@ -31,6 +31,7 @@ use serde_json::{Map, Value as Json};
 
 use crate::db_json::ColumnDecoder;
 use crate::dependency::Dependency;
+use crate::fold::{Fold, is_coarse};
 use crate::scope::condition_subsets;
 use crate::value::Value;
 
@@ -42,6 +43,7 @@ pub type Row = Map<String, Json>;
 pub struct ColumnSpec {
     name: String,
     decoder: ColumnDecoder,
+    fold: Fold,
 }
 
 impl ColumnSpec {
@@ -53,6 +55,11 @@ impl ColumnSpec {
     /// How the column is decoded.
     pub fn decoder(&self) -> ColumnDecoder {
         self.decoder
+    }
+
+    /// How the column's string values are folded in conditions.
+    pub fn fold(&self) -> Fold {
+        self.fold
     }
 
     fn decode(&self, row: &Row) -> Result<Value, RowError> {
@@ -73,6 +80,7 @@ impl fmt::Debug for ColumnSpec {
         f.debug_struct("ColumnSpec")
             .field("name", &self.name)
             .field("decoder", &self.decoder)
+            .field("fold", &self.fold)
             .finish()
     }
 }
@@ -178,6 +186,7 @@ impl TableSpec {
         self.key.push(ColumnSpec {
             name: column.into(),
             decoder,
+            fold: Fold::EXACT,
         });
         self
     }
@@ -192,9 +201,22 @@ impl TableSpec {
             .map(|&(name, decoder)| ColumnSpec {
                 name: name.to_owned(),
                 decoder,
+                fold: Fold::EXACT,
             })
             .collect();
         self.scopes.push(ScopeColumns { columns, guarded });
+        self
+    }
+
+    /// Folds the string values of scope column `column` (see [`Scope::fold`](crate::Scope::fold)):
+    /// the relay's conditions then equal those of a scope with the same fold.
+    #[must_use]
+    pub fn fold(mut self, column: &str, fold: Fold) -> Self {
+        for c in self.scopes.iter_mut().flat_map(|s| s.columns.iter_mut()) {
+            if c.name == column {
+                c.fold = fold;
+            }
+        }
         self
     }
 
@@ -274,9 +296,12 @@ impl TableSpec {
                 let values = scope
                     .columns
                     .iter()
-                    .map(|c| c.decode(row))
+                    .map(|c| c.decode(row).map(|v| c.fold.apply(v)))
                     .collect::<Result<Vec<_>, _>>()?;
                 condition_subsets(&self.entity, &fields, &values, false, &mut out);
+                if fields.iter().any(|f| is_coarse(&self.entity, f)) {
+                    out.insert(Dependency::invalidate_all(self.entity.as_str()));
+                }
             }
         }
         Ok(out.into_iter().collect())

@@ -170,13 +170,14 @@ fn impl_scoped(cont: &Container<'_>) -> TokenStream {
             })
         }
     });
+    let folds = folds(cont).map(|(name, fold)| quote!(.fold(#name, #path::Fold::#fold)));
     quote! {
         #[automatically_derived]
         impl #path::Scoped for #ident {
             fn scope() -> &'static #path::Scope<Self> {
                 static SCOPE: #path::__private::OnceLock<#path::Scope<#ident>> =
                     #path::__private::OnceLock::new();
-                SCOPE.get_or_init(|| #path::Scope::new(#entity) #(#describes)*)
+                SCOPE.get_or_init(|| #path::Scope::new(#entity) #(#describes)* #(#folds)*)
             }
         }
     }
@@ -212,13 +213,14 @@ fn impl_watched_table(cont: &Container<'_>) -> TokenStream {
         let guarded = scope.when.is_some();
         quote!(.scope(&[#(#columns),*], #guarded))
     });
+    let folds = folds(cont).map(|(name, fold)| quote!(.fold(#name, #path::Fold::#fold)));
     quote! {
         #[automatically_derived]
         impl #path::WatchedTable for #ident {
             fn watched_table() -> #path::TableSpec {
                 #[allow(unused_imports)]
                 use #path::__private::{ViaFromDbJson as _, ViaUntyped as _};
-                #path::TableSpec::new(#entity, #entity) #(#keys)* #(#scopes)*
+                #path::TableSpec::new(#entity, #entity) #(#keys)* #(#scopes)* #(#folds)*
             }
         }
     }
@@ -277,7 +279,10 @@ fn impl_condition(cont: &Container<'_>, scope: &Scope) -> TokenStream {
         let field = &cont.fields[i];
         let fname = field_name(cont, field);
         let value = to_value(path, field, quote!(self));
-        quote!((#fname, #value))
+        match &field.attrs.fold {
+            Some(fold) => quote!((#fname, #path::Fold::#fold.apply(#value))),
+            None => quote!((#fname, #value)),
+        }
     });
     quote! {
         #[automatically_derived]
@@ -417,6 +422,25 @@ fn to_value(path: &syn::Path, field: &Field<'_>, receiver: TokenStream) -> Token
         quote!(#path::ToValue::to_value(&#receiver.#name)),
         field.ty.span(),
     )
+}
+
+/// The scope fields with a `#[cache(fold = "...")]`: their condition names and fold constants.
+fn folds<'a>(cont: &'a Container<'_>) -> impl Iterator<Item = (TokenStream, &'a Ident)> + 'a {
+    let mut scoped: Vec<usize> = cont
+        .scopes
+        .iter()
+        .flat_map(|s| s.fields.iter().copied())
+        .collect();
+    scoped.sort_unstable();
+    scoped.dedup();
+    scoped.into_iter().filter_map(move |i| {
+        let field = &cont.fields[i];
+        field
+            .attrs
+            .fold
+            .as_ref()
+            .map(|fold| (field_name(cont, field), fold))
+    })
 }
 
 /// `tokens` with every span set to `span`, so errors about them point at the user's tokens.

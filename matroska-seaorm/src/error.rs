@@ -44,6 +44,10 @@ pub enum Error {
         /// The configured limit.
         limit: usize,
     },
+    /// Scope columns compare strings more loosely than their fields fold them (see
+    /// [`check_collations`](crate::check_collations)).
+    #[error("scope columns compare more loosely than their folds: {0}")]
+    Collation(String),
 }
 
 impl From<Error> for DbErr {

@@ -115,6 +115,7 @@
 #![warn(clippy::unwrap_used)]
 
 pub mod bulk;
+pub mod collation;
 pub mod connection;
 mod dependencies;
 mod error;
@@ -127,6 +128,7 @@ mod row;
 pub mod transaction;
 
 pub use bulk::{invalidate, invalidate_entity};
+pub use collation::{CollationIssue, check_collations};
 pub use connection::CacheableConnection;
 pub use dependencies::{entity_dependencies, row_dependencies};
 pub use error::{Error, Result};

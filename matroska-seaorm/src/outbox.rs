@@ -13,7 +13,7 @@
 //!
 //! ## In a migration
 //!
-//! ```ignore
+//! ```text
 //! use sea_orm_migration::prelude::*;
 //! use matroska::WatchedTable;
 //!

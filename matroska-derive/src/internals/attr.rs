@@ -30,6 +30,10 @@ pub const CRATE: &str = "crate";
 pub const KEY: &str = "key";
 /// `#[cache(related)]` on a field.
 pub const RELATED: &str = "related";
+/// `#[cache(fold = "ci_ai")]` on a field: how its column's collation compares strings.
+pub const FOLD: &str = "fold";
+/// The values of `fold = "..."`, with the `matroska::Fold` constant each names.
+pub const FOLDS: &[(&str, &str)] = &[("exact", "EXACT"), ("case", "CASE"), ("ci_ai", "CI_AI")];
 /// `#[scope(..., when = ...)]`.
 pub const WHEN: &str = "when";
 /// `#[scope(..., name = ...)]`.
@@ -77,6 +81,8 @@ pub struct Field {
     pub key: Option<Span>,
     /// `#[cache(related)]`, with the `related` token's span.
     pub related: Option<Span>,
+    /// `#[cache(fold = "...")]`: the `matroska::Fold` constant's name.
+    pub fold: Option<Ident>,
     /// `#[sea_orm(primary_key)]`.
     pub sea_orm_primary_key: bool,
     /// `#[sea_orm(enum_name = "...")]`.
@@ -163,6 +169,26 @@ impl Field {
                         set_once(cx, &mut out.key, meta.path.span(), &meta, KEY);
                     } else if meta.path.is_ident(RELATED) {
                         set_once(cx, &mut out.related, meta.path.span(), &meta, RELATED);
+                    } else if meta.path.is_ident(FOLD) {
+                        let lit: LitStr = meta.value()?.parse()?;
+                        match FOLDS.iter().find(|(name, _)| *name == lit.value()) {
+                            Some((_, constant)) => {
+                                let fold = Ident::new(constant, lit.span());
+                                set_once(cx, &mut out.fold, fold, &meta, FOLD);
+                            }
+                            None => cx.error_spanned_by(
+                                &lit,
+                                format!(
+                                    "unknown fold {:?}; expected one of {}",
+                                    lit.value(),
+                                    FOLDS
+                                        .iter()
+                                        .map(|(n, _)| format!("\"{n}\""))
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                ),
+                            ),
+                        }
                     } else if meta.path.is_ident(ENTITY) || meta.path.is_ident(CRATE) {
                         let name = path_name(&meta.path);
                         cx.error_spanned_by(
@@ -176,7 +202,7 @@ impl Field {
                         cx.error_spanned_by(
                             &meta.path,
                             format!(
-                                "unknown cache option `{}` on a field; expected `key` or `related`",
+                                "unknown cache option `{}` on a field; expected `key`, `related` or `fold`",
                                 path_name(&meta.path)
                             ),
                         );

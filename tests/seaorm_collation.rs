@@ -1,0 +1,174 @@
+//! Case- and accent-insensitive collations (MariaDB's default): a list cached for
+//! `category = "Fantasy"` holds rows stored as `"fantasy"` and `"FANTASY "`, and writing one
+//! of them must invalidate it — through the hooks and through the outbox relay.
+#![cfg(feature = "seaorm")]
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use matroska::seaorm::{self, CachedExt, outbox};
+use matroska::{ScopeMode, WatchedTable};
+use sea_orm::{ActiveModelTrait, ConnectionTrait, EntityTrait, QueryFilter, Schema, Set};
+
+use support::db::{Kind, ScratchDb};
+
+/// A scope field folded as MariaDB's `_ci` collations compare.
+mod shelf {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, matroska::CacheDeps)]
+    #[sea_orm(table_name = "shelf")]
+    #[scope(category)]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i32,
+        #[cache(fold = "ci_ai")]
+        pub category: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    matroska::seaorm::active_model_behavior!(ActiveModel);
+}
+
+/// The same without the fold.
+mod loose {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, matroska::CacheDeps)]
+    #[sea_orm(table_name = "loose_shelf")]
+    #[scope(category)]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i32,
+        pub category: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    matroska::seaorm::active_model_behavior!(ActiveModel);
+}
+
+async fn scratch() -> ScratchDb {
+    let db = ScratchDb::new(Kind::MySql, "collation").await;
+    let schema = Schema::new(db.backend());
+    db.conn
+        .execute(&schema.create_table_from_entity(shelf::Entity))
+        .await
+        .unwrap();
+    db.conn
+        .execute(&schema.create_table_from_entity(loose::Entity))
+        .await
+        .unwrap();
+    db
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folded_fields_invalidate_lists_of_equal_values() {
+    let db = scratch().await;
+    outbox::install(&db.conn, &[shelf::Model::watched_table()])
+        .await
+        .unwrap();
+    // The folded field passes the check.
+    let issues = seaorm::check_collations(
+        &db.conn,
+        &[shelf::Model::watched_table()],
+        ScopeMode::Development,
+    )
+    .await
+    .unwrap();
+    assert!(issues.is_empty(), "{issues:?}");
+
+    let cache = support::redis_cache("collation").await;
+    let fantasy = shelf::ByCategory {
+        category: "Fantasy".into(),
+    };
+    let list = || {
+        shelf::Entity::find()
+            .filter(fantasy.filter())
+            .cached(&cache)
+            .scoped(&fantasy)
+    };
+    seaorm::with_cache(cache.clone(), async {
+        assert!(list().all(&db.conn).await.unwrap().is_empty());
+        // A hooked insert of a value the collation equates.
+        shelf::ActiveModel {
+            category: Set("fantasy".into()),
+            ..Default::default()
+        }
+        .insert(&db.conn)
+        .await
+        .unwrap();
+        assert_eq!(list().all(&db.conn).await.unwrap().len(), 1);
+    })
+    .await;
+
+    // A raw insert through the outbox relay, with accents, case and trailing spaces.
+    let relay = outbox::relay(&db.conn, cache.clone())
+        .unwrap()
+        .watch_type::<shelf::Model>()
+        .build()
+        .spawn();
+    db.conn
+        .execute_unprepared("INSERT INTO shelf (category) VALUES ('FÄNTASY  ')")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = list().all(&db.conn).await.unwrap();
+        if rows.len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the list stayed stale: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_check_finds_unfolded_fields_and_production_goes_coarse() {
+    let db = scratch().await;
+    let cache = support::redis_cache("collation_loose").await;
+    let fantasy = loose::ByCategory {
+        category: "Fantasy".into(),
+    };
+    let list = || {
+        loose::Entity::find()
+            .filter(fantasy.filter())
+            .cached(&cache)
+            .scoped(&fantasy)
+    };
+    let insert = |category: &str| loose::ActiveModel {
+        category: Set(category.into()),
+        ..Default::default()
+    };
+    seaorm::with_cache(cache.clone(), async {
+        // Without a fold, a row the collation equates does not drop the list: stale.
+        assert!(list().all(&db.conn).await.unwrap().is_empty());
+        insert("fantasy").insert(&db.conn).await.unwrap();
+        assert!(
+            list().all(&db.conn).await.unwrap().is_empty(),
+            "the failure this check exists for"
+        );
+
+        let spec = [loose::Model::watched_table()];
+        let err = seaorm::check_collations(&db.conn, &spec, ScopeMode::Development)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("loose_shelf.category"), "{err}");
+        assert!(err.to_string().contains("fold = \"ci_ai\""), "{err}");
+
+        // Production: coarse. The next write through the field drops every list.
+        let issues = seaorm::check_collations(&db.conn, &spec, ScopeMode::Production)
+            .await
+            .unwrap();
+        assert_eq!(issues.len(), 1);
+        insert("FANTASY").insert(&db.conn).await.unwrap();
+        assert_eq!(list().all(&db.conn).await.unwrap().len(), 2);
+    })
+    .await;
+}
