@@ -247,3 +247,68 @@ fn loaded_rows_and_relations_in_first_seen_order() {
     );
     let _ = &books[0].author.as_ref().map(|a| &a.name);
 }
+
+/// A list filtered by a value that is not a column of its own (the author's name, from
+/// `author_id`): the seed's `describes("author", watch_modified=["author_id"])`.
+#[derive(Debug, Clone, CacheDeps)]
+#[cache(entity = "post")]
+#[scope(author, watch = [author_id])]
+#[allow(dead_code)] // a view model: only the scope reads its fields
+struct PostView {
+    id: i64,
+    title: String,
+    author_id: i64,
+    author: String,
+}
+
+#[test]
+fn a_watching_scope_runs_when_its_source_columns_change() {
+    use matroska::table::Row;
+    use matroska::{RowChange, WatchedTable};
+
+    let post = PostView {
+        id: 1,
+        title: "t".into(),
+        author_id: 7,
+        author: "kolypto".into(),
+    };
+    let by_author = Dependency::condition("post", [("author", Value::from("kolypto"))]);
+    let condition = PostViewByAuthor {
+        author: "kolypto".into(),
+    };
+    assert!(condition.dependencies().contains(&by_author));
+    let scope = PostView::scope();
+    assert!(
+        scope
+            .dependencies_for(&post, Some(&["author_id"]))
+            .contains(&by_author)
+    );
+    assert!(
+        !scope
+            .dependencies_for(&post, Some(&["title"]))
+            .contains(&by_author)
+    );
+
+    // The outbox records `author_id`; the relay cannot compute `author`, so a change of it
+    // drops all of the entity's lists, and a change of anything else drops none.
+    let spec = PostView::watched_table();
+    assert_eq!(spec.watched_columns(), ["id", "author_id"]);
+    let row = |author_id: i64| -> Row {
+        serde_json::from_value(serde_json::json!({"id": 1, "author_id": author_id})).unwrap()
+    };
+    let (old, new) = (row(7), row(8));
+    let moved = spec
+        .dependencies(&RowChange::Update {
+            old: Some(&old),
+            new: Some(&new),
+        })
+        .unwrap();
+    assert!(moved.contains(&Dependency::invalidate_all("post")));
+    let same = spec
+        .dependencies(&RowChange::Update {
+            old: Some(&old),
+            new: Some(&old),
+        })
+        .unwrap();
+    assert!(!same.contains(&Dependency::invalidate_all("post")));
+}

@@ -89,6 +89,9 @@ struct Extractor<T: ?Sized> {
     /// Whether the extractor may opt out (`None`) because of fields it does not describe
     /// (a `when` guard): it is consulted on every write and serves its full field set only.
     guarded: bool,
+    /// The modified fields (columns) that make it run: its own fields, or the ones
+    /// [`Scope::describe_watching`] names.
+    watch: Vec<String>,
 }
 
 /// A family of cached lists over one kind of object; see the [module docs](self).
@@ -106,6 +109,7 @@ impl<T: ?Sized> Clone for Extractor<T> {
             fields: self.fields.clone(),
             extract: Arc::clone(&self.extract),
             guarded: self.guarded,
+            watch: self.watch.clone(),
         }
     }
 }
@@ -222,12 +226,42 @@ impl<T: ?Sized> Scope<T> {
         self.push(fields, extract, true)
     }
 
+    /// Like [`Scope::describe`], for fields that are not columns of their own — a renamed or
+    /// computed value (`author` from `author_id`): the extractor runs when one of the `watch`
+    /// fields (the columns the values come from) is modified, instead of its own fields. The
+    /// seed's `describes("author", watch_modified=["author_id"])`.
+    ///
+    /// ```
+    /// use matroska_core::{Dependency, Scope, Value};
+    ///
+    /// struct Article { author_id: i64, title: String }
+    /// let scope = Scope::<Article>::new("article")
+    ///     .describe_watching(&["author"], &["author_id"], |a| Some(vec![Value::from(a.author_id)]));
+    /// let a = Article { author_id: 7, title: "t".into() };
+    /// let by_author = Dependency::condition("article", [("author", Value::from(7))]);
+    /// assert!(scope.dependencies_for(&a, Some(&["author_id"])).contains(&by_author));
+    /// assert!(!scope.dependencies_for(&a, Some(&["title"])).contains(&by_author));
+    /// ```
+    #[must_use]
+    pub fn describe_watching<F>(mut self, fields: &[&str], watch: &[&str], extract: F) -> Self
+    where
+        F: Fn(&T) -> Option<Vec<Value>> + Send + Sync + 'static,
+    {
+        self = self.push(fields, extract, false);
+        if let Some(extractor) = self.extractors.last_mut() {
+            extractor.watch = watch.iter().map(|w| (*w).to_owned()).collect();
+        }
+        self
+    }
+
     fn push<F>(mut self, fields: &[&str], extract: F, guarded: bool) -> Self
     where
         F: Fn(&T) -> Option<Vec<Value>> + Send + Sync + 'static,
     {
+        let fields: Vec<String> = fields.iter().map(|f| (*f).to_owned()).collect();
         self.extractors.push(Extractor {
-            fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+            watch: fields.clone(),
+            fields,
             extract: Arc::new(extract),
             guarded,
         });
@@ -247,6 +281,13 @@ impl<T: ?Sized> Scope<T> {
     /// The field lists of the extractors, in the order they were described.
     pub fn described_fields(&self) -> impl Iterator<Item = &[String]> {
         self.extractors.iter().map(|e| e.fields.as_slice())
+    }
+
+    /// The fields (columns) whose modification runs each extractor, in the order they were
+    /// described: its own fields, or the `watch` list of [`Scope::describe_watching`]. A write
+    /// that modifies none of these needs no old row and no condition.
+    pub fn watched_fields(&self) -> impl Iterator<Item = &[String]> {
+        self.extractors.iter().map(|e| e.watch.as_slice())
     }
 
     /// The dependency that writes which cannot be narrowed to objects invalidate (bulk
@@ -383,7 +424,7 @@ impl<T: ?Sized> Scope<T> {
             if let Some(modified) = modified
                 && !extractor.guarded
                 && !extractor
-                    .fields
+                    .watch
                     .iter()
                     .any(|f| modified.contains(&f.as_str()))
             {

@@ -90,6 +90,9 @@ impl fmt::Debug for ColumnSpec {
 pub struct ScopeColumns {
     columns: Vec<ColumnSpec>,
     guarded: bool,
+    /// For a scope over values that are not columns ([`TableSpec::scope_watching`]): the
+    /// columns they come from.
+    watch: Vec<String>,
 }
 
 impl ScopeColumns {
@@ -102,6 +105,11 @@ impl ScopeColumns {
     /// change then invalidates the whole entity's lists ([`Scope::all`](crate::Scope::all)).
     pub fn is_guarded(&self) -> bool {
         self.guarded
+    }
+
+    /// The columns an opaque scope's values come from (empty for a scope over columns).
+    pub fn watched(&self) -> &[String] {
+        &self.watch
     }
 }
 
@@ -204,7 +212,26 @@ impl TableSpec {
                 fold: Fold::EXACT,
             })
             .collect();
-        self.scopes.push(ScopeColumns { columns, guarded });
+        self.scopes.push(ScopeColumns {
+            columns,
+            guarded,
+            watch: Vec::new(),
+        });
+        self
+    }
+
+    /// Adds a scope over values that are not columns of their own (a renamed or computed
+    /// field, [`Scope::describe_watching`](crate::Scope::describe_watching)): the database can
+    /// record only the `watch` columns they come from, so a recorded insert or delete, or an
+    /// update that changes one of them, invalidates the entity's lists
+    /// ([`Dependency::invalidate_all`]).
+    #[must_use]
+    pub fn scope_watching(mut self, watch: &[&str]) -> Self {
+        self.scopes.push(ScopeColumns {
+            columns: Vec::new(),
+            guarded: false,
+            watch: watch.iter().map(|w| (*w).to_owned()).collect(),
+        });
         self
     }
 
@@ -252,8 +279,13 @@ impl TableSpec {
         let mut seen = BTreeSet::new();
         self.key
             .iter()
-            .chain(self.scopes.iter().flat_map(|s| s.columns.iter()))
             .map(ColumnSpec::name)
+            .chain(self.scopes.iter().flat_map(|s| {
+                s.columns
+                    .iter()
+                    .map(ColumnSpec::name)
+                    .chain(s.watch.iter().map(String::as_str))
+            }))
             .filter(|name| seen.insert(*name))
             .collect()
     }
@@ -288,6 +320,18 @@ impl TableSpec {
                 continue;
             }
             for scope in &self.scopes {
+                if !scope.watch.is_empty() {
+                    let moved = match (old, new) {
+                        (Some(old), Some(new)) => {
+                            scope.watch.iter().any(|c| old.get(c) != new.get(c))
+                        }
+                        _ => true,
+                    };
+                    if moved {
+                        out.insert(Dependency::invalidate_all(self.entity.as_str()));
+                    }
+                    continue;
+                }
                 if scope.guarded {
                     out.insert(Dependency::invalidate_all(self.entity.as_str()));
                     continue;

@@ -50,10 +50,11 @@ fn expand(cont: &Container<'_>) -> TokenStream {
     let watched = impl_watched_table(cont);
     let conditions = cont.scopes.iter().map(|s| condition_type(cont, s));
     let condition_impls = cont.scopes.iter().map(|s| impl_condition(cont, s));
+    // A `watch` scope's fields need not be columns: no SQL filter for it.
     let filters = cont
         .scopes
         .iter()
-        .filter(|_| cont.is_sea_orm_model())
+        .filter(|s| cont.is_sea_orm_model() && s.watch.is_none())
         .map(|s| impl_scope_filter(cont, s));
     quote! {
         #(#conditions)*
@@ -163,11 +164,21 @@ fn impl_scoped(cont: &Container<'_>) -> TokenStream {
                 }
             }
         });
-        quote! {
-            .describe(&[#(#names),*], |#object: &#ident| {
-                #when
-                #path::__private::Some(#path::__private::vec![#(#values),*])
-            })
+        match &scope.watch {
+            Some(watch) => {
+                let watch = watch_names(cont, watch);
+                quote! {
+                    .describe_watching(&[#(#names),*], &[#(#watch),*], |#object: &#ident| {
+                        #path::__private::Some(#path::__private::vec![#(#values),*])
+                    })
+                }
+            }
+            None => quote! {
+                .describe(&[#(#names),*], |#object: &#ident| {
+                    #when
+                    #path::__private::Some(#path::__private::vec![#(#values),*])
+                })
+            },
         }
     });
     let folds = folds(cont).map(|(name, fold)| quote!(.fold(#name, #path::Fold::#fold)));
@@ -211,7 +222,13 @@ fn impl_watched_table(cont: &Container<'_>) -> TokenStream {
             quote!((#name, #decode))
         });
         let guarded = scope.when.is_some();
-        quote!(.scope(&[#(#columns),*], #guarded))
+        match &scope.watch {
+            Some(watch) => {
+                let watch = watch_names(cont, watch);
+                quote!(.scope_watching(&[#(#watch),*]))
+            }
+            None => quote!(.scope(&[#(#columns),*], #guarded)),
+        }
     });
     let folds = folds(cont).map(|(name, fold)| quote!(.fold(#name, #path::Fold::#fold)));
     quote! {
@@ -424,6 +441,26 @@ fn to_value(path: &syn::Path, field: &Field<'_>, receiver: TokenStream) -> Token
     )
 }
 
+/// The column names of a scope's `watch = [..]`: a field's column name (SeaORM's, on a model),
+/// or the string as written.
+fn watch_names(
+    cont: &Container<'_>,
+    watch: &[crate::internals::attr::WatchItem],
+) -> Vec<TokenStream> {
+    use crate::internals::attr::WatchItem;
+    watch
+        .iter()
+        .filter_map(|item| match item {
+            WatchItem::Field(ident) => cont
+                .fields
+                .iter()
+                .find(|f| f.ident == ident)
+                .map(|f| field_name(cont, f)),
+            WatchItem::Column(lit) => Some(quote!(#lit)),
+        })
+        .collect()
+}
+
 /// The scope fields with a `#[cache(fold = "...")]`: their condition names and fold constants.
 fn folds<'a>(cont: &'a Container<'_>) -> impl Iterator<Item = (TokenStream, &'a Ident)> + 'a {
     let mut scoped: Vec<usize> = cont
@@ -464,7 +501,7 @@ fn respan(tokens: TokenStream, span: Span) -> TokenStream {
 /// name as SeaORM reports it (`Column::as_str()`), so the names of modified columns an
 /// `ActiveModel` reports can be handed to `Scope::invalidate_for` as they are.
 fn field_name(cont: &Container<'_>, field: &Field<'_>) -> TokenStream {
-    if cont.is_sea_orm_model() {
+    if cont.is_sea_orm_model() && !field.attrs.sea_orm_ignore {
         let path = &cont.crate_path;
         let column = field.column_variant();
         quote!(#path::__private::sea_orm::IdenStatic::as_str(&Column::#column))

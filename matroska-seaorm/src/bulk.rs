@@ -114,7 +114,7 @@ where
     E::Model: Scoped,
 {
     let mut out: Vec<&'static str> = Vec::new();
-    for field in <E::Model as Scoped>::scope().described_fields().flatten() {
+    for field in <E::Model as Scoped>::scope().watched_fields().flatten() {
         let field = field.as_str();
         let hit = match <E::Column as FromStr>::from_str(field) {
             Ok(column) => columns.iter().any(|c| c.as_str() == column.as_str()),

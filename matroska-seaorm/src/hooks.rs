@@ -48,7 +48,7 @@ pub type ModelOf<AM> = <<AM as ActiveModelTrait>::Entity as EntityTrait>::Model;
 /// The scope fields (distinct) of a model's extractors, in declaration order.
 fn scope_fields<M: Scoped>() -> Vec<&'static str> {
     let mut fields: Vec<&'static str> = Vec::new();
-    for f in M::scope().described_fields().flatten() {
+    for f in M::scope().watched_fields().flatten() {
         if !fields.contains(&f.as_str()) {
             fields.push(f.as_str());
         }

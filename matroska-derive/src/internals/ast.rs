@@ -43,6 +43,8 @@ pub struct Scope {
     /// The fields as written in the attribute, for spans.
     pub field_tokens: Vec<Ident>,
     pub when: Option<syn::Expr>,
+    /// `watch = [..]`: the columns the values come from (the fields need not be columns).
+    pub watch: Option<Vec<attr::WatchItem>>,
     /// The generated condition type.
     pub type_name: Ident,
 }
@@ -192,11 +194,14 @@ impl<'a> Container<'a> {
             for ident in &scope.fields {
                 match self.fields.iter().position(|f| f.ident == ident) {
                     Some(i) => {
-                        if self.is_sea_orm_model() && self.fields[i].attrs.sea_orm_ignore {
+                        if self.is_sea_orm_model()
+                            && self.fields[i].attrs.sea_orm_ignore
+                            && scope.watch.is_none()
+                        {
                             cx.error_spanned_by(
                                 ident,
                                 format!(
-                                    "field `{ident}` is `#[sea_orm(ignore)]`: it has no column to filter on"
+                                    "field `{ident}` is `#[sea_orm(ignore)]`: it has no column to filter on (name the columns its value comes from with `watch = [..]`)"
                                 ),
                             );
                         }
@@ -210,6 +215,24 @@ impl<'a> Container<'a> {
                             self.field_list()
                         ),
                     ),
+                }
+            }
+            if let Some(watch) = &scope.watch {
+                for item in watch {
+                    if let attr::WatchItem::Field(ident) = item
+                        && !self.fields.iter().any(|f| f.ident == ident)
+                    {
+                        cx.error_spanned_by(
+                            ident,
+                            format!(
+                                "`{}` has no field `{ident}` to watch; name a field, or a column as a string (\"{ident}\")",
+                                self.ident
+                            ),
+                        );
+                    }
+                }
+                if let Some(when) = &scope.when {
+                    cx.error_spanned_by(when, "a scope takes `when` or `watch`, not both");
                 }
             }
             if fields.len() != scope.fields.len() {
@@ -265,6 +288,7 @@ impl<'a> Container<'a> {
                 fields,
                 field_tokens: scope.fields.clone(),
                 when: scope.when.clone(),
+                watch: scope.watch.clone(),
                 type_name,
             });
         }

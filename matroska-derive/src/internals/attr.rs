@@ -36,6 +36,8 @@ pub const FOLD: &str = "fold";
 pub const FOLDS: &[(&str, &str)] = &[("exact", "EXACT"), ("case", "CASE"), ("ci_ai", "CI_AI")];
 /// `#[scope(..., when = ...)]`.
 pub const WHEN: &str = "when";
+/// `#[scope(author, watch = [author_id])]`: the columns a non-column field's value comes from.
+pub const WATCH: &str = "watch";
 /// `#[scope(..., name = ...)]`.
 pub const NAME: &str = "name";
 /// `#[sea_orm(table_name = "...")]` on a SeaORM model.
@@ -72,6 +74,19 @@ pub struct ScopeAttr {
     pub when: Option<Expr>,
     /// `name = Ident`: the condition type's name.
     pub name: Option<Ident>,
+    /// `watch = [column, ..]`: the columns the scope's values come from, as written (idents or
+    /// string literals).
+    pub watch: Option<Vec<WatchItem>>,
+}
+
+/// One column of `watch = [..]`: a field of the struct (its column's name is used) or a
+/// column name as a string.
+#[derive(Clone)]
+pub enum WatchItem {
+    /// `author_id`
+    Field(Ident),
+    /// `"author_id"`
+    Column(LitStr),
 }
 
 /// The attributes of a field.
@@ -283,6 +298,7 @@ impl ScopeAttr {
             fields: Vec::new(),
             when: None,
             name: None,
+            watch: None,
         };
         for item in items {
             match item {
@@ -316,10 +332,38 @@ impl ScopeAttr {
                         "`name` takes the condition type's name, e.g. `name = FantasyBooks`",
                     ),
                 },
+                ScopeItem::Option(option, value) if option == WATCH => {
+                    let items: Vec<Expr> = match value {
+                        Expr::Array(array) => array.elems.into_iter().collect(),
+                        other => vec![other],
+                    };
+                    let mut watch = Vec::new();
+                    for item in items {
+                        match item {
+                            Expr::Path(p) if p.qself.is_none() && p.path.get_ident().is_some() => {
+                                if let Some(ident) = p.path.get_ident() {
+                                    watch.push(WatchItem::Field(ident.clone()));
+                                }
+                            }
+                            Expr::Lit(syn::ExprLit {
+                                lit: syn::Lit::Str(lit),
+                                ..
+                            }) => watch.push(WatchItem::Column(lit)),
+                            other => cx.error_spanned_by(
+                                other,
+                                "`watch` takes the columns the values come from: `watch = [author_id]` or `watch = [\"author_id\"]`",
+                            ),
+                        }
+                    }
+                    if scope.watch.is_some() {
+                        cx.error_spanned_by(&option, "`watch` is given twice in this scope");
+                    }
+                    scope.watch = Some(watch);
+                }
                 ScopeItem::Option(option, _) => cx.error_spanned_by(
                     &option,
                     format!(
-                        "unknown scope option `{option}`; expected a field name, `when = <fn(&Self) -> bool>` or `name = TypeName`"
+                        "unknown scope option `{option}`; expected a field name, `when = <fn(&Self) -> bool>`, `name = TypeName` or `watch = [column, ..]`"
                     ),
                 ),
             }
