@@ -281,6 +281,7 @@ impl Drop for Monitor {
 }
 pub mod db;
 pub mod faults;
+pub mod ledger;
 
 /// xorshift: a tiny deterministic generator for test workloads, one per task.
 pub struct Rng(pub u64);
