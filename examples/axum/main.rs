@@ -18,8 +18,9 @@
 //! curl -s -X POST localhost:3000/posts/unpublish-all      # a bulk write: the outbox invalidates
 //! ```
 //!
-//! It creates the table `posts` (and the outbox's) if missing. `RUST_LOG` sets the log
-//! filter (default `info`). With `AXUM_EXAMPLE_EXIT=1` it shuts down right after start-up
+//! It creates the table `posts` (and the outbox's) if missing. `REDIS_PREFIX` (default
+//! `axum-example`) names the database's entries in Redis: give each database its own. `RUST_LOG`
+//! sets the log filter (default `info`). With `AXUM_EXAMPLE_EXIT=1` it shuts down right after start-up
 //! (CI runs it that way).
 
 mod app;
@@ -43,14 +44,20 @@ async fn main() -> Result<(), Box<dyn Error>> {
 
     // One pool for the handlers and the relay: an in-memory SQLite database is shared.
     let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "sqlite::memory:".into());
-    let db = Database::connect(ConnectOptions::new(url).sqlx_logging(false).to_owned()).await?;
+    let db = Database::connect(ConnectOptions::new(&url).sqlx_logging(false).to_owned()).await?;
     app::migrate(&db).await?;
 
     let cache = match std::env::var("REDIS_URL") {
-        // Every process of the app shares the entries (and the invalidations) under one prefix.
-        Ok(url) => {
-            Cache::builder(RedisBackend::connect(RedisConfig::new(url, "axum-example")).await?)
-                .build()?
+        Ok(redis) => {
+            // A prefix holds the entries of one database: every process serving it shares
+            // them (and their invalidations). An in-memory database lives and dies with this
+            // process, so its entries get a prefix of their own.
+            let prefix = if url.contains(":memory:") {
+                format!("axum-example-{}-{}", std::process::id(), unix_millis())
+            } else {
+                std::env::var("REDIS_PREFIX").unwrap_or_else(|_| "axum-example".into())
+            };
+            Cache::builder(RedisBackend::connect(RedisConfig::new(redis, prefix)).await?).build()?
         }
         Err(_) => Cache::memory(),
     };
@@ -70,6 +77,12 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let delivered = relay_.drain().await?;
     tracing::info!(delivered, "relay stopped");
     Ok(())
+}
+
+fn unix_millis() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
 }
 
 /// Ctrl-C or SIGTERM (or at once with `AXUM_EXAMPLE_EXIT=1`).
