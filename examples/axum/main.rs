@@ -19,9 +19,9 @@
 //! ```
 //!
 //! It creates the table `posts` (and the outbox's) if missing. `REDIS_PREFIX` (default
-//! `axum-example`) names the database's entries in Redis: give each database its own. `RUST_LOG`
-//! sets the log filter (default `info`). With `AXUM_EXAMPLE_EXIT=1` it shuts down right after start-up
-//! (CI runs it that way).
+//! `axum-example`) names the database's entries in Redis: give each database its own.
+//! `RUST_LOG` sets the log filter (default `info`). With `AXUM_EXAMPLE_EXIT=1` it shuts down
+//! right after start-up (CI runs it that way).
 
 mod app;
 mod post;
