@@ -6,12 +6,13 @@
 //! `update_many`, raw SQL, `Entity::update(..).exec` and a hooked save inside SeaORM's own
 //! `db.transaction`; every third write also moves the row to the other bucket (a watched
 //! column). After each commit the writer waits until the relay has delivered it (the outbox
-//! holds no row up to the one its write added), then publishes the row's version and bucket.
+//! holds no row up to the one its write added), then finishes the write in the ledger.
 //!
-//! The checker: a read that starts after a publication must not see an older version of the
-//! row (by id, or inside a bucket's list), and a row that is not being written must be in
-//! exactly the list of its bucket. The same run without the triggers (the relay has nothing to
-//! deliver) must be caught by the checker. Bounded by operation counts; no timing assertions.
+//! The checker ([`support::ledger`]): a read that starts after a finished write must not see
+//! an older version of the row (by id, or inside a bucket's list), and a row that is not being
+//! written must be in exactly the list of its bucket. The same run without the triggers (the
+//! relay has nothing to deliver) must be caught by the checker. Bounded by operation counts;
+//! no timing assertions.
 #![cfg(feature = "seaorm")]
 #![allow(clippy::unwrap_used)]
 
@@ -19,7 +20,7 @@ mod seaorm_blog;
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use matroska::seaorm::{self, CachedExt, outbox};
@@ -32,23 +33,16 @@ use sea_orm::{
 
 use seaorm_blog::stress_row as row;
 use support::db::{Kind, ScratchDb};
+use support::ledger::Ledger;
 
 const ROWS: i64 = 12;
 const WRITERS: i64 = 4;
 const READERS: u64 = 4;
 
-/// What a writer has published for a row: delivered to the cache.
-struct Published {
-    version: AtomicI64,
-    bucket: AtomicI64,
-    /// Set while a write of the row is between its start and its publication.
-    writing: AtomicBool,
-}
-
 struct Harness {
     db: ScratchDb,
     cache: Cache,
-    rows: Vec<Published>,
+    ledger: Ledger,
     protected: bool,
     stale: AtomicU64,
     misplaced: AtomicU64,
@@ -171,47 +165,26 @@ async fn writer(h: Arc<Harness>, w: i64, writes: u64) {
             },
             ..from.clone()
         };
-        let published = &h.rows[usize::try_from(to.id).unwrap()];
-        published.writing.store(true, Ordering::SeqCst);
+        h.ledger.begin(to.id);
         write(&h, k + u64::try_from(w).unwrap(), &from, &to).await;
         h.delivered().await;
-        published.version.store(to.version, Ordering::SeqCst);
-        published
-            .bucket
-            .store(i64::from(to.bucket), Ordering::SeqCst);
-        published.writing.store(false, Ordering::SeqCst);
+        h.ledger.finish(to.id, to.version, i64::from(to.bucket));
         owned[i] = to;
     }
-}
-
-/// A snapshot of what was published before a read started.
-fn snapshot(h: &Harness) -> Vec<(i64, i64, bool)> {
-    h.rows
-        .iter()
-        .map(|p| {
-            (
-                p.version.load(Ordering::SeqCst),
-                p.bucket.load(Ordering::SeqCst),
-                p.writing.load(Ordering::SeqCst),
-            )
-        })
-        .collect()
 }
 
 async fn reader(h: Arc<Harness>, seed: u64, reads: u64) {
     let mut rng = support::Rng(seed);
     for _ in 0..reads {
-        let before = snapshot(&h);
+        let before = h.ledger.snapshot();
         h.reads.fetch_add(1, Ordering::Relaxed);
-        if rng.next(2) == 0 {
+        let verdict = if rng.next(2) == 0 {
             let id = i64::try_from(rng.next(u64::try_from(ROWS).unwrap())).unwrap();
             let got = seaorm::query::find_by_id::<row::Entity, _>(&h.cache, h.conn(), id)
                 .await
                 .unwrap()
                 .unwrap();
-            if got.version < before[usize::try_from(id).unwrap()].0 {
-                h.stale.fetch_add(1, Ordering::Relaxed);
-            }
+            before.check_row(id, got.version)
         } else {
             let bucket = i32::try_from(rng.next(2)).unwrap();
             let list = row::Entity::find()
@@ -221,22 +194,12 @@ async fn reader(h: Arc<Harness>, seed: u64, reads: u64) {
                 .all(h.conn())
                 .await
                 .unwrap();
-            let after = snapshot(&h);
-            for r in &list {
-                if r.version < before[usize::try_from(r.id).unwrap()].0 {
-                    h.stale.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            // Membership of rows no write touched during the read.
-            for (id, (b, a)) in before.iter().zip(&after).enumerate() {
-                let settled = !b.2 && !a.2 && b.0 == a.0;
-                let expected = b.1 == i64::from(bucket);
-                let present = list.iter().any(|r| r.id == i64::try_from(id).unwrap());
-                if settled && expected != present {
-                    h.misplaced.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
+            let after = h.ledger.snapshot();
+            let rows: Vec<(i64, i64)> = list.iter().map(|r| (r.id, r.version)).collect();
+            before.check_list(&after, i64::from(bucket), &rows)
+        };
+        h.stale.fetch_add(verdict.stale, Ordering::Relaxed);
+        h.misplaced.fetch_add(verdict.misplaced, Ordering::Relaxed);
     }
 }
 
@@ -279,13 +242,9 @@ async fn run(kind: Kind, name: &str, protected: bool, writes: u64, reads: u64) -
     let h = Arc::new(Harness {
         db,
         cache: cache.clone(),
-        rows: (0..ROWS)
-            .map(|id| Published {
-                version: AtomicI64::new(0),
-                bucket: AtomicI64::new(id % 2),
-                writing: AtomicBool::new(false),
-            })
-            .collect(),
+        ledger: Ledger::new(usize::try_from(ROWS).unwrap(), |id| {
+            i64::try_from(id % 2).unwrap()
+        }),
         protected,
         stale: AtomicU64::new(0),
         misplaced: AtomicU64::new(0),

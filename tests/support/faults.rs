@@ -1,5 +1,6 @@
 //! A real backend with faults injected into its invalidations: they fail while the backend
-//! is "down", and wait while its gate is closed (to drop a caller mid-invalidation).
+//! is "down", wait while its gate is closed (to drop a caller mid-invalidation), and lose
+//! their scope conditions while told to forget them (to show a checker catches that).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +17,7 @@ use tokio::sync::watch;
 pub struct Faulty {
     inner: Arc<dyn Backend>,
     down: AtomicBool,
+    forget_conditions: AtomicBool,
     open: watch::Sender<bool>,
     /// Invalidations that reached the closed gate, ever.
     stopped: watch::Sender<usize>,
@@ -26,6 +28,7 @@ impl Faulty {
         Faulty {
             inner: Arc::new(inner),
             down: AtomicBool::new(false),
+            forget_conditions: AtomicBool::new(false),
             open: watch::Sender::new(true),
             stopped: watch::Sender::new(0),
         }
@@ -34,6 +37,12 @@ impl Faulty {
     /// While `down`, invalidations fail with a time-out.
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// While set, invalidations drop the scope conditions (`Condition` dependencies) and
+    /// deliver the rest: a write no longer reaches the lists a row enters.
+    pub fn set_forget_conditions(&self, forget: bool) {
+        self.forget_conditions.store(forget, Ordering::SeqCst);
     }
 
     /// Closes the gate: invalidations wait until [`Faulty::open`].
@@ -90,6 +99,15 @@ impl Backend for Faulty {
             open.wait_for(|o| *o)
                 .await
                 .expect("the sender lives in self");
+        }
+        if self.forget_conditions.load(Ordering::SeqCst) {
+            // 'C' starts a condition's encoding (`Dependency::encode`).
+            let kept: Vec<String> = deps
+                .iter()
+                .filter(|d| !d.starts_with('C'))
+                .cloned()
+                .collect();
+            return self.inner.invalidate(&kept).await;
         }
         self.inner.invalidate(deps).await
     }

@@ -292,6 +292,7 @@ impl Drop for Monitor {
 pub mod cluster;
 pub mod db;
 pub mod faults;
+pub mod ledger;
 
 /// xorshift: a tiny deterministic generator for test workloads, one per task.
 pub struct Rng(pub u64);
