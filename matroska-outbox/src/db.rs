@@ -67,7 +67,7 @@ pub async fn install(
     Ok(())
 }
 
-/// Removes the triggers of `tables` (the outbox tables and their rows stay).
+/// Removes the triggers of `tables` (the outbox tables and their rows stay). Idempotent.
 ///
 /// # Errors
 /// The database's errors.
@@ -77,7 +77,11 @@ pub async fn uninstall(
     tables: &[&str],
 ) -> Result<()> {
     let outbox = &resolve_schema(conn, outbox).await?;
-    execute_all(conn, &outbox.uninstall_sql(conn.dialect(), tables)).await?;
+    // Idempotent, also where the outbox was never installed: its tables are created (empty)
+    // so that the statements below have what they name.
+    let mut statements = outbox.create_tables_sql(conn.dialect());
+    statements.extend(outbox.uninstall_sql(conn.dialect(), tables));
+    execute_all(conn, &statements).await?;
     Ok(())
 }
 
