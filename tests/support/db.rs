@@ -1,5 +1,6 @@
-//! Scratch databases for the SeaORM tests: a SQLite file in the temp dir, a fresh PostgreSQL
-//! schema, or a fresh MariaDB/MySQL database per test, dropped when the handle is dropped.
+//! Scratch databases for the SeaORM and Diesel tests: a SQLite file in the temp dir, a fresh
+//! PostgreSQL schema, or a fresh MariaDB/MySQL database per test, dropped when the handle is
+//! dropped. `DieselConn` opens Diesel connections to the same database.
 //!
 //! Services come from `DATABASE_URL_POSTGRES` (default `postgres://postgres@127.0.0.1:5432/test`)
 //! and `DATABASE_URL_MYSQL` (default `mysql://root@127.0.0.1:3306/test`). A missing service
@@ -38,6 +39,8 @@ pub struct ScratchDb {
     pub kind: Kind,
     /// The URL the connection was opened with (for extra connections).
     pub url: String,
+    /// The PostgreSQL schema set as the search path (None elsewhere).
+    pub schema: Option<String>,
     cleanup: Cleanup,
 }
 
@@ -78,6 +81,7 @@ impl ScratchDb {
             conn,
             kind: Kind::Sqlite,
             url,
+            schema: None,
             cleanup: Cleanup::File(path),
         }
     }
@@ -106,6 +110,7 @@ impl ScratchDb {
             conn,
             kind: Kind::Postgres,
             url: admin_url.clone(),
+            schema: Some(schema.clone()),
             cleanup: Cleanup::Statement {
                 admin_url,
                 sql: format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"),
@@ -140,6 +145,7 @@ impl ScratchDb {
             conn,
             kind: Kind::MySql,
             url,
+            schema: None,
             cleanup: Cleanup::Statement {
                 admin_url,
                 sql: format!("DROP DATABASE IF EXISTS `{database}`"),
@@ -149,6 +155,60 @@ impl ScratchDb {
 
     pub fn backend(&self) -> DbBackend {
         self.conn.get_database_backend()
+    }
+}
+
+/// A Diesel connection to a test's scratch database: the same database (SQLite file,
+/// PostgreSQL schema as the search path, MariaDB database) the `ScratchDb`'s pool reaches.
+#[cfg(feature = "diesel")]
+pub trait DieselConn: diesel::Connection + Send + Sized + 'static {
+    /// The kind of scratch database this connection type opens.
+    const KIND: Kind;
+
+    /// A new connection to `db`.
+    fn open(db: &ScratchDb) -> Self;
+}
+
+#[cfg(feature = "diesel")]
+impl DieselConn for diesel::SqliteConnection {
+    const KIND: Kind = Kind::Sqlite;
+
+    fn open(db: &ScratchDb) -> Self {
+        use diesel::connection::SimpleConnection;
+        let Cleanup::File(path) = &db.cleanup else {
+            panic!("not a SQLite scratch database");
+        };
+        let mut conn = <Self as diesel::Connection>::establish(&path.display().to_string())
+            .expect("open the SQLite file");
+        // The relay's pool writes the same file (it deletes delivered outbox rows).
+        conn.batch_execute("PRAGMA busy_timeout = 10000")
+            .expect("busy timeout");
+        conn
+    }
+}
+
+#[cfg(feature = "diesel-postgres")]
+impl DieselConn for diesel::PgConnection {
+    const KIND: Kind = Kind::Postgres;
+
+    fn open(db: &ScratchDb) -> Self {
+        use diesel::connection::SimpleConnection;
+        let mut conn = <Self as diesel::Connection>::establish(&db.url)
+            .unwrap_or_else(|e| panic!("PostgreSQL at {}: {e}", db.url));
+        let schema = db.schema.as_deref().expect("a PostgreSQL scratch schema");
+        conn.batch_execute(&format!("SET search_path TO \"{schema}\""))
+            .expect("search path");
+        conn
+    }
+}
+
+#[cfg(feature = "diesel-mysql")]
+impl DieselConn for diesel::MysqlConnection {
+    const KIND: Kind = Kind::MySql;
+
+    fn open(db: &ScratchDb) -> Self {
+        <Self as diesel::Connection>::establish(&db.url)
+            .unwrap_or_else(|e| panic!("MariaDB/MySQL at {}: {e}", db.url))
     }
 }
 
