@@ -249,6 +249,9 @@ impl<'a> Container<'a> {
                             );
                             err.combine(syn::Error::new(span, "declared here"));
                             cx.syn_error(err);
+                            // Leaves the scope unresolved: no condition type with a field
+                            // that is no column (and no follow-on errors about its type).
+                            continue;
                         }
                         fields.push(i);
                     }
