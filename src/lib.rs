@@ -2,7 +2,8 @@
 //!
 //! The facade crate: re-exports [`matroska_core`] and, behind features, the derive macros
 //! (`derive`, on by default), the SeaORM integration (`seaorm`), the Diesel integration
-//! (`diesel`, `diesel-postgres`, `diesel-mysql`) and the database outbox (`outbox`).
+//! (`diesel`, `diesel-postgres`, `diesel-mysql`, `diesel-async`) and the database outbox
+//! (`outbox`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use matroska_core::*;

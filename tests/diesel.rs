@@ -18,87 +18,18 @@
 mod diesel_blog;
 mod support;
 
-use std::time::{Duration, Instant};
-
 use diesel::connection::{SimpleConnection, TransactionManager};
 use diesel::prelude::*;
 use matroska::diesel::{CachedExt, install_outbox, uninstall_outbox};
 use matroska::outbox::Outbox;
-use matroska::seaorm::outbox::{self as seaorm_outbox, RelayHandle};
-use matroska::{Cache, CacheDeps, WatchedTable};
+use matroska::seaorm::outbox as seaorm_outbox;
+use matroska::WatchedTable;
 
 use diesel_blog::schema::posts;
-use diesel_blog::{Post, PostBySeries, create_tables, published_in};
+use diesel_blog::{
+    ALL, Env, FANTASY, Post, PostBySeries, ROW_A, ROW_B, SCI_FI, create_tables, published_in,
+};
 use support::db::{DieselConn, ScratchDb};
-
-const FANTASY: &str = "fantasy-probe";
-const SCI_FI: &str = "sci-fi-probe";
-const ROW_A: &str = "row-a-probe";
-const ROW_B: &str = "row-b-probe";
-const ALL: &[&str] = &[FANTASY, SCI_FI, ROW_A, ROW_B];
-
-struct Env<C> {
-    db: ScratchDb,
-    conn: C,
-    cache: Cache,
-    relay: RelayHandle,
-    /// A published fantasy post (`ROW_A`) and a published sci-fi one (`ROW_B`).
-    a: Post,
-    b: Post,
-}
-
-impl<C> Env<C> {
-    /// Caches the four probes with the dependencies the cached queries use.
-    async fn fill_probes(&self) {
-        let c = &self.cache;
-        c.put(FANTASY, &1, &published_in("fantasy").dependencies(), None)
-            .await
-            .unwrap();
-        c.put(SCI_FI, &1, &published_in("sci-fi").dependencies(), None)
-            .await
-            .unwrap();
-        c.put(ROW_A, &1, &[self.a.primary_key()], None)
-            .await
-            .unwrap();
-        c.put(ROW_B, &1, &[self.b.primary_key()], None)
-            .await
-            .unwrap();
-    }
-
-    /// Waits until every probe of `gone` is dropped (bounded), then until the outbox is
-    /// empty, then checks every probe of `kept` is still cached.
-    async fn expect(&self, gone: &[&str], kept: &[&str]) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for key in gone {
-            while self.cache.has(key).await.unwrap() {
-                assert!(
-                    Instant::now() < deadline,
-                    "{key} was not invalidated (outbox: {:?}, relay: {:?})",
-                    self.relay.relay().depth().await,
-                    self.relay.relay().stats()
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-        self.wait_idle().await;
-        for key in kept {
-            assert!(
-                self.cache.has(key).await.unwrap(),
-                "{key} was invalidated by a write that does not affect it"
-            );
-        }
-        let dead = self.relay.relay().dead_letters().await.unwrap();
-        assert!(dead.is_empty(), "dead letters: {dead:?}");
-    }
-
-    async fn wait_idle(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.relay.relay().depth().await.unwrap().rows > 0 {
-            assert!(Instant::now() < deadline, "the outbox did not drain");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
 
 /// One module of scenarios per connection type: Diesel's query types are checked per backend,
 /// so the scenarios are written once here and instantiated for each.

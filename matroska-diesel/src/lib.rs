@@ -79,11 +79,15 @@
 //! ```
 //!
 //! See [`query`] for keys, dependencies, transactions and how a sync connection is used from
-//! async code, and [`outbox`] for the migration and the relay.
+//! async code, [`outbox`] for the migration and the relay, and `asynchronous` (feature
+//! `diesel-async`) for the same queries on `diesel_async` connections.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 // Library code states why an `expect` cannot fail, and never unwraps.
 #![warn(clippy::unwrap_used)]
 
+#[cfg(feature = "diesel-async")]
+#[cfg_attr(docsrs, doc(cfg(feature = "diesel-async")))]
+pub mod asynchronous;
 mod error;
 mod filter;
 pub mod outbox;
@@ -91,6 +95,9 @@ pub mod query;
 
 use matroska_core::{Cache, CacheDeps, Scoped};
 
+#[cfg(feature = "diesel-async")]
+#[cfg_attr(docsrs, doc(cfg(feature = "diesel-async")))]
+pub use asynchronous::find_async;
 pub use error::{Error, Result};
 pub use filter::ScopeFilter;
 pub use outbox::{install_outbox, uninstall_outbox};

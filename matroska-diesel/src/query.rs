@@ -158,8 +158,14 @@ impl<Q> Cached<Q> {
         }
     }
 
+    /// The query, the cache, the TTL and the namespace.
+    #[cfg(feature = "diesel-async")]
+    pub(crate) fn into_parts(self) -> (Q, Cache, Option<Duration>, Option<String>) {
+        (self.query, self.cache, self.ttl, self.namespace)
+    }
+
     /// The dependencies of `M`'s entity that do not come from rows.
-    fn base_dependencies<M: CacheDeps>(&self) -> Vec<Dependency> {
+    pub(crate) fn base_dependencies<M: CacheDeps>(&self) -> Vec<Dependency> {
         if self.conditions.is_empty() {
             entity_dependencies::<M>()
         } else {
@@ -372,11 +378,26 @@ where
     <C::Backend as Backend>::QueryBuilder: Default,
     S: QueryFragment<C::Backend>,
 {
-    let statement = format!("{:?}", diesel::debug_query::<C::Backend, _>(query));
+    key_of_backend::<M, C::Backend, S>(query, kind, namespace)
+}
+
+/// `q:{entity}:{kind}:{hash}` of `query` as backend `DB` renders it (sync and async
+/// connections of one backend share entries).
+pub(crate) fn key_of_backend<M: CacheDeps, DB, S>(
+    query: &S,
+    kind: &str,
+    namespace: Option<&str>,
+) -> String
+where
+    DB: Backend + Default,
+    DB::QueryBuilder: Default,
+    S: QueryFragment<DB>,
+{
+    let statement = format!("{:?}", diesel::debug_query::<DB, _>(query));
     format!(
         "q:{}:{kind}:{:032x}",
         M::entity_name(),
-        statement_hash(std::any::type_name::<C::Backend>(), namespace, &statement)
+        statement_hash(std::any::type_name::<DB>(), namespace, &statement)
     )
 }
 
@@ -407,7 +428,7 @@ where
         .map_err(from_load)
 }
 
-fn rows_deps<M: CacheDeps>(rows: &[M], extra: Vec<Dependency>) -> Vec<Dependency> {
+pub(crate) fn rows_deps<M: CacheDeps>(rows: &[M], extra: Vec<Dependency>) -> Vec<Dependency> {
     let mut deps: Vec<Dependency> = rows.iter().map(CacheDeps::primary_key).collect();
     deps.extend(extra);
     deps

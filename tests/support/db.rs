@@ -212,6 +212,45 @@ impl DieselConn for diesel::MysqlConnection {
     }
 }
 
+/// A diesel-async connection to a test's scratch database (SQLite through diesel-async's
+/// `SyncConnectionWrapper`, PostgreSQL through tokio-postgres).
+#[cfg(feature = "diesel-async")]
+pub trait DieselAsyncConn: diesel_async::AsyncConnection + Sized + 'static {
+    /// The kind of scratch database this connection type opens.
+    const KIND: Kind;
+
+    /// A new connection to `db`.
+    fn open(db: &ScratchDb) -> impl std::future::Future<Output = Self> + Send;
+}
+
+#[cfg(feature = "diesel-async")]
+impl DieselAsyncConn
+    for diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>
+{
+    const KIND: Kind = Kind::Sqlite;
+
+    async fn open(db: &ScratchDb) -> Self {
+        Self::new(<diesel::SqliteConnection as DieselConn>::open(db))
+    }
+}
+
+#[cfg(all(feature = "diesel-async", feature = "diesel-postgres"))]
+impl DieselAsyncConn for diesel_async::AsyncPgConnection {
+    const KIND: Kind = Kind::Postgres;
+
+    async fn open(db: &ScratchDb) -> Self {
+        use diesel_async::SimpleAsyncConnection;
+        let mut conn = <Self as diesel_async::AsyncConnection>::establish(&db.url)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {}: {e}", db.url));
+        let schema = db.schema.as_deref().expect("a PostgreSQL scratch schema");
+        conn.batch_execute(&format!("SET search_path TO \"{schema}\""))
+            .await
+            .expect("search path");
+        conn
+    }
+}
+
 impl Drop for ScratchDb {
     fn drop(&mut self) {
         match &self.cleanup {
