@@ -18,18 +18,22 @@
 mod diesel_blog;
 mod support;
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use diesel::connection::{SimpleConnection, TransactionManager};
 use diesel::prelude::*;
 use matroska::diesel::{CachedExt, install_outbox, uninstall_outbox};
 use matroska::outbox::Outbox;
 use matroska::seaorm::outbox as seaorm_outbox;
-use matroska::WatchedTable;
+use matroska::{Cache, WatchedTable};
 
 use diesel_blog::schema::posts;
 use diesel_blog::{
     ALL, Env, FANTASY, Post, PostBySeries, ROW_A, ROW_B, SCI_FI, create_tables, published_in,
 };
 use support::db::{DieselConn, ScratchDb};
+use support::faults::Faulty;
 
 /// One module of scenarios per connection type: Diesel's query types are checked per backend,
 /// so the scenarios are written once here and instantiated for each.
@@ -58,13 +62,16 @@ macro_rules! diesel_tests {
             }
 
             async fn setup(name: &str) -> Env<Conn> {
+                setup_with(name, support::redis_cache(name).await).await
+            }
+
+            async fn setup_with(name: &str, cache: Cache) -> Env<Conn> {
                 let db = ScratchDb::new(<Conn as DieselConn>::KIND, name).await;
                 let mut conn = Conn::open(&db);
                 create_tables(&mut conn, db.kind);
                 install_outbox(&mut conn, &[Post::watched_table()]).unwrap();
                 // Idempotent, as a migration re-run or every start-up.
                 install_outbox(&mut conn, &[Post::watched_table()]).unwrap();
-                let cache = support::redis_cache(name).await;
                 let a = insert(&mut conn, "A", "fantasy");
                 let b = insert(&mut conn, "B", "sci-fi");
                 let relay = seaorm_outbox::relay(&db.conn, cache.clone())
@@ -360,6 +367,63 @@ macro_rules! diesel_tests {
                     .await
                     .unwrap();
                 assert!(other.is_empty());
+            }
+
+            /// A cached load reads the list, then a write from another connection commits and
+            /// the relay invalidates the list, then the load's put arrives: the put is refused
+            /// (stale-set ticket), so the next read sees the write. The same sequence with a
+            /// plain read-then-put leaves the stale list cached.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn stale_load_is_not_stored() {
+                let backend = Arc::new(Faulty::new(support::redis_backend("d_stale").await));
+                let cache = Cache::builder_arc(backend.clone()).build().unwrap();
+                let mut env = setup_with("d_stale", cache).await;
+                let condition = published_in("fantasy");
+                // The list's entry (filled by `setup`) goes, so the next read loads.
+                env.cache
+                    .invalidate(&condition.dependencies()[..1])
+                    .await
+                    .unwrap();
+                env.fill_probes().await;
+                backend.close_puts();
+                let Env {
+                    conn, db, cache, ..
+                } = &mut env;
+                let load = posts::table
+                    .order(posts::id)
+                    .cached(cache)
+                    .scoped(&condition)
+                    .load::<Post, _>(conn);
+                let write = async {
+                    backend.puts_stopped_after(0).await;
+                    insert(&mut Conn::open(db), "C", "fantasy");
+                    let deadline = Instant::now() + Duration::from_secs(20);
+                    while cache.has(FANTASY).await.unwrap() {
+                        assert!(Instant::now() < deadline, "the relay did not invalidate");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    backend.open_puts();
+                };
+                let (loaded, ()) = tokio::join!(load, write);
+                // The load read before the write: its answer is right for its time ...
+                assert_eq!(loaded.unwrap(), vec![env.a.clone()]);
+                // ... and was not stored.
+                assert_eq!(list(&mut env, "fantasy").await.len(), 2);
+
+                // Unprotected: read, the write lands and is invalidated, then a plain put.
+                let rows: Vec<Post> = posts::table
+                    .filter(condition.filter())
+                    .load(&mut env.conn)
+                    .unwrap();
+                insert(&mut Conn::open(&env.db), "D", "fantasy");
+                env.expect(&[FANTASY], &[]).await;
+                env.cache
+                    .put("naive", &rows, &condition.dependencies(), None)
+                    .await
+                    .unwrap();
+                let naive: Vec<Post> = env.cache.get("naive").await.unwrap().unwrap();
+                assert_eq!(naive.len(), 2, "the plain put stored the list without D");
+                assert_eq!(list_db(&mut env, "fantasy").len(), 3);
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
