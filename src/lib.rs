@@ -1,8 +1,10 @@
 //! # matroska
 //!
 //! The facade crate: re-exports [`matroska_core`] and, behind features, the derive macros
-//! (`derive`, on by default) and the SeaORM integration (`seaorm`, with SeaORM's drivers
-//! picked by `sqlx-postgres`, `sqlx-mysql`, `sqlx-sqlite`, each of which implies `seaorm`).
+//! (`derive`, on by default), the SeaORM integration (`seaorm`, with SeaORM's drivers picked
+//! by `sqlx-postgres`, `sqlx-mysql`, `sqlx-sqlite`, each of which implies `seaorm`), the Diesel
+//! integration (`diesel`, `diesel-postgres`, `diesel-mysql`, `diesel-async`) and the database
+//! outbox (`outbox`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use matroska_core::*;
@@ -210,12 +212,39 @@ pub mod __private {
     pub use matroska_seaorm as seaorm;
     #[cfg(feature = "seaorm")]
     pub use sea_orm;
+
+    #[cfg(feature = "diesel")]
+    pub use matroska_diesel::__private as diesel;
+
+    /// The Diesel filter the derive generates for a Diesel model's `#[scope]`: kept with the
+    /// `diesel` feature, dropped without it, so the derive needs no Diesel of its own.
+    #[cfg(feature = "diesel")]
+    #[macro_export]
+    #[doc(hidden)]
+    macro_rules! __diesel_scope_filter {
+        ($($item:tt)*) => { $($item)* };
+    }
+
+    /// See the `diesel` version.
+    #[cfg(not(feature = "diesel"))]
+    #[macro_export]
+    #[doc(hidden)]
+    macro_rules! __diesel_scope_filter {
+        ($($item:tt)*) => {};
+    }
+
+    pub use crate::__diesel_scope_filter as diesel_scope_filter;
 }
 
 /// The database outbox and its relay: see [`matroska_outbox`].
 #[cfg(feature = "outbox")]
 #[cfg_attr(docsrs, doc(cfg(feature = "outbox")))]
 pub use matroska_outbox as outbox;
+
+/// The Diesel integration: see [`matroska_diesel`].
+#[cfg(feature = "diesel")]
+#[cfg_attr(docsrs, doc(cfg(feature = "diesel")))]
+pub use matroska_diesel as diesel;
 
 // -- seaorm (owned by the SeaORM work) --
 #[cfg(feature = "seaorm")]

@@ -10,4 +10,9 @@ fn derive_ui() {
     t.compile_fail("tests/ui/fail/*.rs");
     #[cfg(feature = "seaorm")]
     t.pass("tests/ui/seaorm/*.rs");
+    #[cfg(feature = "diesel")]
+    {
+        t.pass("tests/ui/diesel/*.rs");
+        t.compile_fail("tests/ui/diesel_fail/*.rs");
+    }
 }

@@ -56,6 +56,11 @@ fn expand(cont: &Container<'_>) -> TokenStream {
         .iter()
         .filter(|s| cont.is_sea_orm_model() && s.watch.is_none())
         .map(|s| impl_scope_filter(cont, s));
+    let diesel_filters = cont
+        .scopes
+        .iter()
+        .filter(|_| cont.is_diesel_model())
+        .map(|s| impl_diesel_filter(cont, s));
     quote! {
         #(#conditions)*
 
@@ -68,6 +73,7 @@ fn expand(cont: &Container<'_>) -> TokenStream {
             #watched
             #(#condition_impls)*
             #(#filters)*
+            #(#diesel_filters)*
         };
     }
 }
@@ -371,6 +377,94 @@ fn impl_scope_filter(cont: &Container<'_>, scope: &Scope) -> TokenStream {
     }
 }
 
+/// `ScopeFilter` (matroska-diesel's) for a Diesel model's condition, and an inherent
+/// `filter()`: the scope's columns compared with the condition's values, and-ed, as a Diesel
+/// expression on the model's `table!`. An `Option` field compares null-safely
+/// (`col = v OR (col IS NULL AND v IS NULL)`), one expression type for `Some` and `None`.
+///
+/// Emitted through the facade's `diesel_scope_filter!`, which drops it when the facade's
+/// `diesel` feature is off: the derive itself never depends on Diesel.
+fn impl_diesel_filter(cont: &Container<'_>, scope: &Scope) -> TokenStream {
+    let path = &cont.crate_path;
+    let name = &scope.type_name;
+    let table = cont.diesel_table();
+    let d = quote!(#path::__private::diesel);
+    let mut ty: Option<TokenStream> = None;
+    let mut expr: Option<TokenStream> = None;
+    for &i in &scope.fields {
+        let field = &cont.fields[i];
+        let fident = field.ident;
+        let fty = field.ty;
+        let column = field.diesel_column();
+        let col = quote!(#table::#column);
+        let value = quote!(::core::clone::Clone::clone(&self.#fident));
+        let (t, e) = if field.is_option() {
+            (
+                quote! {
+                    #d::dsl::Or<
+                        #d::dsl::Eq<#col, #fty>,
+                        #d::dsl::And<
+                            #d::dsl::IsNull<#col>,
+                            #d::dsl::IsNull<#d::dsl::AsExprOf<#fty, #d::dsl::SqlTypeOf<#col>>>,
+                        >,
+                    >
+                },
+                quote! {
+                    #d::BoolExpressionMethods::or(
+                        #d::ExpressionMethods::eq(#col, #value),
+                        #d::BoolExpressionMethods::and(
+                            #d::ExpressionMethods::is_null(#col),
+                            #d::ExpressionMethods::is_null(
+                                #d::IntoSql::into_sql::<#d::dsl::SqlTypeOf<#col>>(#value),
+                            ),
+                        ),
+                    )
+                },
+            )
+        } else {
+            (
+                quote!(#d::dsl::Eq<#col, #fty>),
+                quote!(#d::ExpressionMethods::eq(#col, #value)),
+            )
+        };
+        (ty, expr) = match (ty, expr) {
+            (Some(ty), Some(expr)) => (
+                Some(quote!(#d::dsl::And<#ty, #t>)),
+                Some(quote!(#d::BoolExpressionMethods::and(#expr, #e))),
+            ),
+            _ => (Some(t), Some(e)),
+        };
+    }
+    let doc = format!(
+        " This condition as a Diesel filter on `{}`: `{}.filter(condition.filter())`; \
+         pass the condition to `.scoped(..)` of a cached query to get both the filter and the \
+         dependency.",
+        quote!(#table).to_string().replace(' ', ""),
+        quote!(#table::table).to_string().replace(' ', "")
+    );
+    quote! {
+        #path::__private::diesel_scope_filter! {
+            #[automatically_derived]
+            impl #d::ScopeFilter for #name {
+                type Table = #table::table;
+                type Filter = #ty;
+
+                fn filter(&self) -> Self::Filter {
+                    #expr
+                }
+            }
+
+            #[automatically_derived]
+            impl #name {
+                #[doc = #doc]
+                pub fn filter(&self) -> #ty {
+                    #d::ScopeFilter::filter(self)
+                }
+            }
+        }
+    }
+}
+
 /// Stub impls for input with errors: the user sees the errors, not their consequences.
 fn fallback(input: &DeriveInput, cont: Option<&Container<'_>>) -> TokenStream {
     let default_path: syn::Path = syn::parse_quote!(::matroska);
@@ -497,10 +591,16 @@ fn respan(tokens: TokenStream, span: Span) -> TokenStream {
         .collect()
 }
 
-/// A scope field's name in conditions: the field's name, or on a SeaORM model its column's
+/// A scope field's name in conditions: the field's name; on a SeaORM model its column's
 /// name as SeaORM reports it (`Column::as_str()`), so the names of modified columns an
-/// `ActiveModel` reports can be handed to `Scope::invalidate_for` as they are.
+/// `ActiveModel` reports can be handed to `Scope::invalidate_for` as they are; on a Diesel
+/// model its `table!` column.
 fn field_name(cont: &Container<'_>, field: &Field<'_>) -> TokenStream {
+    if cont.is_diesel_model() {
+        // A Diesel model's conditions name columns, as the outbox's triggers record them.
+        let name = crate::internals::ast::unraw(&field.diesel_column());
+        return quote!(#name);
+    }
     if cont.is_sea_orm_model() && !field.attrs.sea_orm_ignore {
         let path = &cont.crate_path;
         let column = field.column_variant();

@@ -21,7 +21,8 @@ pub trait SqlConnection: Send + Sync {
     /// The database's error.
     async fn execute_sql(&self, sql: &str) -> Result<()>;
 
-    /// Runs a query returning rows of (text, integer).
+    /// Runs a query returning rows of (text, integer), its columns named `name` and `n` (so
+    /// a connection may read them by name, as Diesel's `sql_query` does).
     ///
     /// # Errors
     /// The database's error.
@@ -128,7 +129,7 @@ async fn resolve_schema(conn: &(impl SqlConnection + ?Sized), outbox: &Outbox) -
         return Ok(outbox.clone());
     }
     let rows = conn
-        .query_pairs("SELECT current_schema()::text, 0::bigint")
+        .query_pairs("SELECT current_schema()::text AS name, 0::bigint AS n")
         .await?;
     Ok(match rows.into_iter().next() {
         Some((schema, _)) => outbox.clone().pinned_to(schema),

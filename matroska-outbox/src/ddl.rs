@@ -347,10 +347,10 @@ impl Outbox {
         }
     }
 
-    /// The query of the installed layout versions: rows of (table_name, version).
+    /// The query of the installed layout versions: rows of (`name`: the table, `n`: its version).
     pub(crate) fn versions_sql(&self, dialect: Dialect) -> String {
         format!(
-            "SELECT table_name, version FROM {}",
+            "SELECT table_name AS name, version AS n FROM {}",
             self.meta_table(dialect)
         )
     }

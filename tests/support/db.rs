@@ -1,5 +1,6 @@
-//! Scratch databases for the SeaORM tests: a SQLite file in the temp dir, a fresh PostgreSQL
-//! schema, or a fresh MariaDB/MySQL database per test, dropped when the handle is dropped.
+//! Scratch databases for the SeaORM and Diesel tests: a SQLite file in the temp dir, a fresh
+//! PostgreSQL schema, or a fresh MariaDB/MySQL database per test, dropped when the handle is
+//! dropped. `DieselConn` opens Diesel connections to the same database.
 //!
 //! Services come from `DATABASE_URL_POSTGRES` (default `postgres://postgres@127.0.0.1:5432/test`)
 //! and `DATABASE_URL_MYSQL` (default `mysql://root@127.0.0.1:3306/test`). A missing service
@@ -154,6 +155,99 @@ impl ScratchDb {
 
     pub fn backend(&self) -> DbBackend {
         self.conn.get_database_backend()
+    }
+}
+
+/// A Diesel connection to a test's scratch database: the same database (SQLite file,
+/// PostgreSQL schema as the search path, MariaDB database) the `ScratchDb`'s pool reaches.
+#[cfg(feature = "diesel")]
+pub trait DieselConn: diesel::Connection + Send + Sized + 'static {
+    /// The kind of scratch database this connection type opens.
+    const KIND: Kind;
+
+    /// A new connection to `db`.
+    fn open(db: &ScratchDb) -> Self;
+}
+
+#[cfg(feature = "diesel")]
+impl DieselConn for diesel::SqliteConnection {
+    const KIND: Kind = Kind::Sqlite;
+
+    fn open(db: &ScratchDb) -> Self {
+        use diesel::connection::SimpleConnection;
+        let Cleanup::File(path) = &db.cleanup else {
+            panic!("not a SQLite scratch database");
+        };
+        let mut conn = <Self as diesel::Connection>::establish(&path.display().to_string())
+            .expect("open the SQLite file");
+        // The relay's pool writes the same file (it deletes delivered outbox rows).
+        conn.batch_execute("PRAGMA busy_timeout = 10000")
+            .expect("busy timeout");
+        conn
+    }
+}
+
+#[cfg(feature = "diesel-postgres")]
+impl DieselConn for diesel::PgConnection {
+    const KIND: Kind = Kind::Postgres;
+
+    fn open(db: &ScratchDb) -> Self {
+        use diesel::connection::SimpleConnection;
+        let mut conn = <Self as diesel::Connection>::establish(&db.url)
+            .unwrap_or_else(|e| panic!("PostgreSQL at {}: {e}", db.url));
+        let schema = db.schema.as_deref().expect("a PostgreSQL scratch schema");
+        conn.batch_execute(&format!("SET search_path TO \"{schema}\""))
+            .expect("search path");
+        conn
+    }
+}
+
+#[cfg(feature = "diesel-mysql")]
+impl DieselConn for diesel::MysqlConnection {
+    const KIND: Kind = Kind::MySql;
+
+    fn open(db: &ScratchDb) -> Self {
+        <Self as diesel::Connection>::establish(&db.url)
+            .unwrap_or_else(|e| panic!("MariaDB/MySQL at {}: {e}", db.url))
+    }
+}
+
+/// A diesel-async connection to a test's scratch database (SQLite through diesel-async's
+/// `SyncConnectionWrapper`, PostgreSQL through tokio-postgres).
+#[cfg(feature = "diesel-async")]
+pub trait DieselAsyncConn: diesel_async::AsyncConnection + Sized + 'static {
+    /// The kind of scratch database this connection type opens.
+    const KIND: Kind;
+
+    /// A new connection to `db`.
+    fn open(db: &ScratchDb) -> impl std::future::Future<Output = Self> + Send;
+}
+
+#[cfg(feature = "diesel-async")]
+impl DieselAsyncConn
+    for diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>
+{
+    const KIND: Kind = Kind::Sqlite;
+
+    async fn open(db: &ScratchDb) -> Self {
+        Self::new(<diesel::SqliteConnection as DieselConn>::open(db))
+    }
+}
+
+#[cfg(all(feature = "diesel-async", feature = "diesel-postgres"))]
+impl DieselAsyncConn for diesel_async::AsyncPgConnection {
+    const KIND: Kind = Kind::Postgres;
+
+    async fn open(db: &ScratchDb) -> Self {
+        use diesel_async::SimpleAsyncConnection;
+        let mut conn = <Self as diesel_async::AsyncConnection>::establish(&db.url)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {}: {e}", db.url));
+        let schema = db.schema.as_deref().expect("a PostgreSQL scratch schema");
+        conn.batch_execute(&format!("SET search_path TO \"{schema}\""))
+            .await
+            .expect("search path");
+        conn
     }
 }
 

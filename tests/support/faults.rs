@@ -1,6 +1,7 @@
 //! A real backend with faults injected into its invalidations: they fail while the backend
 //! is "down", wait while its gate is closed (to drop a caller mid-invalidation), and lose
-//! their scope conditions while told to forget them (to show a checker catches that).
+//! their scope conditions while told to forget them (to show a checker catches that); and its
+//! puts wait while their own gate is closed (to let a write land between a load and its put).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +22,9 @@ pub struct Faulty {
     open: watch::Sender<bool>,
     /// Invalidations that reached the closed gate, ever.
     stopped: watch::Sender<usize>,
+    puts_open: watch::Sender<bool>,
+    /// Puts that reached the closed put gate, ever.
+    puts_stopped: watch::Sender<usize>,
 }
 
 impl Faulty {
@@ -31,7 +35,27 @@ impl Faulty {
             forget_conditions: AtomicBool::new(false),
             open: watch::Sender::new(true),
             stopped: watch::Sender::new(0),
+            puts_open: watch::Sender::new(true),
+            puts_stopped: watch::Sender::new(0),
         }
+    }
+
+    /// Closes the put gate: puts wait until [`Faulty::open_puts`].
+    pub fn close_puts(&self) {
+        self.puts_open.send_replace(false);
+    }
+
+    pub fn open_puts(&self) {
+        self.puts_open.send_replace(true);
+    }
+
+    /// Waits until more than `before` puts have reached the closed put gate.
+    pub async fn puts_stopped_after(&self, before: usize) {
+        let mut stopped = self.puts_stopped.subscribe();
+        stopped
+            .wait_for(|n| *n > before)
+            .await
+            .expect("the sender lives in self");
     }
 
     /// While `down`, invalidations fail with a time-out.
@@ -81,6 +105,13 @@ impl Backend for Faulty {
         self.inner.has(key).await
     }
     async fn put(&self, request: PutRequest<'_>) -> matroska::Result<PutOutcome> {
+        let mut open = self.puts_open.subscribe();
+        if !*open.borrow_and_update() {
+            self.puts_stopped.send_modify(|n| *n += 1);
+            open.wait_for(|o| *o)
+                .await
+                .expect("the sender lives in self");
+        }
         self.inner.put(request).await
     }
     async fn delete(&self, key: &str) -> matroska::Result<bool> {

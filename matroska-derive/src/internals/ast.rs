@@ -1,10 +1,10 @@
 //! The typed model of a `#[derive(CacheDeps)]` input: the struct, its key, its related
 //! fields and its scopes, resolved and validated, keeping the user's tokens for spans.
 
-use heck::ToUpperCamelCase;
+use heck::{ToSnakeCase, ToUpperCamelCase};
 use proc_macro2::{Span, TokenStream};
 use syn::spanned::Spanned;
-use syn::{Data, DeriveInput, Fields, Generics, Ident, LitStr, Type, Visibility};
+use syn::{Data, DeriveInput, Fields, Generics, Ident, Type, Visibility};
 
 use super::attr;
 use super::ctxt::Ctxt;
@@ -16,7 +16,8 @@ pub struct Container<'a> {
     pub generics: &'a Generics,
     pub attrs: attr::Container,
     pub fields: Vec<Field<'a>>,
-    /// The entity name: `#[cache(entity)]`, else SeaORM's table name, else the struct's name.
+    /// The entity name: `#[cache(entity)]`, else SeaORM's or Diesel's table name, else the
+    /// struct's name.
     pub entity: String,
     /// Where the runtime crate is: `#[cache(crate)]`, else `::matroska`.
     pub crate_path: syn::Path,
@@ -92,11 +93,11 @@ impl<'a> Container<'a> {
             })
             .collect();
 
-        let entity = attrs
-            .entity
-            .as_ref()
-            .or(attrs.table_name.as_ref())
-            .map_or_else(|| unraw(&input.ident), LitStr::value);
+        let entity = match (&attrs.entity, &attrs.table_name) {
+            (Some(lit), _) | (None, Some(lit)) => lit.value(),
+            (None, None) if attrs.diesel => diesel_table_name(&attrs, &input.ident),
+            (None, None) => unraw(&input.ident),
+        };
         let crate_path = attrs
             .crate_path
             .clone()
@@ -130,7 +131,28 @@ impl<'a> Container<'a> {
         self.attrs.table_name.is_some()
     }
 
-    /// `#[cache(key)]` fields, else `#[sea_orm(primary_key)]` fields, else a field named `id`.
+    /// Whether the struct is a Diesel model (some `#[diesel(...)]` on it) and not a SeaORM one.
+    pub fn is_diesel_model(&self) -> bool {
+        self.attrs.diesel && !self.is_sea_orm_model()
+    }
+
+    /// The Diesel `table!` module: `#[diesel(table_name = ..)]`, else the name Diesel infers
+    /// (the struct's name in snake case, plus `s`).
+    pub fn diesel_table(&self) -> syn::Path {
+        match &self.attrs.diesel_table {
+            Some(path) => path.clone(),
+            None => {
+                let ident = Ident::new(
+                    &diesel_table_name(&self.attrs, self.ident),
+                    self.ident.span(),
+                );
+                syn::Path::from(ident)
+            }
+        }
+    }
+
+    /// `#[cache(key)]` fields, else `#[sea_orm(primary_key)]` fields, else the columns of
+    /// `#[diesel(primary_key(..))]`, else a field named `id`.
     fn resolve_key(&self, cx: &Ctxt) -> Vec<usize> {
         let marked = |pred: fn(&attr::Field) -> bool| -> Vec<usize> {
             (0..self.fields.len())
@@ -143,6 +165,27 @@ impl<'a> Container<'a> {
         }
         let key = marked(|a| a.sea_orm_primary_key);
         if !key.is_empty() {
+            return key;
+        }
+        if let Some(columns) = self.attrs.diesel_primary_key.as_ref() {
+            let mut key = Vec::with_capacity(columns.len());
+            for column in columns {
+                match self
+                    .fields
+                    .iter()
+                    .position(|f| unraw(&f.diesel_column()) == unraw(column))
+                {
+                    Some(i) => key.push(i),
+                    None => cx.error_spanned_by(
+                        column,
+                        format!(
+                            "`{}` has no field for the key column `{column}`; `primary_key(..)` names columns of the struct's fields ({})",
+                            self.ident,
+                            self.field_list()
+                        ),
+                    ),
+                }
+            }
             return key;
         }
         if let Some(i) = self.fields.iter().position(|f| unraw(f.ident) == "id") {
@@ -204,6 +247,22 @@ impl<'a> Container<'a> {
                                     "field `{ident}` is `#[sea_orm(ignore)]`: it has no column to filter on (name the columns its value comes from with `watch = [..]`)"
                                 ),
                             );
+                        }
+                        if let (true, Some(span)) = (
+                            self.is_diesel_model(),
+                            self.fields[i].attrs.diesel_not_column,
+                        ) {
+                            let mut err = syn::Error::new(
+                                ident.span(),
+                                format!(
+                                    "field `{ident}` is not a column (`#[diesel(embed)]` or `select_expression`): a scope filters on columns"
+                                ),
+                            );
+                            err.combine(syn::Error::new(span, "declared here"));
+                            cx.syn_error(err);
+                            // Leaves the scope unresolved: no condition type with a field
+                            // that is no column (and no follow-on errors about its type).
+                            continue;
                         }
                         fields.push(i);
                     }
@@ -315,6 +374,14 @@ impl Field<'_> {
         unraw(self.ident)
     }
 
+    /// The field's column in Diesel's `table!`: `#[diesel(column_name = ..)]`, else the field.
+    pub fn diesel_column(&self) -> Ident {
+        self.attrs
+            .diesel_column_name
+            .clone()
+            .unwrap_or_else(|| self.ident.clone())
+    }
+
     /// The SeaORM `Column` variant of this field, as `DeriveEntityModel` names it.
     pub fn column_variant(&self) -> Ident {
         let name = self
@@ -341,6 +408,14 @@ impl Field<'_> {
                 .segments
                 .last()
                 .is_some_and(|s| s.ident == "Option")
+    }
+}
+
+/// A Diesel model's SQL table: the last segment of `table_name`, else Diesel's inferred name.
+fn diesel_table_name(attrs: &attr::Container, ident: &Ident) -> String {
+    match attrs.diesel_table.as_ref().and_then(|p| p.segments.last()) {
+        Some(last) => unraw(&last.ident),
+        None => format!("{}s", unraw(ident).to_snake_case()),
     }
 }
 
@@ -446,6 +521,57 @@ mod tests {
                 "ByTypeSkuId(type,sku_id)"
             ]
         );
+    }
+
+    #[test]
+    fn diesel_model() {
+        let got = parse(syn::parse_quote! {
+            #[derive(Queryable, Selectable)]
+            #[diesel(table_name = crate::schema::post_tags, check_for_backend(diesel::pg::Pg))]
+            #[diesel(primary_key(post_id, tag_name))]
+            #[scope(tag)]
+            pub struct PostTag {
+                pub post_id: i64,
+                #[diesel(column_name = tag_name)]
+                pub tag: String,
+                #[diesel(select_expression = 1.into_sql::<Integer>())]
+                pub one: i32,
+            }
+        });
+        assert_eq!(
+            got.expect("valid input"),
+            ["entity=post_tags", "key=post_id,tag", "PostTagByTag(tag)"]
+        );
+        // No `table_name`: Diesel's inferred name; no `primary_key`: `id`.
+        let got = parse(syn::parse_quote! {
+            #[diesel(check_for_backend(diesel::sqlite::Sqlite))]
+            struct BlogPost { id: i32 }
+        });
+        assert_eq!(got.expect("valid input"), ["entity=blog_posts", "key=id"]);
+    }
+
+    #[test]
+    fn diesel_errors() {
+        let errors = parse(syn::parse_quote! {
+            #[diesel(table_name = "posts", primary_key(slug))]
+            #[scope(author)]
+            struct Post {
+                id: i32,
+                #[diesel(embed)]
+                author: Author,
+            }
+        })
+        .expect_err("invalid input");
+        for want in [
+            "`table_name` takes the path of the `table!` module, not a string",
+            "`Post` has no field for the key column `slug`",
+            "field `author` is not a column",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.contains(want)),
+                "missing {want:?} in {errors:#?}"
+            );
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The attributes the derive reads: its own `#[cache(...)]` and `#[scope(...)]`, and the
-//! parts of SeaORM's `#[sea_orm(...)]` that name a table and a primary key.
+//! parts of SeaORM's `#[sea_orm(...)]` and Diesel's `#[diesel(...)]` that name a table, a
+//! primary key and columns.
 //!
 //! Each attribute is parsed into a typed value that keeps the user's tokens for spans.
 //! Problems are recorded in the [`Ctxt`] and parsing goes on, so one build reports all of
@@ -21,6 +22,9 @@ pub const CACHE: &str = "cache";
 pub const SCOPE: &str = "scope";
 /// `#[sea_orm(...)]`: read, never required.
 pub const SEA_ORM: &str = "sea_orm";
+
+/// `#[diesel(...)]`: read, never required.
+pub const DIESEL: &str = "diesel";
 
 /// `#[cache(entity = "...")]` on the struct.
 pub const ENTITY: &str = "entity";
@@ -48,6 +52,12 @@ pub const PRIMARY_KEY: &str = "primary_key";
 pub const ENUM_NAME: &str = "enum_name";
 /// `#[sea_orm(ignore)]`: a field with no column.
 pub const IGNORE: &str = "ignore";
+/// `#[diesel(column_name = ...)]` on a Diesel model's field.
+pub const COLUMN_NAME: &str = "column_name";
+/// `#[diesel(embed)]`: a field holding another `Queryable`, not a column.
+pub const EMBED: &str = "embed";
+/// `#[diesel(select_expression = ...)]`: a field computed by an expression, not a column.
+pub const SELECT_EXPRESSION: &str = "select_expression";
 
 /// The attributes of the struct.
 #[derive(Default)]
@@ -60,6 +70,12 @@ pub struct Container {
     pub table_name: Option<LitStr>,
     /// The `#[scope(...)]` attributes, in order.
     pub scopes: Vec<ScopeAttr>,
+    /// Some `#[diesel(...)]` on the struct: it is a Diesel model.
+    pub diesel: bool,
+    /// `#[diesel(table_name = path)]`: the `table!` module.
+    pub diesel_table: Option<syn::Path>,
+    /// `#[diesel(primary_key(a, b))]`: the key's columns.
+    pub diesel_primary_key: Option<Vec<Ident>>,
 }
 
 /// One `#[scope(field, ..., when = ..., name = ...)]`.
@@ -104,6 +120,10 @@ pub struct Field {
     pub sea_orm_enum_name: Option<String>,
     /// `#[sea_orm(ignore)]`.
     pub sea_orm_ignore: bool,
+    /// `#[diesel(column_name = ...)]`.
+    pub diesel_column_name: Option<Ident>,
+    /// `#[diesel(embed)]` or `#[diesel(select_expression = ...)]`: not a column.
+    pub diesel_not_column: Option<Span>,
 }
 
 impl Container {
@@ -163,6 +183,53 @@ impl Container {
                         if let Ok(lit) = meta.value()?.parse::<LitStr>() {
                             out.table_name = Some(lit);
                         }
+                    } else {
+                        skip_value(&meta);
+                    }
+                    Ok(())
+                });
+            } else if attr.path().is_ident(DIESEL) {
+                out.diesel = true;
+                // Diesel's derives validate this attribute; we read the table and the key, and
+                // report only what we cannot use (what we skip is Diesel's to judge).
+                let _ = attr.parse_nested_meta(|meta| {
+                    if meta.path.is_ident(TABLE_NAME) {
+                        let value = meta.value()?;
+                        if value.peek(LitStr) {
+                            let lit: LitStr = value.parse()?;
+                            cx.error_spanned_by(
+                                &lit,
+                                format!(
+                                    "`table_name` takes the path of the `table!` module, not a string: `#[diesel(table_name = {})]`",
+                                    lit.value()
+                                ),
+                            );
+                        } else {
+                            match value.parse::<syn::Path>() {
+                                Ok(path) => out.diesel_table = Some(path),
+                                Err(err) => {
+                                    cx.syn_error(err.clone());
+                                    return Err(err);
+                                }
+                            }
+                        }
+                    } else if meta.path.is_ident(PRIMARY_KEY) {
+                        let mut columns = Vec::new();
+                        let parsed = meta.parse_nested_meta(|column| {
+                            match column.path.get_ident() {
+                                Some(ident) => columns.push(ident.clone()),
+                                None => cx.error_spanned_by(
+                                    &column.path,
+                                    "`primary_key(...)` names the key's columns: `#[diesel(primary_key(user_id, post_id))]`",
+                                ),
+                            }
+                            Ok(())
+                        });
+                        if let Err(err) = parsed {
+                            cx.syn_error(err.clone());
+                            return Err(err);
+                        }
+                        out.diesel_primary_key = Some(columns);
                     } else {
                         skip_value(&meta);
                     }
@@ -243,6 +310,29 @@ impl Field {
                         if let Ok(lit) = meta.value()?.parse::<LitStr>() {
                             out.sea_orm_enum_name = Some(lit.value());
                         }
+                    } else {
+                        skip_value(&meta);
+                    }
+                    Ok(())
+                });
+            } else if attr.path().is_ident(DIESEL) {
+                let _ = attr.parse_nested_meta(|meta| {
+                    if meta.path.is_ident(COLUMN_NAME) {
+                        let value = meta.value()?;
+                        // Diesel takes an identifier, or a string for a name that is not one.
+                        if value.peek(LitStr) {
+                            let lit: LitStr = value.parse()?;
+                            out.diesel_column_name = syn::parse_str::<Ident>(&lit.value())
+                                .ok()
+                                .map(|i| Ident::new(&i.to_string(), lit.span()));
+                        } else {
+                            out.diesel_column_name = Some(value.parse()?);
+                        }
+                    } else if meta.path.is_ident(EMBED) {
+                        out.diesel_not_column = Some(meta.path.span());
+                    } else if meta.path.is_ident(SELECT_EXPRESSION) {
+                        out.diesel_not_column = Some(meta.path.span());
+                        skip_value(&meta);
                     } else {
                         skip_value(&meta);
                     }

@@ -1,0 +1,260 @@
+//! The cached queries over [`diesel_async`] connections (feature `diesel-async`):
+//! `load_async`, `get_results_async`, `get_result_async`, `first_async`, `count_async` on
+//! [`Cached`], and [`find_async`]. Keys, dependencies and the transaction rule are those of the
+//! sync methods ([`crate::query`]); the query runs on the async connection, no thread blocks.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! use diesel::prelude::*;
+//! use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+//! use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+//! use matroska_core::{Cache, CacheDeps, Dependency};
+//! use matroska_diesel::CachedExt;
+//!
+//! diesel::table! { posts (id) { id -> Integer, title -> Text } }
+//!
+//! #[derive(Queryable, Selectable, serde::Serialize, serde::Deserialize)]
+//! struct Post { id: i32, title: String }
+//! # impl CacheDeps for Post {
+//! #     fn entity_name() -> &'static str { "posts" }
+//! #     fn primary_key(&self) -> Dependency { Dependency::primary_key("posts", [self.id]) }
+//! # }
+//!
+//! let mut conn = SyncConnectionWrapper::<SqliteConnection>::establish(":memory:").await?;
+//! conn.batch_execute("CREATE TABLE posts (id INTEGER PRIMARY KEY, title TEXT NOT NULL);
+//!                     INSERT INTO posts VALUES (1, 'Python'), (2, 'Cache')").await?;
+//! let cache = Cache::memory();
+//! let all = posts::table.order(posts::id).cached(&cache).load_async::<Post, _>(&mut conn).await?;
+//! assert_eq!(all.len(), 2);
+//! # Ok::<_, Box<dyn std::error::Error>>(()) }).unwrap();
+//! ```
+
+use std::future::Future;
+use std::time::Duration;
+
+use diesel::backend::Backend;
+use diesel::dsl;
+use diesel::query_builder::QueryFragment;
+use diesel::query_dsl::methods::{FindDsl, LimitDsl, SelectDsl};
+use diesel::{OptionalExtension, QueryResult};
+use diesel_async::methods::LoadQuery;
+use diesel_async::{AsyncConnection, RunQueryDsl, TransactionManager};
+use matroska_core::{Cache, CacheDeps, Dependency, Loaded, ToValue};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Result, from_load};
+use crate::query::{Cached, key_of_backend, rows_deps};
+
+impl<Q> Cached<Q> {
+    /// [`Cached::load`] on a `diesel_async` connection.
+    ///
+    /// # Errors
+    /// As [`Cached::load`].
+    pub async fn load_async<'query, U, C>(self, conn: &mut C) -> Result<Vec<U>>
+    where
+        C: AsyncConnection,
+        C::Backend: Default,
+        <C::Backend as Backend>::QueryBuilder: Default,
+        Q: RunQueryDsl<C> + LoadQuery<'query, C, U> + QueryFragment<C::Backend> + 'query,
+        U: CacheDeps + Serialize + DeserializeOwned + Send,
+    {
+        let extra = self.base_dependencies::<U>();
+        let (query, cache, ttl, namespace) = self.into_parts();
+        let key = key_of_backend::<U, C::Backend, _>(&query, "all", namespace.as_deref());
+        let in_tx = in_transaction(conn);
+        fetch(
+            &cache,
+            ttl,
+            key,
+            in_tx,
+            move || query.load::<U>(conn),
+            move |rows| rows_deps(rows, extra),
+        )
+        .await
+    }
+
+    /// [`Cached::get_results`] on a `diesel_async` connection.
+    ///
+    /// # Errors
+    /// As [`Cached::load`].
+    pub async fn get_results_async<'query, U, C>(self, conn: &mut C) -> Result<Vec<U>>
+    where
+        C: AsyncConnection,
+        C::Backend: Default,
+        <C::Backend as Backend>::QueryBuilder: Default,
+        Q: RunQueryDsl<C> + LoadQuery<'query, C, U> + QueryFragment<C::Backend> + 'query,
+        U: CacheDeps + Serialize + DeserializeOwned + Send,
+    {
+        self.load_async(conn).await
+    }
+
+    /// [`Cached::get_result`] on a `diesel_async` connection.
+    ///
+    /// # Errors
+    /// As [`Cached::load`].
+    pub async fn get_result_async<'query, U, C>(self, conn: &mut C) -> Result<Option<U>>
+    where
+        C: AsyncConnection,
+        C::Backend: Default,
+        <C::Backend as Backend>::QueryBuilder: Default,
+        Q: RunQueryDsl<C> + LoadQuery<'query, C, U> + QueryFragment<C::Backend> + 'query,
+        U: CacheDeps + Serialize + DeserializeOwned + Send,
+    {
+        let extra = self.base_dependencies::<U>();
+        let (query, cache, ttl, namespace) = self.into_parts();
+        let key = key_of_backend::<U, C::Backend, _>(&query, "one", namespace.as_deref());
+        let in_tx = in_transaction(conn);
+        fetch(
+            &cache,
+            ttl,
+            key,
+            in_tx,
+            move || async move { query.get_result::<U>(conn).await.optional() },
+            move |row| rows_deps(row.as_slice(), extra),
+        )
+        .await
+    }
+
+    /// [`Cached::first`] on a `diesel_async` connection.
+    ///
+    /// # Errors
+    /// As [`Cached::load`].
+    pub async fn first_async<'query, U, C>(self, conn: &mut C) -> Result<Option<U>>
+    where
+        C: AsyncConnection,
+        C::Backend: Default,
+        <C::Backend as Backend>::QueryBuilder: Default,
+        Q: LimitDsl,
+        dsl::Limit<Q>:
+            RunQueryDsl<C> + LoadQuery<'query, C, U> + QueryFragment<C::Backend> + 'query,
+        U: CacheDeps + Serialize + DeserializeOwned + Send,
+    {
+        let extra = self.base_dependencies::<U>();
+        let (query, cache, ttl, namespace) = self.into_parts();
+        let query = query.limit(1);
+        let key = key_of_backend::<U, C::Backend, _>(&query, "first", namespace.as_deref());
+        let in_tx = in_transaction(conn);
+        fetch(
+            &cache,
+            ttl,
+            key,
+            in_tx,
+            move || async move { query.get_result::<U>(conn).await.optional() },
+            move |row| rows_deps(row.as_slice(), extra),
+        )
+        .await
+    }
+
+    /// [`Cached::count`] on a `diesel_async` connection.
+    ///
+    /// # Errors
+    /// As [`Cached::load`].
+    pub async fn count_async<M, C>(self, conn: &mut C) -> Result<i64>
+    where
+        C: AsyncConnection,
+        C::Backend: Default,
+        <C::Backend as Backend>::QueryBuilder: Default,
+        M: CacheDeps,
+        Q: SelectDsl<dsl::CountStar>,
+        dsl::Select<Q, dsl::CountStar>:
+            RunQueryDsl<C> + LoadQuery<'static, C, i64> + QueryFragment<C::Backend> + 'static,
+    {
+        let extra = self.base_dependencies::<M>();
+        let (query, cache, ttl, namespace) = self.into_parts();
+        let query = SelectDsl::select(query, dsl::count_star());
+        let key = key_of_backend::<M, C::Backend, _>(&query, "count", namespace.as_deref());
+        let in_tx = in_transaction(conn);
+        fetch(
+            &cache,
+            ttl,
+            key,
+            in_tx,
+            move || query.get_result::<i64>(conn),
+            move |_| extra,
+        )
+        .await
+    }
+}
+
+/// [`find`](crate::find) on a `diesel_async` connection.
+///
+/// # Errors
+/// As [`Cached::load`].
+pub async fn find_async<M, T, K, C>(
+    cache: &Cache,
+    conn: &mut C,
+    table: T,
+    id: K,
+) -> Result<Option<M>>
+where
+    C: AsyncConnection,
+    C::Backend: Default,
+    <C::Backend as Backend>::QueryBuilder: Default,
+    T: FindDsl<K>,
+    dsl::Find<T, K>: LimitDsl,
+    dsl::Limit<dsl::Find<T, K>>:
+        RunQueryDsl<C> + LoadQuery<'static, C, M> + QueryFragment<C::Backend> + 'static,
+    K: ToValue,
+    M: CacheDeps + Serialize + DeserializeOwned + Send,
+{
+    let name = M::entity_name();
+    let deps = vec![
+        Dependency::primary_key(name, [id.to_value()]),
+        Dependency::invalidate_all(name),
+    ];
+    let query = table.find(id).limit(1);
+    let key = key_of_backend::<M, C::Backend, _>(&query, "id", None);
+    let in_tx = in_transaction(conn);
+    fetch(
+        cache,
+        None,
+        key,
+        in_tx,
+        move || async move { query.get_result::<M>(conn).await.optional() },
+        move |_| deps,
+    )
+    .await
+}
+
+/// Runs the query `run` makes through the cache under `key`, or straight through inside a
+/// transaction. The query's future is made inside the loader, after the stale-set ticket: a
+/// connection may start the query when the future is made (diesel-async's
+/// `SyncConnectionWrapper` hands it to a blocking thread at once), and a read that started
+/// before the ticket could store a row a write replaced in between.
+async fn fetch<T, F, Fut>(
+    cache: &Cache,
+    ttl: Option<Duration>,
+    key: String,
+    in_tx: bool,
+    run: F,
+    deps: impl FnOnce(&T) -> Vec<Dependency>,
+) -> Result<T>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = QueryResult<T>>,
+    T: Serialize + DeserializeOwned,
+{
+    if in_tx {
+        return Ok(run().await?);
+    }
+    cache
+        .get_or_load(&key, ttl, || async move {
+            let value = run().await?;
+            let deps = deps(&value);
+            Ok::<Loaded<T>, diesel::result::Error>((value, deps))
+        })
+        .await
+        .map_err(from_load)
+}
+
+/// Whether `conn` is inside a transaction diesel-async knows of (a broken manager counts as
+/// inside). `transaction_manager_status_mut` is doc-hidden but public, as in Diesel.
+fn in_transaction<C: AsyncConnection>(conn: &mut C) -> bool {
+    match <C::TransactionManager as TransactionManager<C>>::transaction_manager_status_mut(conn)
+        .transaction_depth()
+    {
+        Ok(depth) => depth.is_some(),
+        Err(_) => true,
+    }
+}

@@ -1,0 +1,156 @@
+//! # matroska-diesel
+//!
+//! The matroska cache for [Diesel](https://diesel.rs) 2.3: cached queries whose entries carry
+//! the primary keys of their rows and, for lists, their typed scope condition; invalidation of
+//! every committed write through the database outbox (Diesel has no hooks to do it in
+//! process).
+//!
+//! ```toml
+//! [dependencies]
+//! matroska = { version = "0.1", features = ["diesel"] }          # SQLite
+//! # matroska = { version = "0.1", features = ["diesel-postgres"] } # + PostgreSQL
+//! # matroska = { version = "0.1", features = ["diesel-mysql"] }    # + MySQL / MariaDB
+//! ```
+//!
+//! ## The flow
+//!
+//! 1. **Models**: `#[derive(CacheDeps)]` reads Diesel's `#[diesel(table_name = posts)]` and
+//!    `#[diesel(primary_key(..))]` (default `id`, as `Identifiable`): the entity is the SQL
+//!    table. Each `#[scope(category)]` generates a typed condition (`PostByCategory`) that is
+//!    both a Diesel filter ([`ScopeFilter`]: `posts::category.eq(..)`) and a dependency.
+//! 2. **Outbox**: install the triggers once, in a migration ([`outbox::migration_sql`] for
+//!    `up.sql` / `down.sql`, or [`install_outbox`] from Rust), and run a
+//!    [`Relay`](outbox::Relay) in each process that serves cached reads. Every committed write
+//!    — `insert_into`, `update`, `delete`, `sql_query`, another process — is then
+//!    invalidated after its commit; a rolled-back one records nothing.
+//! 3. **Queries**: `.cached(&cache)` on any Diesel query ([`CachedExt`]), optionally
+//!    `.scoped(&condition)`, then `load` / `get_results` / `get_result` / `first` / `count`,
+//!    or [`find`] by primary key. Misses load through
+//!    [`Cache::get_or_load`](matroska_core::Cache::get_or_load): a load that raced a write
+//!    is not stored, and concurrent misses of one key share one query.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use diesel::prelude::*;
+//! use matroska_core::{Cache, CacheDeps, Dependency, ScopeCondition};
+//! use matroska_diesel::{CachedExt, ScopeFilter};
+//! # use diesel::dsl;
+//!
+//! diesel::table! { posts (id) { id -> Integer, category -> Text } }
+//!
+//! #[derive(Queryable, Selectable, serde::Serialize, serde::Deserialize)]
+//! struct Post { id: i32, category: String }
+//! // `#[derive(matroska::CacheDeps)] #[scope(category)]` generates these:
+//! # impl CacheDeps for Post {
+//! #     fn entity_name() -> &'static str { "posts" }
+//! #     fn primary_key(&self) -> Dependency { Dependency::primary_key("posts", [self.id]) }
+//! # }
+//! struct PostByCategory { category: String }
+//! # impl ScopeCondition for PostByCategory {
+//! #     fn scope_name(&self) -> &'static str { "posts" }
+//! #     fn fields(&self) -> Vec<(&'static str, matroska_core::Value)> { vec![("category", self.category.clone().into())] }
+//! # }
+//! # impl ScopeFilter for PostByCategory {
+//! #     type Table = posts::table;
+//! #     type Filter = dsl::Eq<posts::category, String>;
+//! #     fn filter(&self) -> Self::Filter { posts::category.eq(self.category.clone()) }
+//! # }
+//!
+//! let mut conn = SqliteConnection::establish(":memory:")?;
+//! diesel::sql_query("CREATE TABLE posts (id INTEGER PRIMARY KEY, category TEXT NOT NULL)")
+//!     .execute(&mut conn)?;
+//! diesel::sql_query("INSERT INTO posts VALUES (1, 'fantasy'), (2, 'sci-fi')").execute(&mut conn)?;
+//! let cache = Cache::memory();
+//!
+//! // One value: the query's WHERE and the list's dependency.
+//! let fantasy = PostByCategory { category: "fantasy".into() };
+//! let list = posts::table
+//!     .order(posts::id)
+//!     .cached(&cache)
+//!     .scoped(&fantasy)
+//!     .load::<Post, _>(&mut conn)
+//!     .await?;
+//! assert_eq!(list.len(), 1);
+//!
+//! // A new fantasy post (any writer) makes the relay invalidate the list's condition; here
+//! // by hand, for the example.
+//! cache.invalidate(&[Dependency::condition("posts", [("category", "fantasy".into())])]).await?;
+//! # Ok::<_, Box<dyn std::error::Error>>(()) }).unwrap();
+//! ```
+//!
+//! See [`query`] for keys, dependencies, transactions and how a sync connection is used from
+//! async code, [`outbox`] for the migration and the relay, and `asynchronous` (feature
+//! `diesel-async`) for the same queries on `diesel_async` connections.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+// Library code states why an `expect` cannot fail, and never unwraps.
+#![warn(clippy::unwrap_used)]
+
+#[cfg(feature = "diesel-async")]
+#[cfg_attr(docsrs, doc(cfg(feature = "diesel-async")))]
+pub mod asynchronous;
+mod error;
+mod filter;
+pub mod outbox;
+pub mod query;
+
+use matroska_core::{Cache, CacheDeps, Scoped};
+
+#[cfg(feature = "diesel-async")]
+#[cfg_attr(docsrs, doc(cfg(feature = "diesel-async")))]
+pub use asynchronous::find_async;
+pub use error::{Error, Result};
+pub use filter::ScopeFilter;
+pub use outbox::{install_outbox, uninstall_outbox};
+pub use query::{Cached, CachedExt, entity_dependencies, find};
+
+/// Invalidates, right away, what a write of `rows` affects: each row's primary key, the scope
+/// conditions it matches, and its entity's `any_change`. For read-your-writes: call it after
+/// the write commits, with the rows' old and new values, so this request's next cached read
+/// sees the write without waiting for the relay (which invalidates the same dependencies
+/// again, so nothing is lost if this call fails or is skipped).
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use matroska_core::{Cache, CacheDeps, Dependency, Scope, Scoped};
+///
+/// struct Post { id: i32 }
+/// impl CacheDeps for Post {
+///     fn entity_name() -> &'static str { "posts" }
+///     fn primary_key(&self) -> Dependency { Dependency::primary_key("posts", [self.id]) }
+/// }
+/// impl Scoped for Post {
+///     fn scope() -> &'static Scope<Self> {
+///         static SCOPE: std::sync::OnceLock<Scope<Post>> = std::sync::OnceLock::new();
+///         SCOPE.get_or_init(|| Scope::new("posts"))
+///     }
+/// }
+///
+/// let cache = Cache::memory();
+/// cache.put("post-1", &"Python", &[Post { id: 1 }.primary_key()], None).await?;
+/// // ... diesel::update(posts::table.find(1)).set(..).execute(conn)? ...
+/// matroska_diesel::invalidate_now(&cache, &[&Post { id: 1 }]).await?;
+/// assert!(!cache.has("post-1").await?);
+/// # Ok::<_, matroska_diesel::Error>(()) }).unwrap();
+/// ```
+///
+/// # Errors
+/// [`Error::Cache`] when the cache backend fails (the outbox still delivers the write).
+pub async fn invalidate_now<M: CacheDeps + Scoped>(cache: &Cache, rows: &[&M]) -> Result<()> {
+    let mut deps = Vec::new();
+    for row in rows {
+        deps.push(row.primary_key());
+        deps.extend(M::scope().dependencies_for(row, None));
+    }
+    cache.invalidate(&deps).await?;
+    // The relay will deliver the write too; let it find the row without waiting for a poll.
+    outbox::poke();
+    Ok(())
+}
+
+/// What `#[derive(CacheDeps)]` names through the facade; not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::ScopeFilter;
+    pub use diesel::dsl;
+    pub use diesel::{BoolExpressionMethods, Expression, ExpressionMethods, IntoSql};
+}

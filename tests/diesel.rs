@@ -1,0 +1,451 @@
+//! Diesel through matroska, on SQLite, PostgreSQL and MariaDB: cached queries (`load`,
+//! `first`, `count`, `find`, scoped by the derive's typed conditions) stay fresh under every
+//! Diesel write path, invalidated only by the outbox installed through a Diesel connection
+//! and its relay (Diesel has no hooks).
+//!
+//! Each scenario caches two probes per list (published fantasy, published sci-fi) and per row
+//! (posts A and B) with the derive's dependencies, and warms the cached queries; performs one
+//! kind of write; waits (bounded poll) until the probes the write affects are gone, and checks,
+//! once the outbox is empty, that the others are still cached and that every cached query
+//! answers what the database holds.
+#![cfg(all(
+    feature = "diesel-postgres",
+    feature = "diesel-mysql",
+    feature = "seaorm"
+))]
+#![allow(clippy::unwrap_used)]
+
+mod diesel_blog;
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use diesel::connection::{SimpleConnection, TransactionManager};
+use diesel::prelude::*;
+use matroska::diesel::{CachedExt, install_outbox, uninstall_outbox};
+use matroska::outbox::Outbox;
+use matroska::seaorm::outbox as seaorm_outbox;
+use matroska::{Cache, WatchedTable};
+
+use diesel_blog::schema::posts;
+use diesel_blog::{
+    ALL, Env, FANTASY, Post, PostBySeries, ROW_A, ROW_B, SCI_FI, create_tables, published_in,
+};
+use support::db::{DieselConn, ScratchDb};
+use support::faults::Faulty;
+
+/// One module of scenarios per connection type: Diesel's query types are checked per backend,
+/// so the scenarios are written once here and instantiated for each.
+macro_rules! diesel_tests {
+    ($backend:ident, $conn:ty) => {
+        mod $backend {
+            use super::*;
+
+            type Conn = $conn;
+            type Backend = <Conn as Connection>::Backend;
+
+            fn insert(conn: &mut Conn, title: &str, category: &str) -> Post {
+                diesel::insert_into(posts::table)
+                    .values((
+                        posts::title.eq(title),
+                        posts::category.eq(category),
+                        posts::published.eq(true),
+                    ))
+                    .execute(conn)
+                    .unwrap();
+                // Titles are unique in a scenario; no `RETURNING` on MariaDB.
+                posts::table
+                    .filter(posts::title.eq(title))
+                    .first(conn)
+                    .unwrap()
+            }
+
+            async fn setup(name: &str) -> Env<Conn> {
+                setup_with(name, support::redis_cache(name).await).await
+            }
+
+            async fn setup_with(name: &str, cache: Cache) -> Env<Conn> {
+                let db = ScratchDb::new(<Conn as DieselConn>::KIND, name).await;
+                let mut conn = Conn::open(&db);
+                create_tables(&mut conn, db.kind);
+                install_outbox(&mut conn, &[Post::watched_table()]).unwrap();
+                // Idempotent, as a migration re-run or every start-up.
+                install_outbox(&mut conn, &[Post::watched_table()]).unwrap();
+                let a = insert(&mut conn, "A", "fantasy");
+                let b = insert(&mut conn, "B", "sci-fi");
+                let relay = seaorm_outbox::relay(&db.conn, cache.clone())
+                    .unwrap()
+                    .watch_type::<Post>()
+                    .build()
+                    .spawn();
+                let mut env = Env {
+                    db,
+                    conn,
+                    cache,
+                    relay,
+                    a,
+                    b,
+                };
+                env.wait_idle().await;
+                env.fill_probes().await;
+                warm(&mut env).await;
+                env
+            }
+
+            /// The cached list of published posts of `category`, scoped by its condition.
+            async fn list(env: &mut Env<Conn>, category: &str) -> Vec<Post> {
+                posts::table
+                    .order(posts::id)
+                    .cached(&env.cache)
+                    .scoped(&published_in(category))
+                    .load::<Post, _>(&mut env.conn)
+                    .await
+                    .unwrap()
+            }
+
+            fn list_db(env: &mut Env<Conn>, category: &str) -> Vec<Post> {
+                posts::table
+                    .filter(published_in(category).filter())
+                    .order(posts::id)
+                    .load(&mut env.conn)
+                    .unwrap()
+            }
+
+            async fn count(env: &mut Env<Conn>) -> i64 {
+                posts::table
+                    .cached(&env.cache)
+                    .count::<Post, _>(&mut env.conn)
+                    .await
+                    .unwrap()
+            }
+
+            async fn find(env: &mut Env<Conn>, id: i32) -> Option<Post> {
+                matroska::diesel::find(&env.cache, &mut env.conn, posts::table, id)
+                    .await
+                    .unwrap()
+            }
+
+            async fn first(env: &mut Env<Conn>) -> Option<Post> {
+                posts::table
+                    .order(posts::id)
+                    .cached(&env.cache)
+                    .first::<Post, _>(&mut env.conn)
+                    .await
+                    .unwrap()
+            }
+
+            /// Fills every cached query the scenarios check.
+            async fn warm(env: &mut Env<Conn>) {
+                let (a, b) = (env.a.id, env.b.id);
+                assert_eq!(list(env, "fantasy").await, vec![env.a.clone()]);
+                assert_eq!(list(env, "sci-fi").await, vec![env.b.clone()]);
+                assert_eq!(count(env).await, 2);
+                assert_eq!(find(env, a).await, Some(env.a.clone()));
+                assert_eq!(find(env, b).await, Some(env.b.clone()));
+                assert_eq!(first(env).await, Some(env.a.clone()));
+            }
+
+            /// Every cached query answers what the database holds.
+            async fn assert_fresh(env: &mut Env<Conn>) {
+                for category in ["fantasy", "sci-fi"] {
+                    let db = list_db(env, category);
+                    assert_eq!(list(env, category).await, db, "{category} list");
+                }
+                let db: i64 = posts::table.count().get_result(&mut env.conn).unwrap();
+                assert_eq!(count(env).await, db, "count");
+                for id in [env.a.id, env.b.id] {
+                    let db = posts::table
+                        .find(id)
+                        .first::<Post>(&mut env.conn)
+                        .optional()
+                        .unwrap();
+                    assert_eq!(find(env, id).await, db, "post {id}");
+                }
+                let db = posts::table
+                    .order(posts::id)
+                    .first::<Post>(&mut env.conn)
+                    .optional()
+                    .unwrap();
+                assert_eq!(first(env).await, db, "first");
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn insert_enters_a_list() {
+                let mut env = setup("d_insert").await;
+                insert(&mut env.conn, "C", "fantasy");
+                env.expect(&[FANTASY], &[SCI_FI, ROW_A, ROW_B]).await;
+                assert_fresh(&mut env).await;
+                assert_eq!(list(&mut env, "fantasy").await.len(), 2);
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn update_moves_a_row_between_lists() {
+                let mut env = setup("d_move").await;
+                diesel::update(posts::table.find(env.a.id))
+                    .set(posts::category.eq("sci-fi"))
+                    .execute(&mut env.conn)
+                    .unwrap();
+                env.expect(&[ROW_A, FANTASY, SCI_FI], &[ROW_B]).await;
+                assert_fresh(&mut env).await;
+                assert_eq!(list(&mut env, "sci-fi").await.len(), 2);
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn unwatched_update_keeps_lists() {
+                let mut env = setup("d_unwatched").await;
+                diesel::update(&env.a)
+                    .set(posts::title.eq("A, revised"))
+                    .execute(&mut env.conn)
+                    .unwrap();
+                // Only the row: no scope column changed.
+                env.expect(&[ROW_A], &[FANTASY, SCI_FI, ROW_B]).await;
+                assert_fresh(&mut env).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn delete() {
+                let mut env = setup("d_delete").await;
+                diesel::delete(posts::table.find(env.a.id))
+                    .execute(&mut env.conn)
+                    .unwrap();
+                env.expect(&[ROW_A, FANTASY], &[SCI_FI, ROW_B]).await;
+                assert_fresh(&mut env).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn bulk_update() {
+                let mut env = setup("d_bulk_update").await;
+                insert(&mut env.conn, "C", "fantasy");
+                env.expect(&[FANTASY], &[]).await;
+                env.fill_probes().await;
+                diesel::update(posts::table.filter(posts::category.eq("fantasy")))
+                    .set(posts::published.eq(false))
+                    .execute(&mut env.conn)
+                    .unwrap();
+                env.expect(&[ROW_A, FANTASY], &[SCI_FI, ROW_B]).await;
+                assert_fresh(&mut env).await;
+                assert!(list(&mut env, "fantasy").await.is_empty());
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn bulk_delete() {
+                let mut env = setup("d_bulk_delete").await;
+                diesel::delete(posts::table.filter(posts::published.eq(true)))
+                    .execute(&mut env.conn)
+                    .unwrap();
+                env.expect(ALL, &[]).await;
+                assert_fresh(&mut env).await;
+                assert_eq!(count(&mut env).await, 0);
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn raw_sql() {
+                let mut env = setup("d_raw_sql").await;
+                diesel::sql_query(format!(
+                    "UPDATE posts SET category = 'sci-fi' WHERE id = {}",
+                    env.a.id
+                ))
+                .execute(&mut env.conn)
+                .unwrap();
+                env.expect(&[ROW_A, FANTASY, SCI_FI], &[ROW_B]).await;
+                assert_fresh(&mut env).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn rollback_invalidates_nothing() {
+                let mut env = setup("d_rollback").await;
+                let delivered = env.relay.relay().stats().rows_delivered;
+                let result = env.conn.transaction::<(), _, _>(|conn| {
+                    insert(conn, "C", "fantasy");
+                    diesel::delete(posts::table.find(env.b.id)).execute(conn)?;
+                    Err(diesel::result::Error::RollbackTransaction)
+                });
+                assert!(result.is_err());
+                env.expect(&[], ALL).await;
+                assert_eq!(env.relay.relay().stats().rows_delivered, delivered);
+                assert_fresh(&mut env).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn another_connection() {
+                let mut env = setup("d_other_conn").await;
+                let mut other = Conn::open(&env.db);
+                insert(&mut other, "C", "sci-fi");
+                env.expect(&[SCI_FI], &[FANTASY, ROW_A, ROW_B]).await;
+                assert_fresh(&mut env).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn transaction_reads_through() {
+                let mut env = setup("d_txn").await;
+                let manager = || <Conn as Connection>::TransactionManager::begin_transaction;
+                manager()(&mut env.conn).unwrap();
+                insert(&mut env.conn, "C", "fantasy");
+                // No hit: the cached list lacks the transaction's own write.
+                assert_eq!(list(&mut env, "fantasy").await.len(), 2);
+                // No fill: a miss inside the transaction stores nothing it read.
+                env.cache
+                    .invalidate(&published_in("fantasy").dependencies())
+                    .await
+                    .unwrap();
+                assert_eq!(list(&mut env, "fantasy").await.len(), 2);
+                <Conn as Connection>::TransactionManager::rollback_transaction(&mut env.conn)
+                    .unwrap();
+                assert_eq!(list(&mut env, "fantasy").await, vec![env.a.clone()]);
+                assert_fresh(&mut env).await;
+            }
+
+            /// The cached list of posts in `series` (`None`: in none).
+            async fn series(env: &mut Env<Conn>, series: Option<&str>) -> Vec<Post> {
+                let condition = PostBySeries {
+                    series: series.map(str::to_owned),
+                };
+                posts::table
+                    .order(posts::id)
+                    .cached(&env.cache)
+                    .scoped(&condition)
+                    .load::<Post, _>(&mut env.conn)
+                    .await
+                    .unwrap()
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn nullable_scope() {
+                let mut env = setup("d_nullable").await;
+                // `None` filters with IS NULL (null-safe), not `= NULL`.
+                assert_eq!(series(&mut env, None).await.len(), 2);
+                assert!(series(&mut env, Some("dune")).await.is_empty());
+                diesel::update(posts::table.find(env.b.id))
+                    .set(posts::series.eq("dune"))
+                    .execute(&mut env.conn)
+                    .unwrap();
+                // A watched column changed: the relay invalidates the conditions of every
+                // scope of the row (B's sci-fi list too), never another row's.
+                env.expect(&[ROW_B, SCI_FI], &[FANTASY, ROW_A]).await;
+                assert_eq!(series(&mut env, None).await, vec![env.a.clone()]);
+                let dune = series(&mut env, Some("dune")).await;
+                assert_eq!(dune.iter().map(|p| p.id).collect::<Vec<_>>(), [env.b.id]);
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn find_caches_a_missing_row() {
+                let mut env = setup("d_find_missing").await;
+                assert_eq!(find(&mut env, 999).await, None);
+                diesel::insert_into(posts::table)
+                    .values((
+                        posts::id.eq(999),
+                        posts::title.eq("Z"),
+                        posts::category.eq("poetry"),
+                        posts::published.eq(false),
+                    ))
+                    .execute(&mut env.conn)
+                    .unwrap();
+                env.expect(&[], ALL).await;
+                assert_eq!(find(&mut env, 999).await.map(|p| p.title), Some("Z".into()));
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cached_queries_hit_without_the_outbox() {
+                let mut env = setup("d_hits").await;
+                uninstall_outbox(&mut env.conn, &["posts"]).unwrap();
+                // Unseen by the cache: every cached query still answers from its entry.
+                env.conn.batch_execute("DELETE FROM posts").unwrap();
+                env.wait_idle().await;
+                assert_eq!(list(&mut env, "fantasy").await, vec![env.a.clone()]);
+                assert_eq!(count(&mut env).await, 2);
+                let a = env.a.id;
+                assert_eq!(find(&mut env, a).await, Some(env.a.clone()));
+                assert_eq!(first(&mut env).await, Some(env.a.clone()));
+                // Another namespace is another entry.
+                let other = posts::table
+                    .order(posts::id)
+                    .cached(&env.cache)
+                    .namespace("other-db")
+                    .scoped(&published_in("fantasy"))
+                    .load::<Post, _>(&mut env.conn)
+                    .await
+                    .unwrap();
+                assert!(other.is_empty());
+            }
+
+            /// A cached load reads the list, then a write from another connection commits and
+            /// the relay invalidates the list, then the load's put arrives: the put is refused
+            /// (stale-set ticket), so the next read sees the write. The same sequence with a
+            /// plain read-then-put leaves the stale list cached.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn stale_load_is_not_stored() {
+                let backend = Arc::new(Faulty::new(support::redis_backend("d_stale").await));
+                let cache = Cache::builder_arc(backend.clone()).build().unwrap();
+                let mut env = setup_with("d_stale", cache).await;
+                let condition = published_in("fantasy");
+                // The list's entry (filled by `setup`) goes, so the next read loads.
+                env.cache
+                    .invalidate(&condition.dependencies()[..1])
+                    .await
+                    .unwrap();
+                env.fill_probes().await;
+                backend.close_puts();
+                let Env {
+                    conn, db, cache, ..
+                } = &mut env;
+                let load = posts::table
+                    .order(posts::id)
+                    .cached(cache)
+                    .scoped(&condition)
+                    .load::<Post, _>(conn);
+                let write = async {
+                    backend.puts_stopped_after(0).await;
+                    insert(&mut Conn::open(db), "C", "fantasy");
+                    let deadline = Instant::now() + Duration::from_secs(20);
+                    while cache.has(FANTASY).await.unwrap() {
+                        assert!(Instant::now() < deadline, "the relay did not invalidate");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    backend.open_puts();
+                };
+                let (loaded, ()) = tokio::join!(load, write);
+                // The load read before the write: its answer is right for its time ...
+                assert_eq!(loaded.unwrap(), vec![env.a.clone()]);
+                // ... and was not stored.
+                assert_eq!(list(&mut env, "fantasy").await.len(), 2);
+
+                // Unprotected: read, the write lands and is invalidated, then a plain put.
+                let rows: Vec<Post> = posts::table
+                    .filter(condition.filter())
+                    .load(&mut env.conn)
+                    .unwrap();
+                insert(&mut Conn::open(&env.db), "D", "fantasy");
+                env.expect(&[FANTASY], &[]).await;
+                env.cache
+                    .put("naive", &rows, &condition.dependencies(), None)
+                    .await
+                    .unwrap();
+                let naive: Vec<Post> = env.cache.get("naive").await.unwrap().unwrap();
+                assert_eq!(naive.len(), 2, "the plain put stored the list without D");
+                assert_eq!(list_db(&mut env, "fantasy").len(), 3);
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn migration_sql_route() {
+                let mut env = setup("d_migration").await;
+                let sql = matroska::diesel::outbox::migration_sql::<Backend>(
+                    &Outbox::default(),
+                    &[Post::watched_table()],
+                )
+                .unwrap();
+                env.conn.batch_execute(&sql.down).unwrap();
+                // Without the triggers the write goes unrecorded.
+                insert(&mut env.conn, "C", "fantasy");
+                env.expect(&[], ALL).await;
+                env.conn.batch_execute(&sql.up).unwrap();
+                insert(&mut env.conn, "D", "fantasy");
+                env.expect(&[FANTASY], &[SCI_FI, ROW_A, ROW_B]).await;
+            }
+        }
+    };
+}
+
+diesel_tests!(sqlite, diesel::SqliteConnection);
+diesel_tests!(postgres, diesel::PgConnection);
+diesel_tests!(mysql, diesel::MysqlConnection);

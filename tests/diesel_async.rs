@@ -1,0 +1,189 @@
+//! The cached queries over diesel-async connections (SQLite through `SyncConnectionWrapper`,
+//! PostgreSQL through `AsyncPgConnection`): they answer from the cache, follow every write
+//! through the outbox relay, and read through inside a transaction. (MariaDB: diesel-async's
+//! `AsyncMysqlConnection` is not built here; the sync tests cover MariaDB.)
+#![cfg(all(
+    feature = "diesel-async",
+    feature = "diesel-postgres",
+    feature = "seaorm"
+))]
+#![allow(clippy::unwrap_used)]
+
+mod diesel_blog;
+mod support;
+
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl, TransactionManager};
+use matroska::WatchedTable;
+use matroska::diesel::{CachedExt, find_async, install_outbox, uninstall_outbox};
+use matroska::seaorm::outbox as seaorm_outbox;
+
+use diesel_blog::schema::posts;
+use diesel_blog::{ALL, Env, FANTASY, Post, ROW_A, ROW_B, SCI_FI, create_tables, published_in};
+use support::db::{DieselAsyncConn, DieselConn, ScratchDb};
+
+macro_rules! diesel_async_tests {
+    ($backend:ident, $conn:ty, $sync:ty) => {
+        mod $backend {
+            use super::*;
+
+            type Conn = $conn;
+            /// The sync connection of the same database, for DDL (as a migration would).
+            type Sync = $sync;
+
+            async fn insert(conn: &mut Conn, title: &str, category: &str) -> Post {
+                diesel::insert_into(posts::table)
+                    .values((
+                        posts::title.eq(title),
+                        posts::category.eq(category),
+                        posts::published.eq(true),
+                    ))
+                    .execute(conn)
+                    .await
+                    .unwrap();
+                posts::table
+                    .filter(posts::title.eq(title))
+                    .first(conn)
+                    .await
+                    .unwrap()
+            }
+
+            async fn setup(name: &str) -> Env<Conn> {
+                let db = ScratchDb::new(<Conn as DieselAsyncConn>::KIND, name).await;
+                let mut sync = <Sync as DieselConn>::open(&db);
+                create_tables(&mut sync, db.kind);
+                install_outbox(&mut sync, &[Post::watched_table()]).unwrap();
+                let mut conn = <Conn as DieselAsyncConn>::open(&db).await;
+                let cache = support::redis_cache(name).await;
+                let a = insert(&mut conn, "A", "fantasy").await;
+                let b = insert(&mut conn, "B", "sci-fi").await;
+                let relay = seaorm_outbox::relay(&db.conn, cache.clone())
+                    .unwrap()
+                    .watch_type::<Post>()
+                    .build()
+                    .spawn();
+                let env = Env {
+                    db,
+                    conn,
+                    cache,
+                    relay,
+                    a,
+                    b,
+                };
+                env.wait_idle().await;
+                env.fill_probes().await;
+                env
+            }
+
+            async fn list(env: &mut Env<Conn>, category: &str) -> Vec<Post> {
+                posts::table
+                    .order(posts::id)
+                    .cached(&env.cache)
+                    .scoped(&published_in(category))
+                    .load_async::<Post, _>(&mut env.conn)
+                    .await
+                    .unwrap()
+            }
+
+            async fn count(env: &mut Env<Conn>) -> i64 {
+                posts::table
+                    .cached(&env.cache)
+                    .count_async::<Post, _>(&mut env.conn)
+                    .await
+                    .unwrap()
+            }
+
+            async fn find(env: &mut Env<Conn>, id: i32) -> Option<Post> {
+                find_async(&env.cache, &mut env.conn, posts::table, id)
+                    .await
+                    .unwrap()
+            }
+
+            async fn first(env: &mut Env<Conn>) -> Option<Post> {
+                posts::table
+                    .order(posts::id)
+                    .cached(&env.cache)
+                    .first_async::<Post, _>(&mut env.conn)
+                    .await
+                    .unwrap()
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cached_queries_follow_writes() {
+                let mut env = setup("da_writes").await;
+                let a = env.a.id;
+                assert_eq!(list(&mut env, "fantasy").await, vec![env.a.clone()]);
+                assert_eq!(count(&mut env).await, 2);
+                assert_eq!(find(&mut env, a).await, Some(env.a.clone()));
+                assert_eq!(first(&mut env).await, Some(env.a.clone()));
+
+                diesel::update(posts::table.find(a))
+                    .set(posts::category.eq("sci-fi"))
+                    .execute(&mut env.conn)
+                    .await
+                    .unwrap();
+                env.expect(&[ROW_A, FANTASY, SCI_FI], &[ROW_B]).await;
+                assert!(list(&mut env, "fantasy").await.is_empty());
+                assert_eq!(list(&mut env, "sci-fi").await.len(), 2);
+                assert_eq!(find(&mut env, a).await.unwrap().category, "sci-fi");
+
+                insert(&mut env.conn, "C", "poetry").await;
+                env.wait_idle().await;
+                assert_eq!(count(&mut env).await, 3);
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cached_queries_hit() {
+                let mut env = setup("da_hits").await;
+                let a = env.a.id;
+                assert_eq!(list(&mut env, "fantasy").await.len(), 1);
+                assert_eq!(count(&mut env).await, 2);
+                assert!(find(&mut env, a).await.is_some());
+                assert!(first(&mut env).await.is_some());
+                // Without the triggers the cache cannot see this delete: the entries answer.
+                uninstall_outbox(&mut <Sync as DieselConn>::open(&env.db), &["posts"]).unwrap();
+                diesel::delete(posts::table)
+                    .execute(&mut env.conn)
+                    .await
+                    .unwrap();
+                env.expect(&[], ALL).await;
+                assert_eq!(list(&mut env, "fantasy").await.len(), 1);
+                assert_eq!(count(&mut env).await, 2);
+                assert!(find(&mut env, a).await.is_some());
+                assert!(first(&mut env).await.is_some());
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn transaction_reads_through() {
+                let mut env = setup("da_txn").await;
+                assert_eq!(list(&mut env, "fantasy").await.len(), 1);
+                <Conn as AsyncConnection>::TransactionManager::begin_transaction(&mut env.conn)
+                    .await
+                    .unwrap();
+                insert(&mut env.conn, "C", "fantasy").await;
+                // No hit (the entry lacks the transaction's write) ...
+                assert_eq!(list(&mut env, "fantasy").await.len(), 2);
+                // ... and no fill.
+                let condition = &published_in("fantasy").dependencies()[..1];
+                env.cache.invalidate(condition).await.unwrap();
+                assert_eq!(list(&mut env, "fantasy").await.len(), 2);
+                <Conn as AsyncConnection>::TransactionManager::rollback_transaction(&mut env.conn)
+                    .await
+                    .unwrap();
+                env.expect(&[], &[SCI_FI, ROW_A, ROW_B]).await;
+                assert_eq!(list(&mut env, "fantasy").await, vec![env.a.clone()]);
+            }
+        }
+    };
+}
+
+diesel_async_tests!(
+    sqlite,
+    diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>,
+    diesel::SqliteConnection
+);
+diesel_async_tests!(
+    postgres,
+    diesel_async::AsyncPgConnection,
+    diesel::PgConnection
+);

@@ -1,0 +1,147 @@
+//! The Diesel models of the Diesel tests: posts scoped by (published, category) and by the
+//! nullable `series`. Shared by the `diesel*` test crates.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use matroska::seaorm::outbox::RelayHandle;
+use matroska::{Cache, CacheDeps};
+use serde::{Deserialize, Serialize};
+
+use crate::support::db::{Kind, ScratchDb};
+
+pub mod schema {
+    diesel::table! {
+        posts (id) {
+            id -> Integer,
+            title -> Text,
+            category -> Text,
+            published -> Bool,
+            series -> Nullable<Text>,
+        }
+    }
+}
+
+/// Generates `PostByPublishedCategory` and `PostBySeries`: scope conditions that are also
+/// Diesel filters.
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    diesel::Queryable,
+    diesel::Selectable,
+    diesel::Identifiable,
+    Serialize,
+    Deserialize,
+    matroska::CacheDeps,
+)]
+#[diesel(table_name = schema::posts)]
+#[scope(published, category)]
+#[scope(series)]
+pub struct Post {
+    pub id: i32,
+    pub title: String,
+    pub category: String,
+    pub published: bool,
+    pub series: Option<String>,
+}
+
+pub fn published_in(category: &str) -> PostByPublishedCategory {
+    PostByPublishedCategory {
+        published: true,
+        category: category.into(),
+    }
+}
+
+/// The `posts` table of `kind`.
+pub fn create_tables(conn: &mut impl SimpleConnection, kind: Kind) {
+    let id = match kind {
+        Kind::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
+        Kind::Postgres => "SERIAL PRIMARY KEY",
+        Kind::MySql => "INTEGER AUTO_INCREMENT PRIMARY KEY",
+    };
+    let text = match kind {
+        Kind::MySql => "VARCHAR(255)",
+        _ => "TEXT",
+    };
+    conn.batch_execute(&format!(
+        "CREATE TABLE posts (id {id}, title {text} NOT NULL, category {text} NOT NULL, \
+         published BOOLEAN NOT NULL, series {text})"
+    ))
+    .expect("create posts");
+}
+
+/// The probes every scenario caches: one per list and per row, with the dependencies the
+/// cached queries use.
+pub const FANTASY: &str = "fantasy-probe";
+pub const SCI_FI: &str = "sci-fi-probe";
+pub const ROW_A: &str = "row-a-probe";
+pub const ROW_B: &str = "row-b-probe";
+pub const ALL: &[&str] = &[FANTASY, SCI_FI, ROW_A, ROW_B];
+
+pub struct Env<C> {
+    // Dropped first (fields drop in order): a test that fails inside a transaction must close
+    // it before the scratch database's cleanup waits on its locks.
+    pub conn: C,
+    pub db: ScratchDb,
+    pub cache: Cache,
+    pub relay: RelayHandle,
+    /// A published fantasy post (`ROW_A`) and a published sci-fi one (`ROW_B`).
+    pub a: Post,
+    pub b: Post,
+}
+
+impl<C> Env<C> {
+    /// Caches the four probes with the dependencies the cached queries use.
+    pub async fn fill_probes(&self) {
+        let c = &self.cache;
+        c.put(FANTASY, &1, &published_in("fantasy").dependencies(), None)
+            .await
+            .unwrap();
+        c.put(SCI_FI, &1, &published_in("sci-fi").dependencies(), None)
+            .await
+            .unwrap();
+        c.put(ROW_A, &1, &[self.a.primary_key()], None)
+            .await
+            .unwrap();
+        c.put(ROW_B, &1, &[self.b.primary_key()], None)
+            .await
+            .unwrap();
+    }
+
+    /// Waits until every probe of `gone` is dropped (bounded), then until the outbox is
+    /// empty, then checks every probe of `kept` is still cached.
+    pub async fn expect(&self, gone: &[&str], kept: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for key in gone {
+            while self.cache.has(key).await.unwrap() {
+                assert!(
+                    Instant::now() < deadline,
+                    "{key} was not invalidated (outbox: {:?}, relay: {:?})",
+                    self.relay.relay().depth().await,
+                    self.relay.relay().stats()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        self.wait_idle().await;
+        for key in kept {
+            assert!(
+                self.cache.has(key).await.unwrap(),
+                "{key} was invalidated by a write that does not affect it"
+            );
+        }
+        let dead = self.relay.relay().dead_letters().await.unwrap();
+        assert!(dead.is_empty(), "dead letters: {dead:?}");
+    }
+
+    pub async fn wait_idle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.relay.relay().depth().await.unwrap().rows > 0 {
+            assert!(Instant::now() < deadline, "the outbox did not drain");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
