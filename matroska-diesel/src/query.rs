@@ -133,7 +133,7 @@ impl<Q> Cached<Q> {
     /// of on every write to the entity: a row created, deleted, or moved into or out of the
     /// condition drops the entry; a write to another list's rows does not.
     ///
-    /// ```ignore
+    /// ```text
     /// let fantasy = PostByCategory { category: "fantasy".into() };
     /// let list = posts::table
     ///     .order(posts::id)
