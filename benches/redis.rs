@@ -182,6 +182,41 @@ fn invalidate(c: &mut Criterion) {
                 })
             },
         );
+        // The naive Lua invalidate of `../shared/floor`: `SMEMBERS` of the dependency's index
+        // set, `UNLINK` of its members in chunks, then of the set.
+        let (put, inv) = (
+            redis::Script::new(NAIVE_PUT),
+            redis::Script::new(NAIVE_INVALIDATE),
+        );
+        g.bench_function(
+            BenchmarkId::new("naive Lua invalidate", format!("{n} dependents")),
+            |b| {
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let mut conn = raw.clone();
+                        let set = format!("bench_naive_inv:{n}");
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            for i in 0..n {
+                                let _: i64 = put
+                                    .key(format!("bench_naive_e{i}"))
+                                    .key(&set)
+                                    .arg(1)
+                                    .arg(600)
+                                    .invoke_async(&mut conn)
+                                    .await
+                                    .unwrap();
+                            }
+                            let start = Instant::now();
+                            let dropped: i64 = inv.key(&set).invoke_async(&mut conn).await.unwrap();
+                            total += start.elapsed();
+                            assert_eq!(dropped, n as i64);
+                        }
+                        total
+                    })
+                })
+            },
+        );
         // The floor: deleting the same keys when they are already known.
         g.bench_function(
             BenchmarkId::new("raw DEL of the keys", format!("{n} keys")),
@@ -332,6 +367,37 @@ fn get_with_dependencies(c: &mut Criterion) {
                 })
             },
         );
+        // The same, plus the decode a hit does (of the same value's JSON): the floor the
+        // 1-task goal is stated against, here with 32 tasks.
+        let json: Arc<[u8]> = serde_json::to_vec(&small()).unwrap().into();
+        g.bench_function(
+            BenchmarkId::new("raw GET + MGET pipelined + decode x32 tasks", n),
+            |b| {
+                b.iter_custom(|iters| {
+                    rt.block_on(concurrently(iters, {
+                        let (raw, entry_key, stamp_keys, json) = (
+                            raw.clone(),
+                            entry_key.clone(),
+                            stamp_keys.clone(),
+                            json.clone(),
+                        );
+                        move || {
+                            let mut conn = raw.clone();
+                            let mut pipe = redis::pipe();
+                            pipe.cmd("GET").arg(&entry_key).cmd("MGET").arg(&stamp_keys);
+                            let json = Arc::clone(&json);
+                            async move {
+                                let (entry, _): (Option<Vec<u8>>, Vec<Option<Vec<u8>>>) =
+                                    pipe.query_async(&mut conn).await.unwrap();
+                                assert!(entry.is_some());
+                                let article: Article = serde_json::from_slice(&json).unwrap();
+                                std::hint::black_box(article);
+                            }
+                        }
+                    }))
+                })
+            },
+        );
     }
     g.finish();
 }
@@ -346,6 +412,18 @@ for i = 2, #KEYS do
   if redis.call('TTL', KEYS[i]) < ttl then redis.call('EXPIRE', KEYS[i], ttl) end
 end
 return 1
+"#;
+
+const NAIVE_INVALIDATE: &str = r#"
+local n = 0
+for i = 1, #KEYS do
+  local members = redis.call('SMEMBERS', KEYS[i])
+  for j = 1, #members, 500 do
+    n = n + redis.call('UNLINK', unpack(members, j, math.min(j + 499, #members)))
+  end
+  redis.call('UNLINK', KEYS[i])
+end
+return n
 "#;
 
 fn naive_floors(c: &mut Criterion) {

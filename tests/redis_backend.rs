@@ -162,6 +162,33 @@ async fn every_key_written_has_a_ttl_and_stamps_outlive_entries() {
         stamp_ttl > 490_000,
         "a stamp expires before the longest entry that recorded it: {stamp_ttl} ms"
     );
+
+    // An invalidation writes a short-lived stamp (the stale window); the next put that records
+    // it extends it past its own entry, and a put that finds it long-lived leaves it alone.
+    cache.invalidate(std::slice::from_ref(&dep)).await.unwrap();
+    let stamp_ttl = |conn: &mut redis::Connection| -> i64 {
+        redis::cmd("PTTL")
+            .arg(b.stamp_key(&dep.encode()))
+            .query(conn)
+            .unwrap()
+    };
+    assert!(stamp_ttl(&mut conn) < 490_000);
+    let put = |key: &'static str, secs| {
+        let (cache, dep) = (cache.clone(), dep.clone());
+        async move {
+            cache
+                .put(key, &1, &[dep], Some(Duration::from_secs(secs)))
+                .await
+                .unwrap()
+        }
+    };
+    put("after", 500).await;
+    let extended = stamp_ttl(&mut conn);
+    assert!(extended > 500_000, "{extended} ms");
+    put("after-short", 10).await;
+    assert!(stamp_ttl(&mut conn) <= extended);
+    assert!(stamp_ttl(&mut conn) > 500_000 - 5_000);
+    assert!(cache.get::<i32>("after").await.unwrap().is_some());
 }
 
 #[tokio::test]
@@ -932,6 +959,19 @@ async fn ticket_from_the_old_master_never_stores_on_a_promoted_replica() {
         .await
         .unwrap();
     assert_eq!(outcome, PutOutcome::Stale);
+
+    // A ticket taken on the promoted server starts its own epoch: loads store again, and the
+    // next invalidation still drops what they stored.
+    let ticket = on_replica.ticket().await.unwrap();
+    let value = bytes::Bytes::from(matroska::Codec::Json.encode("k", &2, 0).unwrap());
+    let outcome = on_replica
+        .put(PutRequest::new("k", value, &dep, Duration::from_secs(60)).guarded_by(Some(ticket)))
+        .await
+        .unwrap();
+    assert_eq!(outcome, PutOutcome::Stored);
+    assert!(on_replica.get("k").await.unwrap().is_some());
+    on_replica.invalidate(&dep).await.unwrap();
+    assert!(on_replica.get("k").await.unwrap().is_none());
     drop((master, replica));
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -32,6 +32,7 @@
 //! Everything lives in the `{P}` hash tag (one Redis Cluster slot), so each script is
 //! single-slot. See ARCHITECTURE.md for the invariants and the measurements behind this.
 
+use std::io::Write as _;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
@@ -51,8 +52,9 @@ static INVALIDATE: &str = include_str!("lua/invalidate.lua");
 static TICKET: &str = include_str!("lua/ticket.lua");
 static RELEASE_LEASE: &str = include_str!("lua/release_lease.lua");
 
-/// First byte of an entry written by this layout (`put.lua`); anything else is not ours.
-const ENTRY_MAGIC: u8 = 0xB5;
+/// First byte of an entry written by this layout (`put.lua`); anything else is not ours
+/// (0xB5 was the layout before stamps were joined by `,`: read as a miss).
+const ENTRY_MAGIC: u8 = 0xB6;
 
 /// Settings of a [`RedisBackend`].
 #[derive(Clone)]
@@ -493,8 +495,8 @@ impl RedisBackend {
     }
 }
 
-/// An entry as `put.lua` writes it: `0xB5`, `n:`, then per dependency `<len>:<dependency>`
-/// `<len>:<stamp>`, then the value.
+/// An entry as `put.lua` writes it: the header ([`entry_header`]: `0xB6`, `n:`, then per
+/// dependency `<len>:<dependency>`), the recorded stamps joined by `,`, `;`, then the value.
 #[derive(Debug)]
 struct Envelope<'a> {
     deps: Vec<(&'a [u8], &'a [u8])>,
@@ -510,10 +512,6 @@ impl<'a> Envelope<'a> {
             let text = std::str::from_utf8(&bytes[at..at + digits]).ok()?;
             Some((text.parse().ok()?, at + digits + 1))
         }
-        fn item(bytes: &[u8], at: usize) -> Option<(&[u8], usize)> {
-            let (len, at) = number(bytes, at)?;
-            Some((bytes.get(at..at.checked_add(len)?)?, at + len))
-        }
         if bytes.first() != Some(&ENTRY_MAGIC) {
             return None;
         }
@@ -521,12 +519,31 @@ impl<'a> Envelope<'a> {
         // Bounded by the bytes at hand, not by what the header claims.
         let mut deps = Vec::with_capacity(n.min(bytes.len() / 4));
         for _ in 0..n {
-            let (dep, next) = item(bytes, at)?;
-            let (stamp, next) = item(bytes, next)?;
-            deps.push((dep, stamp));
-            at = next;
+            let (len, next) = number(bytes, at)?;
+            let end = next.checked_add(len)?;
+            deps.push((bytes.get(next..end)?, &b""[..]));
+            at = end;
         }
-        Some(Envelope { deps, value_at: at })
+        // Stamps hold neither `,` nor `;` (the scripts write them), so the first `;` ends them.
+        let stamps_end = at + bytes.get(at..)?.iter().position(|&b| b == b';')?;
+        let stamps = &bytes[at..stamps_end];
+        if n == 0 {
+            if !stamps.is_empty() {
+                return None;
+            }
+        } else {
+            let mut recorded = stamps.split(|&b| b == b',');
+            for dep in &mut deps {
+                dep.1 = recorded.next()?;
+            }
+            if recorded.next().is_some() {
+                return None;
+            }
+        }
+        Some(Envelope {
+            deps,
+            value_at: stamps_end + 1,
+        })
     }
 
     /// Whether `keys` are the stamp keys of this entry's dependencies, in order.
@@ -779,6 +796,27 @@ fn seed_nonces() -> u64 {
     (nanos as u64) ^ (u64::from(std::process::id()) << 32)
 }
 
+/// The start of an entry up to its stamps: `0xB6`, `n:`, then per dependency
+/// `<len>:<dependency>`. The caller writes it, so the script only appends the stamps it reads.
+fn entry_header(deps: &[String]) -> Vec<u8> {
+    let mut header = Vec::with_capacity(8 + deps.iter().map(|d| d.len() + 4).sum::<usize>());
+    header.push(ENTRY_MAGIC);
+    // Writing into a Vec cannot fail.
+    let _ = write!(header, "{}:", deps.len());
+    for dep in deps {
+        let _ = write!(header, "{}:", dep.len());
+        header.extend_from_slice(dep.as_bytes());
+    }
+    header
+}
+
+/// How long a stamp is kept when a put creates or extends it: the entry's TTL plus a quarter,
+/// so the puts that follow within that quarter find it long-lived enough and skip the
+/// `PEXPIRE` (which Redis rewrites and propagates: the dearest step of a put).
+fn stamp_keep(ttl_ms: u64) -> u64 {
+    ttl_ms.saturating_add(ttl_ms / 4)
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
@@ -891,13 +929,15 @@ impl Backend for RedisBackend {
         let (epoch, clock) = request
             .ticket
             .map_or((String::new(), 0), |t| (t.epoch.to_string(), t.clock));
+        let ttl = millis(request.ttl);
         invocation
             .arg(request.value.as_ref())
-            .arg(millis(request.ttl))
+            .arg(ttl)
             .arg(epoch)
             .arg(clock)
             .arg(self.nonce())
-            .arg(self.inner.stamp_prefix.len());
+            .arg(entry_header(request.deps))
+            .arg(stamp_keep(ttl));
         let mut conn = self.conn()?;
         let stored: i64 = self.run("put", invocation.invoke_async(&mut conn)).await?;
         Ok(if stored == 1 {
@@ -1052,22 +1092,34 @@ mod tests {
 
     #[test]
     fn envelopes_parse_and_garbage_does_not() {
-        let mut bytes = vec![ENTRY_MAGIC];
-        bytes.extend_from_slice(b"2:3:dep5:1:1:24:a:{}3:c99VALUE");
+        let mut bytes = entry_header(&["dep".into(), "a:{};,".into()]);
+        bytes.extend_from_slice(b"1:1:2,c99;VAL;UE,");
         let e = Envelope::parse(&bytes).unwrap();
         assert_eq!(
             e.deps,
-            vec![(&b"dep"[..], &b"1:1:2"[..]), (&b"a:{}"[..], &b"c99"[..])]
+            vec![(&b"dep"[..], &b"1:1:2"[..]), (&b"a:{};,"[..], &b"c99"[..])]
         );
-        assert_eq!(&bytes[e.value_at..], b"VALUE");
+        assert_eq!(&bytes[e.value_at..], b"VAL;UE,");
+
+        let mut bytes = entry_header(&[]);
+        bytes.extend_from_slice(b";V");
+        let e = Envelope::parse(&bytes).unwrap();
+        assert!(e.deps.is_empty());
+        assert_eq!(&bytes[e.value_at..], b"V");
+
         for garbage in [
             &b""[..],
             b"\xA7\x01\x01\0\0\0\0[]",
-            b"\xB5",
-            b"\xB5x:",
-            b"\xB59999999999999:",
-            b"\xB51:3:de",
-            b"\xB51:99999999999999999999:d",
+            b"\xB52:3:dep5:1:1:24:a:{}3:c99VALUE",
+            b"\xB6",
+            b"\xB6x:",
+            b"\xB69999999999999:",
+            b"\xB61:3:de",
+            b"\xB61:99999999999999999999:d",
+            b"\xB61:3:dep",
+            b"\xB61:3:depc1,c2;V",
+            b"\xB62:3:dep1:xc1;V",
+            b"\xB60:c1;V",
         ] {
             assert!(Envelope::parse(garbage).is_none(), "{garbage:?}");
         }

@@ -4,28 +4,37 @@
 -- KEYS[2]       the clock: '<epoch>:<count>:<replication id>' (see ticket.lua)
 -- KEYS[3 ..]    the stamp of each dependency
 -- ARGV[1]  value bytes
--- ARGV[2]  time to live, ms
+-- ARGV[2]  the entry's time to live, ms
 -- ARGV[3]  ticket epoch taken before the value was loaded, or '' for an unguarded put
 -- ARGV[4]  ticket count
 -- ARGV[5]  a fresh nonce, for stamps this call has to create
--- ARGV[6]  length of the stamp keys' common prefix (what precedes the dependency)
+-- ARGV[6]  the entry's header, encoded by the caller: '\182', n, ':', then per dependency
+--          '<len>:<dependency>' (the dependencies of KEYS[3 ..], in order)
+-- ARGV[7]  how long a stamp is kept when this call creates or extends it, ms (at least
+--          ARGV[2]; the slack above it spares most puts the extension)
 --
--- The entry is '\181' .. n .. ':' then, per dependency, '<len>:<dependency><len>:<stamp>',
--- then the value. Returns 1 when stored, 0 when refused because the value may be stale.
+-- The entry is the header, the stamps read joined by ',' (a stamp never holds ',' or ';'),
+-- ';', then the value. Returns 1 when stored, 0 when refused because the value may be stale.
 --
 -- Invariants:
 -- * a read serves the entry only while every recorded stamp equals the current one, so
 --   losing any key (the entry's stamps, the clock) can only make it a miss;
 -- * a guarded put refuses when the clock has another epoch than its ticket or was written
---   under another replication id (restart, failover, lost clock), when a stamp of the ticket's epoch is newer than the ticket, and
---   when a stamp is missing while some invalidation ran after the ticket (the missing stamp
---   may have been that invalidation's, then evicted);
+--   under another replication id (restart, failover, lost clock), when a stamp of the
+--   ticket's epoch is newer than the ticket, and when a stamp is missing while some
+--   invalidation ran after the ticket (the missing stamp may have been that invalidation's,
+--   then evicted);
 -- * a missing stamp is created (also by a refused put, so the next load can store), with a
 --   value no entry recorded before: entries that recorded a lost stamp stay misses;
--- * stamps live at least as long as the entries that recorded them (PEXPIRE ... GT), and
---   every key written but the clock has a TTL.
+-- * stamps live at least as long as the entries that recorded them (extended, never
+--   shortened, whenever less than the entry's TTL is left), and every key written but the
+--   clock has a TTL.
+--
+-- Cost: per dependency a GET and a PTTL; a PEXPIRE only when the stamp would die before the
+-- entry (once per slack period), and no string building but the final concatenation.
 local n = #KEYS - 2
-local ttl = ARGV[2]
+local ttl = tonumber(ARGV[2])
+local keep = ARGV[7]
 local guarded = ARGV[3] ~= ''
 local refuse = false
 local ticket, clock
@@ -44,14 +53,13 @@ if guarded then
   end
 end
 
-local plen = tonumber(ARGV[6])
-local parts = { '\181', tostring(n), ':' }
-for i = 3, n + 2 do
-  local key = KEYS[i]
+local stamps = {}
+for i = 1, n do
+  local key = KEYS[i + 2]
   local stamp = redis.call('GET', key)
   if not stamp then
     stamp = 'c' .. ARGV[5]
-    redis.call('SET', key, stamp, 'PX', ttl)
+    redis.call('SET', key, stamp, 'PX', keep)
     if guarded and not refuse and clock > ticket then
       refuse = true
     end
@@ -62,19 +70,15 @@ for i = 3, n + 2 do
         refuse = true
       end
     end
-    redis.call('PEXPIRE', key, ttl, 'GT')
+    local left = redis.call('PTTL', key)
+    if left >= 0 and left < ttl then
+      redis.call('PEXPIRE', key, keep)
+    end
   end
-  local dep = string.sub(key, plen + 1)
-  parts[#parts + 1] = tostring(#dep)
-  parts[#parts + 1] = ':'
-  parts[#parts + 1] = dep
-  parts[#parts + 1] = tostring(#stamp)
-  parts[#parts + 1] = ':'
-  parts[#parts + 1] = stamp
+  stamps[i] = stamp
 end
 if refuse then
   return 0
 end
-parts[#parts + 1] = ARGV[1]
-redis.call('SET', KEYS[1], table.concat(parts), 'PX', ttl)
+redis.call('SET', KEYS[1], ARGV[6] .. table.concat(stamps, ',') .. ';' .. ARGV[1], 'PX', ttl)
 return 1

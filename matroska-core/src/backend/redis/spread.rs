@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use tokio::task::JoinSet;
 
-use super::{ENTRY_MAGIC, Error, Lua, RedisBackend, Result, millis};
+use super::{Error, Lua, RedisBackend, Result, entry_header, millis, stamp_keep};
 use crate::backend::{PutOutcome, PutRequest};
 
 static STAMP: &str = include_str!("../lua/stamp.lua");
@@ -82,18 +82,15 @@ impl RedisBackend {
                 return Ok(PutOutcome::Stale);
             }
         }
-        // 3. The entry, with the stamps it was checked against.
-        let prefix = self.inner.stamp_prefix.len();
-        let mut entry = Vec::with_capacity(request.value.len() + 64 * keys.len() + 16);
-        entry.push(ENTRY_MAGIC);
-        entry.extend_from_slice(format!("{}:", keys.len()).as_bytes());
-        for (key, (stamp, _)) in keys.iter().zip(&stamps) {
-            let dep = &key[prefix..];
-            entry.extend_from_slice(format!("{}:", dep.len()).as_bytes());
-            entry.extend_from_slice(dep);
-            entry.extend_from_slice(format!("{}:", stamp.len()).as_bytes());
+        // 3. The entry, with the stamps it was checked against, as `put.lua` writes it.
+        let mut entry = entry_header(request.deps);
+        for (i, (stamp, _)) in stamps.iter().enumerate() {
+            if i > 0 {
+                entry.push(b',');
+            }
             entry.extend_from_slice(stamp);
         }
+        entry.push(b';');
         entry.extend_from_slice(&request.value);
         let mut conn = self.conn()?;
         let _: () = self
@@ -129,6 +126,7 @@ impl RedisBackend {
                     .key(key)
                     .arg(ttl)
                     .arg(nonce)
+                    .arg(stamp_keep(ttl))
                     .invoke_async(&mut conn)
                     .await;
                 (offset + i, reply)
