@@ -10,7 +10,7 @@ use matroska::Dependency;
 use matroska::backend::redis::{RedisBackend, RedisConfig};
 use redis::AsyncCommands;
 
-use common::{Article, redis_pair, runtime, small};
+use common::{Article, concurrently, redis_pair, runtime, small};
 
 fn get(c: &mut Criterion) {
     let rt = runtime();
@@ -91,31 +91,6 @@ fn get(c: &mut Criterion) {
         })
     });
     g.finish();
-}
-
-/// Runs `iters` operations spread over 32 tasks; returns the wall time.
-async fn concurrently<F, Fut>(iters: u64, op: F) -> Duration
-where
-    F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send,
-{
-    let op = Arc::new(op);
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..32)
-        .map(|t| {
-            let op = Arc::clone(&op);
-            let n = iters / 32 + u64::from(t < iters % 32);
-            tokio::spawn(async move {
-                for _ in 0..n {
-                    op().await;
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    start.elapsed()
 }
 
 fn put(c: &mut Criterion) {

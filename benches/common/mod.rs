@@ -1,7 +1,8 @@
 //! Set-up shared by the benches: runtime, services, fixtures.
 #![allow(dead_code)]
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use matroska::backend::redis::{RedisBackend, RedisConfig};
 use matroska::{Cache, Dependency};
@@ -88,3 +89,36 @@ pub async fn redis_cache(name: &str) -> Cache {
 
 #[cfg(feature = "seaorm")]
 pub mod seaorm;
+
+// Private servers and clusters: the tests' own support code, not a copy.
+#[path = "../../tests/support/cluster.rs"]
+pub mod cluster;
+#[path = "../../tests/support/process.rs"]
+pub mod process;
+#[allow(unused_imports)] // Each bench or test binary uses its own part.
+pub use process::{PrivateRedis, answers_ping, free_port, unique};
+
+/// Runs `iters` operations spread over 32 tasks; returns the wall time.
+pub async fn concurrently<F, Fut>(iters: u64, op: F) -> Duration
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let op = Arc::new(op);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..32)
+        .map(|t| {
+            let op = Arc::clone(&op);
+            let n = iters / 32 + u64::from(t < iters % 32);
+            tokio::spawn(async move {
+                for _ in 0..n {
+                    op().await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    start.elapsed()
+}

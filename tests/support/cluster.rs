@@ -1,5 +1,7 @@
-//! A private Redis Cluster of `redis-server` processes: 3 masters and 3 replicas on free
-//! loopback ports, created with `redis-cli --cluster create`.
+//! A private Redis Cluster of `redis-server` processes: 3 masters (and a replica each) on free
+//! loopback ports, created with `redis-cli --cluster create`. The benches include this file
+//! too; it needs `unique`, `free_port` and `answers_ping` beside it (`process.rs`).
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -12,12 +14,18 @@ pub struct PrivateCluster {
 }
 
 impl PrivateCluster {
-    /// Starts six nodes, creates the cluster and waits until every node reports it healthy.
+    /// Starts six nodes (3 masters, 3 replicas), creates the cluster and waits until every
+    /// node reports it healthy.
     pub fn start() -> Self {
+        Self::start_with_replicas(1)
+    }
+
+    /// Starts 3 masters with `replicas` replicas each.
+    pub fn start_with_replicas(replicas: usize) -> Self {
         let dir = std::env::temp_dir().join(super::unique("cluster"));
         std::fs::create_dir_all(&dir).expect("a temporary directory");
         let mut nodes = Vec::new();
-        while nodes.len() < 6 {
+        while nodes.len() < 3 * (1 + replicas) {
             let port = super::free_port();
             // The cluster bus listens on port + 10000: both must be free.
             if port > 55_000 || std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_err() {
@@ -44,7 +52,7 @@ impl PrivateCluster {
             .arg("--cluster")
             .arg("create")
             .args(cluster.nodes.iter().map(|(p, _)| format!("127.0.0.1:{p}")))
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli must be installed for this test (it comes with redis-server)");
         assert!(

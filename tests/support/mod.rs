@@ -4,10 +4,7 @@
 //! test failure with a message saying which, never a silent skip.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use matroska::Cache;
 use matroska::backend::memory::MemoryBackend;
@@ -16,21 +13,6 @@ use matroska::backend::redis::{RedisBackend, RedisConfig};
 /// `REDIS_URL`, default `redis://127.0.0.1:6379`.
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-/// A namespace no other test (in this run or a concurrent one) uses.
-pub fn unique(name: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("the clock is after 1970")
-        .as_nanos();
-    format!(
-        "t_{name}_{}_{}_{}",
-        std::process::id(),
-        nanos % 1_000_000_000,
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// A Redis backend on `REDIS_URL` under a fresh prefix. Panics (fails the test) when Redis is
@@ -68,143 +50,6 @@ pub fn memory_cache() -> Cache {
     Cache::builder(MemoryBackend::default())
         .build()
         .expect("default settings are valid")
-}
-
-/// A `redis-server` of our own on a free port, for tests that count commands, stop or flush
-/// the server. Killed on drop.
-pub struct PrivateRedis {
-    child: Option<Child>,
-    pub port: u16,
-}
-
-impl PrivateRedis {
-    /// Starts a server and waits until it answers PING.
-    pub fn start() -> Self {
-        Self::start_with(&[])
-    }
-
-    /// Starts a server with extra `--name value` arguments.
-    pub fn start_with(args: &[&str]) -> Self {
-        let port = free_port();
-        let mut redis = PrivateRedis { child: None, port };
-        redis.spawn(args);
-        redis
-    }
-
-    fn spawn(&mut self, args: &[&str]) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed for this test (.ci/run installs it)");
-        self.child = Some(child);
-        self.wait_until(true);
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Kills the server (SIGKILL) and waits until the port refuses connections.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        self.wait_until(false);
-    }
-
-    /// Starts the server again on the same port (empty: it keeps nothing on disk).
-    pub fn restart(&mut self) {
-        self.spawn(&[]);
-    }
-
-    /// A synchronous client for inspection.
-    pub fn client(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .and_then(|c| c.get_connection())
-            .expect("private redis-server answers")
-    }
-
-    /// Sum of `calls` over every command in `INFO commandstats`.
-    pub fn total_calls(&self) -> u64 {
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut self.client())
-            .expect("INFO works");
-        info.lines()
-            .filter_map(|l| l.split("calls=").nth(1))
-            .filter_map(|rest| rest.split(',').next()?.parse::<u64>().ok())
-            .sum()
-    }
-
-    /// `calls` of one command (lower-case name, e.g. `evalsha`) in `INFO commandstats`.
-    pub fn calls(&self, command: &str) -> u64 {
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut self.client())
-            .expect("INFO works");
-        let needle = format!("cmdstat_{command}:calls=");
-        info.lines()
-            .find_map(|l| l.strip_prefix(&needle))
-            .and_then(|rest| rest.split(',').next()?.parse().ok())
-            .unwrap_or(0)
-    }
-
-    fn wait_until(&self, up: bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let answering = std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok();
-            if answering == up {
-                if up {
-                    // Accepting connections is not yet answering commands; any reply (even
-                    // NOAUTH on a password-protected server) means it answers.
-                    if answers_ping(self.port) {
-                        return;
-                    }
-                } else {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {} did not come {}",
-                self.port,
-                if up { "up" } else { "down" }
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free local port")
-}
-
-pub(crate) fn answers_ping(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-    let mut buf = [0_u8; 64];
-    stream.write_all(b"PING\r\n").is_ok()
-        && matches!(stream.read(&mut buf), Ok(n) if n > 0 && (buf.starts_with(b"+PONG") || buf.starts_with(b"-NOAUTH")))
 }
 
 /// Records the commands clients send to a server (`MONITOR`), so a test can count the round
@@ -291,6 +136,9 @@ impl Drop for Monitor {
 #[cfg(feature = "cluster")]
 pub mod cluster;
 pub mod db;
+mod process;
+#[allow(unused_imports)] // Each bench or test binary uses its own part.
+pub use process::{PrivateRedis, answers_ping, free_port, unique};
 pub mod faults;
 pub mod ledger;
 
