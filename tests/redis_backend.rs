@@ -383,11 +383,13 @@ async fn lease_is_handed_over_when_the_holder_gives_up() {
         .build()
         .unwrap();
     // Another process holds the lease.
-    let token = backend
-        .try_lease("hot", Duration::from_secs(120))
-        .await
-        .unwrap()
-        .unwrap();
+    let token = 41;
+    assert!(
+        backend
+            .try_lease("hot", token, Duration::from_secs(120))
+            .await
+            .unwrap()
+    );
     let waiter = tokio::spawn({
         let cache = cache.clone();
         async move {
@@ -423,11 +425,13 @@ async fn undecodable_value_from_the_lease_holder_is_reloaded() {
         .schema_version(2)
         .build()
         .unwrap();
-    let token = backend
-        .try_lease("k", Duration::from_millis(500))
-        .await
-        .unwrap()
-        .unwrap();
+    let token = 42;
+    assert!(
+        backend
+            .try_lease("k", token, Duration::from_millis(500))
+            .await
+            .unwrap()
+    );
     let waiter = tokio::spawn({
         let v1 = v1.clone();
         async move {
@@ -496,6 +500,55 @@ async fn a_dropped_leader_releases_its_lease() {
             .unwrap();
         assert_eq!(value.unwrap(), 5);
     }
+}
+
+/// A lease request whose reply never arrives, its caller dropped while waiting (a request
+/// time-out): the lease it took is released all the same, since the token was chosen and
+/// guarded before the request went out. Another process loads at once instead of waiting out
+/// the hour-long lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_taken_by_a_dropped_request_is_released() {
+    let redis = PrivateRedis::start();
+    let faulty = support::faults::Faulty::new(backend(&redis, |c| c).await);
+    faulty.lose_lease_replies(true);
+    let lease = Duration::from_secs(3600);
+    let here = Cache::builder(faulty).fill_lease(lease).build().unwrap();
+    let there = Cache::builder(backend(&redis, |c| c).await)
+        .fill_lease(lease)
+        .build()
+        .unwrap();
+    let leader = tokio::spawn(async move {
+        here.get_or_load("hot", None, || async {
+            Ok::<_, std::io::Error>((1, vec![Dependency::tag("hot")]))
+        })
+        .await
+    });
+    // The lease is taken; the request that took it is still waiting for its reply.
+    let mut conn = redis.client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !redis::cmd("EXISTS")
+        .arg("{app}:l:hot")
+        .query::<bool>(&mut conn)
+        .unwrap()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease was never taken"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    leader.abort();
+    assert!(leader.await.unwrap_err().is_cancelled());
+    // A deadline, not a measurement: with the lease left behind this would wait an hour.
+    let value = tokio::time::timeout(
+        Duration::from_secs(30),
+        there.get_or_load("hot", None, || async {
+            Ok::<_, std::io::Error>((2, vec![Dependency::tag("hot")]))
+        }),
+    )
+    .await
+    .expect("the lease of the dropped request was released");
+    assert_eq!(value.unwrap(), 2);
 }
 
 /// Fills a private server with `maxmemory 2mb` far past its memory, so Redis evicts keys of

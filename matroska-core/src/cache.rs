@@ -632,13 +632,10 @@ impl Cache {
                         load_started: None,
                     });
                 }
-                // Held from here on by a guard: a caller dropped at any later await still
-                // hands the lease over at once instead of making other processes wait it out.
-                LeaseWait::Held(token) => Some(LeaseHold {
-                    backend: Arc::clone(&self.inner.backend),
-                    key: key.to_owned(),
-                    token: Some(token),
-                }),
+                // Held by a guard since before it was asked for: a caller dropped at any await
+                // (that one included) still hands the lease over at once instead of making
+                // other processes wait it out.
+                LeaseWait::Held(hold) => Some(hold),
                 LeaseWait::Proceed => None,
             },
             _ => None,
@@ -710,8 +707,8 @@ impl Cache {
 
     async fn wait_for_lease(&self, key: &str, lease_ttl: Duration) -> LeaseWait {
         let backend = &self.inner.backend;
-        match backend.try_lease(key, lease_ttl).await {
-            Ok(Some(token)) => return LeaseWait::Held(token),
+        match self.try_lease(key, lease_ttl).await {
+            Ok(Some(hold)) => return LeaseWait::Held(hold),
             Ok(None) => {}
             Err(e) => {
                 tracing::debug!(key, error = %e, "could not take fill lease; loading anyway");
@@ -731,12 +728,38 @@ impl Cache {
                 Ok(None) => {}
                 Err(_) => return LeaseWait::Proceed,
             }
-            if let Ok(Some(token)) = backend.try_lease(key, lease_ttl).await {
-                return LeaseWait::Held(token);
+            if let Ok(Some(hold)) = self.try_lease(key, lease_ttl).await {
+                return LeaseWait::Held(hold);
             }
         }
         tracing::debug!(key, "fill lease holder did not deliver in time; loading");
         LeaseWait::Proceed
+    }
+
+    /// One attempt at the fill lease. The token is chosen here and guarded before the request
+    /// goes out: if this future is dropped after Redis took the lease but before the reply
+    /// arrived, the guard still releases it.
+    async fn try_lease(&self, key: &str, lease_ttl: Duration) -> Result<Option<LeaseHold>> {
+        let token = crate::nonce::next();
+        let mut hold = LeaseHold {
+            backend: Arc::clone(&self.inner.backend),
+            key: key.to_owned(),
+            token: Some(token),
+        };
+        match self.inner.backend.try_lease(key, token, lease_ttl).await {
+            Ok(true) => Ok(Some(hold)),
+            Ok(false) => {
+                // Another holder has it: nothing of ours to release.
+                hold.token = None;
+                Ok(None)
+            }
+            Err(e) => {
+                // Failed or timed out: the SET may still have been applied. The guard's drop
+                // releases it (a no-op if the token never held the lease).
+                drop(hold);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -823,7 +846,7 @@ impl Drop for LeaseHold {
 
 enum LeaseWait {
     Filled(Bytes),
-    Held(u64),
+    Held(LeaseHold),
     Proceed,
 }
 

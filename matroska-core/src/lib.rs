@@ -71,6 +71,7 @@ mod dependency;
 mod error;
 pub mod fold;
 mod key;
+mod nonce;
 mod observe;
 pub mod scope;
 pub mod table;

@@ -1,7 +1,8 @@
 //! A real backend with faults injected into its invalidations: they fail while the backend
 //! is "down", wait while its gate is closed (to drop a caller mid-invalidation), and lose
-//! their scope conditions while told to forget them (to show a checker catches that); and its
-//! puts wait while their own gate is closed (to let a write land between a load and its put).
+//! their scope conditions while told to forget them (to show a checker catches that); its
+//! puts wait while their own gate is closed (to let a write land between a load and its put);
+//! and its lease requests can take the lease and then never answer (a reply lost in flight).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +26,7 @@ pub struct Faulty {
     puts_open: watch::Sender<bool>,
     /// Puts that reached the closed put gate, ever.
     puts_stopped: watch::Sender<usize>,
+    lose_lease_replies: AtomicBool,
 }
 
 impl Faulty {
@@ -37,7 +39,14 @@ impl Faulty {
             stopped: watch::Sender::new(0),
             puts_open: watch::Sender::new(true),
             puts_stopped: watch::Sender::new(0),
+            lose_lease_replies: AtomicBool::new(false),
         }
+    }
+
+    /// While set, `try_lease` takes the lease on the real backend and then never returns, as
+    /// when the reply is lost and the caller is dropped waiting for it.
+    pub fn lose_lease_replies(&self, lose: bool) {
+        self.lose_lease_replies.store(lose, Ordering::SeqCst);
     }
 
     /// Closes the put gate: puts wait until [`Faulty::open_puts`].
@@ -145,8 +154,12 @@ impl Backend for Faulty {
     async fn ticket(&self) -> matroska::Result<Ticket> {
         self.inner.ticket().await
     }
-    async fn try_lease(&self, key: &str, ttl: Duration) -> matroska::Result<Option<u64>> {
-        self.inner.try_lease(key, ttl).await
+    async fn try_lease(&self, key: &str, token: u64, ttl: Duration) -> matroska::Result<bool> {
+        let taken = self.inner.try_lease(key, token, ttl).await;
+        if self.lose_lease_replies.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        taken
     }
     async fn release_lease(&self, key: &str, token: u64) -> matroska::Result<()> {
         self.inner.release_lease(key, token).await

@@ -127,15 +127,18 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// The current point of the backend's invalidation clock.
     async fn ticket(&self) -> Result<Ticket>;
 
-    /// Tries to take the cross-process fill lease of `key` for `ttl`. Returns `Ok(None)` when
-    /// another holder has it, and `Ok(Some(token))` when this caller got it. Backends that live
-    /// in one process return a token at once (in-process coalescing already covers them).
-    async fn try_lease(&self, key: &str, ttl: Duration) -> Result<Option<u64>> {
-        let _ = (key, ttl);
-        Ok(Some(0))
+    /// Tries to take the cross-process fill lease of `key` for `ttl` under `token` (a value
+    /// the caller chose, unique to this attempt). Returns whether this caller got it. The
+    /// caller knows the token before the call, so a call dropped mid-flight that did take the
+    /// lease can still be released. Backends that live in one process return `true` at once
+    /// (in-process coalescing already covers them).
+    async fn try_lease(&self, key: &str, token: u64, ttl: Duration) -> Result<bool> {
+        let _ = (key, token, ttl);
+        Ok(true)
     }
 
-    /// Releases a lease taken with [`Backend::try_lease`], if this token still holds it.
+    /// Releases a lease taken with [`Backend::try_lease`], if this token still holds it (a
+    /// token that does not hold it is not an error).
     async fn release_lease(&self, key: &str, token: u64) -> Result<()> {
         let _ = (key, token);
         Ok(())

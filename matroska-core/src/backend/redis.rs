@@ -248,9 +248,6 @@ struct Inner {
     /// Key -> the stamp keys of its entry as last stored or read here: what a read fetches
     /// together with the entry.
     known: moka::sync::Cache<String, Arc<[Vec<u8>]>>,
-    /// Lease tokens, epochs and nonces: unique per process, and across processes but for a
-    /// 2^-64 chance.
-    nonces: AtomicU64,
     /// Fast-fail until this many ms after `epoch` (0: healthy).
     down_until_ms: AtomicU64,
     /// Time-outs in a row; the fast-fail trips at [`TIMEOUTS_TO_TRIP`].
@@ -351,7 +348,6 @@ impl RedisBackend {
                 ticket: Lua::new(TICKET),
                 release_lease: Lua::new(RELEASE_LEASE),
                 spread: spread::Scripts::default(),
-                nonces: AtomicU64::new(seed_nonces()),
                 down_until_ms: AtomicU64::new(0),
                 timeouts_in_a_row: AtomicU32::new(0),
                 epoch: std::time::Instant::now(),
@@ -406,16 +402,10 @@ impl RedisBackend {
         })
     }
 
-    /// A value no other call of any process is likely to get (splitmix64 of a seeded counter),
-    /// never 0.
+    /// Epochs and created stamps: unique per process, and across processes but for a 2^-64
+    /// chance.
     fn nonce(&self) -> u64 {
-        let mut z = self
-            .inner
-            .nonces
-            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)).max(1)
+        crate::nonce::next()
     }
 
     async fn run<T>(
@@ -787,15 +777,6 @@ fn validate_prefix(prefix: &str) -> Result<()> {
     Ok(())
 }
 
-/// A per-process starting point for nonces, so two processes rarely share them.
-fn seed_nonces() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    // Truncation is fine: only uniqueness across processes matters, not the value.
-    (nanos as u64) ^ (u64::from(std::process::id()) << 32)
-}
-
 /// The start of an entry up to its stamps: `0xB6`, `n:`, then per dependency
 /// `<len>:<dependency>`. The caller writes it, so the script only appends the stamps it reads.
 fn entry_header(deps: &[String]) -> Vec<u8> {
@@ -1018,8 +999,7 @@ impl Backend for RedisBackend {
         parse_clock(&clock).ok_or_else(|| bad_reply("a clock that is not `<epoch>:<count>`"))
     }
 
-    async fn try_lease(&self, key: &str, ttl: Duration) -> Result<Option<u64>> {
-        let token = self.nonce();
+    async fn try_lease(&self, key: &str, token: u64, ttl: Duration) -> Result<bool> {
         let mut conn = self.conn()?;
         let taken: Option<String> = self
             .run(
@@ -1033,7 +1013,7 @@ impl Backend for RedisBackend {
                     .query_async(&mut conn),
             )
             .await?;
-        Ok(taken.map(|_| token))
+        Ok(taken.is_some())
     }
 
     async fn release_lease(&self, key: &str, token: u64) -> Result<()> {
