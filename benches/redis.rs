@@ -10,7 +10,7 @@ use matroska::Dependency;
 use matroska::backend::redis::{RedisBackend, RedisConfig};
 use redis::AsyncCommands;
 
-use common::{Article, concurrently, redis_pair, runtime, small};
+use common::{Article, concurrently, paired, redis_pair, runtime, small};
 
 fn get(c: &mut Criterion) {
     let rt = runtime();
@@ -223,6 +223,9 @@ fn invalidate(c: &mut Criterion) {
 /// Raw and matroska GETs alternated in one loop, so drift in the loopback round trip (large on
 /// a small VM) hits both equally; prints the paired means and their ratio.
 fn get_paired(_: &mut Criterion) {
+    if !common::wanted("get paired") {
+        return;
+    }
     let rt = runtime();
     let (cache, raw) = rt.block_on(redis_pair("get_paired"));
     rt.block_on(async {
@@ -453,8 +456,178 @@ fn naive_floors(c: &mut Criterion) {
     g.finish();
 }
 
+/// The goals' ratios, each side alternated with its floor in one run (`common::paired`):
+/// get hit against pipelined `GET` + `MGET` of the same keys + the same decode, and against a
+/// plain `GET` + decode; put against the naive Lua put of `../shared/floor` given the same
+/// value to encode; 1 and 32 tasks.
+fn paired_ratios(_: &mut Criterion) {
+    if !common::wanted("paired") {
+        return;
+    }
+    let rt = runtime();
+    let (cache, raw) = rt.block_on(redis_pair("paired"));
+    // Only for the key names: the cache's own backend is behind `dyn Backend`.
+    let backend = rt.block_on(async {
+        RedisBackend::new(RedisConfig::new(
+            common::redis_url(),
+            common::prefix("paired"),
+        ))
+        .unwrap()
+    });
+    let json: Arc<[u8]> = serde_json::to_vec(&small()).unwrap().into();
+    rt.block_on(async {
+        let mut conn = raw.clone();
+        let _: () = conn
+            .set_ex("bench_paired_plain", &json[..], 600)
+            .await
+            .unwrap();
+    });
+    let gets: &[usize] = if common::wanted("paired get") {
+        &[1, 5, 50]
+    } else {
+        &[]
+    };
+    for &n in gets {
+        let key: Arc<str> = format!("get{n}").into();
+        let deps = common::deps(n, n);
+        rt.block_on(async {
+            cache
+                .put(&key, &small(), &deps, Some(Duration::from_secs(600)))
+                .await
+                .unwrap();
+            cache.get::<Article>(&key).await.unwrap().unwrap();
+        });
+        let entry_key: Arc<str> = backend.entry_key(&key).into();
+        let stamp_keys: Arc<[String]> = deps
+            .iter()
+            .map(|d| backend.stamp_key(&d.encode()))
+            .collect();
+        let ours = {
+            let (cache, key) = (cache.clone(), Arc::clone(&key));
+            move || {
+                let (cache, key) = (cache.clone(), Arc::clone(&key));
+                async move {
+                    assert!(cache.get::<Article>(&key).await.unwrap().is_some());
+                }
+            }
+        };
+        let floor = {
+            let (raw, entry_key, stamp_keys, json) = (
+                raw.clone(),
+                entry_key.clone(),
+                stamp_keys.clone(),
+                json.clone(),
+            );
+            move || {
+                let mut conn = raw.clone();
+                let mut pipe = redis::pipe();
+                pipe.cmd("GET")
+                    .arg(&*entry_key)
+                    .cmd("MGET")
+                    .arg(&stamp_keys[..]);
+                let json = Arc::clone(&json);
+                async move {
+                    let (entry, _): (Option<Vec<u8>>, Vec<Option<Vec<u8>>>) =
+                        pipe.query_async(&mut conn).await.unwrap();
+                    assert!(entry.is_some());
+                    let article: Article = serde_json::from_slice(&json).unwrap();
+                    std::hint::black_box(article);
+                }
+            }
+        };
+        let plain = {
+            let raw = raw.clone();
+            move || {
+                let mut conn = raw.clone();
+                async move {
+                    let v: Option<Vec<u8>> = conn.get("bench_paired_plain").await.unwrap();
+                    let article: Article = serde_json::from_slice(&v.unwrap()).unwrap();
+                    std::hint::black_box(article);
+                }
+            }
+        };
+        for tasks in [1, 32] {
+            paired(
+                &rt,
+                &format!("redis/paired get hit, {n} dependencies"),
+                tasks,
+                ("matroska", ours.clone()),
+                ("GET+MGET+decode", floor.clone()),
+            );
+            paired(
+                &rt,
+                &format!("redis/paired get hit, {n} dependencies"),
+                tasks,
+                ("matroska", ours.clone()),
+                ("plain GET+decode", plain.clone()),
+            );
+        }
+    }
+
+    let put = Arc::new(redis::Script::new(NAIVE_PUT));
+    let puts: &[usize] = if common::wanted("paired put") {
+        &[1, 5, 20]
+    } else {
+        &[]
+    };
+    for &n in puts {
+        let deps: Arc<[Dependency]> = common::deps(n, 100 + n).into();
+        let dep_keys: Arc<[String]> = deps
+            .iter()
+            .map(|d| format!("bench_paired_rdep:{}", d.encode()))
+            .collect();
+        let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let ours = {
+            let (cache, deps, next) = (cache.clone(), deps.clone(), next.clone());
+            move || {
+                let (cache, deps) = (cache.clone(), deps.clone());
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1_000;
+                async move {
+                    cache
+                        .put(
+                            &format!("put{n}:{i}"),
+                            &small(),
+                            &deps,
+                            Some(Duration::from_secs(600)),
+                        )
+                        .await
+                        .unwrap();
+                }
+            }
+        };
+        let naive = {
+            let (raw, put, dep_keys, next) =
+                (raw.clone(), put.clone(), dep_keys.clone(), next.clone());
+            move || {
+                let mut conn = raw.clone();
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1_000;
+                let (put, dep_keys) = (Arc::clone(&put), Arc::clone(&dep_keys));
+                async move {
+                    let mut inv = put.key(format!("bench_paired_put{n}:{i}"));
+                    for k in dep_keys.iter() {
+                        inv.key(k);
+                    }
+                    // The same value, encoded as the cache encodes it on every put.
+                    inv.arg(serde_json::to_vec(&small()).unwrap()).arg(600);
+                    let _: i64 = inv.invoke_async(&mut conn).await.unwrap();
+                }
+            }
+        };
+        for tasks in [1, 32] {
+            paired(
+                &rt,
+                &format!("redis/paired put, {n} dependencies"),
+                tasks,
+                ("matroska", ours.clone()),
+                ("naive Lua put", naive.clone()),
+            );
+        }
+    }
+}
+
 criterion_group!(
     benches,
+    paired_ratios,
     get,
     get_paired,
     get_with_dependencies,

@@ -45,7 +45,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use super::{Backend, PutOutcome, PutRequest, Ticket};
 use crate::error::{Error, Result};
 
+mod known;
 mod spread;
+
+use known::KnownKeys;
 
 static PUT: &str = include_str!("lua/put.lua");
 static INVALIDATE: &str = include_str!("lua/invalidate.lua");
@@ -247,7 +250,7 @@ struct Inner {
     spread: spread::Scripts,
     /// Key -> the stamp keys of its entry as last stored or read here: what a read fetches
     /// together with the entry.
-    known: moka::sync::Cache<String, Arc<[Vec<u8>]>>,
+    known: KnownKeys,
     /// Fast-fail until this many ms after `epoch` (0: healthy).
     down_until_ms: AtomicU64,
     /// Time-outs in a row; the fast-fail trips at [`TIMEOUTS_TO_TRIP`].
@@ -341,7 +344,7 @@ impl RedisBackend {
                 entry_prefix: format!("{spread}:e:"),
                 stamp_prefix: format!("{spread}:s:"),
                 lease_prefix: format!("{spread}:l:"),
-                known: moka::sync::Cache::new(config.known_keys),
+                known: KnownKeys::new(config.known_keys),
                 config,
                 put: Lua::new(PUT),
                 invalidate: Lua::new(INVALIDATE),
@@ -368,12 +371,17 @@ impl RedisBackend {
 
     /// The Redis key of the entry `key` (for inspection with other clients).
     pub fn entry_key(&self, key: &str) -> String {
-        format!("{}{key}", self.inner.entry_prefix)
+        [self.inner.entry_prefix.as_str(), key].concat()
     }
 
     /// The Redis key of the stamp of an encoded dependency (for inspection with other clients).
     pub fn stamp_key(&self, dep: &str) -> String {
-        format!("{}{dep}", self.inner.stamp_prefix)
+        [self.inner.stamp_prefix.as_str(), dep].concat()
+    }
+
+    /// [`RedisBackend::stamp_key`] as bytes, for the stamp keys an entry records.
+    fn stamp_key_bytes(&self, dep: &str) -> Vec<u8> {
+        [self.inner.stamp_prefix.as_bytes(), dep.as_bytes()].concat()
     }
 
     fn lease_key(&self, key: &str) -> String {
@@ -567,36 +575,38 @@ impl Lua {
         }
     }
 
-    fn prepare_invoke(&self) -> LuaCall<'_> {
+    /// A call of this script naming `keys` keys: give them with [`LuaCall::key`] first, then
+    /// the arguments. The command is built as it goes (one buffer, no copy per argument).
+    fn call(&self, keys: usize) -> LuaCall<'_> {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.hash).arg(keys);
         LuaCall {
             lua: self,
-            keys: Vec::new(),
-            args: Vec::new(),
+            cmd,
+            keys,
         }
-    }
-
-    fn key(&self, key: impl redis::ToRedisArgs) -> LuaCall<'_> {
-        let mut call = self.prepare_invoke();
-        call.key(key);
-        call
     }
 }
 
-/// One call of a [`Lua`] script: its keys and arguments.
+/// One call of a [`Lua`] script: `EVALSHA <hash> <number of keys> <keys..> <args..>`.
 struct LuaCall<'a> {
     lua: &'a Lua,
-    keys: Vec<Vec<u8>>,
-    args: Vec<Vec<u8>>,
+    cmd: redis::Cmd,
+    /// Keys still to come before the arguments.
+    keys: usize,
 }
 
 impl LuaCall<'_> {
     fn key(&mut self, key: impl redis::ToRedisArgs) -> &mut Self {
-        self.keys.extend(key.to_redis_args());
+        debug_assert!(self.keys > 0, "more keys than the call was made for");
+        self.keys = self.keys.saturating_sub(1);
+        self.cmd.arg(key);
         self
     }
 
     fn arg(&mut self, arg: impl redis::ToRedisArgs) -> &mut Self {
-        self.args.extend(arg.to_redis_args());
+        debug_assert_eq!(self.keys, 0, "an argument before the last key");
+        self.cmd.arg(arg);
         self
     }
 
@@ -604,17 +614,18 @@ impl LuaCall<'_> {
         &self,
         conn: &mut Conn,
     ) -> redis::RedisResult<T> {
-        let call = |verb: &str, body: &str| {
-            let mut cmd = redis::cmd(verb);
-            cmd.arg(body)
-                .arg(self.keys.len())
-                .arg(&self.keys)
-                .arg(&self.args);
-            cmd
-        };
-        match call("EVALSHA", &self.lua.hash).query_async(conn).await {
+        match self.cmd.query_async(conn).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                call("EVAL", self.lua.code).query_async(conn).await
+                // The server has not seen the script (a restart, a new node): the same call
+                // with the body, which also caches it there.
+                let mut eval = redis::cmd("EVAL");
+                eval.arg(self.lua.code);
+                for arg in self.cmd.args_iter().skip(2) {
+                    if let redis::Arg::Simple(bytes) = arg {
+                        eval.arg(bytes);
+                    }
+                }
+                eval.query_async(conn).await
             }
             other => other,
         }
@@ -871,7 +882,7 @@ impl Backend for RedisBackend {
             }
             _ => {
                 let keys = self.stamp_keys_of(&envelope);
-                self.inner.known.insert(key.to_owned(), Arc::clone(&keys));
+                self.inner.known.remember(key, &keys);
                 let stamps: Stamps = self
                     .run(
                         "get",
@@ -895,14 +906,14 @@ impl Backend for RedisBackend {
         if self.is_cluster() || request.deps.len() > self.inner.config.invalidate_batch {
             return self.put_spread(request).await;
         }
-        let mut invocation = self.inner.put.prepare_invoke();
+        let mut invocation = self.inner.put.call(2 + request.deps.len());
         invocation
             .key(self.entry_key(request.key))
             .key(&self.inner.clock_key);
         let keys: Arc<[Vec<u8>]> = request
             .deps
             .iter()
-            .map(|dep| self.stamp_key(dep).into_bytes())
+            .map(|dep| self.stamp_key_bytes(dep))
             .collect();
         for key in keys.iter() {
             invocation.key(key.as_slice());
@@ -922,7 +933,7 @@ impl Backend for RedisBackend {
         let mut conn = self.conn()?;
         let stored: i64 = self.run("put", invocation.invoke_async(&mut conn)).await?;
         Ok(if stored == 1 {
-            self.inner.known.insert(request.key.to_owned(), keys);
+            self.inner.known.remember(request.key, &keys);
             PutOutcome::Stored
         } else {
             PutOutcome::Stale
@@ -942,7 +953,7 @@ impl Backend for RedisBackend {
                 self.invalidate_spread(chunk).await?;
                 continue;
             }
-            let mut invocation = self.inner.invalidate.prepare_invoke();
+            let mut invocation = self.inner.invalidate.call(1 + chunk.len());
             invocation.key(&self.inner.clock_key);
             for dep in chunk {
                 invocation.key(self.stamp_key(dep));
@@ -990,7 +1001,7 @@ impl Backend for RedisBackend {
     }
 
     async fn ticket(&self) -> Result<Ticket> {
-        let mut invocation = self.inner.ticket.prepare_invoke();
+        let mut invocation = self.inner.ticket.call(1);
         invocation.key(&self.inner.clock_key).arg(self.nonce());
         let mut conn = self.conn()?;
         let clock: String = self
@@ -1017,7 +1028,7 @@ impl Backend for RedisBackend {
     }
 
     async fn release_lease(&self, key: &str, token: u64) -> Result<()> {
-        let mut invocation = self.inner.release_lease.prepare_invoke();
+        let mut invocation = self.inner.release_lease.call(1);
         invocation.key(self.lease_key(key)).arg(token);
         let mut conn = self.conn()?;
         let _: i64 = self

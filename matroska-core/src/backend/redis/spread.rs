@@ -48,7 +48,7 @@ impl RedisBackend {
         let keys: Arc<[Vec<u8>]> = request
             .deps
             .iter()
-            .map(|dep| self.stamp_key(dep).into_bytes())
+            .map(|dep| self.stamp_key_bytes(dep))
             .collect();
         // 1. The stamps, each in its own slot, a batch at a time in flight.
         let mut stamps = vec![(Vec::new(), 0_i64); keys.len()];
@@ -70,7 +70,7 @@ impl RedisBackend {
                 return Ok(PutOutcome::Stale);
             }
             let missing = stamps.iter().any(|&(_, created)| created == 1);
-            let mut invocation = self.inner.spread.check_clock.prepare_invoke();
+            let mut invocation = self.inner.spread.check_clock.call(1);
             invocation
                 .key(&self.inner.clock_key)
                 .arg(ticket.epoch)
@@ -104,7 +104,7 @@ impl RedisBackend {
                     .query_async(&mut conn),
             )
             .await?;
-        self.inner.known.insert(request.key.to_owned(), keys);
+        self.inner.known.remember(request.key, &keys);
         Ok(PutOutcome::Stored)
     }
 
@@ -123,6 +123,7 @@ impl RedisBackend {
             let (script, key) = (Arc::clone(&self.inner.spread.stamp), key.clone());
             reads.spawn(async move {
                 let reply: redis::RedisResult<(Vec<u8>, i64)> = script
+                    .call(1)
                     .key(key)
                     .arg(ttl)
                     .arg(nonce)
@@ -144,7 +145,7 @@ impl RedisBackend {
     }
 
     pub(super) async fn invalidate_spread(&self, deps: &[String]) -> Result<()> {
-        let mut invocation = self.inner.invalidate.prepare_invoke();
+        let mut invocation = self.inner.invalidate.call(1);
         invocation
             .key(&self.inner.clock_key)
             .arg(self.nonce())
