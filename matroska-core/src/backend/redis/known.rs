@@ -16,8 +16,10 @@ pub(super) type StampKeys = Arc<[Vec<u8>]>;
 
 const SHARDS: usize = 16;
 
+type Shard = HashMap<Box<str>, StampKeys>;
+
 pub(super) struct KnownKeys {
-    shards: Box<[Mutex<HashMap<Box<str>, StampKeys>>]>,
+    shards: Box<[Mutex<Shard>]>,
     per_shard: usize,
     hasher: RandomState,
 }
@@ -32,7 +34,7 @@ impl KnownKeys {
         }
     }
 
-    fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, HashMap<Box<str>, StampKeys>> {
+    fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, Shard> {
         // Truncation is fine: any bits pick a shard.
         let at = self.hasher.hash_one(key) as usize % SHARDS;
         self.shards[at]
