@@ -173,7 +173,7 @@ pub fn paired<A, AF, B, BF>(
             rt.block_on(async {
                 let (mut ta, mut tb) = (Duration::ZERO, Duration::ZERO);
                 for i in 0..ops {
-                    let first_a = (i + round as u64) % 2 == 0;
+                    let first_a = (i + round as u64).is_multiple_of(2);
                     for side_a in [first_a, !first_a] {
                         let start = Instant::now();
                         if side_a {
@@ -191,7 +191,7 @@ pub fn paired<A, AF, B, BF>(
             let run = |side: &dyn Fn() -> Duration| ops as f64 / side().as_secs_f64();
             let side_a = || rt.block_on(concurrently_on(tasks, ops, a.clone()));
             let side_b = || rt.block_on(concurrently_on(tasks, ops, b.clone()));
-            if round % 2 == 0 {
+            if round.is_multiple_of(2) {
                 let ra = run(&side_a);
                 (ra, run(&side_b))
             } else {
