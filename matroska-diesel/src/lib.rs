@@ -90,6 +90,8 @@
 pub mod asynchronous;
 mod error;
 mod filter;
+mod key;
+pub mod namespace;
 pub mod outbox;
 pub mod query;
 
@@ -100,8 +102,9 @@ use matroska_core::{Cache, CacheDeps, Scoped};
 pub use asynchronous::find_async;
 pub use error::{Error, Result};
 pub use filter::ScopeFilter;
+pub use namespace::{CacheInstrumentation, NamespaceBackend};
 pub use outbox::{install_outbox, uninstall_outbox};
-pub use query::{Cached, CachedExt, entity_dependencies, find};
+pub use query::{Cached, CachedExt, CachedRow, entity_dependencies, find};
 
 /// Invalidates, right away, what a write of `rows` affects: each row's primary key, the scope
 /// conditions it matches, and its entity's `any_change`. For read-your-writes: call it after
