@@ -67,7 +67,7 @@ macro_rules! diesel_tests {
                     .unwrap()
             }
 
-            async fn setup(name: &str) -> Env<Conn> {
+            pub(super) async fn setup(name: &str) -> Env<Conn> {
                 setup_with(name, support::redis_cache(name).await).await
             }
 
@@ -734,6 +734,67 @@ async fn in_memory_sqlite_databases_do_not_share() {
     }
     // The namespace once, the list once; the user's instrumentation saw both.
     assert_eq!(queries.load(Ordering::Relaxed) - before, 2);
+}
+
+/// A sync Diesel pool in an async app (deadpool-diesel on MariaDB), both ways to use a pooled
+/// connection: `interact` (the closure runs on a blocking thread, which blocks on the cached
+/// query) and `lock` (the `&mut` connection on the task; the query runs in `block_in_place`).
+/// Both share entries (same database, same namespace) and follow writes through the relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadpool_diesel_on_mariadb() {
+    let mut env = mysql::setup("d_deadpool").await;
+    let manager =
+        deadpool_diesel::mysql::Manager::new(env.db.url.clone(), deadpool_diesel::Runtime::Tokio1);
+    let pool = deadpool_diesel::mysql::Pool::builder(manager)
+        .max_size(2)
+        .build()
+        .unwrap();
+    let interact = |pool: deadpool_diesel::mysql::Pool, cache: Cache| async move {
+        let pooled = pool.get().await.unwrap();
+        let runtime = tokio::runtime::Handle::current();
+        pooled
+            .interact(move |conn| {
+                runtime.block_on(
+                    posts::table
+                        .order(posts::id)
+                        .cached(&cache)
+                        .scoped(&published_in("fantasy"))
+                        .load::<Post, _>(conn),
+                )
+            })
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let lock = |pool: deadpool_diesel::mysql::Pool, cache: Cache| async move {
+        let pooled = pool.get().await.unwrap();
+        let mut conn = pooled.lock().unwrap();
+        posts::table
+            .order(posts::id)
+            .cached(&cache)
+            .scoped(&published_in("fantasy"))
+            .load::<Post, _>(&mut *conn)
+            .await
+            .unwrap()
+    };
+    for _ in 0..2 {
+        assert_eq!(
+            interact(pool.clone(), env.cache.clone()).await,
+            [env.a.clone()]
+        );
+        assert_eq!(lock(pool.clone(), env.cache.clone()).await, [env.a.clone()]);
+    }
+    diesel::insert_into(posts::table)
+        .values((
+            posts::title.eq("C"),
+            posts::category.eq("fantasy"),
+            posts::published.eq(true),
+        ))
+        .execute(&mut env.conn)
+        .unwrap();
+    env.expect(&[FANTASY], &[SCI_FI, ROW_A, ROW_B]).await;
+    assert_eq!(interact(pool.clone(), env.cache.clone()).await.len(), 2);
+    assert_eq!(lock(pool.clone(), env.cache.clone()).await.len(), 2);
 }
 
 diesel_tests!(sqlite, diesel::SqliteConnection);
