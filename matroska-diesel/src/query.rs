@@ -39,9 +39,21 @@
 //! The cache is async and Diesel's connections are sync. The Diesel call runs on the calling
 //! task, inside [`tokio::task::block_in_place`] on a multi-thread runtime (the worker hands its
 //! other tasks to another thread while the query runs), and directly elsewhere (a
-//! current-thread runtime, as with any sync Diesel call there). It takes the connection as
-//! `&mut`, so it works with a plain connection, an r2d2 `PooledConnection` or deadpool-diesel's
-//! `Object::lock()` guard; a `spawn_blocking` design would need an owned connection.
+//! current-thread runtime, or a blocking thread). It takes the connection as `&mut`, so it
+//! works with a plain connection, an r2d2 `PooledConnection`, or a deadpool-diesel connection
+//! either way deadpool offers (both tested on MariaDB):
+//!
+//! ```text
+//! // On the task: the pooled connection's lock guard is the `&mut` connection.
+//! let pooled = pool.get().await?;
+//! let list = posts::table.cached(&cache).load::<Post, _>(&mut *pooled.lock()?).await?;
+//!
+//! // On a blocking thread (`interact` is deadpool's `spawn_blocking`): block on the query there.
+//! let runtime = tokio::runtime::Handle::current();
+//! let list = pooled
+//!     .interact(move |conn| runtime.block_on(posts::table.cached(&cache).load::<Post, _>(conn)))
+//!     .await??;
+//! ```
 //!
 //! ## Transactions
 //!
