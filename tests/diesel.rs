@@ -8,6 +8,11 @@
 //! kind of write; waits (bounded poll) until the probes the write affects are gone, and checks,
 //! once the outbox is empty, that the others are still cached and that every cached query
 //! answers what the database holds.
+//!
+//! Joins (`(Comment, Post)`, `(Post, Option<Comment>)`, scoped, `belonging_to`, counts) follow
+//! writes to either side and new joinable rows written by raw SQL; `find` takes composite keys;
+//! two databases (PostgreSQL schemas, MariaDB databases, SQLite files, in-memory SQLite
+//! connections) behind one cache never share entries.
 #![cfg(all(
     feature = "diesel-postgres",
     feature = "diesel-mysql",
@@ -28,9 +33,10 @@ use matroska::outbox::Outbox;
 use matroska::seaorm::outbox as seaorm_outbox;
 use matroska::{Cache, WatchedTable};
 
-use diesel_blog::schema::posts;
+use diesel_blog::schema::{comments, post_tags, posts};
 use diesel_blog::{
-    ALL, Env, FANTASY, Post, PostBySeries, ROW_A, ROW_B, SCI_FI, create_tables, published_in,
+    ALL, Comment, Env, FANTASY, Post, PostBySeries, PostTag, ROW_A, ROW_B, SCI_FI, create_tables,
+    published_in, watched_tables,
 };
 use support::db::{DieselConn, ScratchDb};
 use support::faults::Faulty;
@@ -61,7 +67,7 @@ macro_rules! diesel_tests {
                     .unwrap()
             }
 
-            async fn setup(name: &str) -> Env<Conn> {
+            pub(super) async fn setup(name: &str) -> Env<Conn> {
                 setup_with(name, support::redis_cache(name).await).await
             }
 
@@ -69,14 +75,16 @@ macro_rules! diesel_tests {
                 let db = ScratchDb::new(<Conn as DieselConn>::KIND, name).await;
                 let mut conn = Conn::open(&db);
                 create_tables(&mut conn, db.kind);
-                install_outbox(&mut conn, &[Post::watched_table()]).unwrap();
+                install_outbox(&mut conn, &watched_tables()).unwrap();
                 // Idempotent, as a migration re-run or every start-up.
-                install_outbox(&mut conn, &[Post::watched_table()]).unwrap();
+                install_outbox(&mut conn, &watched_tables()).unwrap();
                 let a = insert(&mut conn, "A", "fantasy");
                 let b = insert(&mut conn, "B", "sci-fi");
                 let relay = seaorm_outbox::relay(&db.conn, cache.clone())
                     .unwrap()
                     .watch_type::<Post>()
+                    .watch_type::<Comment>()
+                    .watch_type::<PostTag>()
                     .build()
                     .spawn();
                 let mut env = Env {
@@ -296,6 +304,241 @@ macro_rules! diesel_tests {
                 assert_fresh(&mut env).await;
             }
 
+            /// A comment on `post`, by raw SQL (a write Diesel's query builder never saw).
+            fn comment(conn: &mut Conn, post: i32, body: &str) {
+                diesel::sql_query(format!(
+                    "INSERT INTO comments (post_id, body) VALUES ({post}, '{body}')"
+                ))
+                .execute(conn)
+                .unwrap();
+            }
+
+            async fn inner_join(env: &mut Env<Conn>) -> Vec<(Comment, Post)> {
+                comments::table
+                    .inner_join(posts::table)
+                    .order(comments::id)
+                    .cached(&env.cache)
+                    .load::<(Comment, Post), _>(&mut env.conn)
+                    .await
+                    .unwrap()
+            }
+
+            async fn left_join(env: &mut Env<Conn>) -> Vec<(Post, Option<Comment>)> {
+                posts::table
+                    .left_join(comments::table)
+                    .order((posts::id, comments::id.nullable()))
+                    .cached(&env.cache)
+                    .load::<(Post, Option<Comment>), _>(&mut env.conn)
+                    .await
+                    .unwrap()
+            }
+
+            /// The published fantasy posts with their comments: scoped by the posts' condition.
+            async fn scoped_join(env: &mut Env<Conn>) -> Vec<(Post, Option<Comment>)> {
+                posts::table
+                    .left_join(comments::table)
+                    .order((posts::id, comments::id.nullable()))
+                    .cached(&env.cache)
+                    .scoped(&published_in("fantasy"))
+                    .load::<(Post, Option<Comment>), _>(&mut env.conn)
+                    .await
+                    .unwrap()
+            }
+
+            /// Every cached join answers what the database holds.
+            async fn assert_joins_fresh(env: &mut Env<Conn>) {
+                let db: Vec<(Comment, Post)> = comments::table
+                    .inner_join(posts::table)
+                    .order(comments::id)
+                    .load(&mut env.conn)
+                    .unwrap();
+                assert_eq!(inner_join(env).await, db, "inner join");
+                let db_count = db.len() as i64;
+                let count = comments::table
+                    .inner_join(posts::table)
+                    .cached(&env.cache)
+                    .count::<(Comment, Post), _>(&mut env.conn)
+                    .await
+                    .unwrap();
+                assert_eq!(count, db_count, "join count");
+                let db: Vec<(Post, Option<Comment>)> = posts::table
+                    .left_join(comments::table)
+                    .order((posts::id, comments::id.nullable()))
+                    .load(&mut env.conn)
+                    .unwrap();
+                assert_eq!(left_join(env).await, db, "left join");
+                let db: Vec<(Post, Option<Comment>)> = posts::table
+                    .left_join(comments::table)
+                    .filter(published_in("fantasy").filter())
+                    .order((posts::id, comments::id.nullable()))
+                    .load(&mut env.conn)
+                    .unwrap();
+                assert_eq!(scoped_join(env).await, db, "scoped join");
+                let a = env.a.clone();
+                let db: Vec<Comment> = Comment::belonging_to(&a)
+                    .order(comments::id)
+                    .load(&mut env.conn)
+                    .unwrap();
+                let cached = Comment::belonging_to(&a)
+                    .order(comments::id)
+                    .cached(&env.cache)
+                    .load::<Comment, _>(&mut env.conn)
+                    .await
+                    .unwrap();
+                assert_eq!(cached, db, "belonging_to");
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn joins_follow_both_sides() {
+                let mut env = setup("d_joins").await;
+                let (a, b) = (env.a.id, env.b.id);
+                comment(&mut env.conn, a, "a1");
+                env.wait_idle().await;
+                assert_joins_fresh(&mut env).await;
+                assert_eq!(inner_join(&mut env).await.len(), 1);
+
+                // A new row of the joined table that joins, by raw SQL: seen by the outbox
+                // only. B's row was in the left join (with no comment), not in the inner one.
+                comment(&mut env.conn, b, "b1");
+                env.wait_idle().await;
+                assert_joins_fresh(&mut env).await;
+                assert_eq!(inner_join(&mut env).await.len(), 2);
+
+                // The other side: a post's unwatched column (its key and `any_change` only).
+                diesel::update(posts::table.find(a))
+                    .set(posts::title.eq("A, revised"))
+                    .execute(&mut env.conn)
+                    .unwrap();
+                env.wait_idle().await;
+                assert_joins_fresh(&mut env).await;
+
+                // A joined row changes, then leaves.
+                diesel::update(comments::table.filter(comments::post_id.eq(a)))
+                    .set(comments::body.eq("a1, revised"))
+                    .execute(&mut env.conn)
+                    .unwrap();
+                env.wait_idle().await;
+                assert_joins_fresh(&mut env).await;
+                diesel::delete(comments::table.filter(comments::post_id.eq(a)))
+                    .execute(&mut env.conn)
+                    .unwrap();
+                env.wait_idle().await;
+                assert_joins_fresh(&mut env).await;
+
+                // A post moves into the scoped join's condition.
+                diesel::update(posts::table.find(b))
+                    .set(posts::category.eq("fantasy"))
+                    .execute(&mut env.conn)
+                    .unwrap();
+                env.wait_idle().await;
+                assert_joins_fresh(&mut env).await;
+                assert_eq!(scoped_join(&mut env).await.len(), 2);
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn joins_hit_and_scoped_joins_outlive_other_rows() {
+                let mut env = setup("d_join_hits").await;
+                let a = env.a.id;
+                comment(&mut env.conn, a, "a1");
+                env.wait_idle().await;
+                assert_joins_fresh(&mut env).await;
+                // A sci-fi post's title: not in the fantasy join's condition, not one of its rows.
+                diesel::update(posts::table.find(env.b.id))
+                    .set(posts::title.eq("B, revised"))
+                    .execute(&mut env.conn)
+                    .unwrap();
+                env.wait_idle().await;
+                // Unseen by the cache from here: the entries answer.
+                uninstall_outbox(&mut env.conn, &["comments"]).unwrap();
+                comment(&mut env.conn, a, "a2");
+                env.wait_idle().await;
+                assert_eq!(scoped_join(&mut env).await.len(), 1, "scoped join kept");
+                // Unscoped, the joins depend on every write to posts: reloaded with `a2`...
+                assert_eq!(inner_join(&mut env).await.len(), 2, "inner join reloaded");
+                assert_eq!(left_join(&mut env).await.len(), 3, "left join reloaded");
+                // ... and now answered from the cache.
+                comment(&mut env.conn, a, "a3");
+                assert_eq!(inner_join(&mut env).await.len(), 2, "inner join hit");
+                assert_eq!(left_join(&mut env).await.len(), 3, "left join hit");
+            }
+
+            async fn find_tag(env: &mut Env<Conn>, post: i32, tag: &str) -> Option<PostTag> {
+                matroska::diesel::find(
+                    &env.cache,
+                    &mut env.conn,
+                    post_tags::table,
+                    (post, tag.to_owned()),
+                )
+                .await
+                .unwrap()
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn find_by_composite_key() {
+                let mut env = setup("d_find_composite").await;
+                let a = env.a.id;
+                // A missing row is cached, and its insert drops it.
+                assert_eq!(find_tag(&mut env, a, "rust").await, None);
+                diesel::insert_into(post_tags::table)
+                    .values((
+                        post_tags::post_id.eq(a),
+                        post_tags::tag.eq("rust"),
+                        post_tags::note.eq("first"),
+                    ))
+                    .execute(&mut env.conn)
+                    .unwrap();
+                env.wait_idle().await;
+                let found = find_tag(&mut env, a, "rust").await.unwrap();
+                assert_eq!(found.note, "first");
+                assert_eq!(find_tag(&mut env, a, "go").await, None);
+                // Another key of the same post: `rust` stays cached, `go` drops.
+                diesel::sql_query(format!(
+                    "INSERT INTO post_tags (post_id, tag, note) VALUES ({a}, 'go', 'second')"
+                ))
+                .execute(&mut env.conn)
+                .unwrap();
+                env.wait_idle().await;
+                assert_eq!(find_tag(&mut env, a, "go").await.unwrap().note, "second");
+                diesel::update(post_tags::table.find((a, "rust")))
+                    .set(post_tags::note.eq("revised"))
+                    .execute(&mut env.conn)
+                    .unwrap();
+                env.wait_idle().await;
+                assert_eq!(find_tag(&mut env, a, "rust").await.unwrap().note, "revised");
+                // A hit: unseen by the cache, the entry answers.
+                uninstall_outbox(&mut env.conn, &["post_tags"]).unwrap();
+                diesel::delete(post_tags::table)
+                    .execute(&mut env.conn)
+                    .unwrap();
+                assert_eq!(find_tag(&mut env, a, "rust").await.unwrap().note, "revised");
+            }
+
+            /// Two databases of one kind (PostgreSQL schemas of one database, MariaDB databases,
+            /// SQLite files) behind one cache prefix: equal queries, separate entries.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn two_databases_do_not_share() {
+                let cache = support::redis_cache("d_tenants").await;
+                let mut lists = Vec::new();
+                let mut dbs = Vec::new();
+                for tenant in ["one", "two"] {
+                    let db = ScratchDb::new(<Conn as DieselConn>::KIND, "d_tenant").await;
+                    let mut conn = Conn::open(&db);
+                    create_tables(&mut conn, db.kind);
+                    insert(&mut conn, tenant, "fantasy");
+                    for _ in 0..2 {
+                        let list = posts::table
+                            .order(posts::id)
+                            .cached(&cache)
+                            .load::<Post, _>(&mut conn)
+                            .await
+                            .unwrap();
+                        lists.push(list.into_iter().map(|p| p.title).collect::<Vec<_>>());
+                    }
+                    dbs.push((db, conn));
+                }
+                assert_eq!(lists, [["one"], ["one"], ["two"], ["two"]]);
+            }
+
             /// The cached list of posts in `series` (`None`: in none).
             async fn series(env: &mut Env<Conn>, series: Option<&str>) -> Vec<Post> {
                 let condition = PostBySeries {
@@ -444,6 +687,114 @@ macro_rules! diesel_tests {
             }
         }
     };
+}
+
+/// Two in-memory SQLite databases behind one cache: each connection's entries are its own,
+/// and each still hits (its namespace is remembered in the connection, through an
+/// instrumentation of the user's too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_sqlite_databases_do_not_share() {
+    use diesel::connection::InstrumentationEvent;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let cache = support::memory_cache();
+    let queries = Arc::new(AtomicUsize::new(0));
+    let mut conns = Vec::new();
+    for title in ["one", "two"] {
+        let mut conn = SqliteConnection::establish(":memory:").unwrap();
+        if title == "two" {
+            let queries = Arc::clone(&queries);
+            conn.set_instrumentation(matroska::diesel::CacheInstrumentation::wrap(
+                move |event: InstrumentationEvent<'_>| {
+                    if matches!(event, InstrumentationEvent::StartQuery { .. }) {
+                        queries.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+            ));
+        }
+        create_tables(&mut conn, support::db::Kind::Sqlite);
+        conn.batch_execute(&format!(
+            "INSERT INTO posts (title, category, published) VALUES ('{title}', 'fantasy', 1)"
+        ))
+        .unwrap();
+        conns.push(conn);
+    }
+    let before = queries.load(Ordering::Relaxed);
+    for _ in 0..3 {
+        for (conn, title) in conns.iter_mut().zip(["one", "two"]) {
+            let list = posts::table
+                .order(posts::id)
+                .cached(&cache)
+                .load::<Post, _>(conn)
+                .await
+                .unwrap();
+            assert_eq!(list.len(), 1);
+            assert_eq!(list[0].title, title);
+        }
+    }
+    // The namespace once, the list once; the user's instrumentation saw both.
+    assert_eq!(queries.load(Ordering::Relaxed) - before, 2);
+}
+
+/// A sync Diesel pool in an async app (deadpool-diesel on MariaDB), both ways to use a pooled
+/// connection: `interact` (the closure runs on a blocking thread, which blocks on the cached
+/// query) and `lock` (the `&mut` connection on the task; the query runs in `block_in_place`).
+/// Both share entries (same database, same namespace) and follow writes through the relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadpool_diesel_on_mariadb() {
+    let mut env = mysql::setup("d_deadpool").await;
+    let manager =
+        deadpool_diesel::mysql::Manager::new(env.db.url.clone(), deadpool_diesel::Runtime::Tokio1);
+    let pool = deadpool_diesel::mysql::Pool::builder(manager)
+        .max_size(2)
+        .build()
+        .unwrap();
+    let interact = |pool: deadpool_diesel::mysql::Pool, cache: Cache| async move {
+        let pooled = pool.get().await.unwrap();
+        let runtime = tokio::runtime::Handle::current();
+        pooled
+            .interact(move |conn| {
+                runtime.block_on(
+                    posts::table
+                        .order(posts::id)
+                        .cached(&cache)
+                        .scoped(&published_in("fantasy"))
+                        .load::<Post, _>(conn),
+                )
+            })
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let lock = |pool: deadpool_diesel::mysql::Pool, cache: Cache| async move {
+        let pooled = pool.get().await.unwrap();
+        let mut conn = pooled.lock().unwrap();
+        posts::table
+            .order(posts::id)
+            .cached(&cache)
+            .scoped(&published_in("fantasy"))
+            .load::<Post, _>(&mut *conn)
+            .await
+            .unwrap()
+    };
+    for _ in 0..2 {
+        assert_eq!(
+            interact(pool.clone(), env.cache.clone()).await,
+            [env.a.clone()]
+        );
+        assert_eq!(lock(pool.clone(), env.cache.clone()).await, [env.a.clone()]);
+    }
+    diesel::insert_into(posts::table)
+        .values((
+            posts::title.eq("C"),
+            posts::category.eq("fantasy"),
+            posts::published.eq(true),
+        ))
+        .execute(&mut env.conn)
+        .unwrap();
+    env.expect(&[FANTASY], &[SCI_FI, ROW_A, ROW_B]).await;
+    assert_eq!(interact(pool.clone(), env.cache.clone()).await.len(), 2);
+    assert_eq!(lock(pool.clone(), env.cache.clone()).await.len(), 2);
 }
 
 diesel_tests!(sqlite, diesel::SqliteConnection);

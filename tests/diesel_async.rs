@@ -1,10 +1,11 @@
 //! The cached queries over diesel-async connections (SQLite through `SyncConnectionWrapper`,
-//! PostgreSQL through `AsyncPgConnection`): they answer from the cache, follow every write
-//! through the outbox relay, and read through inside a transaction. (MariaDB: diesel-async's
-//! `AsyncMysqlConnection` is not built here; the sync tests cover MariaDB.)
+//! PostgreSQL through `AsyncPgConnection`, MariaDB through `AsyncMysqlConnection`): they
+//! answer from the cache, follow every write through the outbox relay (joins too), find by
+//! composite keys, keep two databases apart, and read through inside a transaction.
 #![cfg(all(
     feature = "diesel-async",
     feature = "diesel-postgres",
+    feature = "diesel-mysql",
     feature = "seaorm"
 ))]
 #![allow(clippy::unwrap_used)]
@@ -14,12 +15,14 @@ mod support;
 
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl, TransactionManager};
-use matroska::WatchedTable;
 use matroska::diesel::{CachedExt, find_async, install_outbox, uninstall_outbox};
 use matroska::seaorm::outbox as seaorm_outbox;
 
-use diesel_blog::schema::posts;
-use diesel_blog::{ALL, Env, FANTASY, Post, ROW_A, ROW_B, SCI_FI, create_tables, published_in};
+use diesel_blog::schema::{comments, post_tags, posts};
+use diesel_blog::{
+    ALL, Comment, Env, FANTASY, Post, PostTag, ROW_A, ROW_B, SCI_FI, create_tables, published_in,
+    watched_tables,
+};
 use support::db::{DieselAsyncConn, DieselConn, ScratchDb};
 
 macro_rules! diesel_async_tests {
@@ -52,7 +55,7 @@ macro_rules! diesel_async_tests {
                 let db = ScratchDb::new(<Conn as DieselAsyncConn>::KIND, name).await;
                 let mut sync = <Sync as DieselConn>::open(&db);
                 create_tables(&mut sync, db.kind);
-                install_outbox(&mut sync, &[Post::watched_table()]).unwrap();
+                install_outbox(&mut sync, &watched_tables()).unwrap();
                 let mut conn = <Conn as DieselAsyncConn>::open(&db).await;
                 let cache = support::redis_cache(name).await;
                 let a = insert(&mut conn, "A", "fantasy").await;
@@ -60,6 +63,8 @@ macro_rules! diesel_async_tests {
                 let relay = seaorm_outbox::relay(&db.conn, cache.clone())
                     .unwrap()
                     .watch_type::<Post>()
+                    .watch_type::<Comment>()
+                    .watch_type::<PostTag>()
                     .build()
                     .spawn();
                 let env = Env {
@@ -153,6 +158,97 @@ macro_rules! diesel_async_tests {
                 assert!(first(&mut env).await.is_some());
             }
 
+            async fn inner_join(env: &mut Env<Conn>) -> Vec<(Comment, Post)> {
+                comments::table
+                    .inner_join(posts::table)
+                    .order(comments::id)
+                    .cached(&env.cache)
+                    .load_async::<(Comment, Post), _>(&mut env.conn)
+                    .await
+                    .unwrap()
+            }
+
+            async fn join_count(env: &mut Env<Conn>) -> i64 {
+                comments::table
+                    .inner_join(posts::table)
+                    .cached(&env.cache)
+                    .count_async::<(Comment, Post), _>(&mut env.conn)
+                    .await
+                    .unwrap()
+            }
+
+            async fn find_tag(env: &mut Env<Conn>, post: i32, tag: &str) -> Option<PostTag> {
+                find_async(
+                    &env.cache,
+                    &mut env.conn,
+                    post_tags::table,
+                    (post, tag.to_owned()),
+                )
+                .await
+                .unwrap()
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn joins_and_composite_find_follow_writes() {
+                let mut env = setup("da_joins").await;
+                let (a, b) = (env.a.id, env.b.id);
+                assert!(inner_join(&mut env).await.is_empty());
+                assert_eq!(join_count(&mut env).await, 0);
+                assert_eq!(find_tag(&mut env, a, "rust").await, None);
+                // New joinable rows and a new key, by raw SQL: seen by the outbox only.
+                diesel::sql_query(format!(
+                    "INSERT INTO comments (post_id, body) VALUES ({a}, 'a1'), ({b}, 'b1')"
+                ))
+                .execute(&mut env.conn)
+                .await
+                .unwrap();
+                diesel::sql_query(format!(
+                    "INSERT INTO post_tags (post_id, tag, note) VALUES ({a}, 'rust', 'n')"
+                ))
+                .execute(&mut env.conn)
+                .await
+                .unwrap();
+                env.wait_idle().await;
+                let joined = inner_join(&mut env).await;
+                assert_eq!(joined.len(), 2);
+                assert_eq!(joined[0].1, env.a);
+                assert_eq!(join_count(&mut env).await, 2);
+                assert_eq!(find_tag(&mut env, a, "rust").await.unwrap().note, "n");
+                // The other side of the join.
+                diesel::update(posts::table.find(a))
+                    .set(posts::title.eq("A, revised"))
+                    .execute(&mut env.conn)
+                    .await
+                    .unwrap();
+                env.wait_idle().await;
+                assert_eq!(inner_join(&mut env).await[0].1.title, "A, revised");
+            }
+
+            /// Two databases behind one cache prefix: equal queries, separate entries.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn two_databases_do_not_share() {
+                let cache = support::redis_cache("da_tenants").await;
+                let mut titles = Vec::new();
+                let mut dbs = Vec::new();
+                for tenant in ["one", "two"] {
+                    let db = ScratchDb::new(<Conn as DieselAsyncConn>::KIND, "da_tenant").await;
+                    create_tables(&mut <Sync as DieselConn>::open(&db), db.kind);
+                    let mut conn = <Conn as DieselAsyncConn>::open(&db).await;
+                    insert(&mut conn, tenant, "fantasy").await;
+                    for _ in 0..2 {
+                        let list = posts::table
+                            .order(posts::id)
+                            .cached(&cache)
+                            .load_async::<Post, _>(&mut conn)
+                            .await
+                            .unwrap();
+                        titles.push(list.into_iter().map(|p| p.title).collect::<Vec<_>>());
+                    }
+                    dbs.push((db, conn));
+                }
+                assert_eq!(titles, [["one"], ["one"], ["two"], ["two"]]);
+            }
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn transaction_reads_through() {
                 let mut env = setup("da_txn").await;
@@ -186,4 +282,9 @@ diesel_async_tests!(
     postgres,
     diesel_async::AsyncPgConnection,
     diesel::PgConnection
+);
+diesel_async_tests!(
+    mysql,
+    diesel_async::AsyncMysqlConnection,
+    diesel::MysqlConnection
 );

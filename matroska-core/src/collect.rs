@@ -278,6 +278,93 @@ tuple_collect!(A B C D);
 tuple_collect!(A B C D E);
 tuple_collect!(A B C D E F);
 
+/// The row type of a cached query, known before the query runs: a model, an `Option` of one
+/// (a left join's missing side), or a tuple of those (a join's `(Post, User)`,
+/// `(Post, Option<User>)`), up to six parts.
+///
+/// A cached query depends on the primary key of every model in every row it returned
+/// ([`QueryRow::row_keys`]), and on the entities of the row type ([`QueryRow::entities`]),
+/// even when it returned no row of them: a join must also drop when a new row appears that
+/// would join.
+///
+/// ```
+/// use matroska_core::{CacheDeps, Dependency, DependencySet, QueryRow};
+///
+/// struct User { id: i64 }
+/// struct Post { id: i64 }
+/// impl CacheDeps for User {
+///     fn entity_name() -> &'static str { "users" }
+///     fn primary_key(&self) -> Dependency { Dependency::primary_key("users", [self.id]) }
+/// }
+/// impl CacheDeps for Post {
+///     fn entity_name() -> &'static str { "posts" }
+///     fn primary_key(&self) -> Dependency { Dependency::primary_key("posts", [self.id]) }
+/// }
+///
+/// let mut entities = Vec::new();
+/// <(Post, Option<User>)>::entities(&mut entities);
+/// assert_eq!(entities, ["posts", "users"]);
+///
+/// let mut keys = DependencySet::new();
+/// (Post { id: 1 }, None::<User>).row_keys(&mut keys);
+/// (Post { id: 2 }, Some(User { id: 7 })).row_keys(&mut keys);
+/// assert_eq!(keys.len(), 3);
+/// ```
+pub trait QueryRow {
+    /// Appends the entity of each model of the row type, left to right.
+    fn entities(out: &mut Vec<&'static str>)
+    where
+        Self: Sized;
+
+    /// Adds the primary key of each model in this row (none for a missing `Option`).
+    fn row_keys(&self, set: &mut DependencySet);
+}
+
+impl<M: crate::CacheDeps> QueryRow for M {
+    fn entities(out: &mut Vec<&'static str>) {
+        out.push(M::entity_name());
+    }
+
+    fn row_keys(&self, set: &mut DependencySet) {
+        set.insert(self.primary_key());
+    }
+}
+
+// `Option`s and tuples are not `CacheDeps` (no other crate may make them so), so these do not
+// overlap the model impl above.
+impl<T: QueryRow> QueryRow for Option<T> {
+    fn entities(out: &mut Vec<&'static str>) {
+        T::entities(out);
+    }
+
+    fn row_keys(&self, set: &mut DependencySet) {
+        if let Some(inner) = self {
+            inner.row_keys(set);
+        }
+    }
+}
+
+macro_rules! tuple_query_row {
+    ($($name:ident)+) => {
+        impl<$($name: QueryRow),+> QueryRow for ($($name,)+) {
+            fn entities(out: &mut Vec<&'static str>) {
+                $( $name::entities(out); )+
+            }
+
+            #[allow(non_snake_case)]
+            fn row_keys(&self, set: &mut DependencySet) {
+                let ($($name,)+) = self;
+                $( $name.row_keys(set); )+
+            }
+        }
+    };
+}
+tuple_query_row!(A B);
+tuple_query_row!(A B C);
+tuple_query_row!(A B C D);
+tuple_query_row!(A B C D E);
+tuple_query_row!(A B C D E F);
+
 #[cfg(test)]
 mod tests {
     use super::*;

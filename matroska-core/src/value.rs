@@ -219,6 +219,45 @@ pub trait ToValue {
     fn to_value(&self) -> Value;
 }
 
+/// The values of a primary key, in its columns' order: one [`ToValue`] for a single-column key,
+/// a tuple of them (up to six) for a composite one, as ORMs take keys (`find((a, b))`).
+///
+/// ```
+/// use matroska_core::{ToKeyValues, Value};
+///
+/// assert_eq!(7_i32.to_key_values(), [Value::from(7)]);
+/// assert_eq!((7_i32, "en").to_key_values(), [Value::from(7), Value::from("en")]);
+/// ```
+pub trait ToKeyValues {
+    /// The key's values, one per column.
+    fn to_key_values(&self) -> Vec<Value>;
+}
+
+impl<T: ToValue + ?Sized> ToKeyValues for T {
+    fn to_key_values(&self) -> Vec<Value> {
+        vec![self.to_value()]
+    }
+}
+
+// Tuples have no `ToValue` (and no other crate may give them one), so these do not overlap
+// the single-value impl above.
+macro_rules! tuple_key_values {
+    ($($name:ident)+) => {
+        impl<$($name: ToValue),+> ToKeyValues for ($($name,)+) {
+            #[allow(non_snake_case)]
+            fn to_key_values(&self) -> Vec<Value> {
+                let ($($name,)+) = self;
+                vec![$($name.to_value()),+]
+            }
+        }
+    };
+}
+tuple_key_values!(A B);
+tuple_key_values!(A B C);
+tuple_key_values!(A B C D);
+tuple_key_values!(A B C D E);
+tuple_key_values!(A B C D E F);
+
 macro_rules! to_value_via_from {
     ($($t:ty),*) => {$(
         impl ToValue for $t {

@@ -30,7 +30,6 @@
 //! ```
 
 use std::future::Future;
-use std::time::Duration;
 
 use diesel::backend::Backend;
 use diesel::dsl;
@@ -39,12 +38,15 @@ use diesel::query_dsl::methods::{FindDsl, LimitDsl, SelectDsl};
 use diesel::{OptionalExtension, QueryResult};
 use diesel_async::methods::LoadQuery;
 use diesel_async::{AsyncConnection, RunQueryDsl, TransactionManager};
-use matroska_core::{Cache, CacheDeps, Dependency, Loaded, ToValue};
+use matroska_core::{Cache, CacheDeps, DependencySet, Loaded, QueryRow, ToKeyValues};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Result, from_load};
-use crate::query::{Cached, key_of_backend, rows_deps};
+use crate::namespace::{self, NamespaceBackend};
+use crate::query::{
+    Cached, CachedRow, Plan, dependencies, find_plan, no_keys, row_keys, rows_keys,
+};
 
 impl<Q> Cached<Q> {
     /// [`Cached::load`] on a `diesel_async` connection.
@@ -54,24 +56,13 @@ impl<Q> Cached<Q> {
     pub async fn load_async<'query, U, C>(self, conn: &mut C) -> Result<Vec<U>>
     where
         C: AsyncConnection,
-        C::Backend: Default,
+        C::Backend: NamespaceBackend + Default,
         <C::Backend as Backend>::QueryBuilder: Default,
         Q: RunQueryDsl<C> + LoadQuery<'query, C, U> + QueryFragment<C::Backend> + 'query,
-        U: CacheDeps + Serialize + DeserializeOwned + Send,
+        U: CachedRow + Send,
     {
-        let extra = self.base_dependencies::<U>();
-        let (query, cache, ttl, namespace) = self.into_parts();
-        let key = key_of_backend::<U, C::Backend, _>(&query, "all", namespace.as_deref());
-        let in_tx = in_transaction(conn);
-        fetch(
-            &cache,
-            ttl,
-            key,
-            in_tx,
-            move || query.load::<U>(conn),
-            move |rows| rows_deps(rows, extra),
-        )
-        .await
+        let plan = self.plan::<U>("all");
+        run(plan, conn, |query, conn| query.load::<U>(conn), rows_keys).await
     }
 
     /// [`Cached::get_results`] on a `diesel_async` connection.
@@ -81,10 +72,10 @@ impl<Q> Cached<Q> {
     pub async fn get_results_async<'query, U, C>(self, conn: &mut C) -> Result<Vec<U>>
     where
         C: AsyncConnection,
-        C::Backend: Default,
+        C::Backend: NamespaceBackend + Default,
         <C::Backend as Backend>::QueryBuilder: Default,
         Q: RunQueryDsl<C> + LoadQuery<'query, C, U> + QueryFragment<C::Backend> + 'query,
-        U: CacheDeps + Serialize + DeserializeOwned + Send,
+        U: CachedRow + Send,
     {
         self.load_async(conn).await
     }
@@ -96,22 +87,17 @@ impl<Q> Cached<Q> {
     pub async fn get_result_async<'query, U, C>(self, conn: &mut C) -> Result<Option<U>>
     where
         C: AsyncConnection,
-        C::Backend: Default,
+        C::Backend: NamespaceBackend + Default,
         <C::Backend as Backend>::QueryBuilder: Default,
         Q: RunQueryDsl<C> + LoadQuery<'query, C, U> + QueryFragment<C::Backend> + 'query,
-        U: CacheDeps + Serialize + DeserializeOwned + Send,
+        U: CachedRow + Send,
     {
-        let extra = self.base_dependencies::<U>();
-        let (query, cache, ttl, namespace) = self.into_parts();
-        let key = key_of_backend::<U, C::Backend, _>(&query, "one", namespace.as_deref());
-        let in_tx = in_transaction(conn);
-        fetch(
-            &cache,
-            ttl,
-            key,
-            in_tx,
-            move || async move { query.get_result::<U>(conn).await.optional() },
-            move |row| rows_deps(row.as_slice(), extra),
+        let plan = self.plan::<U>("one");
+        run(
+            plan,
+            conn,
+            |query, conn| async move { query.get_result::<U>(conn).await.optional() },
+            row_keys,
         )
         .await
     }
@@ -123,25 +109,19 @@ impl<Q> Cached<Q> {
     pub async fn first_async<'query, U, C>(self, conn: &mut C) -> Result<Option<U>>
     where
         C: AsyncConnection,
-        C::Backend: Default,
+        C::Backend: NamespaceBackend + Default,
         <C::Backend as Backend>::QueryBuilder: Default,
         Q: LimitDsl,
         dsl::Limit<Q>:
             RunQueryDsl<C> + LoadQuery<'query, C, U> + QueryFragment<C::Backend> + 'query,
-        U: CacheDeps + Serialize + DeserializeOwned + Send,
+        U: CachedRow + Send,
     {
-        let extra = self.base_dependencies::<U>();
-        let (query, cache, ttl, namespace) = self.into_parts();
-        let query = query.limit(1);
-        let key = key_of_backend::<U, C::Backend, _>(&query, "first", namespace.as_deref());
-        let in_tx = in_transaction(conn);
-        fetch(
-            &cache,
-            ttl,
-            key,
-            in_tx,
-            move || async move { query.get_result::<U>(conn).await.optional() },
-            move |row| rows_deps(row.as_slice(), extra),
+        let plan = self.plan::<U>("first").map(|query| query.limit(1));
+        run(
+            plan,
+            conn,
+            |query, conn| async move { query.get_result::<U>(conn).await.optional() },
+            row_keys,
         )
         .await
     }
@@ -153,25 +133,21 @@ impl<Q> Cached<Q> {
     pub async fn count_async<M, C>(self, conn: &mut C) -> Result<i64>
     where
         C: AsyncConnection,
-        C::Backend: Default,
+        C::Backend: NamespaceBackend + Default,
         <C::Backend as Backend>::QueryBuilder: Default,
-        M: CacheDeps,
+        M: QueryRow,
         Q: SelectDsl<dsl::CountStar>,
         dsl::Select<Q, dsl::CountStar>:
             RunQueryDsl<C> + LoadQuery<'static, C, i64> + QueryFragment<C::Backend> + 'static,
     {
-        let extra = self.base_dependencies::<M>();
-        let (query, cache, ttl, namespace) = self.into_parts();
-        let query = SelectDsl::select(query, dsl::count_star());
-        let key = key_of_backend::<M, C::Backend, _>(&query, "count", namespace.as_deref());
-        let in_tx = in_transaction(conn);
-        fetch(
-            &cache,
-            ttl,
-            key,
-            in_tx,
-            move || query.get_result::<i64>(conn),
-            move |_| extra,
+        let plan = self
+            .plan::<M>("count")
+            .map(|query| SelectDsl::select(query, dsl::count_star()));
+        run(
+            plan,
+            conn,
+            |query, conn| query.get_result::<i64>(conn),
+            no_keys,
         )
         .await
     }
@@ -189,59 +165,61 @@ pub async fn find_async<M, T, K, C>(
 ) -> Result<Option<M>>
 where
     C: AsyncConnection,
-    C::Backend: Default,
+    C::Backend: NamespaceBackend + Default,
     <C::Backend as Backend>::QueryBuilder: Default,
     T: FindDsl<K>,
     dsl::Find<T, K>: LimitDsl,
     dsl::Limit<dsl::Find<T, K>>:
         RunQueryDsl<C> + LoadQuery<'static, C, M> + QueryFragment<C::Backend> + 'static,
-    K: ToValue,
-    M: CacheDeps + Serialize + DeserializeOwned + Send,
+    K: ToKeyValues,
+    M: CacheDeps + CachedRow + Send,
 {
-    let name = M::entity_name();
-    let deps = vec![
-        Dependency::primary_key(name, [id.to_value()]),
-        Dependency::invalidate_all(name),
-    ];
-    let query = table.find(id).limit(1);
-    let key = key_of_backend::<M, C::Backend, _>(&query, "id", None);
-    let in_tx = in_transaction(conn);
-    fetch(
-        cache,
-        None,
-        key,
-        in_tx,
-        move || async move { query.get_result::<M>(conn).await.optional() },
-        move |_| deps,
+    let plan = find_plan::<M, _, _>(cache, table, id);
+    run(
+        plan,
+        conn,
+        |query, conn| async move { query.get_result::<M>(conn).await.optional() },
+        no_keys,
     )
     .await
 }
 
-/// Runs the query `run` makes through the cache under `key`, or straight through inside a
-/// transaction. The query's future is made inside the loader, after the stale-set ticket: a
-/// connection may start the query when the future is made (diesel-async's
-/// `SyncConnectionWrapper` hands it to a blocking thread at once), and a read that started
-/// before the ticket could store a row a write replaced in between.
-async fn fetch<T, F, Fut>(
-    cache: &Cache,
-    ttl: Option<Duration>,
-    key: String,
-    in_tx: bool,
-    run: F,
-    deps: impl FnOnce(&T) -> Vec<Dependency>,
+/// Runs `plan` on `conn` through the cache, or straight through inside a transaction. The
+/// query's future is made inside the loader, after the stale-set ticket: a connection may
+/// start the query when the future is made (diesel-async's `SyncConnectionWrapper` hands it to
+/// a blocking thread at once), and a read that started before the ticket could store a row a
+/// write replaced in between.
+async fn run<'c, Q, C, T, F, Fut>(
+    plan: Plan<Q>,
+    conn: &'c mut C,
+    exec: F,
+    keys: impl FnOnce(&T, &mut DependencySet),
 ) -> Result<T>
 where
-    F: FnOnce() -> Fut,
+    C: AsyncConnection,
+    C::Backend: NamespaceBackend + Default,
+    <C::Backend as Backend>::QueryBuilder: Default,
+    Q: QueryFragment<C::Backend>,
+    F: FnOnce(Q, &'c mut C) -> Fut,
     Fut: Future<Output = QueryResult<T>>,
     T: Serialize + DeserializeOwned,
 {
-    if in_tx {
-        return Ok(run().await?);
+    if in_transaction(conn) {
+        return Ok(exec(plan.query, conn).await?);
     }
+    let namespace = namespace::of_async_connection(conn).await?;
+    let key = plan.key::<C::Backend>(&namespace);
+    let Plan {
+        query,
+        cache,
+        ttl,
+        base,
+        ..
+    } = plan;
     cache
         .get_or_load(&key, ttl, || async move {
-            let value = run().await?;
-            let deps = deps(&value);
+            let value = exec(query, conn).await?;
+            let deps = dependencies(&value, keys, base);
             Ok::<Loaded<T>, diesel::result::Error>((value, deps))
         })
         .await

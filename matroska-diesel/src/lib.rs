@@ -25,9 +25,14 @@
 //!    invalidated after its commit; a rolled-back one records nothing.
 //! 3. **Queries**: `.cached(&cache)` on any Diesel query ([`CachedExt`]), optionally
 //!    `.scoped(&condition)`, then `load` / `get_results` / `get_result` / `first` / `count`,
-//!    or [`find`] by primary key. Misses load through
-//!    [`Cache::get_or_load`](matroska_core::Cache::get_or_load): a load that raced a write
-//!    is not stored, and concurrent misses of one key share one query.
+//!    or [`find`] by primary key (a tuple for a composite one). Joins load tuples
+//!    (`.load::<(Post, User), _>`, `(Post, Option<User>)` for a left join, [`CachedRow`]) and
+//!    depend on every table they read, so a new row that would join drops them. Misses load
+//!    through [`Cache::get_or_load`](matroska_core::Cache::get_or_load): a load that raced a
+//!    write is not stored, and concurrent misses of one key share one query.
+//! 4. **Databases**: every key carries the connection's database, schema search path and user
+//!    (asked once per connection, see [`namespace`]), so tenants' databases or schemas
+//!    behind one cache never share entries.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -75,6 +80,62 @@
 //! // A new fantasy post (any writer) makes the relay invalidate the list's condition; here
 //! // by hand, for the example.
 //! cache.invalidate(&[Dependency::condition("posts", [("category", "fantasy".into())])]).await?;
+//!
+//! // Another database behind the same cache: the same query, its own entry.
+//! let mut other = SqliteConnection::establish(":memory:")?;
+//! diesel::sql_query("CREATE TABLE posts (id INTEGER PRIMARY KEY, category TEXT NOT NULL)")
+//!     .execute(&mut other)?;
+//! let empty = posts::table.order(posts::id).cached(&cache).load::<Post, _>(&mut other).await?;
+//! assert!(empty.is_empty());
+//! # Ok::<_, Box<dyn std::error::Error>>(()) }).unwrap();
+//! ```
+//!
+//! A join, cached with the keys of both sides' rows and every write to the joined table:
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use diesel::prelude::*;
+//! use matroska_core::{Cache, CacheDeps, Dependency};
+//! use matroska_diesel::CachedExt;
+//!
+//! diesel::table! { users (id) { id -> Integer, name -> Text } }
+//! diesel::table! { posts (id) { id -> Integer, user_id -> Integer, title -> Text } }
+//! diesel::joinable!(posts -> users (user_id));
+//! diesel::allow_tables_to_appear_in_same_query!(posts, users);
+//!
+//! #[derive(Queryable, serde::Serialize, serde::Deserialize)]
+//! struct User { id: i32, name: String }
+//! #[derive(Queryable, serde::Serialize, serde::Deserialize)]
+//! struct Post { id: i32, user_id: i32, title: String }
+//! // `#[derive(matroska::CacheDeps)]` generates these:
+//! # impl CacheDeps for User {
+//! #     fn entity_name() -> &'static str { "users" }
+//! #     fn primary_key(&self) -> Dependency { Dependency::primary_key("users", [self.id]) }
+//! # }
+//! # impl CacheDeps for Post {
+//! #     fn entity_name() -> &'static str { "posts" }
+//! #     fn primary_key(&self) -> Dependency { Dependency::primary_key("posts", [self.id]) }
+//! # }
+//!
+//! let mut conn = SqliteConnection::establish(":memory:")?;
+//! diesel::sql_query("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL)")
+//!     .execute(&mut conn)?;
+//! diesel::sql_query("CREATE TABLE posts (id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL, \
+//!                    title TEXT NOT NULL)").execute(&mut conn)?;
+//! diesel::sql_query("INSERT INTO users VALUES (1, 'Ann'), (2, 'Bo')").execute(&mut conn)?;
+//! diesel::sql_query("INSERT INTO posts VALUES (10, 1, 'Hello')").execute(&mut conn)?;
+//! let cache = Cache::memory();
+//!
+//! let with_posts = users::table
+//!     .left_join(posts::table)
+//!     .order(users::id)
+//!     .cached(&cache)
+//!     .load::<(User, Option<Post>), _>(&mut conn)
+//!     .await?;
+//! assert_eq!(with_posts.len(), 2);
+//! assert!(with_posts[1].1.is_none());
+//! // A first post of Bo's (any writer) drops the list: the relay invalidates `posts`' changes.
+//! cache.invalidate(&[Dependency::any_change("posts")]).await?;
 //! # Ok::<_, Box<dyn std::error::Error>>(()) }).unwrap();
 //! ```
 //!
@@ -90,6 +151,8 @@
 pub mod asynchronous;
 mod error;
 mod filter;
+mod key;
+pub mod namespace;
 pub mod outbox;
 pub mod query;
 
@@ -100,8 +163,9 @@ use matroska_core::{Cache, CacheDeps, Scoped};
 pub use asynchronous::find_async;
 pub use error::{Error, Result};
 pub use filter::ScopeFilter;
+pub use namespace::{CacheInstrumentation, NamespaceBackend};
 pub use outbox::{install_outbox, uninstall_outbox};
-pub use query::{Cached, CachedExt, entity_dependencies, find};
+pub use query::{Cached, CachedExt, CachedRow, entity_dependencies, find};
 
 /// Invalidates, right away, what a write of `rows` affects: each row's primary key, the scope
 /// conditions it matches, and its entity's `any_change`. For read-your-writes: call it after

@@ -3,33 +3,57 @@
 //! [`CachedExt::cached`] wraps any Diesel query in a [`Cached`] one that runs through
 //! [`Cache::get_or_load`], so stale-set protection and single-flight apply.
 //!
-//! - **Key**: `q:{entity}:{kind}:{hash}`, the hash a fixed 128-bit xxh3 of the backend, the
-//!   optional [namespace](Cached::namespace), and Diesel's [`debug_query`](diesel::debug_query)
-//!   text of the statement (SQL and bound values). Equal queries share an entry across
-//!   processes of one build. The database is not part of the key: give each database its own
-//!   cache (key prefix), or name it with [`Cached::namespace`] (one cache in front of several
-//!   databases or tenant schemas).
-//! - **Dependencies**: the primary key of every row returned (the model's
-//!   [`CacheDeps`]), plus
-//!   - with [`Cached::scoped`], the scope condition (which also filters the query);
-//!   - otherwise the entity's `any_change` and `all` dependencies: any write to the entity
-//!     invalidates the entry (coarse, never stale).
+//! - **Row types** ([`CachedRow`]): a model (`Post`), and for joins a tuple of models and
+//!   `Option`s of them (`(Post, User)` from `inner_join`, `(Post, Option<User>)` from
+//!   `left_join`), up to six; stored with serde.
+//! - **Key**: `q:{entity}:{kind}:{hash}` (the entity of the row type's first model), the hash a
+//!   fixed 128-bit xxh3 of the backend, the connection's [namespace](crate::namespace)
+//!   (database, schema search path and user; asked once per connection), the optional
+//!   [user namespace](Cached::namespace), and Diesel's [`debug_query`](diesel::debug_query)
+//!   text of the statement (SQL and bound values). Equal queries on one database share an
+//!   entry across processes of one build; two databases or schemas behind one cache do not.
+//! - **Dependencies**: the primary key of every model in every row returned, plus, for each
+//!   entity of the row type,
+//!   - the scope condition given with [`Cached::scoped`] (which also filters the query), for
+//!     the entity it is a condition of;
+//!   - otherwise the entity's `any_change` and `all` dependencies: any committed write to its
+//!     table invalidates the entry (coarse, never stale).
+//!
+//!   So a join list drops when a row of either side changes, and when a *new* row appears
+//!   that would join: an insert into the joined table is a write to it, whatever it joins to.
+//!   (Depending only on the joined rows' keys would miss that row: it was not in the result.)
+//!   `belonging_to` queries are filters like any other and depend the same way.
 //! - **Invalidation**: Diesel has no hooks; the database outbox's triggers record every
 //!   committed write and its relay invalidates these dependencies (see [`crate::outbox`]).
 //!
 //! A scoped query must not filter or order by columns outside the scope's fields (except ones
 //! that never change, like the primary key): an update of an unwatched column invalidates
-//! only the row's key and `any_change`, so a row could enter such a query unseen. Without
-//! `.scoped`, any filter, order and join is safe.
+//! only the row's key and `any_change`, so a row could enter such a query unseen. An inner
+//! join filters too, by its join column: a scoped inner join must join on a column that is
+//! watched (a field of one of the model's `#[scope]`s) or that cannot stop a row from joining
+//! (a `NOT NULL` foreign key); a scoped left join keeps every row of the scope, so it is
+//! always safe. Without `.scoped`, any filter, order and join is safe.
 //!
 //! ## Sync Diesel under async
 //!
 //! The cache is async and Diesel's connections are sync. The Diesel call runs on the calling
 //! task, inside [`tokio::task::block_in_place`] on a multi-thread runtime (the worker hands its
 //! other tasks to another thread while the query runs), and directly elsewhere (a
-//! current-thread runtime, as with any sync Diesel call there). It takes the connection as
-//! `&mut`, so it works with a plain connection, an r2d2 `PooledConnection` or deadpool-diesel's
-//! `Object::lock()` guard; a `spawn_blocking` design would need an owned connection.
+//! current-thread runtime, or a blocking thread). It takes the connection as `&mut`, so it
+//! works with a plain connection, an r2d2 `PooledConnection`, or a deadpool-diesel connection
+//! either way deadpool offers (both tested on MariaDB):
+//!
+//! ```text
+//! // On the task: the pooled connection's lock guard is the `&mut` connection.
+//! let pooled = pool.get().await?;
+//! let list = posts::table.cached(&cache).load::<Post, _>(&mut *pooled.lock()?).await?;
+//!
+//! // On a blocking thread (`interact` is deadpool's `spawn_blocking`): block on the query there.
+//! let runtime = tokio::runtime::Handle::current();
+//! let list = pooled
+//!     .interact(move |conn| runtime.block_on(posts::table.cached(&cache).load::<Post, _>(conn)))
+//!     .await??;
+//! ```
 //!
 //! ## Transactions
 //!
@@ -41,18 +65,27 @@
 use std::time::Duration;
 
 use diesel::backend::Backend;
-use diesel::connection::{Connection, TransactionManager};
+use diesel::connection::{LoadConnection, TransactionManager};
 use diesel::dsl;
 use diesel::query_builder::{AsQuery, QueryFragment};
 use diesel::query_dsl::methods::{FilterDsl, FindDsl, LimitDsl, SelectDsl};
 use diesel::query_dsl::{LoadQuery, RunQueryDsl};
 use diesel::{OptionalExtension, QueryResult};
-use matroska_core::{Cache, CacheDeps, Dependency, Loaded, ToValue};
+use matroska_core::{Cache, CacheDeps, Dependency, DependencySet, Loaded, QueryRow, ToKeyValues};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Result, from_load};
 use crate::filter::ScopeFilter;
+use crate::key::query_key;
+use crate::namespace::{self, NamespaceBackend};
+
+/// A row type cached queries return: a model (`Post`), or for joins a tuple of models and
+/// `Option`s of them (`(Post, User)`, `(Post, Option<User>)`), up to six. [`QueryRow`] gives
+/// its dependencies, serde stores it. Implemented for every such type.
+pub trait CachedRow: QueryRow + Serialize + DeserializeOwned {}
+
+impl<T: QueryRow + Serialize + DeserializeOwned> CachedRow for T {}
 
 /// Adds [`cached`](CachedExt::cached) to Diesel queries (tables, selects, boxed selects,
 /// joins).
@@ -99,6 +132,7 @@ impl<Q: AsQuery> CachedExt for Q {
             ttl: None,
             namespace: None,
             conditions: Vec::new(),
+            scopes: Vec::new(),
         }
     }
 }
@@ -113,6 +147,8 @@ pub struct Cached<Q> {
     namespace: Option<String>,
     /// The scope conditions' dependencies; empty for an unscoped query.
     conditions: Vec<Dependency>,
+    /// The entities the conditions are of: they depend on their condition, not on every write.
+    scopes: Vec<&'static str>,
 }
 
 impl<Q> Cached<Q> {
@@ -122,16 +158,18 @@ impl<Q> Cached<Q> {
         self
     }
 
-    /// Names the database (or tenant schema) in the key, for one cache in front of several
-    /// databases that run the same queries.
+    /// Adds a name of your own to the key, beside the connection's database, schema and user
+    /// (which every key carries, see [`crate::namespace`]): for tenants told apart by
+    /// something the database cannot see, like row-level security keyed by a session setting.
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = Some(namespace.into());
         self
     }
 
     /// Filters the query by a typed scope condition and makes the entry depend on it instead
-    /// of on every write to the entity: a row created, deleted, or moved into or out of the
-    /// condition drops the entry; a write to another list's rows does not.
+    /// of on every write to the condition's entity: a row created, deleted, or moved into or
+    /// out of the condition drops the entry; a write to another list's rows does not. The
+    /// other entities of a join still depend on every write to them.
     ///
     /// ```text
     /// let fantasy = PostByCategory { category: "fantasy".into() };
@@ -149,57 +187,59 @@ impl<Q> Cached<Q> {
     {
         let mut conditions = self.conditions;
         conditions.extend(condition.dependencies());
+        let mut scopes = self.scopes;
+        scopes.push(condition.scope_name());
         Cached {
             query: self.query.filter(condition.filter()),
             cache: self.cache,
             ttl: self.ttl,
             namespace: self.namespace,
             conditions,
+            scopes,
         }
     }
 
-    /// The query, the cache, the TTL and the namespace.
-    #[cfg(feature = "diesel-async")]
-    pub(crate) fn into_parts(self) -> (Q, Cache, Option<Duration>, Option<String>) {
-        (self.query, self.cache, self.ttl, self.namespace)
-    }
-
-    /// The dependencies of `M`'s entity that do not come from rows.
-    pub(crate) fn base_dependencies<M: CacheDeps>(&self) -> Vec<Dependency> {
-        if self.conditions.is_empty() {
-            entity_dependencies::<M>()
-        } else {
-            self.conditions.clone()
+    /// The entry this query fills for row type `U`: its key's parts and the dependencies that
+    /// do not come from rows (the conditions, and every write to each other entity of `U`).
+    pub(crate) fn plan<U: QueryRow>(self, kind: &'static str) -> Plan<Q> {
+        let mut entities = Vec::new();
+        U::entities(&mut entities);
+        let mut base = self.conditions;
+        let mut seen: Vec<&'static str> = Vec::new();
+        for entity in &entities {
+            if !self.scopes.contains(entity) && !seen.contains(entity) {
+                seen.push(entity);
+                base.extend(entity_dependencies_of(entity));
+            }
+        }
+        Plan {
+            query: self.query,
+            cache: self.cache,
+            ttl: self.ttl,
+            namespace: self.namespace,
+            entity: entities.first().copied().unwrap_or("_"),
+            kind,
+            base,
         }
     }
 
-    /// All rows, like [`RunQueryDsl::load`], cached with their primary keys.
+    /// All rows, like [`RunQueryDsl::load`], cached with their primary keys. `U` is a model,
+    /// or a tuple for a join: `.load::<(Post, User), _>(conn)`.
     ///
     /// # Errors
-    /// [`Error::Diesel`](crate::Error::Diesel) from the query; [`Error::Cache`](crate::Error::Cache)
-    /// for a key or value over the cache's limits or an encoding error.
+    /// [`Error::Diesel`](crate::Error::Diesel) from the query (or from asking the connection's
+    /// namespace); [`Error::Cache`](crate::Error::Cache) for a key or value over the cache's
+    /// limits or an encoding error.
     pub async fn load<'query, U, C>(self, conn: &mut C) -> Result<Vec<U>>
     where
-        C: Connection,
-        C::Backend: Default,
+        C: LoadConnection,
+        C::Backend: NamespaceBackend + Default,
         <C::Backend as Backend>::QueryBuilder: Default,
         Q: RunQueryDsl<C> + LoadQuery<'query, C, U> + QueryFragment<C::Backend>,
-        U: CacheDeps + Serialize + DeserializeOwned,
+        U: CachedRow,
     {
-        let extra = self.base_dependencies::<U>();
-        let key = key_of::<U, C, _>(&self.query, "all", self.namespace.as_deref());
-        let Cached {
-            query, cache, ttl, ..
-        } = self;
-        fetch(
-            &cache,
-            ttl,
-            conn,
-            key,
-            move |conn| query.load::<U>(conn),
-            move |rows| rows_deps(rows, extra),
-        )
-        .await
+        let plan = self.plan::<U>("all");
+        run(plan, conn, |query, conn| query.load::<U>(conn), rows_keys).await
     }
 
     /// The same as [`Cached::load`] (Diesel's `get_results`).
@@ -208,11 +248,11 @@ impl<Q> Cached<Q> {
     /// As [`Cached::load`].
     pub async fn get_results<'query, U, C>(self, conn: &mut C) -> Result<Vec<U>>
     where
-        C: Connection,
-        C::Backend: Default,
+        C: LoadConnection,
+        C::Backend: NamespaceBackend + Default,
         <C::Backend as Backend>::QueryBuilder: Default,
         Q: RunQueryDsl<C> + LoadQuery<'query, C, U> + QueryFragment<C::Backend>,
-        U: CacheDeps + Serialize + DeserializeOwned,
+        U: CachedRow,
     {
         self.load(conn).await
     }
@@ -224,24 +264,18 @@ impl<Q> Cached<Q> {
     /// As [`Cached::load`].
     pub async fn get_result<'query, U, C>(self, conn: &mut C) -> Result<Option<U>>
     where
-        C: Connection,
-        C::Backend: Default,
+        C: LoadConnection,
+        C::Backend: NamespaceBackend + Default,
         <C::Backend as Backend>::QueryBuilder: Default,
         Q: RunQueryDsl<C> + LoadQuery<'query, C, U> + QueryFragment<C::Backend>,
-        U: CacheDeps + Serialize + DeserializeOwned,
+        U: CachedRow,
     {
-        let extra = self.base_dependencies::<U>();
-        let key = key_of::<U, C, _>(&self.query, "one", self.namespace.as_deref());
-        let Cached {
-            query, cache, ttl, ..
-        } = self;
-        fetch(
-            &cache,
-            ttl,
+        let plan = self.plan::<U>("one");
+        run(
+            plan,
             conn,
-            key,
-            move |conn| query.get_result::<U>(conn).optional(),
-            move |row| rows_deps(row.as_slice(), extra),
+            |query, conn| query.get_result::<U>(conn).optional(),
+            row_keys,
         )
         .await
     }
@@ -253,185 +287,228 @@ impl<Q> Cached<Q> {
     /// As [`Cached::load`].
     pub async fn first<'query, U, C>(self, conn: &mut C) -> Result<Option<U>>
     where
-        C: Connection,
-        C::Backend: Default,
+        C: LoadConnection,
+        C::Backend: NamespaceBackend + Default,
         <C::Backend as Backend>::QueryBuilder: Default,
         Q: LimitDsl,
         dsl::Limit<Q>: RunQueryDsl<C> + LoadQuery<'query, C, U> + QueryFragment<C::Backend>,
-        U: CacheDeps + Serialize + DeserializeOwned,
+        U: CachedRow,
     {
-        let extra = self.base_dependencies::<U>();
-        let Cached {
-            query,
-            cache,
-            ttl,
-            namespace,
-            ..
-        } = self;
-        let query = query.limit(1);
-        let key = key_of::<U, C, _>(&query, "first", namespace.as_deref());
-        fetch(
-            &cache,
-            ttl,
+        let plan = self.plan::<U>("first").map(|query| query.limit(1));
+        run(
+            plan,
             conn,
-            key,
-            move |conn| query.get_result::<U>(conn).optional(),
-            move |row| rows_deps(row.as_slice(), extra),
+            |query, conn| query.get_result::<U>(conn).optional(),
+            row_keys,
         )
         .await
     }
 
     /// `SELECT COUNT(*)` of the query, cached with the scope condition, or with every write
-    /// to `M`'s entity when unscoped: `.cached(&cache).count::<Post, _>(conn)`.
+    /// to the entities of `M` when unscoped: `.cached(&cache).count::<Post, _>(conn)`, or
+    /// `::<(Post, User), _>` for a join.
     ///
     /// # Errors
     /// As [`Cached::load`].
     pub async fn count<M, C>(self, conn: &mut C) -> Result<i64>
     where
-        C: Connection,
-        C::Backend: Default,
+        C: LoadConnection,
+        C::Backend: NamespaceBackend + Default,
         <C::Backend as Backend>::QueryBuilder: Default,
-        M: CacheDeps,
+        M: QueryRow,
         Q: SelectDsl<dsl::CountStar>,
         dsl::Select<Q, dsl::CountStar>:
             RunQueryDsl<C> + LoadQuery<'static, C, i64> + QueryFragment<C::Backend>,
     {
-        let extra = self.base_dependencies::<M>();
-        let Cached {
-            query,
-            cache,
-            ttl,
-            namespace,
-            ..
-        } = self;
-        let query = SelectDsl::select(query, dsl::count_star());
-        let key = key_of::<M, C, _>(&query, "count", namespace.as_deref());
-        fetch(
-            &cache,
-            ttl,
-            conn,
-            key,
-            move |conn| query.get_result(conn),
-            move |_| extra,
-        )
-        .await
+        let plan = self
+            .plan::<M>("count")
+            .map(|query| SelectDsl::select(query, dsl::count_star()));
+        run(plan, conn, |query, conn| query.get_result(conn), no_keys).await
     }
 }
 
+/// A cached query ready to run: what the sync and async methods share.
+pub(crate) struct Plan<Q> {
+    pub(crate) query: Q,
+    pub(crate) cache: Cache,
+    pub(crate) ttl: Option<Duration>,
+    namespace: Option<String>,
+    /// The entity the key is filed under.
+    entity: &'static str,
+    kind: &'static str,
+    /// The dependencies that do not come from rows.
+    pub(crate) base: Vec<Dependency>,
+}
+
+impl<Q> Plan<Q> {
+    /// The same entry for a query made from this one (`LIMIT 1`, `COUNT(*)`).
+    pub(crate) fn map<R>(self, f: impl FnOnce(Q) -> R) -> Plan<R> {
+        Plan {
+            query: f(self.query),
+            cache: self.cache,
+            ttl: self.ttl,
+            namespace: self.namespace,
+            entity: self.entity,
+            kind: self.kind,
+            base: self.base,
+        }
+    }
+
+    /// The entry's key on a connection of backend `DB` whose namespace is `namespace`.
+    pub(crate) fn key<DB>(&self, namespace: &str) -> String
+    where
+        DB: Backend + Default,
+        DB::QueryBuilder: Default,
+        Q: QueryFragment<DB>,
+    {
+        query_key::<DB, _>(
+            &self.query,
+            self.entity,
+            self.kind,
+            namespace,
+            self.namespace.as_deref(),
+        )
+    }
+}
+
+/// The row keys of a list's rows.
+pub(crate) fn rows_keys<U: QueryRow>(rows: &Vec<U>, set: &mut DependencySet) {
+    for row in rows {
+        row.row_keys(set);
+    }
+}
+
+/// The row keys of one row, if any.
+pub(crate) fn row_keys<U: QueryRow>(row: &Option<U>, set: &mut DependencySet) {
+    row.row_keys(set);
+}
+
+/// No row keys (a count, or `find`, whose key is in its base dependencies).
+pub(crate) fn no_keys<T>(_: &T, _: &mut DependencySet) {}
+
+/// The dependencies of a result: its rows' keys, then the plan's base ones, without
+/// duplicates (a user joined to many posts is there once).
+pub(crate) fn dependencies<T>(
+    value: &T,
+    keys: impl FnOnce(&T, &mut DependencySet),
+    base: Vec<Dependency>,
+) -> Vec<Dependency> {
+    let mut set = DependencySet::new();
+    keys(value, &mut set);
+    set.extend(base);
+    set.into_vec()
+}
+
 /// The row of `M` with primary key `id` in `table`, answered from `cache` when it can be:
-/// `find::<Post, _, _, _>(&cache, conn, posts::table, 7)`.
+/// `find::<Post, _, _, _>(&cache, conn, posts::table, 7)`, or for a composite key the tuple
+/// Diesel's `find` takes, `find::<PostTag, _, _, _>(&cache, conn, post_tags::table, (7, 3))`.
 ///
 /// Unlike `table.find(id).cached(&cache).first(conn)`, which cannot tell that its filter is a
 /// primary key and so depends on any write to the entity, this lookup depends on that one key
 /// (and the entity's `all`, for bulk writes): a write to another row keeps it cached. A
-/// missing row is cached too, and the insert of a row with that key drops it. Single-column
-/// keys; for a composite key, filter and use [`Cached::first`].
+/// missing row is cached too, and the insert of a row with that key drops it.
 ///
 /// # Errors
 /// As [`Cached::load`].
 pub async fn find<M, T, K, C>(cache: &Cache, conn: &mut C, table: T, id: K) -> Result<Option<M>>
 where
-    C: Connection,
-    C::Backend: Default,
+    C: LoadConnection,
+    C::Backend: NamespaceBackend + Default,
     <C::Backend as Backend>::QueryBuilder: Default,
     T: FindDsl<K>,
     dsl::Find<T, K>: LimitDsl,
     dsl::Limit<dsl::Find<T, K>>:
         RunQueryDsl<C> + LoadQuery<'static, C, M> + QueryFragment<C::Backend>,
-    K: ToValue,
-    M: CacheDeps + Serialize + DeserializeOwned,
+    K: ToKeyValues,
+    M: CacheDeps + CachedRow,
 {
-    let name = M::entity_name();
-    // The key's own dependency, so a missing row's entry is dropped by its insert.
-    let deps = vec![
-        Dependency::primary_key(name, [id.to_value()]),
-        Dependency::invalidate_all(name),
-    ];
-    let query = table.find(id).limit(1);
-    let key = key_of::<M, C, _>(&query, "id", None);
-    fetch(
-        cache,
-        None,
+    let plan = find_plan::<M, _, _>(cache, table, id);
+    run(
+        plan,
         conn,
-        key,
-        move |conn| query.get_result::<M>(conn).optional(),
-        move |_| deps,
+        |query, conn| query.get_result::<M>(conn).optional(),
+        no_keys,
     )
     .await
+}
+
+/// [`find`]'s entry: keyed by the statement, dependent on the requested key (so a missing
+/// row's entry is dropped by its insert) and the entity's `all`.
+pub(crate) fn find_plan<M: CacheDeps, T, K>(
+    cache: &Cache,
+    table: T,
+    id: K,
+) -> Plan<dsl::Limit<dsl::Find<T, K>>>
+where
+    T: FindDsl<K>,
+    dsl::Find<T, K>: LimitDsl,
+    K: ToKeyValues,
+{
+    let name = M::entity_name();
+    let base = vec![
+        Dependency::primary_key(name, id.to_key_values()),
+        Dependency::invalidate_all(name),
+    ];
+    Plan {
+        query: table.find(id).limit(1),
+        cache: cache.clone(),
+        ttl: None,
+        namespace: None,
+        entity: name,
+        kind: "id",
+        base,
+    }
 }
 
 /// The dependencies any write to `M`'s entity invalidates (its scope's `any_change` and
 /// `all`).
 pub fn entity_dependencies<M: CacheDeps>() -> Vec<Dependency> {
-    let name = M::entity_name();
+    entity_dependencies_of(M::entity_name())
+}
+
+fn entity_dependencies_of(name: &str) -> Vec<Dependency> {
     vec![
         Dependency::any_change(name),
         Dependency::invalidate_all(name),
     ]
 }
 
-/// `q:{entity}:{kind}:{hash}` of `query` as `C`'s backend renders it.
-fn key_of<M: CacheDeps, C, S>(query: &S, kind: &str, namespace: Option<&str>) -> String
-where
-    C: Connection,
-    C::Backend: Default,
-    <C::Backend as Backend>::QueryBuilder: Default,
-    S: QueryFragment<C::Backend>,
-{
-    key_of_backend::<M, C::Backend, S>(query, kind, namespace)
-}
-
-/// `q:{entity}:{kind}:{hash}` of `query` as backend `DB` renders it (sync and async
-/// connections of one backend share entries).
-pub(crate) fn key_of_backend<M: CacheDeps, DB, S>(
-    query: &S,
-    kind: &str,
-    namespace: Option<&str>,
-) -> String
-where
-    DB: Backend + Default,
-    DB::QueryBuilder: Default,
-    S: QueryFragment<DB>,
-{
-    let statement = format!("{:?}", diesel::debug_query::<DB, _>(query));
-    format!(
-        "q:{}:{kind}:{:032x}",
-        M::entity_name(),
-        statement_hash(std::any::type_name::<DB>(), namespace, &statement)
-    )
-}
-
-/// Runs `run` on `conn` through the cache under `key`: read-through inside a transaction,
-/// else [`Cache::get_or_load`] with the result's dependencies from `deps`.
-async fn fetch<C, T>(
-    cache: &Cache,
-    ttl: Option<Duration>,
+/// Runs `plan` on `conn` through the cache: read-through inside a transaction, else
+/// [`Cache::get_or_load`] under the key of the connection's namespace, with the result's row
+/// keys from `keys` and the plan's base dependencies.
+async fn run<Q, C, T>(
+    plan: Plan<Q>,
     conn: &mut C,
-    key: String,
-    run: impl FnOnce(&mut C) -> QueryResult<T>,
-    deps: impl FnOnce(&T) -> Vec<Dependency>,
+    exec: impl FnOnce(Q, &mut C) -> QueryResult<T>,
+    keys: impl FnOnce(&T, &mut DependencySet),
 ) -> Result<T>
 where
-    C: Connection,
+    C: LoadConnection,
+    C::Backend: NamespaceBackend + Default,
+    <C::Backend as Backend>::QueryBuilder: Default,
+    Q: QueryFragment<C::Backend>,
     T: Serialize + DeserializeOwned,
 {
     if in_transaction(conn) {
-        return Ok(blocking(|| run(conn))?);
+        return Ok(blocking(|| exec(plan.query, conn))?);
     }
+    let namespace = blocking(|| namespace::of_connection(conn))?;
+    let key = plan.key::<C::Backend>(&namespace);
+    let Plan {
+        query,
+        cache,
+        ttl,
+        base,
+        ..
+    } = plan;
     cache
         .get_or_load(&key, ttl, || async move {
-            let value = blocking(|| run(conn))?;
-            let deps = deps(&value);
+            let value = blocking(|| exec(query, conn))?;
+            let deps = dependencies(&value, keys, base);
             Ok::<Loaded<T>, diesel::result::Error>((value, deps))
         })
         .await
         .map_err(from_load)
-}
-
-pub(crate) fn rows_deps<M: CacheDeps>(rows: &[M], extra: Vec<Dependency>) -> Vec<Dependency> {
-    let mut deps: Vec<Dependency> = rows.iter().map(CacheDeps::primary_key).collect();
-    deps.extend(extra);
-    deps
 }
 
 /// Whether `conn` is inside a transaction Diesel knows of. A broken transaction manager
@@ -439,7 +516,7 @@ pub(crate) fn rows_deps<M: CacheDeps>(rows: &[M], extra: Vec<Dependency>) -> Vec
 ///
 /// `transaction_manager_status_mut` is hidden in Diesel's docs (part of its backend-author
 /// API) but public; Diesel's own connection pools use it the same way.
-fn in_transaction<C: Connection>(conn: &mut C) -> bool {
+fn in_transaction<C: LoadConnection>(conn: &mut C) -> bool {
     match <C::TransactionManager as TransactionManager<C>>::transaction_manager_status_mut(conn)
         .transaction_depth()
     {
@@ -457,46 +534,5 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
             tokio::task::block_in_place(f)
         }
         _ => f(),
-    }
-}
-
-/// A stable 128-bit hash of the backend, the namespace and the statement, each part
-/// length-prefixed so the concatenation is unambiguous.
-fn statement_hash(backend: &str, namespace: Option<&str>, statement: &str) -> u128 {
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    let mut part = |bytes: &[u8]| {
-        hasher.update(&(bytes.len() as u64).to_le_bytes());
-        hasher.update(bytes);
-    };
-    part(backend.as_bytes());
-    match namespace {
-        Some(ns) => {
-            part(b"ns");
-            part(ns.as_bytes());
-        }
-        None => part(b""),
-    }
-    part(statement.as_bytes());
-    hasher.digest128()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::statement_hash;
-
-    #[test]
-    fn hash_parts_are_unambiguous() {
-        assert_ne!(
-            statement_hash("Sqlite", Some("a"), "b"),
-            statement_hash("Sqlite", Some("ab"), "")
-        );
-        assert_ne!(
-            statement_hash("Sqlite", None, "x"),
-            statement_hash("Pg", None, "x")
-        );
-        assert_ne!(
-            statement_hash("Sqlite", None, "x"),
-            statement_hash("Sqlite", Some(""), "x")
-        );
     }
 }

@@ -140,17 +140,12 @@ fn warn_uncached(backend: DbBackend) {
 }
 
 async fn ask_namespace(db: &DatabaseConnection, pool: usize) -> Result<String, DbErr> {
+    use matroska_core::namespace;
     let backend = db.get_database_backend();
     let sql = match backend {
-        DbBackend::Postgres => {
-            "SELECT current_database() || '/' || array_to_string(current_schemas(false), ',') \
-             || '/' || current_user AS ns"
-        }
-        DbBackend::MySql => "SELECT CONCAT(IFNULL(DATABASE(), ''), '/', CURRENT_USER()) AS ns",
-        DbBackend::Sqlite => {
-            "SELECT group_concat(name || '=' || file, ',') AS ns, \
-             sum(file = '') AS memory FROM pragma_database_list"
-        }
+        DbBackend::Postgres => namespace::POSTGRES_SQL,
+        DbBackend::MySql => namespace::MYSQL_SQL,
+        DbBackend::Sqlite => namespace::SQLITE_SQL,
         other => {
             return Err(DbErr::Custom(format!(
                 "cached queries do not support the {other:?} backend"
@@ -161,23 +156,11 @@ async fn ask_namespace(db: &DatabaseConnection, pool: usize) -> Result<String, D
         .query_one_raw(Statement::from_string(backend, sql))
         .await?
         .ok_or_else(|| DbErr::Custom("the namespace query returned no row".into()))?;
-    let mut namespace: String = row.try_get("", "ns")?;
+    let mut ns: String = row.try_get("", "ns")?;
     if backend == DbBackend::Sqlite && row.try_get::<i64>("", "memory")? > 0 {
         // Each pool of an in-memory database is a database of its own (and no other process
         // can open it): its entries are private to the pool.
-        namespace.push_str(&format!(
-            "/memory:{}:{pool:x}:{}",
-            std::process::id(),
-            *STARTED
-        ));
+        namespace::private_to(&mut ns, pool as u64);
     }
-    Ok(format!("{backend:?}/{namespace}"))
+    Ok(format!("{backend:?}/{ns}"))
 }
-
-/// When this process first asked for a namespace: with the process id, it tells apart
-/// processes that reuse an id over the life of a shared cache.
-static STARTED: LazyLock<u128> = LazyLock::new(|| {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
-});

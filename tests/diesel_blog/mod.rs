@@ -1,5 +1,6 @@
 //! The Diesel models of the Diesel tests: posts scoped by (published, category) and by the
-//! nullable `series`. Shared by the `diesel*` test crates.
+//! nullable `series`, their comments (for joins and `belonging_to`) and their tags (a
+//! composite primary key). Shared by the `diesel*` test crates.
 #![allow(dead_code)]
 
 use std::time::{Duration, Instant};
@@ -21,6 +22,25 @@ pub mod schema {
             series -> Nullable<Text>,
         }
     }
+
+    diesel::table! {
+        comments (id) {
+            id -> Integer,
+            post_id -> Integer,
+            body -> Text,
+        }
+    }
+
+    diesel::table! {
+        post_tags (post_id, tag) {
+            post_id -> Integer,
+            tag -> Text,
+            note -> Text,
+        }
+    }
+
+    diesel::joinable!(comments -> posts (post_id));
+    diesel::allow_tables_to_appear_in_same_query!(posts, comments);
 }
 
 /// Generates `PostByPublishedCategory` and `PostBySeries`: scope conditions that are also
@@ -48,6 +68,56 @@ pub struct Post {
     pub series: Option<String>,
 }
 
+/// A comment on a post: joins (`comments -> posts`) and `belonging_to`.
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    diesel::Queryable,
+    diesel::Selectable,
+    diesel::Identifiable,
+    diesel::Associations,
+    Serialize,
+    Deserialize,
+    matroska::CacheDeps,
+)]
+#[diesel(table_name = schema::comments, belongs_to(Post))]
+pub struct Comment {
+    pub id: i32,
+    pub post_id: i32,
+    pub body: String,
+}
+
+/// A tag of a post, keyed by `(post_id, tag)`.
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    diesel::Queryable,
+    diesel::Selectable,
+    Serialize,
+    Deserialize,
+    matroska::CacheDeps,
+)]
+#[diesel(table_name = schema::post_tags, primary_key(post_id, tag))]
+pub struct PostTag {
+    pub post_id: i32,
+    pub tag: String,
+    pub note: String,
+}
+
+/// Every table the tests watch.
+pub fn watched_tables() -> Vec<matroska::TableSpec> {
+    use matroska::WatchedTable;
+    vec![
+        Post::watched_table(),
+        Comment::watched_table(),
+        PostTag::watched_table(),
+    ]
+}
+
 pub fn published_in(category: &str) -> PostByPublishedCategory {
     PostByPublishedCategory {
         published: true,
@@ -55,7 +125,7 @@ pub fn published_in(category: &str) -> PostByPublishedCategory {
     }
 }
 
-/// The `posts` table of `kind`.
+/// The `posts`, `comments` and `post_tags` tables of `kind`.
 pub fn create_tables(conn: &mut impl SimpleConnection, kind: Kind) {
     let id = match kind {
         Kind::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
@@ -71,6 +141,12 @@ pub fn create_tables(conn: &mut impl SimpleConnection, kind: Kind) {
          published BOOLEAN NOT NULL, series {text})"
     ))
     .expect("create posts");
+    conn.batch_execute(&format!(
+        "CREATE TABLE comments (id {id}, post_id INTEGER NOT NULL, body {text} NOT NULL); \
+         CREATE TABLE post_tags (post_id INTEGER NOT NULL, tag {text} NOT NULL, \
+         note {text} NOT NULL, PRIMARY KEY (post_id, tag))"
+    ))
+    .expect("create comments and post_tags");
 }
 
 /// The probes every scenario caches: one per list and per row, with the dependencies the

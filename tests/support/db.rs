@@ -213,7 +213,7 @@ impl DieselConn for diesel::MysqlConnection {
 }
 
 /// A diesel-async connection to a test's scratch database (SQLite through diesel-async's
-/// `SyncConnectionWrapper`, PostgreSQL through tokio-postgres).
+/// `SyncConnectionWrapper`, PostgreSQL through tokio-postgres, MariaDB through mysql_async).
 #[cfg(feature = "diesel-async")]
 pub trait DieselAsyncConn: diesel_async::AsyncConnection + Sized + 'static {
     /// The kind of scratch database this connection type opens.
@@ -248,6 +248,17 @@ impl DieselAsyncConn for diesel_async::AsyncPgConnection {
             .await
             .expect("search path");
         conn
+    }
+}
+
+#[cfg(all(feature = "diesel-async", feature = "diesel-mysql"))]
+impl DieselAsyncConn for diesel_async::AsyncMysqlConnection {
+    const KIND: Kind = Kind::MySql;
+
+    async fn open(db: &ScratchDb) -> Self {
+        <Self as diesel_async::AsyncConnection>::establish(&db.url)
+            .await
+            .unwrap_or_else(|e| panic!("MariaDB/MySQL at {}: {e}", db.url))
     }
 }
 
