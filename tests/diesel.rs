@@ -736,6 +736,40 @@ async fn in_memory_sqlite_databases_do_not_share() {
     assert_eq!(queries.load(Ordering::Relaxed) - before, 2);
 }
 
+/// An instrumentation of the user's that captures nothing (zero-sized, like Diesel's own
+/// no-op) is kept: cached queries leave it in place and it keeps seeing every query.
+#[tokio::test]
+async fn a_zero_sized_instrumentation_of_the_users_is_kept() {
+    use diesel::connection::InstrumentationEvent;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static SEEN: AtomicUsize = AtomicUsize::new(0);
+
+    let cache = support::memory_cache();
+    let mut conn = SqliteConnection::establish(":memory:").unwrap();
+    conn.set_instrumentation(|event: InstrumentationEvent<'_>| {
+        if matches!(event, InstrumentationEvent::StartQuery { .. }) {
+            SEEN.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    create_tables(&mut conn, support::db::Kind::Sqlite);
+    for _ in 0..2 {
+        let list = posts::table
+            .order(posts::id)
+            .cached(&cache)
+            .load::<Post, _>(&mut conn)
+            .await
+            .unwrap();
+        assert!(list.is_empty());
+    }
+    let before = SEEN.load(Ordering::Relaxed);
+    conn.batch_execute("SELECT 1").unwrap();
+    assert_eq!(
+        SEEN.load(Ordering::Relaxed),
+        before + 1,
+        "the user's instrumentation was replaced"
+    );
+}
+
 /// A sync Diesel pool in an async app (deadpool-diesel on MariaDB), both ways to use a pooled
 /// connection: `interact` (the closure runs on a blocking thread, which blocks on the cached
 /// query) and `lock` (the `&mut` connection on the task; the query runs in `block_in_place`).

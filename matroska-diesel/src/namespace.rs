@@ -18,8 +18,8 @@
 //! (recreated inside the wrapper). A connection with an instrumentation of its own
 //! (`set_instrumentation(my_logger)`) keeps it, and its cached queries ask the namespace on
 //! every call, unless you wrap yours: `conn.set_instrumentation(CacheInstrumentation::wrap(my_logger))`.
-//! A stateless instrumentation set on one connection (a closure that captures nothing) cannot
-//! be told from Diesel's no-op: wrap it the same way, or it is replaced.
+//! (A closure that captures nothing is told from Diesel's no-op by where it lives: Diesel
+//! boxes what you set, and keeps its no-op inside the connection.)
 //!
 //! Run `SET search_path` (or `USE db`) before a connection's first cached query: a namespace
 //! changed by hand afterwards is not seen (give such connections their own cache, or name the
@@ -113,8 +113,14 @@ pub(crate) fn remember(
             let default: &dyn Instrumentation = &**default;
             default.as_any().type_id() == current
         }
-        // Diesel's no-op (zero-sized; see the module docs for stateless ones of the user's).
-        None => std::mem::size_of_val(slot) == 0,
+        // Diesel's no-op: zero-sized, and stored in the connection itself. An instrumentation
+        // of the user's is boxed by `set_instrumentation`, and a boxed zero-sized value (a
+        // closure that captures nothing) sits at the dangling address `align_of`, never
+        // inside a connection: such a slot is theirs, and stays.
+        None => {
+            let address = (&raw const *slot).cast::<u8>().addr();
+            std::mem::size_of_val(slot) == 0 && address != std::mem::align_of_val(slot)
+        }
     };
     if !fresh {
         warn_unremembered();
