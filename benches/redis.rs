@@ -621,9 +621,76 @@ fn paired_ratios(_: &mut Criterion) {
     }
 }
 
+/// Invalidating one dependency with one dependent, matroska against the naive Lua invalidate
+/// of `../shared/floor`, alternated every operation; each side's dependent is stored again
+/// (untimed) before each invalidation, so both always have one to drop.
+fn paired_invalidate(_: &mut Criterion) {
+    if !common::wanted("paired invalidate") {
+        return;
+    }
+    let rt = runtime();
+    let (cache, raw) = rt.block_on(redis_pair("paired_inv"));
+    let (put, inv) = (
+        redis::Script::new(NAIVE_PUT),
+        redis::Script::new(NAIVE_INVALIDATE),
+    );
+    rt.block_on(async {
+        let mut conn = raw.clone();
+        let dep = Dependency::tag("paired-inv");
+        const ROUNDS: u32 = 12;
+        const OPS: u32 = 1_000;
+        let mut ratios = Vec::new();
+        let (mut ours_all, mut naive_all) = (Duration::ZERO, Duration::ZERO);
+        for round in 0..ROUNDS {
+            let (mut ours, mut naive) = (Duration::ZERO, Duration::ZERO);
+            for i in 0..OPS {
+                cache
+                    .put("e", &small(), std::slice::from_ref(&dep), None)
+                    .await
+                    .unwrap();
+                let _: i64 = put
+                    .key("bench_paired_inv_e")
+                    .key("bench_paired_inv_set")
+                    .arg(1)
+                    .arg(600)
+                    .invoke_async(&mut conn)
+                    .await
+                    .unwrap();
+                for ours_first in [(i + round).is_multiple_of(2), !(i + round).is_multiple_of(2)] {
+                    let start = Instant::now();
+                    if ours_first {
+                        cache.invalidate(std::slice::from_ref(&dep)).await.unwrap();
+                        ours += start.elapsed();
+                    } else {
+                        let dropped: i64 =
+                            inv.key("bench_paired_inv_set").invoke_async(&mut conn).await.unwrap();
+                        naive += start.elapsed();
+                        assert_eq!(dropped, 1);
+                    }
+                }
+                assert!(!cache.has("e").await.unwrap());
+            }
+            ratios.push(naive.as_secs_f64() / ours.as_secs_f64());
+            ours_all += ours;
+            naive_all += naive;
+        }
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "redis/paired invalidate, 1 dependent: matroska {:?}, naive Lua invalidate {:?} per call; \
+             matroska / naive (throughput) = {:.2} (rounds {:.2}..{:.2}, {ROUNDS} rounds of {OPS})",
+            ours_all / (ROUNDS * OPS),
+            naive_all / (ROUNDS * OPS),
+            (ratios[5] + ratios[6]) / 2.0,
+            ratios[0],
+            ratios[ratios.len() - 1],
+        );
+    });
+}
+
 criterion_group!(
     benches,
     paired_ratios,
+    paired_invalidate,
     get,
     get_paired,
     get_with_dependencies,
