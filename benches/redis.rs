@@ -345,37 +345,6 @@ fn get_with_dependencies(c: &mut Criterion) {
                 })
             },
         );
-        // The same, plus the decode a hit does (of the same value's JSON): the floor the
-        // 1-task goal is stated against, here with 32 tasks.
-        let json: Arc<[u8]> = serde_json::to_vec(&small()).unwrap().into();
-        g.bench_function(
-            BenchmarkId::new("raw GET + MGET pipelined + decode x32 tasks", n),
-            |b| {
-                b.iter_custom(|iters| {
-                    rt.block_on(concurrently(iters, {
-                        let (raw, entry_key, stamp_keys, json) = (
-                            raw.clone(),
-                            entry_key.clone(),
-                            stamp_keys.clone(),
-                            json.clone(),
-                        );
-                        move || {
-                            let mut conn = raw.clone();
-                            let mut pipe = redis::pipe();
-                            pipe.cmd("GET").arg(&entry_key).cmd("MGET").arg(&stamp_keys);
-                            let json = Arc::clone(&json);
-                            async move {
-                                let (entry, _): (Option<Vec<u8>>, Vec<Option<Vec<u8>>>) =
-                                    pipe.query_async(&mut conn).await.unwrap();
-                                assert!(entry.is_some());
-                                let article: Article = serde_json::from_slice(&json).unwrap();
-                                std::hint::black_box(article);
-                            }
-                        }
-                    }))
-                })
-            },
-        );
     }
     g.finish();
 }
