@@ -3,8 +3,6 @@
 //! composite primary key). Shared by the `diesel*` test crates.
 #![allow(dead_code)]
 
-use std::time::{Duration, Instant};
-
 use diesel::connection::SimpleConnection;
 use matroska::seaorm::outbox::RelayHandle;
 use matroska::{Cache, CacheDeps};
@@ -190,34 +188,10 @@ impl<C> Env<C> {
     /// Waits until every probe of `gone` is dropped (bounded), then until the outbox is
     /// empty, then checks every probe of `kept` is still cached.
     pub async fn expect(&self, gone: &[&str], kept: &[&str]) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for key in gone {
-            while self.cache.has(key).await.unwrap() {
-                assert!(
-                    Instant::now() < deadline,
-                    "{key} was not invalidated (outbox: {:?}, relay: {:?})",
-                    self.relay.relay().depth().await,
-                    self.relay.relay().stats()
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-        self.wait_idle().await;
-        for key in kept {
-            assert!(
-                self.cache.has(key).await.unwrap(),
-                "{key} was invalidated by a write that does not affect it"
-            );
-        }
-        let dead = self.relay.relay().dead_letters().await.unwrap();
-        assert!(dead.is_empty(), "dead letters: {dead:?}");
+        crate::support::relay::expect(&self.cache, &self.relay, gone, kept).await;
     }
 
     pub async fn wait_idle(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.relay.relay().depth().await.unwrap().rows > 0 {
-            assert!(Instant::now() < deadline, "the outbox did not drain");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        crate::support::relay::wait_idle(&self.relay).await;
     }
 }

@@ -141,6 +141,8 @@ mod process;
 pub use process::{PrivateRedis, answers_ping, free_port, unique};
 pub mod faults;
 pub mod ledger;
+#[cfg(feature = "seaorm")]
+pub mod relay;
 
 /// xorshift: a tiny deterministic generator for test workloads, one per task.
 pub struct Rng(pub u64);

@@ -1,0 +1,42 @@
+//! Waiting on an outbox relay: until its outbox drains, until the invalidations of a write
+//! have arrived. Bounded by deadlines (a failure, never a hang), polled, never timed.
+
+use std::time::{Duration, Instant};
+
+use matroska::Cache;
+use matroska::seaorm::outbox::RelayHandle;
+
+/// Waits (at most 20 s) until the relay's outbox is empty.
+pub async fn wait_idle(relay: &RelayHandle) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while relay.relay().depth().await.unwrap().rows > 0 {
+        assert!(Instant::now() < deadline, "the outbox did not drain");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until every key of `gone` is dropped (bounded), then until the outbox is empty, then
+/// checks every key of `kept` is still cached and nothing went to the dead letters.
+pub async fn expect(cache: &Cache, relay: &RelayHandle, gone: &[&str], kept: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for key in gone {
+        while cache.has(key).await.unwrap() {
+            assert!(
+                Instant::now() < deadline,
+                "{key} was not invalidated (outbox: {:?}, relay: {:?})",
+                relay.relay().depth().await,
+                relay.relay().stats()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    wait_idle(relay).await;
+    for key in kept {
+        assert!(
+            cache.has(key).await.unwrap(),
+            "{key} was invalidated by a write that does not affect it"
+        );
+    }
+    let dead = relay.relay().dead_letters().await.unwrap();
+    assert!(dead.is_empty(), "dead letters: {dead:?}");
+}
