@@ -34,20 +34,13 @@ impl PrivateCluster {
             if nodes.iter().any(|&(p, _)| p == port) {
                 continue;
             }
-            let child = spawn_node(port, &dir);
-            nodes.push((port, Some(child)));
-        }
-        let cluster = PrivateCluster { nodes, dir };
-        for &(port, _) in &cluster.nodes {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !super::answers_ping(port) {
-                assert!(
-                    Instant::now() < deadline,
-                    "cluster node {port} did not come up"
-                );
-                std::thread::sleep(Duration::from_millis(20));
+            // A free port is not reserved: a concurrent test may bind it first. Then this
+            // node exits (or another server answers there), and another port is tried.
+            if let Some(child) = start_node(port, &dir) {
+                nodes.push((port, Some(child)));
             }
         }
+        let cluster = PrivateCluster { nodes, dir };
         let out = Command::new("redis-cli")
             .arg("--cluster")
             .arg("create")
@@ -263,6 +256,39 @@ impl PrivateCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Spawns a node on `port` and waits until it answers; `None` when the port turned out to be
+/// taken (the node exited, or the server answering there is another process).
+fn start_node(port: u16, dir: &std::path::Path) -> Option<Child> {
+    let mut child = spawn_node(port, dir);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return None;
+        }
+        if super::answers_ping(port) {
+            let pid = PrivateCluster::client(port).and_then(|mut c| {
+                let info: String = redis::cmd("INFO").arg("server").query(&mut c).ok()?;
+                info.lines()
+                    .find_map(|l| l.strip_prefix("process_id:"))
+                    .and_then(|p| p.trim().parse::<u32>().ok())
+            });
+            if pid == Some(child.id()) {
+                return Some(child);
+            }
+            if pid.is_some() {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cluster node {port} did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
