@@ -2,9 +2,9 @@
 //! every save, with no `invalidate` call in the application code.
 //!
 //! ```sh
-//! cargo run --example blog --features sqlx-sqlite                  # SQLite in memory
-//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo run --example blog --features sqlx-sqlite,sqlx-postgres
-//! DATABASE_URL=mysql://root@127.0.0.1:3306/test cargo run --example blog --features sqlx-sqlite,sqlx-mysql
+//! cargo run -p matroska-tests --example blog                  # SQLite in memory
+//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo run -p matroska-tests --example blog
+//! DATABASE_URL=mysql://root@127.0.0.1:3306/test cargo run -p matroska-tests --example blog
 //! ```
 //!
 //! It creates (and at the end drops) the tables `blog_author` and `blog_article`.

@@ -3,7 +3,7 @@
 //! with no `invalidate` call in the application code.
 //!
 //! ```sh
-//! cargo run --example diesel_blog --features diesel       # SQLite, a file in the temp dir
+//! cargo run -p matroska-tests --example diesel_blog       # SQLite, a file in the temp dir
 //! ```
 //!
 //! The relay reads the outbox on its own (sqlx) pool, so the database is a file both reach.

@@ -1,10 +1,17 @@
 //! A web app with matroska: axum, SeaORM, cached reads, and every write invalidating.
 //!
 //! ```sh
-//! cargo run --example axum --features seaorm              # SQLite in memory, in-process cache
+//! cargo run -p matroska-tests --example axum              # SQLite in memory, in-process cache
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test REDIS_URL=redis://127.0.0.1:6379 \
-//!     cargo run --example axum --features seaorm
-//! DATABASE_URL='sqlite://posts.db?mode=rwc' cargo run --example axum --features seaorm
+//!     cargo run -p matroska-tests --example axum
+//! DATABASE_URL='sqlite://posts.db?mode=rwc' cargo run -p matroska-tests --example axum
+//! ```
+//!
+//! (The example belongs to the `matroska-tests` package, which turns on every driver. In your
+//! own app: `matroska = { version = "0.1", features = ["sqlx-postgres"] }`, or the
+//! `sqlx-*` feature of your database.)
+//!
+//! ```sh
 //! ```
 //!
 //! Then (`ADDR`, default `127.0.0.1:3000`):

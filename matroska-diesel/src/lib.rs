@@ -7,9 +7,10 @@
 //!
 //! ```toml
 //! [dependencies]
-//! matroska = { version = "0.1", features = ["diesel"] }          # SQLite
-//! # matroska = { version = "0.1", features = ["diesel-postgres"] } # + PostgreSQL
-//! # matroska = { version = "0.1", features = ["diesel-mysql"] }    # + MySQL / MariaDB
+//! matroska = { version = "0.1", features = ["diesel-postgres"] }    # PostgreSQL
+//! # matroska = { version = "0.1", features = ["diesel-mysql"] }     # MySQL / MariaDB
+//! # matroska = { version = "0.1", features = ["diesel-sqlite"] }    # SQLite
+//! # (each brings that database only; combine them for several)
 //! ```
 //!
 //! ## The flow
