@@ -860,7 +860,11 @@ async fn texts(db: &ScratchDb, sql: &str) -> Vec<String> {
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
         .iter()
-        .map(|row| row.try_get_by_index::<Option<String>>(0).unwrap().unwrap_or_default())
+        .map(|row| {
+            row.try_get_by_index::<Option<String>>(0)
+                .unwrap()
+                .unwrap_or_default()
+        })
         .collect()
 }
 
@@ -889,7 +893,10 @@ fn counter_spec(extra: usize) -> TableSpec {
         .scope(&[("n", ColumnDecoder::of::<i64>())], false);
     for i in 0..extra {
         let column = format!("c{i}");
-        spec = spec.scope(&[(column.as_str(), ColumnDecoder::of::<Option<i32>>())], false);
+        spec = spec.scope(
+            &[(column.as_str(), ColumnDecoder::of::<Option<i32>>())],
+            false,
+        );
     }
     spec
 }
@@ -996,7 +1003,11 @@ async fn trigger_identity(db: &ScratchDb) -> String {
 /// An install whose triggers are up to date runs no DDL; one whose spec changed does.
 async fn up_to_date_install_is_a_no_op(kind: Kind) {
     let db = ScratchDb::new(kind, "install_no_op").await;
-    exec(&db, "CREATE TABLE counter (id BIGINT PRIMARY KEY, n BIGINT NOT NULL, c0 INT)").await;
+    exec(
+        &db,
+        "CREATE TABLE counter (id BIGINT PRIMARY KEY, n BIGINT NOT NULL, c0 INT)",
+    )
+    .await;
     outbox::install(&db.conn, &[counter_spec(0)]).await.unwrap();
     let before = trigger_identity(&db).await;
     assert!(!before.is_empty());
@@ -1020,7 +1031,11 @@ async fn up_to_date_install_is_a_no_op(kind: Kind) {
     }
     assert_eq!(trigger_identity(&db).await, before, "{kind:?}");
     outbox::install(&db.conn, &[counter_spec(1)]).await.unwrap();
-    assert_ne!(trigger_identity(&db).await, before, "{kind:?}: the new spec was installed");
+    assert_ne!(
+        trigger_identity(&db).await,
+        before,
+        "{kind:?}: the new spec was installed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1044,14 +1059,22 @@ async fn up_to_date_install_is_a_no_op_mysql() {
 async fn least_privilege_writer_postgres() {
     let db = ScratchDb::new(Kind::Postgres, "least_privilege").await;
     let schema = db.schema.clone().unwrap();
-    exec(&db, "CREATE TABLE ledger (id BIGINT PRIMARY KEY, cat TEXT NOT NULL)").await;
+    exec(
+        &db,
+        "CREATE TABLE ledger (id BIGINT PRIMARY KEY, cat TEXT NOT NULL)",
+    )
+    .await;
     let spec = TableSpec::new("ledger", "ledger")
         .key("id", ColumnDecoder::of::<i64>())
         .scope(&[("cat", ColumnDecoder::of::<String>())], false);
     outbox::install(&db.conn, &[spec]).await.unwrap();
     let role = support::unique("writer");
     exec(&db, &format!("CREATE ROLE \"{role}\" NOLOGIN")).await;
-    exec(&db, &format!("GRANT USAGE ON SCHEMA \"{schema}\" TO \"{role}\"")).await;
+    exec(
+        &db,
+        &format!("GRANT USAGE ON SCHEMA \"{schema}\" TO \"{role}\""),
+    )
+    .await;
     exec(
         &db,
         &format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ledger TO \"{role}\""),
@@ -1117,12 +1140,18 @@ async fn replaced_rows_are_recorded(kind: Kind) {
         let (db, cache, relay) = (&db, &cache, &relay);
         async move {
             for (key, dep) in &deps {
-                cache.put(key, &1, &[dep.clone()], None).await.unwrap();
+                cache
+                    .put(key, &1, std::slice::from_ref(dep), None)
+                    .await
+                    .unwrap();
             }
             exec(db, sql).await;
             relay.drain().await.unwrap();
             for (key, _) in &deps {
-                assert!(!cache.has(key).await.unwrap(), "{kind:?}: {sql}: {key} stayed");
+                assert!(
+                    !cache.has(key).await.unwrap(),
+                    "{kind:?}: {sql}: {key} stayed"
+                );
             }
         }
     };
@@ -1171,7 +1200,11 @@ async fn replaced_rows_are_recorded_mysql() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letter_claims_are_idempotent_sqlite() {
     let db = ScratchDb::new(Kind::Sqlite, "dead_letter_claims").await;
-    exec(&db, "CREATE TABLE tag (id BIGINT PRIMARY KEY, name TEXT, cat TEXT)").await;
+    exec(
+        &db,
+        "CREATE TABLE tag (id BIGINT PRIMARY KEY, name TEXT, cat TEXT)",
+    )
+    .await;
     outbox::install(&db.conn, &[tag_spec()]).await.unwrap();
     exec(
         &db,
@@ -1191,7 +1224,10 @@ async fn dead_letter_claims_are_idempotent_sqlite() {
         .build();
     assert!(relay.run_once().await.is_err());
     let stats = relay.stats();
-    assert_eq!((stats.rows_delivered, stats.dead_letters, stats.failures), (0, 0, 1));
+    assert_eq!(
+        (stats.rows_delivered, stats.dead_letters, stats.failures),
+        (0, 0, 1)
+    );
     assert!(
         relay.dead_letters().await.unwrap().is_empty(),
         "the failed claim moved nothing aside"
@@ -1224,8 +1260,12 @@ async fn backslash_names_mysql() {
     let spec = TableSpec::new("bs", "back\\slash")
         .key("id", ColumnDecoder::of::<i64>())
         .scope(&[("ca\\t", ColumnDecoder::of::<String>())], false);
-    outbox::install(&db.conn, &[spec.clone()]).await.unwrap();
-    outbox::install(&db.conn, &[spec.clone()]).await.unwrap();
+    outbox::install(&db.conn, std::slice::from_ref(&spec))
+        .await
+        .unwrap();
+    outbox::install(&db.conn, std::slice::from_ref(&spec))
+        .await
+        .unwrap();
     let cache = support::memory_cache();
     let list = Dependency::condition("bs", [("ca\\t", "x".into())]);
     cache.put("list", &1, &[list], None).await.unwrap();
@@ -1257,7 +1297,9 @@ async fn two_models_on_one_table(kind: Kind) {
         .key("id", ColumnDecoder::of::<i64>())
         .scope(&[("flag", ColumnDecoder::of::<i64>())], false);
     for spec in [&a, &b, &a] {
-        outbox::install(&db.conn, &[spec.clone()]).await.unwrap();
+        outbox::install(&db.conn, std::slice::from_ref(spec))
+            .await
+            .unwrap();
     }
     exec(&db, "INSERT INTO shared VALUES (1, 'x', 0)").await;
     let cache = support::memory_cache();
@@ -1303,11 +1345,20 @@ async fn two_models_on_one_table_mysql() {
 async fn timestamp_from_another_time_zone_mysql() {
     use chrono::{TimeZone, Utc};
     let db = ScratchDb::new(Kind::MySql, "timestamp_zone").await;
-    exec(&db, "CREATE TABLE event (id BIGINT PRIMARY KEY, at TIMESTAMP(6) NULL)").await;
+    exec(
+        &db,
+        "CREATE TABLE event (id BIGINT PRIMARY KEY, at TIMESTAMP(6) NULL)",
+    )
+    .await;
     let spec = TableSpec::new("event", "event")
         .key("id", ColumnDecoder::of::<i64>())
-        .scope(&[("at", ColumnDecoder::of::<chrono::DateTime<Utc>>())], false);
-    outbox::install(&db.conn, &[spec.clone()]).await.unwrap();
+        .scope(
+            &[("at", ColumnDecoder::of::<chrono::DateTime<Utc>>())],
+            false,
+        );
+    outbox::install(&db.conn, std::slice::from_ref(&spec))
+        .await
+        .unwrap();
     let cache = support::memory_cache();
     let relay = outbox::relay(&db.conn, cache.clone())
         .unwrap()

@@ -55,7 +55,9 @@ pub async fn install(
     let wanted = Recorded::group(tables)?;
     // Created only when missing (and checked with a query that cannot fail, so that an
     // install inside the caller's PostgreSQL transaction does not abort it).
-    let present = conn.query_pairs(&outbox.tables_present_sql(dialect)).await?;
+    let present = conn
+        .query_pairs(&outbox.tables_present_sql(dialect))
+        .await?;
     if present.first().map_or(0, |(_, n)| *n) < 3 {
         execute_all(conn, &outbox.create_tables_sql(dialect)).await?;
     }

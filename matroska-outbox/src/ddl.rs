@@ -458,7 +458,12 @@ impl Outbox {
         })
     }
 
-    fn record_version_sql(&self, dialect: Dialect, recorded: &Recorded, fingerprint: &str) -> String {
+    fn record_version_sql(
+        &self,
+        dialect: Dialect,
+        recorded: &Recorded,
+        fingerprint: &str,
+    ) -> String {
         let meta = self.meta_table(dialect);
         let values = format!(
             "({}, {}, {LAYOUT_VERSION}, {})",
@@ -498,7 +503,12 @@ impl Outbox {
     }
 
     /// The names of a complete set of triggers of generation `generation` on `table`.
-    pub(crate) fn trigger_names(&self, dialect: Dialect, table: &str, generation: u8) -> Vec<String> {
+    pub(crate) fn trigger_names(
+        &self,
+        dialect: Dialect,
+        table: &str,
+        generation: u8,
+    ) -> Vec<String> {
         Self::events(dialect)
             .iter()
             .map(|ev| self.trigger_name(table, ev, generation))
@@ -552,7 +562,12 @@ impl Outbox {
     }
 
     /// A fingerprint of the triggers `recorded` installs: equal fingerprints, same triggers.
-    pub(crate) fn fingerprint(&self, dialect: Dialect, recorded: &Recorded, facts: &Facts) -> String {
+    pub(crate) fn fingerprint(
+        &self,
+        dialect: Dialect,
+        recorded: &Recorded,
+        facts: &Facts,
+    ) -> String {
         let text = self.triggers_sql(dialect, recorded, facts, 0).join("\n");
         format!("{LAYOUT_VERSION}:{:016x}", fnv(text.as_bytes()))
     }
@@ -611,7 +626,12 @@ impl Outbox {
     }
 
     /// `jsonb_build_object` / `JSON_OBJECT` / `json_object` of `columns` of the row `alias`.
-    fn json_object(dialect: Dialect, recorded: &Recorded, columns: &[String], alias: &str) -> String {
+    fn json_object(
+        dialect: Dialect,
+        recorded: &Recorded,
+        columns: &[String],
+        alias: &str,
+    ) -> String {
         let mut out = String::new();
         for (i, column) in columns.iter().enumerate() {
             if i > 0 {
