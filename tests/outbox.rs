@@ -841,3 +841,564 @@ async fn bulk_update_in_bounded_batches() {
     assert_eq!(relay.stats().rows_delivered, 20_000);
     assert!(!cache.has("c7").await.unwrap());
 }
+
+// ---- Installing and re-installing, shared tables, replaced rows, hostile names ----
+
+use matroska::{ColumnDecoder, Dependency, TableSpec};
+
+async fn exec(db: &ScratchDb, sql: &str) {
+    db.conn
+        .execute_unprepared(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// The first column of every row of `sql`, as text.
+async fn texts(db: &ScratchDb, sql: &str) -> Vec<String> {
+    db.conn
+        .query_all_raw(sea_orm::Statement::from_string(db.backend(), sql))
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|row| {
+            row.try_get_by_index::<Option<String>>(0)
+                .unwrap()
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The JSON text of the `new_row`s the triggers recorded for `table`.
+async fn recorded_new_rows(db: &ScratchDb, table: &str) -> Vec<serde_json::Value> {
+    let column = if db.kind == Kind::Postgres {
+        "new_row::text"
+    } else {
+        "new_row"
+    };
+    texts(
+        db,
+        &format!("SELECT {column} FROM matroska_outbox WHERE table_name = '{table}' ORDER BY id"),
+    )
+    .await
+    .into_iter()
+    .filter(|t| !t.is_empty())
+    .map(|t| serde_json::from_str(&t).unwrap())
+    .collect()
+}
+
+/// `counter`'s spec watching `n` and the columns `c0` .. `c{extra - 1}`.
+fn counter_spec(extra: usize) -> TableSpec {
+    let mut spec = TableSpec::new("counter", "counter")
+        .key("id", ColumnDecoder::of::<i64>())
+        .scope(&[("n", ColumnDecoder::of::<i64>())], false);
+    for i in 0..extra {
+        let column = format!("c{i}");
+        spec = spec.scope(
+            &[(column.as_str(), ColumnDecoder::of::<Option<i32>>())],
+            false,
+        );
+    }
+    spec
+}
+
+/// One writer updates a watched column while `install` runs 40 times — 5 of them with a
+/// spec that adds a column (the triggers are swapped), the others up to date: every
+/// committed update is in the outbox (counted before any relay runs).
+async fn install_under_writes(kind: Kind) {
+    let db = Arc::new(ScratchDb::new(kind, "install_under_writes").await);
+    exec(
+        &db,
+        "CREATE TABLE counter (id BIGINT PRIMARY KEY, n BIGINT NOT NULL, \
+         c0 INT, c1 INT, c2 INT, c3 INT, c4 INT)",
+    )
+    .await;
+    exec(&db, "INSERT INTO counter (id, n) VALUES (1, 0)").await;
+    outbox::install(&db.conn, &[counter_spec(0)]).await.unwrap();
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let (db, stop) = (Arc::clone(&db), Arc::clone(&stop));
+        async move {
+            let mut committed = Vec::new();
+            let mut i = 0_i64;
+            // At least 50 writes, and on until the installs are done.
+            while i < 50 || !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let sql = format!("UPDATE counter SET n = {i} WHERE id = 1");
+                match db.conn.execute_unprepared(&sql).await {
+                    Ok(_) => committed.push(i),
+                    // SQLite: the installer held the write lock past the busy timeout; the
+                    // update did not commit, so it need not be recorded.
+                    Err(e) if kind == Kind::Sqlite && e.to_string().contains("locked") => {}
+                    Err(e) => panic!("{sql}: {e}"),
+                }
+                tokio::task::yield_now().await;
+            }
+            committed
+        }
+    });
+    for round in 0..40 {
+        let extra = if round % 8 == 0 { round / 8 + 1 } else { 1 };
+        outbox::install(&db.conn, &[counter_spec(extra)])
+            .await
+            .unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let committed = writer.await.unwrap();
+
+    let rows = recorded_new_rows(&db, "counter").await;
+    let recorded: std::collections::BTreeSet<i64> =
+        rows.iter().filter_map(|r| r["n"].as_i64()).collect();
+    let lost: Vec<i64> = committed
+        .iter()
+        .copied()
+        .filter(|i| !recorded.contains(i))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{kind:?}: {}/{} committed updates never reached the outbox: {lost:?}",
+        lost.len(),
+        committed.len()
+    );
+    // The spec grew to five extra columns: the last triggers record them all.
+    let last = rows.last().unwrap();
+    assert!(last.get("c4").is_some(), "{kind:?}: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_under_writes_sqlite() {
+    install_under_writes(Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_under_writes_postgres() {
+    install_under_writes(Kind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_under_writes_mysql() {
+    install_under_writes(Kind::MySql).await;
+}
+
+/// What identifies `counter`'s triggers as created: SQLite's schema version (bumped by any
+/// DDL), PostgreSQL's trigger oids and the function's row version, MariaDB's trigger
+/// creation times.
+async fn trigger_identity(db: &ScratchDb) -> String {
+    let sql = match db.kind {
+        Kind::Sqlite => "SELECT CAST(schema_version AS TEXT) FROM pragma_schema_version",
+        Kind::Postgres => {
+            "SELECT string_agg(t.oid::text || ':' || t.tgname || ':' || p.xmin::text, ',' \
+             ORDER BY t.tgname) FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid \
+             WHERE t.tgrelid = 'counter'::regclass AND NOT t.tgisinternal"
+        }
+        Kind::MySql => {
+            "SELECT GROUP_CONCAT(CONCAT(TRIGGER_NAME, '@', CREATED) ORDER BY TRIGGER_NAME) \
+             FROM information_schema.TRIGGERS WHERE EVENT_OBJECT_SCHEMA = DATABASE() \
+             AND EVENT_OBJECT_TABLE = 'counter'"
+        }
+    };
+    texts(db, sql).await.concat()
+}
+
+/// An install whose triggers are up to date runs no DDL; one whose spec changed does.
+async fn up_to_date_install_is_a_no_op(kind: Kind) {
+    let db = ScratchDb::new(kind, "install_no_op").await;
+    exec(
+        &db,
+        "CREATE TABLE counter (id BIGINT PRIMARY KEY, n BIGINT NOT NULL, c0 INT)",
+    )
+    .await;
+    outbox::install(&db.conn, &[counter_spec(0)]).await.unwrap();
+    let before = trigger_identity(&db).await;
+    assert!(!before.is_empty());
+    if kind == Kind::MySql {
+        // MariaDB's CREATED has 10 ms steps: let a re-creation show.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while texts(
+            &db,
+            "SELECT CAST(MAX(CREATED) < NOW(2) - INTERVAL 0.05 SECOND AS CHAR) FROM \
+             information_schema.TRIGGERS WHERE EVENT_OBJECT_SCHEMA = DATABASE()",
+        )
+        .await
+            != ["1"]
+        {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    for _ in 0..3 {
+        outbox::install(&db.conn, &[counter_spec(0)]).await.unwrap();
+    }
+    assert_eq!(trigger_identity(&db).await, before, "{kind:?}");
+    outbox::install(&db.conn, &[counter_spec(1)]).await.unwrap();
+    assert_ne!(
+        trigger_identity(&db).await,
+        before,
+        "{kind:?}: the new spec was installed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_to_date_install_is_a_no_op_sqlite() {
+    up_to_date_install_is_a_no_op(Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_to_date_install_is_a_no_op_postgres() {
+    up_to_date_install_is_a_no_op(Kind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_to_date_install_is_a_no_op_mysql() {
+    up_to_date_install_is_a_no_op(Kind::MySql).await;
+}
+
+/// PostgreSQL: a role that may only read and write the watched table (no grant on the
+/// outbox or its sequence) still writes after install, and its writes are recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_privilege_writer_postgres() {
+    let db = ScratchDb::new(Kind::Postgres, "least_privilege").await;
+    let schema = db.schema.clone().unwrap();
+    exec(
+        &db,
+        "CREATE TABLE ledger (id BIGINT PRIMARY KEY, cat TEXT NOT NULL)",
+    )
+    .await;
+    let spec = TableSpec::new("ledger", "ledger")
+        .key("id", ColumnDecoder::of::<i64>())
+        .scope(&[("cat", ColumnDecoder::of::<String>())], false);
+    outbox::install(&db.conn, &[spec]).await.unwrap();
+    let role = support::unique("writer");
+    exec(&db, &format!("CREATE ROLE \"{role}\" NOLOGIN")).await;
+    exec(
+        &db,
+        &format!("GRANT USAGE ON SCHEMA \"{schema}\" TO \"{role}\""),
+    )
+    .await;
+    exec(
+        &db,
+        &format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ledger TO \"{role}\""),
+    )
+    .await;
+    let written = async {
+        let txn = db.conn.begin().await?;
+        for sql in [
+            format!("SET LOCAL ROLE \"{role}\""),
+            "INSERT INTO ledger (id, cat) VALUES (1, 'a')".to_owned(),
+            "UPDATE ledger SET cat = 'b' WHERE id = 1".to_owned(),
+            "DELETE FROM ledger WHERE id = 1".to_owned(),
+        ] {
+            txn.execute_unprepared(&sql).await?;
+        }
+        txn.commit().await
+    }
+    .await;
+    let recorded = texts(
+        &db,
+        "SELECT op FROM matroska_outbox WHERE table_name = 'ledger' ORDER BY id",
+    )
+    .await;
+    exec(&db, &format!("DROP OWNED BY \"{role}\"")).await;
+    exec(&db, &format!("DROP ROLE \"{role}\"")).await;
+    written.expect("the least-privilege role writes through the triggers");
+    assert_eq!(recorded, ["I", "U", "D"]);
+}
+
+/// The spec of `tag`: key `id`, scope `cat`.
+fn tag_spec() -> TableSpec {
+    TableSpec::new("tag", "tag")
+        .key("id", ColumnDecoder::of::<i64>())
+        .scope(&[("cat", ColumnDecoder::of::<String>())], false)
+}
+
+fn tag_key(id: i64) -> Dependency {
+    Dependency::primary_key("tag", [id])
+}
+
+fn tag_cat(cat: &str) -> Dependency {
+    Dependency::condition("tag", [("cat", cat.into())])
+}
+
+/// `REPLACE` deletes the rows it conflicts with (by key or by a UNIQUE column): their keys
+/// and lists are invalidated. SQLite fires no DELETE trigger for them; MariaDB does.
+async fn replaced_rows_are_recorded(kind: Kind) {
+    let db = ScratchDb::new(kind, "replace").await;
+    exec(
+        &db,
+        "CREATE TABLE tag (id BIGINT PRIMARY KEY, name VARCHAR(20) NOT NULL UNIQUE, \
+         cat VARCHAR(20) NOT NULL)",
+    )
+    .await;
+    exec(&db, "INSERT INTO tag VALUES (1, 'a', 'x'), (2, 'b', 'y')").await;
+    outbox::install(&db.conn, &[tag_spec()]).await.unwrap();
+    let cache = support::memory_cache();
+    let relay = outbox::relay(&db.conn, cache.clone())
+        .unwrap()
+        .watch(tag_spec())
+        .build();
+    let write = |sql: &'static str, deps: Vec<(&'static str, Dependency)>| {
+        let (db, cache, relay) = (&db, &cache, &relay);
+        async move {
+            for (key, dep) in &deps {
+                cache
+                    .put(key, &1, std::slice::from_ref(dep), None)
+                    .await
+                    .unwrap();
+            }
+            exec(db, sql).await;
+            relay.drain().await.unwrap();
+            for (key, _) in &deps {
+                assert!(
+                    !cache.has(key).await.unwrap(),
+                    "{kind:?}: {sql}: {key} stayed"
+                );
+            }
+        }
+    };
+    // Same key: the old row's list.
+    write(
+        "REPLACE INTO tag (id, name, cat) VALUES (1, 'a2', 'z')",
+        vec![("x-list", tag_cat("x"))],
+    )
+    .await;
+    // Another key, same UNIQUE name: row 2 is deleted.
+    write(
+        "REPLACE INTO tag (id, name, cat) VALUES (3, 'b', 'w')",
+        vec![("row-2", tag_key(2)), ("y-list", tag_cat("y"))],
+    )
+    .await;
+    if kind == Kind::Sqlite {
+        // Row 1 takes row 3's name: row 3 is deleted.
+        write(
+            "UPDATE OR REPLACE tag SET name = 'b' WHERE id = 1",
+            vec![("row-3", tag_key(3)), ("w-list", tag_cat("w"))],
+        )
+        .await;
+    } else {
+        write(
+            "INSERT INTO tag (id, name, cat) VALUES (1, 'q', 'v') ON DUPLICATE KEY UPDATE cat = 'v'",
+            vec![("z-list", tag_cat("z")), ("v-list", tag_cat("v"))],
+        )
+        .await;
+    }
+    assert!(relay.dead_letters().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaced_rows_are_recorded_sqlite() {
+    replaced_rows_are_recorded(Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaced_rows_are_recorded_mysql() {
+    replaced_rows_are_recorded(Kind::MySql).await;
+}
+
+/// SQLite: a claim whose DELETE fails leaves no half-moved dead letter behind, and one
+/// half-moved by a crash (already in the dead letters, still in the outbox) does not wedge
+/// the relay; counters count committed deliveries only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_claims_are_idempotent_sqlite() {
+    let db = ScratchDb::new(Kind::Sqlite, "dead_letter_claims").await;
+    exec(
+        &db,
+        "CREATE TABLE tag (id BIGINT PRIMARY KEY, name TEXT, cat TEXT)",
+    )
+    .await;
+    outbox::install(&db.conn, &[tag_spec()]).await.unwrap();
+    exec(
+        &db,
+        "INSERT INTO matroska_outbox (table_name, op, old_row, new_row, created_us) \
+         VALUES ('tag', 'I', NULL, 'not json', 0)",
+    )
+    .await;
+    exec(
+        &db,
+        "CREATE TRIGGER refuse_delete BEFORE DELETE ON matroska_outbox \
+         BEGIN SELECT RAISE(ABORT, 'delete refused'); END",
+    )
+    .await;
+    let relay = outbox::relay(&db.conn, support::memory_cache())
+        .unwrap()
+        .watch(tag_spec())
+        .build();
+    assert!(relay.run_once().await.is_err());
+    let stats = relay.stats();
+    assert_eq!(
+        (stats.rows_delivered, stats.dead_letters, stats.failures),
+        (0, 0, 1)
+    );
+    assert!(
+        relay.dead_letters().await.unwrap().is_empty(),
+        "the failed claim moved nothing aside"
+    );
+    exec(&db, "DROP TRIGGER refuse_delete").await;
+    // A crash between moving the row aside and deleting it.
+    exec(
+        &db,
+        "INSERT INTO matroska_outbox_dead (id, table_name, op, old_row, new_row, created_us, \
+         error, moved_us) SELECT id, table_name, op, old_row, new_row, created_us, 'half-moved', 0 \
+         FROM matroska_outbox",
+    )
+    .await;
+    assert_eq!(relay.drain().await.unwrap(), 1);
+    assert_eq!(relay.dead_letters().await.unwrap().len(), 1);
+    assert_eq!(relay.depth().await.unwrap().rows, 0);
+    let stats = relay.stats();
+    assert_eq!((stats.rows_delivered, stats.dead_letters), (1, 1));
+}
+
+/// MySQL: names with a backslash reach the triggers' string literals intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backslash_names_mysql() {
+    let db = ScratchDb::new(Kind::MySql, "backslash").await;
+    exec(
+        &db,
+        "CREATE TABLE `back\\slash` (id BIGINT PRIMARY KEY, `ca\\t` VARCHAR(20))",
+    )
+    .await;
+    let spec = TableSpec::new("bs", "back\\slash")
+        .key("id", ColumnDecoder::of::<i64>())
+        .scope(&[("ca\\t", ColumnDecoder::of::<String>())], false);
+    outbox::install(&db.conn, std::slice::from_ref(&spec))
+        .await
+        .unwrap();
+    outbox::install(&db.conn, std::slice::from_ref(&spec))
+        .await
+        .unwrap();
+    let cache = support::memory_cache();
+    let list = Dependency::condition("bs", [("ca\\t", "x".into())]);
+    cache.put("list", &1, &[list], None).await.unwrap();
+    exec(&db, "INSERT INTO `back\\slash` VALUES (1, 'x')").await;
+    let relay = outbox::relay(&db.conn, cache.clone())
+        .unwrap()
+        .watch(spec)
+        .build();
+    assert_eq!(relay.drain().await.unwrap(), 1);
+    assert!(relay.dead_letters().await.unwrap().is_empty());
+    assert_eq!(relay.stats().unknown_rows, 0);
+    assert!(!cache.has("list").await.unwrap());
+}
+
+/// Two models on one table (say a SeaORM entity and a Diesel model), each installed by its
+/// own `install`, in any order and again: the triggers record both models' columns, and a
+/// relay watching both invalidates each model's lists.
+async fn two_models_on_one_table(kind: Kind) {
+    let db = ScratchDb::new(kind, "two_models").await;
+    exec(
+        &db,
+        "CREATE TABLE shared (id BIGINT PRIMARY KEY, cat VARCHAR(20) NOT NULL, flag BIGINT NOT NULL)",
+    )
+    .await;
+    let a = TableSpec::new("shared_a", "shared")
+        .key("id", ColumnDecoder::of::<i64>())
+        .scope(&[("cat", ColumnDecoder::of::<String>())], false);
+    let b = TableSpec::new("shared_b", "shared")
+        .key("id", ColumnDecoder::of::<i64>())
+        .scope(&[("flag", ColumnDecoder::of::<i64>())], false);
+    for spec in [&a, &b, &a] {
+        outbox::install(&db.conn, std::slice::from_ref(spec))
+            .await
+            .unwrap();
+    }
+    exec(&db, "INSERT INTO shared VALUES (1, 'x', 0)").await;
+    let cache = support::memory_cache();
+    let relay = outbox::relay(&db.conn, cache.clone())
+        .unwrap()
+        .watch(a)
+        .watch(b)
+        .build();
+    relay.drain().await.unwrap();
+    let a_list = |cat: &str| Dependency::condition("shared_a", [("cat", cat.into())]);
+    let b_list = |flag: i64| Dependency::condition("shared_b", [("flag", flag.into())]);
+    cache.put("b-0", &1, &[b_list(0)], None).await.unwrap();
+    cache.put("a-x", &1, &[a_list("x")], None).await.unwrap();
+    exec(&db, "UPDATE shared SET flag = 1 WHERE id = 1").await;
+    relay.drain().await.unwrap();
+    assert!(!cache.has("b-0").await.unwrap(), "{kind:?}: model b's list");
+    cache.put("a-x", &1, &[a_list("x")], None).await.unwrap();
+    cache.put("b-1", &1, &[b_list(1)], None).await.unwrap();
+    exec(&db, "UPDATE shared SET cat = 'y' WHERE id = 1").await;
+    relay.drain().await.unwrap();
+    assert!(!cache.has("a-x").await.unwrap(), "{kind:?}: model a's list");
+    assert!(relay.dead_letters().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_models_on_one_table_sqlite() {
+    two_models_on_one_table(Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_models_on_one_table_postgres() {
+    two_models_on_one_table(Kind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_models_on_one_table_mysql() {
+    two_models_on_one_table(Kind::MySql).await;
+}
+
+/// MySQL: a `TIMESTAMP` scope column written from a session in another time zone is
+/// recorded as the instant it is, so the lists of its old and new values are invalidated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamp_from_another_time_zone_mysql() {
+    use chrono::{TimeZone, Utc};
+    let db = ScratchDb::new(Kind::MySql, "timestamp_zone").await;
+    exec(
+        &db,
+        "CREATE TABLE event (id BIGINT PRIMARY KEY, at TIMESTAMP(6) NULL)",
+    )
+    .await;
+    let spec = TableSpec::new("event", "event")
+        .key("id", ColumnDecoder::of::<i64>())
+        .scope(
+            &[("at", ColumnDecoder::of::<chrono::DateTime<Utc>>())],
+            false,
+        );
+    outbox::install(&db.conn, std::slice::from_ref(&spec))
+        .await
+        .unwrap();
+    let cache = support::memory_cache();
+    let relay = outbox::relay(&db.conn, cache.clone())
+        .unwrap()
+        .watch(spec)
+        .build();
+    let at = |h: u32| {
+        use matroska::ToValue;
+        let t = Utc.with_ymd_and_hms(2026, 1, 1, h, 0, 0).unwrap();
+        Dependency::condition("event", [("at", t.to_value())])
+    };
+    // Written from a UTC session (as the pool's): 10:00 UTC.
+    exec(&db, "INSERT INTO event VALUES (1, '2026-01-01 10:00:00')").await;
+    relay.drain().await.unwrap();
+    cache.put("at-10", &1, &[at(10)], None).await.unwrap();
+    cache.put("at-13", &1, &[at(13)], None).await.unwrap();
+    let txn = db.conn.begin().await.unwrap();
+    for sql in [
+        "SET time_zone = '+02:00'",
+        // 15:00 at +02:00 is 13:00 UTC.
+        "UPDATE event SET at = '2026-01-01 15:00:00' WHERE id = 1",
+        "SET time_zone = '+00:00'",
+    ] {
+        txn.execute_unprepared(sql).await.unwrap();
+    }
+    txn.commit().await.unwrap();
+    relay.drain().await.unwrap();
+    assert!(!cache.has("at-10").await.unwrap(), "the old instant's list");
+    assert!(!cache.has("at-13").await.unwrap(), "the new instant's list");
+    // Deleted from a +02:00 session.
+    cache.put("at-13", &1, &[at(13)], None).await.unwrap();
+    let txn = db.conn.begin().await.unwrap();
+    for sql in [
+        "SET time_zone = '+02:00'",
+        "DELETE FROM event WHERE id = 1",
+        "SET time_zone = '+00:00'",
+    ] {
+        txn.execute_unprepared(sql).await.unwrap();
+    }
+    txn.commit().await.unwrap();
+    relay.drain().await.unwrap();
+    assert!(!cache.has("at-13").await.unwrap(), "the deleted row's list");
+    assert!(relay.dead_letters().await.unwrap().is_empty());
+}

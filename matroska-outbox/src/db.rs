@@ -5,7 +5,7 @@ use std::future::Future;
 use async_trait::async_trait;
 use matroska_core::TableSpec;
 
-use crate::ddl::{Dialect, LAYOUT_VERSION, Outbox};
+use crate::ddl::{Dialect, Facts, LAYOUT_VERSION, Outbox, Recorded};
 use crate::error::{Error, Result};
 
 /// A connection the outbox can be installed through: the relay's sqlx pools here, SeaORM's
@@ -30,8 +30,17 @@ pub trait SqlConnection: Send + Sync {
 }
 
 /// Installs (or upgrades) the outbox for `tables` through `conn`: creates the outbox tables if
-/// missing, replaces each table's triggers, records the layout version. Idempotent; safe to
-/// run on every start-up or in a migration.
+/// missing, replaces each table's triggers when they differ from the ones `tables` need,
+/// records the layout version. Safe to run on every start-up or in a migration, while
+/// anything writes:
+///
+/// - Triggers that are up to date are left alone (no DDL at all).
+/// - An upgrade never leaves a moment in which a committed write records nothing: on
+///   PostgreSQL it runs as one transaction; on MySQL/MariaDB and SQLite the new triggers are
+///   created before the old ones are dropped (a write in between is recorded twice).
+/// - Models sharing a table (a SeaORM entity and a Diesel model), installed together or by
+///   separate installs, share its triggers: they record the union of the models' columns,
+///   never fewer than an earlier install recorded.
 ///
 /// # Errors
 /// [`Error::NewerLayout`] (nothing is changed for any table) when a table carries triggers of
@@ -43,29 +52,101 @@ pub async fn install(
 ) -> Result<()> {
     let dialect = conn.dialect();
     let outbox = &resolve_schema(conn, outbox).await?;
-    execute_all(conn, &outbox.create_tables_sql(dialect)).await?;
+    let wanted = Recorded::group(tables)?;
+    // Created only when missing (and checked with a query that cannot fail, so that an
+    // install inside the caller's PostgreSQL transaction does not abort it).
+    let present = conn
+        .query_pairs(&outbox.tables_present_sql(dialect))
+        .await?;
+    if present.first().map_or(0, |(_, n)| *n) < 3 {
+        execute_all(conn, &outbox.create_tables_sql(dialect)).await?;
+    }
     let installed = conn.query_pairs(&outbox.versions_sql(dialect)).await?;
-    for spec in tables {
+    for recorded in &wanted {
         if let Some((_, v)) = installed
             .iter()
-            .find(|(t, v)| t == spec.table() && *v > LAYOUT_VERSION)
+            .find(|(t, v)| *t == recorded.table && *v > LAYOUT_VERSION)
         {
             return Err(Error::NewerLayout {
-                table: spec.table().to_owned(),
+                table: recorded.table.clone(),
                 installed: *v,
                 ours: LAYOUT_VERSION,
             });
         }
     }
-    let statements = outbox.install_sql(dialect, tables)?;
-    let creates = outbox.create_tables_sql(dialect).len();
-    execute_all(conn, &statements[creates..]).await?;
+    let mut changed = 0_usize;
+    for mut recorded in wanted {
+        let table = recorded.table.clone();
+        let stored = conn
+            .query_pairs(&outbox.installed_sql(dialect, &table))
+            .await?
+            .into_iter()
+            .next()
+            .and_then(|(text, version)| {
+                Recorded::parse(&table, &text).map(|(r, fp)| (r, fp, version))
+            });
+        if let Some((before, _, _)) = &stored {
+            // Another model's install recorded columns this one does not name: keep them.
+            // A stored key that differs is ignored (the table's key changed): the new one wins.
+            if before.keys() == recorded.keys() {
+                let mut union = before.clone();
+                union.merge(&recorded)?;
+                recorded = union;
+            }
+        }
+        let facts = facts(conn, &table).await?;
+        let fingerprint = outbox.fingerprint(dialect, &recorded, &facts);
+        let existing: Vec<String> = conn
+            .query_pairs(&outbox.trigger_names_sql(dialect, &table))
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        let complete = [0, 1].iter().any(|g| {
+            let mut want = outbox.trigger_names(dialect, &table, *g);
+            let mut have = existing.clone();
+            want.sort();
+            have.sort();
+            want == have
+        });
+        let current = stored
+            .as_ref()
+            .is_some_and(|(_, fp, v)| *fp == fingerprint && *v == LAYOUT_VERSION);
+        if current && complete {
+            continue;
+        }
+        let statements = outbox.swap_sql(dialect, &recorded, &facts, &existing);
+        if dialect == Dialect::Postgres {
+            // One simple-query message: PostgreSQL runs it as one transaction (or inside the
+            // caller's), so no write commits between the drop and the create.
+            conn.execute_sql(&statements.join(";\n")).await?;
+        } else {
+            execute_all(conn, &statements).await?;
+        }
+        changed += 1;
+    }
     tracing::info!(
         tables = tables.len(),
+        replaced = changed,
         version = LAYOUT_VERSION,
         "matroska outbox installed"
     );
     Ok(())
+}
+
+/// What the triggers of `table` need to know from the database beyond its specs.
+async fn facts(conn: &(impl SqlConnection + ?Sized), table: &str) -> Result<Facts> {
+    let mut facts = Facts::default();
+    if let Some(sql) = Outbox::unique_indexes_sql(conn.dialect(), table) {
+        for (columns, _) in conn.query_pairs(&sql).await? {
+            // An index over an expression has a `null` column: no row can be matched by it.
+            if let Ok(columns) = serde_json::from_str::<Vec<String>>(&columns) {
+                facts.unique.push(columns);
+            }
+        }
+        facts.unique.sort();
+    }
+    Ok(facts)
 }
 
 /// Removes the triggers of `tables` (the outbox tables and their rows stay). Idempotent.
@@ -324,27 +405,48 @@ impl OutboxDb {
             _ => " FOR UPDATE SKIP LOCKED",
         };
         let select = format!("SELECT {columns} FROM {table} ORDER BY id LIMIT {limit}{lock}");
+        // Idempotent: a dead letter already moved (by a claim whose commit was lost, or an
+        // id the database handed out again) is overwritten, never a key violation that would
+        // fail every later claim of the row.
         let insert_dead = format!(
             "INSERT INTO {dead} (id, table_name, op, old_row, new_row, created_us, error, moved_us) \
-             VALUES ({})",
+             VALUES ({}) {}",
             match d {
                 Dialect::Postgres => "$1, $2, $3, $4, $5, $6, $7, $8",
                 _ => "?, ?, ?, ?, ?, ?, ?, ?",
+            },
+            match d {
+                Dialect::MySql => {
+                    "ON DUPLICATE KEY UPDATE table_name = VALUES(table_name), op = VALUES(op), \
+                     old_row = VALUES(old_row), new_row = VALUES(new_row), \
+                     created_us = VALUES(created_us), error = VALUES(error), moved_us = VALUES(moved_us)"
+                }
+                _ => {
+                    "ON CONFLICT (id) DO UPDATE SET table_name = excluded.table_name, \
+                     op = excluded.op, old_row = excluded.old_row, new_row = excluded.new_row, \
+                     created_us = excluded.created_us, error = excluded.error, \
+                     moved_us = excluded.moved_us"
+                }
             }
         );
         let delete = |ids: &[i64]| format!("DELETE FROM {table} WHERE id IN ({})", id_list(ids));
         let now = now_us();
 
-        macro_rules! claim_in {
-            ($conn:expr, $($commit:tt)*) => {{
+        macro_rules! read {
+            ($conn:expr) => {{
                 let rows: Vec<RowTuple> =
                     sqlx::query_as(safe(&select)).fetch_all(&mut *$conn).await?;
-                let claimed = rows.len();
-                if claimed == 0 {
+                if rows.is_empty() {
                     return Ok(0);
                 }
-                let settled = deliver(rows.into_iter().map(OutboxRow::from).collect()).await?;
-                for dead in &settled.dead {
+                rows
+            }};
+        }
+
+        // Moves the dead letters aside and deletes the settled rows, in the transaction `$tx`.
+        macro_rules! settle {
+            ($tx:expr, $settled:expr) => {{
+                for dead in &$settled.dead {
                     sqlx::query(safe(&insert_dead))
                         .bind(dead.row.id)
                         .bind(&dead.row.table)
@@ -354,21 +456,19 @@ impl OutboxDb {
                         .bind(dead.row.created_us)
                         .bind(&dead.error)
                         .bind(now)
-                        .execute(&mut *$conn)
+                        .execute(&mut *$tx)
                         .await?;
                 }
-                if !settled.done.is_empty() {
+                if !$settled.done.is_empty() {
                     // Unprepared (text protocol): the id list makes every DELETE a new
                     // statement, and preparing each one churns the connection's statement
                     // cache. On MySQL an eviction sends COM_STMT_CLOSE, which has no reply, right
                     // before the next command: with Nagle on (sqlx does not set TCP_NODELAY)
                     // that command waits for the server's delayed ACK, ~40 ms per claim.
-                    sqlx::raw_sql(safe(&delete(&settled.done)))
-                        .execute(&mut *$conn)
+                    sqlx::raw_sql(safe(&delete(&$settled.done)))
+                        .execute(&mut *$tx)
                         .await?;
                 }
-                $($commit)*
-                Ok(claimed)
             }};
         }
 
@@ -376,7 +476,12 @@ impl OutboxDb {
             #[cfg(feature = "postgres")]
             OutboxDb::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
-                claim_in!(tx, tx.commit().await?;)
+                let rows = read!(tx);
+                let claimed = rows.len();
+                let settled = deliver(rows.into_iter().map(OutboxRow::from).collect()).await?;
+                settle!(tx, settled);
+                tx.commit().await?;
+                Ok(claimed)
             }
             #[cfg(feature = "mysql")]
             OutboxDb::MySql(pool) => {
@@ -391,14 +496,29 @@ impl OutboxDb {
                     .execute(&mut *conn)
                     .await?;
                 let mut tx = conn.begin().await?;
-                claim_in!(tx, tx.commit().await?;)
+                let rows = read!(tx);
+                let claimed = rows.len();
+                let settled = deliver(rows.into_iter().map(OutboxRow::from).collect()).await?;
+                settle!(tx, settled);
+                tx.commit().await?;
+                Ok(claimed)
             }
             #[cfg(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")))]
             OutboxDb::NoDriver(never) => match *never {},
             #[cfg(feature = "sqlite")]
             OutboxDb::Sqlite(pool) => {
+                // Read without a transaction (no write lock held across the delivery); the
+                // dead letters and the delete commit together, so a failure between them
+                // cannot leave a row both moved aside and still claimable.
+                use sqlx::Acquire;
                 let mut conn = pool.acquire().await?;
-                claim_in!(conn,)
+                let rows = read!(conn);
+                let claimed = rows.len();
+                let settled = deliver(rows.into_iter().map(OutboxRow::from).collect()).await?;
+                let mut tx = conn.begin().await?;
+                settle!(tx, settled);
+                tx.commit().await?;
+                Ok(claimed)
             }
         }
     }

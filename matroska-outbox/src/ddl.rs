@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 
 /// The version of the trigger layout this crate installs. Installing a newer version replaces
 /// the triggers of an older one; an older crate refuses to replace a newer one.
-pub const LAYOUT_VERSION: i64 = 1;
+pub const LAYOUT_VERSION: i64 = 2;
 
 /// The SQL dialect of a database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -107,9 +107,32 @@ fn quote(dialect: Dialect, name: &str) -> String {
         .join(".")
 }
 
-/// A string literal.
-fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
+/// A string literal. MySQL reads a backslash in a literal as an escape unless the session
+/// runs with `NO_BACKSLASH_ESCAPES`, and a trigger body keeps the mode of the session that
+/// created it: a backslash is written as `CHAR(92)`, which reads the same in either mode.
+fn literal(dialect: Dialect, text: &str) -> String {
+    let plain = |part: &str| format!("'{}'", part.replace('\'', "''"));
+    if dialect != Dialect::MySql || !text.contains('\\') {
+        return plain(text);
+    }
+    let parts: Vec<String> = text.split('\\').map(plain).collect();
+    format!("CONCAT({})", parts.join(", CHAR(92 USING utf8mb4), "))
+}
+
+/// A `LIKE` pattern matching names that start with `prefix` (letters, digits and `_`), with
+/// `!` as the escape character (no backslash: see [`literal`]).
+fn like_prefix(dialect: Dialect, prefix: &str) -> String {
+    format!(
+        "{} ESCAPE '!'",
+        literal(dialect, &format!("{}%", prefix.replace('_', "!_")))
+    )
+}
+
+/// FNV-1a: stable across builds and processes.
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// A short, stable name part for a table name that may be long or hold any character: the
@@ -120,11 +143,7 @@ fn name_part(table: &str) -> String {
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .take(24)
         .collect();
-    // FNV-1a: stable across builds and processes.
-    let hash = table.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    format!("{clean}_{:08x}", hash & 0xffff_ffff)
+    format!("{clean}_{:08x}", fnv(table.as_bytes()) & 0xffff_ffff)
 }
 
 impl Outbox {
@@ -269,6 +288,43 @@ impl Outbox {
         }
     }
 
+    /// A query of how many of the three outbox tables exist: one row (`name` = '', `n`).
+    pub(crate) fn tables_present_sql(&self, dialect: Dialect) -> String {
+        let names = ["", "_dead", "_tables"].map(|suffix| format!("{}{suffix}", self.table));
+        match dialect {
+            Dialect::Postgres => {
+                let exists = names
+                    .iter()
+                    .map(|n| {
+                        let qualified = match &self.schema {
+                            Some(s) => format!("{}.{}", quote(dialect, s), quote(dialect, n)),
+                            None => quote(dialect, n),
+                        };
+                        format!(
+                            "(to_regclass({}) IS NOT NULL)::int",
+                            literal(dialect, &qualified)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" + ");
+                format!("SELECT ''::text AS name, ({exists})::bigint AS n")
+            }
+            Dialect::MySql => format!(
+                "SELECT '' AS name, COUNT(*) AS n FROM information_schema.TABLES \
+                 WHERE TABLE_SCHEMA = {} AND TABLE_NAME IN ({})",
+                self.schema
+                    .as_deref()
+                    .map_or_else(|| "DATABASE()".to_owned(), |s| literal(dialect, s)),
+                names.map(|n| literal(dialect, &n)).join(", ")
+            ),
+            Dialect::Sqlite => format!(
+                "SELECT '' AS name, COUNT(*) AS n FROM sqlite_master WHERE type = 'table' \
+                 AND name IN ({})",
+                names.map(|n| literal(dialect, &n)).join(", ")
+            ),
+        }
+    }
+
     /// The SQL expression of the current time in microseconds since the epoch.
     pub(crate) fn now_us(dialect: Dialect) -> &'static str {
         match dialect {
@@ -279,16 +335,31 @@ impl Outbox {
     }
 
     /// Every statement that installs the outbox for `tables` (idempotent: tables are created
-    /// if missing, triggers replaced, the layout version recorded).
+    /// if missing, triggers replaced, the layout version recorded). Specs of one table (two
+    /// models on it) are installed as one: the triggers record the union of their columns.
+    ///
+    /// This is the text for a migration; [`install`](crate::install) does better where it
+    /// can ask the database: it leaves up-to-date triggers alone, keeps the columns an earlier
+    /// install of another model on the same table recorded, swaps triggers without a gap
+    /// (here MySQL and SQLite drop the old triggers before creating the new ones, so run
+    /// it while nothing writes), and on SQLite also records rows that a `REPLACE` deletes
+    /// through a `UNIQUE` index (here only through the primary key).
     ///
     /// # Errors
-    /// [`Error::InvalidSpec`] for a table with no key column.
+    /// [`Error::InvalidSpec`] for a table with no key column, or two specs of one table
+    /// with different keys.
     pub fn install_sql(&self, dialect: Dialect, tables: &[TableSpec]) -> Result<Vec<String>> {
         let mut out = self.create_tables_sql(dialect);
-        for spec in tables {
-            out.extend(self.uninstall_table_sql(dialect, spec.table()));
-            out.extend(self.triggers_sql(dialect, spec)?);
-            out.push(self.record_version_sql(dialect, spec));
+        for recorded in Recorded::group(tables)? {
+            let facts = Facts::default();
+            if dialect == Dialect::Postgres {
+                out.extend(self.swap_sql(dialect, &recorded, &facts, &[]));
+                continue;
+            }
+            out.extend(self.uninstall_table_sql(dialect, &recorded.table));
+            let fingerprint = self.fingerprint(dialect, &recorded, &facts);
+            out.extend(self.triggers_sql(dialect, &recorded, &facts, 0));
+            out.push(self.record_version_sql(dialect, &recorded, &fingerprint));
         }
         Ok(out)
     }
@@ -303,7 +374,7 @@ impl Outbox {
                 sql.push(format!(
                     "DELETE FROM {} WHERE table_name = {}",
                     self.meta_table(dialect),
-                    literal(t)
+                    literal(dialect, t)
                 ));
                 sql
             })
@@ -325,24 +396,33 @@ impl Outbox {
     /// A query that counts this outbox's triggers on `table` (3 or more when it is watched;
     /// never fails, even without the outbox installed, so it is safe inside a transaction).
     pub fn triggers_present_sql(&self, dialect: Dialect, table: &str) -> String {
-        let prefix = literal(&format!("{}_{}_%", self.table, name_part(table)).replace('_', "\\_"));
+        format!(
+            "SELECT COUNT(*) FROM ({}) matroska_triggers",
+            self.trigger_names_sql(dialect, table)
+        )
+    }
+
+    /// The names of this outbox's triggers on `table`: rows of (`name`, `n` = 0).
+    pub(crate) fn trigger_names_sql(&self, dialect: Dialect, table: &str) -> String {
+        let prefix = like_prefix(dialect, &format!("{}_{}_", self.table, name_part(table)));
         match dialect {
             Dialect::Postgres => format!(
-                "SELECT COUNT(*) FROM pg_trigger WHERE tgrelid = to_regclass({}) AND tgname LIKE {prefix}",
-                literal(&quote(dialect, table))
+                "SELECT tgname::text AS name, 0::bigint AS n FROM pg_trigger \
+                 WHERE tgrelid = to_regclass({}) AND tgname LIKE {prefix}",
+                literal(dialect, &quote(dialect, table))
             ),
             Dialect::MySql => format!(
-                "SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE EVENT_OBJECT_SCHEMA = {} \
-                 AND EVENT_OBJECT_TABLE = {} AND TRIGGER_NAME LIKE {prefix}",
+                "SELECT TRIGGER_NAME AS name, CAST(0 AS SIGNED) AS n FROM information_schema.TRIGGERS \
+                 WHERE EVENT_OBJECT_SCHEMA = {} AND EVENT_OBJECT_TABLE = {} AND TRIGGER_NAME LIKE {prefix}",
                 self.schema
                     .as_deref()
-                    .map_or_else(|| "DATABASE()".to_owned(), literal),
-                literal(table)
+                    .map_or_else(|| "DATABASE()".to_owned(), |s| literal(dialect, s)),
+                literal(dialect, table)
             ),
             Dialect::Sqlite => format!(
-                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = {} \
-                 AND name LIKE {prefix} ESCAPE '\\'",
-                literal(table)
+                "SELECT name, 0 AS n FROM sqlite_master WHERE type = 'trigger' AND tbl_name = {} \
+                 AND name LIKE {prefix}",
+                literal(dialect, table)
             ),
         }
     }
@@ -355,13 +435,41 @@ impl Outbox {
         )
     }
 
-    fn record_version_sql(&self, dialect: Dialect, spec: &TableSpec) -> String {
+    /// The query of what is recorded for `table`: rows of (`name`: the description of the
+    /// installed triggers, `n`: their layout version).
+    pub(crate) fn installed_sql(&self, dialect: Dialect, table: &str) -> String {
+        format!(
+            "SELECT columns AS name, version AS n FROM {} WHERE table_name = {}",
+            self.meta_table(dialect),
+            literal(dialect, table)
+        )
+    }
+
+    /// SQLite: the query of `table`'s `UNIQUE` indexes, rows of (`name`: a JSON array of the
+    /// index's columns, `null` for an expression, `n`: the index's number).
+    pub(crate) fn unique_indexes_sql(dialect: Dialect, table: &str) -> Option<String> {
+        (dialect == Dialect::Sqlite).then(|| {
+            format!(
+                "SELECT json_group_array(ii.name) AS name, il.seq AS n \
+                 FROM pragma_index_list({t}) il JOIN pragma_index_info(il.name) ii \
+                 WHERE il.\"unique\" = 1 GROUP BY il.seq",
+                t = literal(dialect, table)
+            )
+        })
+    }
+
+    fn record_version_sql(
+        &self,
+        dialect: Dialect,
+        recorded: &Recorded,
+        fingerprint: &str,
+    ) -> String {
         let meta = self.meta_table(dialect);
         let values = format!(
             "({}, {}, {LAYOUT_VERSION}, {})",
-            literal(spec.table()),
-            literal(spec.entity()),
-            literal(&spec.watched_columns().join(","))
+            literal(dialect, &recorded.table),
+            literal(dialect, &recorded.entities.join(",")),
+            literal(dialect, &recorded.describe(fingerprint))
         );
         match dialect {
             Dialect::Postgres | Dialect::Sqlite => format!(
@@ -377,8 +485,34 @@ impl Outbox {
         }
     }
 
-    fn trigger_name(&self, table: &str, event: &str) -> String {
-        format!("{}_{}_{event}", self.table, name_part(table))
+    /// A trigger's name. Row-level triggers come in two generations (`gen` 0 and 1) so an
+    /// upgrade can create the new ones before it drops the old ones.
+    fn trigger_name(&self, table: &str, event: &str, generation: u8) -> String {
+        let suffix = if generation == 0 { "" } else { "2" };
+        format!("{}_{}_{event}{suffix}", self.table, name_part(table))
+    }
+
+    /// The events a dialect's triggers are named after.
+    fn events(dialect: Dialect) -> &'static [&'static str] {
+        match dialect {
+            Dialect::Postgres => &["i", "u", "d", "t"],
+            Dialect::MySql => &["i", "u", "d"],
+            // `ri` / `ru`: the rows a REPLACE deletes (before insert / update).
+            Dialect::Sqlite => &["i", "u", "d", "ri", "ru"],
+        }
+    }
+
+    /// The names of a complete set of triggers of generation `generation` on `table`.
+    pub(crate) fn trigger_names(
+        &self,
+        dialect: Dialect,
+        table: &str,
+        generation: u8,
+    ) -> Vec<String> {
+        Self::events(dialect)
+            .iter()
+            .map(|ev| self.trigger_name(table, ev, generation))
+            .collect()
     }
 
     fn function_name(&self, table: &str) -> String {
@@ -393,67 +527,118 @@ impl Outbox {
         }
     }
 
-    fn uninstall_table_sql(&self, dialect: Dialect, table: &str) -> Vec<String> {
-        let quoted = quote(dialect, table);
-        match dialect {
-            Dialect::Postgres => {
-                let mut sql: Vec<String> = ["i", "u", "d", "t"]
-                    .iter()
-                    .map(|ev| {
-                        format!(
-                            "DROP TRIGGER IF EXISTS {} ON {quoted}",
-                            quote(dialect, &self.trigger_name(table, ev))
-                        )
-                    })
-                    .collect();
-                sql.push(format!(
-                    "DROP FUNCTION IF EXISTS {}()",
-                    self.function_name(table)
-                ));
-                sql
+    /// `DROP TRIGGER` of one trigger by name.
+    fn drop_trigger_sql(&self, dialect: Dialect, table: &str, name: &str) -> String {
+        let name = quote(dialect, name);
+        match (&self.schema, dialect) {
+            (_, Dialect::Postgres) => {
+                format!("DROP TRIGGER IF EXISTS {name} ON {}", quote(dialect, table))
             }
-            Dialect::MySql | Dialect::Sqlite => ["i", "u", "d"]
+            (Some(schema), Dialect::MySql) => {
+                format!("DROP TRIGGER IF EXISTS {}.{name}", quote(dialect, schema))
+            }
+            _ => format!("DROP TRIGGER IF EXISTS {name}"),
+        }
+    }
+
+    fn uninstall_table_sql(&self, dialect: Dialect, table: &str) -> Vec<String> {
+        let generations: &[u8] = if dialect == Dialect::Postgres {
+            &[0]
+        } else {
+            &[0, 1]
+        };
+        let mut sql: Vec<String> = generations
+            .iter()
+            .flat_map(|g| self.trigger_names(dialect, table, *g))
+            .map(|name| self.drop_trigger_sql(dialect, table, &name))
+            .collect();
+        if dialect == Dialect::Postgres {
+            sql.push(format!(
+                "DROP FUNCTION IF EXISTS {}()",
+                self.function_name(table)
+            ));
+        }
+        sql
+    }
+
+    /// A fingerprint of the triggers `recorded` installs: equal fingerprints, same triggers.
+    pub(crate) fn fingerprint(
+        &self,
+        dialect: Dialect,
+        recorded: &Recorded,
+        facts: &Facts,
+    ) -> String {
+        let text = self.triggers_sql(dialect, recorded, facts, 0).join("\n");
+        format!("{LAYOUT_VERSION}:{:016x}", fnv(text.as_bytes()))
+    }
+
+    /// The statements that replace `recorded.table`'s triggers without a moment in which a
+    /// committed write records nothing, `existing` being the names of the triggers there now.
+    ///
+    /// PostgreSQL: one statement list the caller runs as one transaction (its DDL is
+    /// transactional; writers wait for its lock and then see the new triggers). MySQL and
+    /// SQLite: the other generation's triggers are created first and the old ones dropped
+    /// after, so a write in between is recorded twice (harmless), never not at all.
+    pub(crate) fn swap_sql(
+        &self,
+        dialect: Dialect,
+        recorded: &Recorded,
+        facts: &Facts,
+        existing: &[String],
+    ) -> Vec<String> {
+        let fingerprint = self.fingerprint(dialect, recorded, facts);
+        let mut out = Vec::new();
+        if dialect == Dialect::Postgres {
+            // Dropped and created in the same transaction as the function is replaced.
+            for name in self.trigger_names(dialect, &recorded.table, 0) {
+                out.push(self.drop_trigger_sql(dialect, &recorded.table, &name));
+            }
+            out.extend(self.triggers_sql(dialect, recorded, facts, 0));
+        } else {
+            let old_generation = self
+                .trigger_names(dialect, &recorded.table, 0)
                 .iter()
-                .map(|ev| {
-                    let name = quote(dialect, &self.trigger_name(table, ev));
-                    match (&self.schema, dialect) {
-                        (Some(schema), Dialect::MySql) => {
-                            format!("DROP TRIGGER IF EXISTS {}.{name}", quote(dialect, schema))
-                        }
-                        _ => format!("DROP TRIGGER IF EXISTS {name}"),
-                    }
-                })
-                .collect(),
+                .any(|n| existing.contains(n));
+            let generation = u8::from(old_generation);
+            let new = self.trigger_names(dialect, &recorded.table, generation);
+            out.extend(self.triggers_sql(dialect, recorded, facts, generation));
+            for name in existing.iter().filter(|n| !new.contains(n)) {
+                out.push(self.drop_trigger_sql(dialect, &recorded.table, name));
+            }
+        }
+        out.push(self.record_version_sql(dialect, recorded, &fingerprint));
+        out
+    }
+
+    fn triggers_sql(
+        &self,
+        dialect: Dialect,
+        recorded: &Recorded,
+        facts: &Facts,
+        generation: u8,
+    ) -> Vec<String> {
+        match dialect {
+            Dialect::Postgres => self.postgres_triggers(recorded),
+            Dialect::MySql | Dialect::Sqlite => {
+                self.row_triggers(dialect, recorded, facts, generation)
+            }
         }
     }
 
-    fn triggers_sql(&self, dialect: Dialect, spec: &TableSpec) -> Result<Vec<String>> {
-        if spec.key_columns().is_empty() {
-            return Err(Error::InvalidSpec {
-                table: spec.table().to_owned(),
-                reason: "it has no primary-key column".into(),
-            });
-        }
-        Ok(match dialect {
-            Dialect::Postgres => self.postgres_triggers(spec),
-            Dialect::MySql => self.row_triggers(Dialect::MySql, spec),
-            Dialect::Sqlite => self.row_triggers(Dialect::Sqlite, spec),
-        })
-    }
-
-    /// `json_build_object` / `JSON_OBJECT` / `json_object` of `columns` of the row `alias`.
-    fn json_object(dialect: Dialect, spec: &TableSpec, columns: &[&str], alias: &str) -> String {
+    /// `jsonb_build_object` / `JSON_OBJECT` / `json_object` of `columns` of the row `alias`.
+    fn json_object(
+        dialect: Dialect,
+        recorded: &Recorded,
+        columns: &[String],
+        alias: &str,
+    ) -> String {
         let mut out = String::new();
         for (i, column) in columns.iter().enumerate() {
             if i > 0 {
                 out.push_str(", ");
             }
             let value = format!("{alias}.{}", quote(dialect, column));
-            let bytes = spec
-                .key_columns()
-                .iter()
-                .chain(spec.scopes().iter().flat_map(|s| s.columns()))
-                .any(|c| c.name() == *column && c.decoder().is_bytes());
+            let bytes = recorded.hex.contains(column);
             let value = match dialect {
                 // `to_jsonb` writes every type faithfully (bytea as "\\x..").
                 Dialect::Postgres => value,
@@ -467,7 +652,7 @@ impl Outbox {
                     "CASE WHEN typeof({value}) = 'blob' THEN json_object('hex', hex({value})) ELSE {value} END"
                 ),
             };
-            let _ = write!(out, "{}, {value}", literal(column));
+            let _ = write!(out, "{}, {value}", literal(dialect, column));
         }
         match dialect {
             Dialect::Postgres => format!("jsonb_build_object({out})"),
@@ -476,48 +661,52 @@ impl Outbox {
         }
     }
 
-    fn postgres_triggers(&self, spec: &TableSpec) -> Vec<String> {
+    fn postgres_triggers(&self, recorded: &Recorded) -> Vec<String> {
         let d = Dialect::Postgres;
         let outbox = self.outbox_table(d);
-        let table = quote(d, spec.table());
-        let name = literal(spec.table());
+        let table = quote(d, &recorded.table);
+        let name = literal(d, &recorded.table);
         let now = Self::now_us(d);
-        let watched = spec.watched_columns();
-        let keys: Vec<&str> = spec.key_columns().iter().map(|c| c.name()).collect();
-        let scoped: Vec<&str> = watched
+        let watched = &recorded.columns;
+        let keys = &recorded.keys;
+        let scoped: Vec<String> = watched
             .iter()
-            .copied()
             .filter(|c| !keys.contains(c))
+            .cloned()
             .collect();
-        let first_key = quote(d, keys[0]);
-        let join = keys
-            .iter()
-            .map(|k| format!("o.{q} = n.{q}", q = quote(d, k)))
-            .collect::<Vec<_>>()
-            .join(" AND ");
+        let first_key = quote(d, &keys[0]);
+        // Compared as `jsonb`, whose operators live in `pg_catalog`: the function runs with a
+        // pinned search path, where a column type's own `=` (citext, an extension's) may not
+        // be found, and a type without `=` (json, point) still compares.
+        let old_keys = Self::json_object(d, recorded, keys, "o");
+        let new_keys = Self::json_object(d, recorded, keys, "n");
         let changed = if scoped.is_empty() {
             format!("o.{first_key} IS NULL OR n.{first_key} IS NULL")
         } else {
-            let row = |alias: &str| {
-                scoped
-                    .iter()
-                    .map(|c| format!("{alias}.{}", quote(d, c)))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
             format!(
-                "o.{first_key} IS NULL OR n.{first_key} IS NULL OR ROW({}) IS DISTINCT FROM ROW({})",
-                row("o"),
-                row("n")
+                "o.{first_key} IS NULL OR n.{first_key} IS NULL OR {} IS DISTINCT FROM {}",
+                Self::json_object(d, recorded, &scoped, "o"),
+                Self::json_object(d, recorded, &scoped, "n"),
             )
         };
-        let old_all = Self::json_object(d, spec, &watched, "o");
-        let new_all = Self::json_object(d, spec, &watched, "n");
-        let new_key = Self::json_object(d, spec, &keys, "n");
-        let notify = literal(self.channel());
-        let function = self.function_name(spec.table());
+        let old_all = Self::json_object(d, recorded, watched, "o");
+        let new_all = Self::json_object(d, recorded, watched, "n");
+        let notify = literal(d, self.channel());
+        let function = self.function_name(&recorded.table);
+        // SECURITY DEFINER: the function writes the outbox with the installing role's rights,
+        // so a role that may write the table but not the outbox (or its sequence) still can.
+        // Such a function must not resolve names through a search path its callers control:
+        // every name in it is qualified, and the path is pinned to `pg_catalog` (and
+        // `pg_temp` last, where it cannot shadow anything). Without a schema (a migration's
+        // text) the outbox table is found through the installing session's path.
+        let search_path = if self.schema.is_some() {
+            "SET search_path = pg_catalog, pg_temp"
+        } else {
+            "SET search_path FROM CURRENT"
+        };
         let body = format!(
-            "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $matroska$\n\
+            "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql \
+             SECURITY DEFINER {search_path} AS $matroska$\n\
              BEGIN\n\
              IF TG_OP = 'INSERT' THEN\n\
                INSERT INTO {outbox} (table_name, op, old_row, new_row, created_us)\n\
@@ -530,9 +719,9 @@ impl Outbox {
                SELECT {name},\n\
                  CASE WHEN {changed} THEN 'U' ELSE 'K' END,\n\
                  CASE WHEN o.{first_key} IS NULL THEN NULL WHEN {changed} THEN {old_all} END,\n\
-                 CASE WHEN n.{first_key} IS NULL THEN NULL WHEN {changed} THEN {new_all} ELSE {new_key} END,\n\
+                 CASE WHEN n.{first_key} IS NULL THEN NULL WHEN {changed} THEN {new_all} ELSE {new_keys} END,\n\
                  {now}\n\
-               FROM matroska_old o FULL JOIN matroska_new n ON {join};\n\
+               FROM matroska_old o FULL JOIN matroska_new n ON {old_keys} = {new_keys};\n\
              ELSE\n\
                INSERT INTO {outbox} (table_name, op, old_row, new_row, created_us)\n\
                VALUES ({name}, 'T', NULL, NULL, {now});\n\
@@ -546,11 +735,13 @@ impl Outbox {
             format!(
                 "CREATE TRIGGER {} AFTER {timing} ON {table} {referencing} FOR EACH STATEMENT \
                  EXECUTE FUNCTION {function}()",
-                quote(d, &self.trigger_name(spec.table(), ev))
+                quote(d, &self.trigger_name(&recorded.table, ev, 0))
             )
         };
         vec![
             body,
+            // Only triggers call it (attaching it elsewhere needs EXECUTE).
+            format!("REVOKE ALL ON FUNCTION {function}() FROM PUBLIC"),
             trigger("i", "INSERT", "REFERENCING NEW TABLE AS matroska_new"),
             trigger(
                 "u",
@@ -562,13 +753,19 @@ impl Outbox {
         ]
     }
 
-    fn row_triggers(&self, d: Dialect, spec: &TableSpec) -> Vec<String> {
+    fn row_triggers(
+        &self,
+        d: Dialect,
+        recorded: &Recorded,
+        facts: &Facts,
+        generation: u8,
+    ) -> Vec<String> {
         let outbox = self.outbox_table(d);
-        let table = quote(d, spec.table());
-        let name = literal(spec.table());
+        let table = quote(d, &recorded.table);
+        let name = literal(d, &recorded.table);
         let now = Self::now_us(d);
-        let watched = spec.watched_columns();
-        let keys: Vec<&str> = spec.key_columns().iter().map(|c| c.name()).collect();
+        let watched = &recorded.columns;
+        let keys = &recorded.keys;
         // Null-safe equality of every watched column (the key included: a changed key is a
         // full change, both keys are invalidated).
         let same = watched
@@ -582,9 +779,9 @@ impl Outbox {
             })
             .collect::<Vec<_>>()
             .join(" AND ");
-        let old_all = Self::json_object(d, spec, &watched, "OLD");
-        let new_all = Self::json_object(d, spec, &watched, "NEW");
-        let new_key = Self::json_object(d, spec, &keys, "NEW");
+        let old_all = Self::json_object(d, recorded, watched, "OLD");
+        let new_all = Self::json_object(d, recorded, watched, "NEW");
+        let new_key = Self::json_object(d, recorded, keys, "NEW");
         let insert = format!("INSERT INTO {outbox} (table_name, op, old_row, new_row, created_us)");
         let (op, old, new) = match d {
             Dialect::MySql => (
@@ -598,43 +795,220 @@ impl Outbox {
                 format!("CASE WHEN {same} THEN {new_key} ELSE {new_all} END"),
             ),
         };
-        let statements = [
+        let mut statements = vec![
             (
                 "i",
-                "INSERT",
+                "AFTER INSERT",
                 format!("{insert} VALUES ({name}, 'I', NULL, {new_all}, {now})"),
             ),
             (
                 "u",
-                "UPDATE",
+                "AFTER UPDATE",
                 format!("{insert} VALUES ({name}, {op}, {old}, {new}, {now})"),
             ),
             (
                 "d",
-                "DELETE",
+                "AFTER DELETE",
                 format!("{insert} VALUES ({name}, 'D', {old_all}, NULL, {now})"),
             ),
         ];
+        if d == Dialect::Sqlite {
+            // SQLite deletes the rows a REPLACE (INSERT OR REPLACE, UPDATE OR REPLACE, Diesel's
+            // `replace_into`) conflicts with without firing DELETE triggers (unless the writer
+            // turned `recursive_triggers` on). Before each insert or update, the rows it could
+            // replace (same key, or same values in a UNIQUE index) are recorded as deleted;
+            // when it does not replace them (a plain INSERT fails, an upsert updates) that is
+            // one spurious invalidation.
+            let same_row = |o: &str, n: &str, columns: &[String]| {
+                columns
+                    .iter()
+                    .map(|c| format!("{o}.{q} = {n}.{q}", q = quote(d, c)))
+                    .collect::<Vec<_>>()
+                    .join(" AND ")
+            };
+            let conflicts = std::iter::once(keys)
+                .chain(facts.unique.iter())
+                .map(|cols| format!("({})", same_row("o", "NEW", cols)))
+                .collect::<Vec<_>>()
+                .join(" OR ");
+            let old_o = Self::json_object(d, recorded, watched, "o");
+            let replaced = format!(
+                "{insert} SELECT {name}, 'D', {old_o}, NULL, {now} FROM {table} o WHERE ({conflicts})"
+            );
+            let not_self = keys
+                .iter()
+                .map(|c| format!("o.{q} IS OLD.{q}", q = quote(d, c)))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            statements.push(("ri", "BEFORE INSERT", replaced.clone()));
+            statements.push((
+                "ru",
+                "BEFORE UPDATE",
+                format!("{replaced} AND NOT ({not_self})"),
+            ));
+        }
         statements
             .into_iter()
             .map(|(ev, event, statement)| {
-                let trigger = quote(d, &self.trigger_name(spec.table(), ev));
+                let trigger = quote(d, &self.trigger_name(&recorded.table, ev, generation));
                 match d {
                     Dialect::MySql => {
                         let trigger = match &self.schema {
                             Some(schema) => format!("{}.{trigger}", quote(d, schema)),
                             None => trigger,
                         };
+                        // A TIMESTAMP column reads in the session's time zone, and a writer
+                        // may have set any: the row is read in UTC (as sqlx's sessions read
+                        // it, and as the relay decodes it), the writer's zone restored after,
+                        // also when the insert fails.
                         format!(
-                            "CREATE TRIGGER {trigger} AFTER {event} ON {table} FOR EACH ROW {statement}"
+                            "CREATE TRIGGER {trigger} {event} ON {table} FOR EACH ROW BEGIN \
+                             DECLARE matroska_tz VARCHAR(64) DEFAULT @@session.time_zone; \
+                             DECLARE EXIT HANDLER FOR SQLEXCEPTION \
+                             BEGIN SET time_zone = matroska_tz; RESIGNAL; END; \
+                             SET time_zone = '+00:00'; {statement}; SET time_zone = matroska_tz; END"
                         )
                     }
                     _ => format!(
-                        "CREATE TRIGGER {trigger} AFTER {event} ON {table} FOR EACH ROW BEGIN {statement}; END"
+                        "CREATE TRIGGER {trigger} {event} ON {table} FOR EACH ROW BEGIN {statement}; END"
                     ),
                 }
             })
             .collect()
+    }
+}
+
+/// What the triggers of one table record: the union of the specs of every model on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Recorded {
+    pub(crate) table: String,
+    /// The entities of the specs (informational, in the outbox's table of tables).
+    entities: Vec<String>,
+    /// The key columns.
+    keys: Vec<String>,
+    /// Every recorded column, the key first.
+    columns: Vec<String>,
+    /// Columns recorded as `{"hex": ..}` on MySQL.
+    hex: Vec<String>,
+}
+
+/// What the installer read from the database about a table, beyond its specs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Facts {
+    /// SQLite: the columns of each `UNIQUE` index other than the key's.
+    pub(crate) unique: Vec<Vec<String>>,
+}
+
+impl Recorded {
+    fn from_spec(spec: &TableSpec) -> Result<Self> {
+        if spec.key_columns().is_empty() {
+            return Err(Error::InvalidSpec {
+                table: spec.table().to_owned(),
+                reason: "it has no primary-key column".into(),
+            });
+        }
+        let hex = spec
+            .key_columns()
+            .iter()
+            .chain(spec.scopes().iter().flat_map(|s| s.columns()))
+            .filter(|c| c.decoder().is_bytes())
+            .map(|c| c.name().to_owned())
+            .collect();
+        Ok(Recorded {
+            table: spec.table().to_owned(),
+            entities: vec![spec.entity().to_owned()],
+            keys: spec
+                .key_columns()
+                .iter()
+                .map(|c| c.name().to_owned())
+                .collect(),
+            columns: spec
+                .watched_columns()
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            hex,
+        })
+    }
+
+    /// One per table, in the order of first appearance; specs of one table merged.
+    pub(crate) fn group(tables: &[TableSpec]) -> Result<Vec<Recorded>> {
+        let mut out: Vec<Recorded> = Vec::new();
+        for spec in tables {
+            let recorded = Recorded::from_spec(spec)?;
+            match out.iter_mut().find(|r| r.table == recorded.table) {
+                Some(existing) => existing.merge(&recorded)?,
+                None => out.push(recorded),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds `other`'s columns (same table).
+    ///
+    /// # Errors
+    /// [`Error::InvalidSpec`] when the keys differ.
+    pub(crate) fn merge(&mut self, other: &Recorded) -> Result<()> {
+        if self.keys != other.keys {
+            return Err(Error::InvalidSpec {
+                table: self.table.clone(),
+                reason: format!(
+                    "two models of this table name different keys ({:?} and {:?})",
+                    self.keys, other.keys
+                ),
+            });
+        }
+        for (mine, theirs) in [
+            (&mut self.entities, &other.entities),
+            (&mut self.columns, &other.columns),
+            (&mut self.hex, &other.hex),
+        ] {
+            for item in theirs {
+                if !mine.contains(item) {
+                    mine.push(item.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The description stored in the outbox's table of tables (JSON).
+    fn describe(&self, fingerprint: &str) -> String {
+        serde_json::json!({
+            "entities": self.entities,
+            "key": self.keys,
+            "columns": self.columns,
+            "hex": self.hex,
+            "fingerprint": fingerprint,
+        })
+        .to_string()
+    }
+
+    /// A stored description of `table`'s triggers, with their fingerprint; `None` for one
+    /// this layout did not write.
+    pub(crate) fn parse(table: &str, text: &str) -> Option<(Recorded, String)> {
+        let json: serde_json::Value = serde_json::from_str(text).ok()?;
+        let list = |field: &str| -> Option<Vec<String>> {
+            json.get(field)?
+                .as_array()?
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        };
+        let recorded = Recorded {
+            table: table.to_owned(),
+            entities: list("entities")?,
+            keys: list("key")?,
+            columns: list("columns")?,
+            hex: list("hex")?,
+        };
+        let fingerprint = json.get("fingerprint")?.as_str()?.to_owned();
+        (!recorded.keys.is_empty()).then_some((recorded, fingerprint))
+    }
+
+    /// The key columns.
+    pub(crate) fn keys(&self) -> &[String] {
+        &self.keys
     }
 }
 
@@ -662,15 +1036,20 @@ mod tests {
     fn quoting_survives_hostile_names() {
         assert_eq!(quote(Dialect::Postgres, "we\"ird"), "\"we\"\"ird\"");
         assert_eq!(quote(Dialect::MySql, "a`b"), "`a``b`");
-        assert_eq!(literal("it's"), "'it''s'");
+        assert_eq!(literal(Dialect::Postgres, "it's"), "'it''s'");
+        assert_eq!(literal(Dialect::Postgres, "a\\b"), "'a\\b'");
+        assert_eq!(
+            literal(Dialect::MySql, "a\\b'c"),
+            "CONCAT('a', CHAR(92 USING utf8mb4), 'b''c')"
+        );
         assert_eq!(quote(Dialect::Postgres, "app.post"), "\"app\".\"post\"");
     }
 
     #[test]
     fn trigger_names_are_short_and_distinct() {
         let outbox = Outbox::default();
-        let a = outbox.trigger_name(&"a".repeat(200), "u");
-        let b = outbox.trigger_name(&format!("{}b", "a".repeat(199)), "u");
+        let a = outbox.trigger_name(&"a".repeat(200), "u", 1);
+        let b = outbox.trigger_name(&format!("{}b", "a".repeat(199)), "u", 1);
         assert!(a.len() <= 64, "{a}");
         assert_ne!(a, b);
     }

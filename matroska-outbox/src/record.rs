@@ -33,34 +33,48 @@ fn parse(text: Option<&str>) -> Result<Option<Row>, String> {
     }
 }
 
-/// Reads one row against the specs (by table name).
-pub(crate) fn read(row: &OutboxRow, specs: &HashMap<String, TableSpec>) -> Reading {
-    let Some(spec) = specs.get(&row.table) else {
+/// Reads one row against the specs of its table (every model on the table: their
+/// dependencies together).
+pub(crate) fn read(row: &OutboxRow, specs: &HashMap<String, Vec<TableSpec>>) -> Reading {
+    let Some(specs) = specs.get(&row.table).filter(|s| !s.is_empty()) else {
         return Reading::UnknownTable(TableSpec::coarse_dependencies(&row.table));
     };
-    let exact = || -> Result<Vec<Dependency>, String> {
-        let old = parse(row.old_row.as_deref())?;
-        let new = parse(row.new_row.as_deref())?;
-        let change = match (row.op.trim(), &old, &new) {
-            ("T", _, _) => return Ok(TableSpec::coarse_dependencies(spec.entity())),
-            ("I", _, Some(new)) => RowChange::Insert { new },
-            ("D", Some(old), _) => RowChange::Delete { old },
-            ("K", _, Some(key)) => RowChange::KeyOnly { key },
-            ("U", old, new) if old.is_some() || new.is_some() => RowChange::Update {
-                old: old.as_ref(),
-                new: new.as_ref(),
-            },
-            (op, _, _) => return Err(format!("operation {op:?} without the rows it needs")),
-        };
-        spec.dependencies(&change).map_err(|e| e.to_string())
-    };
-    match exact() {
-        Ok(deps) => Reading::Exact(deps),
-        Err(error) => Reading::Unreadable {
-            deps: TableSpec::coarse_dependencies(spec.entity()),
-            error,
-        },
+    let mut deps = Vec::new();
+    let mut errors = Vec::new();
+    for spec in specs {
+        match read_one(row, spec) {
+            Ok(d) => deps.extend(d),
+            Err(error) => {
+                deps.extend(TableSpec::coarse_dependencies(spec.entity()));
+                errors.push(error);
+            }
+        }
     }
+    if errors.is_empty() {
+        Reading::Exact(deps)
+    } else {
+        Reading::Unreadable {
+            deps,
+            error: errors.join("; "),
+        }
+    }
+}
+
+fn read_one(row: &OutboxRow, spec: &TableSpec) -> Result<Vec<Dependency>, String> {
+    let old = parse(row.old_row.as_deref())?;
+    let new = parse(row.new_row.as_deref())?;
+    let change = match (row.op.trim(), &old, &new) {
+        ("T", _, _) => return Ok(TableSpec::coarse_dependencies(spec.entity())),
+        ("I", _, Some(new)) => RowChange::Insert { new },
+        ("D", Some(old), _) => RowChange::Delete { old },
+        ("K", _, Some(key)) => RowChange::KeyOnly { key },
+        ("U", old, new) if old.is_some() || new.is_some() => RowChange::Update {
+            old: old.as_ref(),
+            new: new.as_ref(),
+        },
+        (op, _, _) => return Err(format!("operation {op:?} without the rows it needs")),
+    };
+    spec.dependencies(&change).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -69,11 +83,11 @@ mod tests {
 
     use super::*;
 
-    fn specs() -> HashMap<String, TableSpec> {
+    fn specs() -> HashMap<String, Vec<TableSpec>> {
         let spec = TableSpec::new("post", "posts")
             .key("id", ColumnDecoder::of::<i64>())
             .scope(&[("category", ColumnDecoder::of::<String>())], false);
-        HashMap::from([("posts".to_owned(), spec)])
+        HashMap::from([("posts".to_owned(), vec![spec])])
     }
 
     fn row(table: &str, op: &str, old: Option<&str>, new: Option<&str>) -> OutboxRow {

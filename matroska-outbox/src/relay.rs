@@ -83,7 +83,7 @@ pub struct RelayBuilder {
     db: OutboxDb,
     cache: Cache,
     outbox: Outbox,
-    specs: HashMap<String, TableSpec>,
+    specs: HashMap<String, Vec<TableSpec>>,
     batch: usize,
     deps_per_call: usize,
     poll: Duration,
@@ -98,9 +98,13 @@ impl RelayBuilder {
         self
     }
 
-    /// Reads changes of `spec`'s table.
+    /// Reads changes of `spec`'s table. Several specs of one table (models sharing it) are
+    /// all read: a change invalidates the dependencies of each.
     pub fn watch(mut self, spec: TableSpec) -> Self {
-        self.specs.insert(spec.table().to_owned(), spec);
+        self.specs
+            .entry(spec.table().to_owned())
+            .or_default()
+            .push(spec);
         self
     }
 
@@ -168,7 +172,7 @@ struct Inner {
     db: OutboxDb,
     cache: Cache,
     outbox: Outbox,
-    specs: HashMap<String, TableSpec>,
+    specs: HashMap<String, Vec<TableSpec>>,
     batch: usize,
     deps_per_call: usize,
     poll: Duration,
@@ -287,6 +291,9 @@ impl Relay {
     pub async fn run_once(&self) -> Result<Delivery> {
         let inner = &self.inner;
         let mut delivery = Delivery::default();
+        // Counted once the claim committed: a claim that fails after the delivery (its
+        // delete, its commit) delivers again later, and counts then.
+        let mut counted = None;
         let claimed = inner
             .db
             .claim(&inner.outbox, inner.batch, |rows| async {
@@ -327,7 +334,7 @@ impl Relay {
                 }
                 delivery.dependencies = deps.len();
                 delivery.dead = settled.dead.len();
-                self.record(&created, unknown, settled.dead.len() as u64);
+                counted = Some((created.clone(), unknown, settled.dead.len() as u64));
                 tracing::debug!(
                     rows = created.len(),
                     deps = deps.len(),
@@ -339,6 +346,9 @@ impl Relay {
             .await;
         match claimed {
             Ok(rows) => {
+                if let Some((created, unknown, dead)) = counted {
+                    self.record(&created, unknown, dead);
+                }
                 delivery.rows = rows;
                 Ok(delivery)
             }
@@ -374,8 +384,7 @@ impl Relay {
             .unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Counts a delivered batch (before its commit: a commit that then fails re-delivers,
-    /// and counts again).
+    /// Counts a delivered batch, after its commit.
     fn record(&self, created: &[i64], unknown: u64, dead: u64) {
         let now = now_us();
         let lags: Vec<Duration> = created
