@@ -60,6 +60,9 @@ pub async fn install(
     let statements = outbox.install_sql(dialect, tables)?;
     let creates = outbox.create_tables_sql(dialect).len();
     execute_all(conn, &statements[creates..]).await?;
+    // MySQL/MariaDB: what fires no trigger there (foreign-key actions, TRUNCATE).
+    crate::cascade::install(conn, outbox, tables).await?;
+    crate::truncate::install(conn, outbox, tables).await?;
     tracing::info!(
         tables = tables.len(),
         version = LAYOUT_VERSION,
@@ -83,6 +86,8 @@ pub async fn uninstall(
     let mut statements = outbox.create_tables_sql(conn.dialect());
     statements.extend(outbox.uninstall_sql(conn.dialect(), tables));
     execute_all(conn, &statements).await?;
+    crate::cascade::uninstall(conn, outbox, tables).await?;
+    crate::truncate::uninstall(conn, outbox, tables).await?;
     Ok(())
 }
 

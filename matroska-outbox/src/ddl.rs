@@ -93,7 +93,7 @@ fn check_identifier(what: &str, name: &str) -> Result<()> {
 }
 
 /// A table or column name as a quoted identifier (`schema.table` quoted part by part).
-fn quote(dialect: Dialect, name: &str) -> String {
+pub(crate) fn quote(dialect: Dialect, name: &str) -> String {
     let q = match dialect {
         Dialect::MySql => '`',
         Dialect::Postgres | Dialect::Sqlite => '"',
@@ -108,7 +108,7 @@ fn quote(dialect: Dialect, name: &str) -> String {
 }
 
 /// A string literal.
-fn literal(text: &str) -> String {
+pub(crate) fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
@@ -318,6 +318,8 @@ impl Outbox {
             self.meta_table(dialect),
         ]
         .into_iter()
+        // MySQL's recorded table ids (`truncate.rs`).
+        .chain((dialect == Dialect::MySql).then(|| crate::truncate::ids_table(self)))
         .map(|t| format!("DROP TABLE IF EXISTS {t}"))
         .collect()
     }
@@ -442,7 +444,12 @@ impl Outbox {
     }
 
     /// `json_build_object` / `JSON_OBJECT` / `json_object` of `columns` of the row `alias`.
-    fn json_object(dialect: Dialect, spec: &TableSpec, columns: &[&str], alias: &str) -> String {
+    pub(crate) fn json_object(
+        dialect: Dialect,
+        spec: &TableSpec,
+        columns: &[&str],
+        alias: &str,
+    ) -> String {
         let mut out = String::new();
         for (i, column) in columns.iter().enumerate() {
             if i > 0 {

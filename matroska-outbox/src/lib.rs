@@ -80,11 +80,13 @@
     allow(unused, unreachable_code)
 )]
 
+mod cascade;
 mod db;
 pub mod ddl;
 mod error;
 mod record;
 mod relay;
+mod truncate;
 
 pub use db::{OutboxDb, SqlConnection, install, uninstall, watched_tables};
 pub use ddl::{Dialect, LAYOUT_VERSION, Outbox};

@@ -15,6 +15,7 @@ use crate::db::{DeadRow, OutboxDb, Settled, now_us};
 use crate::ddl::Outbox;
 use crate::error::Result;
 use crate::record::{Reading, read};
+use crate::truncate::TruncateWatch;
 
 /// Relays in this process, for [`poke`].
 static RELAYS: Mutex<Vec<Weak<Notify>>> = Mutex::new(Vec::new());
@@ -159,6 +160,7 @@ impl RelayBuilder {
                 wake,
                 stats: Mutex::default(),
                 warned: Mutex::default(),
+                truncations: TruncateWatch::default(),
             }),
         }
     }
@@ -178,6 +180,8 @@ struct Inner {
     stats: Mutex<StatsState>,
     /// Unknown tables already warned about.
     warned: Mutex<BTreeSet<String>>,
+    /// MySQL/MariaDB: `TRUNCATE`s, seen as new InnoDB table ids (`truncate.rs`).
+    truncations: TruncateWatch,
 }
 
 #[derive(Default)]
@@ -356,6 +360,7 @@ impl Relay {
     /// # Errors
     /// As [`Relay::run_once`].
     pub async fn drain(&self) -> Result<u64> {
+        self.check_truncations(true).await?;
         let mut total = 0_u64;
         loop {
             let delivery = self.run_once().await?;
@@ -364,6 +369,23 @@ impl Relay {
                 return Ok(total);
             }
         }
+    }
+
+    /// MySQL/MariaDB: invalidates the entities of watched tables truncated since the last
+    /// look (at most once per poll interval unless `force`d); see `truncate.rs`.
+    async fn check_truncations(&self, force: bool) -> Result<usize> {
+        let inner = &self.inner;
+        inner
+            .truncations
+            .check(
+                &inner.db,
+                &inner.outbox,
+                &inner.cache,
+                &inner.specs,
+                inner.poll,
+                force,
+            )
+            .await
     }
 
     fn with_stats<R>(&self, f: impl FnOnce(&mut StatsState) -> R) -> R {
@@ -453,6 +475,9 @@ impl Relay {
         let _listener = self.listen();
         let mut delay = inner.retry_min;
         loop {
+            if let Err(e) = self.check_truncations(false).await {
+                tracing::warn!(error = %e, "checking watched tables for TRUNCATE failed; retrying at the next poll");
+            }
             let more = match self.run_once().await {
                 Ok(d) => {
                     delay = inner.retry_min;
