@@ -148,8 +148,11 @@ impl Env {
             counts: Vec::new(),
         };
         for id in CHILDREN {
-            view.rows
-                .push(query::find_by_id::<child::Entity, _>(c, db, id).await.unwrap());
+            view.rows.push(
+                query::find_by_id::<child::Entity, _>(c, db, id)
+                    .await
+                    .unwrap(),
+            );
         }
         for parent_id in PARENTS {
             let of = child::ByParentId { parent_id };
@@ -326,7 +329,11 @@ async fn cascade_chain_reaches_grandchildren() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uninstall_removes_the_foreign_key_triggers() {
     let env = Env::new("fk_uninstall", "ON DELETE CASCADE ON UPDATE CASCADE").await;
-    assert_eq!(fk_triggers(&env.db).await.len(), 3, "before delete, before and after update");
+    assert_eq!(
+        fk_triggers(&env.db).await.len(),
+        3,
+        "before delete, before and after update"
+    );
     outbox::uninstall(&env.db.conn, &["child"]).await.unwrap();
     assert!(fk_triggers(&env.db).await.is_empty());
     let own = env

@@ -88,6 +88,7 @@ pub struct RelayBuilder {
     batch: usize,
     deps_per_call: usize,
     poll: Duration,
+    truncate_check: Option<Duration>,
     retry_min: Duration,
     retry_max: Duration,
 }
@@ -131,6 +132,17 @@ impl RelayBuilder {
         self
     }
 
+    /// MySQL/MariaDB: how often the relay looks for a `TRUNCATE` of a watched table, which
+    /// fires no trigger there (default: the poll interval). Each look is one query over
+    /// InnoDB's table list (measured on MariaDB 10.11: 0.85 ms of server time with 1 000
+    /// InnoDB tables on the server, growing with their number). A truncate is invalidated
+    /// within this interval plus the poll interval (plus a claim in progress) of its commit:
+    /// 100 ms by default.
+    pub fn truncate_check_interval(mut self, every: Duration) -> Self {
+        self.truncate_check = Some(every);
+        self
+    }
+
     /// The first and longest wait after a failed claim (doubling in between; default 50 ms
     /// and 5 s).
     pub fn retry_delay(mut self, first: Duration, max: Duration) -> Self {
@@ -155,6 +167,7 @@ impl RelayBuilder {
                 batch: self.batch,
                 deps_per_call: self.deps_per_call,
                 poll: self.poll,
+                truncate_check: self.truncate_check.unwrap_or(self.poll),
                 retry_min: self.retry_min,
                 retry_max: self.retry_max,
                 wake,
@@ -174,6 +187,7 @@ struct Inner {
     batch: usize,
     deps_per_call: usize,
     poll: Duration,
+    truncate_check: Duration,
     retry_min: Duration,
     retry_max: Duration,
     wake: Arc<Notify>,
@@ -236,6 +250,7 @@ impl Relay {
             batch: 500,
             deps_per_call: 1_000,
             poll,
+            truncate_check: None,
             retry_min: Duration::from_millis(50),
             retry_max: Duration::from_secs(5),
         }
@@ -382,7 +397,7 @@ impl Relay {
                 &inner.outbox,
                 &inner.cache,
                 &inner.specs,
-                inner.poll,
+                inner.truncate_check,
                 force,
             )
             .await

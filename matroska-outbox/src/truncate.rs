@@ -5,7 +5,10 @@
 //! re-creates the table under a new table id (`information_schema.INNODB_SYS_TABLES` on
 //! MariaDB, `INNODB_TABLES` on MySQL 8; both need the `PROCESS` privilege). [`install`]
 //! records each watched table's id in `{outbox}_table_ids`; a relay compares the recorded ids
-//! with the current ones (one query for every watched table, at most once per poll interval),
+//! with the current ones (one query for every watched table, at most once per
+//! [`truncate_check_interval`](crate::RelayBuilder::truncate_check_interval), by default the
+//! poll interval: a truncate is invalidated within that plus one poll interval, 100 ms by
+//! default, plus a claim in progress),
 //! and for each table whose id changed invalidates its whole entity
 //! ([`TableSpec::coarse_dependencies`]) and then records the new id. A truncate while no relay
 //! runs is found by the next relay to start; one that happened before the install is not a
