@@ -313,10 +313,24 @@ impl<'a> Plan<'a> {
         )
     }
 
-    /// A `T` row (the whole entity) for `spec`.
-    fn coarse(&self, spec: &TableSpec) -> String {
+    /// A `T` row (the whole entity) for `spec`, written only when the parent row has child
+    /// rows through `fk` (and, for an update, only when the referenced key changes).
+    ///
+    /// An `INSERT .. SELECT`, not `IF EXISTS`: under `REPEATABLE READ` InnoDB reads the tables
+    /// of an `INSERT .. SELECT` with locks, so it sees a child row committed after the
+    /// transaction's snapshot, as the cascade does; a plain `EXISTS` would read the snapshot.
+    fn coarse(&self, fk: &ForeignKey, change: Change, spec: &TableSpec) -> String {
+        let exists = format!(
+            "EXISTS (SELECT 1 FROM {} AS matroska_child WHERE {})",
+            qualified(&fk.child),
+            fk.references("matroska_child", "OLD")
+        );
+        let condition = match change {
+            Change::Delete => exists,
+            Change::Update => format!("{} AND {exists}", fk.key_changed()),
+        };
         format!(
-            "{} VALUES ({}, 'T', NULL, NULL, {})",
+            "{} SELECT {}, 'T', NULL, NULL, {} FROM DUAL WHERE {condition}",
             self.insert(),
             literal(spec.table()),
             Outbox::now_us(Dialect::MySql)
@@ -365,21 +379,6 @@ impl<'a> Plan<'a> {
         )
     }
 
-    /// `statement`, run only when the parent row has child rows through `fk` (and, for an
-    /// update, only when the referenced key changes).
-    fn when_referenced(fk: &ForeignKey, change: Change, statement: &str) -> String {
-        let exists = format!(
-            "EXISTS (SELECT 1 FROM {} AS matroska_child WHERE {})",
-            qualified(&fk.child),
-            fk.references("matroska_child", "OLD")
-        );
-        let condition = match change {
-            Change::Delete => exists,
-            Change::Update => format!("{} AND {exists}", fk.key_changed()),
-        };
-        format!("IF {condition} THEN {statement}; END IF")
-    }
-
     fn when_key_changed(fk: &ForeignKey, statement: &str) -> String {
         format!("IF {} THEN {statement}; END IF", fk.key_changed())
     }
@@ -421,7 +420,7 @@ impl<'a> Plan<'a> {
                 // SET DEFAULT (InnoDB refuses to create it, other engines have no foreign
                 // keys) and key columns a JSON path cannot name: the whole entity.
                 _ => {
-                    let coarse = Self::when_referenced(fk, change, &self.coarse(spec));
+                    let coarse = self.coarse(fk, change, spec);
                     self.push(&fk.child, host, before, coarse);
                 }
             }
@@ -429,7 +428,7 @@ impl<'a> Plan<'a> {
         // Tables further down: their rows change by actions that fire nothing either.
         for table in self.reached(&fk.child, child_change) {
             if let Some(spec) = self.watched.get(&table).copied() {
-                let coarse = Self::when_referenced(fk, change, &self.coarse(spec));
+                let coarse = self.coarse(fk, change, spec);
                 self.push(&table, host, before, coarse);
             }
         }
