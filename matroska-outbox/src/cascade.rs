@@ -205,11 +205,9 @@ async fn foreign_keys(
             .collect::<Vec<_>>()
             .join(", ")
     );
-    // (constraint schema, constraint name, child table) → the key's columns by position.
-    let mut keys: BTreeMap<
-        (String, String, String),
-        (ForeignKey, BTreeMap<i64, (String, String)>),
-    > = BTreeMap::new();
+    // (constraint schema, constraint name, child table) → the key, its columns by position.
+    type Keys = BTreeMap<(String, String, String), (ForeignKey, BTreeMap<i64, (String, String)>)>;
+    let mut keys = Keys::new();
     for (row, position) in conn.query_pairs(&sql).await? {
         let fields: Vec<String> = serde_json::from_str(&row).map_err(|e| {
             crate::Error::Connection(format!("unreadable foreign-key catalogue row {row:?}: {e}"))
@@ -286,10 +284,10 @@ impl<'a> Plan<'a> {
         let mut queue = vec![(table.clone(), change)];
         while let Some((table, change)) = queue.pop() {
             for fk in self.by_parent.get(&table).into_iter().flatten() {
-                if let Some(next) = fk.child_change(change) {
-                    if seen.insert((fk.child.clone(), next)) {
-                        queue.push((fk.child.clone(), next));
-                    }
+                if let Some(next) = fk.child_change(change)
+                    && seen.insert((fk.child.clone(), next))
+                {
+                    queue.push((fk.child.clone(), next));
                 }
             }
         }
