@@ -125,6 +125,9 @@ pub async fn install(
         }
         changed += 1;
     }
+    // MySQL/MariaDB: what fires no trigger there (foreign-key actions, TRUNCATE).
+    crate::cascade::install(conn, outbox, tables).await?;
+    crate::truncate::install(conn, outbox, tables).await?;
     tracing::info!(
         tables = tables.len(),
         replaced = changed,
@@ -164,6 +167,8 @@ pub async fn uninstall(
     let mut statements = outbox.create_tables_sql(conn.dialect());
     statements.extend(outbox.uninstall_sql(conn.dialect(), tables));
     execute_all(conn, &statements).await?;
+    crate::cascade::uninstall(conn, outbox, tables).await?;
+    crate::truncate::uninstall(conn, outbox, tables).await?;
     Ok(())
 }
 

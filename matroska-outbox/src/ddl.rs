@@ -93,7 +93,7 @@ fn check_identifier(what: &str, name: &str) -> Result<()> {
 }
 
 /// A table or column name as a quoted identifier (`schema.table` quoted part by part).
-fn quote(dialect: Dialect, name: &str) -> String {
+pub(crate) fn quote(dialect: Dialect, name: &str) -> String {
     let q = match dialect {
         Dialect::MySql => '`',
         Dialect::Postgres | Dialect::Sqlite => '"',
@@ -110,7 +110,7 @@ fn quote(dialect: Dialect, name: &str) -> String {
 /// A string literal. MySQL reads a backslash in a literal as an escape unless the session
 /// runs with `NO_BACKSLASH_ESCAPES`, and a trigger body keeps the mode of the session that
 /// created it: a backslash is written as `CHAR(92)`, which reads the same in either mode.
-fn literal(dialect: Dialect, text: &str) -> String {
+pub(crate) fn literal(dialect: Dialect, text: &str) -> String {
     let plain = |part: &str| format!("'{}'", part.replace('\'', "''"));
     if dialect != Dialect::MySql || !text.contains('\\') {
         return plain(text);
@@ -389,6 +389,8 @@ impl Outbox {
             self.meta_table(dialect),
         ]
         .into_iter()
+        // MySQL's recorded table ids (`truncate.rs`).
+        .chain((dialect == Dialect::MySql).then(|| crate::truncate::ids_table(self)))
         .map(|t| format!("DROP TABLE IF EXISTS {t}"))
         .collect()
     }
@@ -626,7 +628,7 @@ impl Outbox {
     }
 
     /// `jsonb_build_object` / `JSON_OBJECT` / `json_object` of `columns` of the row `alias`.
-    fn json_object(
+    pub(crate) fn json_object(
         dialect: Dialect,
         recorded: &Recorded,
         columns: &[String],
@@ -862,11 +864,8 @@ impl Outbox {
                         // it, and as the relay decodes it), the writer's zone restored after,
                         // also when the insert fails.
                         format!(
-                            "CREATE TRIGGER {trigger} {event} ON {table} FOR EACH ROW BEGIN \
-                             DECLARE matroska_tz VARCHAR(64) DEFAULT @@session.time_zone; \
-                             DECLARE EXIT HANDLER FOR SQLEXCEPTION \
-                             BEGIN SET time_zone = matroska_tz; RESIGNAL; END; \
-                             SET time_zone = '+00:00'; {statement}; SET time_zone = matroska_tz; END"
+                            "CREATE TRIGGER {trigger} {event} ON {table} FOR EACH ROW {}",
+                            mysql_utc_body(&statement)
                         )
                     }
                     _ => format!(
@@ -876,6 +875,19 @@ impl Outbox {
             })
             .collect()
     }
+}
+
+/// A MySQL trigger body that runs `statement` with the session time zone at UTC and restores
+/// it afterwards, also when `statement` fails: `TIMESTAMP` columns are then recorded in UTC,
+/// as the relay decodes them, whatever zone the writing session uses.
+pub(crate) fn mysql_utc_body(statement: &str) -> String {
+    format!(
+        "BEGIN \
+         DECLARE matroska_tz VARCHAR(64) DEFAULT @@session.time_zone; \
+         DECLARE EXIT HANDLER FOR SQLEXCEPTION \
+         BEGIN SET time_zone = matroska_tz; RESIGNAL; END; \
+         SET time_zone = '+00:00'; {statement}; SET time_zone = matroska_tz; END"
+    )
 }
 
 /// What the triggers of one table record: the union of the specs of every model on it.
@@ -907,6 +919,13 @@ impl Recorded {
                 reason: "it has no primary-key column".into(),
             });
         }
+        Ok(Recorded::of_spec(spec))
+    }
+
+    /// `spec`'s columns, without [`Recorded::from_spec`]'s key check: for statements about a
+    /// table whose specs the install already checked (the foreign-key triggers of
+    /// `cascade.rs`).
+    pub(crate) fn of_spec(spec: &TableSpec) -> Recorded {
         let hex = spec
             .key_columns()
             .iter()
@@ -914,7 +933,7 @@ impl Recorded {
             .filter(|c| c.decoder().is_bytes())
             .map(|c| c.name().to_owned())
             .collect();
-        Ok(Recorded {
+        Recorded {
             table: spec.table().to_owned(),
             entities: vec![spec.entity().to_owned()],
             keys: spec
@@ -928,7 +947,7 @@ impl Recorded {
                 .map(str::to_owned)
                 .collect(),
             hex,
-        })
+        }
     }
 
     /// One per table, in the order of first appearance; specs of one table merged.

@@ -23,6 +23,14 @@
 //!    PostgreSQL's `NOTIFY` (sent on commit), on [`poke`] after this process's own commits,
 //!    and polls as a safety net.
 //!
+//! 3. **MySQL/MariaDB**: foreign-key actions (`ON DELETE CASCADE`, `ON UPDATE CASCADE`,
+//!    `SET NULL`) and `TRUNCATE` fire no trigger there. [`install`] also puts triggers on the
+//!    parent tables of watched tables, which record the child rows an action changes, and
+//!    records each watched table's InnoDB table id, which relays compare to find a
+//!    `TRUNCATE` (the relay's user needs the `PROCESS` privilege); see
+//!    [`RelayBuilder::truncate_check_interval`]. The SQL of [`Outbox::install_sql`] has
+//!    neither: they are read from the database's catalogue.
+//!
 //! The stale-set guard of [`Cache::get_or_load`](matroska_core::Cache::get_or_load) closes the
 //! remaining window: a load that read the old row before the commit took its ticket before the
 //! relay's invalidation, so its put is refused.
@@ -80,11 +88,13 @@
     allow(unused, unreachable_code)
 )]
 
+mod cascade;
 mod db;
 pub mod ddl;
 mod error;
 mod record;
 mod relay;
+mod truncate;
 
 pub use db::{OutboxDb, SqlConnection, install, uninstall, watched_tables};
 pub use ddl::{Dialect, LAYOUT_VERSION, Outbox};

@@ -15,6 +15,7 @@ use crate::db::{DeadRow, OutboxDb, Settled, now_us};
 use crate::ddl::Outbox;
 use crate::error::Result;
 use crate::record::{Reading, read};
+use crate::truncate::TruncateWatch;
 
 /// Relays in this process, for [`poke`].
 static RELAYS: Mutex<Vec<Weak<Notify>>> = Mutex::new(Vec::new());
@@ -87,6 +88,7 @@ pub struct RelayBuilder {
     batch: usize,
     deps_per_call: usize,
     poll: Duration,
+    truncate_check: Option<Duration>,
     retry_min: Duration,
     retry_max: Duration,
 }
@@ -134,6 +136,17 @@ impl RelayBuilder {
         self
     }
 
+    /// MySQL/MariaDB: how often the relay looks for a `TRUNCATE` of a watched table, which
+    /// fires no trigger there (default: the poll interval). Each look is one query over
+    /// InnoDB's table list (measured on MariaDB 10.11: 0.85 ms of server time with 1 000
+    /// InnoDB tables on the server, growing with their number). A truncate is invalidated
+    /// within this interval plus the poll interval (plus a claim in progress) of its commit:
+    /// 100 ms by default.
+    pub fn truncate_check_interval(mut self, every: Duration) -> Self {
+        self.truncate_check = Some(every);
+        self
+    }
+
     /// The first and longest wait after a failed claim (doubling in between; default 50 ms
     /// and 5 s).
     pub fn retry_delay(mut self, first: Duration, max: Duration) -> Self {
@@ -158,11 +171,13 @@ impl RelayBuilder {
                 batch: self.batch,
                 deps_per_call: self.deps_per_call,
                 poll: self.poll,
+                truncate_check: self.truncate_check.unwrap_or(self.poll),
                 retry_min: self.retry_min,
                 retry_max: self.retry_max,
                 wake,
                 stats: Mutex::default(),
                 warned: Mutex::default(),
+                truncations: TruncateWatch::default(),
             }),
         }
     }
@@ -176,12 +191,15 @@ struct Inner {
     batch: usize,
     deps_per_call: usize,
     poll: Duration,
+    truncate_check: Duration,
     retry_min: Duration,
     retry_max: Duration,
     wake: Arc<Notify>,
     stats: Mutex<StatsState>,
     /// Unknown tables already warned about.
     warned: Mutex<BTreeSet<String>>,
+    /// MySQL/MariaDB: `TRUNCATE`s, seen as new InnoDB table ids (`truncate.rs`).
+    truncations: TruncateWatch,
 }
 
 #[derive(Default)]
@@ -236,6 +254,7 @@ impl Relay {
             batch: 500,
             deps_per_call: 1_000,
             poll,
+            truncate_check: None,
             retry_min: Duration::from_millis(50),
             retry_max: Duration::from_secs(5),
         }
@@ -366,6 +385,7 @@ impl Relay {
     /// # Errors
     /// As [`Relay::run_once`].
     pub async fn drain(&self) -> Result<u64> {
+        self.check_truncations(true).await?;
         let mut total = 0_u64;
         loop {
             let delivery = self.run_once().await?;
@@ -374,6 +394,23 @@ impl Relay {
                 return Ok(total);
             }
         }
+    }
+
+    /// MySQL/MariaDB: invalidates the entities of watched tables truncated since the last
+    /// look (at most once per poll interval unless `force`d); see `truncate.rs`.
+    async fn check_truncations(&self, force: bool) -> Result<usize> {
+        let inner = &self.inner;
+        inner
+            .truncations
+            .check(
+                &inner.db,
+                &inner.outbox,
+                &inner.cache,
+                &inner.specs,
+                inner.truncate_check,
+                force,
+            )
+            .await
     }
 
     fn with_stats<R>(&self, f: impl FnOnce(&mut StatsState) -> R) -> R {
@@ -462,6 +499,9 @@ impl Relay {
         let _listener = self.listen();
         let mut delay = inner.retry_min;
         loop {
+            if let Err(e) = self.check_truncations(false).await {
+                tracing::warn!(error = %e, "checking watched tables for TRUNCATE failed; retrying at the next poll");
+            }
             let more = match self.run_once().await {
                 Ok(d) => {
                     delay = inner.retry_min;
