@@ -64,7 +64,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
             } else {
                 std::env::var("REDIS_PREFIX").unwrap_or_else(|_| "axum-example".into())
             };
-            Cache::builder(RedisBackend::connect(RedisConfig::new(redis, prefix)).await?).build()?
+            // `new`, not `connect`: the app starts while Redis is down (reads are misses, and
+            // the backend connects in the background).
+            Cache::builder(RedisBackend::new(RedisConfig::new(redis, prefix))?).build()?
         }
         Err(_) => Cache::memory(),
     };

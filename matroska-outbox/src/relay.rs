@@ -577,6 +577,7 @@ impl Drop for AbortOnDrop {
 /// A relay running in the background; dropping it stops the relay (rows not yet claimed wait
 /// for the next relay).
 #[derive(Debug)]
+#[must_use = "dropping a RelayHandle stops its relay: keep it for as long as the relay should run"]
 pub struct RelayHandle {
     relay: Relay,
     stop: Arc<Notify>,
