@@ -284,12 +284,14 @@ impl RedisBackend {
                 self.stamp_key(dep),
                 stamp.to_owned(),
             );
+            let nonce = self.nonce();
             writes.spawn(async move {
                 script
                     .call(1)
                     .key(key)
                     .arg(stamp)
                     .arg(ttl)
+                    .arg(nonce)
                     .invoke_async::<i64>(&mut conn)
                     .await
                     .map(drop)
