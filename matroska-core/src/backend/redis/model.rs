@@ -1,10 +1,10 @@
 //! A model check of the Redis fill protocol (issue 16): an exhaustive breadth-first search of
 //! every interleaving of loaders (ticket, database read, guarded put), invalidators (database
-//! write, invalidation, `WAIT`), a reader and a nemesis (losing the stamp, the clock or the
+//! write, invalidation, `WAIT`) and a nemesis (losing the stamp, the clock or the
 //! entry to eviction or expiry; a restart or failover that rolls keys back to what a replica
 //! had), within small bounds, on one server and on a cluster. It checks the product's
-//! promise: no value loaded before an invalidation is served by a read that starts after
-//! that invalidation returned.
+//! promise, in every state reached (as a read there would see it): no value loaded before an
+//! invalidation is served after that invalidation returned.
 //!
 //! Each step is what the server runs atomically: one script on one server; on a cluster each
 //! single-key command or script is its own step (each step function names the script it
@@ -15,8 +15,8 @@
 //! invalidation), and the checker must find counterexamples there: it is known to fail.
 //!
 //! Bounds: one row (one dependency, one cache key), two loaders doing one fill each, two
-//! invalidators doing one write each (retried when a failover may have lost it), a reader
-//! that reads again and again, and a fault budget for the nemesis. One dependency is enough:
+//! invalidators doing one write each (retried when a failover may have lost it), and a fault
+//! budget for the nemesis. One dependency is enough:
 //! entries of other dependencies are independent, and the bulk-versus-single-row reordering
 //! of item 5 needs only two invalidations of the same row.
 
@@ -580,7 +580,7 @@ impl Model {
                 let mut steps = Vec::new();
                 let mut i = at;
                 while i != 0 {
-                    steps.push(format!("{:?}", trail[i].1));
+                    steps.push(trail[i].1.to_string());
                     i = trail[i].0 as usize;
                 }
                 steps.reverse();
@@ -607,12 +607,25 @@ impl Model {
 }
 
 /// What a step was, for counterexamples.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 enum Step {
+    /// A loader's step from this phase.
     Loader(usize, LoaderPhase),
+    /// An invalidator's step from this phase.
     Invalidator(usize, InvalidatorPhase),
     Nemesis(&'static str),
     Other(&'static str),
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::Loader(i, from) => write!(f, "loader {i}, from {from:?}"),
+            Step::Invalidator(i, from) => write!(f, "invalidator {i}, from {from:?}"),
+            Step::Nemesis(what) => write!(f, "nemesis: {what}"),
+            Step::Other(what) => f.write_str(what),
+        }
+    }
 }
 
 /// `ticket.lua`: the clock, restarted with a fresh epoch when missing or not this server's.
