@@ -1028,3 +1028,26 @@ async fn ticket_from_the_old_master_never_stores_on_a_promoted_replica() {
     drop((master, replica));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Issue 16, item 1, on one server: an invalidation's stamp is lost (evicted, or expired
+/// because the load outlasted the stale window) and re-created by another fill; a ticket from
+/// before the invalidation must still be refused. Also through the step-by-step put that
+/// puts with more dependencies than `invalidate_batch` take.
+#[tokio::test]
+async fn a_lost_stamp_recreated_by_another_fill_refuses_an_older_ticket() {
+    use support::stamps::{Loss, lost_stamp_recreated_by_another_fill};
+    let url = support::redis_url();
+    let node_of = |_: &str| url.clone();
+    for loss in [Loss::Evicted, Loss::Expired] {
+        // 1: two dependencies are more than one script call handles.
+        for batch in [1_000, 1] {
+            let b = support::redis_backend_with(
+                RedisConfig::new(url.clone(), support::unique("lost_stamp"))
+                    .stale_window(Duration::from_millis(200))
+                    .invalidate_batch(batch),
+            )
+            .await;
+            lost_stamp_recreated_by_another_fill(&b, &node_of, loss).await;
+        }
+    }
+}

@@ -102,3 +102,30 @@ async fn ticket_from_before_a_failover_never_stores_after_it() {
     assert!(b.get("k").await.unwrap().is_some());
     drop(cluster);
 }
+
+/// Issue 16, item 1, on a cluster: a lost invalidation stamp re-created by another fill
+/// (pending, then the clock's reading) still refuses a ticket from before the invalidation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_stamp_recreated_by_another_fill_refuses_an_older_ticket() {
+    use support::stamps::{Loss, lost_stamp_recreated_by_another_fill};
+    let cluster = tokio::task::spawn_blocking(PrivateCluster::shared)
+        .await
+        .unwrap();
+    let node_of = |key: &str| format!("redis://127.0.0.1:{}", cluster.master_of(key));
+    for loss in [Loss::Evicted, Loss::Expired] {
+        let b = support::redis_backend_with(
+            RedisConfig::cluster(cluster.urls(), support::unique("lost_stamp"))
+                .stale_window(Duration::from_millis(200)),
+        )
+        .await;
+        lost_stamp_recreated_by_another_fill(&b, &node_of, loss).await;
+    }
+}
+
+/// Issue 16, item 5: a bulk invalidation's stamp landing after a later single-row
+/// invalidation's does not move the stamp backwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reordered_invalidations_never_move_a_stamp_backwards() {
+    let b = support::redis_cluster_backend("reordered").await;
+    support::stamps::reordered_invalidations_never_move_a_stamp_backwards(&b).await;
+}

@@ -143,6 +143,7 @@ pub mod faults;
 pub mod ledger;
 #[cfg(feature = "seaorm")]
 pub mod relay;
+pub mod stamps;
 
 /// xorshift: a tiny deterministic generator for test workloads, one per task.
 pub struct Rng(pub u64);

@@ -206,10 +206,6 @@ impl MemoryBackend {
             .map(HashSet::len)
             .sum()
     }
-
-    fn now_micros(&self) -> u64 {
-        u64::try_from(self.inner.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
-    }
 }
 
 /// Locks a mutex, recovering from poisoning: every critical section here leaves the state
@@ -221,6 +217,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Inner {
     fn lock_state(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
+    }
+
+    /// The time, as an `Instant` and in microseconds since `epoch` (the clock's unit). Read
+    /// it with the state locked: the lock orders tickets, puts and invalidations, and a
+    /// reading taken before it may be arbitrarily old by the time the lock is held.
+    fn now(&self) -> (Instant, u64) {
+        let instant = Instant::now();
+        let micros = instant.saturating_duration_since(self.epoch).as_micros();
+        (instant, u64::try_from(micros).unwrap_or(u64::MAX))
     }
 
     fn apply_removals(&self, state: &mut State) {
@@ -254,15 +259,18 @@ impl Backend for MemoryBackend {
     }
 
     async fn put(&self, request: PutRequest<'_>) -> Result<PutOutcome> {
-        let now = self.now_micros();
         let mut state = self.inner.lock_state();
+        // The time is read under the lock, once, for both checks below: read before it, a put
+        // that waited for the lock longer than the stale window would pass the window check
+        // with its early reading while the marker of an invalidation made after its ticket
+        // had expired by the time the markers are looked at, and store a stale value.
+        let (instant, now) = self.inner.now();
         self.inner.apply_removals(&mut state);
         if let Some(Ticket { clock: ticket, .. }) = request.ticket {
             let window = u64::try_from(self.inner.stale_window.as_micros()).unwrap_or(u64::MAX);
             if now.saturating_sub(ticket) > window {
                 return Ok(PutOutcome::Stale);
             }
-            let instant = Instant::now();
             let invalidated_since = request.deps.iter().any(|dep| {
                 state
                     .markers
@@ -306,12 +314,16 @@ impl Backend for MemoryBackend {
     }
 
     async fn invalidate(&self, deps: &[String]) -> Result<u64> {
-        let now = self.now_micros();
         let mut state = self.inner.lock_state();
+        let (_, now) = self.inner.now();
         self.inner.apply_removals(&mut state);
         state.clock = state.clock.max(now) + 1;
         let stamp = state.clock;
-        let until = Instant::now() + self.inner.stale_window;
+        // Measured from the marker's clock value, in the unit puts compare tickets with: a
+        // put that finds this marker expired has `now >= stamp + window > ticket + window`,
+        // so its window check refuses it. (From the wall time here, a clock pushed ahead of
+        // the time by a burst of invalidations would let a marker expire a little early.)
+        let until = self.inner.epoch + Duration::from_micros(stamp) + self.inner.stale_window;
         let mut dropped = 0;
         for dep in deps {
             let dep: Arc<str> = Arc::from(dep.as_str());
@@ -339,9 +351,64 @@ impl Backend for MemoryBackend {
     }
 
     async fn ticket(&self) -> Result<Ticket> {
-        let now = self.now_micros();
         let state = self.inner.lock_state();
+        let (_, now) = self.inner.now();
         // One epoch: the clock lives as long as the backend.
         Ok(Ticket::new(0, state.clock.max(now)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A guarded put that waits for the lock longer than the stale window, behind an
+    /// invalidation made after its ticket, is refused: the time it checks the window with is
+    /// read under the lock, together with the markers' expiry, not before it.
+    #[test]
+    fn a_put_that_waited_for_the_lock_past_the_window_is_refused() {
+        let window = Duration::from_millis(100);
+        let backend = MemoryBackend::new(MemoryConfig::default().stale_window(window));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        let deps = vec!["d".to_owned()];
+        let ticket = runtime.block_on(backend.ticket()).expect("ticket");
+        runtime
+            .block_on(backend.invalidate(&deps))
+            .expect("invalidate");
+        // Hold the lock that orders puts and invalidations while the put starts, and until
+        // the invalidation's marker has expired.
+        let held = backend.inner.lock_state();
+        let marker_expired = Instant::now() + 2 * window;
+        let put = std::thread::spawn({
+            let (backend, deps) = (backend.clone(), deps.clone());
+            move || {
+                let request = PutRequest::new(
+                    "k",
+                    Bytes::from_static(b"v1"),
+                    &deps,
+                    Duration::from_secs(60),
+                )
+                .guarded_by(Some(ticket));
+                tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("a runtime")
+                    .block_on(backend.put(request))
+                    .expect("put")
+            }
+        });
+        // The put is waiting for the lock; only the passing of time is waited for here.
+        while Instant::now() < marker_expired {
+            std::thread::sleep(marker_expired - Instant::now());
+        }
+        drop(held);
+        let outcome = put.join().expect("the put thread");
+        assert_eq!(
+            outcome,
+            PutOutcome::Stale,
+            "a value loaded before the invalidation was stored"
+        );
+        assert!(runtime.block_on(backend.get("k")).expect("get").is_none());
     }
 }

@@ -7,7 +7,7 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `{P}:e:<key>` | string | an entry: its dependencies with the stamps they had when it was stored, then the value (codec header + payload) |
-//! | `{P}:s:<dependency>` | string | the dependency's stamp, replaced by a never-used value on every invalidation |
+//! | `{P}:s:<dependency>` | string | the dependency's stamp `<epoch>:<count>`: set to a fresh count by every invalidation, created from the clock's reading by a put (pending, `p<nonce>`, until then on a cluster) |
 //! | `{P}:c` | string | the invalidation clock, `<epoch>:<count>:<replication id>` (the only key without a TTL) |
 //! | `{P}:l:<key>` | string | cross-process fill lease of a key |
 //!
@@ -25,9 +25,10 @@
 //!   each stamp to `<epoch>:<count>` with a fresh count: O(dependencies), whatever the number
 //!   of dependents, and no index to lose.
 //! - **ticket** / **guarded put**: the ticket is the clock; the put script refuses when the
-//!   clock's epoch changed (a lost clock), a stamp of the ticket's epoch is newer than the
-//!   ticket, or a stamp is missing while an invalidation ran after the ticket. It stores the
-//!   entry with the stamps it read, in the same script.
+//!   clock's epoch changed (a lost clock), or a stamp of the ticket's epoch is newer than the
+//!   ticket, a missing stamp re-created from the clock's reading included (so an invalidation
+//!   whose stamp was lost still refuses an older ticket). It stores the entry with the stamps
+//!   it read, in the same script.
 //!
 //! Everything lives in the `{P}` hash tag (one Redis Cluster slot), so each script is
 //! single-slot. See ARCHITECTURE.md for the invariants and the measurements behind this.
@@ -46,6 +47,8 @@ use super::{Backend, PutOutcome, PutRequest, Ticket};
 use crate::error::{Error, Result};
 
 mod known;
+#[cfg(test)]
+mod model;
 mod spread;
 
 use known::KnownKeys;

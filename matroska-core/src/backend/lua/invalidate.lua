@@ -8,21 +8,28 @@
 --               other slots and the caller writes the returned stamp into them afterwards)
 -- ARGV[1]  a fresh epoch (decimal, never 0), used when the clock is missing
 -- ARGV[2]  stamp time to live, ms (the stale window; puts extend it to their entries' TTL)
+-- ARGV[3]  '1' to restart the clock with a fresh epoch when it was written under another
+--          replication id (Redis Cluster), else '0' or absent
 --
 -- Returns the stamp written, '<epoch>:<count>'.
 --
 -- Invariants:
--- * a stamp value is never reused: the count only grows within an epoch, a lost clock comes
---   back with a fresh epoch, and a replica promoted with a clock that is behind holds no
---   entry recording a count above its clock (replication applies a prefix of the master's
---   writes, and an entry recording a stamp was written after that stamp's clock bump), so
---   no entry stored before this call matches the stamp it writes;
+-- * no entry stored before this call's clock bump matches the stamp it writes: the count
+--   only grows within an epoch, a lost clock comes back with a fresh epoch, every stamp is
+--   written with a count no higher than the clock's when written (puts create stamps from
+--   the clock's reading), and a replica promoted with a clock that is behind holds no entry
+--   recording a count above its clock (replication applies a prefix of the master's writes,
+--   and an entry recording a stamp was written after that stamp's clock bump). On a cluster
+--   the stamps live on other servers, which a failover of the clock's server does not roll
+--   back: there the clock restarts its epoch as soon as it finds itself on another server
+--   (ARGV[3]), so counts handed out after a failover never fall below stamps already
+--   written, and set_stamp.lua can keep the higher of two counts of one epoch;
 -- * tickets need more: after a failover, a ticket taken on the old master may be above the
 --   promoted clock. The clock keeps the replication id it was reset under (ticket.lua), and a
 --   guarded put refuses while that id is not the server's own, until ticket.lua starts a new
---   epoch. This script therefore does not ask the server for its replication id (`INFO` is
---   most of a small invalidation's server time): it keeps the clock's, or writes '0' (never
---   an id) when it starts a clock;
+--   epoch. On one server this script therefore does not ask the server for its replication
+--   id (`INFO` is most of a small invalidation's server time): it keeps the clock's, or
+--   writes '0' (never an id) when it starts a clock;
 -- * the caller bounds the number of dependencies per call, so a call never blocks the
 --   server for long.
 local c = redis.call('GET', KEYS[1])
@@ -30,7 +37,12 @@ local epoch, count, owner
 if c then
   epoch, count, owner = string.match(c, '^(%d+):(%d+):(%w+)$')
 end
-if not epoch then
+if ARGV[3] == '1' then
+  local rid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
+  if owner ~= rid then
+    epoch, count, owner = ARGV[1], '0', rid
+  end
+elseif not epoch then
   epoch, count, owner = ARGV[1], '0', '0'
 end
 local stamp = epoch .. ':' .. string.format('%d', tonumber(count) + 1)

@@ -7,7 +7,8 @@
 -- ARGV[2]  the entry's time to live, ms
 -- ARGV[3]  ticket epoch taken before the value was loaded, or '' for an unguarded put
 -- ARGV[4]  ticket count
--- ARGV[5]  a fresh nonce, for stamps this call has to create
+-- ARGV[5]  a fresh epoch (decimal, never 0), used when a stamp must be created and the clock
+--          is missing
 -- ARGV[6]  the entry's header, encoded by the caller: '\182', n, ':', then per dependency
 --          '<len>:<dependency>' (the dependencies of KEYS[3 ..], in order)
 -- ARGV[7]  how long a stamp is kept when this call creates or extends it, ms (at least
@@ -19,13 +20,24 @@
 -- Invariants:
 -- * a read serves the entry only while every recorded stamp equals the current one, so
 --   losing any key (the entry's stamps, the clock) can only make it a miss;
+-- * a missing stamp is created as the clock's reading '<epoch>:<count>' (also by a refused
+--   put, so the next load can store; a clock is started, count 0, when there is none). This
+--   script reads the clock atomically with the creation, and every invalidation of the
+--   dependency set the clock to its count first, so the created count is at least that of
+--   the dependency's last invalidation, even one whose stamp was lost (expired after the
+--   stale window, evicted): within an epoch a stamp never goes backwards, through loss and
+--   re-creation included. A pending value 'p<nonce>' (a step-by-step put's creation, see
+--   stamp.lua) is replaced the same way;
+-- * so a stamp value is reused only when nothing was invalidated in between: a re-created
+--   stamp equals a lost one only if the clock has not moved since the lost one was written,
+--   and then every entry that recorded it is still current;
 -- * a guarded put refuses when the clock has another epoch than its ticket or was written
---   under another replication id (restart, failover, lost clock), when a stamp of the
---   ticket's epoch is newer than the ticket, and when a stamp is missing while some
---   invalidation ran after the ticket (the missing stamp may have been that invalidation's,
---   then evicted);
--- * a missing stamp is created (also by a refused put, so the next load can store), with a
---   value no entry recorded before: entries that recorded a lost stamp stay misses;
+--   under another replication id (restart, failover, lost clock), and when a stamp of the
+--   ticket's epoch, created ones included, has a count above the ticket (an invalidation
+--   after the ticket, or a re-creation after one that was lost). A stamp of another epoch
+--   was written before the ticket's epoch began (every stamp is written with the clock's
+--   epoch, atomically with reading it); an older layout's 'c<nonce>' tells nothing, so it
+--   refuses when the clock moved past the ticket;
 -- * stamps live at least as long as the entries that recorded them (extended, never
 --   shortened, whenever less than the entry's TTL is left), and every key written but the
 --   clock has a TTL.
@@ -37,42 +49,48 @@ local ttl = tonumber(ARGV[2])
 local keep = ARGV[7]
 local guarded = ARGV[3] ~= ''
 local refuse = false
-local ticket, clock
+local ticket = tonumber(ARGV[4])
+local c = redis.call('GET', KEYS[2])
+local epoch, count, owner
+if c then
+  epoch, count, owner = string.match(c, '^(%d+):(%d+):(%w+)$')
+end
 if guarded then
-  ticket = tonumber(ARGV[4])
   local rid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
-  local c = redis.call('GET', KEYS[2])
-  local epoch, count, owner
-  if c then
-    epoch, count, owner = string.match(c, '^(%d+):(%d+):(%w+)$')
-  end
   if epoch ~= ARGV[3] or owner ~= rid then
     refuse = true
-  else
-    clock = tonumber(count)
   end
 end
 
+local created
 local stamps = {}
 for i = 1, n do
   local key = KEYS[i + 2]
   local stamp = redis.call('GET', key)
-  if not stamp then
-    stamp = 'c' .. ARGV[5]
-    redis.call('SET', key, stamp, 'PX', keep)
-    if guarded and not refuse and clock > ticket then
-      refuse = true
-    end
-  else
-    if guarded and not refuse then
-      local epoch, count = string.match(stamp, '^(%d+):(%d+)$')
-      if epoch == ARGV[3] and tonumber(count) > ticket then
-        refuse = true
+  -- 112 is 'p': a pending creation, replaced here as if missing.
+  if not stamp or string.byte(stamp) == 112 then
+    if not created then
+      if not epoch then
+        -- Owner '0' (never an id), as invalidate.lua starts a clock: a ticket restarts it.
+        epoch, count = ARGV[5], '0'
+        redis.call('SET', KEYS[2], epoch .. ':0:0')
       end
+      created = epoch .. ':' .. count
     end
+    stamp = created
+    redis.call('SET', key, stamp, 'PX', keep)
+  else
     local left = redis.call('PTTL', key)
     if left >= 0 and left < ttl then
       redis.call('PEXPIRE', key, keep)
+    end
+  end
+  if guarded and not refuse then
+    local e, k = string.match(stamp, '^(%d+):(%d+)$')
+    if e == ARGV[3] then
+      refuse = tonumber(k) > ticket
+    elseif not e then
+      refuse = tonumber(count) > ticket
     end
   end
   stamps[i] = stamp

@@ -9,27 +9,36 @@
 //!   stamp into every dependency. Until a stamp is written its dependents still read as hits,
 //!   which is what "the invalidation has not returned yet" allows; a failure part-way is
 //!   reported and the caller repeats the invalidation.
-//! - **put**: read (or create) each stamp (`stamp.lua`), then check the clock
-//!   (`check_clock.lua`), then write the entry with the stamps read. An invalidation whose
-//!   stamp lands after the stamps were read makes the entry a miss (the recorded stamp is
-//!   old); one whose stamp landed before is seen (its count is above the ticket), or, if that
-//!   stamp has since been lost, its clock bump is (the clock is read after the stamps).
+//! - **invalidate**: (continued) each stamp is written by `set_stamp.lua`, which keeps a
+//!   higher count of the same epoch: two invalidations may take their counts in one order
+//!   and write in the other, and a stamp must never go backwards within an epoch.
+//! - **put**: read each stamp, marking a missing one pending (`stamp.lua`), then check the
+//!   clock (`check_clock.lua`, which also returns its reading), then replace each pending
+//!   stamp with that reading (`resolve.lua`), then write the entry with the stamps read. An
+//!   invalidation whose stamp lands after the stamps were read makes the entry a miss (the
+//!   recorded stamp is old); one whose stamp landed before is seen (its count is above the
+//!   ticket), or, if that stamp has since been lost, its clock bump is (the clock is read
+//!   after the stamps, and the re-created stamp carries that reading).
 
 use std::sync::Arc;
 
 use tokio::task::JoinSet;
 
-use super::{Error, Lua, RedisBackend, Result, entry_header, millis, stamp_keep};
-use crate::backend::{PutOutcome, PutRequest};
+use super::{Error, Lua, RedisBackend, Result, bad_reply, entry_header, millis, stamp_keep};
+use crate::backend::{PutOutcome, PutRequest, Ticket};
 
 static STAMP: &str = include_str!("../lua/stamp.lua");
 static CHECK_CLOCK: &str = include_str!("../lua/check_clock.lua");
+static RESOLVE: &str = include_str!("../lua/resolve.lua");
+static SET_STAMP: &str = include_str!("../lua/set_stamp.lua");
 
 /// The scripts of the spread protocol.
 pub(super) struct Scripts {
-    /// Shared with the tasks that read stamps concurrently.
+    /// Shared with the tasks that run single-key scripts concurrently.
     stamp: Arc<Lua>,
     check_clock: Lua,
+    resolve: Arc<Lua>,
+    set_stamp: Arc<Lua>,
 }
 
 impl Default for Scripts {
@@ -37,8 +46,20 @@ impl Default for Scripts {
         Scripts {
             stamp: Arc::new(Lua::new(STAMP)),
             check_clock: Lua::new(CHECK_CLOCK),
+            resolve: Arc::new(Lua::new(RESOLVE)),
+            set_stamp: Arc::new(Lua::new(SET_STAMP)),
         }
     }
+}
+
+/// Whether a stamp is a pending creation (`stamp.lua`), to be replaced by a clock reading.
+fn is_pending(stamp: &[u8]) -> bool {
+    stamp.first() == Some(&b'p')
+}
+
+/// A stamp as `(epoch, count)`, or `None` for a pending or an older layout's value.
+fn parse_stamp(stamp: &[u8]) -> Option<Ticket> {
+    std::str::from_utf8(stamp).ok().and_then(super::parse_clock)
 }
 
 impl RedisBackend {
@@ -50,41 +71,54 @@ impl RedisBackend {
             .iter()
             .map(|dep| self.stamp_key_bytes(dep))
             .collect();
-        // 1. The stamps, each in its own slot, a batch at a time in flight.
-        let mut stamps = vec![(Vec::new(), 0_i64); keys.len()];
+        // 1. The stamps, each in its own slot, a batch at a time in flight; a missing one is
+        // marked pending.
+        let mut stamps = vec![Vec::new(); keys.len()];
         let batch = self.inner.config.invalidate_batch.max(1);
         for (at, chunk) in keys.chunks(batch).enumerate() {
             self.read_stamps(chunk, at * batch, ttl, nonce, &mut stamps)
                 .await?;
         }
-        // 2. The ticket: against the stamps just read, then against the clock, read after
-        // them.
+        let pending: Vec<usize> = (0..stamps.len())
+            .filter(|&i| is_pending(&stamps[i]))
+            .collect();
+        // 2. The ticket against the stamps just read, then against the clock, read after
+        // them; the clock's reading is also what the pending stamps get.
+        let mut stale = false;
         if let Some(ticket) = request.ticket {
-            let newer = stamps.iter().any(|(stamp, _)| {
-                std::str::from_utf8(stamp)
-                    .ok()
-                    .and_then(super::parse_clock)
-                    .is_some_and(|s| s.epoch == ticket.epoch && s.clock > ticket.clock)
-            });
-            if newer {
+            let parsed: Vec<Option<Ticket>> = stamps.iter().map(|s| parse_stamp(s)).collect();
+            if parsed
+                .iter()
+                .flatten()
+                .any(|s| s.epoch == ticket.epoch && s.clock > ticket.clock)
+            {
                 return Ok(PutOutcome::Stale);
             }
-            let missing = stamps.iter().any(|&(_, created)| created == 1);
-            let mut invocation = self.inner.spread.check_clock.call(1);
-            invocation
-                .key(&self.inner.clock_key)
-                .arg(ticket.epoch)
-                .arg(ticket.clock)
-                .arg(if missing { "1" } else { "0" });
-            let mut conn = self.conn()?;
-            let ok: i64 = self.run("put", invocation.invoke_async(&mut conn)).await?;
-            if ok != 1 {
-                return Ok(PutOutcome::Stale);
+            // Pending, another epoch's or an older layout's: cannot be compared with the
+            // ticket, so only a clock that has not moved past it vouches for them.
+            let unverifiable = parsed
+                .iter()
+                .any(|s| s.is_none_or(|s| s.epoch != ticket.epoch));
+            let (ok, reading) = self.check_clock(Some(ticket), unverifiable).await?;
+            stale = !ok;
+            if !pending.is_empty() {
+                // Resolved even by a refused put, so that the next load can store.
+                stale |= !self
+                    .resolve(&keys, &mut stamps, &pending, &reading, ttl)
+                    .await?;
             }
+        } else if !pending.is_empty() {
+            let (_, reading) = self.check_clock(None, true).await?;
+            stale = !self
+                .resolve(&keys, &mut stamps, &pending, &reading, ttl)
+                .await?;
+        }
+        if stale {
+            return Ok(PutOutcome::Stale);
         }
         // 3. The entry, with the stamps it was checked against, as `put.lua` writes it.
         let mut entry = entry_header(request.deps);
-        for (i, (stamp, _)) in stamps.iter().enumerate() {
+        for (i, stamp) in stamps.iter().enumerate() {
             if i > 0 {
                 entry.push(b',');
             }
@@ -108,21 +142,91 @@ impl RedisBackend {
         Ok(PutOutcome::Stored)
     }
 
-    /// Reads (or creates) the stamps of `keys`, concurrently, into `into[offset..]`.
+    /// Runs `check_clock.lua`: whether a put with `ticket` may store, and the clock's reading
+    /// `<epoch>:<count>`, taken after the stamps were read.
+    async fn check_clock(
+        &self,
+        ticket: Option<Ticket>,
+        unverifiable: bool,
+    ) -> Result<(bool, String)> {
+        let mut invocation = self.inner.spread.check_clock.call(1);
+        invocation.key(&self.inner.clock_key);
+        match ticket {
+            Some(t) => invocation.arg(t.epoch).arg(t.clock),
+            None => invocation.arg("").arg(0),
+        };
+        invocation
+            .arg(if unverifiable { "1" } else { "0" })
+            .arg(self.nonce());
+        let mut conn = self.conn()?;
+        let (ok, reading): (i64, String) =
+            self.run("put", invocation.invoke_async(&mut conn)).await?;
+        if super::parse_clock(&reading).is_none() {
+            return Err(bad_reply("a clock reading that is not `<epoch>:<count>`"));
+        }
+        Ok((ok == 1, reading))
+    }
+
+    /// Replaces the pending stamps `stamps[pending]` with the clock `reading` (`resolve.lua`,
+    /// concurrently). False when one of them no longer held the pending value this put saw
+    /// (an invalidation or another put replaced it): the put then refuses.
+    async fn resolve(
+        &self,
+        keys: &[Vec<u8>],
+        stamps: &mut [Vec<u8>],
+        pending: &[usize],
+        reading: &str,
+        ttl: u64,
+    ) -> Result<bool> {
+        let mut calls = JoinSet::new();
+        for &i in pending {
+            let mut conn = self.conn()?;
+            let script = Arc::clone(&self.inner.spread.resolve);
+            let (key, seen, reading) = (keys[i].clone(), stamps[i].clone(), reading.to_owned());
+            calls.spawn(async move {
+                script
+                    .call(1)
+                    .key(key)
+                    .arg(seen)
+                    .arg(reading)
+                    .arg(stamp_keep(ttl))
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+            });
+        }
+        let replaced = self
+            .run("put", async {
+                let mut all = true;
+                while let Some(done) = calls.join_next().await {
+                    all &= done.map_err(|e| {
+                        redis::RedisError::from(std::io::Error::other(e.to_string()))
+                    })?? == 1;
+                }
+                Ok(all)
+            })
+            .await?;
+        for &i in pending {
+            stamps[i] = reading.as_bytes().to_vec();
+        }
+        Ok(replaced)
+    }
+
+    /// Reads the stamps of `keys` (marking missing ones pending), concurrently, into
+    /// `into[offset..]`.
     async fn read_stamps(
         &self,
         keys: &[Vec<u8>],
         offset: usize,
         ttl: u64,
         nonce: u64,
-        into: &mut [(Vec<u8>, i64)],
+        into: &mut [Vec<u8>],
     ) -> Result<()> {
         let mut reads = JoinSet::new();
         for (i, key) in keys.iter().enumerate() {
             let mut conn = self.conn()?;
             let (script, key) = (Arc::clone(&self.inner.spread.stamp), key.clone());
             reads.spawn(async move {
-                let reply: redis::RedisResult<(Vec<u8>, i64)> = script
+                let reply: redis::RedisResult<Vec<u8>> = script
                     .call(1)
                     .key(key)
                     .arg(ttl)
@@ -145,26 +249,53 @@ impl RedisBackend {
     }
 
     pub(super) async fn invalidate_spread(&self, deps: &[String]) -> Result<()> {
+        let stamp = self.spread_bump_clock().await?;
+        self.spread_write_stamps(deps, &stamp).await
+    }
+
+    /// The first step of an invalidation on a cluster: bump the clock, returning the stamp
+    /// to write. Public only so that tests can interleave two invalidations' steps.
+    #[doc(hidden)]
+    pub async fn spread_bump_clock(&self) -> Result<String> {
         let mut invocation = self.inner.invalidate.call(1);
+        // '1': restart the epoch if the clock's server changed (a failover), so that counts
+        // handed out never fall below stamps already written on the other servers.
         invocation
             .key(&self.inner.clock_key)
             .arg(self.nonce())
-            .arg(millis(self.inner.config.stale_window));
+            .arg(millis(self.inner.config.stale_window))
+            .arg("1");
         let mut conn = self.conn()?;
-        let stamp: String = self
-            .run("invalidate", invocation.invoke_async(&mut conn))
-            .await?;
+        self.run("invalidate", invocation.invoke_async(&mut conn))
+            .await
+    }
+
+    /// The second step of an invalidation on a cluster: write `stamp` (from
+    /// [`RedisBackend::spread_bump_clock`]) into the stamps of `deps`. Public only so that
+    /// tests can interleave two invalidations' steps.
+    #[doc(hidden)]
+    pub async fn spread_write_stamps(&self, deps: &[String], stamp: &str) -> Result<()> {
         let ttl = millis(self.inner.config.stale_window);
         let mut writes = JoinSet::new();
         for dep in deps {
             let mut conn = self.conn()?;
-            let cmd = redis::cmd("SET")
-                .arg(self.stamp_key(dep))
-                .arg(&stamp)
-                .arg("PX")
-                .arg(ttl)
-                .clone();
-            writes.spawn(async move { cmd.query_async::<()>(&mut conn).await });
+            let (script, key, stamp) = (
+                Arc::clone(&self.inner.spread.set_stamp),
+                self.stamp_key(dep),
+                stamp.to_owned(),
+            );
+            let nonce = self.nonce();
+            writes.spawn(async move {
+                script
+                    .call(1)
+                    .key(key)
+                    .arg(stamp)
+                    .arg(ttl)
+                    .arg(nonce)
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+                    .map(drop)
+            });
         }
         self.run("invalidate", async {
             while let Some(done) = writes.join_next().await {
