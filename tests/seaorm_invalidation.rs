@@ -78,6 +78,7 @@ matrix!(
     insert_update_delete,
     unwatched_change_keeps_list,
     category_move,
+    stale_model_delete,
     transaction_commit_and_rollback,
     bulk_helpers,
     cached_queries_match_uncached,
@@ -298,6 +299,47 @@ async fn category_move(env: Env) {
     assert!(fresh_list(&env, &a).await.is_empty());
     assert_eq!(titles(&fresh_list(&env, &b).await), ["mover", "stayer"]);
     assert_eq!((count(a).await, count(b).await), (0, 2));
+}
+
+/// A hooked delete of a model loaded before another path moved its row to another category
+/// invalidates the row as the database held it at the delete: the count cached for the row's
+/// current category (which holds no primary key) drops, without the outbox.
+async fn stale_model_delete(env: Env) {
+    let db = env.conn();
+    let kolypto = new_author(db, "kolypto").await;
+    let b = article::published_in("B");
+    let stale = new_article("mover", "A", true, kolypto.id)
+        .insert(db)
+        .await
+        .unwrap();
+    // Another path moves the row, and invalidates what it changed: the cache is right.
+    db.execute_unprepared(&format!(
+        "UPDATE article SET category = 'B' WHERE id = {}",
+        stale.id
+    ))
+    .await
+    .unwrap();
+    seaorm::invalidate_entity::<article::Entity>()
+        .await
+        .unwrap();
+    let cache = &env.cache;
+    let count_b = || async {
+        article::Entity::find()
+            .cached(cache)
+            .scoped(&b)
+            .count(db)
+            .await
+            .unwrap()
+    };
+    assert_eq!(count_b().await, 1);
+    // The model still says category A.
+    assert_eq!(stale.category, "A");
+    stale.delete(db).await.unwrap();
+    assert_eq!(
+        count_b().await,
+        0,
+        "the count of B is stale after the delete"
+    );
 }
 
 async fn transaction_commit_and_rollback(env: Env) {

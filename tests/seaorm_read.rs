@@ -204,6 +204,113 @@ async fn rows_come_back_as_the_database_returned_them_msgpack() {
 }
 
 // ---------------------------------------------------------------------------------------
+// JSON `null` is not SQL `NULL`.
+
+mod document {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, matroska::CacheDeps)]
+    #[sea_orm(table_name = "document")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: i32,
+        pub maybe: Option<Json>,
+        pub body: Json,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Rows holding JSON `null`, SQL `NULL` and `{"a":null}` come back from the cache exactly as
+/// the database returned them: a hit (the second read, served from the entry) equals the
+/// uncached read, in an `Option<Json>` and in a `Json` field.
+async fn json_null_comes_back_as_json_null(kind: Kind) {
+    use serde_json::{Value as Json, json};
+    let scratch = ScratchDb::new(kind, "json_null").await;
+    let db = &scratch.conn;
+    let schema = Schema::new(db.get_database_backend());
+    db.execute(&schema.create_table_from_entity(document::Entity))
+        .await
+        .unwrap();
+    db.execute_unprepared(
+        r#"INSERT INTO document (id, maybe, body) VALUES
+             (1, 'null', 'null'), (2, NULL, '{"a":null}'), (3, '{"a":null}', '{"a":null}')"#,
+    )
+    .await
+    .unwrap();
+    let cache = support::memory_cache();
+    let documents = || document::Entity::find().order_by_asc(document::Column::Id);
+    let expected = documents().all(db).await.unwrap();
+    // What the database returns, so the test checks what it means to.
+    assert_eq!(
+        expected
+            .iter()
+            .map(|d| (d.maybe.clone(), d.body.clone()))
+            .collect::<Vec<_>>(),
+        [
+            (Some(Json::Null), Json::Null),
+            (None, json!({"a": null})),
+            (Some(json!({"a": null})), json!({"a": null})),
+        ]
+    );
+    for round in ["miss", "hit"] {
+        assert_eq!(
+            documents().cached(&cache).all(db).await.unwrap(),
+            expected,
+            "{round}"
+        );
+        for row in &expected {
+            assert_eq!(
+                seaorm::query::find_by_id::<document::Entity, _>(&cache, db, row.id)
+                    .await
+                    .unwrap()
+                    .as_ref(),
+                Some(row),
+                "{round}"
+            );
+        }
+    }
+    // The hits were served from the entries: rows changed behind the cache's back are not seen.
+    db.execute_unprepared(r#"UPDATE document SET maybe = '1', body = '2'"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        documents().cached(&cache).all(db).await.unwrap(),
+        expected,
+        "the list was not served from the cache"
+    );
+    for row in &expected {
+        assert_eq!(
+            seaorm::query::find_by_id::<document::Entity, _>(&cache, db, row.id)
+                .await
+                .unwrap()
+                .as_ref(),
+            Some(row),
+            "row {} was not served from the cache",
+            row.id
+        );
+    }
+}
+
+#[tokio::test]
+async fn json_null_comes_back_as_json_null_sqlite() {
+    json_null_comes_back_as_json_null(Kind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn json_null_comes_back_as_json_null_postgres() {
+    json_null_comes_back_as_json_null(Kind::Postgres).await;
+}
+
+#[tokio::test]
+async fn json_null_comes_back_as_json_null_mysql() {
+    json_null_comes_back_as_json_null(Kind::MySql).await;
+}
+
+// ---------------------------------------------------------------------------------------
 // Cached queries inside transactions read through the cache.
 
 use sea_orm::{ActiveModelTrait, DbErr, Set, TransactionTrait};

@@ -28,7 +28,7 @@ use sea_orm::{
 };
 
 use crate::error::{Error, Result};
-use crate::invalidator::Invalidator;
+use crate::invalidator::{Invalidator, Keep};
 use crate::transaction::record;
 
 /// Starts an invalidating `UPDATE … WHERE …` of entity `E`; see [`BulkUpdate`].
@@ -225,10 +225,30 @@ fn by_keys<E: EntityTrait>(rows: &[Model<E>]) -> Condition {
     any
 }
 
-fn write_invalidator() -> Result<Invalidator> {
+/// The invalidator for a write to `E`'s table, checked before the write: a full retry queue
+/// refuses it only when the outbox does not watch the table (see the
+/// [failure policy](crate::invalidator#failure-policy-retry-queue-then-refuse-writes)).
+async fn write_invalidator<E, C>(db: &C) -> Result<Invalidator>
+where
+    E: EntityTrait,
+    C: ConnectionTrait,
+{
     let invalidator = Invalidator::require()?;
-    invalidator.check_capacity()?;
+    if invalidator.is_full() && !crate::outbox::covers(db, E::default().table_name()).await {
+        invalidator.check_capacity()?;
+    }
     Ok(invalidator)
+}
+
+/// Records a bulk write's dependencies (see [`crate::hooks::keep_after_write`]); a failure is
+/// queued, not returned: the rows are written.
+async fn record_write<E, C>(invalidator: &Invalidator, db: &C, deps: Vec<Dependency>)
+where
+    E: EntityTrait,
+    C: ConnectionTrait,
+{
+    let keep = crate::hooks::keep_after_write(invalidator, db, E::default().table_name()).await;
+    let _ = record(invalidator, keep, deps).await;
 }
 
 impl<E> BulkUpdate<E>
@@ -265,13 +285,14 @@ where
     /// returns the number of rows updated.
     ///
     /// # Errors
-    /// [`Error::Db`]; [`Error::NoCache`] and [`Error::Backlog`] before anything is written.
+    /// [`Error::Db`]; [`Error::NoCache`] and [`Error::Backlog`] (a table the outbox does not
+    /// watch) before anything is written.
     /// A failed invalidation is queued, not returned (the rows are written).
     pub async fn exec<C>(self, db: &C) -> Result<u64>
     where
         C: ConnectionTrait + TransactionTrait,
     {
-        let invalidator = write_invalidator()?;
+        let invalidator = write_invalidator::<E, C>(db).await?;
         if self.sets.is_empty() {
             return Ok(0);
         }
@@ -324,7 +345,7 @@ where
                 deps.push(scope.all());
             }
         }
-        let _ = record(&invalidator, deps).await;
+        record_write::<E, C>(&invalidator, db, deps).await;
         Ok(count)
     }
 }
@@ -349,7 +370,7 @@ where
     where
         C: ConnectionTrait + TransactionTrait,
     {
-        let invalidator = write_invalidator()?;
+        let invalidator = write_invalidator::<E, C>(db).await?;
         let scope = <E::Model as Scoped>::scope();
         let delete = E::delete_many().filter(self.filter.clone());
         let mut deps: Vec<Dependency> = vec![scope.any_change()];
@@ -371,7 +392,7 @@ where
             deps.push(row.primary_key());
             deps.extend(scope.dependencies_for(row, None));
         }
-        let _ = record(&invalidator, deps).await;
+        record_write::<E, C>(&invalidator, db, deps).await;
         Ok(count)
     }
 }
@@ -388,7 +409,7 @@ where
     C: ConnectionTrait,
     Model<A::Entity>: CacheDeps + Scoped + Send + Sync,
 {
-    let invalidator = write_invalidator()?;
+    let invalidator = write_invalidator::<A::Entity, C>(db).await?;
     let models: Vec<A> = models.into_iter().collect();
     if models.is_empty() {
         return Ok(0);
@@ -407,7 +428,7 @@ where
         let count = insert.exec_without_returning(db).await?;
         (vec![scope.all(), scope.any_change()], count)
     };
-    let _ = record(&invalidator, deps).await;
+    record_write::<A::Entity, C>(&invalidator, db, deps).await;
     Ok(count)
 }
 
@@ -434,10 +455,24 @@ where
 /// Invalidates `deps` through the current cache: now, or at the end of the enclosing
 /// [`transaction`](crate::transaction()) / [`batch`](crate::batch).
 ///
+/// A failed invalidation joins the retry queue only while the queue has room (its
+/// [`backlog_limit`](crate::InvalidatorBuilder::backlog_limit)): memory stays bounded through
+/// an outage. What did not fit is dropped, counted by
+/// [`Invalidator::dropped`], and reported here ([`Error::Dropped`]); inside a
+/// unit of work, only logged and counted.
+///
 /// # Errors
-/// [`Error::NoCache`]; outside a batch, the backend's failure (queued for retry too).
+/// [`Error::NoCache`]; outside a batch, the backend's failure ([`Error::Cache`], queued for
+/// retry too), or [`Error::Dropped`] when the queue was full.
 pub async fn invalidate(deps: Vec<Dependency>) -> Result<()> {
     let invalidator = Invalidator::require()?;
-    record(&invalidator, deps).await.map_err(Error::Cache)?;
-    Ok(())
+    match record(&invalidator, Keep::WhileRoom, deps).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.dropped > 0 => Err(Error::Dropped {
+            dropped: e.dropped,
+            limit: invalidator.limit(),
+            source: e.error,
+        }),
+        Err(e) => Err(Error::Cache(e.error)),
+    }
 }

@@ -44,6 +44,21 @@ pub enum Error {
         /// The configured limit.
         limit: usize,
     },
+    /// An explicit [`invalidate`](crate::invalidate) failed and the retry queue was full:
+    /// `dropped` of its dependencies were neither delivered nor queued.
+    #[error(
+        "the cache backend failed and the invalidation retry queue is full (limit {limit}): \
+         {dropped} invalidations were dropped, and entries depending on them stay until their \
+         TTL; check that the cache backend is up, then invalidate again"
+    )]
+    Dropped {
+        /// Dependencies neither delivered nor queued.
+        dropped: usize,
+        /// The configured limit.
+        limit: usize,
+        /// The backend's failure.
+        source: matroska_core::Error,
+    },
     /// Scope columns compare strings more loosely than their fields fold them (see
     /// [`check_collations`](crate::check_collations)).
     #[error("scope columns compare more loosely than their folds: {0}")]

@@ -13,13 +13,13 @@
 //! | insert | the row's primary key; the scope conditions the new row matches; `any_change` | none |
 //! | update, no watched column `Set` | the primary key; `any_change` | none |
 //! | update of a watched column | the primary key; the conditions of the old row and of the new row, for the extractors watching a modified column; `any_change` | one `SELECT` of the old row, on the same connection, before the update |
-//! | delete | the primary key; the conditions the row matched; `any_change` | none, or one `SELECT` when the `ActiveModel` does not hold every column |
+//! | delete | the primary key; the conditions of the row as the database holds it and of the `ActiveModel`'s values; `any_change` | one `SELECT` of the row, on the same connection, before the delete (none for an entity without scopes) |
 //!
 //! "Modified" means the column's `ActiveValue` is `Set`, even to the value it had (use
 //! SeaORM's `set_if_not_equals` to keep unchanged values `Unchanged`). The old values are read
-//! because `Set` overwrites them in the `ActiveModel`. A delete trusts the values of the
-//! `ActiveModel` it is given (a model loaded earlier): lists that hold the row are dropped by
-//! its primary key whatever those values say.
+//! because `Set` overwrites them in the `ActiveModel`. A delete reads the row too: the model
+//! it is given may have been loaded before another writer moved the row to other scope values,
+//! and a scoped `count` (which holds no primary key) is cached under the row's current ones.
 //!
 //! Invalidations happen after the statement, or at the end of the enclosing
 //! [`transaction`](crate::transaction()) / [`batch`](crate::batch); see
@@ -39,7 +39,7 @@ use sea_orm::{
     ModelTrait, PrimaryKeyToColumn, QueryFilter, TryIntoModel,
 };
 
-use crate::invalidator::Invalidator;
+use crate::invalidator::{Invalidator, Keep};
 use crate::transaction::{finish, push, stash_update, take_update, warn_if_bare_transaction};
 
 /// The `Model` of an `ActiveModel`.
@@ -124,23 +124,46 @@ where
     AM::Entity::find().filter(condition).one(db).await
 }
 
-/// The invalidator for a write to `AM`'s table, checked before the write: `None` when no cache
-/// is registered but the outbox watches the table (its relay will invalidate). A full retry
-/// queue refuses the write only when no outbox watches the table.
-async fn current_for_write<AM, C>(db: &C) -> Result<Option<Invalidator>, DbErr>
+fn table_of<AM: ActiveModelTrait>() -> &'static str {
+    sea_orm::EntityName::table_name(&<AM::Entity as Default>::default())
+}
+
+/// The invalidator for a write to `table`, checked before the write, and how its failed
+/// invalidations are kept: `None` when no cache is registered but the outbox watches the
+/// table (its relay will invalidate). A full retry queue refuses the write only when no
+/// outbox watches the table; when one does, the write proceeds and its failed
+/// invalidations are kept only while the queue has room (the relay delivers them).
+pub(crate) async fn current_for_write<C>(
+    db: &C,
+    table: &str,
+) -> Result<Option<(Invalidator, Keep)>, DbErr>
 where
-    AM: ActiveModelTrait,
-    C: ConnectionTrait,
+    C: ConnectionTrait + ?Sized,
 {
-    let table = sea_orm::EntityName::table_name(&<AM::Entity as Default>::default());
     match Invalidator::current() {
         Some(invalidator) => match invalidator.check_capacity() {
-            Ok(()) => Ok(Some(invalidator)),
-            Err(_) if crate::outbox::covers(db, table).await => Ok(Some(invalidator)),
+            Ok(()) => Ok(Some((invalidator, Keep::Always))),
+            Err(_) if crate::outbox::covers(db, table).await => {
+                Ok(Some((invalidator, Keep::WhileRoom)))
+            }
             Err(e) => Err(e.into()),
         },
         None if crate::outbox::covers(db, table).await => Ok(None),
         None => Err(crate::Error::NoCache.into()),
+    }
+}
+
+/// How the failed invalidation of a write already made to `table` is kept: only while the
+/// queue has room when it is full and the outbox watches the table, else whatever the limit
+/// (the write was accepted; nothing else would invalidate it).
+pub(crate) async fn keep_after_write<C>(invalidator: &Invalidator, db: &C, table: &str) -> Keep
+where
+    C: ConnectionTrait + ?Sized,
+{
+    if invalidator.is_full() && crate::outbox::covers(db, table).await {
+        Keep::WhileRoom
+    } else {
+        Keep::Always
     }
 }
 
@@ -164,7 +187,7 @@ where
     C: ConnectionTrait,
     ModelOf<AM>: CacheDeps + Scoped + Send + Sync,
 {
-    let invalidator = current_for_write::<AM, C>(db).await?;
+    let invalidator = current_for_write(db, table_of::<AM>()).await?;
     warn_if_bare_transaction::<C>();
     if insert {
         return Ok(am);
@@ -174,9 +197,10 @@ where
         && let Some(old) = find_row(&am, db).await?
     {
         let scope = <ModelOf<AM> as Scoped>::scope();
-        if let Some(invalidator) = &invalidator {
+        if let Some((invalidator, keep)) = &invalidator {
             push(
                 invalidator,
+                *keep,
                 scope.dependencies_for_change(Some(&old), None, Some(&modified)),
             );
         }
@@ -206,7 +230,6 @@ where
     C: ConnectionTrait,
     ModelOf<AM>: CacheDeps + Scoped + Send + Sync,
 {
-    let _ = db;
     let scope = <ModelOf<AM> as Scoped>::scope();
     let mut deps = vec![model.primary_key()];
     if insert {
@@ -223,15 +246,17 @@ where
         }
     }
     if let Some(invalidator) = Invalidator::current() {
-        push(&invalidator, deps);
+        let keep = keep_after_write(&invalidator, db, table_of::<AM>()).await;
+        push(&invalidator, keep, deps);
     }
     end_save().await;
     Ok(model)
 }
 
 /// The body of `ActiveModelBehavior::before_delete`: refuses the delete when no cache is
-/// registered or the retry queue is full, and collects the row's primary key and conditions
-/// (from `am` when it holds every column, else from one `SELECT` on `db`).
+/// registered or the retry queue is full, and collects the row's primary key and the
+/// conditions of the row as the database holds it (one `SELECT` on `db`, skipped for an entity
+/// without scopes) and of `am`'s values when it holds every column.
 ///
 /// # Errors
 /// As [`before_save`].
@@ -241,23 +266,29 @@ where
     C: ConnectionTrait,
     ModelOf<AM>: CacheDeps + Scoped + Send + Sync,
 {
-    let invalidator = current_for_write::<AM, C>(db).await?;
+    let admitted = current_for_write(db, table_of::<AM>()).await?;
     warn_if_bare_transaction::<C>();
-    let scope = <ModelOf<AM> as Scoped>::scope();
-    let row = match am.clone().try_into_model() {
-        Ok(model) => Some(model),
-        Err(_) => find_row(&am, db).await?,
+    // No cache registered: the outbox's relay invalidates.
+    let Some((invalidator, keep)) = admitted else {
+        return Ok(am);
     };
-    match (&invalidator, row) {
-        // No cache registered: the outbox's relay invalidates.
-        (None, _) => {}
-        (Some(invalidator), Some(row)) => {
-            push(invalidator, [row.primary_key()]);
-            push(invalidator, scope.dependencies_for(&row, None));
-        }
-        // Nothing to delete; the statement will affect no row.
-        (Some(invalidator), None) => push(invalidator, [scope.any_change()]),
+    let scope = <ModelOf<AM> as Scoped>::scope();
+    let given = am.clone().try_into_model().ok();
+    // The model may have been loaded before another writer moved the row to other scope
+    // values: the lists and counts cached under those hold the row now, so read it (on the
+    // delete's own connection, as a watched update reads the old row). Without scopes there
+    // is nothing to read but the key, which `am` holds when it converts.
+    let current = if given.is_none() || !scope_fields::<ModelOf<AM>>().is_empty() {
+        find_row(&am, db).await?
+    } else {
+        None
+    };
+    let mut deps = vec![scope.any_change()];
+    for row in [&current, &given].into_iter().flatten() {
+        deps.push(row.primary_key());
+        deps.extend(scope.dependencies_for(row, None));
     }
+    push(&invalidator, keep, deps);
     Ok(am)
 }
 

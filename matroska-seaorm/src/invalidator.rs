@@ -36,16 +36,27 @@
 //!   background task retries them with exponential back-off, and every later invalidation
 //!   carries the queue along (still one round trip);
 //! - while the queue holds [`backlog_limit`](InvalidatorBuilder::backlog_limit) or more
-//!   dependencies, hooked saves and the bulk helpers **refuse to write** with
-//!   [`Error::Backlog`], before touching the database: a write whose
-//!   invalidation cannot be delivered is not accepted once the outage is clearly not a blip;
+//!   dependencies, hooked saves and the bulk helpers **refuse to write** to a table the
+//!   outbox does not watch, with [`Error::Backlog`], before touching the database: a write
+//!   whose invalidation cannot be delivered is not accepted once the outage is clearly not a
+//!   blip. A write accepted before that is queued even past the limit (its row is in), so the
+//!   queue exceeds the limit by at most the writes in flight when it filled;
+//! - a table the [outbox](crate::outbox) watches is **never refused**: its relay invalidates
+//!   every committed write from the database, at least once, so the hooks' own invalidation
+//!   is only read-your-writes. While the queue is full, the failed invalidations of such
+//!   writes are dropped instead of queued (counted by [`Invalidator::dropped`] and in the
+//!   failure's log line): memory stays bounded through an outage of any length;
+//! - an explicit [`invalidate`](crate::invalidate) is queued only while the queue has room;
+//!   outside a unit of work, what did not fit is reported to its caller
+//!   ([`Error::Dropped`]); inside one, it is logged at `error` and counted;
 //! - [`Invalidator::pending`] and [`Invalidator::flush`] let health checks see and drain the
 //!   queue. The queue lives in the process: entries still queued when it exits are lost,
-//!   and the values they should have dropped live until their TTL.
+//!   and the values they should have dropped live until their TTL (unless the outbox
+//!   watches their table).
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
@@ -99,6 +110,35 @@ struct Inner {
     /// count as pending, or an outage would empty the queue on every attempt and let writes
     /// through past the limit.
     in_flight: std::sync::atomic::AtomicUsize,
+    /// Failed dependencies of [`Keep::WhileRoom`] dropped because the queue was full.
+    dropped: AtomicU64,
+}
+
+/// How a failed invalidation is kept for retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keep {
+    /// Queued whatever the limit: a write accepted while the queue had room, or to a table no
+    /// outbox watches. Its row is in and nothing else will invalidate it; the writes after it
+    /// are refused while the queue is full, so the overshoot is bounded by the writes in flight.
+    Always,
+    /// Queued only while the queue has room, else dropped and counted: a write to a table the
+    /// outbox watches (its relay delivers the invalidation from the database), or an explicit
+    /// [`invalidate`](crate::invalidate) (which reports the drop).
+    WhileRoom,
+}
+
+/// A delivery that failed: the backend's error, and how many of its [`Keep::WhileRoom`]
+/// dependencies did not fit in the queue.
+#[derive(Debug)]
+pub(crate) struct Undelivered {
+    pub(crate) error: matroska_core::Error,
+    pub(crate) dropped: usize,
+}
+
+impl From<matroska_core::Error> for Undelivered {
+    fn from(error: matroska_core::Error) -> Self {
+        Undelivered { error, dropped: 0 }
+    }
 }
 
 impl std::fmt::Debug for Invalidator {
@@ -122,8 +162,10 @@ pub struct InvalidatorBuilder {
 }
 
 impl InvalidatorBuilder {
-    /// How many dependencies may wait in the retry queue before writes are refused.
-    /// Default: 10 000. A limit of 0 refuses every write while anything is queued.
+    /// How many dependencies may wait in the retry queue before writes to tables the outbox
+    /// does not watch are refused (and failures the queue need not keep are dropped; see the
+    /// [failure policy](self#failure-policy-retry-queue-then-refuse-writes)).
+    /// Default: 10 000. A limit of 0 refuses every such write while anything is queued.
     pub fn backlog_limit(mut self, limit: usize) -> Self {
         self.limit = limit;
         self
@@ -150,6 +192,7 @@ impl InvalidatorBuilder {
                 retry_max: self.retry_max,
                 retrying: AtomicBool::new(false),
                 in_flight: std::sync::atomic::AtomicUsize::new(0),
+                dropped: AtomicU64::new(0),
             }),
         };
         let mut registry = lock_registry();
@@ -271,15 +314,58 @@ impl Invalidator {
         taken
     }
 
-    /// Ends a delivery of `taken` queued dependencies; on failure `failed` goes back first, so
-    /// the pending count never dips in between.
-    fn settle(&self, taken: usize, failed: Option<Vec<Dependency>>) -> usize {
+    /// Ends a delivery of `taken` queued dependencies; on failure the undelivered batch goes
+    /// back first (its first `kept` entries whatever the limit, the rest while there is room),
+    /// so the pending count never dips in between. Returns the queue's length and how many
+    /// dependencies were dropped.
+    fn settle(&self, taken: usize, failed: Option<(Vec<Dependency>, usize)>) -> (usize, usize) {
         let mut backlog = self.lock_backlog();
-        if let Some(failed) = failed {
-            backlog.extend(failed);
+        let mut dropped = 0;
+        if let Some((mut batch, kept)) = failed {
+            let bounded = batch.split_off(kept.min(batch.len()));
+            backlog.extend(batch);
+            // Other deliveries' taken dependencies are still pending and come back too.
+            let others = self
+                .inner
+                .in_flight
+                .load(Ordering::Acquire)
+                .saturating_sub(taken);
+            for dep in bounded {
+                if backlog.contains(&dep) {
+                    continue;
+                }
+                if backlog.len() + others < self.inner.limit {
+                    backlog.insert(dep);
+                } else {
+                    dropped += 1;
+                }
+            }
         }
         self.inner.in_flight.fetch_sub(taken, Ordering::AcqRel);
-        backlog.len()
+        if dropped > 0 {
+            self.inner
+                .dropped
+                .fetch_add(dropped as u64, Ordering::Relaxed);
+        }
+        (backlog.len(), dropped)
+    }
+
+    /// Failed invalidations dropped, not queued, because the retry queue was full: those of
+    /// writes to tables the outbox watches (its relay delivers them) and of explicit
+    /// [`invalidate`](crate::invalidate) calls. Since this invalidator was built.
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The retry queue's limit ([`InvalidatorBuilder::backlog_limit`]).
+    pub fn limit(&self) -> usize {
+        self.inner.limit
+    }
+
+    /// Whether the retry queue is full: writes to tables the outbox does not watch are
+    /// refused, and failures the queue need not keep are dropped.
+    pub(crate) fn is_full(&self) -> bool {
+        self.check_capacity().is_err()
     }
 
     /// Delivers the retry queue now; returns the entries dropped.
@@ -287,10 +373,13 @@ impl Invalidator {
     /// # Errors
     /// The backend's failure; the queue is kept.
     pub async fn flush(&self) -> Result<u64> {
-        Ok(self.deliver(Vec::new()).await?)
+        self.deliver(Vec::new(), Vec::new())
+            .await
+            .map_err(|e| Error::Cache(e.error))
     }
 
-    /// Refuses a write when the retry queue is full (see the [module docs](self)).
+    /// Refuses a write when the retry queue is full (see the [module docs](self)); callers
+    /// let a write to a table the outbox watches through.
     pub(crate) fn check_capacity(&self) -> Result<()> {
         let pending = self.pending();
         if pending > 0 && pending >= self.inner.limit {
@@ -309,9 +398,10 @@ impl Invalidator {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Invalidates `deps` together with the retry queue, in one call. On failure everything
-    /// goes (back) into the queue, a retry is scheduled, and the error is returned for
-    /// callers that can report it.
+    /// Invalidates `kept` and `bounded` together with the retry queue, in one call. On failure
+    /// the queue and `kept` go (back) into the queue, `bounded` only while it has room
+    /// ([`Keep`]), a retry is scheduled, and the error is returned for callers that can
+    /// report it.
     ///
     /// The work starts at the call, not at the first poll, and does not depend on the
     /// returned future: it runs in a task of its own, so a caller dropped while it waits (a
@@ -320,9 +410,10 @@ impl Invalidator {
     /// the queue.
     pub(crate) fn deliver(
         &self,
-        deps: Vec<Dependency>,
-    ) -> impl Future<Output = std::result::Result<u64, matroska_core::Error>> + Send + use<> {
-        let delivery = Delivery::start(self, deps);
+        kept: Vec<Dependency>,
+        bounded: Vec<Dependency>,
+    ) -> impl Future<Output = std::result::Result<u64, Undelivered>> + Send + use<> {
+        let delivery = Delivery::start(self, kept, bounded);
         let backend = self.inner.cache.backend().name();
         let running = match (delivery, tokio::runtime::Handle::try_current()) {
             (None, _) => Running::Nothing,
@@ -343,7 +434,8 @@ impl Invalidator {
                             "the invalidation task did not finish ({e}); queued for retry"
                         ),
                         source: Some(Box::new(e)),
-                    })
+                    }
+                    .into())
                 }),
             }
         }
@@ -394,7 +486,7 @@ impl RetryFlag {
         let mut delay = this.inner.retry_min;
         loop {
             tokio::time::sleep(delay).await;
-            let Some(delivery) = Delivery::start(&this, Vec::new()) else {
+            let Some(delivery) = Delivery::start(&this, Vec::new(), Vec::new()) else {
                 this.inner.retrying.store(false, Ordering::Release);
                 // A failure queued between the take and the store above must not be left
                 // without a retry: go on unless another loop took over.
@@ -413,7 +505,7 @@ impl RetryFlag {
                 }
                 Err(e) => {
                     delay = delay.saturating_mul(2).min(this.inner.retry_max);
-                    tracing::warn!(error = %e, retry_in = ?delay, "queued invalidations still failing");
+                    tracing::warn!(error = %e.error, retry_in = ?delay, "queued invalidations still failing");
                 }
             }
         }
@@ -423,58 +515,76 @@ impl RetryFlag {
 /// How [`Invalidator::deliver`] runs its delivery.
 enum Running {
     Nothing,
-    Task(tokio::task::JoinHandle<std::result::Result<u64, matroska_core::Error>>),
+    Task(tokio::task::JoinHandle<std::result::Result<u64, Undelivered>>),
     Inline(Delivery),
 }
 
 /// One invalidation call in progress: the retry queue taken at its start (still counted as
 /// pending) plus new dependencies. However it ends (delivered, failed, or dropped at its
-/// await), the pending count comes back down and nothing undelivered is lost: what did not
-/// get through goes back into the queue.
+/// await), the pending count comes back down and nothing undelivered that the queue must keep
+/// is lost: it goes back into the queue ([`Keep`]).
 struct Delivery {
     invalidator: Invalidator,
+    /// The queue taken, the new [`Keep::Always`] dependencies, then the [`Keep::WhileRoom`]
+    /// ones.
     batch: Vec<Dependency>,
     /// How many of `batch` came from the queue.
     taken: usize,
+    /// How many of `batch` are kept whatever the limit (the queue's and the `Always` ones).
+    kept: usize,
     settled: bool,
 }
 
 impl Delivery {
     /// Takes the queue; `None` when there is nothing to deliver.
-    fn start(invalidator: &Invalidator, deps: Vec<Dependency>) -> Option<Delivery> {
+    fn start(
+        invalidator: &Invalidator,
+        kept: Vec<Dependency>,
+        bounded: Vec<Dependency>,
+    ) -> Option<Delivery> {
         let mut all = invalidator.take_backlog();
         let taken = all.len();
-        all.extend(deps);
-        if all.is_empty() {
+        all.extend(kept);
+        let bounded: BTreeSet<Dependency> =
+            bounded.into_iter().filter(|d| !all.contains(d)).collect();
+        if all.is_empty() && bounded.is_empty() {
             // Nothing was taken either: no count to settle.
             return None;
         }
+        let kept = all.len();
+        let mut batch: Vec<Dependency> = all.into_iter().collect();
+        batch.extend(bounded);
         Some(Delivery {
             invalidator: invalidator.clone(),
-            batch: all.into_iter().collect(),
+            batch,
             taken,
+            kept,
             settled: false,
         })
     }
 
     /// One attempt; a failure is queued (not retried: see [`Delivery::run`]).
-    async fn attempt(mut self) -> std::result::Result<u64, matroska_core::Error> {
+    async fn attempt(mut self) -> std::result::Result<u64, Undelivered> {
         let result = self.invalidator.inner.cache.invalidate(&self.batch).await;
         self.settled = true;
-        let failed = result.is_err().then(|| std::mem::take(&mut self.batch));
-        self.invalidator.settle(self.taken, failed);
-        result
+        let failed = result
+            .is_err()
+            .then(|| (std::mem::take(&mut self.batch), self.kept));
+        let (_, dropped) = self.invalidator.settle(self.taken, failed);
+        result.map_err(|error| Undelivered { error, dropped })
     }
 
     /// One attempt, and a retry scheduled on failure.
-    async fn run(self) -> std::result::Result<u64, matroska_core::Error> {
+    async fn run(self) -> std::result::Result<u64, Undelivered> {
         let invalidator = self.invalidator.clone();
         let result = self.attempt().await;
         if let Err(e) = &result {
             tracing::error!(
-                error = %e,
+                error = %e.error,
                 queued = invalidator.pending(),
-                "invalidation failed; queued for retry (writes are refused once the queue is full)"
+                dropped = e.dropped,
+                "invalidation failed; queued for retry (writes to tables the outbox does not \
+                 watch are refused once the queue is full; other failures are then dropped)"
             );
             invalidator.spawn_retry();
         }
@@ -488,9 +598,12 @@ impl Drop for Delivery {
             return;
         }
         let batch = std::mem::take(&mut self.batch);
-        let queued = self.invalidator.settle(self.taken, Some(batch));
+        let (queued, dropped) = self
+            .invalidator
+            .settle(self.taken, Some((batch, self.kept)));
         tracing::warn!(
             queued,
+            dropped,
             "an invalidation was abandoned before it finished; queued for retry"
         );
         self.invalidator.spawn_retry();

@@ -16,7 +16,7 @@
 //! - **Finding the cache** ([`invalidator`]): hooks only get the connection, so they use the
 //!   cache set once at start-up with [`set_global_cache`], or a task's own with
 //!   [`with_cache`] (tests in parallel). Failed invalidations are queued and retried; writes
-//!   are refused while the queue is full.
+//!   to tables the outbox does not watch are refused while the queue is full.
 //! - **Transactions** ([`transaction()`], [`batch`]): invalidations wait for the commit and go
 //!   in one call per cache; a rolled-back [`transaction()`] invalidates nothing it wrote.
 //!   Deliveries run in tasks of their own: a caller dropped meanwhile loses none.
@@ -103,8 +103,8 @@
 //! ## Round trips
 //!
 //! A hooked save costs one cache round trip (one [`Cache::invalidate`] call) after its
-//! statement, and one extra `SELECT` when an update changes a watched column (or a delete is
-//! given a partial `ActiveModel`). A [`transaction()`] or [`batch`] costs one round trip in
+//! statement, and one extra `SELECT` when an update changes a watched column or a scoped
+//! entity's row is deleted (its current values, which a model loaded earlier may not hold). A [`transaction()`] or [`batch`] costs one round trip in
 //! all, whatever the number of saves.
 //!
 //! [`Cache::invalidate`]: matroska_core::Cache::invalidate

@@ -9,7 +9,8 @@
 //! - a hooked save with **no cache registered** (a migration, a CLI, a test) proceeds when the
 //!   outbox watches its table, instead of failing with [`Error::NoCache`](crate::Error::NoCache):
 //!   the relay will invalidate (one catalogue query per such save checks the triggers);
-//! - a full retry queue no longer refuses writes to a watched table: the outbox delivers them.
+//! - a full retry queue no longer refuses writes to a watched table, nor grows with them: their
+//!   failed invalidations are dropped once the queue is full, and the outbox delivers them.
 //!
 //! ## In a migration
 //!

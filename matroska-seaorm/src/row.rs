@@ -34,18 +34,28 @@ impl<E: EntityTrait> Row<E> {
     }
 }
 
+/// The stored form of a JSON column holding JSON `null` (see [`encode`]).
+const JSON_NULL: &str = "null";
+
 /// A column value as stored. JSON has no NaN or infinity (`serde_json` writes `null`), so a
-/// non-finite float is written as its text and read back by its column's type.
+/// non-finite float is written as its text and read back by its column's type. A JSON column
+/// holding JSON `null` (`Json(Some(Null))`) would serialize as `Json(None)`, SQL `NULL`
+/// (serde writes `Some(null)` and `None` alike), so it is written as the text `null`: a JSON
+/// column's value is never text otherwise, so its column's type tells it apart on the way back.
 fn encode(value: Value) -> Value {
     match value {
         Value::Float(Some(f)) if !f.is_finite() => Value::String(Some(f.to_string())),
         Value::Double(Some(f)) if !f.is_finite() => Value::String(Some(f.to_string())),
+        Value::Json(Some(json)) if json.is_null() => Value::String(Some(JSON_NULL.to_owned())),
         other => other,
     }
 }
 
 fn decode(value: Value, column_type: &ArrayType) -> Value {
     match (value, column_type) {
+        (Value::String(Some(s)), ArrayType::Json) if s == JSON_NULL => {
+            Value::Json(Some(Box::new(serde_json::Value::Null)))
+        }
         (Value::String(Some(s)), ArrayType::Float) => match s.parse::<f32>() {
             Ok(f) if !f.is_finite() => Value::Float(Some(f)),
             _ => Value::String(Some(s)),
@@ -167,6 +177,40 @@ mod tests {
         assert!(nan.single.is_nan() && nan.double.is_some_and(f64::is_nan));
         // A text column holding "NaN" stays text.
         assert_eq!(nan.label.as_deref(), Some("NaN"));
+    }
+
+    mod document {
+        use sea_orm::entity::prelude::*;
+
+        #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+        #[sea_orm(table_name = "document")]
+        pub struct Model {
+            #[sea_orm(primary_key)]
+            pub id: i32,
+            pub maybe: Option<Json>,
+            pub body: Json,
+        }
+        #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+        pub enum Relation {}
+        impl ActiveModelBehavior for ActiveModel {}
+    }
+
+    #[test]
+    fn json_null_is_not_sql_null() {
+        use serde_json::{Value as Json, json};
+        for (maybe, body) in [
+            (Some(Json::Null), Json::Null),
+            (None, json!({"a": null})),
+            (Some(json!({"a": null})), json!("null")),
+            (Some(json!([null])), json!(1)),
+        ] {
+            let model = document::Model { id: 1, maybe, body };
+            let bytes = serde_json::to_vec(&Row::<document::Entity>(model.clone())).unwrap();
+            let back = serde_json::from_slice::<Row<document::Entity>>(&bytes)
+                .unwrap()
+                .into_model();
+            assert_eq!(back, model);
+        }
     }
 
     #[test]

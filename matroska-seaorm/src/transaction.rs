@@ -59,7 +59,7 @@ use std::time::{Duration, Instant};
 use matroska_core::{Cache, Dependency};
 use sea_orm::{TransactionError, TransactionTrait};
 
-use crate::invalidator::Invalidator;
+use crate::invalidator::{Invalidator, Keep, Undelivered};
 
 /// What one unit of work (a batch, or one task's in-flight save) has collected.
 #[derive(Default)]
@@ -77,6 +77,9 @@ struct Target {
     invalidator: Invalidator,
     /// Dependencies of writes: delivered when the unit of work commits.
     writes: BTreeSet<Dependency>,
+    /// Dependencies of writes the queue keeps only while it has room ([`Keep::WhileRoom`]):
+    /// delivered with `writes`.
+    bounded: BTreeSet<Dependency>,
     /// Dependencies of entries cached by loads inside the unit of work: such a load may have
     /// read a transaction's uncommitted rows, so on rollback these are delivered instead.
     reads: BTreeSet<Dependency>,
@@ -105,6 +108,7 @@ impl Pending {
                 self.targets.push(Target {
                     invalidator: invalidator.clone(),
                     writes: BTreeSet::new(),
+                    bounded: BTreeSet::new(),
                     reads: BTreeSet::new(),
                 });
                 self.targets.len() - 1
@@ -113,17 +117,24 @@ impl Pending {
         &mut self.targets[at]
     }
 
-    /// Takes what `outcome` delivers, per invalidator; forgets the rest.
-    fn take(&mut self, outcome: Outcome) -> Vec<(Invalidator, Vec<Dependency>)> {
+    /// Takes what `outcome` delivers, per invalidator (kept, bounded: see [`Keep`]); forgets
+    /// the rest.
+    fn take(&mut self, outcome: Outcome) -> Vec<(Invalidator, Vec<Dependency>, Vec<Dependency>)> {
         std::mem::take(&mut self.targets)
             .into_iter()
             .filter_map(|t| {
-                let deps: Vec<Dependency> = match outcome {
-                    Outcome::Committed => t.writes.into_iter().collect(),
-                    Outcome::RolledBack => t.reads.into_iter().collect(),
-                    Outcome::Unknown => t.writes.into_iter().chain(t.reads).collect(),
+                let (kept, bounded): (Vec<Dependency>, Vec<Dependency>) = match outcome {
+                    Outcome::Committed => (
+                        t.writes.into_iter().collect(),
+                        t.bounded.into_iter().collect(),
+                    ),
+                    Outcome::RolledBack => (t.reads.into_iter().collect(), Vec::new()),
+                    Outcome::Unknown => (
+                        t.writes.into_iter().chain(t.reads).collect(),
+                        t.bounded.into_iter().collect(),
+                    ),
                 };
-                (!deps.is_empty()).then_some((t.invalidator, deps))
+                (!kept.is_empty() || !bounded.is_empty()).then_some((t.invalidator, kept, bounded))
             })
             .collect()
     }
@@ -131,24 +142,26 @@ impl Pending {
 
 /// Starts every delivery now, at the call (each then runs on its own, whatever happens to
 /// the caller: see [`Invalidator`]); the future waits for them and returns the entries
-/// dropped, or the first failure (every failure is queued for retry).
+/// dropped, or the first failure (every failure is queued for retry, as [`Keep`] says) with
+/// the dependencies all of them dropped.
 fn deliver_all(
-    deliveries: Vec<(Invalidator, Vec<Dependency>)>,
-) -> impl Future<Output = Result<u64, matroska_core::Error>> {
+    deliveries: Vec<(Invalidator, Vec<Dependency>, Vec<Dependency>)>,
+) -> impl Future<Output = Result<u64, Undelivered>> {
     let running: Vec<_> = deliveries
         .into_iter()
-        .map(|(invalidator, deps)| invalidator.deliver(deps))
+        .map(|(invalidator, kept, bounded)| invalidator.deliver(kept, bounded))
         .collect();
     async move {
-        let mut dropped = 0;
-        let mut failure = None;
+        let mut entries = 0;
+        let mut failure: Option<Undelivered> = None;
         for delivery in running {
-            match delivery.await {
-                Ok(n) => dropped += n,
-                Err(e) => failure = failure.or(Some(e)),
+            match (delivery.await, &mut failure) {
+                (Ok(n), _) => entries += n,
+                (Err(e), Some(first)) => first.dropped += e.dropped,
+                (Err(e), None) => failure = Some(e),
             }
         }
-        failure.map_or(Ok(dropped), Err)
+        failure.map_or(Ok(entries), Err)
     }
 }
 
@@ -207,9 +220,20 @@ pub(crate) fn in_batch() -> bool {
     BATCH.try_with(|_| ()).is_ok()
 }
 
-/// Collects dependencies of a write for `invalidator`, for the end of the unit of work.
-pub(crate) fn push(invalidator: &Invalidator, deps: impl IntoIterator<Item = Dependency>) {
-    with_pending(|p| p.target(invalidator).writes.extend(deps));
+/// Collects dependencies of a write for `invalidator`, for the end of the unit of work;
+/// `keep` says whether a failed delivery queues them whatever the limit.
+pub(crate) fn push(
+    invalidator: &Invalidator,
+    keep: Keep,
+    deps: impl IntoIterator<Item = Dependency>,
+) {
+    with_pending(|p| {
+        let target = p.target(invalidator);
+        match keep {
+            Keep::Always => target.writes.extend(deps),
+            Keep::WhileRoom => target.bounded.extend(deps),
+        }
+    });
 }
 
 /// Notes that a load inside a unit of work cached an entry in `cache` with `deps`: should a
@@ -243,7 +267,7 @@ pub(crate) fn take_update(key: &(TypeId, String)) -> Option<Vec<&'static str>> {
 ///
 /// The dependencies leave the owner's buffer and their deliveries start in one step, with
 /// no await between: a caller dropped at the await below loses nothing.
-pub(crate) async fn finish() -> Result<u64, matroska_core::Error> {
+pub(crate) async fn finish() -> Result<u64, Undelivered> {
     if in_batch() {
         return Ok(0);
     }
@@ -267,9 +291,10 @@ pub(crate) async fn finish() -> Result<u64, matroska_core::Error> {
 /// Collects `deps` for `invalidator` and, outside a batch, invalidates them now.
 pub(crate) async fn record(
     invalidator: &Invalidator,
+    keep: Keep,
     deps: Vec<Dependency>,
-) -> Result<u64, matroska_core::Error> {
-    push(invalidator, deps);
+) -> Result<u64, Undelivered> {
+    push(invalidator, keep, deps);
     finish().await
 }
 
@@ -296,10 +321,7 @@ struct FlushOnDrop {
 
 impl FlushOnDrop {
     /// Takes the buffer and starts its deliveries; they run on their own from here.
-    fn deliver(
-        &self,
-        outcome: Outcome,
-    ) -> impl Future<Output = Result<u64, matroska_core::Error>> + use<> {
+    fn deliver(&self, outcome: Outcome) -> impl Future<Output = Result<u64, Undelivered>> + use<> {
         deliver_all(self.batch.lock().take(outcome))
     }
 }
@@ -395,8 +417,9 @@ pub async fn batch<F: Future>(fut: F) -> F::Output {
 /// ```
 ///
 /// # Errors
-/// As [`TransactionTrait::transaction`]; and [`TransactionError::Connection`] with
-/// [`Error::Backlog`](crate::Error::Backlog) when the invalidation retry queue is full.
+/// As [`TransactionTrait::transaction`]. A hooked save inside refused because the
+/// invalidation retry queue is full ([`Error::Backlog`](crate::Error::Backlog), only for
+/// tables the outbox does not watch) fails the callback like any database error.
 pub async fn transaction<C, F, T, E>(db: &C, callback: F) -> Result<T, TransactionError<E>>
 where
     C: TransactionTrait,
@@ -407,11 +430,9 @@ where
     T: Send,
     E: std::fmt::Display + std::fmt::Debug + Send,
 {
-    if let Some(invalidator) = Invalidator::current() {
-        invalidator
-            .check_capacity()
-            .map_err(|e| TransactionError::Connection(e.into()))?;
-    }
+    // No check of the retry queue here: which tables the callback writes is unknown, and a
+    // full queue refuses only writes to tables the outbox does not watch. Each hooked save and
+    // bulk helper inside checks for its own table, before it writes.
     if let Ok(outer) = BATCH.try_with(Arc::clone) {
         // Joins the enclosing unit of work, which delivers for both: its writes when the
         // outer one commits (extra misses for a savepoint rolled back), and then the entries

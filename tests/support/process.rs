@@ -69,6 +69,27 @@ impl PrivateRedis {
         self.wait_until(false);
     }
 
+    /// Stops the server (SIGSTOP) without losing its data: it accepts connections but answers
+    /// nothing, so clients time out, until [`PrivateRedis::resume`].
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Resumes a [paused](PrivateRedis::pause) server (SIGCONT) and waits until it answers.
+    pub fn resume(&self) {
+        self.signal("CONT");
+        self.wait_until(true);
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("the server runs").id();
+        let status = Command::new("kill")
+            .args([format!("-{name}"), pid.to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(status.success(), "kill -{name} {pid} failed");
+    }
+
     /// Starts the server again on the same port (empty: it keeps nothing on disk).
     pub fn restart(&mut self) {
         self.spawn(&[]);
