@@ -1028,3 +1028,12 @@ async fn ticket_from_the_old_master_never_stores_on_a_promoted_replica() {
     drop((master, replica));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Issue 15a on Redis.
+#[tokio::test]
+async fn late_follower_never_gets_the_lease_holders_pre_invalidation_value() {
+    support::fill::late_follower_never_gets_the_lease_holders_pre_invalidation_value(
+        support::redis_backend("late_follower").await,
+    )
+    .await;
+}

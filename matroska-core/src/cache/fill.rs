@@ -84,8 +84,16 @@ impl Outcome {
     /// invalidation happened.
     pub(crate) fn for_follower(&self, joined: Mark) -> Share<'_> {
         match self {
-            Outcome::Stored(bytes) | Outcome::Delivered { bytes, .. } => Share::Use(bytes),
-            Outcome::Unchecked { bytes, load } if joined < *load => Share::Use(bytes),
+            Outcome::Stored(bytes) => Share::Use(bytes),
+            // A value read or loaded after this follower joined reflects every invalidation
+            // that returned before it joined; one read earlier may not (issue 15a: the lease
+            // holder's value, read, then invalidated, then a follower joins).
+            Outcome::Delivered { bytes, read: began }
+            | Outcome::Unchecked { bytes, load: began }
+                if joined < *began =>
+            {
+                Share::Use(bytes)
+            }
             Outcome::Delivered { .. } | Outcome::Unchecked { .. } | Outcome::Refused => {
                 Share::Retry
             }
