@@ -10,9 +10,9 @@ use super::faults::Faulty;
 
 /// Issue 15a. This process's leader of a flight waits on another process's fill lease and
 /// reads that process's value ("old"); before the reply reaches it, the row changes and its
-/// invalidation returns; then a caller of this process misses and joins the flight. That
-/// caller joined after the invalidation returned, so it must not receive "old" (read before
-/// the invalidation) but load "new" itself. Steps are ordered by the backend's gates and
+/// invalidation returns; then a caller of this process starts, misses and joins the flight.
+/// That caller started after the invalidation returned, so it must not receive "old" (read
+/// before the invalidation) but load "new" itself. Steps are ordered by the backend's gates and
 /// counters, not by sleeps; run it on a current-thread runtime, where a spawned caller whose
 /// read was answered has joined the flight before the test runs again (no await between
 /// the two).
@@ -83,6 +83,6 @@ pub async fn late_follower_never_gets_the_lease_holders_pre_invalidation_value(
         .unwrap();
     assert_eq!(
         followed, "new",
-        "a caller that joined after the invalidation returned got a value read before it"
+        "a caller that started after the invalidation returned got a value read before it"
     );
 }

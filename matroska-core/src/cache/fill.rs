@@ -78,19 +78,22 @@ pub(crate) enum Share<'a> {
 }
 
 impl Outcome {
-    /// What a follower that joined at `joined` may take from this outcome. A value read or
-    /// loaded before the follower joined may predate an invalidation that returned before it
-    /// joined, so such a value is the follower's only when a guarded put proved no such
-    /// invalidation happened.
-    pub(crate) fn for_follower(&self, joined: Mark) -> Share<'_> {
+    /// What a follower that started at `started` may take from this outcome. A value read or
+    /// loaded before the follower started may predate an invalidation that returned before it
+    /// started, so such a value is the follower's only when a guarded put proved no such
+    /// invalidation happened. (An invalidation that returns while a call runs is concurrent
+    /// with it: the call may return what was there before. Counting from the join instead
+    /// would send every caller that joined a running unchecked load round again, and an
+    /// outage would multiply loads.)
+    pub(crate) fn for_follower(&self, started: Mark) -> Share<'_> {
         match self {
             Outcome::Stored(bytes) => Share::Use(bytes),
-            // A value read or loaded after this follower joined reflects every invalidation
-            // that returned before it joined; one read earlier may not (issue 15a: the lease
-            // holder's value, read, then invalidated, then a follower joins).
+            // A value read or loaded after this follower started reflects every invalidation
+            // that returned before it started; one read earlier may not (issue 15a: the lease
+            // holder's value is read, then invalidated, then a caller starts and joins).
             Outcome::Delivered { bytes, read: began }
             | Outcome::Unchecked { bytes, load: began }
-                if joined < *began =>
+                if started < *began =>
             {
                 Share::Use(bytes)
             }
@@ -104,7 +107,7 @@ impl Outcome {
 
 /// The leader's side of the fill protocol, without I/O: [`Fill::start`] and [`Fill::on`]
 /// say what to do next; the driver does it and reports back.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Fill {
     phase: Phase,
     /// Guard the put with a ticket (stale-set protection on, backend answering).
@@ -114,7 +117,7 @@ pub(crate) struct Fill {
     degraded: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Phase {
     Start,
     /// Asking for the lease for the first time: a failure means loading without it.
@@ -136,7 +139,7 @@ enum Phase {
 }
 
 /// What the driver does next.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Step {
     /// Ask for the fill lease.
     AskLease,
@@ -165,7 +168,7 @@ pub(crate) enum LeaseAnswer {
 }
 
 /// How the read of the key went.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum ReadAnswer {
     Found(Bytes),
     Missing,
@@ -173,7 +176,7 @@ pub(crate) enum ReadAnswer {
 }
 
 /// What happened to the step the driver was told to do.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Event {
     Lease(LeaseAnswer),
     Read {
@@ -300,6 +303,7 @@ impl Cache {
         Fut: Future<Output = Result<Loaded<T>, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let started = self.inner.clock.mark();
         let mut loader = Some(loader);
         // Followers retry when the shared load turned out unusable for them; after a few
         // rounds they load on their own rather than wait forever on a hot, churning key.
@@ -341,7 +345,7 @@ impl Cache {
             if let Some(value) = own {
                 return Ok(value);
             }
-            match outcome.for_follower(hold.joined) {
+            match outcome.for_follower(started) {
                 Share::Use(bytes) => {
                     if let Some(value) = self.decode_or_drop(key, bytes).await {
                         return Ok(value);
@@ -355,7 +359,7 @@ impl Cache {
             }
         }
         // The flights kept turning out unusable for this caller (refused as stale, or read or
-        // loaded unchecked before this caller joined): load without coalescing.
+        // loaded unchecked before this caller started): load without coalescing.
         match loader.take() {
             Some(loader) => {
                 let (value, _deps) = loader().await.map_err(|e| Error::Load(e.into()))?;
@@ -428,7 +432,7 @@ impl Cache {
                         Event::OutOfTime
                     } else {
                         tokio::time::sleep(lease::poll_interval(lease_ttl)).await;
-                        let read = flight.mark();
+                        let read = self.inner.clock.mark();
                         let answer = match backend.get(key).await {
                             Ok(Some(bytes)) => ReadAnswer::Found(bytes),
                             Ok(None) => ReadAnswer::Missing,
@@ -452,7 +456,7 @@ impl Cache {
                         let e = Error::Load("this caller's loader already ran".into());
                         break Outcome::Failed(SharedLoadError(Arc::from(e.to_string())));
                     };
-                    let mark = flight.mark();
+                    let mark = self.inner.clock.mark();
                     let loaded = load().await.map_err(|e| Error::Load(e.into()));
                     count(Counter::Load, self.name(), 1);
                     // New callers from here on start their own flight (and find the value

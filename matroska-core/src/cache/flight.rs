@@ -1,9 +1,10 @@
 //! In-process single-flight: one load of a key at a time, shared by every caller of this
 //! process that missed the key while it ran.
 //!
-//! Joins and the start of the leader's reads are numbered from one counter per flight
-//! ([`Mark`]), so "this caller joined before that read began" is a comparison; the fill
-//! protocol (`fill.rs`) decides with it which followers may use what the leader got.
+//! The start of each caller and of each read of a leader are numbered from one counter per
+//! cache ([`Clock`], [`Mark`]), so "this caller started before that read began" is a
+//! comparison; the fill protocol (`fill.rs`) decides with it which followers may use what the
+//! leader got.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,10 +17,24 @@ use super::fill::Outcome;
 /// key -> the load in progress.
 pub(super) type Flights = Mutex<HashMap<String, Weak<Flight>>>;
 
-/// A point in one flight's history: a caller's join, or the start of a read of the leader
-/// (the read of another process's value, or the load). Ordered as they happened.
+/// A point in a cache's history: a caller's start, or the start of a leader's read (of
+/// another process's value, or the load). Ordered as they happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Mark(pub(crate) u64);
+
+/// Hands out [`Mark`]s, one counter per cache.
+#[derive(Debug, Default)]
+pub(super) struct Clock(AtomicU64);
+
+impl Clock {
+    /// The next point. Taken by a caller as it starts (before its read of the key) and by a
+    /// leader just before a read or load goes out: a caller whose mark is lower than a read's
+    /// started before that read began, so every invalidation that returned before the caller
+    /// started had returned before the read began too, and the read reflects it.
+    pub(super) fn mark(&self) -> Mark {
+        Mark(self.0.fetch_add(1, Ordering::SeqCst))
+    }
+}
 
 /// One in-process load of a key, shared by every caller that missed it meanwhile.
 pub(super) struct Flight {
@@ -27,17 +42,6 @@ pub(super) struct Flight {
     /// waiting on it gets the failure at once instead of each running its own load one after
     /// another.
     pub(super) outcome: OnceCell<Outcome>,
-    marks: AtomicU64,
-}
-
-impl Flight {
-    /// The next point in this flight's history. Taken by a caller as it joins (under the map's
-    /// lock) and by the leader just before a read goes out: a caller whose join mark is lower
-    /// than a read's joined before that read began, so every invalidation that returned before
-    /// the caller joined had returned before the read began too.
-    pub(super) fn mark(&self) -> Mark {
-        Mark(self.marks.fetch_add(1, Ordering::SeqCst))
-    }
 }
 
 pub(super) fn lock(flights: &Flights) -> MutexGuard<'_, HashMap<String, Weak<Flight>>> {
@@ -52,17 +56,14 @@ pub(super) fn join<'a>(flights: &'a Flights, key: &'a str) -> FlightHold<'a> {
         None => {
             let flight = Arc::new(Flight {
                 outcome: OnceCell::new(),
-                marks: AtomicU64::new(0),
             });
             map.insert(key.to_owned(), Arc::downgrade(&flight));
             flight
         }
     };
-    let joined = flight.mark();
     FlightHold {
         flights,
         key,
-        joined,
         flight: Some(flight),
     }
 }
@@ -85,8 +86,6 @@ pub(super) fn leave(flights: &Flights, key: &str, flight: &Arc<Flight>) {
 pub(super) struct FlightHold<'a> {
     flights: &'a Flights,
     key: &'a str,
-    /// When this caller joined.
-    pub(super) joined: Mark,
     /// `Some` until dropped.
     flight: Option<Arc<Flight>>,
 }

@@ -9,6 +9,8 @@
 mod fill;
 mod flight;
 mod lease;
+#[cfg(test)]
+mod model;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -51,6 +53,8 @@ struct Inner {
     settings: Settings,
     /// In-process single-flight: key -> the load in progress.
     flights: flight::Flights,
+    /// Orders callers' starts and leaders' reads (see `fill.rs`).
+    clock: flight::Clock,
 }
 
 #[derive(Debug, Clone)]
@@ -155,6 +159,7 @@ impl CacheBuilder {
                 backend: self.backend,
                 settings: self.settings,
                 flights: flight::Flights::default(),
+                clock: flight::Clock::default(),
             }),
         })
     }
