@@ -1,5 +1,7 @@
 //! In-memory backend specifics: bounds, and a reverse index that never leaks.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use matroska::backend::memory::{MemoryBackend, MemoryConfig};
@@ -109,4 +111,13 @@ async fn byte_bound_is_kept() {
         "{entries} entries of 1 kB kept"
     );
     assert_eq!(backend.index_rows() as u64, entries);
+}
+
+/// Issue 15a on the memory backend (its lease is the test backend's, held "elsewhere").
+#[tokio::test]
+async fn late_follower_never_gets_the_lease_holders_pre_invalidation_value() {
+    support::fill::late_follower_never_gets_the_lease_holders_pre_invalidation_value(
+        MemoryBackend::default(),
+    )
+    .await;
 }

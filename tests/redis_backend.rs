@@ -1051,3 +1051,12 @@ async fn a_lost_stamp_recreated_by_another_fill_refuses_an_older_ticket() {
         }
     }
 }
+
+/// Issue 15a on Redis.
+#[tokio::test]
+async fn late_follower_never_gets_the_lease_holders_pre_invalidation_value() {
+    support::fill::late_follower_never_gets_the_lease_holders_pre_invalidation_value(
+        support::redis_backend("late_follower").await,
+    )
+    .await;
+}

@@ -2,7 +2,9 @@
 //! is "down", wait while its gate is closed (to drop a caller mid-invalidation), and lose
 //! their scope conditions while told to forget them (to show a checker catches that); its
 //! puts wait while their own gate is closed (to let a write land between a load and its put);
-//! and its lease requests can take the lease and then never answer (a reply lost in flight).
+//! and its lease requests can take the lease and then never answer (a reply lost in flight),
+//! or find it held by another process; its reads that find a value wait while their gate is
+//! closed (a reply still on its way while the world moves on).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +29,14 @@ pub struct Faulty {
     /// Puts that reached the closed put gate, ever.
     puts_stopped: watch::Sender<usize>,
     lose_lease_replies: AtomicBool,
+    leases_held_elsewhere: AtomicBool,
+    /// Lease requests, ever.
+    lease_asks: watch::Sender<usize>,
+    hits_open: watch::Sender<bool>,
+    /// Reads that found a value and reached the closed hit gate, ever.
+    hits_stopped: watch::Sender<usize>,
+    /// Reads answered (to the caller), ever.
+    gets_answered: watch::Sender<usize>,
 }
 
 impl Faulty {
@@ -40,7 +50,48 @@ impl Faulty {
             puts_open: watch::Sender::new(true),
             puts_stopped: watch::Sender::new(0),
             lose_lease_replies: AtomicBool::new(false),
+            leases_held_elsewhere: AtomicBool::new(false),
+            lease_asks: watch::Sender::new(0),
+            hits_open: watch::Sender::new(true),
+            hits_stopped: watch::Sender::new(0),
+            gets_answered: watch::Sender::new(0),
         }
+    }
+
+    /// While set, `try_lease` answers that another process holds the lease (without asking
+    /// the real backend, so it works on backends without leases too).
+    pub fn hold_leases_elsewhere(&self, held: bool) {
+        self.leases_held_elsewhere.store(held, Ordering::SeqCst);
+    }
+
+    /// Waits until more than `before` lease requests have been made.
+    pub async fn lease_asks_after(&self, before: usize) {
+        wait_above(&self.lease_asks, before).await;
+    }
+
+    /// Closes the hit gate: reads that find a value wait (with the value already read) until
+    /// [`Faulty::open_hits`]. Misses go through.
+    pub fn close_hits(&self) {
+        self.hits_open.send_replace(false);
+    }
+
+    pub fn open_hits(&self) {
+        self.hits_open.send_replace(true);
+    }
+
+    /// Waits until more than `before` reads have found a value and stopped at the hit gate.
+    pub async fn hits_stopped_after(&self, before: usize) {
+        wait_above(&self.hits_stopped, before).await;
+    }
+
+    /// How many reads have been answered so far.
+    pub fn gets_answered(&self) -> usize {
+        *self.gets_answered.borrow()
+    }
+
+    /// Waits until more than `before` reads have been answered.
+    pub async fn gets_answered_after(&self, before: usize) {
+        wait_above(&self.gets_answered, before).await;
     }
 
     /// While set, `try_lease` takes the lease on the real backend and then never returns, as
@@ -108,7 +159,18 @@ impl Backend for Faulty {
         "faulty"
     }
     async fn get(&self, key: &str) -> matroska::Result<Option<Bytes>> {
-        self.inner.get(key).await
+        let read = self.inner.get(key).await;
+        if matches!(read, Ok(Some(_))) {
+            let mut open = self.hits_open.subscribe();
+            if !*open.borrow_and_update() {
+                self.hits_stopped.send_modify(|n| *n += 1);
+                open.wait_for(|o| *o)
+                    .await
+                    .expect("the sender lives in self");
+            }
+        }
+        self.gets_answered.send_modify(|n| *n += 1);
+        read
     }
     async fn has(&self, key: &str) -> matroska::Result<bool> {
         self.inner.has(key).await
@@ -155,6 +217,10 @@ impl Backend for Faulty {
         self.inner.ticket().await
     }
     async fn try_lease(&self, key: &str, token: u64, ttl: Duration) -> matroska::Result<bool> {
+        self.lease_asks.send_modify(|n| *n += 1);
+        if self.leases_held_elsewhere.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
         let taken = self.inner.try_lease(key, token, ttl).await;
         if self.lose_lease_replies.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
@@ -164,4 +230,11 @@ impl Backend for Faulty {
     async fn release_lease(&self, key: &str, token: u64) -> matroska::Result<()> {
         self.inner.release_lease(key, token).await
     }
+}
+
+async fn wait_above(counter: &watch::Sender<usize>, before: usize) {
+    let mut seen = counter.subscribe();
+    seen.wait_for(|n| *n > before)
+        .await
+        .expect("the sender lives in the backend");
 }

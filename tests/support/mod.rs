@@ -140,6 +140,7 @@ mod process;
 #[allow(unused_imports)] // Each bench or test binary uses its own part.
 pub use process::{PrivateRedis, answers_ping, free_port, unique};
 pub mod faults;
+pub mod fill;
 pub mod ledger;
 #[cfg(feature = "seaorm")]
 pub mod relay;

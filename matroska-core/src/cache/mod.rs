@@ -1,15 +1,24 @@
 //! The [`Cache`]: typed get / put / invalidate over a [`Backend`], and `get_or_load` with
 //! stale-set protection and stampede control.
+//!
+//! This module holds the public API; `get_or_load`'s machinery lives beside it:
+//! `flight.rs` (in-process single-flight), `lease.rs` (the cross-process fill lease) and
+//! `fill.rs` (the fill protocol: the leader's steps as a pure state, the outcomes, which
+//! followers may use which outcome).
 
-use std::collections::HashMap;
+mod fill;
+mod flight;
+mod lease;
+#[cfg(test)]
+mod model;
+
 use std::future::Future;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::OnceCell;
 
 use crate::backend::memory::MemoryBackend;
 use crate::backend::{Backend, PutOutcome, PutRequest, Ticket};
@@ -43,7 +52,9 @@ struct Inner {
     backend: Arc<dyn Backend>,
     settings: Settings,
     /// In-process single-flight: key -> the load in progress.
-    flights: Mutex<HashMap<String, Weak<Flight>>>,
+    flights: flight::Flights,
+    /// Orders callers' starts and leaders' reads (see `fill.rs`).
+    clock: flight::Clock,
 }
 
 #[derive(Debug, Clone)]
@@ -55,46 +66,6 @@ struct Settings {
     max_key_bytes: usize,
     stale_set_protection: bool,
     fill_lease: Option<Duration>,
-}
-
-/// One in-process load of a key, shared by every caller that missed it meanwhile.
-struct Flight {
-    /// The outcome, failures included: when the load fails, every caller waiting on it gets
-    /// the failure at once instead of each running its own load one after another.
-    result: OnceCell<std::result::Result<Filled, SharedLoadError>>,
-}
-
-/// When the loader of a flight started.
-type LoadStart = tokio::time::Instant;
-
-/// A failed shared load, as the callers that waited on it see it.
-#[derive(Debug, Clone)]
-struct SharedLoadError(Arc<str>);
-
-impl std::fmt::Display for SharedLoadError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the shared load of this key failed: {}", self.0)
-    }
-}
-
-impl std::error::Error for SharedLoadError {}
-
-/// What a flight's loader produced, as followers see it.
-#[derive(Clone)]
-struct Filled {
-    bytes: Bytes,
-    /// Whether followers may use the bytes: only when the guarded put stored them (or another
-    /// process's value arrived through the lease). A put refused as possibly stale, or one
-    /// that could not be checked, proves nothing about invalidations that happened after a
-    /// follower joined, so such bytes go to the leader's own caller only.
-    shareable: bool,
-    /// The backend failed during the fill, so nothing checked the value against
-    /// invalidations: only callers that started before the load began may use it (their
-    /// read cannot be older than the data), the others go round again and share the next
-    /// load. A Redis outage costs a load per key at a time, not one per caller.
-    unverified: bool,
-    /// When the loader started (`None` when no load ran: the value came from the lease).
-    load_started: Option<LoadStart>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -187,7 +158,8 @@ impl CacheBuilder {
             inner: Arc::new(Inner {
                 backend: self.backend,
                 settings: self.settings,
-                flights: Mutex::default(),
+                flights: flight::Flights::default(),
+                clock: flight::Clock::default(),
             }),
         })
     }
@@ -504,350 +476,8 @@ impl Cache {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         self.check_key(key)?;
-        let started = LoadStart::now();
-        let mut loader = Some(loader);
-        // Followers retry when the shared load turned out unusable for them; after a few
-        // rounds they load on their own rather than wait forever on a hot, churning key.
-        for _ in 0..3 {
-            // With the backend failing, the load goes ahead without ticket, lease or put:
-            // each would only wait for the same failure.
-            let degraded = match self.try_get(key).await {
-                Ok(Some(value)) => return Ok(value),
-                Ok(None) => false,
-                Err(e) if e.is_backend_failure() => {
-                    backend_error(self.name(), "get");
-                    tracing::warn!(key, error = %e, "cache read failed; loading without the cache");
-                    true
-                }
-                Err(e) => return Err(e),
-            };
-            let hold = self.join_flight(key);
-            let flight = hold.flight();
-            let mut own: Option<T> = None;
-            let mut own_error: Option<Error> = None;
-            let outcome = flight
-                .result
-                // Only the caller that runs this closure leads; it consumes its loader only
-                // when it actually loads.
-                .get_or_init(|| async {
-                    let filled = self
-                        .fill(key, ttl, degraded, flight, &mut loader, &mut own)
-                        .await;
-                    filled.map_err(|e| {
-                        let shared = SharedLoadError(Arc::from(e.to_string()));
-                        own_error = Some(e);
-                        shared
-                    })
-                })
-                .await;
-            if let Some(e) = own_error {
-                return Err(e);
-            }
-            if let Some(value) = own {
-                return Ok(value);
-            }
-            let filled = match outcome {
-                Ok(filled) => filled,
-                Err(shared) => return Err(Error::Load(Box::new(shared.clone()))),
-            };
-            let fresh_enough =
-                filled.unverified && filled.load_started.is_some_and(|at| at >= started);
-            if (filled.shareable || fresh_enough)
-                && let Some(value) = self.decode_or_drop(key, &filled.bytes).await
-            {
-                return Ok(value);
-            }
-            if loader.is_none() {
-                break;
-            }
-        }
-        // The flights kept turning out unusable for this caller (refused as stale, or loaded
-        // unchecked before this caller started): load without coalescing.
-        match loader.take() {
-            Some(loader) => {
-                let (value, _deps) = loader().await.map_err(|e| Error::Load(e.into()))?;
-                count(Counter::Load, self.name(), 1);
-                Ok(value)
-            }
-            None => Err(Error::Load(
-                "the shared load of this key produced no usable value".into(),
-            )),
-        }
+        self.load_through(key, ttl, loader).await
     }
-
-    fn join_flight<'a>(&'a self, key: &'a str) -> FlightHold<'a> {
-        let mut flights = lock_flights(&self.inner.flights);
-        let flight = match flights.get(key).and_then(Weak::upgrade) {
-            Some(flight) => flight,
-            None => {
-                let flight = Arc::new(Flight {
-                    result: OnceCell::new(),
-                });
-                flights.insert(key.to_owned(), Arc::downgrade(&flight));
-                flight
-            }
-        };
-        FlightHold {
-            flights: &self.inner.flights,
-            key,
-            flight: Some(flight),
-        }
-    }
-
-    fn leave_flight(&self, key: &str, flight: &Arc<Flight>) {
-        let mut flights = lock_flights(&self.inner.flights);
-        if flights
-            .get(key)
-            .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(flight)))
-        {
-            flights.remove(key);
-        }
-    }
-
-    /// The leader's part of a flight: lease, ticket, load, put.
-    async fn fill<T, F, Fut, E>(
-        &self,
-        key: &str,
-        ttl: Option<Duration>,
-        degraded: bool,
-        flight: &Arc<Flight>,
-        loader: &mut Option<F>,
-        own: &mut Option<T>,
-    ) -> Result<Filled>
-    where
-        T: Serialize + DeserializeOwned,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Loaded<T>, E>>,
-        E: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let s = &self.inner.settings;
-        let lease = match s.fill_lease {
-            Some(lease_ttl) if !degraded => match self.wait_for_lease(key, lease_ttl).await {
-                LeaseWait::Filled(bytes) => {
-                    self.leave_flight(key, flight);
-                    return Ok(Filled {
-                        bytes,
-                        shareable: true,
-                        unverified: false,
-                        load_started: None,
-                    });
-                }
-                // Held by a guard since before it was asked for: a caller dropped at any await
-                // (that one included) still hands the lease over at once instead of making
-                // other processes wait it out.
-                LeaseWait::Held(hold) => Some(hold),
-                LeaseWait::Proceed => None,
-            },
-            _ => None,
-        };
-        let ticket = if s.stale_set_protection && !degraded {
-            match self.inner.backend.ticket().await {
-                Ok(ticket) => Some(ticket),
-                Err(e) => {
-                    backend_error(self.name(), "ticket");
-                    tracing::warn!(key, error = %e, "could not take a ticket; the value will not be cached");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        // Without a ticket the value cannot be checked against invalidations: not cached.
-        let unverified = degraded || (s.stale_set_protection && ticket.is_none());
-        let Some(load) = loader.take() else {
-            // Unreachable in practice: a caller whose loader is gone has returned already.
-            return Err(Error::Load("this caller's loader already ran".into()));
-        };
-        let load_started = Some(LoadStart::now());
-        let loaded = load().await.map_err(|e| Error::Load(e.into()));
-        count(Counter::Load, self.name(), 1);
-        // New callers from here on start their own flight (and find the value once it is put):
-        // only callers that joined while the load ran share its result, and they do only when
-        // the guarded put below proves no dependency was invalidated since the ticket.
-        self.leave_flight(key, flight);
-        let result = match loaded {
-            Ok((value, deps)) => {
-                let filled = self.encode(key, &value).map(|bytes| (bytes, deps));
-                *own = Some(value);
-                match filled {
-                    Ok((bytes, _)) if unverified => Ok(Filled {
-                        bytes,
-                        shareable: false,
-                        unverified: true,
-                        load_started,
-                    }),
-                    Ok((bytes, deps)) => {
-                        let put = self.put_bytes(key, bytes.clone(), &deps, ttl, ticket).await;
-                        let stored = match put {
-                            Ok(PutOutcome::Stored) => true,
-                            Ok(PutOutcome::Stale) => false,
-                            Err(ref e) => {
-                                backend_error(self.name(), "put");
-                                tracing::warn!(key, error = %e, "cache write failed; value not cached");
-                                false
-                            }
-                        };
-                        Ok(Filled {
-                            bytes,
-                            shareable: stored,
-                            unverified: put.is_err(),
-                            load_started,
-                        })
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            Err(e) => Err(e),
-        };
-        if let Some(lease) = lease {
-            lease.release().await;
-        }
-        result
-    }
-
-    async fn wait_for_lease(&self, key: &str, lease_ttl: Duration) -> LeaseWait {
-        let backend = &self.inner.backend;
-        match self.try_lease(key, lease_ttl).await {
-            Ok(Some(hold)) => return LeaseWait::Held(hold),
-            Ok(None) => {}
-            Err(e) => {
-                tracing::debug!(key, error = %e, "could not take fill lease; loading anyway");
-                return LeaseWait::Proceed;
-            }
-        }
-        // Someone else is loading: poll for their value until the lease would have expired.
-        // The lease is asked for again each time, so a holder whose load failed or whose put
-        // was refused (it releases the lease with no value) hands over at once instead of
-        // making everyone wait out the lease.
-        let deadline = tokio::time::Instant::now() + lease_ttl;
-        let poll = (lease_ttl / 20).clamp(Duration::from_millis(5), Duration::from_millis(100));
-        while tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(poll).await;
-            match backend.get(key).await {
-                Ok(Some(bytes)) => return LeaseWait::Filled(bytes),
-                Ok(None) => {}
-                Err(_) => return LeaseWait::Proceed,
-            }
-            if let Ok(Some(hold)) = self.try_lease(key, lease_ttl).await {
-                return LeaseWait::Held(hold);
-            }
-        }
-        tracing::debug!(key, "fill lease holder did not deliver in time; loading");
-        LeaseWait::Proceed
-    }
-
-    /// One attempt at the fill lease. The token is chosen here and guarded before the request
-    /// goes out: if this future is dropped after Redis took the lease but before the reply
-    /// arrived, the guard still releases it.
-    async fn try_lease(&self, key: &str, lease_ttl: Duration) -> Result<Option<LeaseHold>> {
-        let token = crate::nonce::next();
-        let mut hold = LeaseHold {
-            backend: Arc::clone(&self.inner.backend),
-            key: key.to_owned(),
-            token: Some(token),
-        };
-        match self.inner.backend.try_lease(key, token, lease_ttl).await {
-            Ok(true) => Ok(Some(hold)),
-            Ok(false) => {
-                // Another holder has it: nothing of ours to release.
-                hold.token = None;
-                Ok(None)
-            }
-            Err(e) => {
-                // Failed or timed out: the SET may still have been applied. The guard's drop
-                // releases it (a no-op if the token never held the lease).
-                drop(hold);
-                Err(e)
-            }
-        }
-    }
-}
-
-fn lock_flights(
-    flights: &Mutex<HashMap<String, Weak<Flight>>>,
-) -> std::sync::MutexGuard<'_, HashMap<String, Weak<Flight>>> {
-    flights
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// One caller's hold on a flight. The last hold to go removes the flight's map entry, also
-/// when its caller is dropped mid-load (a request time-out, a client gone): otherwise the map
-/// would keep an entry for every key whose load was abandoned and never asked for again.
-struct FlightHold<'a> {
-    flights: &'a Mutex<HashMap<String, Weak<Flight>>>,
-    key: &'a str,
-    /// `Some` until dropped.
-    flight: Option<Arc<Flight>>,
-}
-
-impl FlightHold<'_> {
-    fn flight(&self) -> &Arc<Flight> {
-        self.flight
-            .as_ref()
-            .expect("a hold has its flight until it is dropped")
-    }
-}
-
-impl Drop for FlightHold<'_> {
-    fn drop(&mut self) {
-        let mut flights = lock_flights(self.flights);
-        // Let go under the lock, where every upgrade happens too: of two holds dropped at
-        // once, the second always sees no strong reference left.
-        drop(self.flight.take());
-        if flights.get(self.key).is_some_and(|w| w.strong_count() == 0) {
-            flights.remove(self.key);
-        }
-    }
-}
-
-/// A fill lease this process holds. Released by [`LeaseHold::release`], or on drop from a
-/// spawned task when the load was abandoned at an await: a dropped leader must not make the
-/// other processes wait out the lease's TTL.
-struct LeaseHold {
-    backend: Arc<dyn Backend>,
-    key: String,
-    /// `Some` until released.
-    token: Option<u64>,
-}
-
-impl LeaseHold {
-    async fn release(mut self) {
-        if let Some(token) = self.token {
-            if let Err(e) = self.backend.release_lease(&self.key, token).await {
-                tracing::debug!(key = self.key, error = %e, "could not release fill lease; it will expire");
-            }
-            // Cleared only now: dropped during the release above, `drop` releases again.
-            self.token = None;
-        }
-    }
-}
-
-impl Drop for LeaseHold {
-    fn drop(&mut self) {
-        let Some(token) = self.token.take() else {
-            return;
-        };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::debug!(
-                key = self.key,
-                "abandoned fill lease not released (no runtime); it will expire"
-            );
-            return;
-        };
-        let (backend, key) = (Arc::clone(&self.backend), std::mem::take(&mut self.key));
-        runtime.spawn(async move {
-            if let Err(e) = backend.release_lease(&key, token).await {
-                tracing::debug!(key, error = %e, "could not release abandoned fill lease; it will expire");
-            }
-        });
-    }
-}
-
-enum LeaseWait {
-    Filled(Bytes),
-    Held(LeaseHold),
-    Proceed,
 }
 
 #[cfg(test)]
@@ -857,13 +487,13 @@ mod tests {
     use super::*;
 
     fn flights(cache: &Cache) -> usize {
-        lock_flights(&cache.inner.flights).len()
+        flight::lock(&cache.inner.flights).len()
     }
 
     fn holders(cache: &Cache, key: &str) -> usize {
-        lock_flights(&cache.inner.flights)
+        flight::lock(&cache.inner.flights)
             .get(key)
-            .map_or(0, Weak::strong_count)
+            .map_or(0, std::sync::Weak::strong_count)
     }
 
     /// A load that signals when it starts and never finishes.
