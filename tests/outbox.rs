@@ -1690,3 +1690,66 @@ async fn review_install_does_not_repair_altered_trigger_sqlite() {
     .await;
     assert_eq!(recorded, ["I", "U"], "install left the altered trigger");
 }
+
+/// A model drops a scope column (its migration drops the column, its spec no longer names
+/// it): the start-up install keeps recording the union with the stored description, so the
+/// triggers still name the dropped column and every write to the table fails until someone
+/// uninstalls by hand.
+async fn dropped_scope_column(kind: Kind) {
+    let db = ScratchDb::new(kind, "review_dropped_column").await;
+    exec(
+        &db,
+        "CREATE TABLE tag (id BIGINT PRIMARY KEY, cat VARCHAR(20) NOT NULL, legacy VARCHAR(20))",
+    )
+    .await;
+    let old = tag_spec().scope(&[("legacy", ColumnDecoder::of::<Option<String>>())], false);
+    outbox::install(&db.conn, &[old]).await.unwrap();
+    exec(&db, "ALTER TABLE tag DROP COLUMN legacy").await;
+    outbox::install(&db.conn, &[tag_spec()]).await.unwrap();
+    if let Err(e) = db
+        .conn
+        .execute_unprepared("INSERT INTO tag (id, cat) VALUES (1, 'x')")
+        .await
+    {
+        panic!("{kind:?}: a write after the column was dropped and the outbox re-installed: {e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_dropped_scope_column_breaks_writes_postgres() {
+    dropped_scope_column(Kind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_dropped_scope_column_breaks_writes_mysql() {
+    dropped_scope_column(Kind::MySql).await;
+}
+
+/// Control for `review_install_sql_outbox_shadowed_by_temp_table_postgres`: `install` pins
+/// the schema, a temporary table does not shadow it (expected to pass).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_install_outbox_not_shadowed_by_temp_table_postgres() {
+    let db = ScratchDb::new(Kind::Postgres, "review_temp_control").await;
+    exec(
+        &db,
+        "CREATE TABLE tag (id BIGINT PRIMARY KEY, name TEXT, cat TEXT NOT NULL)",
+    )
+    .await;
+    outbox::install(&db.conn, &[tag_spec()]).await.unwrap();
+    let txn = db.conn.begin().await.unwrap();
+    for s in [
+        "CREATE TEMP TABLE matroska_outbox (id BIGSERIAL, table_name TEXT, op CHAR(1), \
+         old_row JSONB, new_row JSONB, created_us BIGINT) ON COMMIT DROP",
+        "INSERT INTO tag (id, name, cat) VALUES (1, 'a', 'x')",
+    ] {
+        txn.execute_unprepared(s).await.unwrap();
+    }
+    txn.commit().await.unwrap();
+    let schema = db.schema.clone().unwrap();
+    let recorded = texts(
+        &db,
+        &format!("SELECT op FROM \"{schema}\".matroska_outbox WHERE table_name = 'tag'"),
+    )
+    .await;
+    assert_eq!(recorded, ["I"]);
+}
