@@ -1402,3 +1402,354 @@ async fn timestamp_from_another_time_zone_mysql() {
     assert!(!cache.has("at-13").await.unwrap(), "the deleted row's list");
     assert!(relay.dead_letters().await.unwrap().is_empty());
 }
+
+// ---- Review (h-review1): hostile cases for the install swap, SQLite REPLACE, SECURITY DEFINER ----
+
+/// A `SqlConnection` that holds its first statement containing `pattern` until `open` is
+/// notified (after telling `reached`): forces the interleaving of two installers that start
+/// together.
+struct Gated<C> {
+    inner: C,
+    pattern: &'static str,
+    reached: Arc<tokio::sync::Notify>,
+    open: Arc<tokio::sync::Notify>,
+    held: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl<C: matroska::outbox::SqlConnection> matroska::outbox::SqlConnection for Gated<C> {
+    fn dialect(&self) -> matroska::outbox::Dialect {
+        self.inner.dialect()
+    }
+
+    async fn execute_sql(&self, sql: &str) -> matroska::outbox::Result<()> {
+        if sql.contains(self.pattern) && !self.held.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.reached.notify_one();
+            self.open.notified().await;
+        }
+        self.inner.execute_sql(sql).await
+    }
+
+    async fn query_pairs(&self, sql: &str) -> matroska::outbox::Result<Vec<(String, i64)>> {
+        self.inner.query_pairs(sql).await
+    }
+}
+
+/// Installer `b` reads the catalogue, then installer `a` runs to completion, then `b` goes on
+/// (what two processes starting together can do). Returns both results.
+async fn race_installs(
+    db: &ScratchDb,
+    a: &[TableSpec],
+    b: &[TableSpec],
+    pattern: &'static str,
+) -> (matroska::outbox::Result<()>, matroska::outbox::Result<()>) {
+    let gated = Gated {
+        inner: outbox::SeaOrmSql(&db.conn),
+        pattern,
+        reached: Arc::new(tokio::sync::Notify::new()),
+        open: Arc::new(tokio::sync::Notify::new()),
+        held: std::sync::atomic::AtomicBool::new(false),
+    };
+    let outbox_def = matroska::outbox::Outbox::default();
+    let first = async {
+        gated.reached.notified().await;
+        let r = matroska::outbox::install(&outbox::SeaOrmSql(&db.conn), &outbox_def, a).await;
+        gated.open.notify_one();
+        r
+    };
+    let second = matroska::outbox::install(&gated, &outbox_def, b);
+    tokio::join!(first, second)
+}
+
+/// Two models on one table installed by two processes starting together (PostgreSQL): the
+/// second swap was computed from a catalogue read before the first committed, and replaces
+/// the first model's triggers with its own columns only. Model a's scope column is no
+/// longer recorded: its cached lists survive a change of `cat`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_racing_installs_of_two_models_lose_a_model_postgres() {
+    let db = ScratchDb::new(Kind::Postgres, "review_race_models").await;
+    exec(
+        &db,
+        "CREATE TABLE shared (id BIGINT PRIMARY KEY, cat VARCHAR(20) NOT NULL, flag BIGINT NOT NULL)",
+    )
+    .await;
+    let a = TableSpec::new("shared_a", "shared")
+        .key("id", ColumnDecoder::of::<i64>())
+        .scope(&[("cat", ColumnDecoder::of::<String>())], false);
+    let b = TableSpec::new("shared_b", "shared")
+        .key("id", ColumnDecoder::of::<i64>())
+        .scope(&[("flag", ColumnDecoder::of::<i64>())], false);
+    let (ra, rb) = race_installs(
+        &db,
+        std::slice::from_ref(&a),
+        std::slice::from_ref(&b),
+        "CREATE OR REPLACE FUNCTION",
+    )
+    .await;
+    ra.unwrap();
+    rb.unwrap();
+    exec(&db, "INSERT INTO shared VALUES (1, 'x', 0)").await;
+    let cache = support::memory_cache();
+    let relay = outbox::relay(&db.conn, cache.clone())
+        .unwrap()
+        .watch(a)
+        .watch(b)
+        .build();
+    relay.drain().await.unwrap();
+    let a_list = Dependency::condition("shared_a", [("cat", "x".into())]);
+    cache.put("a-x", &1, &[a_list], None).await.unwrap();
+    exec(&db, "UPDATE shared SET cat = 'y' WHERE id = 1").await;
+    let recorded = recorded_new_rows(&db, "shared").await;
+    let stored = texts(&db, "SELECT columns FROM matroska_outbox_tables").await;
+    relay.drain().await.unwrap();
+    assert!(
+        !cache.has("a-x").await.unwrap(),
+        "model a's list of cat = 'x' is stale after a committed update of cat: \
+         recorded {recorded:?}, stored {stored:?}"
+    );
+}
+
+/// Two processes installing the same spec on a fresh database at the same time: the one
+/// whose catalogue read preceded the other's CREATE TRIGGER fails to start.
+async fn racing_identical_installs(kind: Kind) {
+    let db = ScratchDb::new(kind, "review_race_same").await;
+    exec(
+        &db,
+        "CREATE TABLE tag (id BIGINT PRIMARY KEY, name VARCHAR(20), cat VARCHAR(20))",
+    )
+    .await;
+    let (ra, rb) = race_installs(&db, &[tag_spec()], &[tag_spec()], "CREATE TRIGGER").await;
+    ra.unwrap();
+    rb.unwrap_or_else(|e| panic!("{kind:?}: the second process's install failed: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_racing_identical_installs_mysql() {
+    racing_identical_installs(Kind::MySql).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_racing_identical_installs_sqlite() {
+    racing_identical_installs(Kind::Sqlite).await;
+}
+
+/// SQLite: a `REPLACE` that conflicts through a `UNIQUE` index with its own collation
+/// (`name COLLATE NOCASE` on a BINARY column) deletes a row without a DELETE trigger; the
+/// `BEFORE INSERT` trigger compares with the column's collation and misses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_replace_through_collated_unique_index_sqlite() {
+    replace_through_index(
+        "review_replace_collate",
+        "CREATE UNIQUE INDEX tag_name_nocase ON tag (name COLLATE NOCASE)",
+    )
+    .await;
+}
+
+/// SQLite: the same through a `UNIQUE` index on an expression (`lower(name)`), which the
+/// installer skips.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_replace_through_expression_unique_index_sqlite() {
+    replace_through_index(
+        "review_replace_expr",
+        "CREATE UNIQUE INDEX tag_name_lower ON tag (lower(name))",
+    )
+    .await;
+}
+
+async fn replace_through_index(name: &str, index: &str) {
+    let db = ScratchDb::new(Kind::Sqlite, name).await;
+    exec(
+        &db,
+        "CREATE TABLE tag (id BIGINT PRIMARY KEY, name TEXT NOT NULL, cat TEXT NOT NULL)",
+    )
+    .await;
+    exec(&db, index).await;
+    exec(&db, "INSERT INTO tag VALUES (1, 'a', 'x')").await;
+    outbox::install(&db.conn, &[tag_spec()]).await.unwrap();
+    let cache = support::memory_cache();
+    let relay = outbox::relay(&db.conn, cache.clone())
+        .unwrap()
+        .watch(tag_spec())
+        .build();
+    relay.drain().await.unwrap();
+    cache.put("row-1", &1, &[tag_key(1)], None).await.unwrap();
+    cache
+        .put("x-list", &1, &[tag_cat("x")], None)
+        .await
+        .unwrap();
+    exec(&db, "REPLACE INTO tag (id, name, cat) VALUES (2, 'A', 'y')").await;
+    assert_eq!(
+        texts(&db, "SELECT CAST(COUNT(*) AS TEXT) FROM tag WHERE id = 1").await,
+        ["0"],
+        "the REPLACE deleted row 1"
+    );
+    relay.drain().await.unwrap();
+    assert!(
+        !cache.has("row-1").await.unwrap(),
+        "row 1 was deleted by a committed REPLACE, its cached read stayed"
+    );
+    assert!(!cache.has("x-list").await.unwrap());
+}
+
+/// PostgreSQL, the migration text (`install_sql`, no schema): the SECURITY DEFINER function
+/// finds the outbox table through `search_path FROM CURRENT`, which does not name `pg_temp`,
+/// so a writer's temporary table of the same name comes first: the write commits and the
+/// real outbox never hears of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_install_sql_outbox_shadowed_by_temp_table_postgres() {
+    let db = ScratchDb::new(Kind::Postgres, "review_temp_shadow").await;
+    exec(
+        &db,
+        "CREATE TABLE tag (id BIGINT PRIMARY KEY, name TEXT, cat TEXT NOT NULL)",
+    )
+    .await;
+    let sql = matroska::outbox::Outbox::default()
+        .install_sql(matroska::outbox::Dialect::Postgres, &[tag_spec()])
+        .unwrap();
+    let txn = db.conn.begin().await.unwrap();
+    for s in &sql {
+        txn.execute_unprepared(s).await.unwrap();
+    }
+    txn.commit().await.unwrap();
+    let txn = db.conn.begin().await.unwrap();
+    for s in [
+        "CREATE TEMP TABLE matroska_outbox (id BIGSERIAL, table_name TEXT, op CHAR(1), \
+         old_row JSONB, new_row JSONB, created_us BIGINT) ON COMMIT DROP",
+        "INSERT INTO tag (id, name, cat) VALUES (1, 'a', 'x')",
+    ] {
+        txn.execute_unprepared(s).await.unwrap();
+    }
+    txn.commit().await.unwrap();
+    let schema = db.schema.clone().unwrap();
+    let recorded = texts(
+        &db,
+        &format!("SELECT op FROM \"{schema}\".matroska_outbox WHERE table_name = 'tag'"),
+    )
+    .await;
+    assert_eq!(recorded, ["I"], "the committed insert is not in the outbox");
+}
+
+/// PostgreSQL: triggers disabled (a bulk load's `DISABLE TRIGGER USER` left behind) have the
+/// right names and fingerprint; `install` calls them up to date and leaves them disabled, and
+/// `covers` tells the hooks the outbox watches the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_install_does_not_repair_disabled_triggers_postgres() {
+    let db = ScratchDb::new(Kind::Postgres, "review_disabled").await;
+    exec(
+        &db,
+        "CREATE TABLE tag (id BIGINT PRIMARY KEY, name TEXT, cat TEXT NOT NULL)",
+    )
+    .await;
+    outbox::install(&db.conn, &[tag_spec()]).await.unwrap();
+    exec(&db, "ALTER TABLE tag DISABLE TRIGGER USER").await;
+    outbox::install(&db.conn, &[tag_spec()]).await.unwrap();
+    exec(&db, "INSERT INTO tag (id, name, cat) VALUES (1, 'a', 'x')").await;
+    let recorded = texts(
+        &db,
+        "SELECT op FROM matroska_outbox WHERE table_name = 'tag'",
+    )
+    .await;
+    assert_eq!(recorded, ["I"], "install left the outbox triggers disabled");
+}
+
+/// SQLite: a trigger replaced by hand under its own name (same names, stored fingerprint
+/// unchanged): `install` calls it up to date and leaves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_install_does_not_repair_altered_trigger_sqlite() {
+    let db = ScratchDb::new(Kind::Sqlite, "review_altered").await;
+    exec(
+        &db,
+        "CREATE TABLE tag (id BIGINT PRIMARY KEY, name TEXT, cat TEXT NOT NULL)",
+    )
+    .await;
+    outbox::install(&db.conn, &[tag_spec()]).await.unwrap();
+    let update = texts(
+        &db,
+        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE '%\\_u' ESCAPE '\\'",
+    )
+    .await;
+    assert_eq!(update.len(), 1, "{update:?}");
+    // One script on one connection (another pooled connection's cached schema may be stale).
+    exec(
+        &db,
+        &format!(
+            "DROP TRIGGER \"{t}\"; \
+             CREATE TRIGGER \"{t}\" AFTER UPDATE ON tag FOR EACH ROW BEGIN SELECT 1; END",
+            t = update[0]
+        ),
+    )
+    .await;
+    outbox::install(&db.conn, &[tag_spec()]).await.unwrap();
+    exec(&db, "INSERT INTO tag (id, name, cat) VALUES (1, 'a', 'x')").await;
+    exec(&db, "UPDATE tag SET cat = 'y' WHERE id = 1").await;
+    let recorded = texts(
+        &db,
+        "SELECT op FROM matroska_outbox WHERE table_name = 'tag' ORDER BY id",
+    )
+    .await;
+    assert_eq!(recorded, ["I", "U"], "install left the altered trigger");
+}
+
+/// A model drops a scope column (its migration drops the column, its spec no longer names
+/// it): the start-up install keeps recording the union with the stored description, so the
+/// triggers still name the dropped column and every write to the table fails until someone
+/// uninstalls by hand.
+async fn dropped_scope_column(kind: Kind) {
+    let db = ScratchDb::new(kind, "review_dropped_column").await;
+    exec(
+        &db,
+        "CREATE TABLE tag (id BIGINT PRIMARY KEY, cat VARCHAR(20) NOT NULL, legacy VARCHAR(20))",
+    )
+    .await;
+    let old = tag_spec().scope(&[("legacy", ColumnDecoder::of::<Option<String>>())], false);
+    outbox::install(&db.conn, &[old]).await.unwrap();
+    exec(&db, "ALTER TABLE tag DROP COLUMN legacy").await;
+    outbox::install(&db.conn, &[tag_spec()]).await.unwrap();
+    if let Err(e) = db
+        .conn
+        .execute_unprepared("INSERT INTO tag (id, cat) VALUES (1, 'x')")
+        .await
+    {
+        panic!("{kind:?}: a write after the column was dropped and the outbox re-installed: {e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_dropped_scope_column_breaks_writes_postgres() {
+    dropped_scope_column(Kind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_dropped_scope_column_breaks_writes_mysql() {
+    dropped_scope_column(Kind::MySql).await;
+}
+
+/// Control for `review_install_sql_outbox_shadowed_by_temp_table_postgres`: `install` pins
+/// the schema, a temporary table does not shadow it (expected to pass).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_install_outbox_not_shadowed_by_temp_table_postgres() {
+    let db = ScratchDb::new(Kind::Postgres, "review_temp_control").await;
+    exec(
+        &db,
+        "CREATE TABLE tag (id BIGINT PRIMARY KEY, name TEXT, cat TEXT NOT NULL)",
+    )
+    .await;
+    outbox::install(&db.conn, &[tag_spec()]).await.unwrap();
+    let txn = db.conn.begin().await.unwrap();
+    for s in [
+        "CREATE TEMP TABLE matroska_outbox (id BIGSERIAL, table_name TEXT, op CHAR(1), \
+         old_row JSONB, new_row JSONB, created_us BIGINT) ON COMMIT DROP",
+        "INSERT INTO tag (id, name, cat) VALUES (1, 'a', 'x')",
+    ] {
+        txn.execute_unprepared(s).await.unwrap();
+    }
+    txn.commit().await.unwrap();
+    let schema = db.schema.clone().unwrap();
+    let recorded = texts(
+        &db,
+        &format!("SELECT op FROM \"{schema}\".matroska_outbox WHERE table_name = 'tag'"),
+    )
+    .await;
+    assert_eq!(recorded, ["I"]);
+}
