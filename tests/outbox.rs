@@ -1403,7 +1403,7 @@ async fn timestamp_from_another_time_zone_mysql() {
     assert!(relay.dead_letters().await.unwrap().is_empty());
 }
 
-// ---- Review (h-review1): hostile cases for the install swap, SQLite REPLACE, SECURITY DEFINER ----
+// ---- Concurrent installs, SQLite REPLACE through any UNIQUE index, SECURITY DEFINER, repairs ----
 
 /// A `SqlConnection` that holds its first statement containing `pattern` until `open` is
 /// notified (after telling `reached`): forces the interleaving of two installers that start
@@ -1463,12 +1463,13 @@ async fn race_installs(
 }
 
 /// Two models on one table installed by two processes starting together (PostgreSQL): the
-/// second swap was computed from a catalogue read before the first committed, and replaces
-/// the first model's triggers with its own columns only. Model a's scope column is no
-/// longer recorded: its cached lists survive a change of `cat`.
+/// second swap was planned from a catalogue read before the first committed. Its guard (the
+/// advisory lock and the check of the stored description) fails it, it plans again from
+/// what the first left, and the triggers record both models' columns: model a's lists are
+/// invalidated by a change of `cat`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_racing_installs_of_two_models_lose_a_model_postgres() {
-    let db = ScratchDb::new(Kind::Postgres, "review_race_models").await;
+async fn racing_installs_of_two_models_keep_both_models_postgres() {
+    let db = ScratchDb::new(Kind::Postgres, "race_models").await;
     exec(
         &db,
         "CREATE TABLE shared (id BIGINT PRIMARY KEY, cat VARCHAR(20) NOT NULL, flag BIGINT NOT NULL)",
@@ -1511,9 +1512,10 @@ async fn review_racing_installs_of_two_models_lose_a_model_postgres() {
 }
 
 /// Two processes installing the same spec on a fresh database at the same time: the one
-/// whose catalogue read preceded the other's CREATE TRIGGER fails to start.
+/// whose catalogue read preceded the other's CREATE TRIGGER hits a name that now exists,
+/// reads the catalogue again, finds the triggers up to date, and starts.
 async fn racing_identical_installs(kind: Kind) {
-    let db = ScratchDb::new(kind, "review_race_same").await;
+    let db = ScratchDb::new(kind, "race_same").await;
     exec(
         &db,
         "CREATE TABLE tag (id BIGINT PRIMARY KEY, name VARCHAR(20), cat VARCHAR(20))",
@@ -1525,33 +1527,34 @@ async fn racing_identical_installs(kind: Kind) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_racing_identical_installs_mysql() {
+async fn racing_identical_installs_both_succeed_mysql() {
     racing_identical_installs(Kind::MySql).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_racing_identical_installs_sqlite() {
+async fn racing_identical_installs_both_succeed_sqlite() {
     racing_identical_installs(Kind::Sqlite).await;
 }
 
 /// SQLite: a `REPLACE` that conflicts through a `UNIQUE` index with its own collation
 /// (`name COLLATE NOCASE` on a BINARY column) deletes a row without a DELETE trigger; the
-/// `BEFORE INSERT` trigger compares with the column's collation and misses it.
+/// `BEFORE INSERT` trigger compares with the index's collation (not the column's) and
+/// records it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_replace_through_collated_unique_index_sqlite() {
+async fn replace_through_collated_unique_index_is_recorded_sqlite() {
     replace_through_index(
-        "review_replace_collate",
+        "replace_collate",
         "CREATE UNIQUE INDEX tag_name_nocase ON tag (name COLLATE NOCASE)",
     )
     .await;
 }
 
-/// SQLite: the same through a `UNIQUE` index on an expression (`lower(name)`), which the
-/// installer skips.
+/// SQLite: the same through a `UNIQUE` index on an expression (`lower(name)`): the trigger
+/// evaluates the index's expression on the candidate rows and on `NEW`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_replace_through_expression_unique_index_sqlite() {
+async fn replace_through_expression_unique_index_is_recorded_sqlite() {
     replace_through_index(
-        "review_replace_expr",
+        "replace_expr",
         "CREATE UNIQUE INDEX tag_name_lower ON tag (lower(name))",
     )
     .await;
@@ -1592,13 +1595,13 @@ async fn replace_through_index(name: &str, index: &str) {
     assert!(!cache.has("x-list").await.unwrap());
 }
 
-/// PostgreSQL, the migration text (`install_sql`, no schema): the SECURITY DEFINER function
-/// finds the outbox table through `search_path FROM CURRENT`, which does not name `pg_temp`,
-/// so a writer's temporary table of the same name comes first: the write commits and the
-/// real outbox never hears of it.
+/// PostgreSQL, the migration text (`install_sql`, no schema): `search_path FROM CURRENT`
+/// alone leaves `pg_temp` first implicitly, where a writer's temporary table named like the
+/// outbox would take the rows; the text pins the function's path to the migration's schema
+/// with `pg_temp` last, so the write reaches the real outbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_install_sql_outbox_shadowed_by_temp_table_postgres() {
-    let db = ScratchDb::new(Kind::Postgres, "review_temp_shadow").await;
+async fn install_sql_outbox_not_shadowed_by_temp_table_postgres() {
+    let db = ScratchDb::new(Kind::Postgres, "temp_shadow").await;
     exec(
         &db,
         "CREATE TABLE tag (id BIGINT PRIMARY KEY, name TEXT, cat TEXT NOT NULL)",
@@ -1631,18 +1634,28 @@ async fn review_install_sql_outbox_shadowed_by_temp_table_postgres() {
 }
 
 /// PostgreSQL: triggers disabled (a bulk load's `DISABLE TRIGGER USER` left behind) have the
-/// right names and fingerprint; `install` calls them up to date and leaves them disabled, and
-/// `covers` tells the hooks the outbox watches the table.
+/// right names and fingerprint: `covers` (the hooks' check) does not count them, and
+/// `install` compares what the catalogue holds and enables them again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_install_does_not_repair_disabled_triggers_postgres() {
-    let db = ScratchDb::new(Kind::Postgres, "review_disabled").await;
+async fn install_repairs_disabled_triggers_postgres() {
+    let db = ScratchDb::new(Kind::Postgres, "disabled").await;
     exec(
         &db,
         "CREATE TABLE tag (id BIGINT PRIMARY KEY, name TEXT, cat TEXT NOT NULL)",
     )
     .await;
     outbox::install(&db.conn, &[tag_spec()]).await.unwrap();
+    let present = matroska::outbox::Outbox::default()
+        .triggers_present_sql(matroska::outbox::Dialect::Postgres, "tag");
+    let watched = texts(&db, &format!("SELECT n::text FROM ({present}) c(n)")).await;
+    assert_eq!(watched, ["4"]);
     exec(&db, "ALTER TABLE tag DISABLE TRIGGER USER").await;
+    let watched = texts(&db, &format!("SELECT n::text FROM ({present}) c(n)")).await;
+    assert_eq!(
+        watched,
+        ["0"],
+        "disabled triggers still counted as watching the table"
+    );
     outbox::install(&db.conn, &[tag_spec()]).await.unwrap();
     exec(&db, "INSERT INTO tag (id, name, cat) VALUES (1, 'a', 'x')").await;
     let recorded = texts(
@@ -1654,10 +1667,11 @@ async fn review_install_does_not_repair_disabled_triggers_postgres() {
 }
 
 /// SQLite: a trigger replaced by hand under its own name (same names, stored fingerprint
-/// unchanged): `install` calls it up to date and leaves it.
+/// unchanged): `install` compares the triggers' SQL in `sqlite_master` with what it would
+/// create and replaces it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_install_does_not_repair_altered_trigger_sqlite() {
-    let db = ScratchDb::new(Kind::Sqlite, "review_altered").await;
+async fn install_repairs_altered_trigger_sqlite() {
+    let db = ScratchDb::new(Kind::Sqlite, "altered").await;
     exec(
         &db,
         "CREATE TABLE tag (id BIGINT PRIMARY KEY, name TEXT, cat TEXT NOT NULL)",
@@ -1692,11 +1706,11 @@ async fn review_install_does_not_repair_altered_trigger_sqlite() {
 }
 
 /// A model drops a scope column (its migration drops the column, its spec no longer names
-/// it): the start-up install keeps recording the union with the stored description, so the
-/// triggers still name the dropped column and every write to the table fails until someone
-/// uninstalls by hand.
+/// it): the start-up install records the union with the stored description intersected with
+/// the table's current columns, so the triggers stop naming the dropped column and writes
+/// go on.
 async fn dropped_scope_column(kind: Kind) {
-    let db = ScratchDb::new(kind, "review_dropped_column").await;
+    let db = ScratchDb::new(kind, "dropped_column").await;
     exec(
         &db,
         "CREATE TABLE tag (id BIGINT PRIMARY KEY, cat VARCHAR(20) NOT NULL, legacy VARCHAR(20))",
@@ -1716,20 +1730,20 @@ async fn dropped_scope_column(kind: Kind) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_dropped_scope_column_breaks_writes_postgres() {
+async fn dropped_scope_column_leaves_the_triggers_postgres() {
     dropped_scope_column(Kind::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_dropped_scope_column_breaks_writes_mysql() {
+async fn dropped_scope_column_leaves_the_triggers_mysql() {
     dropped_scope_column(Kind::MySql).await;
 }
 
-/// Control for `review_install_sql_outbox_shadowed_by_temp_table_postgres`: `install` pins
-/// the schema, a temporary table does not shadow it (expected to pass).
+/// As `install_sql_outbox_not_shadowed_by_temp_table_postgres`, through `install` (which
+/// pins the schema it reads): a temporary table does not shadow the outbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_install_outbox_not_shadowed_by_temp_table_postgres() {
-    let db = ScratchDb::new(Kind::Postgres, "review_temp_control").await;
+async fn install_outbox_not_shadowed_by_temp_table_postgres() {
+    let db = ScratchDb::new(Kind::Postgres, "temp_control").await;
     exec(
         &db,
         "CREATE TABLE tag (id BIGINT PRIMARY KEY, name TEXT, cat TEXT NOT NULL)",
@@ -1752,4 +1766,61 @@ async fn review_install_outbox_not_shadowed_by_temp_table_postgres() {
     )
     .await;
     assert_eq!(recorded, ["I"]);
+}
+
+/// MySQL: the triggers force the session's time zone to UTC only where a recorded column is
+/// a `TIMESTAMP` (the wrap costs MariaDB about a third more per row).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_zone_wrap_only_for_timestamp_columns_mysql() {
+    let db = ScratchDb::new(Kind::MySql, "tz_wrap").await;
+    exec(
+        &db,
+        "CREATE TABLE tag (id BIGINT PRIMARY KEY, cat VARCHAR(20) NOT NULL, at TIMESTAMP NULL)",
+    )
+    .await;
+    let bodies = "SELECT ACTION_STATEMENT FROM information_schema.TRIGGERS \
+                  WHERE EVENT_OBJECT_SCHEMA = DATABASE() AND EVENT_OBJECT_TABLE = 'tag' \
+                  AND TRIGGER_NAME LIKE 'matroska_outbox%'";
+    outbox::install(&db.conn, &[tag_spec()]).await.unwrap();
+    let plain = texts(&db, bodies).await;
+    assert_eq!(plain.len(), 3, "{plain:?}");
+    assert!(plain.iter().all(|b| !b.contains("time_zone")), "{plain:?}");
+    let with_at = tag_spec().scope(
+        &[(
+            "at",
+            ColumnDecoder::of::<Option<chrono::DateTime<chrono::Utc>>>(),
+        )],
+        false,
+    );
+    outbox::install(&db.conn, &[with_at]).await.unwrap();
+    let wrapped = texts(&db, bodies).await;
+    assert_eq!(wrapped.len(), 3, "{wrapped:?}");
+    assert!(
+        wrapped.iter().all(|b| b.contains("time_zone")),
+        "{wrapped:?}"
+    );
+}
+
+/// SQLite: the trigger recording the rows an `UPDATE OR REPLACE` deletes fires only for
+/// updates of the key or a `UNIQUE` index's columns (an unrelated update runs no SELECT).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_trigger_only_on_key_and_unique_columns_sqlite() {
+    let db = ScratchDb::new(Kind::Sqlite, "update_of").await;
+    exec(
+        &db,
+        "CREATE TABLE tag (id BIGINT PRIMARY KEY, name TEXT UNIQUE, cat TEXT NOT NULL)",
+    )
+    .await;
+    outbox::install(&db.conn, &[tag_spec()]).await.unwrap();
+    let sql = texts(
+        &db,
+        "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND sql LIKE '%BEFORE UPDATE%'",
+    )
+    .await;
+    assert_eq!(sql.len(), 1, "{sql:?}");
+    assert!(
+        sql[0].contains("BEFORE UPDATE OF \"id\", \"name\" ON"),
+        "{}",
+        sql[0]
+    );
 }
