@@ -1112,10 +1112,10 @@ impl Outbox {
         } else {
             let mut columns: Vec<&String> = recorded.keys.iter().collect();
             for p in facts.unique.iter().flatten() {
-                if let IndexPart::Column { name, .. } = p {
-                    if !columns.contains(&name) {
-                        columns.push(name);
-                    }
+                if let IndexPart::Column { name, .. } = p
+                    && !columns.contains(&name)
+                {
+                    columns.push(name);
                 }
             }
             let list = columns
