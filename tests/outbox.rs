@@ -1402,3 +1402,425 @@ async fn timestamp_from_another_time_zone_mysql() {
     assert!(!cache.has("at-13").await.unwrap(), "the deleted row's list");
     assert!(relay.dead_letters().await.unwrap().is_empty());
 }
+
+// ---- Concurrent installs, SQLite REPLACE through any UNIQUE index, SECURITY DEFINER, repairs ----
+
+/// A `SqlConnection` that holds its first statement containing `pattern` until `open` is
+/// notified (after telling `reached`): forces the interleaving of two installers that start
+/// together.
+struct Gated<C> {
+    inner: C,
+    pattern: &'static str,
+    reached: Arc<tokio::sync::Notify>,
+    open: Arc<tokio::sync::Notify>,
+    held: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl<C: matroska::outbox::SqlConnection> matroska::outbox::SqlConnection for Gated<C> {
+    fn dialect(&self) -> matroska::outbox::Dialect {
+        self.inner.dialect()
+    }
+
+    async fn execute_sql(&self, sql: &str) -> matroska::outbox::Result<()> {
+        if sql.contains(self.pattern) && !self.held.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.reached.notify_one();
+            self.open.notified().await;
+        }
+        self.inner.execute_sql(sql).await
+    }
+
+    async fn query_pairs(&self, sql: &str) -> matroska::outbox::Result<Vec<(String, i64)>> {
+        self.inner.query_pairs(sql).await
+    }
+}
+
+/// Installer `b` reads the catalogue, then installer `a` runs to completion, then `b` goes on
+/// (what two processes starting together can do). Returns both results.
+async fn race_installs(
+    db: &ScratchDb,
+    a: &[TableSpec],
+    b: &[TableSpec],
+    pattern: &'static str,
+) -> (matroska::outbox::Result<()>, matroska::outbox::Result<()>) {
+    let gated = Gated {
+        inner: outbox::SeaOrmSql(&db.conn),
+        pattern,
+        reached: Arc::new(tokio::sync::Notify::new()),
+        open: Arc::new(tokio::sync::Notify::new()),
+        held: std::sync::atomic::AtomicBool::new(false),
+    };
+    let outbox_def = matroska::outbox::Outbox::default();
+    let first = async {
+        gated.reached.notified().await;
+        let r = matroska::outbox::install(&outbox::SeaOrmSql(&db.conn), &outbox_def, a).await;
+        gated.open.notify_one();
+        r
+    };
+    let second = matroska::outbox::install(&gated, &outbox_def, b);
+    tokio::join!(first, second)
+}
+
+/// Two models on one table installed by two processes starting together (PostgreSQL): the
+/// second swap was planned from a catalogue read before the first committed. Its guard (the
+/// advisory lock and the check of the stored description) fails it, it plans again from
+/// what the first left, and the triggers record both models' columns: model a's lists are
+/// invalidated by a change of `cat`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_installs_of_two_models_keep_both_models_postgres() {
+    let db = ScratchDb::new(Kind::Postgres, "race_models").await;
+    exec(
+        &db,
+        "CREATE TABLE shared (id BIGINT PRIMARY KEY, cat VARCHAR(20) NOT NULL, flag BIGINT NOT NULL)",
+    )
+    .await;
+    let a = TableSpec::new("shared_a", "shared")
+        .key("id", ColumnDecoder::of::<i64>())
+        .scope(&[("cat", ColumnDecoder::of::<String>())], false);
+    let b = TableSpec::new("shared_b", "shared")
+        .key("id", ColumnDecoder::of::<i64>())
+        .scope(&[("flag", ColumnDecoder::of::<i64>())], false);
+    let (ra, rb) = race_installs(
+        &db,
+        std::slice::from_ref(&a),
+        std::slice::from_ref(&b),
+        "CREATE OR REPLACE FUNCTION",
+    )
+    .await;
+    ra.unwrap();
+    rb.unwrap();
+    exec(&db, "INSERT INTO shared VALUES (1, 'x', 0)").await;
+    let cache = support::memory_cache();
+    let relay = outbox::relay(&db.conn, cache.clone())
+        .unwrap()
+        .watch(a)
+        .watch(b)
+        .build();
+    relay.drain().await.unwrap();
+    let a_list = Dependency::condition("shared_a", [("cat", "x".into())]);
+    cache.put("a-x", &1, &[a_list], None).await.unwrap();
+    exec(&db, "UPDATE shared SET cat = 'y' WHERE id = 1").await;
+    let recorded = recorded_new_rows(&db, "shared").await;
+    let stored = texts(&db, "SELECT columns FROM matroska_outbox_tables").await;
+    relay.drain().await.unwrap();
+    assert!(
+        !cache.has("a-x").await.unwrap(),
+        "model a's list of cat = 'x' is stale after a committed update of cat: \
+         recorded {recorded:?}, stored {stored:?}"
+    );
+}
+
+/// Two processes installing the same spec on a fresh database at the same time: the one
+/// whose catalogue read preceded the other's CREATE TRIGGER hits a name that now exists,
+/// reads the catalogue again, finds the triggers up to date, and starts.
+async fn racing_identical_installs(kind: Kind) {
+    let db = ScratchDb::new(kind, "race_same").await;
+    exec(
+        &db,
+        "CREATE TABLE tag (id BIGINT PRIMARY KEY, name VARCHAR(20), cat VARCHAR(20))",
+    )
+    .await;
+    let (ra, rb) = race_installs(&db, &[tag_spec()], &[tag_spec()], "CREATE TRIGGER").await;
+    ra.unwrap();
+    rb.unwrap_or_else(|e| panic!("{kind:?}: the second process's install failed: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_identical_installs_both_succeed_mysql() {
+    racing_identical_installs(Kind::MySql).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_identical_installs_both_succeed_sqlite() {
+    racing_identical_installs(Kind::Sqlite).await;
+}
+
+/// SQLite: a `REPLACE` that conflicts through a `UNIQUE` index with its own collation
+/// (`name COLLATE NOCASE` on a BINARY column) deletes a row without a DELETE trigger; the
+/// `BEFORE INSERT` trigger compares with the index's collation (not the column's) and
+/// records it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_through_collated_unique_index_is_recorded_sqlite() {
+    replace_through_index(
+        "replace_collate",
+        "CREATE UNIQUE INDEX tag_name_nocase ON tag (name COLLATE NOCASE)",
+    )
+    .await;
+}
+
+/// SQLite: the same through a `UNIQUE` index on an expression (`lower(name)`): the trigger
+/// evaluates the index's expression on the candidate rows and on `NEW`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_through_expression_unique_index_is_recorded_sqlite() {
+    replace_through_index(
+        "replace_expr",
+        "CREATE UNIQUE INDEX tag_name_lower ON tag (lower(name))",
+    )
+    .await;
+}
+
+async fn replace_through_index(name: &str, index: &str) {
+    let db = ScratchDb::new(Kind::Sqlite, name).await;
+    exec(
+        &db,
+        "CREATE TABLE tag (id BIGINT PRIMARY KEY, name TEXT NOT NULL, cat TEXT NOT NULL)",
+    )
+    .await;
+    exec(&db, index).await;
+    exec(&db, "INSERT INTO tag VALUES (1, 'a', 'x')").await;
+    outbox::install(&db.conn, &[tag_spec()]).await.unwrap();
+    let cache = support::memory_cache();
+    let relay = outbox::relay(&db.conn, cache.clone())
+        .unwrap()
+        .watch(tag_spec())
+        .build();
+    relay.drain().await.unwrap();
+    cache.put("row-1", &1, &[tag_key(1)], None).await.unwrap();
+    cache
+        .put("x-list", &1, &[tag_cat("x")], None)
+        .await
+        .unwrap();
+    exec(&db, "REPLACE INTO tag (id, name, cat) VALUES (2, 'A', 'y')").await;
+    assert_eq!(
+        texts(&db, "SELECT CAST(COUNT(*) AS TEXT) FROM tag WHERE id = 1").await,
+        ["0"],
+        "the REPLACE deleted row 1"
+    );
+    relay.drain().await.unwrap();
+    assert!(
+        !cache.has("row-1").await.unwrap(),
+        "row 1 was deleted by a committed REPLACE, its cached read stayed"
+    );
+    assert!(!cache.has("x-list").await.unwrap());
+}
+
+/// PostgreSQL, the migration text (`install_sql`, no schema): `search_path FROM CURRENT`
+/// alone leaves `pg_temp` first implicitly, where a writer's temporary table named like the
+/// outbox would take the rows; the text pins the function's path to the migration's schema
+/// with `pg_temp` last, so the write reaches the real outbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_sql_outbox_not_shadowed_by_temp_table_postgres() {
+    let db = ScratchDb::new(Kind::Postgres, "temp_shadow").await;
+    exec(
+        &db,
+        "CREATE TABLE tag (id BIGINT PRIMARY KEY, name TEXT, cat TEXT NOT NULL)",
+    )
+    .await;
+    let sql = matroska::outbox::Outbox::default()
+        .install_sql(matroska::outbox::Dialect::Postgres, &[tag_spec()])
+        .unwrap();
+    let txn = db.conn.begin().await.unwrap();
+    for s in &sql {
+        txn.execute_unprepared(s).await.unwrap();
+    }
+    txn.commit().await.unwrap();
+    let txn = db.conn.begin().await.unwrap();
+    for s in [
+        "CREATE TEMP TABLE matroska_outbox (id BIGSERIAL, table_name TEXT, op CHAR(1), \
+         old_row JSONB, new_row JSONB, created_us BIGINT) ON COMMIT DROP",
+        "INSERT INTO tag (id, name, cat) VALUES (1, 'a', 'x')",
+    ] {
+        txn.execute_unprepared(s).await.unwrap();
+    }
+    txn.commit().await.unwrap();
+    let schema = db.schema.clone().unwrap();
+    let recorded = texts(
+        &db,
+        &format!("SELECT op FROM \"{schema}\".matroska_outbox WHERE table_name = 'tag'"),
+    )
+    .await;
+    assert_eq!(recorded, ["I"], "the committed insert is not in the outbox");
+}
+
+/// PostgreSQL: triggers disabled (a bulk load's `DISABLE TRIGGER USER` left behind) have the
+/// right names and fingerprint: `covers` (the hooks' check) does not count them, and
+/// `install` compares what the catalogue holds and enables them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_repairs_disabled_triggers_postgres() {
+    let db = ScratchDb::new(Kind::Postgres, "disabled").await;
+    exec(
+        &db,
+        "CREATE TABLE tag (id BIGINT PRIMARY KEY, name TEXT, cat TEXT NOT NULL)",
+    )
+    .await;
+    outbox::install(&db.conn, &[tag_spec()]).await.unwrap();
+    let present = matroska::outbox::Outbox::default()
+        .triggers_present_sql(matroska::outbox::Dialect::Postgres, "tag");
+    let watched = texts(&db, &format!("SELECT n::text FROM ({present}) c(n)")).await;
+    assert_eq!(watched, ["4"]);
+    exec(&db, "ALTER TABLE tag DISABLE TRIGGER USER").await;
+    let watched = texts(&db, &format!("SELECT n::text FROM ({present}) c(n)")).await;
+    assert_eq!(
+        watched,
+        ["0"],
+        "disabled triggers still counted as watching the table"
+    );
+    outbox::install(&db.conn, &[tag_spec()]).await.unwrap();
+    exec(&db, "INSERT INTO tag (id, name, cat) VALUES (1, 'a', 'x')").await;
+    let recorded = texts(
+        &db,
+        "SELECT op FROM matroska_outbox WHERE table_name = 'tag'",
+    )
+    .await;
+    assert_eq!(recorded, ["I"], "install left the outbox triggers disabled");
+}
+
+/// SQLite: a trigger replaced by hand under its own name (same names, stored fingerprint
+/// unchanged): `install` compares the triggers' SQL in `sqlite_master` with what it would
+/// create and replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_repairs_altered_trigger_sqlite() {
+    let db = ScratchDb::new(Kind::Sqlite, "altered").await;
+    exec(
+        &db,
+        "CREATE TABLE tag (id BIGINT PRIMARY KEY, name TEXT, cat TEXT NOT NULL)",
+    )
+    .await;
+    outbox::install(&db.conn, &[tag_spec()]).await.unwrap();
+    let update = texts(
+        &db,
+        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE '%\\_u' ESCAPE '\\'",
+    )
+    .await;
+    assert_eq!(update.len(), 1, "{update:?}");
+    // One script on one connection (another pooled connection's cached schema may be stale).
+    exec(
+        &db,
+        &format!(
+            "DROP TRIGGER \"{t}\"; \
+             CREATE TRIGGER \"{t}\" AFTER UPDATE ON tag FOR EACH ROW BEGIN SELECT 1; END",
+            t = update[0]
+        ),
+    )
+    .await;
+    outbox::install(&db.conn, &[tag_spec()]).await.unwrap();
+    exec(&db, "INSERT INTO tag (id, name, cat) VALUES (1, 'a', 'x')").await;
+    exec(&db, "UPDATE tag SET cat = 'y' WHERE id = 1").await;
+    let recorded = texts(
+        &db,
+        "SELECT op FROM matroska_outbox WHERE table_name = 'tag' ORDER BY id",
+    )
+    .await;
+    assert_eq!(recorded, ["I", "U"], "install left the altered trigger");
+}
+
+/// A model drops a scope column (its migration drops the column, its spec no longer names
+/// it): the start-up install records the union with the stored description intersected with
+/// the table's current columns, so the triggers stop naming the dropped column and writes
+/// go on.
+async fn dropped_scope_column(kind: Kind) {
+    let db = ScratchDb::new(kind, "dropped_column").await;
+    exec(
+        &db,
+        "CREATE TABLE tag (id BIGINT PRIMARY KEY, cat VARCHAR(20) NOT NULL, legacy VARCHAR(20))",
+    )
+    .await;
+    let old = tag_spec().scope(&[("legacy", ColumnDecoder::of::<Option<String>>())], false);
+    outbox::install(&db.conn, &[old]).await.unwrap();
+    exec(&db, "ALTER TABLE tag DROP COLUMN legacy").await;
+    outbox::install(&db.conn, &[tag_spec()]).await.unwrap();
+    if let Err(e) = db
+        .conn
+        .execute_unprepared("INSERT INTO tag (id, cat) VALUES (1, 'x')")
+        .await
+    {
+        panic!("{kind:?}: a write after the column was dropped and the outbox re-installed: {e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_scope_column_leaves_the_triggers_postgres() {
+    dropped_scope_column(Kind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_scope_column_leaves_the_triggers_mysql() {
+    dropped_scope_column(Kind::MySql).await;
+}
+
+/// As `install_sql_outbox_not_shadowed_by_temp_table_postgres`, through `install` (which
+/// pins the schema it reads): a temporary table does not shadow the outbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_outbox_not_shadowed_by_temp_table_postgres() {
+    let db = ScratchDb::new(Kind::Postgres, "temp_control").await;
+    exec(
+        &db,
+        "CREATE TABLE tag (id BIGINT PRIMARY KEY, name TEXT, cat TEXT NOT NULL)",
+    )
+    .await;
+    outbox::install(&db.conn, &[tag_spec()]).await.unwrap();
+    let txn = db.conn.begin().await.unwrap();
+    for s in [
+        "CREATE TEMP TABLE matroska_outbox (id BIGSERIAL, table_name TEXT, op CHAR(1), \
+         old_row JSONB, new_row JSONB, created_us BIGINT) ON COMMIT DROP",
+        "INSERT INTO tag (id, name, cat) VALUES (1, 'a', 'x')",
+    ] {
+        txn.execute_unprepared(s).await.unwrap();
+    }
+    txn.commit().await.unwrap();
+    let schema = db.schema.clone().unwrap();
+    let recorded = texts(
+        &db,
+        &format!("SELECT op FROM \"{schema}\".matroska_outbox WHERE table_name = 'tag'"),
+    )
+    .await;
+    assert_eq!(recorded, ["I"]);
+}
+
+/// MySQL: the triggers force the session's time zone to UTC only where a recorded column is
+/// a `TIMESTAMP` (the wrap costs MariaDB about a third more per row).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_zone_wrap_only_for_timestamp_columns_mysql() {
+    let db = ScratchDb::new(Kind::MySql, "tz_wrap").await;
+    exec(
+        &db,
+        "CREATE TABLE tag (id BIGINT PRIMARY KEY, cat VARCHAR(20) NOT NULL, at TIMESTAMP NULL)",
+    )
+    .await;
+    let bodies = "SELECT ACTION_STATEMENT FROM information_schema.TRIGGERS \
+                  WHERE EVENT_OBJECT_SCHEMA = DATABASE() AND EVENT_OBJECT_TABLE = 'tag' \
+                  AND TRIGGER_NAME LIKE 'matroska_outbox%'";
+    outbox::install(&db.conn, &[tag_spec()]).await.unwrap();
+    let plain = texts(&db, bodies).await;
+    assert_eq!(plain.len(), 3, "{plain:?}");
+    assert!(plain.iter().all(|b| !b.contains("time_zone")), "{plain:?}");
+    let with_at = tag_spec().scope(
+        &[(
+            "at",
+            ColumnDecoder::of::<Option<chrono::DateTime<chrono::Utc>>>(),
+        )],
+        false,
+    );
+    outbox::install(&db.conn, &[with_at]).await.unwrap();
+    let wrapped = texts(&db, bodies).await;
+    assert_eq!(wrapped.len(), 3, "{wrapped:?}");
+    assert!(
+        wrapped.iter().all(|b| b.contains("time_zone")),
+        "{wrapped:?}"
+    );
+}
+
+/// SQLite: the trigger recording the rows an `UPDATE OR REPLACE` deletes fires only for
+/// updates of the key or a `UNIQUE` index's columns (an unrelated update runs no SELECT).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_trigger_only_on_key_and_unique_columns_sqlite() {
+    let db = ScratchDb::new(Kind::Sqlite, "update_of").await;
+    exec(
+        &db,
+        "CREATE TABLE tag (id BIGINT PRIMARY KEY, name TEXT UNIQUE, cat TEXT NOT NULL)",
+    )
+    .await;
+    outbox::install(&db.conn, &[tag_spec()]).await.unwrap();
+    let sql = texts(
+        &db,
+        "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND sql LIKE '%BEFORE UPDATE%'",
+    )
+    .await;
+    assert_eq!(sql.len(), 1, "{sql:?}");
+    assert!(
+        sql[0].contains("BEFORE UPDATE OF \"id\", \"name\" ON"),
+        "{}",
+        sql[0]
+    );
+}

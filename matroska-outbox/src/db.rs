@@ -5,7 +5,7 @@ use std::future::Future;
 use async_trait::async_trait;
 use matroska_core::TableSpec;
 
-use crate::ddl::{Dialect, Facts, LAYOUT_VERSION, Outbox, Recorded};
+use crate::ddl::{Dialect, Facts, IndexPart, LAYOUT_VERSION, Outbox, Recorded};
 use crate::error::{Error, Result};
 
 /// A connection the outbox can be installed through: the relay's sqlx pools here, SeaORM's
@@ -32,15 +32,21 @@ pub trait SqlConnection: Send + Sync {
 /// Installs (or upgrades) the outbox for `tables` through `conn`: creates the outbox tables if
 /// missing, replaces each table's triggers when they differ from the ones `tables` need,
 /// records the layout version. Safe to run on every start-up or in a migration, while
-/// anything writes:
+/// anything writes, and from several processes at once:
 ///
-/// - Triggers that are up to date are left alone (no DDL at all).
+/// - Triggers that are up to date are left alone (no DDL at all). Up to date means what the
+///   database holds now: a trigger disabled, dropped or replaced by hand is replaced.
 /// - An upgrade never leaves a moment in which a committed write records nothing: on
 ///   PostgreSQL it runs as one transaction; on MySQL/MariaDB and SQLite the new triggers are
 ///   created before the old ones are dropped (a write in between is recorded twice).
 /// - Models sharing a table (a SeaORM entity and a Diesel model), installed together or by
 ///   separate installs, share its triggers: they record the union of the models' columns,
-///   never fewer than an earlier install recorded.
+///   never fewer than an earlier install recorded — except a column the table no longer has
+///   (a migration dropped it), which leaves the triggers.
+/// - Concurrent installs: on PostgreSQL a swap runs under an advisory lock and only if the
+///   table's stored description is still the one it was planned from; a swap that lost a
+///   race (there, or a `CREATE TRIGGER` of a name another install just created on
+///   MySQL/SQLite) reads the catalogue again and plans anew.
 ///
 /// # Errors
 /// [`Error::NewerLayout`] (nothing is changed for any table) when a table carries triggers of
@@ -53,6 +59,16 @@ pub async fn install(
     let dialect = conn.dialect();
     let outbox = &resolve_schema(conn, outbox).await?;
     let wanted = Recorded::group(tables)?;
+    if dialect == Dialect::Postgres {
+        // Inside the caller's transaction this holds every other install off until it
+        // commits, so what is read below is what the swap replaces; on a pool it only waits
+        // for a swap under way (the guard in each swap does the rest).
+        conn.query_pairs(&format!(
+            "SELECT ''::text AS name, 0::bigint AS n FROM (SELECT pg_advisory_xact_lock({})) l",
+            outbox.install_lock_key()
+        ))
+        .await?;
+    }
     // Created only when missing (and checked with a query that cannot fail, so that an
     // install inside the caller's PostgreSQL transaction does not abort it).
     let present = conn
@@ -75,55 +91,41 @@ pub async fn install(
         }
     }
     let mut changed = 0_usize;
-    for mut recorded in wanted {
-        let table = recorded.table.clone();
-        let stored = conn
-            .query_pairs(&outbox.installed_sql(dialect, &table))
-            .await?
-            .into_iter()
-            .next()
-            .and_then(|(text, version)| {
-                Recorded::parse(&table, &text).map(|(r, fp)| (r, fp, version))
-            });
-        if let Some((before, _, _)) = &stored {
-            // Another model's install recorded columns this one does not name: keep them.
-            // A stored key that differs is ignored (the table's key changed): the new one wins.
-            if before.keys() == recorded.keys() {
-                let mut union = before.clone();
-                union.merge(&recorded)?;
-                recorded = union;
+    for recorded in wanted {
+        // Bounded: each retry follows another install's completed change.
+        let mut attempts = 0;
+        loop {
+            let plan = plan(conn, outbox, &recorded).await?;
+            let Some(statements) = &plan.statements else {
+                break;
+            };
+            let result = if dialect == Dialect::Postgres {
+                // One simple-query message: PostgreSQL runs it as one transaction (or inside
+                // the caller's), so no write commits between the drop and the create.
+                conn.execute_sql(&statements.join(";\n")).await
+            } else {
+                execute_all(conn, statements).await
+            };
+            match result {
+                Ok(()) => {
+                    changed += 1;
+                    break;
+                }
+                Err(e) => {
+                    attempts += 1;
+                    // Another install changed the table's triggers since `plan` read them
+                    // (its swap committed first): plan again from what it left.
+                    let raced = match plan_inputs(conn, outbox, &recorded.table).await {
+                        Ok(now) => now != plan.inputs,
+                        Err(_) => false,
+                    };
+                    if !raced || attempts >= 5 {
+                        return Err(e);
+                    }
+                    tracing::debug!(table = %recorded.table, error = %e, "install raced, planning again");
+                }
             }
         }
-        let facts = facts(conn, &table).await?;
-        let fingerprint = outbox.fingerprint(dialect, &recorded, &facts);
-        let existing: Vec<String> = conn
-            .query_pairs(&outbox.trigger_names_sql(dialect, &table))
-            .await?
-            .into_iter()
-            .map(|(name, _)| name)
-            .collect();
-        let complete = [0, 1].iter().any(|g| {
-            let mut want = outbox.trigger_names(dialect, &table, *g);
-            let mut have = existing.clone();
-            want.sort();
-            have.sort();
-            want == have
-        });
-        let current = stored
-            .as_ref()
-            .is_some_and(|(_, fp, v)| *fp == fingerprint && *v == LAYOUT_VERSION);
-        if current && complete {
-            continue;
-        }
-        let statements = outbox.swap_sql(dialect, &recorded, &facts, &existing);
-        if dialect == Dialect::Postgres {
-            // One simple-query message: PostgreSQL runs it as one transaction (or inside the
-            // caller's), so no write commits between the drop and the create.
-            conn.execute_sql(&statements.join(";\n")).await?;
-        } else {
-            execute_all(conn, &statements).await?;
-        }
-        changed += 1;
     }
     // MySQL/MariaDB: what fires no trigger there (foreign-key actions, TRUNCATE).
     crate::cascade::install(conn, outbox, tables).await?;
@@ -137,14 +139,154 @@ pub async fn install(
     Ok(())
 }
 
+/// What a table's plan is computed from: the stored description (text and version) and the
+/// triggers the database holds (name and definition), sorted.
+#[derive(Debug, PartialEq, Eq)]
+struct PlanInputs {
+    stored: Option<(String, i64)>,
+    triggers: Vec<(String, String)>,
+}
+
+async fn plan_inputs(
+    conn: &(impl SqlConnection + ?Sized),
+    outbox: &Outbox,
+    table: &str,
+) -> Result<PlanInputs> {
+    let dialect = conn.dialect();
+    let stored = conn
+        .query_pairs(&outbox.installed_sql(dialect, table))
+        .await?
+        .into_iter()
+        .next();
+    let mut triggers: Vec<(String, String)> = conn
+        .query_pairs(&outbox.trigger_states_sql(dialect, table))
+        .await?
+        .into_iter()
+        .map(|(text, _)| match text.split_once('\n') {
+            Some((name, definition)) => (name.to_owned(), definition.to_owned()),
+            None => (text, String::new()),
+        })
+        .collect();
+    triggers.sort();
+    Ok(PlanInputs { stored, triggers })
+}
+
+/// What one table's install does: nothing (`statements` is `None`) when the triggers the
+/// database holds are the ones `wanted` needs, else the swap.
+struct Plan {
+    inputs: PlanInputs,
+    statements: Option<Vec<String>>,
+}
+
+async fn plan(
+    conn: &(impl SqlConnection + ?Sized),
+    outbox: &Outbox,
+    wanted: &Recorded,
+) -> Result<Plan> {
+    let dialect = conn.dialect();
+    let table = &wanted.table;
+    let inputs = plan_inputs(conn, outbox, table).await?;
+    let stored = inputs
+        .stored
+        .as_ref()
+        .and_then(|(text, version)| Recorded::parse(table, text).map(|(r, fp)| (r, fp, *version)));
+    let mut facts = facts(conn, outbox, table).await?;
+    let mut recorded = wanted.clone();
+    if let Some((before, _, _)) = &stored {
+        // Another model's install recorded columns this one does not name: keep them, unless
+        // the table no longer has them (a migration dropped the column: triggers naming it
+        // would fail every write). A stored key that differs is ignored (the table's key
+        // changed): the new one wins.
+        if before.keys() == recorded.keys() {
+            let mut union = before.clone();
+            union.merge(&recorded)?;
+            if !facts.columns.is_empty() {
+                union.retain_columns(|c| {
+                    wanted.columns().iter().any(|w| w == c) || facts.columns.iter().any(|t| t == c)
+                });
+            }
+            recorded = union;
+        }
+    }
+    facts.no_timestamp = dialect == Dialect::MySql
+        && !facts.columns.is_empty()
+        && !recorded
+            .columns()
+            .iter()
+            .any(|c| facts.timestamps.iter().any(|t| t == c));
+    if facts.unreadable_unique {
+        tracing::warn!(
+            table = %table,
+            "a UNIQUE index's definition could not be read: every insert and update of the table \
+             invalidates all its cached reads (a REPLACE through it may delete any row)"
+        );
+    }
+    let fingerprint = outbox.fingerprint(dialect, &recorded, &facts);
+    let existing: Vec<String> = inputs.triggers.iter().map(|(n, _)| n.clone()).collect();
+    // Current: what the database holds is exactly one generation of the triggers we would
+    // create (enabled, same text), and the stored description matches them.
+    let complete = [0, 1]
+        .iter()
+        .any(|g| outbox.expected_trigger_states(dialect, &recorded, &facts, *g) == inputs.triggers);
+    let current = stored
+        .as_ref()
+        .is_some_and(|(_, fp, v)| *fp == fingerprint && *v == LAYOUT_VERSION);
+    if current && complete {
+        return Ok(Plan {
+            inputs,
+            statements: None,
+        });
+    }
+    let mut statements = Vec::new();
+    if dialect == Dialect::Postgres {
+        statements.extend(
+            outbox.install_guard_sql(table, inputs.stored.as_ref().map(|(t, _)| t.as_str())),
+        );
+    }
+    statements.extend(outbox.swap_sql(dialect, &recorded, &facts, &existing));
+    Ok(Plan {
+        inputs,
+        statements: Some(statements),
+    })
+}
+
 /// What the triggers of `table` need to know from the database beyond its specs.
-async fn facts(conn: &(impl SqlConnection + ?Sized), table: &str) -> Result<Facts> {
+async fn facts(
+    conn: &(impl SqlConnection + ?Sized),
+    outbox: &Outbox,
+    table: &str,
+) -> Result<Facts> {
+    let dialect = conn.dialect();
     let mut facts = Facts::default();
-    if let Some(sql) = Outbox::unique_indexes_sql(conn.dialect(), table) {
-        for (columns, _) in conn.query_pairs(&sql).await? {
-            // An index over an expression has a `null` column: no row can be matched by it.
-            if let Ok(columns) = serde_json::from_str::<Vec<String>>(&columns) {
-                facts.unique.push(columns);
+    for (column, timestamp) in conn
+        .query_pairs(&outbox.table_columns_sql(dialect, table))
+        .await?
+    {
+        if timestamp != 0 {
+            facts.timestamps.push(column.clone());
+        }
+        facts.columns.push(column);
+    }
+    if let Some(sql) = Outbox::unique_indexes_sql(dialect, table) {
+        for (index, _) in conn.query_pairs(&sql).await? {
+            let parsed = serde_json::from_str::<serde_json::Value>(&index)
+                .ok()
+                .and_then(|json| {
+                    let columns = json
+                        .get("columns")?
+                        .as_array()?
+                        .iter()
+                        .map(|c| {
+                            let name = c.get(0)?.as_str().map(str::to_owned);
+                            let collation = c.get(1)?.as_str().unwrap_or("BINARY").to_owned();
+                            Some((name, collation))
+                        })
+                        .collect::<Option<Vec<_>>>()?;
+                    IndexPart::of_index(&columns, json.get("sql").and_then(|s| s.as_str()))
+                });
+            match parsed {
+                Some(parts) => facts.unique.push(parts),
+                None => facts.unreadable_unique = true,
             }
         }
         facts.unique.sort();

@@ -30,6 +30,10 @@ use matroska_core::TableSpec;
 
 use crate::error::{Error, Result};
 
+/// The message of the error a PostgreSQL swap raises when another install changed the table's
+/// triggers since this one read them (the install then reads again and plans anew).
+pub(crate) const RACED: &str = "matroska outbox: another install changed these triggers meanwhile";
+
 /// The version of the trigger layout this crate installs. Installing a newer version replaces
 /// the triggers of an older one; an older crate refuses to replace a newer one.
 pub const LAYOUT_VERSION: i64 = 2;
@@ -397,21 +401,34 @@ impl Outbox {
 
     /// A query that counts this outbox's triggers on `table` (3 or more when it is watched;
     /// never fails, even without the outbox installed, so it is safe inside a transaction).
+    /// Disabled triggers (PostgreSQL's `ALTER TABLE .. DISABLE TRIGGER`) are not counted:
+    /// they record nothing.
     pub fn triggers_present_sql(&self, dialect: Dialect, table: &str) -> String {
         format!(
             "SELECT COUNT(*) FROM ({}) matroska_triggers",
-            self.trigger_names_sql(dialect, table)
+            self.trigger_names_sql(dialect, table, true)
         )
     }
 
-    /// The names of this outbox's triggers on `table`: rows of (`name`, `n` = 0).
-    pub(crate) fn trigger_names_sql(&self, dialect: Dialect, table: &str) -> String {
+    /// The names of this outbox's triggers on `table`: rows of (`name`, `n` = 0); with
+    /// `enabled_only`, PostgreSQL's disabled triggers left out.
+    pub(crate) fn trigger_names_sql(
+        &self,
+        dialect: Dialect,
+        table: &str,
+        enabled_only: bool,
+    ) -> String {
         let prefix = like_prefix(dialect, &format!("{}_{}_", self.table, name_part(table)));
         match dialect {
             Dialect::Postgres => format!(
                 "SELECT tgname::text AS name, 0::bigint AS n FROM pg_trigger \
-                 WHERE tgrelid = to_regclass({}) AND tgname LIKE {prefix}",
-                literal(dialect, &quote(dialect, table))
+                 WHERE tgrelid = to_regclass({}) AND tgname LIKE {prefix}{}",
+                literal(dialect, &quote(dialect, table)),
+                if enabled_only {
+                    " AND tgenabled <> 'D'"
+                } else {
+                    ""
+                }
             ),
             Dialect::MySql => format!(
                 "SELECT TRIGGER_NAME AS name, CAST(0 AS SIGNED) AS n FROM information_schema.TRIGGERS \
@@ -427,6 +444,133 @@ impl Outbox {
                 literal(dialect, table)
             ),
         }
+    }
+
+    /// The state of this outbox's triggers on `table` as the database holds it: rows of
+    /// (`name`: the trigger's name, a newline, its definition as
+    /// [`Outbox::expected_trigger_states`] spells it, `n` = 0).
+    pub(crate) fn trigger_states_sql(&self, dialect: Dialect, table: &str) -> String {
+        let prefix = like_prefix(dialect, &format!("{}_{}_", self.table, name_part(table)));
+        match dialect {
+            Dialect::Postgres => format!(
+                "SELECT t.tgname::text || chr(10) || t.tgenabled::text || ':' || \
+                 (t.tgfoid = coalesce(to_regproc({function})::oid, 0))::text || ':' || \
+                 p.prosecdef::text || ':' || p.prosrc AS name, 0::bigint AS n \
+                 FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid \
+                 WHERE t.tgrelid = to_regclass({table}) AND t.tgname LIKE {prefix}",
+                function = literal(dialect, &self.function_name(table)),
+                table = literal(dialect, &quote(dialect, table)),
+            ),
+            Dialect::MySql => format!(
+                "SELECT CONCAT(TRIGGER_NAME, CHAR(10), ACTION_TIMING, ' ', EVENT_MANIPULATION, \
+                 CHAR(10), ACTION_STATEMENT) AS name, CAST(0 AS SIGNED) AS n \
+                 FROM information_schema.TRIGGERS WHERE EVENT_OBJECT_SCHEMA = {} \
+                 AND EVENT_OBJECT_TABLE = {} AND TRIGGER_NAME LIKE {prefix}",
+                self.schema
+                    .as_deref()
+                    .map_or_else(|| "DATABASE()".to_owned(), |s| literal(dialect, s)),
+                literal(dialect, table)
+            ),
+            Dialect::Sqlite => format!(
+                "SELECT name || char(10) || sql AS name, 0 AS n FROM sqlite_master \
+                 WHERE type = 'trigger' AND tbl_name = {} AND name LIKE {prefix}",
+                literal(dialect, table)
+            ),
+        }
+    }
+
+    /// The trigger states ([`Outbox::trigger_states_sql`]) of the triggers `recorded` needs,
+    /// generation `generation`: (name, definition), sorted.
+    pub(crate) fn expected_trigger_states(
+        &self,
+        dialect: Dialect,
+        recorded: &Recorded,
+        facts: &Facts,
+        generation: u8,
+    ) -> Vec<(String, String)> {
+        let names = self.trigger_names(dialect, &recorded.table, generation);
+        let statements = self.triggers_sql(dialect, recorded, facts, generation);
+        let mut out: Vec<(String, String)> = match dialect {
+            Dialect::Postgres => {
+                // Enabled ('O'), calling our function, whose source is what we would create.
+                let source = statements
+                    .first()
+                    .and_then(|f| f.split("$matroska$").nth(1))
+                    .unwrap_or_default();
+                names
+                    .into_iter()
+                    .map(|n| (n, format!("O:true:true:{source}")))
+                    .collect()
+            }
+            Dialect::MySql => names
+                .into_iter()
+                .zip(statements)
+                .map(|(n, sql)| {
+                    // `CREATE TRIGGER <name> <timing> <event> ON <table> FOR EACH ROW <body>`
+                    let after_name = sql.split_once(" ON ").map_or("", |(head, _)| head);
+                    let timing_event = after_name.rsplitn(3, ' ').collect::<Vec<_>>();
+                    let timing_event = match timing_event.as_slice() {
+                        [event, timing, _] => format!("{timing} {event}"),
+                        _ => String::new(),
+                    };
+                    let body = sql
+                        .split_once(" FOR EACH ROW ")
+                        .map_or("", |(_, body)| body);
+                    (n, format!("{timing_event}\n{body}"))
+                })
+                .collect(),
+            Dialect::Sqlite => names.into_iter().zip(statements).collect(),
+        };
+        out.sort();
+        out
+    }
+
+    /// The columns of `table` in the catalogue: rows of (`name`, `n`: 1 for a MySQL
+    /// `TIMESTAMP` column, else 0). Empty when the table does not exist.
+    pub(crate) fn table_columns_sql(&self, dialect: Dialect, table: &str) -> String {
+        match dialect {
+            Dialect::Postgres => format!(
+                "SELECT attname::text AS name, 0::bigint AS n FROM pg_attribute \
+                 WHERE attrelid = to_regclass({}) AND attnum > 0 AND NOT attisdropped",
+                literal(dialect, &quote(dialect, table))
+            ),
+            Dialect::MySql => format!(
+                "SELECT COLUMN_NAME AS name, CAST(LOWER(DATA_TYPE) = 'timestamp' AS SIGNED) AS n \
+                 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {}",
+                self.schema
+                    .as_deref()
+                    .map_or_else(|| "DATABASE()".to_owned(), |s| literal(dialect, s)),
+                literal(dialect, table)
+            ),
+            Dialect::Sqlite => format!(
+                "SELECT name, 0 AS n FROM pragma_table_info({})",
+                literal(dialect, table)
+            ),
+        }
+    }
+
+    /// PostgreSQL: the key of the advisory lock that serialises this outbox's installs.
+    pub(crate) fn install_lock_key(&self) -> i64 {
+        let name = self.meta_table(Dialect::Postgres);
+        // Reinterpreted bits: any stable 64-bit value is a key.
+        i64::from_ne_bytes(fnv(name.as_bytes()).to_ne_bytes())
+    }
+
+    /// PostgreSQL: statements that, at the start of a swap's transaction, wait for any other
+    /// install of this outbox to finish and then fail unless `table`'s stored description is
+    /// still `expected` (what the swap was planned from).
+    pub(crate) fn install_guard_sql(&self, table: &str, expected: Option<&str>) -> Vec<String> {
+        let d = Dialect::Postgres;
+        let expected = expected.map_or_else(|| "NULL".to_owned(), |e| literal(d, e));
+        vec![
+            format!("SELECT pg_advisory_xact_lock({})", self.install_lock_key()),
+            format!(
+                "DO $matroska$ BEGIN IF (SELECT columns FROM {meta} WHERE table_name = {name}) \
+                 IS DISTINCT FROM {expected} THEN RAISE EXCEPTION '{RACED}'; END IF; END $matroska$",
+                meta = self.meta_table(d),
+                name = literal(d, table),
+            ),
+        ]
     }
 
     /// The query of the installed layout versions: rows of (`name`: the table, `n`: its version).
@@ -447,14 +591,18 @@ impl Outbox {
         )
     }
 
-    /// SQLite: the query of `table`'s `UNIQUE` indexes, rows of (`name`: a JSON array of the
-    /// index's columns, `null` for an expression, `n`: the index's number).
+    /// SQLite: the query of `table`'s `UNIQUE` indexes, rows of (`name`: a JSON object with
+    /// `columns`, an array of `[name, collation]` in index order, the name `null` for an
+    /// expression, and `sql`, the index's `CREATE INDEX` text or `null`; `n`: the index's
+    /// number).
     pub(crate) fn unique_indexes_sql(dialect: Dialect, table: &str) -> Option<String> {
         (dialect == Dialect::Sqlite).then(|| {
             format!(
-                "SELECT json_group_array(ii.name) AS name, il.seq AS n \
-                 FROM pragma_index_list({t}) il JOIN pragma_index_info(il.name) ii \
-                 WHERE il.\"unique\" = 1 GROUP BY il.seq",
+                "SELECT json_object('columns', json_group_array(json_array(ii.name, ii.coll)), \
+                 'sql', (SELECT m.sql FROM sqlite_master m WHERE m.type = 'index' AND m.name = il.name)) \
+                 AS name, il.seq AS n \
+                 FROM pragma_index_list({t}) il JOIN pragma_index_xinfo(il.name) ii \
+                 WHERE il.\"unique\" = 1 AND ii.key = 1 GROUP BY il.seq",
                 t = literal(dialect, table)
             )
         })
@@ -597,12 +745,27 @@ impl Outbox {
             }
             out.extend(self.triggers_sql(dialect, recorded, facts, 0));
         } else {
-            let old_generation = self
-                .trigger_names(dialect, &recorded.table, 0)
-                .iter()
-                .any(|n| existing.contains(n));
-            let generation = u8::from(old_generation);
+            // The new generation is the one not (completely) there: the other keeps
+            // recording until the new one exists. Leftovers of the new generation (a swap cut
+            // short, a trigger altered by hand) are dropped first, so their names are free.
+            let holds = |g: u8| {
+                self.trigger_names(dialect, &recorded.table, g)
+                    .iter()
+                    .filter(|n| existing.contains(n))
+                    .count()
+            };
+            let (complete, h0, h1) = (Self::events(dialect).len(), holds(0), holds(1));
+            let generation: u8 = if h0 == complete {
+                1
+            } else if h1 == complete || h0 == 0 {
+                0
+            } else {
+                u8::from(h1 <= h0)
+            };
             let new = self.trigger_names(dialect, &recorded.table, generation);
+            for name in existing.iter().filter(|n| new.contains(n)) {
+                out.push(self.drop_trigger_sql(dialect, &recorded.table, name));
+            }
             out.extend(self.triggers_sql(dialect, recorded, facts, generation));
             for name in existing.iter().filter(|n| !new.contains(n)) {
                 out.push(self.drop_trigger_sql(dialect, &recorded.table, name));
@@ -700,12 +863,23 @@ impl Outbox {
         // Such a function must not resolve names through a search path its callers control:
         // every name in it is qualified, and the path is pinned to `pg_catalog` (and
         // `pg_temp` last, where it cannot shadow anything). Without a schema (a migration's
-        // text) the outbox table is found through the installing session's path.
+        // text) the path is pinned, right after the function is created, to the schema the
+        // migration runs in, `pg_temp` last: `FROM CURRENT` alone leaves `pg_temp` first
+        // implicitly, where a writer's temporary table named like the outbox would take the
+        // rows.
         let search_path = if self.schema.is_some() {
             "SET search_path = pg_catalog, pg_temp"
         } else {
             "SET search_path FROM CURRENT"
         };
+        let pin = self.schema.is_none().then(|| {
+            let bare = format!("{}_{}", self.table, name_part(&recorded.table));
+            format!(
+                "DO $matroska$ BEGIN EXECUTE format('ALTER FUNCTION %I.%I() SET search_path = %I, pg_temp', \
+                 current_schema(), {}, current_schema()); END $matroska$",
+                literal(d, &bare)
+            )
+        });
         let body = format!(
             "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql \
              SECURITY DEFINER {search_path} AS $matroska$\n\
@@ -740,8 +914,9 @@ impl Outbox {
                 quote(d, &self.trigger_name(&recorded.table, ev, 0))
             )
         };
-        vec![
-            body,
+        let mut out = vec![body];
+        out.extend(pin);
+        out.extend([
             // Only triggers call it (attaching it elsewhere needs EXECUTE).
             format!("REVOKE ALL ON FUNCTION {function}() FROM PUBLIC"),
             trigger("i", "INSERT", "REFERENCING NEW TABLE AS matroska_new"),
@@ -752,7 +927,8 @@ impl Outbox {
             ),
             trigger("d", "DELETE", "REFERENCING OLD TABLE AS matroska_old"),
             trigger("t", "TRUNCATE", ""),
-        ]
+        ]);
+        out
     }
 
     fn row_triggers(
@@ -800,17 +976,17 @@ impl Outbox {
         let mut statements = vec![
             (
                 "i",
-                "AFTER INSERT",
+                "AFTER INSERT".to_owned(),
                 format!("{insert} VALUES ({name}, 'I', NULL, {new_all}, {now})"),
             ),
             (
                 "u",
-                "AFTER UPDATE",
+                "AFTER UPDATE".to_owned(),
                 format!("{insert} VALUES ({name}, {op}, {old}, {new}, {now})"),
             ),
             (
                 "d",
-                "AFTER DELETE",
+                "AFTER DELETE".to_owned(),
                 format!("{insert} VALUES ({name}, 'D', {old_all}, NULL, {now})"),
             ),
         ];
@@ -818,36 +994,13 @@ impl Outbox {
             // SQLite deletes the rows a REPLACE (INSERT OR REPLACE, UPDATE OR REPLACE, Diesel's
             // `replace_into`) conflicts with without firing DELETE triggers (unless the writer
             // turned `recursive_triggers` on). Before each insert or update, the rows it could
-            // replace (same key, or same values in a UNIQUE index) are recorded as deleted;
-            // when it does not replace them (a plain INSERT fails, an upsert updates) that is
-            // one spurious invalidation.
-            let same_row = |o: &str, n: &str, columns: &[String]| {
-                columns
-                    .iter()
-                    .map(|c| format!("{o}.{q} = {n}.{q}", q = quote(d, c)))
-                    .collect::<Vec<_>>()
-                    .join(" AND ")
-            };
-            let conflicts = std::iter::once(keys)
-                .chain(facts.unique.iter())
-                .map(|cols| format!("({})", same_row("o", "NEW", cols)))
-                .collect::<Vec<_>>()
-                .join(" OR ");
-            let old_o = Self::json_object(d, recorded, watched, "o");
-            let replaced = format!(
-                "{insert} SELECT {name}, 'D', {old_o}, NULL, {now} FROM {table} o WHERE ({conflicts})"
-            );
-            let not_self = keys
-                .iter()
-                .map(|c| format!("o.{q} IS OLD.{q}", q = quote(d, c)))
-                .collect::<Vec<_>>()
-                .join(" AND ");
-            statements.push(("ri", "BEFORE INSERT", replaced.clone()));
-            statements.push((
-                "ru",
-                "BEFORE UPDATE",
-                format!("{replaced} AND NOT ({not_self})"),
-            ));
+            // replace (same key, or equal in a UNIQUE index) are recorded as deleted; when it
+            // does not replace them (a plain INSERT fails, an upsert updates) that is one
+            // spurious invalidation.
+            let (insert_replaced, update_replaced, update_of) =
+                Self::sqlite_replaced(recorded, facts, &insert, &name, &table);
+            statements.push(("ri", "BEFORE INSERT".to_owned(), insert_replaced));
+            statements.push(("ru", format!("BEFORE UPDATE{update_of}"), update_replaced));
         }
         statements
             .into_iter()
@@ -862,11 +1015,14 @@ impl Outbox {
                         // A TIMESTAMP column reads in the session's time zone, and a writer
                         // may have set any: the row is read in UTC (as sqlx's sessions read
                         // it, and as the relay decodes it), the writer's zone restored after,
-                        // also when the insert fails.
-                        format!(
-                            "CREATE TRIGGER {trigger} {event} ON {table} FOR EACH ROW {}",
+                        // also when the insert fails. Only where a recorded column may be a
+                        // TIMESTAMP: the wrap costs MariaDB about a third more per row.
+                        let body = if facts.no_timestamp {
+                            format!("BEGIN {statement}; END")
+                        } else {
                             mysql_utc_body(&statement)
-                        )
+                        };
+                        format!("CREATE TRIGGER {trigger} {event} ON {table} FOR EACH ROW {body}")
                     }
                     _ => format!(
                         "CREATE TRIGGER {trigger} {event} ON {table} FOR EACH ROW BEGIN {statement}; END"
@@ -874,6 +1030,102 @@ impl Outbox {
                 }
             })
             .collect()
+    }
+}
+
+impl Outbox {
+    /// SQLite: the bodies of the `BEFORE INSERT` and `BEFORE UPDATE` triggers that record the
+    /// rows a `REPLACE` deletes, and the `OF <columns>` the update trigger is restricted to
+    /// (empty: every update).
+    ///
+    /// A candidate row `o` conflicts with `NEW` when it is equal in the key or in every part
+    /// of a `UNIQUE` index, compared as the index compares: with the index's collation (a
+    /// `COLLATE NOCASE` index on a BINARY column), and for an expression the expression
+    /// evaluated on both rows (on `NEW` through a subquery naming `NEW`'s columns as the
+    /// table's, since the expression's column names are unqualified).
+    fn sqlite_replaced(
+        recorded: &Recorded,
+        facts: &Facts,
+        insert: &str,
+        name: &str,
+        table: &str,
+    ) -> (String, String, String) {
+        let d = Dialect::Sqlite;
+        let now = Self::now_us(d);
+        let new_row = facts
+            .columns
+            .iter()
+            .map(|c| format!("NEW.{q} AS {q}", q = quote(d, c)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let part = |p: &IndexPart| match p {
+            IndexPart::Column { name, collation } => format!(
+                "{table}.{q} = NEW.{q} COLLATE {coll}",
+                q = quote(d, name),
+                coll = quote(d, collation)
+            ),
+            IndexPart::Expression { sql, collation } => format!(
+                "({sql}) = (SELECT ({sql}) FROM (SELECT {new_row})) COLLATE {}",
+                quote(d, collation)
+            ),
+        };
+        let key_equal = recorded
+            .keys
+            .iter()
+            .map(|c| format!("{table}.{q} = NEW.{q}", q = quote(d, c)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let conflicts = std::iter::once(format!("({key_equal})"))
+            .chain(facts.unique.iter().map(|parts| {
+                let all = parts.iter().map(part).collect::<Vec<_>>().join(" AND ");
+                format!("({all})")
+            }))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let old_o = Self::json_object(d, recorded, &recorded.columns, table);
+        let replaced = format!(
+            "{insert} SELECT {name}, 'D', {old_o}, NULL, {now} FROM {table} WHERE ({conflicts})"
+        );
+        let not_self = recorded
+            .keys
+            .iter()
+            .map(|c| format!("{table}.{q} IS OLD.{q}", q = quote(d, c)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let mut on_insert = replaced.clone();
+        let mut on_update = format!("{replaced} AND NOT ({not_self})");
+        if facts.unreadable_unique {
+            // An index the trigger cannot compare by: the whole table, every time.
+            let all = format!("{insert} VALUES ({name}, 'T', NULL, NULL, {now})");
+            on_insert = format!("{on_insert}; {all}");
+            on_update = format!("{on_update}; {all}");
+        }
+        // An update can only conflict through a column it sets: the key's or an index's
+        // (an expression's columns are not known: then every update).
+        let expression = facts
+            .unique
+            .iter()
+            .flatten()
+            .any(|p| matches!(p, IndexPart::Expression { .. }));
+        let update_of = if expression || facts.unreadable_unique {
+            String::new()
+        } else {
+            let mut columns: Vec<&String> = recorded.keys.iter().collect();
+            for p in facts.unique.iter().flatten() {
+                if let IndexPart::Column { name, .. } = p
+                    && !columns.contains(&name)
+                {
+                    columns.push(name);
+                }
+            }
+            let list = columns
+                .iter()
+                .map(|c| quote(d, c))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(" OF {list}")
+        };
+        (on_insert, on_update, update_of)
     }
 }
 
@@ -904,11 +1156,132 @@ pub(crate) struct Recorded {
     hex: Vec<String>,
 }
 
-/// What the installer read from the database about a table, beyond its specs.
+/// What the installer read from the database about a table, beyond its specs. The default
+/// (nothing read: a migration's text) is the conservative choice everywhere.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Facts {
-    /// SQLite: the columns of each `UNIQUE` index other than the key's.
-    pub(crate) unique: Vec<Vec<String>>,
+    /// SQLite: the parts of each `UNIQUE` index (the key's included).
+    pub(crate) unique: Vec<Vec<IndexPart>>,
+    /// SQLite: a `UNIQUE` index whose definition could not be read: every insert and every
+    /// update is recorded as a change of the whole table (coarse, never nothing).
+    pub(crate) unreadable_unique: bool,
+    /// The table's columns, as the catalogue lists them (empty: not read).
+    pub(crate) columns: Vec<String>,
+    /// MySQL: the table's `TIMESTAMP` columns.
+    pub(crate) timestamps: Vec<String>,
+    /// MySQL: the installer read the column types and no recorded column is a `TIMESTAMP`,
+    /// so the triggers need not force the session's time zone to UTC.
+    pub(crate) no_timestamp: bool,
+}
+
+/// One part of a SQLite `UNIQUE` index: a column or an expression, compared with the
+/// index's collation (which may differ from the column's).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum IndexPart {
+    /// A column.
+    Column {
+        /// The column's name.
+        name: String,
+        /// The collation the index compares it with.
+        collation: String,
+    },
+    /// An expression over the table's columns (unqualified), as the `CREATE INDEX` wrote it.
+    Expression {
+        /// The expression's SQL text.
+        sql: String,
+        /// The collation the index compares it with.
+        collation: String,
+    },
+}
+
+impl IndexPart {
+    /// The parts of a `UNIQUE` index from its `pragma_index_xinfo` key columns (name or
+    /// `None` for an expression, collation) and its `CREATE INDEX` text; `None` when an
+    /// expression cannot be found in the text.
+    pub(crate) fn of_index(
+        columns: &[(Option<String>, String)],
+        create_sql: Option<&str>,
+    ) -> Option<Vec<IndexPart>> {
+        let texts = create_sql.and_then(index_column_texts);
+        columns
+            .iter()
+            .enumerate()
+            .map(|(i, (name, collation))| match name {
+                Some(name) => Some(IndexPart::Column {
+                    name: name.clone(),
+                    collation: collation.clone(),
+                }),
+                None => {
+                    let texts = texts.as_ref()?;
+                    (texts.len() == columns.len()).then(|| IndexPart::Expression {
+                        sql: texts[i].clone(),
+                        collation: collation.clone(),
+                    })
+                }
+            })
+            .collect()
+    }
+}
+
+/// The indexed-column texts of a SQLite `CREATE INDEX` statement (`ASC`/`DESC` cut off):
+/// the top-level comma-separated items of the first parenthesised list outside quotes.
+fn index_column_texts(sql: &str) -> Option<Vec<String>> {
+    let mut items = Vec::new();
+    let mut current = String::new();
+    let mut depth = 0_usize;
+    let mut quote: Option<char> = None;
+    for c in sql.chars() {
+        if let Some(q) = quote {
+            if depth > 0 {
+                current.push(c);
+            }
+            if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '\'' | '"' | '`' => quote = Some(c),
+            '[' => quote = Some(']'),
+            '(' => {
+                depth += 1;
+                if depth == 1 {
+                    continue;
+                }
+            }
+            ')' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    items.push(std::mem::take(&mut current));
+                    break;
+                }
+            }
+            ',' if depth == 1 => {
+                items.push(std::mem::take(&mut current));
+                continue;
+            }
+            _ => {}
+        }
+        if depth > 0 {
+            current.push(c);
+        }
+    }
+    if depth != 0 || items.is_empty() {
+        return None;
+    }
+    let trimmed = items
+        .into_iter()
+        .map(|item| {
+            let item = item.trim();
+            let upper = item.to_ascii_uppercase();
+            let cut = [" ASC", " DESC"]
+                .iter()
+                .find(|suffix| upper.ends_with(*suffix))
+                .map_or(item.len(), |suffix| item.len() - suffix.len());
+            item[..cut].trim().to_owned()
+        })
+        .collect::<Vec<_>>();
+    trimmed.iter().all(|t| !t.is_empty()).then_some(trimmed)
 }
 
 impl Recorded {
@@ -1028,6 +1401,19 @@ impl Recorded {
     /// The key columns.
     pub(crate) fn keys(&self) -> &[String] {
         &self.keys
+    }
+
+    /// Every recorded column, the key first.
+    pub(crate) fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
+    /// Keeps the recorded non-key columns for which `keep` holds.
+    pub(crate) fn retain_columns(&mut self, keep: impl Fn(&str) -> bool) {
+        let keys = self.keys.clone();
+        self.columns.retain(|c| keys.contains(c) || keep(c));
+        let columns = self.columns.clone();
+        self.hex.retain(|c| columns.contains(c));
     }
 }
 
