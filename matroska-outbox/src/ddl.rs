@@ -110,7 +110,7 @@ fn quote(dialect: Dialect, name: &str) -> String {
 /// A string literal. MySQL reads a backslash in a literal as an escape unless the session
 /// runs with `NO_BACKSLASH_ESCAPES`, and a trigger body keeps the mode of the session that
 /// created it: a backslash is written as `CHAR(92)`, which reads the same in either mode.
-fn literal(dialect: Dialect, text: &str) -> String {
+pub(crate) fn literal(dialect: Dialect, text: &str) -> String {
     let plain = |part: &str| format!("'{}'", part.replace('\'', "''"));
     if dialect != Dialect::MySql || !text.contains('\\') {
         return plain(text);
@@ -217,8 +217,50 @@ impl Outbox {
         self.qualified(dialect, "_tables")
     }
 
+    /// The relays' consumers (one per cache), quoted and qualified.
+    pub(crate) fn consumers_table(&self, dialect: Dialect) -> String {
+        self.qualified(dialect, "_consumers")
+    }
+
+    /// Which consumer delivered which outbox row, quoted and qualified.
+    pub(crate) fn done_table(&self, dialect: Dialect) -> String {
+        self.qualified(dialect, "_done")
+    }
+
+    /// The suffixes of the outbox's tables.
+    const SUFFIXES: [&'static str; 5] = ["", "_dead", "_tables", "_consumers", "_done"];
+
     /// The statements that create the outbox tables (idempotent).
     pub fn create_tables_sql(&self, dialect: Dialect) -> Vec<String> {
+        let mut out = self.create_queue_tables_sql(dialect);
+        out.extend(self.create_consumer_tables_sql(dialect));
+        out
+    }
+
+    /// The consumers (one row per cache the relays deliver to: `seen_us` is its last
+    /// heartbeat by the database's clock, `ready` whether the cache was flushed after it
+    /// registered) and the delivery marks (a row is deleted once every consumer marked it).
+    fn create_consumer_tables_sql(&self, dialect: Dialect) -> Vec<String> {
+        let (consumers, done) = (self.consumers_table(dialect), self.done_table(dialect));
+        let (text, int, engine) = match dialect {
+            Dialect::Postgres => ("TEXT", "BIGINT", ""),
+            Dialect::MySql => ("VARCHAR(255)", "BIGINT", " ENGINE=InnoDB"),
+            Dialect::Sqlite => ("TEXT", "INTEGER", ""),
+        };
+        vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS {consumers} (name {text} NOT NULL PRIMARY KEY, \
+                 registered_us {int} NOT NULL, seen_us {int} NOT NULL, beats {int} NOT NULL, \
+                 ready {int} NOT NULL){engine}"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {done} (consumer {text} NOT NULL, id {int} NOT NULL, \
+                 PRIMARY KEY (consumer, id)){engine}"
+            ),
+        ]
+    }
+
+    fn create_queue_tables_sql(&self, dialect: Dialect) -> Vec<String> {
         let (outbox, dead, meta) = (
             self.outbox_table(dialect),
             self.dead_table(dialect),
@@ -288,9 +330,12 @@ impl Outbox {
         }
     }
 
-    /// A query of how many of the three outbox tables exist: one row (`name` = '', `n`).
+    /// How many tables the outbox has ([`Outbox::tables_present_sql`] counts them).
+    pub(crate) const TABLES: i64 = Self::SUFFIXES.len() as i64;
+
+    /// A query of how many of the outbox tables exist: one row (`name` = '', `n`).
     pub(crate) fn tables_present_sql(&self, dialect: Dialect) -> String {
-        let names = ["", "_dead", "_tables"].map(|suffix| format!("{}{suffix}", self.table));
+        let names = Self::SUFFIXES.map(|suffix| format!("{}{suffix}", self.table));
         match dialect {
             Dialect::Postgres => {
                 let exists = names
@@ -387,6 +432,8 @@ impl Outbox {
             self.outbox_table(dialect),
             self.dead_table(dialect),
             self.meta_table(dialect),
+            self.consumers_table(dialect),
+            self.done_table(dialect),
         ]
         .into_iter()
         .map(|t| format!("DROP TABLE IF EXISTS {t}"))
@@ -456,6 +503,20 @@ impl Outbox {
                 t = literal(dialect, table)
             )
         })
+    }
+
+    /// The key of every row of `recorded.table`, as the triggers record a key-only change:
+    /// rows of (`name`: the key as JSON, `n` = 0).
+    pub(crate) fn keys_sql(&self, dialect: Dialect, recorded: &Recorded) -> String {
+        let json = Self::json_object(dialect, recorded, &recorded.keys, "o");
+        let table = quote(dialect, &recorded.table);
+        match dialect {
+            Dialect::Postgres => format!("SELECT ({json})::text AS name, 0::bigint AS n FROM {table} o"),
+            Dialect::MySql => {
+                format!("SELECT CAST({json} AS CHAR) AS name, CAST(0 AS SIGNED) AS n FROM {table} o")
+            }
+            Dialect::Sqlite => format!("SELECT {json} AS name, 0 AS n FROM {table} o"),
+        }
     }
 
     fn record_version_sql(
@@ -1009,6 +1070,16 @@ impl Recorded {
     /// The key columns.
     pub(crate) fn keys(&self) -> &[String] {
         &self.keys
+    }
+
+    /// Every recorded column, the key first.
+    pub(crate) fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
+    /// What the triggers would record for `spec` alone.
+    pub(crate) fn of_spec(spec: &TableSpec) -> Result<Self> {
+        Self::from_spec(spec)
     }
 }
 

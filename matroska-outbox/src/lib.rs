@@ -80,9 +80,11 @@
     allow(unused, unreachable_code)
 )]
 
+mod consumer;
 mod db;
 pub mod ddl;
 mod error;
+mod installed;
 mod record;
 mod relay;
 
