@@ -1194,7 +1194,7 @@ async fn replaced_rows_are_recorded_mysql() {
     replaced_rows_are_recorded(Kind::MySql).await;
 }
 
-/// SQLite: a claim whose DELETE fails leaves no half-moved dead letter behind, and one
+/// SQLite: a claim whose settling fails (its delivery marks) leaves no half-moved dead letter behind, and one
 /// half-moved by a crash (already in the dead letters, still in the outbox) does not wedge
 /// the relay; counters count committed deliveries only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1214,8 +1214,8 @@ async fn dead_letter_claims_are_idempotent_sqlite() {
     .await;
     exec(
         &db,
-        "CREATE TRIGGER refuse_delete BEFORE DELETE ON matroska_outbox \
-         BEGIN SELECT RAISE(ABORT, 'delete refused'); END",
+        "CREATE TRIGGER refuse_mark BEFORE INSERT ON matroska_outbox_done \
+         BEGIN SELECT RAISE(ABORT, 'mark refused'); END",
     )
     .await;
     let relay = outbox::relay(&db.conn, support::memory_cache())
@@ -1232,7 +1232,7 @@ async fn dead_letter_claims_are_idempotent_sqlite() {
         relay.dead_letters().await.unwrap().is_empty(),
         "the failed claim moved nothing aside"
     );
-    exec(&db, "DROP TRIGGER refuse_delete").await;
+    exec(&db, "DROP TRIGGER refuse_mark").await;
     // A crash between moving the row aside and deleting it.
     exec(
         &db,
