@@ -1415,7 +1415,11 @@ async fn items(kind: Kind, name: &str) -> ScratchDb {
     .await;
     for id in 1..=20 {
         let cat = if id % 2 == 0 { "a" } else { "b" };
-        exec(&db, &format!("INSERT INTO item (id, cat) VALUES ({id}, '{cat}')")).await;
+        exec(
+            &db,
+            &format!("INSERT INTO item (id, cat) VALUES ({id}, '{cat}')"),
+        )
+        .await;
     }
     outbox::install(&db.conn, &[item_spec()]).await.unwrap();
     db
@@ -1432,7 +1436,10 @@ fn item_spec() -> TableSpec {
 async fn fill_items(cache: &Cache) {
     for id in 1..=20_i64 {
         let pk = Dependency::primary_key("item", [id]);
-        cache.put(&format!("item{id}"), &id, &[pk], None).await.unwrap();
+        cache
+            .put(&format!("item{id}"), &id, &[pk], None)
+            .await
+            .unwrap();
     }
     let list = [
         Dependency::condition("item", [("cat", "a".into())]),
@@ -1444,7 +1451,10 @@ async fn fill_items(cache: &Cache) {
 /// The entries of `fill_items` still cached.
 async fn cached_items(cache: &Cache) -> Vec<String> {
     let mut left = Vec::new();
-    for key in (1..=20).map(|id| format!("item{id}")).chain(["list-a".into()]) {
+    for key in (1..=20)
+        .map(|id| format!("item{id}"))
+        .chain(["list-a".into()])
+    {
         if cache.has(&key).await.unwrap() {
             left.push(key);
         }
@@ -1467,9 +1477,11 @@ async fn every_cache_receives_every_change(kind: Kind) {
     let redis = support::PrivateRedis::start();
     let mut caches = Vec::new();
     for prefix in ["blue", "green"] {
-        let backend =
-            support::redis_backend_with(matroska::backend::redis::RedisConfig::new(redis.url(), prefix))
-                .await;
+        let backend = support::redis_backend_with(matroska::backend::redis::RedisConfig::new(
+            redis.url(),
+            prefix,
+        ))
+        .await;
         caches.push(Cache::builder(backend).build().unwrap());
     }
     caches.push(support::memory_cache());
@@ -1492,10 +1504,19 @@ async fn every_cache_receives_every_change(kind: Kind) {
         fill_items(cache).await;
     }
     for id in 1..=20 {
-        exec(&db, &format!("UPDATE item SET cat = 'c{id}' WHERE id = {id}")).await;
+        exec(
+            &db,
+            &format!("UPDATE item SET cat = 'c{id}' WHERE id = {id}"),
+        )
+        .await;
     }
     for relay in &relays {
-        assert_eq!(relay.drain().await.unwrap(), 20, "{kind:?} {}", relay.consumer());
+        assert_eq!(
+            relay.drain().await.unwrap(),
+            20,
+            "{kind:?} {}",
+            relay.consumer()
+        );
     }
     for (cache, relay) in caches.iter().zip(&relays) {
         let left = cached_items(cache).await;
@@ -1506,7 +1527,11 @@ async fn every_cache_receives_every_change(kind: Kind) {
             relay.consumer()
         );
     }
-    assert_eq!(outbox_rows(&db).await, 0, "{kind:?}: every consumer has every row");
+    assert_eq!(
+        outbox_rows(&db).await,
+        0,
+        "{kind:?}: every consumer has every row"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1540,7 +1565,11 @@ async fn late_consumer_flushes(kind: Kind) {
         exec(&db, &format!("UPDATE item SET cat = 'x' WHERE id = {id}")).await;
     }
     assert_eq!(blue_relay.drain().await.unwrap(), 20);
-    assert_eq!(outbox_rows(&db).await, 0, "{kind:?}: blue was the only consumer");
+    assert_eq!(
+        outbox_rows(&db).await,
+        0,
+        "{kind:?}: blue was the only consumer"
+    );
     let green_relay = outbox::relay(&db.conn, green.clone())
         .unwrap()
         .watch(item_spec())
@@ -1589,18 +1618,31 @@ async fn abandoned_consumer_expires(kind: Kind) {
     fill_items(&gone).await;
     exec(&db, "UPDATE item SET cat = 'z' WHERE id = 3").await;
     assert_eq!(live_relay.drain().await.unwrap(), 1);
-    assert_eq!(outbox_rows(&db).await, 1, "{kind:?}: the row waits for the other consumer");
+    assert_eq!(
+        outbox_rows(&db).await,
+        1,
+        "{kind:?}: the row waits for the other consumer"
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while outbox_rows(&db).await > 0 {
-        assert!(Instant::now() < deadline, "{kind:?}: the abandoned consumer still holds rows");
+        assert!(
+            Instant::now() < deadline,
+            "{kind:?}: the abandoned consumer still holds rows"
+        );
         live_relay.drain().await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(gone.has("item3").await.unwrap(), "nothing delivered to the abandoned cache");
+    assert!(
+        gone.has("item3").await.unwrap(),
+        "nothing delivered to the abandoned cache"
+    );
     // Back: the row is gone, so the cache is flushed.
     gone_relay.drain().await.unwrap();
     let left = cached_items(&gone).await;
-    assert!(left.is_empty(), "{kind:?}: the returning consumer kept {left:?}");
+    assert!(
+        left.is_empty(),
+        "{kind:?}: the returning consumer kept {left:?}"
+    );
 
     // A clean shutdown removes the private consumer: nothing waits for it.
     live_relay.clone().spawn().shutdown().await;
@@ -1609,7 +1651,11 @@ async fn abandoned_consumer_expires(kind: Kind) {
     exec(&db, "UPDATE item SET cat = 'y' WHERE id = 4").await;
     let third = build(&support::memory_cache());
     third.drain().await.unwrap();
-    assert_eq!(outbox_rows(&db).await, 0, "{kind:?}: shut-down consumers hold nothing");
+    assert_eq!(
+        outbox_rows(&db).await,
+        0,
+        "{kind:?}: shut-down consumers hold nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1666,9 +1712,16 @@ async fn outdated_triggers_fail_in_development(kind: Kind) {
     assert!(relay.run_once().await.is_err());
     assert_eq!(outbox_rows(&db).await, 1, "nothing delivered");
 
-    outbox::install(&db.conn, &[grown_tag_spec()]).await.unwrap();
+    outbox::install(&db.conn, &[grown_tag_spec()])
+        .await
+        .unwrap();
     cache
-        .put("by-name", &1, &[Dependency::condition("tag", [("name", "m".into())])], None)
+        .put(
+            "by-name",
+            &1,
+            &[Dependency::condition("tag", [("name", "m".into())])],
+            None,
+        )
         .await
         .unwrap();
     exec(&db, "UPDATE tag SET name = 'm' WHERE id = 1").await;

@@ -106,7 +106,12 @@ impl Consumer {
     /// Registers the consumer (flushing the cache through `flush` when it is new or came
     /// back), beats, and drops other consumers not seen for longer than their expiry. Returns
     /// whether it beat.
-    pub(crate) async fn ensure<F, Fut>(&self, db: &OutboxDb, outbox: &Outbox, flush: F) -> Result<bool>
+    pub(crate) async fn ensure<F, Fut>(
+        &self,
+        db: &OutboxDb,
+        outbox: &Outbox,
+        flush: F,
+    ) -> Result<bool>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<()>>,
@@ -249,7 +254,8 @@ pub(crate) async fn flush(
             continue;
         };
         for (key, _) in db.query_pairs(&outbox.keys_sql(d, &recorded)).await? {
-            let Ok(serde_json::Value::Object(key)) = serde_json::from_str::<serde_json::Value>(&key)
+            let Ok(serde_json::Value::Object(key)) =
+                serde_json::from_str::<serde_json::Value>(&key)
             else {
                 continue;
             };

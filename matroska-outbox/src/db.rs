@@ -343,7 +343,11 @@ impl OutboxDb {
     /// The number of rows waiting in the outbox for `consumer` (not yet marked delivered by
     /// it), and the write time of the oldest (µs since the epoch, by the database's clock),
     /// if any.
-    pub(crate) async fn depth(&self, outbox: &Outbox, consumer: &str) -> Result<(u64, Option<i64>)> {
+    pub(crate) async fn depth(
+        &self,
+        outbox: &Outbox,
+        consumer: &str,
+    ) -> Result<(u64, Option<i64>)> {
         let d = self.dialect();
         let sql = format!(
             "SELECT COUNT(*), MIN(created_us) FROM {} o WHERE {}",

@@ -240,7 +240,7 @@ impl Outbox {
     /// The consumers (one row per cache the relays deliver to: `seen_us` is its last
     /// heartbeat by the database's clock, `ready` whether the cache was flushed after it
     /// registered) and the delivery marks (a row is deleted once every consumer marked it).
-    fn create_consumer_tables_sql(&self, dialect: Dialect) -> Vec<String> {
+    pub(crate) fn create_consumer_tables_sql(&self, dialect: Dialect) -> Vec<String> {
         let (consumers, done) = (self.consumers_table(dialect), self.done_table(dialect));
         let (text, int, engine) = match dialect {
             Dialect::Postgres => ("TEXT", "BIGINT", ""),
@@ -511,9 +511,13 @@ impl Outbox {
         let json = Self::json_object(dialect, recorded, &recorded.keys, "o");
         let table = quote(dialect, &recorded.table);
         match dialect {
-            Dialect::Postgres => format!("SELECT ({json})::text AS name, 0::bigint AS n FROM {table} o"),
+            Dialect::Postgres => {
+                format!("SELECT ({json})::text AS name, 0::bigint AS n FROM {table} o")
+            }
             Dialect::MySql => {
-                format!("SELECT CAST({json} AS CHAR) AS name, CAST(0 AS SIGNED) AS n FROM {table} o")
+                format!(
+                    "SELECT CAST({json} AS CHAR) AS name, CAST(0 AS SIGNED) AS n FROM {table} o"
+                )
             }
             Dialect::Sqlite => format!("SELECT {json} AS name, 0 AS n FROM {table} o"),
         }

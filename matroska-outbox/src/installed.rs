@@ -98,7 +98,9 @@ impl Installed {
                 .insert((m.table.clone(), m.entity.clone(), m.missing.clone()))
             {
                 match mode {
-                    ScopeMode::Development => tracing::error!(error = %m.error(), "outbox triggers out of date"),
+                    ScopeMode::Development => {
+                        tracing::error!(error = %m.error(), "outbox triggers out of date")
+                    }
                     _ => tracing::warn!(
                         error = %m.error(),
                         "outbox triggers out of date: invalidating the entity's lists for every change to the table"

@@ -14,7 +14,7 @@ use matroska_core::{Cache, Dependency, ScopeMode, TableSpec, WatchedTable};
 use tokio::sync::Notify;
 
 use crate::consumer::{self, Consumer};
-use crate::db::{DeadRow, OutboxDb, Settled, now_us};
+use crate::db::{DeadRow, OutboxDb, Settled, SqlConnection, now_us};
 use crate::ddl::Outbox;
 use crate::error::Result;
 use crate::installed::Installed;
@@ -365,18 +365,29 @@ impl Relay {
             .installed
             .check(&inner.db, &inner.outbox, &inner.specs, inner.mode)
             .await?;
-        let beat = inner
-            .consumer
-            .ensure(&inner.db, &inner.outbox, || {
-                consumer::flush(
-                    &inner.db,
-                    &inner.outbox,
-                    &inner.cache,
-                    &inner.specs,
-                    inner.deps_per_call,
-                )
-            })
-            .await?;
+        let flush = || {
+            consumer::flush(
+                &inner.db,
+                &inner.outbox,
+                &inner.cache,
+                &inner.specs,
+                inner.deps_per_call,
+            )
+        };
+        let beat = match inner.consumer.ensure(&inner.db, &inner.outbox, flush).await {
+            // An outbox installed by a release without consumers: add their tables (idempotent)
+            // so relays can be upgraded before the install is re-run.
+            Err(e) if crate::db::is_missing_table(&e) => {
+                for sql in inner.outbox.create_consumer_tables_sql(inner.db.dialect()) {
+                    inner.db.execute_sql(&sql).await?;
+                }
+                inner
+                    .consumer
+                    .ensure(&inner.db, &inner.outbox, flush)
+                    .await?
+            }
+            other => other?,
+        };
         if beat {
             self.sweep().await;
         }
@@ -686,14 +697,14 @@ impl RelayHandle {
             let _ = task.await;
         }
         let inner = &self.relay.inner;
-        if inner.consumer.private {
-            if let Err(e) = inner.consumer.deregister(&inner.db, &inner.outbox).await {
-                tracing::warn!(
-                    consumer = %inner.consumer.name,
-                    error = %e,
-                    "could not remove this process's outbox consumer; it expires instead"
-                );
-            }
+        if inner.consumer.private
+            && let Err(e) = inner.consumer.deregister(&inner.db, &inner.outbox).await
+        {
+            tracing::warn!(
+                consumer = %inner.consumer.name,
+                error = %e,
+                "could not remove this process's outbox consumer; it expires instead"
+            );
         }
     }
 }
