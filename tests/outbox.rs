@@ -1194,7 +1194,7 @@ async fn replaced_rows_are_recorded_mysql() {
     replaced_rows_are_recorded(Kind::MySql).await;
 }
 
-/// SQLite: a claim whose DELETE fails leaves no half-moved dead letter behind, and one
+/// SQLite: a claim whose settling fails (its delivery marks) leaves no half-moved dead letter behind, and one
 /// half-moved by a crash (already in the dead letters, still in the outbox) does not wedge
 /// the relay; counters count committed deliveries only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1214,8 +1214,8 @@ async fn dead_letter_claims_are_idempotent_sqlite() {
     .await;
     exec(
         &db,
-        "CREATE TRIGGER refuse_delete BEFORE DELETE ON matroska_outbox \
-         BEGIN SELECT RAISE(ABORT, 'delete refused'); END",
+        "CREATE TRIGGER refuse_mark BEFORE INSERT ON matroska_outbox_done \
+         BEGIN SELECT RAISE(ABORT, 'mark refused'); END",
     )
     .await;
     let relay = outbox::relay(&db.conn, support::memory_cache())
@@ -1232,7 +1232,7 @@ async fn dead_letter_claims_are_idempotent_sqlite() {
         relay.dead_letters().await.unwrap().is_empty(),
         "the failed claim moved nothing aside"
     );
-    exec(&db, "DROP TRIGGER refuse_delete").await;
+    exec(&db, "DROP TRIGGER refuse_mark").await;
     // A crash between moving the row aside and deleting it.
     exec(
         &db,
@@ -1823,4 +1823,383 @@ async fn replace_trigger_only_on_key_and_unique_columns_sqlite() {
         "{}",
         sql[0]
     );
+}
+
+// ---- Several caches over one outbox (consumers); triggers older than the models ----
+
+/// `item`: 20 rows in categories `a` / `b`, the outbox installed for `item_spec`.
+async fn items(kind: Kind, name: &str) -> ScratchDb {
+    let db = ScratchDb::new(kind, name).await;
+    exec(
+        &db,
+        "CREATE TABLE item (id BIGINT PRIMARY KEY, cat VARCHAR(20) NOT NULL)",
+    )
+    .await;
+    for id in 1..=20 {
+        let cat = if id % 2 == 0 { "a" } else { "b" };
+        exec(
+            &db,
+            &format!("INSERT INTO item (id, cat) VALUES ({id}, '{cat}')"),
+        )
+        .await;
+    }
+    outbox::install(&db.conn, &[item_spec()]).await.unwrap();
+    db
+}
+
+fn item_spec() -> TableSpec {
+    TableSpec::new("item", "item")
+        .key("id", ColumnDecoder::of::<i64>())
+        .scope(&[("cat", ColumnDecoder::of::<String>())], false)
+}
+
+/// Caches one entry per row (its primary key only, as `find_by_id` does) and the list of
+/// category `a`.
+async fn fill_items(cache: &Cache) {
+    for id in 1..=20_i64 {
+        let pk = Dependency::primary_key("item", [id]);
+        cache
+            .put(&format!("item{id}"), &id, &[pk], None)
+            .await
+            .unwrap();
+    }
+    let list = [
+        Dependency::condition("item", [("cat", "a".into())]),
+        Dependency::invalidate_all("item"),
+    ];
+    cache.put("list-a", &1, &list, None).await.unwrap();
+}
+
+/// The entries of `fill_items` still cached.
+async fn cached_items(cache: &Cache) -> Vec<String> {
+    let mut left = Vec::new();
+    for key in (1..=20)
+        .map(|id| format!("item{id}"))
+        .chain(["list-a".into()])
+    {
+        if cache.has(&key).await.unwrap() {
+            left.push(key);
+        }
+    }
+    left
+}
+
+/// Every row of the outbox, whoever is still to receive it.
+async fn outbox_rows(db: &ScratchDb) -> usize {
+    texts(db, "SELECT CAST(id AS CHAR(20)) FROM matroska_outbox")
+        .await
+        .len()
+}
+
+/// Two services with their own Redis prefixes (on one private server) and two processes on
+/// the in-memory backend, each with its own relay over one database: every cache receives
+/// every change written by raw SQL, and the outbox is empty once all have it.
+async fn every_cache_receives_every_change(kind: Kind) {
+    let db = items(kind, "consumers").await;
+    let redis = support::PrivateRedis::start();
+    let mut caches = Vec::new();
+    for prefix in ["blue", "green"] {
+        let backend = support::redis_backend_with(matroska::backend::redis::RedisConfig::new(
+            redis.url(),
+            prefix,
+        ))
+        .await;
+        caches.push(Cache::builder(backend).build().unwrap());
+    }
+    caches.push(support::memory_cache());
+    caches.push(support::memory_cache());
+    let relays: Vec<outbox::Relay> = caches
+        .iter()
+        .map(|cache| {
+            outbox::relay(&db.conn, cache.clone())
+                .unwrap()
+                .watch(item_spec())
+                .build()
+        })
+        .collect();
+    let names: std::collections::BTreeSet<&str> = relays.iter().map(|r| r.consumer()).collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+    for relay in &relays {
+        relay.drain().await.unwrap();
+    }
+    for cache in &caches {
+        fill_items(cache).await;
+    }
+    for id in 1..=20 {
+        exec(
+            &db,
+            &format!("UPDATE item SET cat = 'c{id}' WHERE id = {id}"),
+        )
+        .await;
+    }
+    for relay in &relays {
+        assert_eq!(
+            relay.drain().await.unwrap(),
+            20,
+            "{kind:?} {}",
+            relay.consumer()
+        );
+    }
+    for (cache, relay) in caches.iter().zip(&relays) {
+        let left = cached_items(cache).await;
+        assert!(
+            left.is_empty(),
+            "{kind:?}: {}/21 entries of {} stayed stale: {left:?}",
+            left.len(),
+            relay.consumer()
+        );
+    }
+    assert_eq!(
+        outbox_rows(&db).await,
+        0,
+        "{kind:?}: every consumer has every row"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_cache_receives_every_change_sqlite() {
+    every_cache_receives_every_change(Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_cache_receives_every_change_postgres() {
+    every_cache_receives_every_change(Kind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_cache_receives_every_change_mysql() {
+    every_cache_receives_every_change(Kind::MySql).await;
+}
+
+/// Blue/green: green's cache was filled, then rows were written and delivered to blue alone
+/// (and deleted). Green's relay starts after: its cache is unknown to the outbox, and is
+/// flushed for the watched table before anything is delivered.
+async fn late_consumer_flushes(kind: Kind) {
+    let db = items(kind, "late_consumer").await;
+    let (blue, green) = (support::memory_cache(), support::memory_cache());
+    let blue_relay = outbox::relay(&db.conn, blue.clone())
+        .unwrap()
+        .watch(item_spec())
+        .build();
+    blue_relay.drain().await.unwrap();
+    fill_items(&green).await;
+    for id in 1..=20 {
+        exec(&db, &format!("UPDATE item SET cat = 'x' WHERE id = {id}")).await;
+    }
+    assert_eq!(blue_relay.drain().await.unwrap(), 20);
+    assert_eq!(
+        outbox_rows(&db).await,
+        0,
+        "{kind:?}: blue was the only consumer"
+    );
+    let green_relay = outbox::relay(&db.conn, green.clone())
+        .unwrap()
+        .watch(item_spec())
+        .build()
+        .start()
+        .await
+        .unwrap();
+    let left = cached_items(&green).await;
+    assert!(left.is_empty(), "{kind:?}: green kept {left:?}");
+    green_relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_consumer_flushes_sqlite() {
+    late_consumer_flushes(Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_consumer_flushes_postgres() {
+    late_consumer_flushes(Kind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_consumer_flushes_mysql() {
+    late_consumer_flushes(Kind::MySql).await;
+}
+
+/// A consumer whose relay stops running holds rows back until it has not been seen for its
+/// expiry; then another relay drops it and the rows go. When it comes back, its cache is
+/// flushed (it missed those rows). A relay that shuts down cleanly removes its private
+/// consumer at once.
+async fn abandoned_consumer_expires(kind: Kind) {
+    let db = items(kind, "abandoned").await;
+    let (live, gone) = (support::memory_cache(), support::memory_cache());
+    let expiry = Duration::from_millis(600);
+    let build = |cache: &Cache| {
+        outbox::relay(&db.conn, cache.clone())
+            .unwrap()
+            .watch(item_spec())
+            .consumer_expiry(expiry)
+            .build()
+    };
+    let (live_relay, gone_relay) = (build(&live), build(&gone));
+    live_relay.drain().await.unwrap();
+    gone_relay.drain().await.unwrap();
+    fill_items(&gone).await;
+    exec(&db, "UPDATE item SET cat = 'z' WHERE id = 3").await;
+    assert_eq!(live_relay.drain().await.unwrap(), 1);
+    assert_eq!(
+        outbox_rows(&db).await,
+        1,
+        "{kind:?}: the row waits for the other consumer"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while outbox_rows(&db).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{kind:?}: the abandoned consumer still holds rows"
+        );
+        live_relay.drain().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        gone.has("item3").await.unwrap(),
+        "nothing delivered to the abandoned cache"
+    );
+    // Back: the row is gone, so the cache is flushed.
+    gone_relay.drain().await.unwrap();
+    let left = cached_items(&gone).await;
+    assert!(
+        left.is_empty(),
+        "{kind:?}: the returning consumer kept {left:?}"
+    );
+
+    // A clean shutdown removes the private consumer: nothing waits for it.
+    live_relay.clone().spawn().shutdown().await;
+    let handle = gone_relay.clone().spawn();
+    handle.shutdown().await;
+    exec(&db, "UPDATE item SET cat = 'y' WHERE id = 4").await;
+    let third = build(&support::memory_cache());
+    third.drain().await.unwrap();
+    assert_eq!(
+        outbox_rows(&db).await,
+        0,
+        "{kind:?}: shut-down consumers hold nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_consumer_expires_sqlite() {
+    abandoned_consumer_expires(Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_consumer_expires_postgres() {
+    abandoned_consumer_expires(Kind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_consumer_expires_mysql() {
+    abandoned_consumer_expires(Kind::MySql).await;
+}
+
+/// The model gained a scope on `name` after the triggers were installed (they record `id` and
+/// `cat` only).
+fn grown_tag_spec() -> TableSpec {
+    tag_spec().scope(&[("name", ColumnDecoder::of::<String>())], false)
+}
+
+async fn outdated_tag_table(kind: Kind, name: &str) -> ScratchDb {
+    let db = ScratchDb::new(kind, name).await;
+    exec(
+        &db,
+        "CREATE TABLE tag (id BIGINT PRIMARY KEY, name VARCHAR(20) NOT NULL, cat VARCHAR(20) NOT NULL)",
+    )
+    .await;
+    outbox::install(&db.conn, &[tag_spec()]).await.unwrap();
+    db
+}
+
+/// Development mode: the relay refuses to start, naming the table, the missing column and
+/// the fix, and delivers nothing until the install is re-run.
+async fn outdated_triggers_fail_in_development(kind: Kind) {
+    let db = outdated_tag_table(kind, "outdated_dev").await;
+    let cache = support::memory_cache();
+    let relay = outbox::relay(&db.conn, cache.clone())
+        .unwrap()
+        .watch(grown_tag_spec())
+        .mode(matroska::ScopeMode::Development)
+        .build();
+    let error = relay.clone().start().await.unwrap_err();
+    let text = error.to_string();
+    assert!(
+        matches!(&error, matroska::outbox::Error::TriggersOutdated { table, missing, .. }
+            if table == "tag" && missing == &["name".to_owned()]),
+        "{kind:?}: {error:?}"
+    );
+    assert!(text.contains("install"), "{text}");
+    exec(&db, "INSERT INTO tag (id, name, cat) VALUES (1, 'n', 'c')").await;
+    assert!(relay.run_once().await.is_err());
+    assert_eq!(outbox_rows(&db).await, 1, "nothing delivered");
+
+    outbox::install(&db.conn, &[grown_tag_spec()])
+        .await
+        .unwrap();
+    cache
+        .put(
+            "by-name",
+            &1,
+            &[Dependency::condition("tag", [("name", "m".into())])],
+            None,
+        )
+        .await
+        .unwrap();
+    exec(&db, "UPDATE tag SET name = 'm' WHERE id = 1").await;
+    relay.drain().await.unwrap();
+    assert!(!cache.has("by-name").await.unwrap(), "{kind:?}");
+}
+
+/// Production mode: the relay warns and invalidates the entity's lists for every change,
+/// without dead letters.
+async fn outdated_triggers_go_coarse_in_production(kind: Kind) {
+    let db = outdated_tag_table(kind, "outdated_prod").await;
+    let cache = support::memory_cache();
+    let relay = outbox::relay(&db.conn, cache.clone())
+        .unwrap()
+        .watch(grown_tag_spec())
+        .mode(matroska::ScopeMode::Production)
+        .build();
+    relay.drain().await.unwrap();
+    let by_name = [
+        Dependency::condition("tag", [("name", "m".into())]),
+        Dependency::invalidate_all("tag"),
+    ];
+    cache.put("by-name", &1, &by_name, None).await.unwrap();
+    exec(&db, "INSERT INTO tag (id, name, cat) VALUES (1, 'm', 'c')").await;
+    assert_eq!(relay.drain().await.unwrap(), 1);
+    assert!(!cache.has("by-name").await.unwrap(), "{kind:?}");
+    let dead = relay.dead_letters().await.unwrap();
+    assert!(dead.is_empty(), "{kind:?}: {dead:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outdated_triggers_fail_in_development_sqlite() {
+    outdated_triggers_fail_in_development(Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outdated_triggers_fail_in_development_postgres() {
+    outdated_triggers_fail_in_development(Kind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outdated_triggers_fail_in_development_mysql() {
+    outdated_triggers_fail_in_development(Kind::MySql).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outdated_triggers_go_coarse_in_production_sqlite() {
+    outdated_triggers_go_coarse_in_production(Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outdated_triggers_go_coarse_in_production_postgres() {
+    outdated_triggers_go_coarse_in_production(Kind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outdated_triggers_go_coarse_in_production_mysql() {
+    outdated_triggers_go_coarse_in_production(Kind::MySql).await;
 }

@@ -54,7 +54,11 @@
 //! ## Run the relay
 //!
 //! The relay runs on a sqlx pool to the same database (sqlx is pure Rust; it shares nothing
-//! with the Diesel connections), in every process that serves cached reads:
+//! with the Diesel connections), in every process that serves cached reads. Each cache is a
+//! consumer that receives every change (one name per Redis prefix and server; one per process
+//! on the in-memory backend; [`RelayBuilder::consumer`](matroska_outbox::RelayBuilder::consumer)
+//! to choose), and `start` refuses, in debug builds, triggers that do not record a column a
+//! model now needs (regenerate the migration):
 //!
 //! ```no_run
 //! # async fn run(cache: matroska_core::Cache) -> Result<(), Box<dyn std::error::Error>> {
@@ -64,7 +68,8 @@
 //! let relay = Relay::builder(db, cache)
 //!     // .watch_type::<Post>() for every cached model
 //!     .build()
-//!     .spawn();
+//!     .start()
+//!     .await?;
 //! // ...
 //! relay.shutdown().await;
 //! # Ok(()) }

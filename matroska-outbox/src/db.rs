@@ -5,7 +5,7 @@ use std::future::Future;
 use async_trait::async_trait;
 use matroska_core::TableSpec;
 
-use crate::ddl::{Dialect, Facts, IndexPart, LAYOUT_VERSION, Outbox, Recorded};
+use crate::ddl::{Dialect, Facts, IndexPart, LAYOUT_VERSION, Outbox, Recorded, literal};
 use crate::error::{Error, Result};
 
 /// A connection the outbox can be installed through: the relay's sqlx pools here, SeaORM's
@@ -74,7 +74,7 @@ pub async fn install(
     let present = conn
         .query_pairs(&outbox.tables_present_sql(dialect))
         .await?;
-    if present.first().map_or(0, |(_, n)| *n) < 3 {
+    if present.first().map_or(0, |(_, n)| *n) < Outbox::TABLES {
         execute_all(conn, &outbox.create_tables_sql(dialect)).await?;
     }
     let installed = conn.query_pairs(&outbox.versions_sql(dialect)).await?;
@@ -365,7 +365,7 @@ async fn resolve_schema(conn: &(impl SqlConnection + ?Sized), outbox: &Outbox) -
     })
 }
 
-fn is_missing_table(e: &Error) -> bool {
+pub(crate) fn is_missing_table(e: &Error) -> bool {
     let text = e.to_string().to_ascii_lowercase();
     text.contains("does not exist")
         || text.contains("doesn't exist")
@@ -458,8 +458,13 @@ fn safe(sql: &str) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(sql.to_owned())
 }
 
-fn id_list(ids: &[i64]) -> String {
-    ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+/// The condition (on the outbox aliased `o`) of a row `consumer` has not marked delivered.
+fn not_delivered(outbox: &Outbox, d: Dialect, consumer: &str) -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM {} m WHERE m.consumer = {} AND m.id = o.id)",
+        outbox.done_table(d),
+        literal(d, consumer)
+    )
 }
 
 impl OutboxDb {
@@ -482,12 +487,19 @@ impl OutboxDb {
         }
     }
 
-    /// The number of rows waiting in the outbox, and the write time of the oldest (µs since
-    /// the epoch, by the database's clock), if any.
-    pub(crate) async fn depth(&self, outbox: &Outbox) -> Result<(u64, Option<i64>)> {
+    /// The number of rows waiting in the outbox for `consumer` (not yet marked delivered by
+    /// it), and the write time of the oldest (µs since the epoch, by the database's clock),
+    /// if any.
+    pub(crate) async fn depth(
+        &self,
+        outbox: &Outbox,
+        consumer: &str,
+    ) -> Result<(u64, Option<i64>)> {
+        let d = self.dialect();
         let sql = format!(
-            "SELECT COUNT(*), MIN(created_us) FROM {}",
-            outbox.outbox_table(self.dialect())
+            "SELECT COUNT(*), MIN(created_us) FROM {} o WHERE {}",
+            outbox.outbox_table(d),
+            not_delivered(outbox, d, consumer)
         );
         let (count, oldest): (i64, Option<i64>) = match self {
             #[cfg(feature = "postgres")]
@@ -500,6 +512,33 @@ impl OutboxDb {
             OutboxDb::Sqlite(pool) => sqlx::query_as(safe(&sql)).fetch_one(pool).await?,
         };
         Ok((u64::try_from(count).unwrap_or(0), oldest))
+    }
+
+    /// Deletes the rows every registered consumer marked delivered, and the marks of rows
+    /// gone. Run after each claim's commit: a row two consumers mark in concurrent claims is
+    /// deleted by the next sweep (neither claim saw the other's mark).
+    pub(crate) async fn sweep(&self, outbox: &Outbox) -> Result<()> {
+        let d = self.dialect();
+        let (table, done, consumers) = (
+            outbox.outbox_table(d),
+            outbox.done_table(d),
+            outbox.consumers_table(d),
+        );
+        // Rows with a mark of every consumer (marks of dropped consumers do not count).
+        let all_done = format!(
+            "SELECT m.id FROM {done} m JOIN {consumers} c ON c.name = m.consumer \
+             GROUP BY m.id HAVING COUNT(*) = (SELECT COUNT(*) FROM {consumers})"
+        );
+        let rows = match d {
+            // A join with the derived table: MySQL runs `IN (subquery)` of a DELETE per row.
+            Dialect::MySql => format!("DELETE o FROM {table} o JOIN ({all_done}) x ON x.id = o.id"),
+            _ => format!("DELETE FROM {table} WHERE id IN ({all_done})"),
+        };
+        self.execute_sql(&rows).await?;
+        self.execute_sql(&format!(
+            "DELETE FROM {done} WHERE NOT EXISTS (SELECT 1 FROM {table} o WHERE o.id = {done}.id)"
+        ))
+        .await
     }
 
     /// The dead letters: (id, table, error), oldest first.
@@ -520,20 +559,25 @@ impl OutboxDb {
         })
     }
 
-    /// Claims up to `limit` rows, in id order, and hands them to `deliver`. Rows are deleted
-    /// (and dead letters moved aside) only when `deliver` succeeds; on its failure, or if this
-    /// future is dropped, they stay for the next claim.
+    /// Claims up to `limit` rows `consumer` has not marked delivered, in id order, and hands
+    /// them to `deliver`. Rows are marked delivered by `consumer` (and dead letters copied
+    /// aside) only when `deliver` succeeds; on its failure, or if this future is dropped, they
+    /// stay for the next claim. `None` when the consumer is not registered (it was dropped as
+    /// expired): nothing was claimed.
     ///
-    /// On PostgreSQL and MySQL the rows are locked (`FOR UPDATE SKIP LOCKED`) in a transaction
-    /// held across the delivery, so concurrent relays split the work. On SQLite (one writer)
-    /// they are read without a lock and deleted by id afterwards: two relays may deliver a
-    /// row twice (harmless), never lose one (ids are never reused).
+    /// On PostgreSQL and MySQL the claim holds the consumer's row (locked by its heartbeat)
+    /// from before the read until the marks commit: relays of one consumer take turns, relays
+    /// of different consumers never wait on each other, and a consumer cannot be dropped as
+    /// expired while it delivers. On SQLite (one writer) the rows are read without a lock and
+    /// marked afterwards: two relays of one consumer may deliver a row twice (harmless), never
+    /// lose one.
     pub(crate) async fn claim<F, Fut>(
         &self,
         outbox: &Outbox,
+        consumer: &str,
         limit: usize,
         deliver: F,
-    ) -> Result<usize>
+    ) -> Result<Option<usize>>
     where
         F: FnOnce(Vec<OutboxRow>) -> Fut + Send,
         Fut: Future<Output = Result<Settled>> + Send,
@@ -547,11 +591,31 @@ impl OutboxDb {
             }
             _ => "id, table_name, op, old_row, new_row, created_us",
         };
-        let lock = match d {
-            Dialect::Sqlite => "",
-            _ => " FOR UPDATE SKIP LOCKED",
+        let select = format!(
+            "SELECT {columns} FROM {table} o WHERE {} ORDER BY id LIMIT {limit}",
+            not_delivered(outbox, d, consumer)
+        );
+        let consumer_lit = literal(d, consumer);
+        let beat = format!(
+            "UPDATE {} SET seen_us = {}, beats = beats + 1 WHERE name = {consumer_lit}",
+            outbox.consumers_table(d),
+            Outbox::now_us(d)
+        );
+        let (mark_ignore, mark_conflict) = match d {
+            Dialect::MySql => ("IGNORE ", ""),
+            _ => ("", " ON CONFLICT DO NOTHING"),
         };
-        let select = format!("SELECT {columns} FROM {table} ORDER BY id LIMIT {limit}{lock}");
+        let mark = |ids: &[i64]| {
+            let values = ids
+                .iter()
+                .map(|id| format!("({consumer_lit}, {id})"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "INSERT {mark_ignore}INTO {} (consumer, id) VALUES {values}{mark_conflict}",
+                outbox.done_table(d)
+            )
+        };
         // Idempotent: a dead letter already moved (by a claim whose commit was lost, or an
         // id the database handed out again) is overwritten, never a key violation that would
         // fail every later claim of the row.
@@ -576,7 +640,6 @@ impl OutboxDb {
                 }
             }
         );
-        let delete = |ids: &[i64]| format!("DELETE FROM {table} WHERE id IN ({})", id_list(ids));
         let now = now_us();
 
         macro_rules! read {
@@ -584,13 +647,26 @@ impl OutboxDb {
                 let rows: Vec<RowTuple> =
                     sqlx::query_as(safe(&select)).fetch_all(&mut *$conn).await?;
                 if rows.is_empty() {
-                    return Ok(0);
+                    return Ok(Some(0));
                 }
                 rows
             }};
         }
 
-        // Moves the dead letters aside and deletes the settled rows, in the transaction `$tx`.
+        // Whether the consumer is still registered (its row now locked by `$tx`).
+        macro_rules! beat {
+            ($tx:expr) => {{
+                let beaten = sqlx::raw_sql(safe(&beat))
+                    .execute(&mut *$tx)
+                    .await?
+                    .rows_affected();
+                if beaten == 0 {
+                    return Ok(None);
+                }
+            }};
+        }
+
+        // Copies the dead letters aside and marks the settled rows, in the transaction `$tx`.
         macro_rules! settle {
             ($tx:expr, $settled:expr) => {{
                 for dead in &$settled.dead {
@@ -607,12 +683,12 @@ impl OutboxDb {
                         .await?;
                 }
                 if !$settled.done.is_empty() {
-                    // Unprepared (text protocol): the id list makes every DELETE a new
+                    // Unprepared (text protocol): the id list makes every INSERT a new
                     // statement, and preparing each one churns the connection's statement
                     // cache. On MySQL an eviction sends COM_STMT_CLOSE, which has no reply, right
                     // before the next command: with Nagle on (sqlx does not set TCP_NODELAY)
                     // that command waits for the server's delayed ACK, ~40 ms per claim.
-                    sqlx::raw_sql(safe(&delete(&$settled.done)))
+                    sqlx::raw_sql(safe(&mark(&$settled.done)))
                         .execute(&mut *$tx)
                         .await?;
                 }
@@ -623,49 +699,50 @@ impl OutboxDb {
             #[cfg(feature = "postgres")]
             OutboxDb::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
+                beat!(tx);
                 let rows = read!(tx);
                 let claimed = rows.len();
                 let settled = deliver(rows.into_iter().map(OutboxRow::from).collect()).await?;
                 settle!(tx, settled);
                 tx.commit().await?;
-                Ok(claimed)
+                Ok(Some(claimed))
             }
             #[cfg(feature = "mysql")]
             OutboxDb::MySql(pool) => {
-                // READ COMMITTED: InnoDB then locks only the claimed rows. Under the default
-                // REPEATABLE READ a locking read that reaches the end of the index also locks
-                // the gap after it, and every writer's trigger waits on the relay's cache round
-                // trip to insert its outbox row (MariaDB 10.11: an INSERT waited 2.5 s behind a
-                // claim held 3 s under REPEATABLE READ, 17 ms under READ COMMITTED).
+                // READ COMMITTED: the claim's read takes no lock (writers' triggers never wait
+                // on a claim), and the marks' INSERT takes no gap locks. (With the former
+                // `FOR UPDATE` claim under REPEATABLE READ, MariaDB 10.11 made an INSERT wait
+                // 2.5 s behind a claim held 3 s, 17 ms under READ COMMITTED.)
                 use sqlx::Acquire;
                 let mut conn = pool.acquire().await?;
                 sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
                     .execute(&mut *conn)
                     .await?;
                 let mut tx = conn.begin().await?;
+                beat!(tx);
                 let rows = read!(tx);
                 let claimed = rows.len();
                 let settled = deliver(rows.into_iter().map(OutboxRow::from).collect()).await?;
                 settle!(tx, settled);
                 tx.commit().await?;
-                Ok(claimed)
+                Ok(Some(claimed))
             }
             #[cfg(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")))]
             OutboxDb::NoDriver(never) => match *never {},
             #[cfg(feature = "sqlite")]
             OutboxDb::Sqlite(pool) => {
                 // Read without a transaction (no write lock held across the delivery); the
-                // dead letters and the delete commit together, so a failure between them
-                // cannot leave a row both moved aside and still claimable.
+                // consumer's check, the dead letters and the marks commit together.
                 use sqlx::Acquire;
                 let mut conn = pool.acquire().await?;
                 let rows = read!(conn);
                 let claimed = rows.len();
                 let settled = deliver(rows.into_iter().map(OutboxRow::from).collect()).await?;
                 let mut tx = conn.begin().await?;
+                beat!(tx);
                 settle!(tx, settled);
                 tx.commit().await?;
-                Ok(claimed)
+                Ok(Some(claimed))
             }
         }
     }

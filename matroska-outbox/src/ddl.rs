@@ -221,8 +221,50 @@ impl Outbox {
         self.qualified(dialect, "_tables")
     }
 
+    /// The relays' consumers (one per cache), quoted and qualified.
+    pub(crate) fn consumers_table(&self, dialect: Dialect) -> String {
+        self.qualified(dialect, "_consumers")
+    }
+
+    /// Which consumer delivered which outbox row, quoted and qualified.
+    pub(crate) fn done_table(&self, dialect: Dialect) -> String {
+        self.qualified(dialect, "_done")
+    }
+
+    /// The suffixes of the outbox's tables.
+    const SUFFIXES: [&'static str; 5] = ["", "_dead", "_tables", "_consumers", "_done"];
+
     /// The statements that create the outbox tables (idempotent).
     pub fn create_tables_sql(&self, dialect: Dialect) -> Vec<String> {
+        let mut out = self.create_queue_tables_sql(dialect);
+        out.extend(self.create_consumer_tables_sql(dialect));
+        out
+    }
+
+    /// The consumers (one row per cache the relays deliver to: `seen_us` is its last
+    /// heartbeat by the database's clock, `ready` whether the cache was flushed after it
+    /// registered) and the delivery marks (a row is deleted once every consumer marked it).
+    pub(crate) fn create_consumer_tables_sql(&self, dialect: Dialect) -> Vec<String> {
+        let (consumers, done) = (self.consumers_table(dialect), self.done_table(dialect));
+        let (text, int, engine) = match dialect {
+            Dialect::Postgres => ("TEXT", "BIGINT", ""),
+            Dialect::MySql => ("VARCHAR(255)", "BIGINT", " ENGINE=InnoDB"),
+            Dialect::Sqlite => ("TEXT", "INTEGER", ""),
+        };
+        vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS {consumers} (name {text} NOT NULL PRIMARY KEY, \
+                 registered_us {int} NOT NULL, seen_us {int} NOT NULL, beats {int} NOT NULL, \
+                 ready {int} NOT NULL){engine}"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {done} (consumer {text} NOT NULL, id {int} NOT NULL, \
+                 PRIMARY KEY (consumer, id)){engine}"
+            ),
+        ]
+    }
+
+    fn create_queue_tables_sql(&self, dialect: Dialect) -> Vec<String> {
         let (outbox, dead, meta) = (
             self.outbox_table(dialect),
             self.dead_table(dialect),
@@ -292,9 +334,12 @@ impl Outbox {
         }
     }
 
-    /// A query of how many of the three outbox tables exist: one row (`name` = '', `n`).
+    /// How many tables the outbox has ([`Outbox::tables_present_sql`] counts them).
+    pub(crate) const TABLES: i64 = Self::SUFFIXES.len() as i64;
+
+    /// A query of how many of the outbox tables exist: one row (`name` = '', `n`).
     pub(crate) fn tables_present_sql(&self, dialect: Dialect) -> String {
-        let names = ["", "_dead", "_tables"].map(|suffix| format!("{}{suffix}", self.table));
+        let names = Self::SUFFIXES.map(|suffix| format!("{}{suffix}", self.table));
         match dialect {
             Dialect::Postgres => {
                 let exists = names
@@ -391,6 +436,8 @@ impl Outbox {
             self.outbox_table(dialect),
             self.dead_table(dialect),
             self.meta_table(dialect),
+            self.consumers_table(dialect),
+            self.done_table(dialect),
         ]
         .into_iter()
         // MySQL's recorded table ids (`truncate.rs`).
@@ -606,6 +653,24 @@ impl Outbox {
                 t = literal(dialect, table)
             )
         })
+    }
+
+    /// The key of every row of `recorded.table`, as the triggers record a key-only change:
+    /// rows of (`name`: the key as JSON, `n` = 0).
+    pub(crate) fn keys_sql(&self, dialect: Dialect, recorded: &Recorded) -> String {
+        let json = Self::json_object(dialect, recorded, &recorded.keys, "o");
+        let table = quote(dialect, &recorded.table);
+        match dialect {
+            Dialect::Postgres => {
+                format!("SELECT ({json})::text AS name, 0::bigint AS n FROM {table} o")
+            }
+            Dialect::MySql => {
+                format!(
+                    "SELECT CAST({json} AS CHAR) AS name, CAST(0 AS SIGNED) AS n FROM {table} o"
+                )
+            }
+            Dialect::Sqlite => format!("SELECT {json} AS name, 0 AS n FROM {table} o"),
+        }
     }
 
     fn record_version_sql(
@@ -1285,7 +1350,7 @@ fn index_column_texts(sql: &str) -> Option<Vec<String>> {
 }
 
 impl Recorded {
-    fn from_spec(spec: &TableSpec) -> Result<Self> {
+    pub(crate) fn from_spec(spec: &TableSpec) -> Result<Self> {
         if spec.key_columns().is_empty() {
             return Err(Error::InvalidSpec {
                 table: spec.table().to_owned(),

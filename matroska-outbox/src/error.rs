@@ -44,6 +44,25 @@ pub enum Error {
         /// This build's layout version.
         ours: i64,
     },
+    /// The triggers installed on a watched table do not record columns a model watching it
+    /// needs (a key or scope added to the model without re-running the install). Returned
+    /// by the relay in development mode; in production it warns and invalidates the table's
+    /// entity coarsely instead.
+    #[error(
+        "the outbox triggers on table `{table}` do not record {missing:?}, which `{entity}` needs \
+         ({reason}): re-run `matroska_outbox::install` for it (or regenerate the migration's \
+         SQL: `Outbox::install_sql`, `matroska_diesel::outbox::migration_sql`)"
+    )]
+    TriggersOutdated {
+        /// The table.
+        table: String,
+        /// The entity (model) whose spec needs the columns.
+        entity: String,
+        /// The columns the triggers do not record.
+        missing: Vec<String>,
+        /// What the relay found installed.
+        reason: String,
+    },
     /// The database URL names no database this build supports.
     #[error(
         "unsupported database URL scheme {0:?} (enable the matching feature: postgres, mysql, sqlite)"

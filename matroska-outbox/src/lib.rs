@@ -15,13 +15,19 @@
 //!    records nothing, a committed one cannot lose its record. What to record comes from the
 //!    entity's [`TableSpec`](matroska_core::TableSpec), which `#[derive(CacheDeps)]` generates
 //!    ([`WatchedTable`](matroska_core::WatchedTable)).
-//! 2. **Relay** ([`Relay`]): a background task, in any number of processes, claims outbox rows
-//!    (`FOR UPDATE SKIP LOCKED` on PostgreSQL and MySQL/MariaDB), turns each into the
-//!    dependencies a hooked save would have invalidated (computed from the database's own old
-//!    values, so they are always right), invalidates them in bounded calls, and deletes the
-//!    rows in the same transaction only after the invalidation succeeded. It wakes on
-//!    PostgreSQL's `NOTIFY` (sent on commit), on [`poke`] after this process's own commits,
-//!    and polls as a safety net.
+//! 2. **Relay** ([`Relay`]): a background task, in any number of processes, claims the outbox
+//!    rows its **consumer** (its cache) has not received, turns each into the dependencies a
+//!    hooked save would have invalidated (computed from the database's own old values, so
+//!    they are always right), invalidates them in bounded calls, and marks them delivered in
+//!    the same transaction only after the invalidation succeeded. A row is deleted once every
+//!    consumer has it: two services with their own Redis prefixes, a blue/green deploy that
+//!    bumps the prefix, two processes on the in-memory backend each receive every change
+//!    ([`RelayBuilder::consumer`]). It wakes on PostgreSQL's `NOTIFY` (sent on commit), on
+//!    [`poke`] after this process's own commits, and polls as a safety net.
+//! 3. **Checks**: at start ([`Relay::start`]) and every few seconds the relay compares what
+//!    the installed triggers record with the specs it watches; a scope added to a model
+//!    without re-running the install is an error in development mode and coarse invalidation
+//!    (with a warning) in production ([`RelayBuilder::mode`]).
 //!
 //! 3. **MySQL/MariaDB**: foreign-key actions (`ON DELETE CASCADE`, `ON UPDATE CASCADE`,
 //!    `SET NULL`) and `TRUNCATE` fire no trigger there. [`install`] also puts triggers on the
@@ -89,9 +95,11 @@
 )]
 
 mod cascade;
+mod consumer;
 mod db;
 pub mod ddl;
 mod error;
+mod installed;
 mod record;
 mod relay;
 mod truncate;

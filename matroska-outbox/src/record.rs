@@ -1,6 +1,6 @@
 //! One outbox row → the dependencies it invalidates.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use matroska_core::table::Row;
 use matroska_core::{Dependency, RowChange, TableSpec};
@@ -34,14 +34,23 @@ fn parse(text: Option<&str>) -> Result<Option<Row>, String> {
 }
 
 /// Reads one row against the specs of its table (every model on the table: their
-/// dependencies together).
-pub(crate) fn read(row: &OutboxRow, specs: &HashMap<String, Vec<TableSpec>>) -> Reading {
+/// dependencies together). A spec in `coarse` (its table's triggers do not record all it
+/// needs) yields its entity's lists for every change.
+pub(crate) fn read(
+    row: &OutboxRow,
+    specs: &HashMap<String, Vec<TableSpec>>,
+    coarse: &BTreeSet<(String, String)>,
+) -> Reading {
     let Some(specs) = specs.get(&row.table).filter(|s| !s.is_empty()) else {
         return Reading::UnknownTable(TableSpec::coarse_dependencies(&row.table));
     };
     let mut deps = Vec::new();
     let mut errors = Vec::new();
     for spec in specs {
+        if coarse.contains(&(spec.table().to_owned(), spec.entity().to_owned())) {
+            deps.extend(TableSpec::coarse_dependencies(spec.entity()));
+            continue;
+        }
         match read_one(row, spec) {
             Ok(d) => deps.extend(d),
             Err(error) => {
@@ -106,6 +115,7 @@ mod tests {
         let r = read(
             &row("posts", "I", None, Some(r#"{"id": 1, "category": "a"}"#)),
             &specs(),
+            &BTreeSet::new(),
         );
         let Reading::Exact(deps) = r else {
             panic!("{r:?}")
@@ -115,8 +125,26 @@ mod tests {
     }
 
     #[test]
+    fn coarse_specs_invalidate_every_list() {
+        let coarse = BTreeSet::from([("posts".to_owned(), "post".to_owned())]);
+        let r = read(
+            &row("posts", "K", None, Some(r#"{"id": 1}"#)),
+            &specs(),
+            &coarse,
+        );
+        let Reading::Exact(deps) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(deps, TableSpec::coarse_dependencies("post"));
+    }
+
+    #[test]
     fn unknown_tables_invalidate_by_table_name() {
-        let r = read(&row("gone", "I", None, Some("{}")), &specs());
+        let r = read(
+            &row("gone", "I", None, Some("{}")),
+            &specs(),
+            &BTreeSet::new(),
+        );
         assert!(
             matches!(r, Reading::UnknownTable(deps) if deps.contains(&Dependency::invalidate_all("gone")))
         );
@@ -131,7 +159,7 @@ mod tests {
             row("posts", "D", Some(r#"{"id": "x", "category": "a"}"#), None),
             row("posts", "I", None, Some("[1]")),
         ] {
-            let r = read(&bad, &specs());
+            let r = read(&bad, &specs(), &BTreeSet::new());
             assert!(
                 matches!(&r, Reading::Unreadable { deps, .. } if deps.contains(&Dependency::invalidate_all("post"))),
                 "{bad:?} -> {r:?}"

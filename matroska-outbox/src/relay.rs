@@ -1,19 +1,23 @@
-//! The relay: claims outbox rows, invalidates their dependencies, deletes them.
+//! The relay: claims outbox rows, invalidates their dependencies, marks them delivered.
 //!
-//! Delivery is **at least once**: a row is deleted in the same database transaction that
-//! claimed it, after its invalidation succeeded; a failed invalidation, a crash or a dropped
-//! future leaves it for the next claim. Invalidating twice is harmless.
+//! Delivery is **at least once**, to every consumer (cache; see [`crate::consumer`]): a row is
+//! marked delivered by a consumer in the database transaction that claimed it, after its
+//! invalidation succeeded; a failed invalidation, a crash or a dropped future leaves it for
+//! the next claim. Invalidating twice is harmless. A row is deleted once every consumer
+//! marked it.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use matroska_core::{Cache, Dependency, TableSpec, WatchedTable};
+use matroska_core::{Cache, Dependency, ScopeMode, TableSpec, WatchedTable};
 use tokio::sync::Notify;
 
-use crate::db::{DeadRow, OutboxDb, Settled, now_us};
+use crate::consumer::{self, Consumer};
+use crate::db::{DeadRow, OutboxDb, Settled, SqlConnection, now_us};
 use crate::ddl::Outbox;
 use crate::error::Result;
+use crate::installed::Installed;
 use crate::record::{Reading, read};
 use crate::truncate::TruncateWatch;
 
@@ -91,9 +95,45 @@ pub struct RelayBuilder {
     truncate_check: Option<Duration>,
     retry_min: Duration,
     retry_max: Duration,
+    consumer: Option<String>,
+    expiry: Duration,
+    mode: ScopeMode,
 }
 
 impl RelayBuilder {
+    /// The name of the cache this relay delivers to. Every consumer receives every change:
+    /// relays with one name share the work, relays with different names each deliver
+    /// everything. Default: the cache's store ([`Backend::shared_store`]: `redis:<prefix>@<server>`
+    /// for Redis, so every process on one prefix is one consumer and a deploy that bumps the
+    /// prefix is a new one), or for a store private to the process (the in-memory backend) a
+    /// name unique to this process and cache, removed when the relay shuts down.
+    ///
+    /// [`Backend::shared_store`]: matroska_core::Backend::shared_store
+    pub fn consumer(mut self, name: impl Into<String>) -> Self {
+        self.consumer = Some(name.into());
+        self
+    }
+
+    /// How long a consumer may go unseen (no relay of it reached the database) before another
+    /// relay drops it, with a warning, and the rows it did not receive stop waiting for it
+    /// (default 10 minutes). A dropped consumer that comes back flushes its cache for every
+    /// watched table. Relays beat ten times per expiry, whatever the cache's health.
+    pub fn consumer_expiry(mut self, expiry: Duration) -> Self {
+        self.expiry = expiry.max(Duration::from_millis(100));
+        self
+    }
+
+    /// What to do when the installed triggers do not record a column a watched spec needs (a
+    /// scope added to a model without re-running the install): [`ScopeMode::Development`]
+    /// (the default in debug builds) refuses to deliver, with [`Error::TriggersOutdated`];
+    /// [`ScopeMode::Production`] warns once and invalidates the entity's lists for every
+    /// change to the table.
+    ///
+    /// [`Error::TriggersOutdated`]: crate::Error::TriggersOutdated
+    pub fn mode(mut self, mode: ScopeMode) -> Self {
+        self.mode = mode;
+        self
+    }
     /// The outbox to read (default: [`Outbox::default`]).
     pub fn outbox(mut self, outbox: Outbox) -> Self {
         self.outbox = outbox;
@@ -162,6 +202,10 @@ impl RelayBuilder {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(Arc::downgrade(&wake));
+        let (name, private) = match self.consumer {
+            Some(name) => (name, false),
+            None => consumer::default_name(&self.cache),
+        };
         Relay {
             inner: Arc::new(Inner {
                 db: self.db,
@@ -178,6 +222,9 @@ impl RelayBuilder {
                 stats: Mutex::default(),
                 warned: Mutex::default(),
                 truncations: TruncateWatch::default(),
+                consumer: Consumer::new(name, private, self.expiry),
+                mode: self.mode,
+                installed: Installed::default(),
             }),
         }
     }
@@ -200,6 +247,9 @@ struct Inner {
     warned: Mutex<BTreeSet<String>>,
     /// MySQL/MariaDB: `TRUNCATE`s, seen as new InnoDB table ids (`truncate.rs`).
     truncations: TruncateWatch,
+    consumer: Consumer,
+    mode: ScopeMode,
+    installed: Installed,
 }
 
 #[derive(Default)]
@@ -234,6 +284,7 @@ impl std::fmt::Debug for Relay {
         f.debug_struct("Relay")
             .field("outbox", &self.inner.outbox)
             .field("tables", &self.inner.specs.keys().collect::<Vec<_>>())
+            .field("consumer", &self.inner.consumer.name)
             .finish_non_exhaustive()
     }
 }
@@ -257,7 +308,15 @@ impl Relay {
             truncate_check: None,
             retry_min: Duration::from_millis(50),
             retry_max: Duration::from_secs(5),
+            consumer: None,
+            expiry: Duration::from_secs(600),
+            mode: ScopeMode::default(),
         }
+    }
+
+    /// The consumer (cache) this relay delivers to; see [`RelayBuilder::consumer`].
+    pub fn consumer(&self) -> &str {
+        &self.inner.consumer.name
     }
 
     /// The database.
@@ -285,7 +344,8 @@ impl Relay {
     /// # Errors
     /// The database's errors.
     pub async fn depth(&self) -> Result<OutboxDepth> {
-        let (rows, oldest) = self.inner.db.depth(&self.inner.outbox).await?;
+        let inner = &self.inner;
+        let (rows, oldest) = inner.db.depth(&inner.outbox, &inner.consumer.name).await?;
         let oldest = oldest.map(|us| {
             Duration::from_micros(u64::try_from(now_us().saturating_sub(us)).unwrap_or(0))
         });
@@ -303,19 +363,105 @@ impl Relay {
         self.inner.db.dead_letters(&self.inner.outbox).await
     }
 
+    /// Checks the installed triggers against the watched specs, registers this relay's
+    /// consumer (flushing its cache when it is new or was dropped), then starts the relay in
+    /// the background ([`Relay::spawn`]). Prefer it to `spawn` at start-up, before the cache
+    /// serves: a check that fails is returned here instead of logged.
+    ///
+    /// # Errors
+    /// [`Error::TriggersOutdated`](crate::Error::TriggersOutdated) in development mode
+    /// ([`RelayBuilder::mode`]); the database's and the cache's errors.
+    pub async fn start(self) -> Result<RelayHandle> {
+        self.prepare().await?;
+        Ok(self.spawn())
+    }
+
+    /// Everything before a claim: the installed triggers' check, the consumer's registration,
+    /// flush and heartbeat (and, with a heartbeat, the sweep of rows every consumer has).
+    async fn prepare(&self) -> Result<()> {
+        let inner = &self.inner;
+        inner
+            .installed
+            .check(&inner.db, &inner.outbox, &inner.specs, inner.mode)
+            .await?;
+        let flush = || {
+            consumer::flush(
+                &inner.db,
+                &inner.outbox,
+                &inner.cache,
+                &inner.specs,
+                inner.deps_per_call,
+            )
+        };
+        let beat = match inner.consumer.ensure(&inner.db, &inner.outbox, flush).await {
+            // An outbox installed by a release without consumers: add their tables (idempotent)
+            // so relays can be upgraded before the install is re-run.
+            Err(e) if crate::db::is_missing_table(&e) => {
+                for sql in inner.outbox.create_consumer_tables_sql(inner.db.dialect()) {
+                    inner.db.execute_sql(&sql).await?;
+                }
+                inner
+                    .consumer
+                    .ensure(&inner.db, &inner.outbox, flush)
+                    .await?
+            }
+            other => other?,
+        };
+        if beat {
+            self.sweep().await;
+        }
+        Ok(())
+    }
+
+    /// Deletes the rows every consumer has; a failure (a deadlock with another relay's sweep)
+    /// only leaves them for the next sweep.
+    async fn sweep(&self) {
+        if let Err(e) = self.inner.db.sweep(&self.inner.outbox).await {
+            tracing::debug!(error = %e, "outbox sweep failed; the next one deletes the rows");
+        }
+    }
+
     /// Claims one batch and delivers it; see the [module docs](self).
     ///
     /// # Errors
-    /// The database's or the cache's failure; the batch stays in the outbox.
+    /// The database's or the cache's failure; the batch stays in the outbox. In development
+    /// mode, [`Error::TriggersOutdated`](crate::Error::TriggersOutdated).
     pub async fn run_once(&self) -> Result<Delivery> {
+        let result = async {
+            // A second round only when the claim found the consumer dropped: it registers
+            // again (flushing) and claims.
+            for _ in 0..2 {
+                self.prepare().await?;
+                if let Some(delivery) = self.claim_once().await? {
+                    if delivery.rows > 0 {
+                        self.sweep().await;
+                    }
+                    return Ok(delivery);
+                }
+                self.inner.consumer.lost();
+            }
+            Ok(Delivery::default())
+        }
+        .await;
+        if result.is_err() {
+            self.with_stats(|s| s.stats.failures += 1);
+            #[cfg(feature = "metrics")]
+            metrics::counter!("matroska_outbox_failures_total").increment(1);
+        }
+        result
+    }
+
+    /// One claim; `None` when the consumer was found dropped.
+    async fn claim_once(&self) -> Result<Option<Delivery>> {
         let inner = &self.inner;
         let mut delivery = Delivery::default();
+        let coarse = inner.installed.coarse();
         // Counted once the claim committed: a claim that fails after the delivery (its
         // delete, its commit) delivers again later, and counts then.
         let mut counted = None;
         let claimed = inner
             .db
-            .claim(&inner.outbox, inner.batch, |rows| async {
+            .claim(&inner.outbox, &inner.consumer.name, inner.batch, |rows| async {
                 let mut deps = BTreeSet::new();
                 let mut settled = Settled {
                     done: Vec::with_capacity(rows.len()),
@@ -324,7 +470,7 @@ impl Relay {
                 let mut unknown = 0_u64;
                 let created: Vec<i64> = rows.iter().map(|r| r.created_us).collect();
                 for row in rows {
-                    match read(&row, &inner.specs) {
+                    match read(&row, &inner.specs, &coarse) {
                         Reading::Exact(d) => deps.extend(d),
                         Reading::UnknownTable(d) => {
                             unknown += 1;
@@ -363,21 +509,14 @@ impl Relay {
                 Ok(settled)
             })
             .await;
-        match claimed {
-            Ok(rows) => {
-                if let Some((created, unknown, dead)) = counted {
-                    self.record(&created, unknown, dead);
-                }
-                delivery.rows = rows;
-                Ok(delivery)
-            }
-            Err(e) => {
-                self.with_stats(|s| s.stats.failures += 1);
-                #[cfg(feature = "metrics")]
-                metrics::counter!("matroska_outbox_failures_total").increment(1);
-                Err(e)
-            }
+        let Some(rows) = claimed? else {
+            return Ok(None);
+        };
+        if let Some((created, unknown, dead)) = counted {
+            self.record(&created, unknown, dead);
         }
+        delivery.rows = rows;
+        Ok(Some(delivery))
     }
 
     /// Runs [`Relay::run_once`] until the outbox is empty; returns the rows delivered.
@@ -396,20 +535,13 @@ impl Relay {
         }
     }
 
-    /// MySQL/MariaDB: invalidates the entities of watched tables truncated since the last
-    /// look (at most once per poll interval unless `force`d); see `truncate.rs`.
+    /// MySQL/MariaDB: writes a whole-entity outbox row for each watched table truncated since
+    /// the last look (at most once per poll interval unless `force`d); see `truncate.rs`.
     async fn check_truncations(&self, force: bool) -> Result<usize> {
         let inner = &self.inner;
         inner
             .truncations
-            .check(
-                &inner.db,
-                &inner.outbox,
-                &inner.cache,
-                &inner.specs,
-                inner.truncate_check,
-                force,
-            )
+            .check(&inner.db, &inner.outbox, inner.truncate_check, force)
             .await
     }
 
@@ -590,11 +722,23 @@ impl RelayHandle {
         &self.relay
     }
 
-    /// Stops the relay once its current claim (if any) is settled.
+    /// Stops the relay once its current claim (if any) is settled. A consumer private to
+    /// this process (the in-memory backend's default) is removed: no row waits for it any
+    /// more.
     pub async fn shutdown(mut self) {
         self.stop.notify_one();
         if let Some(task) = self.task.take() {
             let _ = task.await;
+        }
+        let inner = &self.relay.inner;
+        if inner.consumer.private
+            && let Err(e) = inner.consumer.deregister(&inner.db, &inner.outbox).await
+        {
+            tracing::warn!(
+                consumer = %inner.consumer.name,
+                error = %e,
+                "could not remove this process's outbox consumer; it expires instead"
+            );
         }
     }
 }

@@ -9,8 +9,11 @@
 //! [`truncate_check_interval`](crate::RelayBuilder::truncate_check_interval), by default the
 //! poll interval: a truncate is invalidated within that plus one poll interval, 100 ms by
 //! default, plus a claim in progress),
-//! and for each table whose id changed invalidates its whole entity
-//! ([`TableSpec::coarse_dependencies`]) and then records the new id. A truncate while no relay
+//! and for each table whose id changed writes a whole-entity (`T`) row into the outbox and
+//! then records the new id. The row goes through the outbox like any other, so every consumer
+//! (every cache over this database, see `consumer.rs`) receives it, whichever relay noticed
+//! the truncate first ([`TableSpec::coarse_dependencies`] is what a `T` row invalidates).
+//! A truncate while no relay
 //! runs is found by the next relay to start; one that happened before the install is not a
 //! change to a watched table.
 //!
@@ -24,7 +27,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use matroska_core::{Cache, Dependency, TableSpec};
+use matroska_core::TableSpec;
 
 use crate::db::{OutboxDb, SqlConnection};
 use crate::ddl::{Dialect, Outbox, literal, quote};
@@ -202,15 +205,13 @@ impl TruncateWatch {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Invalidates the whole entity of every watched table whose InnoDB id changed since it
-    /// was recorded (a `TRUNCATE`), then records the new id; returns how many. Runs at most
+    /// Writes a whole-entity (`T`) outbox row for every watched table whose InnoDB id changed
+    /// since it was recorded (a `TRUNCATE`), then records the new id; returns how many. Runs at most
     /// once per `every` unless `force`d; nothing on databases other than MySQL/MariaDB.
     pub(crate) async fn check(
         &self,
         db: &OutboxDb,
         outbox: &Outbox,
-        cache: &Cache,
-        specs: &HashMap<String, Vec<TableSpec>>,
         every: Duration,
         force: bool,
     ) -> Result<usize> {
@@ -263,27 +264,23 @@ impl TruncateWatch {
             Err(e) => return Err(e),
         };
         for (table, id) in &changed {
-            // Every model on the table (two models may name different entities), else the
-            // table's name, as the relay reads rows of a table it has no spec for.
-            let mut entities: Vec<&str> = specs
-                .get(table)
-                .map(|specs| specs.iter().map(TableSpec::entity).collect())
-                .unwrap_or_default();
-            if entities.is_empty() {
-                entities.push(table.as_str());
-            }
-            let deps: Vec<Dependency> = entities
-                .iter()
-                .flat_map(|entity| TableSpec::coarse_dependencies(entity))
-                .collect();
-            cache.invalidate(&deps).await?;
+            // A `T` row (the whole entity), as the foreign-key triggers write for what they
+            // cannot record exactly: it goes through the outbox, so every consumer (every cache
+            // over this database) receives it, not only this relay's cache. The new id is
+            // recorded only after the row is in: a failure between the two statements finds the
+            // change again and writes a second `T` row, which costs a miss, never a stale read.
+            db.execute_sql(&format!(
+                "INSERT INTO {} (table_name, op, old_row, new_row, created_us) VALUES ({}, 'T', NULL, NULL, {})",
+                outbox.outbox_table(Dialect::MySql),
+                literal(Dialect::MySql, table),
+                Outbox::now_us(Dialect::MySql)
+            ))
+            .await?;
             tracing::info!(
                 table,
-                entities = ?entities,
                 "matroska outbox relay: the table was truncated or re-created; its whole entity \
-                 was invalidated"
+                 is invalidated through the outbox"
             );
-            // Only after the invalidation: a failure before this line finds the change again.
             db.execute_sql(&format!(
                 "UPDATE {ids} SET table_id = {id} WHERE table_name = {}",
                 literal(Dialect::MySql, table)

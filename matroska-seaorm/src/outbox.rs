@@ -45,11 +45,15 @@
 //! use matroska_seaorm::outbox;
 //!
 //! let db = sea_orm::Database::connect("sqlite::memory:").await?;
+//! # outbox::install(&db, &[]).await?;
 //! let cache = Cache::memory();
+//! // `start` checks the installed triggers against the models and registers this cache as a
+//! // consumer (every cache over the database receives every change) before it returns.
 //! let relay = outbox::relay(&db, cache.clone())?
 //!     // .watch_type::<post::Model>() for every cached entity
 //!     .build()
-//!     .spawn();
+//!     .start()
+//!     .await?;
 //! // ...
 //! relay.shutdown().await;
 //! # Ok::<_, Box<dyn std::error::Error>>(()) }).unwrap();
@@ -170,7 +174,9 @@ pub fn relay_db(db: &DatabaseConnection) -> matroska_outbox::Result<OutboxDb> {
 }
 
 /// A relay over the pool behind `db` (so an in-memory SQLite database is shared), reading the
-/// configured outbox into `cache`; add the watched entities and `.build().spawn()`.
+/// configured outbox into `cache`; add the watched entities and `.build().start().await`.
+/// Each cache is its own consumer (see [`RelayBuilder::consumer`]): every cache over the
+/// database receives every change.
 ///
 /// # Errors
 /// As [`relay_db`].

@@ -143,4 +143,11 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         let _ = (key, token);
         Ok(())
     }
+
+    /// A name for the store this backend writes to, the same in every process that shares
+    /// the store and different for any other store (the outbox relay delivers to each named
+    /// store once). `None` (the default) for a store private to this process.
+    fn shared_store(&self) -> Option<String> {
+        None
+    }
 }

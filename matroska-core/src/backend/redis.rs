@@ -838,6 +838,23 @@ impl Backend for RedisBackend {
         "redis"
     }
 
+    /// `redis:<prefix>@<url>` (the cluster's seed nodes instead of the URL; passwords
+    /// redacted): two processes with the same prefix on the same server share their entries.
+    fn shared_store(&self) -> Option<String> {
+        let config = &self.inner.config;
+        let server = if config.cluster_nodes.is_empty() {
+            redact_password(&config.url)
+        } else {
+            config
+                .cluster_nodes
+                .iter()
+                .map(|n| redact_password(n))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        Some(format!("redis:{}@{server}", config.prefix))
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         let entry_key = self.entry_key(key);
         let known = self.inner.known.get(key);
