@@ -31,8 +31,9 @@
 //!    through [`Cache::get_or_load`](matroska_core::Cache::get_or_load): a load that raced a
 //!    write is not stored, and concurrent misses of one key share one query.
 //! 4. **Databases**: every key carries the connection's database, schema search path and user
-//!    (asked once per connection, see [`namespace`]), so tenants' databases or schemas
-//!    behind one cache never share entries.
+//!    (remembered in the connection until it runs another statement, see [`namespace`]), so
+//!    tenants' databases or schemas behind one cache never share entries, even when a pooled
+//!    connection switches `search_path`, role or database between them.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
