@@ -36,7 +36,7 @@ use matroska::{Cache, WatchedTable};
 use diesel_blog::schema::{comments, post_tags, posts};
 use diesel_blog::{
     ALL, Comment, Env, FANTASY, Post, PostBySeries, PostTag, ROW_A, ROW_B, SCI_FI, create_tables,
-    published_in, watched_tables,
+    published_in, tenants, watched_tables,
 };
 use support::db::{DieselConn, ScratchDb};
 use support::faults::Faulty;
@@ -830,28 +830,6 @@ async fn deadpool_diesel_on_mariadb() {
     env.expect(&[FANTASY], &[SCI_FI, ROW_A, ROW_B]).await;
     assert_eq!(interact(pool.clone(), env.cache.clone()).await.len(), 2);
     assert_eq!(lock(pool.clone(), env.cache.clone()).await.len(), 2);
-}
-
-/// Two tenants' databases (PostgreSQL schemas, MariaDB databases) with the same tables, each
-/// holding one post titled after its tenant.
-async fn tenants(kind: support::db::Kind, name: &str) -> [(ScratchDb, &'static str); 2] {
-    let mut out = Vec::new();
-    for title in ["tenant a", "tenant b"] {
-        let db = ScratchDb::new(kind, name).await;
-        let insert =
-            format!("INSERT INTO posts (title, category, published) VALUES ('{title}', 'x', true)");
-        if kind == support::db::Kind::Postgres {
-            let mut conn = <PgConnection as DieselConn>::open(&db);
-            create_tables(&mut conn, db.kind);
-            conn.batch_execute(&insert).unwrap();
-        } else {
-            let mut conn = <MysqlConnection as DieselConn>::open(&db);
-            create_tables(&mut conn, db.kind);
-            conn.batch_execute(&insert).unwrap();
-        }
-        out.push((db, title));
-    }
-    out.try_into().ok().unwrap()
 }
 
 /// The titles of the cached list of posts on `conn`.
