@@ -116,7 +116,7 @@ impl Instrumentation for CacheInstrumentation {
             InstrumentationEvent::StartQuery { query, .. }
                 if self.watch_use && self.prepared && !self.switched_database =>
             {
-                if switches_database(&query.to_string()) {
+                if switches_database(&statement_text(*query)) {
                     self.switched_database = true;
                     warn_switched_database();
                 }
@@ -129,13 +129,38 @@ impl Instrumentation for CacheInstrumentation {
     }
 }
 
+/// The SQL of an instrumentation event's statement, without Diesel's ` -- binds: [..]` suffix:
+/// formatting stops there, so a statement with many bound values costs no more than its SQL.
+fn statement_text(query: &dyn diesel::connection::DebugQuery) -> String {
+    use std::fmt::Write as _;
+    struct UntilBinds(String);
+    impl std::fmt::Write for UntilBinds {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            if s == BINDS {
+                // Ends the formatting; the binds are values, not SQL.
+                return Err(std::fmt::Error);
+            }
+            self.0.push_str(s);
+            Ok(())
+        }
+    }
+    let mut text = UntilBinds(String::new());
+    // An error here is the stop above, or a failing `Display` of the query: either way what
+    // was written is all the SQL there is to look at.
+    let _ = write!(text, "{query}");
+    text.0
+}
+
+/// How Diesel's statement text introduces the bound values.
+const BINDS: &str = " -- binds: ";
+
 /// Whether `sql` (a statement or a batch, as an instrumentation event shows it) has a `USE`
 /// statement, the only way a MySQL / MariaDB session changes its database (`USE` is not
 /// allowed in stored routines). Looks at the start of every `;`-separated part, after spaces
 /// and comments; a `;` inside a quoted string only makes it look at more places. Diesel's text
 /// ends with ` -- binds: [..]`, the values: not SQL, cut off.
 fn switches_database(sql: &str) -> bool {
-    let sql = sql.split_once(" -- binds: ").map_or(sql, |(sql, _)| sql);
+    let sql = sql.split_once(BINDS).map_or(sql, |(sql, _)| sql);
     sql.split(';').any(|statement| {
         let mut rest = statement;
         loop {
@@ -503,6 +528,18 @@ where
 #[cfg(test)]
 mod tests {
     use super::switches_database;
+
+    #[test]
+    fn statement_text_stops_before_the_binds() {
+        use diesel::prelude::*;
+        diesel::table! { t (id) { id -> Integer, name -> Text } }
+        let query = t::table.filter(t::name.eq("x; USE b"));
+        let debug = diesel::debug_query::<diesel::sqlite::Sqlite, _>(&query);
+        let text = super::statement_text(&debug);
+        assert!(text.starts_with("SELECT"), "{text}");
+        assert!(!text.contains("binds") && !text.contains("USE"), "{text}");
+        assert!(debug.to_string().contains("USE b"));
+    }
 
     #[test]
     fn use_statements_are_seen_wherever_a_statement_starts() {
