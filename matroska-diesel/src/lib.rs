@@ -218,4 +218,15 @@ pub mod __private {
     pub use crate::ScopeFilter;
     pub use diesel::dsl;
     pub use diesel::{BoolExpressionMethods, Expression, ExpressionMethods, IntoSql};
+
+    /// Holds when `Key` (a column, or a tuple of columns) is the table's primary key in
+    /// `table!`, in its order. A mismatch reads as rustc's "type mismatch resolving
+    /// `<table as Table>::PrimaryKey == ..`", with both column lists, at the model's
+    /// `#[diesel(..)]`.
+    pub trait PrimaryKeyIs<Key> {}
+
+    impl<T: diesel::Table> PrimaryKeyIs<T::PrimaryKey> for T {}
+
+    /// Compiles only when `Key` is `T`'s primary key: the derive calls it for Diesel models.
+    pub fn assert_primary_key<T: PrimaryKeyIs<Key>, Key>() {}
 }

@@ -114,12 +114,13 @@ impl Instrumentation for CacheInstrumentation {
         match &event {
             InstrumentationEvent::CacheQuery { .. } => self.prepared = true,
             InstrumentationEvent::StartQuery { query, .. }
-                if self.watch_use && self.prepared && !self.switched_database =>
+                if self.watch_use
+                    && self.prepared
+                    && !self.switched_database
+                    && switches_database(&statement_text(*query)) =>
             {
-                if switches_database(&statement_text(*query)) {
-                    self.switched_database = true;
-                    warn_switched_database();
-                }
+                self.switched_database = true;
+                warn_switched_database();
             }
             _ => {}
         }
