@@ -36,7 +36,7 @@ use matroska::{Cache, WatchedTable};
 use diesel_blog::schema::{comments, post_tags, posts};
 use diesel_blog::{
     ALL, Comment, Env, FANTASY, Post, PostBySeries, PostTag, ROW_A, ROW_B, SCI_FI, create_tables,
-    published_in, watched_tables,
+    published_in, tenants, watched_tables,
 };
 use support::db::{DieselConn, ScratchDb};
 use support::faults::Faulty;
@@ -732,8 +732,9 @@ async fn in_memory_sqlite_databases_do_not_share() {
             assert_eq!(list[0].title, title);
         }
     }
-    // The namespace once, the list once; the user's instrumentation saw both.
-    assert_eq!(queries.load(Ordering::Relaxed) - before, 2);
+    // The namespace and the list, then the namespace again (the list ran since it was asked),
+    // then nothing; the user's instrumentation saw all three.
+    assert_eq!(queries.load(Ordering::Relaxed) - before, 3);
 }
 
 /// An instrumentation of the user's that captures nothing (zero-sized, like Diesel's own
@@ -829,6 +830,223 @@ async fn deadpool_diesel_on_mariadb() {
     env.expect(&[FANTASY], &[SCI_FI, ROW_A, ROW_B]).await;
     assert_eq!(interact(pool.clone(), env.cache.clone()).await.len(), 2);
     assert_eq!(lock(pool.clone(), env.cache.clone()).await.len(), 2);
+}
+
+/// The titles of the cached list of posts on `conn`.
+async fn cached_titles<C>(cache: &Cache, conn: &mut C) -> Vec<String>
+where
+    C: diesel::connection::LoadConnection,
+    C::Backend: matroska::diesel::NamespaceBackend + Default,
+    <C::Backend as diesel::backend::Backend>::QueryBuilder: Default,
+    posts::table: diesel::query_dsl::methods::OrderDsl<posts::id>,
+    diesel::dsl::Order<posts::table, posts::id>: RunQueryDsl<C>
+        + diesel::query_dsl::LoadQuery<'static, C, Post>
+        + diesel::query_builder::QueryFragment<C::Backend>,
+{
+    posts::table
+        .order(posts::id)
+        .cached(cache)
+        .load::<Post, _>(conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|post| post.title)
+        .collect()
+}
+
+/// A schema-per-tenant app on one connection: each request switches the connection's
+/// `search_path` (every way a session can: `SET`, `set_config` in a `SELECT`, a PL/pgSQL
+/// function calling it, a `SET` at the end of a batch) and reads its tenant's rows, from a
+/// deadpool-diesel pool of one connection and from a plain connection reused. The namespace is
+/// remembered in the connection only until it runs another statement: without that, the
+/// second tenant is served the first one's entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_switching_search_path_reads_each_tenants_rows() {
+    let cache = support::redis_cache("d_search_path").await;
+    let dbs = tenants(support::db::Kind::Postgres, "d_search_path").await;
+    let schema = |i: usize| dbs[i].0.schema.clone().unwrap();
+    let (a, b) = (schema(0), schema(1));
+    // In tenant a's schema, so it goes with it; called by its qualified name.
+    <PgConnection as DieselConn>::open(&dbs[0].0)
+        .batch_execute(&format!(
+            "CREATE FUNCTION \"{a}\".switch_tenant(s text) RETURNS void LANGUAGE plpgsql \
+             AS $$ BEGIN PERFORM set_config('search_path', s, false); END $$"
+        ))
+        .unwrap();
+    let switch = |conn: &mut PgConnection, how: usize, to: &str| match how % 4 {
+        0 => conn
+            .batch_execute(&format!("SET search_path TO \"{to}\""))
+            .unwrap(),
+        1 => {
+            diesel::sql_query("SELECT set_config('search_path', $1, false)")
+                .bind::<diesel::sql_types::Text, _>(format!("\"{to}\""))
+                .execute(conn)
+                .unwrap();
+        }
+        2 => {
+            diesel::sql_query(format!("SELECT \"{a}\".switch_tenant($1)"))
+                .bind::<diesel::sql_types::Text, _>(format!("\"{to}\""))
+                .execute(conn)
+                .unwrap();
+        }
+        _ => conn
+            .batch_execute(&format!("SELECT 1; SET SESSION search_path TO \"{to}\""))
+            .unwrap(),
+    };
+
+    let manager = deadpool_diesel::postgres::Manager::new(
+        support::db::postgres_url(),
+        deadpool_diesel::Runtime::Tokio1,
+    );
+    let pool = deadpool_diesel::postgres::Pool::builder(manager)
+        .max_size(1)
+        .build()
+        .unwrap();
+    let mut plain = PgConnection::establish(&support::db::postgres_url()).unwrap();
+    for round in 0..8 {
+        for (i, (_, title)) in dbs.iter().enumerate() {
+            let to = schema(i);
+            let pooled = pool.get().await.unwrap();
+            let mut conn = pooled.lock().unwrap();
+            switch(&mut conn, round, &to);
+            assert_eq!(
+                cached_titles(&cache, &mut *conn).await,
+                [*title],
+                "pooled, round {round}"
+            );
+            switch(&mut plain, round + 1, &to);
+            assert_eq!(
+                cached_titles(&cache, &mut plain).await,
+                [*title],
+                "plain, round {round}"
+            );
+        }
+    }
+    // The reads were hits: a row written behind the cache's back (no outbox here) is not seen,
+    // and each tenant still gets its own entry.
+    plain
+        .batch_execute(&format!(
+            "INSERT INTO \"{a}\".posts (title, category, published) VALUES ('late', 'x', true)"
+        ))
+        .unwrap();
+    for (to, title) in [(&b, "tenant b"), (&a, "tenant a")] {
+        switch(&mut plain, 0, to);
+        assert_eq!(cached_titles(&cache, &mut plain).await, [title]);
+    }
+}
+
+/// Drops the roles of a test (they are the cluster's, not a schema's).
+struct Roles(Vec<String>);
+
+impl Drop for Roles {
+    fn drop(&mut self) {
+        if let Ok(mut conn) = PgConnection::establish(&support::db::postgres_url()) {
+            for role in &self.0 {
+                let _ = conn.batch_execute(&format!(
+                    "DROP OWNED BY \"{role}\"; DROP ROLE IF EXISTS \"{role}\""
+                ));
+            }
+        }
+    }
+}
+
+/// `SET ROLE` changes what a connection reads (here through `search_path = "$user"`: each
+/// role reads the schema named after it): one connection switching roles between cached
+/// reads gets each role's rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_switching_role_reads_each_roles_rows() {
+    let cache = support::redis_cache("d_set_role").await;
+    let dbs = tenants(support::db::Kind::Postgres, "d_set_role").await;
+    let mut conn = PgConnection::establish(&support::db::postgres_url()).unwrap();
+    let mut roles = Roles(Vec::new());
+    for (db, _) in &dbs {
+        let role = db.schema.clone().unwrap();
+        conn.batch_execute(&format!(
+            "CREATE ROLE \"{role}\"; GRANT USAGE ON SCHEMA \"{role}\" TO \"{role}\"; \
+             GRANT SELECT ON ALL TABLES IN SCHEMA \"{role}\" TO \"{role}\""
+        ))
+        .unwrap();
+        roles.0.push(role);
+    }
+    conn.batch_execute("SET search_path TO \"$user\"").unwrap();
+    for round in 0..3 {
+        for (role, (_, title)) in roles.0.iter().zip(&dbs) {
+            conn.batch_execute(&format!("SET ROLE \"{role}\"")).unwrap();
+            assert_eq!(
+                cached_titles(&cache, &mut conn).await,
+                [*title],
+                "round {round}"
+            );
+        }
+    }
+    conn.batch_execute("RESET ROLE").unwrap();
+}
+
+/// MariaDB tenants in databases of their own, and connections switching between them with
+/// `USE`. MariaDB keeps each prepared statement on the database it was prepared in (and Diesel
+/// caches prepared statements), so after a `USE` a connection's own Diesel queries may still
+/// read the old database: its cached queries read through from then on (the same rows as
+/// plain Diesel), and never fill the other tenant's entries with them. Connections opened on
+/// each database keep reading their own rows from the cache; a connection that runs `USE`
+/// before it prepared anything reads the new database, and caches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_switching_database_never_fills_another_tenants_entries() {
+    let cache = support::redis_cache("d_use_db").await;
+    let dbs = tenants(support::db::Kind::MySql, "d_use_db").await;
+    let use_db = |i: usize| format!("USE `{}`", dbs[i].0.url.rsplit_once('/').unwrap().1);
+    let mut own: Vec<MysqlConnection> = dbs
+        .iter()
+        .map(|(db, _)| <MysqlConnection as DieselConn>::open(db))
+        .collect();
+    // The cached query's own statement, run by Diesel.
+    let plain_titles = |conn: &mut MysqlConnection| -> Vec<String> {
+        posts::table
+            .order(posts::id)
+            .load::<Post>(conn)
+            .unwrap()
+            .into_iter()
+            .map(|post| post.title)
+            .collect()
+    };
+
+    // Switched before preparing anything: it reads tenant b, and caches.
+    let mut early = <MysqlConnection as DieselConn>::open(&dbs[0].0);
+    early.batch_execute(&use_db(1)).unwrap();
+    assert_eq!(cached_titles(&cache, &mut early).await, ["tenant b"]);
+
+    let manager = deadpool_diesel::mysql::Manager::new(
+        dbs[0].0.url.clone(),
+        deadpool_diesel::Runtime::Tokio1,
+    );
+    let pool = deadpool_diesel::mysql::Pool::builder(manager)
+        .max_size(1)
+        .build()
+        .unwrap();
+    let mut plain = <MysqlConnection as DieselConn>::open(&dbs[0].0);
+    for round in 0..3 {
+        for i in [0, 1] {
+            let pooled = pool.get().await.unwrap();
+            let mut conn = pooled.lock().unwrap();
+            for conn in [&mut *conn, &mut plain] {
+                conn.batch_execute(&use_db(i)).unwrap();
+                let cached = cached_titles(&cache, conn).await;
+                assert_eq!(cached, plain_titles(conn), "round {round}, tenant {i}");
+            }
+            for (conn, (_, title)) in own.iter_mut().zip(&dbs) {
+                assert_eq!(
+                    cached_titles(&cache, conn).await,
+                    [*title],
+                    "round {round}, after switching to tenant {i}"
+                );
+            }
+        }
+    }
+    // The tenants' own connections were served from the cache (no outbox here: a row written
+    // behind its back is not seen).
+    own[1]
+        .batch_execute("INSERT INTO posts (title, category, published) VALUES ('late', 'x', 1)")
+        .unwrap();
+    assert_eq!(cached_titles(&cache, &mut own[1]).await, ["tenant b"]);
 }
 
 diesel_tests!(sqlite, diesel::SqliteConnection);

@@ -21,7 +21,7 @@ use matroska::seaorm::outbox as seaorm_outbox;
 use diesel_blog::schema::{comments, post_tags, posts};
 use diesel_blog::{
     ALL, Comment, Env, FANTASY, Post, PostTag, ROW_A, ROW_B, SCI_FI, create_tables, published_in,
-    watched_tables,
+    tenants, watched_tables,
 };
 use support::db::{DieselAsyncConn, DieselConn, ScratchDb};
 
@@ -288,3 +288,94 @@ diesel_async_tests!(
     diesel_async::AsyncMysqlConnection,
     diesel::MysqlConnection
 );
+
+/// The titles of the cached list of posts on `conn`, and of the same statement run by
+/// diesel-async without the cache.
+async fn titles<C>(cache: &matroska::Cache, conn: &mut C) -> (Vec<String>, Vec<String>)
+where
+    C: AsyncConnection,
+    C::Backend: matroska::diesel::NamespaceBackend + Default,
+    <C::Backend as diesel::backend::Backend>::QueryBuilder: Default,
+    diesel::dsl::Order<posts::table, posts::id>: RunQueryDsl<C>
+        + diesel_async::methods::LoadQuery<'static, C, Post>
+        + diesel::query_builder::QueryFragment<C::Backend>
+        + 'static,
+{
+    let query = || posts::table.order(posts::id);
+    let cached = query()
+        .cached(cache)
+        .load_async::<Post, _>(conn)
+        .await
+        .unwrap();
+    let direct = query().load::<Post>(conn).await.unwrap();
+    let names = |posts: Vec<Post>| posts.into_iter().map(|post| post.title).collect();
+    (names(cached), names(direct))
+}
+
+/// A schema-per-tenant app on one diesel-async PostgreSQL connection: switching `search_path`
+/// (a `SET`, `set_config` in a `SELECT`, a `SET` ending a batch) between cached reads, each
+/// read returns its tenant's rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_switching_search_path_reads_each_tenants_rows() {
+    use diesel_async::SimpleAsyncConnection;
+    let cache = support::redis_cache("da_search_path").await;
+    let dbs = tenants(support::db::Kind::Postgres, "da_search_path").await;
+    let mut conn = diesel_async::AsyncPgConnection::establish(&support::db::postgres_url())
+        .await
+        .unwrap();
+    for round in 0..6 {
+        for (db, title) in &dbs {
+            let to = format!("\"{}\"", db.schema.as_deref().unwrap());
+            match round % 3 {
+                0 => conn
+                    .batch_execute(&format!("SET search_path TO {to}"))
+                    .await
+                    .unwrap(),
+                1 => {
+                    diesel::sql_query("SELECT set_config('search_path', $1, false)")
+                        .bind::<diesel::sql_types::Text, _>(&to)
+                        .execute(&mut conn)
+                        .await
+                        .unwrap();
+                }
+                _ => conn
+                    .batch_execute(&format!("SELECT 1; SET SESSION search_path TO {to}"))
+                    .await
+                    .unwrap(),
+            }
+            let (cached, direct) = titles(&cache, &mut conn).await;
+            assert_eq!(direct, [*title]);
+            assert_eq!(cached, [*title], "round {round}");
+        }
+    }
+}
+
+/// MariaDB tenants in databases of their own, one diesel-async connection switching with
+/// `USE`: the server keeps each prepared statement on the database it was prepared in, so
+/// from the switch on the connection's cached queries read through (the rows its own
+/// statement reads) and never fill another tenant's entries; connections opened on each
+/// database keep reading their own rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_switching_database_never_fills_another_tenants_entries() {
+    use diesel_async::SimpleAsyncConnection;
+    let cache = support::redis_cache("da_use_db").await;
+    let dbs = tenants(support::db::Kind::MySql, "da_use_db").await;
+    let mut own = Vec::new();
+    for (db, _) in &dbs {
+        own.push(<diesel_async::AsyncMysqlConnection as DieselAsyncConn>::open(db).await);
+    }
+    let mut conn = <diesel_async::AsyncMysqlConnection as DieselAsyncConn>::open(&dbs[0].0).await;
+    for round in 0..3 {
+        for (i, (db, _)) in dbs.iter().enumerate() {
+            let database = db.url.rsplit_once('/').unwrap().1;
+            conn.batch_execute(&format!("USE `{database}`"))
+                .await
+                .unwrap();
+            let (cached, direct) = titles(&cache, &mut conn).await;
+            assert_eq!(cached, direct, "round {round}, tenant {i}");
+            for (own, (_, title)) in own.iter_mut().zip(&dbs) {
+                assert_eq!(titles(&cache, own).await.0, [*title], "round {round}");
+            }
+        }
+    }
+}

@@ -532,6 +532,65 @@ async fn schemas_behind_one_cache_do_not_share_entries_postgres() {
     assert_eq!(titles(again).await.0, "Python");
 }
 
+/// Schema-per-tenant on one shared SeaORM pool, the way SeaORM can keep a statement on one
+/// pooled connection: `SET LOCAL search_path` inside a transaction. Cached queries in a
+/// transaction read through (no hit, no fill), so the tenant's rows come from its schema and
+/// are never stored under the pool's namespace; the setting ends with the transaction, and the
+/// pool (one connection, so it is the same one) reads its own schema again, from the cache.
+/// (A session `SET` sent through the pool is not covered: see `matroska_seaorm::connection`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_local_search_path_in_a_transaction_keeps_tenants_apart_postgres() {
+    use sea_orm::TransactionTrait;
+    use skipping::post;
+    async fn first_title(cache: &matroska::Cache, db: &impl seaorm::CacheableConnection) -> String {
+        post::Entity::find()
+            .order_by_asc(post::Column::Id)
+            .cached(cache)
+            .all(db)
+            .await
+            .unwrap()
+            .remove(0)
+            .title
+    }
+    let tenant_a = ScratchDb::new(Kind::Postgres, "local_a").await;
+    let tenant_b = ScratchDb::new(Kind::Postgres, "local_b").await;
+    skipping_tables(&tenant_a.conn).await;
+    skipping_tables(&tenant_b.conn).await;
+    tenant_b
+        .conn
+        .execute_unprepared("UPDATE post SET title = 'tenant b'")
+        .await
+        .unwrap();
+    let cache = support::redis_cache("local_tenants").await;
+    let pool = sea_orm::Database::connect(
+        sea_orm::ConnectOptions::new(tenant_a.url.clone())
+            .sqlx_logging(false)
+            .max_connections(1)
+            .set_schema_search_path(tenant_a.schema.clone().unwrap())
+            .to_owned(),
+    )
+    .await
+    .unwrap();
+    let schema_b = tenant_b.schema.clone().unwrap();
+    for round in 0..2 {
+        assert_eq!(first_title(&cache, &pool).await, "Python", "round {round}");
+        let txn = pool.begin().await.unwrap();
+        txn.execute_unprepared(&format!("SET LOCAL search_path TO \"{schema_b}\""))
+            .await
+            .unwrap();
+        assert_eq!(first_title(&cache, &txn).await, "tenant b", "round {round}");
+        txn.commit().await.unwrap();
+    }
+    assert_eq!(first_title(&cache, &tenant_b.conn).await, "tenant b");
+    // The pool's reads were hits: a change behind the cache's back is not seen.
+    tenant_a
+        .conn
+        .execute_unprepared("UPDATE post SET title = 'changed'")
+        .await
+        .unwrap();
+    assert_eq!(first_title(&cache, &pool).await, "Python");
+}
+
 /// Two SQLite databases in memory behind one cache: each pool is a database of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_memory_sqlite_databases_do_not_share_entries() {

@@ -4,8 +4,9 @@
 //! A cached query's key hashes its SQL and values; on their own they would let two databases
 //! or schemas behind one cache prefix (tenants, a staging and a production database, schemas
 //! picked by `search_path`) share entries and each other's rows. So the integrations also hash
-//! the connection's namespace, asked once (per pool for SeaORM, per connection for Diesel) with
-//! the statements here, which every integration shares so they agree on what a namespace is:
+//! the connection's namespace (asked once per pool for SeaORM, again after any other statement
+//! for Diesel) with the statements here, which every integration shares so they agree on what
+//! a namespace is:
 //!
 //! | database | namespace |
 //! |---|---|
@@ -14,8 +15,11 @@
 //! | SQLite | every attached database's name and file (`pragma_database_list`); an in-memory database is private to its connection or pool ([`private_to`]) |
 //!
 //! Not covered, so give such databases their own cache (or prefix): two *servers* with equal
-//! database, schema and user names behind one prefix, `SET search_path` run by hand after the
-//! namespace was asked, and row-level security keyed by session settings rather than the user.
+//! database, schema and user names behind one prefix, and row-level security keyed by session
+//! settings rather than the user. A session that changes its namespace later (`SET
+//! search_path`, `SET ROLE`, `USE`) is the integration's to notice: Diesel connections forget
+//! the namespace whenever they run another statement, SeaORM pools keep theirs (see
+//! `matroska_seaorm::connection`).
 
 use std::sync::LazyLock;
 

@@ -61,6 +61,7 @@ fn expand(cont: &Container<'_>) -> TokenStream {
         .iter()
         .filter(|_| cont.is_diesel_model())
         .map(|s| impl_diesel_filter(cont, s));
+    let diesel_key = diesel_key_check(cont);
     quote! {
         #(#conditions)*
 
@@ -74,8 +75,47 @@ fn expand(cont: &Container<'_>) -> TokenStream {
             #(#condition_impls)*
             #(#filters)*
             #(#diesel_filters)*
+            #diesel_key
         };
     }
+}
+
+/// On a Diesel model with `#[diesel(table_name = ..)]`: a compile-time check that the key's
+/// columns, in the key's order, are `table!`'s primary key (`<table as Table>::PrimaryKey`:
+/// a column, or a tuple of them). Diesel's `find` takes that key's values in `table!`'s
+/// order; a cache key in another order would make `find`'s entries depend on a key no write
+/// ever invalidates. (Without `table_name` the module is Diesel's inferred name, which need
+/// not exist for a model only ever loaded with `sql_query`: no check.)
+fn diesel_key_check(cont: &Container<'_>) -> Option<TokenStream> {
+    if !cont.is_diesel_model() || cont.attrs.diesel_table.is_none() || cont.key.is_empty() {
+        return None;
+    }
+    let path = &cont.crate_path;
+    let table = cont.diesel_table();
+    let columns = cont.key.iter().map(|&i| {
+        let column = cont.fields[i].diesel_column();
+        quote!(#table::#column)
+    });
+    let key = if cont.key.len() == 1 {
+        quote!(#(#columns)*)
+    } else {
+        quote!((#(#columns),*))
+    };
+    let span = match &cont.attrs.diesel_primary_key {
+        Some(columns) => columns[0].span(),
+        None => cont.fields[cont.key[0]].ident.span(),
+    };
+    let check = quote_spanned! {span=>
+        #path::__private::diesel::assert_primary_key::<#table::table, #key>
+    };
+    Some(quote! {
+        #path::__private::diesel_scope_filter! {
+            #[allow(dead_code)]
+            fn __matroska_key_is_table_primary_key() {
+                #check();
+            }
+        }
+    })
 }
 
 fn impl_cache_deps(cont: &Container<'_>) -> TokenStream {

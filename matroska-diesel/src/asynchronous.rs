@@ -207,7 +207,9 @@ where
     if in_transaction(conn) {
         return Ok(exec(plan.query, conn).await?);
     }
-    let namespace = namespace::of_async_connection(conn).await?;
+    let Some(namespace) = namespace::of_async_connection(conn).await? else {
+        return Ok(exec(plan.query, conn).await?);
+    };
     let key = plan.key::<C::Backend>(&namespace);
     let Plan {
         query,

@@ -32,8 +32,9 @@
 //!    through [`Cache::get_or_load`](matroska_core::Cache::get_or_load): a load that raced a
 //!    write is not stored, and concurrent misses of one key share one query.
 //! 4. **Databases**: every key carries the connection's database, schema search path and user
-//!    (asked once per connection, see [`namespace`]), so tenants' databases or schemas
-//!    behind one cache never share entries.
+//!    (remembered in the connection until it runs another statement, see [`namespace`]), so
+//!    tenants' databases or schemas behind one cache never share entries, even when a pooled
+//!    connection switches `search_path`, role or database between them.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -218,4 +219,15 @@ pub mod __private {
     pub use crate::ScopeFilter;
     pub use diesel::dsl;
     pub use diesel::{BoolExpressionMethods, Expression, ExpressionMethods, IntoSql};
+
+    /// Holds when `Key` (a column, or a tuple of columns) is the table's primary key in
+    /// `table!`, in its order. A mismatch reads as rustc's "type mismatch resolving
+    /// `<table as Table>::PrimaryKey == ..`", with both column lists, at the model's
+    /// `#[diesel(..)]`.
+    pub trait PrimaryKeyIs<Key> {}
+
+    impl<T: diesel::Table> PrimaryKeyIs<T::PrimaryKey> for T {}
+
+    /// Compiles only when `Key` is `T`'s primary key: the derive calls it for Diesel models.
+    pub fn assert_primary_key<T: PrimaryKeyIs<Key>, Key>() {}
 }

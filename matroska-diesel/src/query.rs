@@ -8,7 +8,7 @@
 //!   `left_join`), up to six; stored with serde.
 //! - **Key**: `q:{entity}:{kind}:{hash}` (the entity of the row type's first model), the hash a
 //!   fixed 128-bit xxh3 of the backend, the connection's [namespace](crate::namespace)
-//!   (database, schema search path and user; asked once per connection), the optional
+//!   (database, schema search path and user; asked again after any other statement), the optional
 //!   [user namespace](Cached::namespace), and Diesel's [`debug_query`](diesel::debug_query)
 //!   text of the statement (SQL and bound values). Equal queries on one database share an
 //!   entry across processes of one build; two databases or schemas behind one cache do not.
@@ -492,7 +492,9 @@ where
     if in_transaction(conn) {
         return Ok(blocking(|| exec(plan.query, conn))?);
     }
-    let namespace = blocking(|| namespace::of_connection(conn))?;
+    let Some(namespace) = blocking(|| namespace::of_connection(conn))? else {
+        return Ok(blocking(|| exec(plan.query, conn))?);
+    };
     let key = plan.key::<C::Backend>(&namespace);
     let Plan {
         query,

@@ -13,12 +13,26 @@
 //! | MariaDB / MySQL | `DATABASE()`, `CURRENT_USER()` |
 //! | SQLite | every attached database's name and file (`pragma_database_list`); an in-memory database is private to its pool |
 //!
-//! Not covered, so give such databases their own cache (or prefix): two *servers* with equal
-//! database, schema and user names behind one prefix, `SET search_path` run by hand on a
-//! pooled connection, and row-level security keyed by session settings rather than the user.
-//!
 //! A transaction's view is its own (uncommitted rows, an old snapshot): on one, cached queries
 //! read through to the database.
+//!
+//! **Tenants on one pool.** The namespace belongs to the pool, so every connection of the
+//! pool must read the same data. Give each tenant its own pool
+//! (`ConnectOptions::set_schema_search_path`, or an `after_connect` that sets it), or switch
+//! the tenant inside a transaction with `SET LOCAL search_path` / `SET LOCAL ROLE` (cached
+//! queries on the transaction read through, and the setting ends with it; tested by
+//! `set_local_search_path_in_a_transaction_keeps_tenants_apart_postgres`). A *session* `SET`
+//! sent through the pool (`db.execute_unprepared("SET search_path TO ..")`, or a plain `SET`
+//! in a transaction, which outlives its commit) changes one arbitrary pooled connection, which
+//! SeaORM's later statements may or may not run on: unreliable without a cache, and not
+//! covered with one (such a connection reads and fills the pool's entries). Cached queries
+//! cannot tell: a hit runs no statement, so there is no connection to ask, and asking on every
+//! cached query would cost each hit a round trip and could still ask another connection than
+//! the one the next statement runs on.
+//!
+//! Not covered either, so give such databases their own cache (or prefix): two *servers* with
+//! equal database, schema and user names behind one prefix, and row-level security keyed by
+//! session settings rather than the user.
 
 use std::any::Any;
 use std::collections::HashMap;

@@ -147,6 +147,32 @@ pub fn create_tables(conn: &mut impl SimpleConnection, kind: Kind) {
     .expect("create comments and post_tags");
 }
 
+/// Two tenants' databases (PostgreSQL schemas, MariaDB databases) with the same tables, each
+/// holding one post titled after its tenant (`tenant a`, `tenant b`).
+pub async fn tenants(kind: Kind, name: &str) -> [(ScratchDb, &'static str); 2] {
+    use crate::support::db::DieselConn;
+    let mut out = Vec::new();
+    for title in ["tenant a", "tenant b"] {
+        let db = ScratchDb::new(kind, name).await;
+        let insert =
+            format!("INSERT INTO posts (title, category, published) VALUES ('{title}', 'x', true)");
+        if kind == Kind::Postgres {
+            let mut conn = <diesel::PgConnection as DieselConn>::open(&db);
+            create_tables(&mut conn, db.kind);
+            conn.batch_execute(&insert).expect("insert");
+        } else {
+            let mut conn = <diesel::MysqlConnection as DieselConn>::open(&db);
+            create_tables(&mut conn, db.kind);
+            conn.batch_execute(&insert).expect("insert");
+        }
+        out.push((db, title));
+    }
+    match out.try_into() {
+        Ok(two) => two,
+        Err(_) => unreachable!("two tenants"),
+    }
+}
+
 /// The probes every scenario caches: one per list and per row, with the dependencies the
 /// cached queries use.
 pub const FANTASY: &str = "fantasy-probe";

@@ -21,7 +21,8 @@ pub struct Container<'a> {
     pub entity: String,
     /// Where the runtime crate is: `#[cache(crate)]`, else `::matroska`.
     pub crate_path: syn::Path,
-    /// Indices of the primary-key fields, in field order.
+    /// Indices of the primary-key fields, in key order (field order, or a Diesel model's
+    /// `primary_key(..)` order).
     pub key: Vec<usize>,
     pub scopes: Vec<Scope>,
 }
@@ -151,54 +152,101 @@ impl<'a> Container<'a> {
         }
     }
 
-    /// `#[cache(key)]` fields, else `#[sea_orm(primary_key)]` fields, else the columns of
-    /// `#[diesel(primary_key(..))]`, else a field named `id`.
+    /// On a Diesel model: the columns of `#[diesel(primary_key(..))]` in that order (the order
+    /// of the tuple Diesel's `find` and `Identifiable` take), which `#[cache(key)]` may repeat
+    /// but not contradict; else `#[cache(key)]` fields; else a field named `id`.
+    /// Elsewhere: `#[cache(key)]` fields, else `#[sea_orm(primary_key)]` fields, else `id`.
     fn resolve_key(&self, cx: &Ctxt) -> Vec<usize> {
         let marked = |pred: fn(&attr::Field) -> bool| -> Vec<usize> {
             (0..self.fields.len())
                 .filter(|&i| pred(&self.fields[i].attrs))
                 .collect()
         };
-        let key = marked(|a| a.key.is_some());
-        if !key.is_empty() {
+        let cache_key = marked(|a| a.key.is_some());
+        if self.is_diesel_model()
+            && let Some(columns) = self.attrs.diesel_primary_key.as_ref()
+        {
+            let key = self.diesel_key(cx, columns);
+            if !cache_key.is_empty() && key.len() == columns.len() && cache_key != key {
+                let names = |key: &[usize]| {
+                    key.iter()
+                        .map(|&i| self.fields[i].ident.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let message = format!(
+                    "`#[cache(key)]` on `{}` (in field order) disagrees with `#[diesel(primary_key({}))]`: \
+                     the cache key of a Diesel model is its `primary_key(..)` columns, in that order \
+                     (the order of the tuple Diesel's `find` takes); remove `#[cache(key)]`, or \
+                     make `primary_key(..)` name the key (and match `table!`)",
+                    names(&cache_key),
+                    columns
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                );
+                let mut err = syn::Error::new(
+                    self.fields[cache_key[0]]
+                        .attrs
+                        .key
+                        .unwrap_or_else(Span::call_site),
+                    message,
+                );
+                err.combine(syn::Error::new(
+                    columns[0].span(),
+                    "`primary_key(..)` names the key here",
+                ));
+                cx.syn_error(err);
+            }
             return key;
+        }
+        if !cache_key.is_empty() {
+            return cache_key;
         }
         let key = marked(|a| a.sea_orm_primary_key);
         if !key.is_empty() {
             return key;
         }
-        if let Some(columns) = self.attrs.diesel_primary_key.as_ref() {
-            let mut key = Vec::with_capacity(columns.len());
-            for column in columns {
-                match self
-                    .fields
-                    .iter()
-                    .position(|f| unraw(&f.diesel_column()) == unraw(column))
-                {
-                    Some(i) => key.push(i),
-                    None => cx.error_spanned_by(
-                        column,
-                        format!(
-                            "`{}` has no field for the key column `{column}`; `primary_key(..)` names columns of the struct's fields ({})",
-                            self.ident,
-                            self.field_list()
-                        ),
-                    ),
-                }
-            }
-            return key;
-        }
         if let Some(i) = self.fields.iter().position(|f| unraw(f.ident) == "id") {
             return vec![i];
         }
+        let how = if self.is_diesel_model() {
+            "name its key column(s) with `#[diesel(primary_key(..))]`, in `table!`'s order (the order Diesel's `find` takes)"
+        } else {
+            "mark its key field(s) with `#[cache(key)]` (or `#[sea_orm(primary_key)]` on a SeaORM model)"
+        };
         cx.error_at(
             self.ident.span(),
             format!(
-                "`{}` has no primary key: mark its key field(s) with `#[cache(key)]` (or `#[sea_orm(primary_key)]` on a SeaORM model), or name the field `id`",
+                "`{}` has no primary key: {how}, or name the field `id`",
                 self.ident
             ),
         );
         Vec::new()
+    }
+
+    /// The fields of `#[diesel(primary_key(..))]`'s columns, in that order.
+    fn diesel_key(&self, cx: &Ctxt, columns: &[Ident]) -> Vec<usize> {
+        let mut key = Vec::with_capacity(columns.len());
+        for column in columns {
+            match self
+                .fields
+                .iter()
+                .position(|f| unraw(&f.diesel_column()) == unraw(column))
+            {
+                Some(i) => key.push(i),
+                None => cx.error_spanned_by(
+                    column,
+                    format!(
+                        "`{}` has no field for the key column `{column}`; `primary_key(..)` names columns of the struct's fields ({})",
+                        self.ident,
+                        self.field_list()
+                    ),
+                ),
+            }
+        }
+        key
     }
 
     fn check_fields(&self, cx: &Ctxt) {
@@ -548,6 +596,57 @@ mod tests {
             struct BlogPost { id: i32 }
         });
         assert_eq!(got.expect("valid input"), ["entity=blog_posts", "key=id"]);
+    }
+
+    #[test]
+    fn diesel_key_follows_primary_key_order() {
+        // `primary_key(..)`'s order, not the fields'; `#[cache(key)]` may repeat it.
+        for marked in [false, true] {
+            let key = marked.then(|| quote::quote!(#[cache(key)]));
+            let got = parse(syn::parse_quote! {
+                #[diesel(table_name = lines, primary_key(line, order_id))]
+                struct Line { #key order_id: i64, #key line: i32 }
+            });
+            assert!(got.is_err() == marked, "{got:?}");
+        }
+        let got = parse(syn::parse_quote! {
+            #[diesel(table_name = lines, primary_key(line, order_id))]
+            struct Line { order_id: i64, line: i32 }
+        });
+        assert_eq!(
+            got.expect("valid input"),
+            ["entity=lines", "key=line,order_id"]
+        );
+        let got = parse(syn::parse_quote! {
+            #[diesel(table_name = lines, primary_key(order_id, line))]
+            struct Line { #[cache(key)] order_id: i64, #[cache(key)] line: i32 }
+        });
+        assert_eq!(
+            got.expect("valid input"),
+            ["entity=lines", "key=order_id,line"]
+        );
+        let errors = parse(syn::parse_quote! {
+            #[diesel(table_name = lines, primary_key(line, order_id))]
+            struct Line { #[cache(key)] order_id: i64, #[cache(key)] line: i32 }
+        })
+        .expect_err("key orders disagree");
+        assert!(
+            errors.iter().any(|e| e.contains(
+                "`#[cache(key)]` on `order_id, line` (in field order) disagrees with `#[diesel(primary_key(line, order_id))]`"
+            )),
+            "{errors:#?}"
+        );
+        let errors = parse(syn::parse_quote! {
+            #[diesel(table_name = lines)]
+            struct Line { order_id: i64, line: i32 }
+        })
+        .expect_err("no key");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("`Line` has no primary key: name its key column(s) with `#[diesel(primary_key(..))]`")),
+            "{errors:#?}"
+        );
     }
 
     #[test]
