@@ -120,7 +120,9 @@ impl Path {
 enum Fault {
     /// `DEL` of random entries (`{P}:e:*`).
     DeleteEntries,
-    /// `DEL` of random stamps (`{P}:s:*`).
+    /// `DEL` of random stamps (`{P}:s:*`) while every put is held (so loads that read before
+    /// an invalidation whose stamp is lost are waiting to store, and race the puts that
+    /// re-create the stamp when the gate opens).
     DeleteStamps,
     /// Kill the private `redis-server` and start it again, empty.
     RestartRedis,
@@ -663,7 +665,7 @@ async fn delete_random(h: &Harness, kind: &str, rng: &mut Rng) -> String {
     if keys.is_empty() {
         return "none there".into();
     }
-    let n = 1 + rng.next(3);
+    let n = 1 + rng.next(keys.len() as u64 / 2 + 1);
     let mut deleted = 0;
     for _ in 0..n {
         let key = &keys[usize::try_from(rng.next(keys.len() as u64)).unwrap()];
@@ -680,7 +682,14 @@ async fn delete_random(h: &Harness, kind: &str, rng: &mut Rng) -> String {
 async fn inject(h: &Harness, fault: Fault, rng: &mut Rng) -> String {
     match fault {
         Fault::DeleteEntries => delete_random(h, "e", rng).await,
-        Fault::DeleteStamps => delete_random(h, "s", rng).await,
+        Fault::DeleteStamps => {
+            let pause = Duration::from_millis(20 + rng.next(80));
+            h.storage.faulty.close_puts();
+            tokio::time::sleep(pause).await;
+            let deleted = delete_random(h, "s", rng).await;
+            h.storage.faulty.open_puts();
+            format!("{deleted}, puts held {pause:?}")
+        }
         Fault::RestartRedis => {
             let (server, _) = h.storage.redis.as_ref().unwrap();
             let server = Arc::clone(server);
