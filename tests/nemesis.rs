@@ -4,7 +4,7 @@
 //! Writers bump the versions of a few rows (and move them between two buckets, a watched
 //! column) on every write path the database has: a hooked SeaORM save, the invalidating bulk
 //! `update_many`, a hooked save in `seaorm::transaction`, raw SQL on another pooled
-//! connection, raw SQL from another process (`psql` / `mariadb` / `sqlite3`), `REPLACE`
+//! connection, raw SQL from another process (`psql`, `mariadb`, Python's `sqlite3`), `REPLACE`
 //! (SQLite, MariaDB), and a session in another time zone (MariaDB). Hooked paths finish their
 //! write in the [`Ledger`] when the save returns; the others once the outbox relay delivered
 //! it (`support::relay::delivered`). Readers read through cached SeaORM queries: a row by id,
@@ -402,8 +402,15 @@ async fn other_process(h: &Harness, sql: &str) -> Result<(), String> {
             c
         }
         Kind::Sqlite => {
-            let mut c = tokio::process::Command::new("sqlite3");
-            c.args(["-cmd", ".timeout 10000"])
+            // Python's sqlite3 module: scripts/test installs python3, not the sqlite3 shell.
+            let mut c = tokio::process::Command::new("python3");
+            c.arg("-c")
+                .arg(
+                    "import sqlite3, sys\n\
+                     c = sqlite3.connect(sys.argv[1], timeout=10)\n\
+                     c.execute(sys.argv[2])\n\
+                     c.commit()",
+                )
                 .arg(h.sqlite_path.as_deref().unwrap())
                 .arg(sql);
             c
