@@ -61,7 +61,7 @@ const BUCKETS: i32 = 2;
 const WRITERS: u64 = 3;
 const READERS: u64 = 4;
 /// Writes per writer in one short (CI) run.
-const WRITES: u64 = 40;
+const WRITES: u64 = 30;
 
 /// Where the cache keeps its entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,7 +145,11 @@ impl Fault {
     fn on(store: Store) -> Vec<Fault> {
         let mut faults = vec![Fault::RestartRelay, Fault::Reinstall, Fault::PauseLoads];
         if store == Store::Redis {
-            faults.extend([Fault::DeleteEntries, Fault::DeleteStamps, Fault::RestartRedis]);
+            faults.extend([
+                Fault::DeleteEntries,
+                Fault::DeleteStamps,
+                Fault::RestartRedis,
+            ]);
         }
         let all = std::env::var("NEMESIS_ALL_FAULTS").is_ok_and(|v| v == "1");
         faults.retain(|f| all || !AWAITING_FIXES.contains(f));
@@ -646,7 +650,9 @@ async fn reader(h: Arc<Harness>, r: u64) {
                 }
             }
         }
-        tokio::task::yield_now().await;
+        // Pacing, not synchronisation: readers spinning flat out would starve the writers
+        // and the other tests on a small machine.
+        tokio::time::sleep(Duration::from_micros(500)).await;
     }
 }
 
@@ -805,8 +811,9 @@ impl Outcome {
     }
 }
 
-/// One seeded run; panics with the seed, the configuration and the schedule on a violation.
-async fn run(config: Config, name: &str) -> Outcome {
+/// One seeded run: what it saw and, on a violation, the report (the seed, the configuration,
+/// the first violations and the fault schedule).
+async fn run(config: Config, name: &str) -> (Outcome, Option<String>) {
     let h = Harness::new(config, name).await;
     let invalidator = Invalidator::new(h.cache.clone());
     let nemesis = tokio::spawn(nemesis(Arc::clone(&h)));
@@ -841,6 +848,7 @@ async fn run(config: Config, name: &str) -> Outcome {
         writes: h.writes.lock().unwrap().clone(),
         faults,
     };
+    let mut report = None;
     if outcome.violations > 0 {
         let schedule: Vec<String> = h
             .injected
@@ -849,31 +857,39 @@ async fn run(config: Config, name: &str) -> Outcome {
             .iter()
             .map(|i| format!("  at {:?}: {:?} ({})", i.at, i.fault, i.detail))
             .collect();
-        panic!(
-            "NEMESIS_SEED={} found {} violations\nconfiguration: {:?}\nfirst violations:\n  {}\n\
-             fault schedule:\n{}\n{}",
+        report = Some(format!(
+            "NEMESIS_SEED={} found {} violations (replay: NEMESIS_SEED={}{} cargo test -p \
+             matroska-tests --test nemesis -- {name})\nconfiguration: {:?}\nfirst violations:\n  \
+             {}\nfault schedule:\n{}\n{}",
             h.config.seed,
             outcome.violations,
+            h.config.seed,
+            if h.config.writes == WRITES {
+                ""
+            } else {
+                " NEMESIS_MINUTES=0"
+            },
             h.config,
             h.details.lock().unwrap().join("\n  "),
             schedule.join("\n"),
             outcome.summary()
-        );
+        ));
     }
-    outcome
+    (outcome, report)
 }
 
 /// The seed of a test: `NEMESIS_SEED`, else a fixed one per test (CI runs are repeatable).
 fn seed(name: &str) -> u64 {
     match std::env::var("NEMESIS_SEED") {
         Ok(s) => s.parse().expect("NEMESIS_SEED is a number"),
-        Err(_) => name
-            .bytes()
-            .fold(0xCBF2_9CE4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)),
+        Err(_) => name.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)
+        }),
     }
 }
 
-/// A short run of `name`'s seed, or with `NEMESIS_MINUTES` a soak of successive seeds.
+/// A short run of `name`'s seed, or with `NEMESIS_MINUTES` a soak of successive seeds (at
+/// least one run, five times as many writes each); panics on the first violation.
 async fn check(kind: Kind, store: Store, name: &str) {
     let first = seed(name);
     let minutes: Option<f64> = std::env::var("NEMESIS_MINUTES")
@@ -882,18 +898,35 @@ async fn check(kind: Kind, store: Store, name: &str) {
     let Some(minutes) = minutes else {
         let config = Config::new(first, kind, store, WRITES);
         eprintln!("{name}: {config:?}");
-        let o = run(config, name).await;
-        eprintln!("{name}: {}", o.summary());
-        assert!(o.reads > 0 && o.faults.values().sum::<u64>() > 0, "nothing happened");
+        let started = Instant::now();
+        let (o, violation) = run(config, name).await;
+        eprintln!("{name}: {:?}, {}", started.elapsed(), o.summary());
+        if let Some(report) = violation {
+            panic!("{report}");
+        }
+        assert!(
+            o.reads > 0 && o.faults.values().sum::<u64>() > 0,
+            "nothing happened"
+        );
         return;
     };
     let until = Instant::now() + Duration::from_secs_f64(minutes * 60.0);
     let mut total = Outcome::default();
     let mut seed = first;
-    while Instant::now() < until {
-        let o = run(Config::new(seed, kind, store, WRITES * 5), name).await;
+    loop {
+        let (o, violation) = run(Config::new(seed, kind, store, WRITES * 5), name).await;
         total.add(o);
+        if let Some(report) = violation {
+            eprintln!(
+                "{name} soak from seed {first}, stopped: {}",
+                total.summary()
+            );
+            panic!("{report}");
+        }
         seed = seed.wrapping_add(1);
+        if Instant::now() >= until {
+            break;
+        }
     }
     eprintln!("{name} soak from seed {first}: {}", total.summary());
     assert!(total.reads > 0, "nothing happened");
@@ -901,36 +934,36 @@ async fn check(kind: Kind, store: Store, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_memory() {
-    check(Kind::Postgres, Store::Memory, "nemesis_pg_mem").await;
+    check(Kind::Postgres, Store::Memory, "postgres_memory").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_redis() {
-    check(Kind::Postgres, Store::Redis, "nemesis_pg_redis").await;
+    check(Kind::Postgres, Store::Redis, "postgres_redis").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mariadb_memory() {
-    check(Kind::MySql, Store::Memory, "nemesis_my_mem").await;
+    check(Kind::MySql, Store::Memory, "mariadb_memory").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mariadb_redis() {
-    check(Kind::MySql, Store::Redis, "nemesis_my_redis").await;
+    check(Kind::MySql, Store::Redis, "mariadb_redis").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_memory() {
-    check(Kind::Sqlite, Store::Memory, "nemesis_lite_mem").await;
+    check(Kind::Sqlite, Store::Memory, "sqlite_memory").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_redis() {
-    check(Kind::Sqlite, Store::Redis, "nemesis_lite_redis").await;
+    check(Kind::Sqlite, Store::Redis, "sqlite_redis").await;
 }
 
 #[cfg(feature = "cluster")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_cluster() {
-    check(Kind::Postgres, Store::Cluster, "nemesis_pg_cluster").await;
+    check(Kind::Postgres, Store::Cluster, "postgres_cluster").await;
 }
