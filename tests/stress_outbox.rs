@@ -21,14 +21,13 @@ mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use matroska::seaorm::{self, CachedExt, outbox};
 use matroska::{Cache, WatchedTable};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
-    IntoActiveModel, QueryFilter, QueryOrder, Schema, Set, Statement, TransactionTrait,
+    IntoActiveModel, QueryFilter, QueryOrder, Schema, Set, TransactionTrait,
 };
 
 use seaorm_blog::stress_row as row;
@@ -54,44 +53,10 @@ impl Harness {
         &self.db.conn
     }
 
-    /// The highest outbox id now (0 when empty).
-    async fn outbox_edge(&self, sql: &str) -> i64 {
-        self.conn()
-            .query_one_raw(Statement::from_string(self.db.backend(), sql))
-            .await
-            .unwrap()
-            .unwrap()
-            .try_get_by_index::<i64>(0)
-            .unwrap()
-    }
-
     /// Waits until the relay delivered every outbox row written up to now.
     async fn delivered(&self) {
-        if !self.protected {
-            return;
-        }
-        let int = if self.db.kind == Kind::Postgres {
-            "BIGINT"
-        } else {
-            "SIGNED"
-        };
-        let written = self
-            .outbox_edge(&format!(
-                "SELECT CAST(COALESCE(MAX(id), 0) AS {int}) FROM matroska_outbox"
-            ))
-            .await;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let oldest = self
-                .outbox_edge(&format!(
-                    "SELECT CAST(COALESCE(MIN(id), 9223372036854775807) AS {int}) FROM matroska_outbox"
-                ))
-                .await;
-            if oldest > written {
-                return;
-            }
-            assert!(Instant::now() < deadline, "the relay did not deliver");
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        if self.protected {
+            support::relay::delivered(self.conn()).await;
         }
     }
 }

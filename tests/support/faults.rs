@@ -41,8 +41,13 @@ pub struct Faulty {
 
 impl Faulty {
     pub fn new(inner: impl Backend) -> Self {
+        Self::new_arc(Arc::new(inner))
+    }
+
+    /// Wraps a shared backend.
+    pub fn new_arc(inner: Arc<dyn Backend>) -> Self {
         Faulty {
-            inner: Arc::new(inner),
+            inner,
             down: AtomicBool::new(false),
             forget_conditions: AtomicBool::new(false),
             open: watch::Sender::new(true),

@@ -36,6 +36,8 @@ struct RowLedger {
     in_flight: AtomicU64,
     /// Writes of the row finished.
     done: AtomicU64,
+    /// The highest version committed (invalidated or not yet).
+    committed: AtomicI64,
 }
 
 /// What writers have done, per row (ids `0..rows`).
@@ -52,6 +54,7 @@ impl Ledger {
                     finished: AtomicI64::new(pack(0, bucket(id))),
                     in_flight: AtomicU64::new(0),
                     done: AtomicU64::new(0),
+                    committed: AtomicI64::new(0),
                 })
                 .collect(),
         }
@@ -75,6 +78,19 @@ impl Ledger {
         row.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 
+    /// The write of `id` to `version` committed (its invalidation may still be on its way).
+    /// Optional: only [`Snapshot::lagging`] reads it.
+    pub fn committed(&self, id: i64, version: i64) {
+        self.row(id).committed.fetch_max(version, Ordering::SeqCst);
+    }
+
+    /// The write of `id` that began did not commit (it failed): it ends without a version.
+    pub fn abort(&self, id: i64) {
+        let row = self.row(id);
+        row.done.fetch_add(1, Ordering::SeqCst);
+        row.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
     /// The ledger now.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot(
@@ -86,7 +102,9 @@ impl Ledger {
                     let in_flight = r.in_flight.load(Ordering::SeqCst);
                     let done = r.done.load(Ordering::SeqCst);
                     let finished = r.finished.load(Ordering::SeqCst);
+                    let committed = r.committed.load(Ordering::SeqCst);
                     RowSnapshot {
+                        committed,
                         version: finished >> BUCKET_BITS,
                         bucket: finished & ((1 << BUCKET_BITS) - 1),
                         in_flight,
@@ -100,6 +118,7 @@ impl Ledger {
 
 #[derive(Debug, Clone, Copy)]
 struct RowSnapshot {
+    committed: i64,
     version: i64,
     bucket: i64,
     in_flight: u64,
@@ -134,6 +153,12 @@ impl Snapshot {
     /// The highest version of `id` finished at this snapshot.
     pub fn floor(&self, id: i64) -> i64 {
         self.row(id).version
+    }
+
+    /// Whether `version` of `id`, read after this snapshot, is older than a version committed
+    /// before it (allowed while that write's invalidation is on its way: the stale fraction).
+    pub fn lagging(&self, id: i64, version: i64) -> bool {
+        version < self.row(id).committed
     }
 
     /// Whether no write of `id` ran at any time between `self` and `after`.

@@ -150,6 +150,15 @@ pub mod stamps;
 pub struct Rng(pub u64);
 
 impl Rng {
+    /// The generator of stream `stream` of `seed` (splitmix64 of both, never the all-zero
+    /// state xorshift cannot leave): independent streams of one seed, e.g. one per task.
+    pub fn derive(seed: u64, stream: u64) -> Self {
+        let mut z = seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Rng((z ^ (z >> 31)) | 1)
+    }
+
     /// The next number in `0..n`.
     pub fn next(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;

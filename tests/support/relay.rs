@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use matroska::Cache;
 use matroska::seaorm::outbox::RelayHandle;
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 
 /// Waits (at most 20 s) until the relay's outbox is empty.
 pub async fn wait_idle(relay: &RelayHandle) {
@@ -39,4 +40,32 @@ pub async fn expect(cache: &Cache, relay: &RelayHandle, gone: &[&str], kept: &[&
     }
     let dead = relay.relay().dead_letters().await.unwrap();
     assert!(dead.is_empty(), "dead letters: {dead:?}");
+}
+
+/// One number from the outbox table (`MIN`/`MAX` of its ids, cast to a 64-bit integer).
+async fn outbox_edge(db: &DatabaseConnection, edge: &str, empty: i64) -> i64 {
+    let int = if db.get_database_backend() == DbBackend::MySql {
+        "SIGNED"
+    } else {
+        "BIGINT"
+    };
+    let sql = format!("SELECT CAST(COALESCE({edge}(id), {empty}) AS {int}) FROM matroska_outbox");
+    db.query_one_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index::<i64>(0)
+        .unwrap()
+}
+
+/// Waits (at most 30 s) until a relay has delivered every outbox row written up to now (the
+/// outbox holds no row up to the highest id at the call): a write committed before the call
+/// is then invalidated. Whichever relay delivers it; none running is a failure at the deadline.
+pub async fn delivered(db: &DatabaseConnection) {
+    let written = outbox_edge(db, "MAX", 0).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while outbox_edge(db, "MIN", i64::MAX).await <= written {
+        assert!(Instant::now() < deadline, "the relay did not deliver");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
