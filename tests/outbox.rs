@@ -2095,6 +2095,71 @@ async fn abandoned_consumer_expires_mysql() {
     abandoned_consumer_expires(Kind::MySql).await;
 }
 
+/// Review (h-review2): a consumer is dropped by another relay's expiry, not its own. A live
+/// relay with the default expiry (10 min; it beats every 10 s) and a relay of another cache
+/// configured with a short expiry: the short one drops the live consumer while it runs, its
+/// rows go without it, and the row deleted meanwhile stays cached (the flush on its return
+/// cannot reach a key that is gone).
+async fn live_consumer_survives_a_shorter_expiry(kind: Kind) {
+    let db = items(kind, "live_short_expiry").await;
+    let (live, short) = (support::memory_cache(), support::memory_cache());
+    let live_relay = outbox::relay(&db.conn, live.clone())
+        .unwrap()
+        .watch(item_spec())
+        .poll_interval(Duration::from_secs(3))
+        .build()
+        .start()
+        .await
+        .unwrap();
+    let live_name = live_relay.relay().consumer().to_owned();
+    fill_items(&live).await;
+    let short_relay = outbox::relay(&db.conn, short.clone())
+        .unwrap()
+        .watch(item_spec())
+        .consumer_expiry(Duration::from_millis(200))
+        .build()
+        .start()
+        .await
+        .unwrap();
+    let ready = format!(
+        "SELECT name FROM matroska_outbox_consumers WHERE name = '{live_name}' AND ready = 1"
+    );
+    // Give the short relay the time to drop the live consumer, if it does.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut dropped = false;
+    while Instant::now() < deadline {
+        if texts(&db, &ready).await.is_empty() {
+            dropped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    exec(&db, "DELETE FROM item WHERE id = 3").await;
+    // Every row delivered to every registered consumer (and then swept), and the live
+    // consumer registered (flushed) again if it had been dropped.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while outbox_rows(&db).await > 0 || texts(&db, &ready).await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{kind:?}: the outbox never emptied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stale = live.has("item3").await.unwrap();
+    short_relay.shutdown().await;
+    live_relay.shutdown().await;
+    assert!(
+        !stale,
+        "{kind:?}: item 3 was deleted but stays cached in the live consumer's cache \
+         (dropped by the other relay's 200 ms expiry while alive: {dropped})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_consumer_survives_a_shorter_expiry_sqlite() {
+    live_consumer_survives_a_shorter_expiry(Kind::Sqlite).await;
+}
+
 /// The model gained a scope on `name` after the triggers were installed (they record `id` and
 /// `cat` only).
 fn grown_tag_spec() -> TableSpec {

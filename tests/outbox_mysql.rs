@@ -116,18 +116,22 @@ impl Env {
             cache,
             relay: None,
         };
-        env.start_relay();
+        env.start_relay().await;
         env
     }
 
-    fn start_relay(&mut self) {
+    /// Starts a relay with `start`: its consumer is registered (and a new consumer's cache
+    /// flushed) before it returns, so entries cached afterwards stay until a change drops them.
+    async fn start_relay(&mut self) {
         self.relay = Some(
             outbox::relay(&self.db.conn, self.cache.clone())
                 .unwrap()
                 .watch_type::<parent::Model>()
                 .watch_type::<child::Model>()
                 .build()
-                .spawn(),
+                .start()
+                .await
+                .unwrap(),
         );
     }
 
@@ -296,7 +300,7 @@ async fn truncate_while_no_relay_runs() {
     outbox::install(&env.db.conn, &[child::Model::watched_table()])
         .await
         .unwrap();
-    env.start_relay();
+    env.start_relay().await;
     env.assert_fresh().await;
 }
 

@@ -121,6 +121,13 @@ impl Consumer {
         let name = literal(d, &self.name);
         let now = Outbox::now_us(d);
         let select = format!("SELECT name, ready AS n FROM {table} WHERE name = {name}");
+        // Each consumer keeps its own expiry in its row: another relay, configured with a
+        // shorter one, must not take it for gone between two of its beats.
+        let expiry = i64::try_from(self.expiry.as_micros()).unwrap_or(i64::MAX);
+        let beat = format!(
+            "UPDATE {table} SET seen_us = {now}, expiry_us = {expiry}, beats = beats + 1 \
+             WHERE name = {name}"
+        );
         let (mut ready, beat_due) = {
             let state = self.state();
             (
@@ -133,18 +140,16 @@ impl Consumer {
         }
         loop {
             if ready {
-                db.execute_sql(&format!(
-                    "UPDATE {table} SET seen_us = {now}, beats = beats + 1 WHERE name = {name}"
-                ))
-                .await?;
+                db.execute_sql(&beat).await?;
             } else {
                 let (ignore, conflict) = match d {
                     Dialect::MySql => ("IGNORE ", ""),
                     _ => ("", " ON CONFLICT (name) DO NOTHING"),
                 };
                 db.execute_sql(&format!(
-                    "INSERT {ignore}INTO {table} (name, registered_us, seen_us, beats, ready) \
-                     VALUES ({name}, {now}, {now}, 0, 0){conflict}"
+                    "INSERT {ignore}INTO {table} \
+                     (name, registered_us, seen_us, expiry_us, beats, ready) \
+                     VALUES ({name}, {now}, {now}, {expiry}, 0, 0){conflict}"
                 ))
                 .await?;
             }
@@ -169,7 +174,14 @@ impl Consumer {
                         .await?;
                     break;
                 }
-                Some(_) => break,
+                Some(_) => {
+                    if !ready {
+                        // Registered before (a process restart): the insert changed nothing,
+                        // so this is the beat that says the consumer is alive again.
+                        db.execute_sql(&beat).await?;
+                    }
+                    break;
+                }
             }
         }
         self.expire_others(db, outbox).await?;
@@ -179,12 +191,12 @@ impl Consumer {
         Ok(true)
     }
 
-    /// Drops the consumers not seen for longer than this relay's expiry, and their marks.
+    /// Drops the consumers not seen for longer than their own expiry (each row keeps the
+    /// expiry of the relays that beat it), and their marks.
     async fn expire_others(&self, db: &OutboxDb, outbox: &Outbox) -> Result<()> {
         let d = db.dialect();
         let (table, done) = (outbox.consumers_table(d), outbox.done_table(d));
-        let expiry = i64::try_from(self.expiry.as_micros()).unwrap_or(i64::MAX);
-        let cutoff = format!("{} - {expiry}", Outbox::now_us(d));
+        let cutoff = format!("{} - expiry_us", Outbox::now_us(d));
         let expired = db
             .query_pairs(&format!(
                 "SELECT name, seen_us AS n FROM {table} WHERE seen_us < {cutoff} AND name <> {}",
@@ -194,7 +206,6 @@ impl Consumer {
         for (name, _) in expired {
             tracing::warn!(
                 consumer = %name,
-                expiry = ?self.expiry,
                 "dropping an outbox consumer not seen for longer than the expiry: the rows it \
                  did not receive no longer wait for it (if it comes back, it flushes its cache)"
             );

@@ -242,7 +242,8 @@ impl Outbox {
     }
 
     /// The consumers (one row per cache the relays deliver to: `seen_us` is its last
-    /// heartbeat by the database's clock, `ready` whether the cache was flushed after it
+    /// heartbeat by the database's clock, `expiry_us` how long its relays may stay unseen
+    /// before another relay drops it, `ready` whether the cache was flushed after it
     /// registered) and the delivery marks (a row is deleted once every consumer marked it).
     pub(crate) fn create_consumer_tables_sql(&self, dialect: Dialect) -> Vec<String> {
         let (consumers, done) = (self.consumers_table(dialect), self.done_table(dialect));
@@ -254,8 +255,8 @@ impl Outbox {
         vec![
             format!(
                 "CREATE TABLE IF NOT EXISTS {consumers} (name {text} NOT NULL PRIMARY KEY, \
-                 registered_us {int} NOT NULL, seen_us {int} NOT NULL, beats {int} NOT NULL, \
-                 ready {int} NOT NULL){engine}"
+                 registered_us {int} NOT NULL, seen_us {int} NOT NULL, \
+                 expiry_us {int} NOT NULL, beats {int} NOT NULL, ready {int} NOT NULL){engine}"
             ),
             format!(
                 "CREATE TABLE IF NOT EXISTS {done} (consumer {text} NOT NULL, id {int} NOT NULL, \
