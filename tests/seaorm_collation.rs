@@ -54,6 +54,8 @@ mod loose {
 }
 
 /// A folded scope field whose column's collation the probe tests change.
+// Only the check reads these scopes: their `By*` keys go unused.
+#[allow(dead_code)]
 mod probed {
     use sea_orm::entity::prelude::*;
 
@@ -196,6 +198,60 @@ async fn binary_columns_pass_any_fold_but_pad_space_is_found() {
     assert_eq!(issues.len(), 1, "{issues:?}");
     assert_eq!(issues[0].column, "label", "{}", issues[0]);
     assert_eq!(issues[0].pairs, pairs(&[("a ", "a")]), "{}", issues[0]);
+}
+
+/// PostgreSQL: a nondeterministic ICU collation (case- and accent-insensitive, level 1) is
+/// probed the same way: `ci_ai` passes, `case` is reported with the pairs it tells apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_nondeterministic_collations_are_probed() {
+    let db = ScratchDb::new(Kind::Postgres, "collation_pg").await;
+    db.conn
+        .execute(&Schema::new(db.backend()).create_table_from_entity(probed::Entity))
+        .await
+        .unwrap();
+    db.conn
+        .execute_unprepared(
+            "CREATE COLLATION level1 (provider = icu, locale = 'und-u-ks-level1', \
+             deterministic = false); \
+             ALTER TABLE probed ALTER COLUMN category TYPE text COLLATE level1, \
+             ALTER COLUMN label TYPE text COLLATE level1",
+        )
+        .await
+        .unwrap();
+    let issues = seaorm::check_collations(
+        &db.conn,
+        &[probed::Model::watched_table()],
+        ScopeMode::Production,
+    )
+    .await
+    .unwrap();
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    let issue = &issues[0];
+    assert_eq!(issue.column, "label", "{issue}");
+    // The MariaDB `uca1400_ai_ci` list but for trailing spaces: PostgreSQL does not pad.
+    assert_eq!(
+        issue.pairs,
+        pairs(&[
+            ("é", "e"),
+            ("É", "e"),
+            ("İ", "i"),
+            ("ł", "l"),
+            ("Ł", "l"),
+            ("œ", "oe"),
+            ("æ", "ae"),
+            ("ø", "o"),
+            ("đ", "d"),
+            ("ð", "d"),
+            ("ħ", "h"),
+            ("ŀ", "l"),
+            ("ĳ", "ij"),
+            ("ﬁ", "fi"),
+            ("Ａ", "A"),
+            ("ａ", "a"),
+        ]),
+        "{issue}"
+    );
+    assert_eq!(issue.needs, Some(matroska::Fold::CI_AI), "{issue}");
 }
 
 async fn scratch() -> ScratchDb {
