@@ -53,6 +53,207 @@ mod loose {
     matroska::seaorm::active_model_behavior!(ActiveModel);
 }
 
+/// A folded scope field whose column's collation the probe tests change.
+// Only the check reads these scopes: their `By*` keys go unused.
+#[allow(dead_code)]
+mod probed {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, matroska::CacheDeps)]
+    #[sea_orm(table_name = "probed")]
+    #[scope(category)]
+    #[scope(label)]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i32,
+        #[cache(fold = "ci_ai")]
+        pub category: String,
+        /// Folded only for case: too fine for an accent-insensitive collation.
+        #[cache(fold = "case")]
+        pub label: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    matroska::seaorm::active_model_behavior!(ActiveModel);
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect()
+}
+
+/// The check asks the database, under each column's own collation, about pairs that
+/// collation names do not tell apart (`ı` = `i` under `utf8mb4_general_ci` only, `ł` = `l`
+/// under `uca1400_ai_ci` only, `œ` = `oe` under `utf8mb4_unicode_ci` and `uca1400_ai_ci`):
+/// `ci_ai` is coarse enough for all of them; `case` on the same columns is reported with
+/// exactly the pairs it tells apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_check_probes_each_column_under_its_own_collation() {
+    let db = ScratchDb::new(Kind::MySql, "collation_probe").await;
+    db.conn
+        .execute(&Schema::new(db.backend()).create_table_from_entity(probed::Entity))
+        .await
+        .unwrap();
+    let spec = [probed::Model::watched_table()];
+    for (charset, collation, label_pairs) in [
+        (
+            "utf8mb4",
+            "utf8mb4_general_ci",
+            &[("é", "e"), ("É", "e"), ("a ", "a"), ("ı", "i"), ("İ", "i")][..],
+        ),
+        (
+            "utf8mb4",
+            "utf8mb4_unicode_ci",
+            &[
+                ("é", "e"),
+                ("É", "e"),
+                ("a ", "a"),
+                ("İ", "i"),
+                ("œ", "oe"),
+                ("ĳ", "ij"),
+                ("ﬁ", "fi"),
+                ("Ａ", "A"),
+                ("ａ", "a"),
+            ][..],
+        ),
+        (
+            "utf8mb4",
+            "uca1400_ai_ci",
+            &[
+                ("é", "e"),
+                ("É", "e"),
+                ("a ", "a"),
+                ("İ", "i"),
+                ("ł", "l"),
+                ("Ł", "l"),
+                ("œ", "oe"),
+                ("æ", "ae"),
+                ("ø", "o"),
+                ("đ", "d"),
+                ("ð", "d"),
+                ("ħ", "h"),
+                ("ŀ", "l"),
+                ("ĳ", "ij"),
+                ("ﬁ", "fi"),
+                ("Ａ", "A"),
+                ("ａ", "a"),
+            ][..],
+        ),
+    ] {
+        for column in ["category", "label"] {
+            db.conn
+                .execute_unprepared(&format!(
+                    "ALTER TABLE probed MODIFY {column} VARCHAR(64) CHARACTER SET {charset} \
+                     COLLATE {collation} NOT NULL"
+                ))
+                .await
+                .unwrap();
+        }
+        let issues = seaorm::check_collations(&db.conn, &spec, ScopeMode::Production)
+            .await
+            .unwrap();
+        assert_eq!(issues.len(), 1, "{collation}: {issues:?}");
+        let issue = &issues[0];
+        assert_eq!(issue.column, "label", "{collation}: {issue}");
+        assert_eq!(issue.pairs, pairs(label_pairs), "{collation}: {issue}");
+        assert_eq!(issue.needs, Some(matroska::Fold::CI_AI), "{collation}");
+        assert!(issue.to_string().contains("fold = \"ci_ai\""), "{issue}");
+    }
+}
+
+/// A binary collation equates nothing: no fold is too fine for it. MariaDB's `utf8mb4_bin`
+/// is not quite binary — it ignores trailing spaces (`PAD SPACE`) — and the probe says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_columns_pass_any_fold_but_pad_space_is_found() {
+    let db = ScratchDb::new(Kind::MySql, "collation_bin").await;
+    db.conn
+        .execute(&Schema::new(db.backend()).create_table_from_entity(probed::Entity))
+        .await
+        .unwrap();
+    let spec = [probed::Model::watched_table()];
+    let collate = |collation: &'static str| {
+        let conn = &db.conn;
+        async move {
+            conn.execute_unprepared(&format!(
+                "ALTER TABLE probed MODIFY label VARCHAR(64) CHARACTER SET utf8mb4 \
+                 COLLATE {collation} NOT NULL"
+            ))
+            .await
+            .unwrap();
+        }
+    };
+    collate("utf8mb4_nopad_bin").await;
+    let issues = seaorm::check_collations(&db.conn, &spec, ScopeMode::Development)
+        .await
+        .unwrap();
+    assert!(issues.is_empty(), "{issues:?}");
+
+    collate("utf8mb4_bin").await;
+    let issues = seaorm::check_collations(&db.conn, &spec, ScopeMode::Production)
+        .await
+        .unwrap();
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert_eq!(issues[0].column, "label", "{}", issues[0]);
+    assert_eq!(issues[0].pairs, pairs(&[("a ", "a")]), "{}", issues[0]);
+}
+
+/// PostgreSQL: a nondeterministic ICU collation (case- and accent-insensitive, level 1) is
+/// probed the same way: `ci_ai` passes, `case` is reported with the pairs it tells apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_nondeterministic_collations_are_probed() {
+    let db = ScratchDb::new(Kind::Postgres, "collation_pg").await;
+    db.conn
+        .execute(&Schema::new(db.backend()).create_table_from_entity(probed::Entity))
+        .await
+        .unwrap();
+    db.conn
+        .execute_unprepared(
+            "CREATE COLLATION level1 (provider = icu, locale = 'und-u-ks-level1', \
+             deterministic = false); \
+             ALTER TABLE probed ALTER COLUMN category TYPE text COLLATE level1, \
+             ALTER COLUMN label TYPE text COLLATE level1",
+        )
+        .await
+        .unwrap();
+    let issues = seaorm::check_collations(
+        &db.conn,
+        &[probed::Model::watched_table()],
+        ScopeMode::Production,
+    )
+    .await
+    .unwrap();
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    let issue = &issues[0];
+    assert_eq!(issue.column, "label", "{issue}");
+    // The MariaDB `uca1400_ai_ci` list but for trailing spaces: PostgreSQL does not pad.
+    assert_eq!(
+        issue.pairs,
+        pairs(&[
+            ("é", "e"),
+            ("É", "e"),
+            ("İ", "i"),
+            ("ł", "l"),
+            ("Ł", "l"),
+            ("œ", "oe"),
+            ("æ", "ae"),
+            ("ø", "o"),
+            ("đ", "d"),
+            ("ð", "d"),
+            ("ħ", "h"),
+            ("ŀ", "l"),
+            ("ĳ", "ij"),
+            ("ﬁ", "fi"),
+            ("Ａ", "A"),
+            ("ａ", "a"),
+        ]),
+        "{issue}"
+    );
+    assert_eq!(issue.needs, Some(matroska::Fold::CI_AI), "{issue}");
+}
+
 async fn scratch() -> ScratchDb {
     let db = ScratchDb::new(Kind::MySql, "collation").await;
     let schema = Schema::new(db.backend());
