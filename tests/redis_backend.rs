@@ -960,6 +960,11 @@ async fn put_with_very_many_dependencies_is_split_and_still_guarded() {
 /// A replica is promoted that never got the master's last invalidation, and the count in its
 /// clock is behind: a ticket taken on the old master after that invalidation must not store on
 /// the promoted replica, even after the same invalidation is repeated there (same count).
+///
+/// The clock is owned by the master (a ticket reset it there) before it is replicated, so the
+/// promoted replica's clock has the ticket's epoch and a count the repeated invalidation brings
+/// up to the ticket's: the epoch and the stamps both pass, and only the replication id written
+/// with the clock (put.lua, and check_clock.lua for the step-by-step put) refuses.
 #[tokio::test]
 async fn ticket_from_the_old_master_never_stores_on_a_promoted_replica() {
     // A full sync writes an RDB file: into the temporary directory, not the working tree.
@@ -986,7 +991,11 @@ async fn ticket_from_the_old_master_never_stores_on_a_promoted_replica() {
     }
     let on_master = backend(&master, |c| c).await;
     let dep = vec![Dependency::id("row", 1).encode()];
-    on_master.invalidate(&dep).await.unwrap();
+    // Two dependencies and a batch of one: the step-by-step put (stamp.lua, check_clock.lua).
+    let deps = vec![dep[0].clone(), Dependency::id("row", 2).encode()];
+    // The first ticket makes the clock the master's: '<epoch>:0:<master's replication id>'.
+    let first = on_master.ticket().await.unwrap();
+    on_master.invalidate(&deps).await.unwrap();
     let synced: i64 = redis::cmd("WAIT")
         .arg(1)
         .arg(5_000)
@@ -1000,18 +1009,42 @@ async fn ticket_from_the_old_master_never_stores_on_a_promoted_replica() {
         .arg("ONE")
         .query(&mut replica.client())
         .unwrap();
-    on_master.invalidate(&dep).await.unwrap();
+    on_master.invalidate(&deps).await.unwrap();
     let ticket = on_master.ticket().await.unwrap();
+    assert_eq!(
+        ticket.epoch, first.epoch,
+        "the master kept its clock's epoch"
+    );
 
-    // The application now talks to the promoted replica and invalidates again.
+    // The application now talks to the promoted replica and invalidates again: the replicated
+    // clock is one invalidation behind, so this one writes the stamps the ticket already saw.
     let on_replica = backend(&replica, |c| c).await;
-    on_replica.invalidate(&dep).await.unwrap();
+    on_replica.invalidate(&deps).await.unwrap();
+    let clock: String = redis::cmd("GET")
+        // The backend's clock key for the prefix "app".
+        .arg("{app}:c")
+        .query(&mut replica.client())
+        .unwrap();
+    assert!(
+        clock.starts_with(&format!("{}:{}:", ticket.epoch, ticket.clock)),
+        "the scenario needs the promoted clock at the ticket's reading: {clock} vs {ticket:?}"
+    );
     let value = bytes::Bytes::from(matroska::Codec::Json.encode("k", &1, 0).unwrap());
     let outcome = on_replica
-        .put(PutRequest::new("k", value, &dep, Duration::from_secs(60)).guarded_by(Some(ticket)))
+        .put(
+            PutRequest::new("k", value.clone(), &dep, Duration::from_secs(60))
+                .guarded_by(Some(ticket)),
+        )
         .await
         .unwrap();
     assert_eq!(outcome, PutOutcome::Stale);
+    let spread = backend(&replica, |c| c.invalidate_batch(1)).await;
+    let outcome = spread
+        .put(PutRequest::new("k", value, &deps, Duration::from_secs(60)).guarded_by(Some(ticket)))
+        .await
+        .unwrap();
+    assert_eq!(outcome, PutOutcome::Stale);
+    assert!(on_replica.get("k").await.unwrap().is_none());
 
     // A ticket taken on the promoted server starts its own epoch: loads store again, and the
     // next invalidation still drops what they stored.

@@ -28,6 +28,10 @@ use crate::value::{ToValue, Value};
 /// assert_eq!(<Option<i32>>::from_db_json(&json!(null)).unwrap(), None::<i32>.to_value());
 /// assert!(u8::from_db_json(&json!(300)).is_err());
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` has no decoder from a database's JSON: it does not implement `FromDbJson`",
+    note = "for `uuid::Uuid` enable the `uuid` feature of `matroska`; for chrono dates and times its `chrono` feature"
+)]
 pub trait FromDbJson {
     /// The value of a field of this type that the database wrote as `json`.
     ///

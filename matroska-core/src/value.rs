@@ -214,6 +214,13 @@ impl<T: ToValue + ?Sized> From<&T> for Value {
 /// }
 /// assert_eq!(UserId(7).to_value(), Value::from(7));
 /// ```
+// A type from a crate whose matroska feature is off (uuid, chrono) would otherwise be reported
+// as a bare unsatisfied bound at every field that uses it, never naming the feature.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a key or scope value: it does not implement `ToValue`",
+    label = "no `ToValue` for `{Self}`",
+    note = "for `uuid::Uuid` enable the `uuid` feature of `matroska`; for chrono dates and times its `chrono` feature; for a type of your own, implement `ToValue`"
+)]
 pub trait ToValue {
     /// This value as a [`Value`].
     fn to_value(&self) -> Value;
