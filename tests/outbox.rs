@@ -2095,11 +2095,11 @@ async fn abandoned_consumer_expires_mysql() {
     abandoned_consumer_expires(Kind::MySql).await;
 }
 
-/// Review (h-review2): a consumer is dropped by another relay's expiry, not its own. A live
-/// relay with the default expiry (10 min; it beats every 10 s) and a relay of another cache
-/// configured with a short expiry: the short one drops the live consumer while it runs, its
-/// rows go without it, and the row deleted meanwhile stays cached (the flush on its return
-/// cannot reach a key that is gone).
+/// A consumer is expired by its own expiry, not by another relay's: a live relay with the
+/// default expiry (10 min; it beats every 10 s) beside a relay of another cache configured
+/// with a short one. Were the live consumer dropped by the short expiry while it runs, its rows
+/// would go without it and a row deleted meanwhile would stay cached (the flush on its return
+/// cannot reach a key that is gone). Found by a hostile review.
 async fn live_consumer_survives_a_shorter_expiry(kind: Kind) {
     let db = items(kind, "live_short_expiry").await;
     let (live, short) = (support::memory_cache(), support::memory_cache());
