@@ -27,10 +27,10 @@ use tokio::task::JoinSet;
 use super::{Error, Lua, RedisBackend, Result, bad_reply, entry_header, millis, stamp_keep};
 use crate::backend::{PutOutcome, PutRequest, Ticket};
 
-static STAMP: &str = include_str!("../lua/stamp.lua");
-static CHECK_CLOCK: &str = include_str!("../lua/check_clock.lua");
-static RESOLVE: &str = include_str!("../lua/resolve.lua");
-static SET_STAMP: &str = include_str!("../lua/set_stamp.lua");
+static STAMP: &str = include_str!("lua/stamp.lua");
+static CHECK_CLOCK: &str = include_str!("lua/check_clock.lua");
+static RESOLVE: &str = include_str!("lua/resolve.lua");
+static SET_STAMP: &str = include_str!("lua/set_stamp.lua");
 
 /// The scripts of the spread protocol.
 pub(super) struct Scripts {

@@ -1,0 +1,123 @@
+//! The entry format `put.lua` writes: the dependencies, the stamps they had when the entry
+//! was stored, then the value.
+
+use std::io::Write as _;
+
+/// First byte of an entry written by this layout (`put.lua`); anything else is not ours
+/// (0xB5 was the layout before stamps were joined by `,`: read as a miss).
+pub(super) const ENTRY_MAGIC: u8 = 0xB6;
+
+/// An entry as `put.lua` writes it: the header ([`entry_header`]: `0xB6`, `n:`, then per
+/// dependency `<len>:<dependency>`), the recorded stamps joined by `,`, `;`, then the value.
+#[derive(Debug)]
+pub(super) struct Envelope<'a> {
+    pub(super) deps: Vec<(&'a [u8], &'a [u8])>,
+    /// Where the value starts.
+    pub(super) value_at: usize,
+}
+
+impl<'a> Envelope<'a> {
+    /// `None` for bytes this layout did not write (another version, another writer).
+    pub(super) fn parse(bytes: &'a [u8]) -> Option<Self> {
+        fn number(bytes: &[u8], at: usize) -> Option<(usize, usize)> {
+            let digits = bytes.get(at..)?.iter().take(11).position(|&b| b == b':')?;
+            let text = std::str::from_utf8(&bytes[at..at + digits]).ok()?;
+            Some((text.parse().ok()?, at + digits + 1))
+        }
+        if bytes.first() != Some(&ENTRY_MAGIC) {
+            return None;
+        }
+        let (n, mut at) = number(bytes, 1)?;
+        // Bounded by the bytes at hand, not by what the header claims.
+        let mut deps = Vec::with_capacity(n.min(bytes.len() / 4));
+        for _ in 0..n {
+            let (len, next) = number(bytes, at)?;
+            let end = next.checked_add(len)?;
+            deps.push((bytes.get(next..end)?, &b""[..]));
+            at = end;
+        }
+        // Stamps hold neither `,` nor `;` (the scripts write them), so the first `;` ends them.
+        let stamps_end = at + bytes.get(at..)?.iter().position(|&b| b == b';')?;
+        let stamps = &bytes[at..stamps_end];
+        if n == 0 {
+            if !stamps.is_empty() {
+                return None;
+            }
+        } else {
+            let mut recorded = stamps.split(|&b| b == b',');
+            for dep in &mut deps {
+                dep.1 = recorded.next()?;
+            }
+            if recorded.next().is_some() {
+                return None;
+            }
+        }
+        Some(Envelope {
+            deps,
+            value_at: stamps_end + 1,
+        })
+    }
+
+    /// Whether `keys` are the stamp keys of this entry's dependencies, in order.
+    pub(super) fn has_stamp_keys(&self, keys: &[Vec<u8>], prefix: &[u8]) -> bool {
+        keys.len() == self.deps.len()
+            && keys
+                .iter()
+                .zip(&self.deps)
+                .all(|(key, (dep, _))| key.strip_prefix(prefix) == Some(*dep))
+    }
+}
+
+/// The start of an entry up to its stamps: `0xB6`, `n:`, then per dependency
+/// `<len>:<dependency>`. The caller writes it, so the script only appends the stamps it reads.
+pub(super) fn entry_header(deps: &[String]) -> Vec<u8> {
+    let mut header = Vec::with_capacity(8 + deps.iter().map(|d| d.len() + 4).sum::<usize>());
+    header.push(ENTRY_MAGIC);
+    // Writing into a Vec cannot fail.
+    let _ = write!(header, "{}:", deps.len());
+    for dep in deps {
+        let _ = write!(header, "{}:", dep.len());
+        header.extend_from_slice(dep.as_bytes());
+    }
+    header
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_parse_and_garbage_does_not() {
+        let mut bytes = entry_header(&["dep".into(), "a:{};,".into()]);
+        bytes.extend_from_slice(b"1:1:2,c99;VAL;UE,");
+        let e = Envelope::parse(&bytes).unwrap();
+        assert_eq!(
+            e.deps,
+            vec![(&b"dep"[..], &b"1:1:2"[..]), (&b"a:{};,"[..], &b"c99"[..])]
+        );
+        assert_eq!(&bytes[e.value_at..], b"VAL;UE,");
+
+        let mut bytes = entry_header(&[]);
+        bytes.extend_from_slice(b";V");
+        let e = Envelope::parse(&bytes).unwrap();
+        assert!(e.deps.is_empty());
+        assert_eq!(&bytes[e.value_at..], b"V");
+
+        for garbage in [
+            &b""[..],
+            b"\xA7\x01\x01\0\0\0\0[]",
+            b"\xB52:3:dep5:1:1:24:a:{}3:c99VALUE",
+            b"\xB6",
+            b"\xB6x:",
+            b"\xB69999999999999:",
+            b"\xB61:3:de",
+            b"\xB61:99999999999999999999:d",
+            b"\xB61:3:dep",
+            b"\xB61:3:depc1,c2;V",
+            b"\xB62:3:dep1:xc1;V",
+            b"\xB60:c1;V",
+        ] {
+            assert!(Envelope::parse(garbage).is_none(), "{garbage:?}");
+        }
+    }
+}
