@@ -95,7 +95,9 @@ use matroska_outbox::{Dialect, Outbox, SqlConnection};
 
 use crate::error::Result;
 
-pub use matroska_outbox::{OutboxDb, Relay, RelayHandle, poke};
+pub use matroska_outbox::{
+    OutboxDb, Relay, RelayHandle, poke, wait_delivered, wait_delivered_blocking,
+};
 
 /// A Diesel backend the outbox knows the SQL dialect of.
 pub trait OutboxBackend: Backend {

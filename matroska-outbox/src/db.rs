@@ -514,6 +514,53 @@ impl OutboxDb {
         Ok((u64::try_from(count).unwrap_or(0), oldest))
     }
 
+    /// The newest row waiting for `consumer` (not yet marked delivered by it), if any: with
+    /// [`OutboxDb::waiting_up_to`], what a read-your-writes wait waits for.
+    pub(crate) async fn newest_waiting(
+        &self,
+        outbox: &Outbox,
+        consumer: &str,
+    ) -> Result<Option<i64>> {
+        let d = self.dialect();
+        let sql = format!(
+            "SELECT MAX(o.id) FROM {} o WHERE {}",
+            outbox.outbox_table(d),
+            not_delivered(outbox, d, consumer)
+        );
+        self.scalar_id(&sql).await
+    }
+
+    /// Whether a row with an id up to `horizon` still waits for `consumer`.
+    pub(crate) async fn waiting_up_to(
+        &self,
+        outbox: &Outbox,
+        consumer: &str,
+        horizon: i64,
+    ) -> Result<bool> {
+        let d = self.dialect();
+        let sql = format!(
+            "SELECT MIN(o.id) FROM {} o WHERE o.id <= {horizon} AND {}",
+            outbox.outbox_table(d),
+            not_delivered(outbox, d, consumer)
+        );
+        Ok(self.scalar_id(&sql).await?.is_some())
+    }
+
+    /// The one nullable integer `sql` selects.
+    async fn scalar_id(&self, sql: &str) -> Result<Option<i64>> {
+        let (id,): (Option<i64>,) = match self {
+            #[cfg(feature = "postgres")]
+            OutboxDb::Postgres(pool) => sqlx::query_as(safe(sql)).fetch_one(pool).await?,
+            #[cfg(feature = "mysql")]
+            OutboxDb::MySql(pool) => sqlx::query_as(safe(sql)).fetch_one(pool).await?,
+            #[cfg(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")))]
+            OutboxDb::NoDriver(never) => match *never {},
+            #[cfg(feature = "sqlite")]
+            OutboxDb::Sqlite(pool) => sqlx::query_as(safe(sql)).fetch_one(pool).await?,
+        };
+        Ok(id)
+    }
+
     /// Deletes the rows every registered consumer marked delivered, and the marks of rows
     /// gone. Run after each claim's commit: a row two consumers mark in concurrent claims is
     /// deleted by the next sweep (neither claim saw the other's mark).

@@ -23,7 +23,10 @@
 //!    consumer has it: two services with their own Redis prefixes, a blue/green deploy that
 //!    bumps the prefix, two processes on the in-memory backend each receive every change
 //!    ([`RelayBuilder::consumer`]). It wakes on PostgreSQL's `NOTIFY` (sent on commit), on
-//!    [`poke`] after this process's own commits, and polls as a safety net.
+//!    [`poke`] after this process's own commits, and polls as a safety net. For
+//!    read-your-writes after a write no hook saw, [`wait_delivered`] (async),
+//!    [`wait_delivered_blocking`] (sync code) or [`Relay::wait_delivered`] return once every
+//!    row committed before the call is delivered.
 //! 3. **Checks**: at start ([`Relay::start`]) and every few seconds the relay compares what
 //!    the installed triggers record with the specs it watches; a scope added to a model
 //!    without re-running the install is an error in development mode and coarse invalidation
@@ -107,4 +110,7 @@ mod truncate;
 pub use db::{OutboxDb, SqlConnection, install, uninstall, watched_tables};
 pub use ddl::{Dialect, LAYOUT_VERSION, Outbox};
 pub use error::{Error, Result};
-pub use relay::{Delivery, OutboxDepth, Relay, RelayBuilder, RelayHandle, RelayStats, poke};
+pub use relay::{
+    Delivery, OutboxDepth, Relay, RelayBuilder, RelayHandle, RelayStats, poke, wait_delivered,
+    wait_delivered_blocking,
+};

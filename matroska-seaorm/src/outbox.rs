@@ -66,7 +66,7 @@ use matroska_core::{Cache, TableSpec};
 use matroska_outbox::{Dialect, Outbox, OutboxDb, RelayBuilder, SqlConnection};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
 
-pub use matroska_outbox::{Relay, RelayHandle, poke};
+pub use matroska_outbox::{Relay, RelayHandle, poke, wait_delivered, wait_delivered_blocking};
 
 static OUTBOX: OnceLock<Outbox> = OnceLock::new();
 
