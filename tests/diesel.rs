@@ -178,6 +178,50 @@ macro_rules! diesel_tests {
                 assert_eq!(first(env).await, db, "first");
             }
 
+            /// A single column and an aggregate are cacheable, and depend on every write to
+            /// the entity even when scoped: a title is outside the scope, so its update
+            /// reaches no condition. The Diesel write is read back fresh after
+            /// `wait_delivered` (read-your-writes with no hook).
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn single_columns_and_aggregates() {
+                let mut env = setup("d_values").await;
+                async fn titles(env: &mut Env<Conn>) -> Vec<String> {
+                    posts::table
+                        .select(posts::title)
+                        .order(posts::id)
+                        .cached(&env.cache)
+                        .scoped(&published_in("fantasy"))
+                        .values::<Post, String, _>(&mut env.conn)
+                        .await
+                        .unwrap()
+                }
+                async fn newest(env: &mut Env<Conn>) -> Option<Option<i32>> {
+                    posts::table
+                        .select(diesel::dsl::max(posts::id))
+                        .cached(&env.cache)
+                        .value::<Post, Option<i32>, _>(&mut env.conn)
+                        .await
+                        .unwrap()
+                }
+                assert_eq!(titles(&mut env).await, vec!["A".to_owned()]);
+                assert_eq!(newest(&mut env).await, Some(Some(env.b.id)));
+                diesel::update(posts::table.find(env.a.id))
+                    .set(posts::title.eq("A2"))
+                    .execute(&mut env.conn)
+                    .unwrap();
+                env.relay
+                    .wait_delivered(Duration::from_secs(20))
+                    .await
+                    .unwrap();
+                assert_eq!(titles(&mut env).await, vec!["A2".to_owned()]);
+                let c = insert(&mut env.conn, "C", "sci-fi");
+                env.relay
+                    .wait_delivered(Duration::from_secs(20))
+                    .await
+                    .unwrap();
+                assert_eq!(newest(&mut env).await, Some(Some(c.id)));
+            }
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn insert_enters_a_list() {
                 let mut env = setup("d_insert").await;
