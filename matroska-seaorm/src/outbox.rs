@@ -7,8 +7,13 @@
 //! and then reads sees its write at once) and become an optimisation:
 //!
 //! - a hooked save with **no cache registered** (a migration, a CLI, a test) proceeds when the
-//!   outbox watches its table, instead of failing with [`Error::NoCache`](crate::Error::NoCache):
-//!   the relay will invalidate (one catalogue query per such save checks the triggers);
+//!   outbox watches its table: the relay will invalidate (one catalogue query before and one
+//!   after such a save check the triggers). When the triggers are missing but the outbox's
+//!   tables exist (a rollback uninstalled them, another table is watched), the hook records
+//!   a whole-table row after the write ([`Outbox::record_whole_table_sql`]), which every
+//!   relay turns into the invalidation of everything cached from the table. With neither,
+//!   the save is refused before it writes ([`Error::Unrecorded`](crate::Error::Unrecorded)):
+//!   see [migration order](#migration-order);
 //! - a full retry queue no longer refuses writes to a watched table, nor grows with them: their
 //!   failed invalidations are dropped once the queue is full, and the outbox delivers them.
 //!
@@ -182,6 +187,84 @@ pub fn relay_db(db: &DatabaseConnection) -> matroska_outbox::Result<OutboxDb> {
 /// As [`relay_db`].
 pub fn relay(db: &DatabaseConnection, cache: Cache) -> matroska_outbox::Result<RelayBuilder> {
     Ok(Relay::builder(relay_db(db)?, cache).outbox(configured().clone()))
+}
+
+/// What records a write to a table when no cache is registered for the hooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recording {
+    /// The outbox's triggers.
+    Triggers,
+    /// Nothing does by itself, but the outbox exists: the hook records a whole-table row
+    /// after the write ([`record_unwatched`]).
+    WholeTable,
+    /// Nothing: the write must be refused.
+    Nothing,
+}
+
+/// What records a write to `table` on `conn` without a cache (see [`Recording`]). Queries
+/// that cannot fail on a missing outbox (safe inside a transaction).
+pub(crate) async fn recording<C: ConnectionTrait + ?Sized>(conn: &C, table: &str) -> Recording {
+    if covers(conn, table).await {
+        return Recording::Triggers;
+    }
+    let backend = conn.get_database_backend();
+    let sql = configured().tables_present_sql(dialect(backend));
+    match conn
+        .query_one_raw(Statement::from_string(backend, sql))
+        .await
+    {
+        Ok(Some(row))
+            if row
+                .try_get_by_index::<i64>(1)
+                .is_ok_and(|n| n >= Outbox::TABLES) =>
+        {
+            Recording::WholeTable
+        }
+        Ok(_) => Recording::Nothing,
+        Err(e) => {
+            tracing::warn!(table, error = %e, "could not check for the outbox's tables");
+            Recording::Nothing
+        }
+    }
+}
+
+/// After a hooked write made with no cache registered: unless the outbox's triggers recorded
+/// it, records a whole-table row for `table` ([`Outbox::record_whole_table_sql`]) on the
+/// write's connection (in its transaction, if any), so every relay invalidates everything
+/// cached from the table. (Between an uninstall and the next install, say: a migration's
+/// `down`, a CLI.)
+///
+/// # Errors
+/// The database's error: the write was made, and nothing recorded it.
+pub(crate) async fn record_unwatched<C: ConnectionTrait + ?Sized>(
+    conn: &C,
+    table: &str,
+) -> Result<(), DbErr> {
+    if covers(conn, table).await {
+        return Ok(());
+    }
+    let d = dialect(conn.get_database_backend());
+    for sql in configured().record_whole_table_sql(d, table) {
+        if let Err(e) = conn.execute_unprepared(&sql).await {
+            tracing::error!(
+                table,
+                error = %e,
+                "a write made with no cache registered could not be recorded in the outbox: \
+                 what is cached from the table may be stale until the outbox is installed again"
+            );
+            return Err(DbErr::Custom(format!(
+                "the write to `{table}` was made, but recording it in the matroska outbox failed \
+                 ({e}): register a cache for the hooks, or re-run the outbox install, which \
+                 invalidates the table"
+            )));
+        }
+    }
+    tracing::info!(
+        table,
+        "a write with no cache registered, to a table the outbox triggers do not watch: \
+         recorded as a change of the whole table"
+    );
+    Ok(())
 }
 
 /// Whether the outbox's triggers watch `table` on `conn`'s database. One catalogue query that
