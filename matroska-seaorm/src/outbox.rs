@@ -42,6 +42,97 @@
 //! }
 //! ```
 //!
+//! ## Migration order
+//!
+//! A migration's hooked writes (a seed) run with no cache registered in the migrating
+//! process, and nothing in this process knows what other processes (a shared Redis) hold.
+//! So a hooked write with no cache goes ahead only when the database records it, and is
+//! refused otherwise — with an error, before it writes, never a panic and never a silent
+//! skip:
+//!
+//! | no cache registered, and the table has | the hooked write |
+//! |---|---|
+//! | the outbox's triggers | goes ahead; the triggers record it, the relays invalidate |
+//! | no triggers, but the outbox's tables exist (a rollback uninstalled it) | goes ahead, and the hook records a whole-table row after it |
+//! | neither (a fresh database before the outbox's migration) | refused: [`Error::Unrecorded`](crate::Error::Unrecorded) |
+//!
+//! Put the outbox's migration **right after the migrations that create the watched tables,
+//! before any migration that writes rows**. A project that adds it after an existing seed
+//! migration either moves it (on a fresh database only the order of the list matters), or
+//! registers the cache before running the migrations (`set_global_cache` /
+//! [`with_cache`](crate::with_cache) around `Migrator::up`): the seed's hooks then invalidate
+//! that cache, and the install that follows finds no triggers and invalidates the tables for
+//! every consumer anyway.
+//!
+//! Installing over missing, disabled or altered triggers (a first install over existing
+//! data, the `up` after a rollback past this migration, a repair) invalidates everything
+//! cached from the tables, through the outbox, for every consumer: whatever was written
+//! while nothing recorded it — a `delete_many` in a rolled-back migration, `psql` — is not
+//! served afterwards. Re-running the install with nothing changed (every start-up)
+//! invalidates nothing. Between an uninstall and the next install, writes that bypass the
+//! hooks are not recorded: the cache may serve them stale until the re-install.
+//!
+//! The migrations below, as functions (each the body of a `MigrationTrait::up`, called with
+//! `manager.get_connection()`), run in the documented order and in the wrong one:
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! mod post {
+//!     use sea_orm::entity::prelude::*;
+//!     # use matroska_core::{CacheDeps, Dependency, Scope, Scoped, Value};
+//!     #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+//!     #[sea_orm(table_name = "post")]
+//!     pub struct Model { #[sea_orm(primary_key)] pub id: i32, pub title: String }
+//!     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+//!     pub enum Relation {}
+//!     // `#[derive(matroska::CacheDeps)]` writes these two impls.
+//!     # impl CacheDeps for Model {
+//!     #     fn entity_name() -> &'static str { "post" }
+//!     #     fn primary_key(&self) -> Dependency { Dependency::primary_key("post", [Value::Int(self.id.into())]) }
+//!     # }
+//!     # impl Scoped for Model {
+//!     #     fn scope() -> &'static Scope<Self> {
+//!     #         static S: std::sync::LazyLock<Scope<Model>> = std::sync::LazyLock::new(|| Scope::new("post"));
+//!     #         &S
+//!     #     }
+//!     # }
+//!     matroska_seaorm::active_model_behavior!(ActiveModel);
+//! }
+//!
+//! use matroska_core::{ColumnDecoder, TableSpec};
+//! use matroska_seaorm::outbox;
+//! use sea_orm::{ActiveModelTrait, ConnectionTrait, Database, DbErr, Set};
+//!
+//! // `post::Model::watched_table()` when the model derives `CacheDeps`.
+//! let spec = || TableSpec::new("post", "post").key("id", ColumnDecoder::of::<i32>());
+//!
+//! async fn m1_create_post(db: &impl ConnectionTrait) -> Result<(), DbErr> {
+//!     db.execute_unprepared("CREATE TABLE post (id INTEGER PRIMARY KEY, title TEXT NOT NULL)")
+//!         .await
+//!         .map(drop)
+//! }
+//! async fn m2_outbox(db: &impl ConnectionTrait, spec: TableSpec) -> Result<(), DbErr> {
+//!     outbox::install(db, &[spec]).await.map_err(|e| DbErr::Migration(e.to_string()))
+//! }
+//! async fn m3_seed(db: &impl ConnectionTrait) -> Result<(), DbErr> {
+//!     let post = post::ActiveModel { title: Set("Hello".into()), ..Default::default() };
+//!     post.insert(db).await.map(drop)
+//! }
+//!
+//! // No cache registered in this process, as in a migration CLI.
+//! let db = Database::connect("sqlite::memory:").await?;
+//! m1_create_post(&db).await?;
+//! m2_outbox(&db, spec()).await?;
+//! m3_seed(&db).await?; // recorded by the triggers
+//!
+//! // The seed before the outbox, on a fresh database: refused, nothing written.
+//! let fresh = Database::connect("sqlite::memory:").await?;
+//! m1_create_post(&fresh).await?;
+//! let refused = m3_seed(&fresh).await.unwrap_err();
+//! assert!(refused.to_string().contains("install the outbox before this write"));
+//! # Ok::<_, Box<dyn std::error::Error>>(()) }).unwrap();
+//! ```
+//!
 //! ## At start-up
 //!
 //! ```
