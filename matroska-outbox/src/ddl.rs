@@ -3,7 +3,7 @@
 //!
 //! Everything here is text: [`Outbox::install_sql`] and [`Outbox::uninstall_sql`] give the
 //! statements for a migration that holds plain SQL (a Diesel `up.sql`, a SeaORM migration's
-//! `execute_unprepared`), and [`Outbox::install`](crate::Outbox::install) runs them.
+//! `execute_unprepared`), and [`install`](crate::install) runs them.
 //!
 //! ## What the triggers record
 //! One outbox row per changed row, in the writing transaction: the table, an operation and
@@ -16,7 +16,7 @@
 //! | `D` | delete | watched columns | – |
 //! | `U` | update changing a watched column or the key | watched columns | watched columns |
 //! | `K` | update changing no watched column | – | key columns |
-//! | `T` | `TRUNCATE` (PostgreSQL) | – | – |
+//! | `T` | `TRUNCATE` (PostgreSQL; MySQL found by the relay); an install over missing, disabled or altered triggers; a write nothing else records ([`Outbox::record_whole_table_sql`]) | – | – |
 //!
 //! On PostgreSQL the triggers are statement-level with transition tables: a 100k-row
 //! `UPDATE` adds one `INSERT .. SELECT` (old and new rows paired by key; a row whose key

@@ -70,7 +70,9 @@
 //! while nothing recorded it — a `delete_many` in a rolled-back migration, `psql` — is not
 //! served afterwards. Re-running the install with nothing changed (every start-up)
 //! invalidates nothing. Between an uninstall and the next install, writes that bypass the
-//! hooks are not recorded: the cache may serve them stale until the re-install.
+//! hooks are not recorded: the cache may serve them stale until the re-install. So is a
+//! no-cache `update_without_returning` then (SeaORM runs only its `before_save`, and the
+//! whole-table row must follow the write).
 //!
 //! The migrations below, as functions (each the body of a `MigrationTrait::up`, called with
 //! `manager.get_connection()`), run in the documented order and in the wrong one:
