@@ -132,9 +132,9 @@ fn table_of<AM: ActiveModelTrait>() -> &'static str {
 /// The invalidator for a write to `table`, checked before the write, and how its failed
 /// invalidations are kept: `None` when no cache is registered but the database records the
 /// write (the outbox's triggers, or the whole-table row `after_save` / `after_delete` write
-/// where the outbox exists without them; its relays invalidate). A full retry queue refuses the write only when no
-/// outbox watches the table; when one does, the write proceeds and its failed
-/// invalidations are kept only while the queue has room (the relay delivers them).
+/// where the outbox exists without them; its relays invalidate). A full retry queue refuses
+/// the write only when no outbox watches the table; when one does, the write proceeds and
+/// its failed invalidations are kept only while the queue has room (the relay delivers them).
 pub(crate) async fn current_for_write<C>(
     db: &C,
     table: &str,
@@ -271,9 +271,9 @@ where
 }
 
 /// The body of `ActiveModelBehavior::before_delete`: refuses the delete as [`before_save`]
-/// refuses a write, and collects the row's primary key and the
-/// conditions of the row as the database holds it (one `SELECT` on `db`, skipped for an entity
-/// without scopes) and of `am`'s values when it holds every column.
+/// refuses a write, and collects the row's primary key and the conditions of the row as the
+/// database holds it (one `SELECT` on `db`, skipped for an entity without scopes) and of
+/// `am`'s values when it holds every column.
 ///
 /// # Errors
 /// As [`before_save`].
