@@ -8,9 +8,13 @@
 //! 2. the process-global cache set once at start-up with [`set_global_cache`] (or
 //!    [`Invalidator::install_global`]).
 //!
-//! With neither, a hooked save fails with [`Error::NoCache`] before
-//! it writes: silently skipping the invalidation would leave stale entries behind (possibly
-//! in another process that shares the Redis).
+//! With neither, a hooked save goes ahead only when the database records it (the outbox's
+//! triggers, or the whole-table row the hook writes where the outbox exists without them),
+//! and otherwise fails with [`Error::Unrecorded`] before it writes: no cache in this process
+//! means nothing cached here, but silently skipping the invalidation would leave stale
+//! entries behind in another process that shares the Redis (see
+//! [migration order](crate::outbox#migration-order)). The bulk helpers and
+//! [`invalidate`](crate::invalidate) need a cache ([`Error::NoCache`]).
 //!
 //! A cache has one invalidator while it is in use ([`Invalidator::for_cache`]): calling
 //! [`with_cache`] per request with one cache shares that cache's retry queue and its limit.
