@@ -88,6 +88,15 @@
 //! `metrics` feature the gauges and counters `matroska_outbox_depth`,
 //! `matroska_outbox_rows_delivered_total`, `matroska_outbox_dead_letters_total`,
 //! `matroska_outbox_failures_total` and the histogram `matroska_outbox_lag_seconds`.
+//!
+//! **Logs** (`tracing`): `info` only for state changes — installed, relay started,
+//! consumer registered or resumed, cache flushed, delivering again after failures; `warn`
+//! for failed claims (with their back-off) and misconfiguration; each delivered batch at
+//! `debug`, the idle poll at `trace`. An idle relay is silent at `info` — but the relay runs
+//! its SQL on *your* pool, and SeaORM's `ConnectOptions` log every statement at `info` by
+//! default (`sqlx::query`): a claim per poll interval (1 s on PostgreSQL, 50 ms elsewhere).
+//! Lower them with `ConnectOptions::sqlx_logging_level(log::LevelFilter::Debug)` or filter
+//! them (`RUST_LOG=info,sqlx::query=warn`); plain sqlx pools log statements at `debug`.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 // Library code states why an `expect` cannot fail, and never unwraps.
 #![warn(clippy::unwrap_used)]

@@ -637,6 +637,16 @@ impl Relay {
         #[cfg(feature = "postgres")]
         let _listener = self.listen();
         let mut delay = inner.retry_min;
+        // State changes are logged at `info`; the idle loop (a claim every poll interval) only
+        // at `trace`, so an idle relay is silent at `info`.
+        tracing::info!(
+            consumer = %inner.consumer.name,
+            tables = inner.specs.len(),
+            poll = ?inner.poll,
+            "matroska outbox relay started"
+        );
+        // Claims failed in a row, for the one `info` line when delivery works again.
+        let mut failed = 0_u64;
         loop {
             if let Err(e) = self.check_truncations(false).await {
                 tracing::warn!(error = %e, "checking watched tables for TRUNCATE failed; retrying at the next poll");
@@ -644,9 +654,18 @@ impl Relay {
             let more = match self.run_once().await {
                 Ok(d) => {
                     delay = inner.retry_min;
+                    if failed > 0 {
+                        tracing::info!(
+                            failed_claims = failed,
+                            "matroska outbox relay delivering again after failures"
+                        );
+                        failed = 0;
+                    }
+                    tracing::trace!(rows = d.rows, "outbox poll");
                     d.rows >= inner.batch
                 }
                 Err(e) => {
+                    failed += 1;
                     tracing::warn!(error = %e, retry_in = ?delay, "outbox delivery failed; the rows stay");
                     let wait = delay;
                     delay = delay.saturating_mul(2).min(inner.retry_max);
