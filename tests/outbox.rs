@@ -397,7 +397,7 @@ impl Backend for StuckInvalidate {
     async fn delete(&self, key: &str) -> matroska::Result<bool> {
         self.inner.delete(key).await
     }
-    async fn invalidate(&self, _deps: &[String]) -> matroska::Result<u64> {
+    async fn invalidate(&self, _deps: &[String]) -> matroska::Result<matroska::Invalidated> {
         self.entered.notify_one();
         std::future::pending().await
     }
