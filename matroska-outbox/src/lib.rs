@@ -76,6 +76,26 @@
 //! # Ok::<_, Box<dyn std::error::Error>>(()) }).unwrap();
 //! ```
 //!
+//! ### Migration SQL from the command line
+//!
+//! [`Outbox::install_sql`] is the text for a migration file. Without writing Rust, the
+//! `matroska-outbox-sql` binary (feature `cli`, no extra dependency) prints it for tables named
+//! on its command line:
+//!
+//! ```sh
+//! cargo install matroska-outbox --features cli
+//! matroska-outbox-sql --database postgres --table post:id:category,published --table tag:post_id,name > up.sql
+//! matroska-outbox-sql --database postgres --table post:id:category,published --table tag:post_id,name --down > down.sql
+//! ```
+//!
+//! `--table NAME:KEY[,KEY..][:COLUMN[,COLUMN..]]` gives a table's primary key (in the key's
+//! order) and the columns its models' scopes filter on (`col=bytes` for a binary column);
+//! `--outbox` / `--schema` name the outbox as [`Outbox::named`] / [`Outbox::in_schema`];
+//! `--delimiter //` for the `mysql` command-line client; `--help` for the rest. A table
+//! described with fewer columns than its models need is caught by the relay's start-up check
+//! (an error in development mode). [`install`] still does more where it can ask the database
+//! (see the note on MySQL above).
+//!
 //! ## Guarantee
 //!
 //! Every committed change to a watched table is invalidated in the cache at least once,
