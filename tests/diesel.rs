@@ -23,6 +23,7 @@
 mod diesel_blog;
 mod support;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -220,6 +221,29 @@ macro_rules! diesel_tests {
                     .await
                     .unwrap();
                 assert_eq!(newest(&mut env).await, Some(Some(c.id)));
+            }
+
+            /// The tables the install adds are exactly those that `diesel.toml`'s
+            /// `filter = { except_tables = [..] }` (in the crate docs and the README) keeps out
+            /// of `schema.rs`.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn diesel_toml_excludes_every_outbox_table() {
+                let db = ScratchDb::new(<Conn as DieselConn>::KIND, "diesel_except").await;
+                let mut conn = Conn::open(&db);
+                create_tables(&mut conn, db.kind);
+                let before = table_names(&db).await;
+                install_outbox(&mut conn, &watched_tables()).unwrap();
+                let added: BTreeSet<String> = table_names(&db)
+                    .await
+                    .difference(&before)
+                    .cloned()
+                    .collect();
+                let mut documented = documented_except_tables();
+                if db.kind != support::db::Kind::MySql {
+                    // Only MySQL/MariaDB need the InnoDB ids (TRUNCATE fires no trigger there).
+                    assert!(documented.remove("matroska_outbox_table_ids"));
+                }
+                assert_eq!(added, documented);
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1096,6 +1120,68 @@ async fn a_connection_switching_database_never_fills_another_tenants_entries() {
         .batch_execute("INSERT INTO posts (title, category, published) VALUES ('late', 'x', 1)")
         .unwrap();
     assert_eq!(cached_titles(&cache, &mut own[1]).await, ["tenant b"]);
+}
+
+/// The tables of the scratch database (SQLite's own `sqlite_*` ones aside: Diesel skips them).
+async fn table_names(db: &ScratchDb) -> BTreeSet<String> {
+    use sea_orm::{ConnectionTrait, Statement};
+    let sql = match db.kind {
+        support::db::Kind::Sqlite => {
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+                .to_owned()
+        }
+        support::db::Kind::Postgres => format!(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = '{}'",
+            db.schema.as_deref().unwrap()
+        ),
+        support::db::Kind::MySql => {
+            "SELECT CAST(table_name AS CHAR) FROM information_schema.tables \
+                                     WHERE table_schema = DATABASE()"
+                .to_owned()
+        }
+    };
+    db.conn
+        .query_all_raw(Statement::from_string(db.backend(), sql))
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.try_get_by_index::<String>(0).unwrap())
+        .collect()
+}
+
+/// The table names of `diesel.toml`'s `filter = { except_tables = [..] }` in the Diesel crate
+/// docs, checked to be the README's too.
+fn documented_except_tables() -> BTreeSet<String> {
+    let line = |text: &'static str| -> String {
+        let found: Vec<&str> = text
+            .lines()
+            .map(|l| l.trim_start_matches("//!").trim())
+            .filter(|l| l.starts_with("filter = { except_tables = ["))
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "one `filter = {{ except_tables = [..] }}` line"
+        );
+        found[0].to_owned()
+    };
+    let docs = line(include_str!("../matroska-diesel/src/lib.rs"));
+    assert_eq!(
+        docs,
+        line(include_str!("../README.md")),
+        "README and crate docs differ"
+    );
+    docs.split('"')
+        .skip(1)
+        .step_by(2)
+        .map(|regex| {
+            // Anchored exact names: diesel_cli matches its regexes anywhere in a name
+            // (`Regex::is_match` in diesel_cli's `Filtering::should_ignore_table`).
+            let name = regex.strip_prefix('^').and_then(|r| r.strip_suffix('$'));
+            name.unwrap_or_else(|| panic!("not an anchored name: {regex}"))
+                .to_owned()
+        })
+        .collect()
 }
 
 diesel_tests!(sqlite, diesel::SqliteConnection);
