@@ -147,6 +147,8 @@ async fn an_idle_relay_logs_nothing_at_info() {
     outbox::install(&db, &Outbox::default(), &specs)
         .await
         .unwrap();
+    // The install's own lines (installed; triggers that were missing) are not the relay's.
+    captured.take();
     let mut builder = Relay::builder(db.clone(), Cache::memory())
         .poll_interval(std::time::Duration::from_millis(1));
     for spec in specs {
@@ -157,7 +159,6 @@ async fn an_idle_relay_logs_nothing_at_info() {
     let info: Vec<&String> = started.iter().filter(|l| l.contains(" INFO ")).collect();
     // One line per state change: not one per flushed table.
     for message in [
-        "matroska outbox installed",
         "new outbox consumer",
         "outbox consumer flushed its cache",
         "matroska outbox relay started",
@@ -168,7 +169,7 @@ async fn an_idle_relay_logs_nothing_at_info() {
             "one `{message}` in {info:#?}"
         );
     }
-    assert_eq!(info.len(), 4, "{info:#?}");
+    assert_eq!(info.len(), 3, "{info:#?}");
 
     // Idle polls: many, none at `info`.
     let mut polls = 0;
