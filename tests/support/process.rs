@@ -95,6 +95,12 @@ impl PrivateRedis {
         self.spawn(&[]);
     }
 
+    /// Starts the server again on the same port with extra arguments (e.g. the `--dir` it
+    /// was started with, so that it loads the snapshot it saved there).
+    pub fn restart_with(&mut self, args: &[&str]) {
+        self.spawn(args);
+    }
+
     /// A synchronous client for inspection.
     pub fn client(&self) -> redis::Connection {
         redis::Client::open(self.url())

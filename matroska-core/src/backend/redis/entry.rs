@@ -1,17 +1,22 @@
 //! The entry format `put.lua` writes: the dependencies, the stamps they had when the entry
-//! was stored, then the value.
+//! was stored, the clock's epoch it was stored under, then the value.
 
 use std::io::Write as _;
 
 /// First byte of an entry written by this layout (`put.lua`); anything else is not ours
-/// (0xB5 was the layout before stamps were joined by `,`: read as a miss).
-pub(super) const ENTRY_MAGIC: u8 = 0xB6;
+/// (0xB5 was the layout before stamps were joined by `,`, 0xB6 the one before entries
+/// recorded the clock's epoch: both read as misses, so an entry restored from a snapshot
+/// taken before this layout is never served).
+pub(super) const ENTRY_MAGIC: u8 = 0xB7;
 
-/// An entry as `put.lua` writes it: the header ([`entry_header`]: `0xB6`, `n:`, then per
-/// dependency `<len>:<dependency>`), the recorded stamps joined by `,`, `;`, then the value.
+/// An entry as `put.lua` writes it: the header ([`entry_header`]: `0xB7`, `n:`, then per
+/// dependency `<len>:<dependency>`), the recorded stamps joined by `,`, `;`, the clock's
+/// epoch the entry was stored under (see `incarnation.rs`), `;`, then the value.
 #[derive(Debug)]
 pub(super) struct Envelope<'a> {
     pub(super) deps: Vec<(&'a [u8], &'a [u8])>,
+    /// The clock's epoch when the entry was stored: served only while the clock still has it.
+    pub(super) epoch: &'a [u8],
     /// Where the value starts.
     pub(super) value_at: usize,
 }
@@ -52,9 +57,21 @@ impl<'a> Envelope<'a> {
                 return None;
             }
         }
+        // Then the epoch, digits only, up to the next `;`.
+        let epoch_at = stamps_end + 1;
+        let epoch_len = bytes
+            .get(epoch_at..)?
+            .iter()
+            .take(21)
+            .position(|&b| b == b';')?;
+        let epoch = &bytes[epoch_at..epoch_at + epoch_len];
+        if epoch.is_empty() || !epoch.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
         Some(Envelope {
             deps,
-            value_at: stamps_end + 1,
+            epoch,
+            value_at: epoch_at + epoch_len + 1,
         })
     }
 
@@ -68,7 +85,7 @@ impl<'a> Envelope<'a> {
     }
 }
 
-/// The start of an entry up to its stamps: `0xB6`, `n:`, then per dependency
+/// The start of an entry up to its stamps: `0xB7`, `n:`, then per dependency
 /// `<len>:<dependency>`. The caller writes it, so the script only appends the stamps it reads.
 pub(super) fn entry_header(deps: &[String]) -> Vec<u8> {
     let mut header = Vec::with_capacity(8 + deps.iter().map(|d| d.len() + 4).sum::<usize>());
@@ -89,33 +106,43 @@ mod tests {
     #[test]
     fn envelopes_parse_and_garbage_does_not() {
         let mut bytes = entry_header(&["dep".into(), "a:{};,".into()]);
-        bytes.extend_from_slice(b"1:1:2,c99;VAL;UE,");
+        bytes.extend_from_slice(b"1:1:2,c99;17;VAL;UE,");
         let e = Envelope::parse(&bytes).unwrap();
         assert_eq!(
             e.deps,
             vec![(&b"dep"[..], &b"1:1:2"[..]), (&b"a:{};,"[..], &b"c99"[..])]
         );
+        assert_eq!(e.epoch, b"17");
         assert_eq!(&bytes[e.value_at..], b"VAL;UE,");
 
         let mut bytes = entry_header(&[]);
-        bytes.extend_from_slice(b";V");
+        bytes.extend_from_slice(b";4;V");
         let e = Envelope::parse(&bytes).unwrap();
         assert!(e.deps.is_empty());
+        assert_eq!(e.epoch, b"4");
         assert_eq!(&bytes[e.value_at..], b"V");
 
         for garbage in [
             &b""[..],
             b"\xA7\x01\x01\0\0\0\0[]",
             b"\xB52:3:dep5:1:1:24:a:{}3:c99VALUE",
-            b"\xB6",
-            b"\xB6x:",
-            b"\xB69999999999999:",
-            b"\xB61:3:de",
-            b"\xB61:99999999999999999999:d",
-            b"\xB61:3:dep",
-            b"\xB61:3:depc1,c2;V",
-            b"\xB62:3:dep1:xc1;V",
-            b"\xB60:c1;V",
+            // The layout before entries recorded the epoch.
+            b"\xB61:3:dep1:1;V",
+            b"\xB60:;V",
+            b"\xB7",
+            b"\xB7x:",
+            b"\xB79999999999999:",
+            b"\xB71:3:de",
+            b"\xB71:99999999999999999999:d",
+            b"\xB71:3:dep",
+            b"\xB71:3:depc1,c2;1;V",
+            b"\xB72:3:dep1:xc1;1;V",
+            b"\xB70:c1;1;V",
+            // No epoch, an empty one, or one that is not a number.
+            b"\xB71:3:dep1:1;V",
+            b"\xB70:;;V",
+            b"\xB70:;1x;V",
+            b"\xB70:;1",
         ] {
             assert!(Envelope::parse(garbage).is_none(), "{garbage:?}");
         }

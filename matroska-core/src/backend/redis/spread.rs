@@ -18,7 +18,8 @@
 //!   invalidation whose stamp lands after the stamps were read makes the entry a miss (the
 //!   recorded stamp is old); one whose stamp landed before is seen (its count is above the
 //!   ticket), or, if that stamp has since been lost, its clock bump is (the clock is read
-//!   after the stamps, and the re-created stamp carries that reading).
+//!   after the stamps, and the re-created stamp carries that reading). The entry records the
+//!   reading's epoch: if the epoch restarts before the entry is written, the entry is a miss.
 
 use std::sync::Arc;
 
@@ -83,8 +84,9 @@ impl RedisBackend {
             .filter(|&i| is_pending(&stamps[i]))
             .collect();
         // 2. The ticket against the stamps just read, then against the clock, read after
-        // them; the clock's reading is also what the pending stamps get.
-        let mut stale = false;
+        // them; the clock's reading is also what the pending stamps get, and its epoch what
+        // the entry records (incarnation.rs), so the clock is read by unguarded puts too.
+        let mut unverifiable = false;
         if let Some(ticket) = request.ticket {
             let parsed: Vec<Option<Ticket>> = stamps.iter().map(|s| parse_stamp(s)).collect();
             if parsed
@@ -96,20 +98,15 @@ impl RedisBackend {
             }
             // Pending, another epoch's or an older layout's: cannot be compared with the
             // ticket, so only a clock that has not moved past it vouches for them.
-            let unverifiable = parsed
+            unverifiable = parsed
                 .iter()
                 .any(|s| s.is_none_or(|s| s.epoch != ticket.epoch));
-            let (ok, reading) = self.check_clock(Some(ticket), unverifiable).await?;
-            stale = !ok;
-            if !pending.is_empty() {
-                // Resolved even by a refused put, so that the next load can store.
-                stale |= !self
-                    .resolve(&keys, &mut stamps, &pending, &reading, ttl)
-                    .await?;
-            }
-        } else if !pending.is_empty() {
-            let (_, reading) = self.check_clock(None, true).await?;
-            stale = !self
+        }
+        let (ok, reading) = self.check_clock(request.ticket, unverifiable).await?;
+        let mut stale = !ok;
+        if !pending.is_empty() {
+            // Resolved even by a refused put, so that the next load can store.
+            stale |= !self
                 .resolve(&keys, &mut stamps, &pending, &reading, ttl)
                 .await?;
         }
@@ -124,6 +121,10 @@ impl RedisBackend {
             }
             entry.extend_from_slice(stamp);
         }
+        entry.push(b';');
+        // check_clock checked the reading is `<epoch>:<count>`.
+        let epoch = reading.split(':').next().unwrap_or_default();
+        entry.extend_from_slice(epoch.as_bytes());
         entry.push(b';');
         entry.extend_from_slice(&request.value);
         let mut conn = self.conn()?;
