@@ -971,7 +971,7 @@ async fn put_with_very_many_dependencies_is_split_and_still_guarded() {
 ///
 /// The clock is owned by the master (a ticket reset it there) before it is replicated, so the
 /// promoted replica's clock has the ticket's epoch and a count the repeated invalidation brings
-/// up to the ticket's: the epoch and the stamps both pass, and only the replication id written
+/// up to the ticket's: the epoch and the stamps both pass, and only the owner (run id) written
 /// with the clock (put.lua, and check_clock.lua for the step-by-step put) refuses.
 #[tokio::test]
 async fn ticket_from_the_old_master_never_stores_on_a_promoted_replica() {
@@ -1001,7 +1001,7 @@ async fn ticket_from_the_old_master_never_stores_on_a_promoted_replica() {
     let dep = vec![Dependency::id("row", 1).encode()];
     // Two dependencies and a batch of one: the step-by-step put (stamp.lua, check_clock.lua).
     let deps = vec![dep[0].clone(), Dependency::id("row", 2).encode()];
-    // The first ticket makes the clock the master's: '<epoch>:0:<master's replication id>'.
+    // The first ticket makes the clock the master's: '<epoch>:0:<master's run id>'.
     let first = on_master.ticket().await.unwrap();
     on_master.invalidate(&deps).await.unwrap();
     let synced: i64 = redis::cmd("WAIT")

@@ -6,9 +6,9 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{P}:e:<key>` | string | an entry: its dependencies with the stamps they had when it was stored, then the value (codec header + payload) |
+//! | `{P}:e:<key>` | string | an entry: its dependencies with the stamps they had when it was stored, the clock's epoch then, then the value (codec header + payload) |
 //! | `{P}:s:<dependency>` | string | the dependency's stamp `<epoch>:<count>`: set to a fresh count by every invalidation, created from the clock's reading by a put (pending, `p<nonce>`, until then on a cluster) |
-//! | `{P}:c` | string | the invalidation clock, `<epoch>:<count>:<replication id>` (the only key without a TTL) |
+//! | `{P}:c` | string | the invalidation clock, `<epoch>:<count>:<run id of its server instance>` (the only key without a TTL) |
 //! | `{P}:l:<key>` | string | cross-process fill lease of a key |
 //!
 //! `<dependency>` is [`Dependency::encode`](crate::Dependency::encode), which is injective, and
@@ -20,7 +20,10 @@
 //!   the key's entry last time; the entry is a hit only when every recorded stamp equals the
 //!   current one. A wrong guess (first read of a key, changed dependencies) costs a second
 //!   round trip. A missing stamp is a miss, so eviction, expiry or a restart cannot make an
-//!   invalidated entry readable again.
+//!   invalidated entry readable again. On one server the pipeline also asks the connection's
+//!   name (`CLIENT GETNAME`) and the `MGET` the clock: an entry is served only on a connection
+//!   verified since it connected and while the clock has the epoch the entry recorded, so a
+//!   restart that restored old state serves nothing it restored (`incarnation.rs`).
 //! - **invalidate**: one script call per [`RedisConfig::invalidate_batch`] dependencies sets
 //!   each stamp to `<epoch>:<count>` with a fresh count: O(dependencies), whatever the number
 //!   of dependents, and no index to lose.
