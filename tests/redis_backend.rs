@@ -1127,10 +1127,7 @@ async fn once_connected<T, F: Future<Output = matroska::Result<T>>>(
 /// from before the restart never stores; afterwards the cache works as before.
 #[tokio::test]
 async fn a_restart_from_a_snapshot_serves_nothing_it_restored() {
-    let dir = std::env::temp_dir().join(support::unique("snapshot"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let args = ["--dir", dir.to_str().expect("a UTF-8 temporary directory")];
-    let mut redis = PrivateRedis::start_with(&args);
+    let mut redis = PrivateRedis::start_persistent();
     let writer = backend(&redis, |c| c).await;
     // Another process on the same prefix that only reads.
     let reader = backend(&redis, |c| c).await;
@@ -1157,8 +1154,7 @@ async fn a_restart_from_a_snapshot_serves_nothing_it_restored() {
     for i in (0..15).filter(|i| !deps(*i).is_empty()) {
         assert!(reader.get(&format!("k{i}")).await.unwrap().is_none());
     }
-    redis.kill();
-    redis.restart_with(&args);
+    redis.restart_from_snapshot();
     let restored: Option<Vec<u8>> = redis::cmd("GET")
         .arg(writer.entry_key("k0"))
         .query(&mut redis.client())
@@ -1201,8 +1197,6 @@ async fn a_restart_from_a_snapshot_serves_nothing_it_restored() {
     assert!(reader.get("k0").await.unwrap().is_some());
     writer.invalidate(&rows[0]).await.unwrap();
     assert!(reader.get("k0").await.unwrap().is_none());
-    drop(redis);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A reconnect to the same server instance (the connection was killed, the server kept
