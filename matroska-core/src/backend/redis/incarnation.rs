@@ -38,7 +38,7 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::{RedisBackend, Result};
+use super::{Error, RedisBackend, Result};
 use crate::backend::redis::lua::TICKET;
 
 /// What this backend knows of its connection's verification.
@@ -109,7 +109,22 @@ impl RedisBackend {
         let mut conn = self.conn()?;
         // Both replies or an error: the name is remembered only when the script ran on the
         // connection that got it (a pipeline is sent on one connection, in order).
-        let (clock, ()): (String, ()) = self.run("verify", pipe.query_async(&mut conn)).await?;
+        let (clock, ()): (String, ()) = self
+            .run("verify", pipe.query_async(&mut conn))
+            .await
+            .map_err(|e| match e {
+                Error::Backend {
+                    message, source, ..
+                } => Error::Backend {
+                    backend: "redis",
+                    message: format!(
+                        "could not verify a new connection against server restarts (it runs \
+                         ticket.lua and CLIENT SETNAME; reads need CLIENT GETNAME): {message}"
+                    ),
+                    source,
+                },
+                other => other,
+            })?;
         tracing::debug!(prefix = %self.inner.config.prefix, %clock, "verified a new Redis connection");
         *incarnation
             .verified
