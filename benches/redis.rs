@@ -526,8 +526,8 @@ fn paired_ratios(_: &mut Criterion) {
                     .arg(&clock_key);
                 let json = Arc::clone(&json);
                 async move {
-                    let (_, entry, _): (Option<String>, Option<Vec<u8>>, Vec<Option<Vec<u8>>>) =
-                        pipe.query_async(&mut conn).await.unwrap();
+                    type Reply = (Option<String>, Option<Vec<u8>>, Vec<Option<Vec<u8>>>);
+                    let (_, entry, _): Reply = pipe.query_async(&mut conn).await.unwrap();
                     assert!(entry.is_some());
                     let article: Article = serde_json::from_slice(&json).unwrap();
                     std::hint::black_box(article);
