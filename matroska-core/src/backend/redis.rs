@@ -22,7 +22,7 @@
 //!   round trip. A missing stamp is a miss, so eviction, expiry or a restart cannot make an
 //!   invalidated entry readable again. On one server the pipeline also asks the connection's
 //!   name (`CLIENT GETNAME`) and the `MGET` the clock: an entry is served only on a connection
-//!   verified since it connected and while the clock has the epoch the entry recorded, so a
+//!   verified since it connected and while the clock has the owner the entry recorded, so a
 //!   restart that restored old state serves nothing it restored (`incarnation.rs`).
 //! - **invalidate**: one script call per [`RedisConfig::invalidate_batch`] dependencies sets
 //!   each stamp to `<epoch>:<count>` with a fresh count: O(dependencies), whatever the number
@@ -62,7 +62,7 @@ pub use config::RedisConfig;
 use config::redact_password;
 use connection::{Conn, Connector, connect_in_background, with_timeout};
 use entry::{Envelope, entry_header};
-use incarnation::{Incarnation, Seen, ask_name, epoch_is_current};
+use incarnation::{Incarnation, Seen, ask_name, owner_is_current};
 use known::KnownKeys;
 use lua::{INVALIDATE, Lua, PUT, RELEASE_LEASE, TICKET};
 
@@ -295,7 +295,7 @@ impl RedisBackend {
     }
 
     /// One read of `key`: the entry, checked against the stamps it recorded and (on one
-    /// server) the clock's epoch, on a connection this backend verified.
+    /// server) the clock's owner, on a connection this backend verified.
     async fn read(&self, key: &str) -> Result<Read> {
         let entry_key = self.entry_key(key);
         let known = self.inner.known.get(key);
@@ -381,12 +381,12 @@ impl RedisBackend {
                 }
                 let clock = stamps.pop().ok_or_else(|| bad_reply("a short MGET"))?;
                 Self::stamps_match(&envelope, &stamps)
-                    && epoch_is_current(envelope.epoch, clock.as_deref())
+                    && owner_is_current(envelope.owner, clock.as_deref())
             }
         };
-        // On one server the entry's epoch must be the clock's; the cluster's reads do not
-        // check it (incarnation.rs says why).
-        let valid = valid && (cluster || epoch_is_current(envelope.epoch, clock.as_deref()));
+        // On one server the entry's clock owner must be the clock's; the cluster's reads do
+        // not check it (incarnation.rs says why).
+        let valid = valid && (cluster || owner_is_current(envelope.owner, clock.as_deref()));
         let value_at = envelope.value_at;
         Ok(Read::Done(valid.then(|| entry.slice(value_at..))))
     }

@@ -1,22 +1,23 @@
 //! The entry format `put.lua` writes: the dependencies, the stamps they had when the entry
-//! was stored, the clock's epoch it was stored under, then the value.
+//! was stored, the owner of the clock it was stored under, then the value.
 
 use std::io::Write as _;
 
 /// First byte of an entry written by this layout (`put.lua`); anything else is not ours
 /// (0xB5 was the layout before stamps were joined by `,`, 0xB6 the one before entries
-/// recorded the clock's epoch: both read as misses, so an entry restored from a snapshot
+/// recorded the clock's owner: both read as misses, so an entry restored from a snapshot
 /// taken before this layout is never served).
 pub(super) const ENTRY_MAGIC: u8 = 0xB7;
 
 /// An entry as `put.lua` writes it: the header ([`entry_header`]: `0xB7`, `n:`, then per
-/// dependency `<len>:<dependency>`), the recorded stamps joined by `,`, `;`, the clock's
-/// epoch the entry was stored under (see `incarnation.rs`), `;`, then the value.
+/// dependency `<len>:<dependency>`), the recorded stamps joined by `,`, `;`, the owner of the
+/// clock when the entry was stored (the first 16 characters of a server's run id; see
+/// `incarnation.rs`), `;`, then the value.
 #[derive(Debug)]
 pub(super) struct Envelope<'a> {
     pub(super) deps: Vec<(&'a [u8], &'a [u8])>,
-    /// The clock's epoch when the entry was stored: served only while the clock still has it.
-    pub(super) epoch: &'a [u8],
+    /// The clock's owner when the entry was stored: served only while the clock still has it.
+    pub(super) owner: &'a [u8],
     /// Where the value starts.
     pub(super) value_at: usize,
 }
@@ -57,21 +58,21 @@ impl<'a> Envelope<'a> {
                 return None;
             }
         }
-        // Then the epoch, digits only, up to the next `;`.
-        let epoch_at = stamps_end + 1;
-        let epoch_len = bytes
-            .get(epoch_at..)?
+        // Then the owner, letters and digits only, up to the next `;`.
+        let owner_at = stamps_end + 1;
+        let owner_len = bytes
+            .get(owner_at..)?
             .iter()
-            .take(21)
+            .take(41)
             .position(|&b| b == b';')?;
-        let epoch = &bytes[epoch_at..epoch_at + epoch_len];
-        if epoch.is_empty() || !epoch.iter().all(u8::is_ascii_digit) {
+        let owner = &bytes[owner_at..owner_at + owner_len];
+        if owner.is_empty() || !owner.iter().all(u8::is_ascii_alphanumeric) {
             return None;
         }
         Some(Envelope {
             deps,
-            epoch,
-            value_at: epoch_at + epoch_len + 1,
+            owner,
+            value_at: owner_at + owner_len + 1,
         })
     }
 
@@ -106,27 +107,27 @@ mod tests {
     #[test]
     fn envelopes_parse_and_garbage_does_not() {
         let mut bytes = entry_header(&["dep".into(), "a:{};,".into()]);
-        bytes.extend_from_slice(b"1:1:2,c99;17;VAL;UE,");
+        bytes.extend_from_slice(b"1:1:2,c99;17ab;VAL;UE,");
         let e = Envelope::parse(&bytes).unwrap();
         assert_eq!(
             e.deps,
             vec![(&b"dep"[..], &b"1:1:2"[..]), (&b"a:{};,"[..], &b"c99"[..])]
         );
-        assert_eq!(e.epoch, b"17");
+        assert_eq!(e.owner, b"17ab");
         assert_eq!(&bytes[e.value_at..], b"VAL;UE,");
 
         let mut bytes = entry_header(&[]);
         bytes.extend_from_slice(b";4;V");
         let e = Envelope::parse(&bytes).unwrap();
         assert!(e.deps.is_empty());
-        assert_eq!(e.epoch, b"4");
+        assert_eq!(e.owner, b"4");
         assert_eq!(&bytes[e.value_at..], b"V");
 
         for garbage in [
             &b""[..],
             b"\xA7\x01\x01\0\0\0\0[]",
             b"\xB52:3:dep5:1:1:24:a:{}3:c99VALUE",
-            // The layout before entries recorded the epoch.
+            // The layout before entries recorded the clock's owner.
             b"\xB61:3:dep1:1;V",
             b"\xB60:;V",
             b"\xB7",
@@ -138,10 +139,10 @@ mod tests {
             b"\xB71:3:depc1,c2;1;V",
             b"\xB72:3:dep1:xc1;1;V",
             b"\xB70:c1;1;V",
-            // No epoch, an empty one, or one that is not a number.
+            // No owner, an empty one, or one with other characters.
             b"\xB71:3:dep1:1;V",
             b"\xB70:;;V",
-            b"\xB70:;1x;V",
+            b"\xB70:;1-x;V",
             b"\xB70:;1",
         ] {
             assert!(Envelope::parse(garbage).is_none(), "{garbage:?}");

@@ -67,9 +67,15 @@ impl Incarnation {
     }
 }
 
-/// Whether the clock `<epoch>:<count>:<owner>` (as a read fetched it) still has `epoch`.
-pub(super) fn epoch_is_current(epoch: &[u8], clock: Option<&[u8]>) -> bool {
-    clock.is_some_and(|c| c.split(|&b| b == b':').next() == Some(epoch))
+/// How many characters of the clock's owner (a run id: 40) an entry records: 64 bits.
+pub(super) const OWNER_RECORDED: usize = 16;
+
+/// Whether the clock `<epoch>:<count>:<owner>` (as a read fetched it) still has the owner an
+/// entry recorded (its first [`OWNER_RECORDED`] characters).
+pub(super) fn owner_is_current(recorded: &[u8], clock: Option<&[u8]>) -> bool {
+    clock
+        .and_then(|c| c.splitn(3, |&b| b == b':').nth(2))
+        .is_some_and(|owner| &owner[..owner.len().min(OWNER_RECORDED)] == recorded)
 }
 
 /// Appends `CLIENT GETNAME` to a read's pipeline: its reply tells whether the commands that
@@ -151,10 +157,15 @@ mod tests {
     }
 
     #[test]
-    fn epochs_compare_with_the_clocks_first_field() {
-        assert!(epoch_is_current(b"12", Some(b"12:5:abc")));
-        assert!(!epoch_is_current(b"12", Some(b"123:5:abc")));
-        assert!(!epoch_is_current(b"12", Some(b"1:12:abc")));
-        assert!(!epoch_is_current(b"12", None));
+    fn owners_compare_with_the_clocks_third_field() {
+        let clock = b"12:5:0123456789abcdef0123456789abcdef01234567";
+        assert!(owner_is_current(b"0123456789abcdef", Some(clock)));
+        assert!(!owner_is_current(b"0123456789abcde", Some(clock)));
+        assert!(!owner_is_current(b"0123456789abcdef0", Some(clock)));
+        assert!(!owner_is_current(b"12", Some(clock)));
+        // The owner '0' an older release wrote.
+        assert!(owner_is_current(b"0", Some(b"12:5:0")));
+        assert!(!owner_is_current(b"0123456789abcdef", None));
+        assert!(!owner_is_current(b"0123456789abcdef", Some(b"12:5")));
     }
 }

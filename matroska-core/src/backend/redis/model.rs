@@ -66,12 +66,12 @@ struct Clock {
     owner: u8,
 }
 
-/// An entry: the version of the row it holds, the stamp and the clock epoch it recorded.
+/// An entry: the version of the row it holds, the stamp and the clock owner it recorded.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 struct Entry {
     version: u8,
     recorded: Stamp,
-    epoch: u8,
+    owner: u8,
 }
 
 /// The keys of one prefix, wherever they live.
@@ -175,10 +175,10 @@ struct Variant {
     /// Item 5: a cluster invalidation's stamp never moves a stamp backwards within an epoch
     /// (`set_stamp.lua`), and the cluster's clock bump restarts the epoch after a failover.
     never_backwards: bool,
-    /// Item 16: entries record the clock's epoch, a read serves one only while the clock has
+    /// Item 16: entries record the clock's owner, a read serves one only while the clock has
     /// it and verifies a new connection first (`ticket.lua`), and clocks started by puts and
     /// invalidations are owned by the server (one server only: reads on a cluster do not
-    /// check the epoch).
+    /// check the owner).
     incarnation: bool,
 }
 
@@ -324,7 +324,7 @@ impl Model {
                     n.keys.entry = Some(Entry {
                         version: l.version,
                         recorded: l.seen.expect("a stamp was read or created"),
-                        epoch: l.reading.0,
+                        owner: n.keys.clock.map_or(0, |c| c.owner),
                     });
                 }
                 n.loaders[i].phase = LoaderPhase::Done;
@@ -389,7 +389,7 @@ impl Model {
             n.keys.entry = Some(Entry {
                 version: l.version,
                 recorded: stamp,
-                epoch: n.keys.clock.map_or(0, |c| c.epoch),
+                owner: n.keys.clock.map_or(0, |c| c.owner),
             });
         }
     }
@@ -526,17 +526,17 @@ impl Model {
     ///
     /// With [`Variant::incarnation`] on one server, a read on a connection not verified since
     /// the last restart or failover runs `ticket.lua` first, and serves an entry only while
-    /// the clock has the epoch it recorded.
+    /// the clock has the owner it recorded.
     fn served_fresh(&self, s: &State) -> Result<(), String> {
-        let epochs = self.variant.incarnation && !self.variant.cluster;
+        let owners = self.variant.incarnation && !self.variant.cluster;
         let mut read = s.clone();
-        if epochs && read.unverified {
+        if owners && read.unverified {
             ticket_lua(&mut read);
         }
         match read.keys.entry {
             Some(e)
                 if read.keys.stamp == Some(e.recorded)
-                    && (!epochs || read.keys.clock.is_some_and(|c| c.epoch == e.epoch))
+                    && (!owners || read.keys.clock.is_some_and(|c| c.owner == e.owner))
                     && e.version < s.returned =>
             {
                 Err(format!(
@@ -868,10 +868,10 @@ mod tests {
         holds(Variant::NEW, &RESTORE);
     }
 
-    /// Item 16 without the epoch check (entries compared by their stamps only, as before):
+    /// Item 16 without the owner check (entries compared by their stamps only, as before):
     /// a restart from a snapshot serves an entry invalidated after the snapshot.
     #[test]
-    fn the_checker_finds_item_16_without_the_epoch_check() {
+    fn the_checker_finds_item_16_without_the_owner_check() {
         let stamps_only = Variant {
             incarnation: false,
             ..Variant::NEW

@@ -12,13 +12,13 @@
 -- ARGV[4]  a fresh epoch (decimal, never 0), used when the clock is missing or owned by
 --          another server instance (run id)
 --
--- Returns {1 when the put may store else 0, the clock reading '<epoch>:<count>'}: 0 when the
+-- Returns {1 when the put may store else 0, the clock reading '<epoch>:<count>', the clock's
+-- owner (its first 16 characters, what the entry records: incarnation.rs)}: 0 when the
 -- clock has another epoch than the ticket or is owned by another server instance (restart,
 -- failover, lost clock), or a stamp could not be compared while an invalidation ran
 -- after the ticket. An invalidation bumps the clock before it writes its stamps, so reading
 -- the clock after the stamps sees the bump of any invalidation whose stamp this put could
--- have missed. The reading is what the put writes into its pending stamps (resolve.lua), and
--- its epoch what the entry records (incarnation.rs).
+-- have missed. The reading is what the put writes into its pending stamps (resolve.lua).
 --
 -- Invariant: like ticket.lua, a clock that is missing or owned by another run id is
 -- restarted with a fresh epoch (count 0, owned by this server instance), so a reading handed
@@ -30,16 +30,17 @@ if c then
   epoch, count, owner = string.match(c, '^(%d+):(%d+):(%w+)$')
 end
 if not epoch or owner ~= rid then
-  epoch, count = ARGV[4], '0'
+  epoch, count, owner = ARGV[4], '0', rid
   redis.call('SET', KEYS[1], epoch .. ':0:' .. rid)
 end
 local reading = epoch .. ':' .. count
+local owner16 = string.sub(owner, 1, 16)
 if ARGV[1] ~= '' then
   if epoch ~= ARGV[1] then
-    return { 0, reading }
+    return { 0, reading, owner16 }
   end
   if ARGV[3] == '1' and tonumber(count) > tonumber(ARGV[2]) then
-    return { 0, reading }
+    return { 0, reading, owner16 }
   end
 end
-return { 1, reading }
+return { 1, reading, owner16 }

@@ -14,15 +14,16 @@
 --          ARGV[2]; the slack above it spares most puts the extension)
 --
 -- The entry is the header, the stamps read joined by ',' (a stamp never holds ',' or ';'),
--- ';', the clock's epoch, ';', then the value. Returns 1 when stored, 0 when refused because
--- the value may be stale.
+-- ';', the clock's owner (its first 16 characters), ';', then the value. Returns 1 when
+-- stored, 0 when refused because the value may be stale.
 --
 -- Invariants:
 -- * a read serves the entry only while every recorded stamp equals the current one and the
---   clock still has the recorded epoch, so losing any key (the entry's stamps, the clock)
---   can only make it a miss, and so can a restart of the epoch: a server restarted from a
---   snapshot restores entries with the epoch they recorded, and the first ticket or read
---   verification on it restarts the epoch (incarnation.rs);
+--   clock still has the recorded owner, so losing any key (the entry's stamps, the clock)
+--   can only make it a miss: a server restarted from a snapshot restores entries with the
+--   owner they recorded, the old instance's run id, and the first ticket or read
+--   verification on it gives the clock its own (incarnation.rs). A clock lost and started
+--   again on the same instance gets the same owner, so it drops no entry;
 -- * a missing stamp is created as the clock's reading '<epoch>:<count>' (also by a refused
 --   put, so the next load can store; a clock is started, count 0, when there is none). This
 --   script reads the clock atomically with the creation, and every invalidation of the
@@ -64,9 +65,9 @@ if guarded or not epoch then
     refuse = true
   end
   if not epoch then
-    -- The entry records an epoch, so a missing clock is started here, owned by this server
-    -- instance as ticket.lua would.
-    epoch, count = ARGV[5], '0'
+    -- The entry records the clock's owner, so a missing clock is started here, owned by this
+    -- server instance as ticket.lua would.
+    epoch, count, owner = ARGV[5], '0', rid
     redis.call('SET', KEYS[2], epoch .. ':0:' .. rid)
   end
 end
@@ -102,6 +103,7 @@ end
 if refuse then
   return 0
 end
-redis.call('SET', KEYS[1], ARGV[6] .. table.concat(stamps, ',') .. ';' .. epoch .. ';' .. ARGV[1],
+redis.call('SET', KEYS[1],
+  ARGV[6] .. table.concat(stamps, ',') .. ';' .. string.sub(owner, 1, 16) .. ';' .. ARGV[1],
   'PX', ttl)
 return 1
