@@ -6,35 +6,39 @@
 //! draws a new `run_id`, and every connection to the old instance is dropped. So:
 //!
 //! - **the clock is owned by a run id** (`<epoch>:<count>:<run id>`): `ticket.lua` and
-//!   `check_clock.lua` restart the epoch when the clock is owned by another instance, and a
-//!   guarded put refuses then (a ticket from before the restart never stores after it, even
-//!   before anything here ran);
-//! - **every entry records the clock's epoch** it was stored under (`put.lua`, and the
-//!   step-by-step put), and a read serves it only while the clock still has that epoch: the
-//!   read fetches the clock in the `MGET` it sends for the stamps anyway;
+//!   `check_clock.lua` give the clock to this instance (a fresh epoch) when another instance
+//!   owns it, and a guarded put refuses then (a ticket from before the restart never stores
+//!   after it, even before anything here ran). Puts and invalidations that start a missing
+//!   clock give it to this instance too;
+//! - **every entry records the clock's owner** when it was stored (its first
+//!   [`OWNER_RECORDED`] characters; `put.lua`, and `check_clock.lua` for the step-by-step
+//!   put), and a read serves it only while the clock still has that owner: the read fetches
+//!   the clock in the `MGET` it sends for the stamps anyway. A clock lost on the same instance
+//!   (evicted under `allkeys-*`) comes back with the same owner, so that drops no entry;
 //! - **every read checks that its connection was verified**: it pipelines `CLIENT GETNAME`
-//!   before its `GET`/`MGET`. Verifying a connection runs `ticket.lua` on it (which restarts
-//!   the epoch of a clock another instance owned: a restored clock, or the old master's after
-//!   a failover, so every entry stored under it becomes a miss), then names the connection
-//!   with a fresh name in the same pipeline, and only then does this backend remember the
-//!   name. A reconnect (which a restart always causes) gives a connection without a name, so
-//!   the first read on it verifies before it trusts anything; a reconnect to the same
-//!   instance finds the clock owned by it and drops nothing.
+//!   before its `GET`/`MGET`. Verifying a connection runs `ticket.lua` on it (which gives a
+//!   clock another instance owned, a restored clock or the old master's after a failover, to
+//!   this instance, so every entry stored under the old owner becomes a miss), then names the
+//!   connection with a fresh name in the same pipeline, and only then does this backend
+//!   remember the name. A reconnect (which a restart always causes) gives a connection
+//!   without a name, so the first read on it verifies before it trusts anything; a reconnect
+//!   to the same instance finds the clock owned by it and drops nothing.
 //!
 //! Invariant: a read serves an entry only if, in the same pipeline on the same connection,
 //! the connection's name is the one this backend gave it after the server instance behind it
-//! owned the clock, and the clock's epoch is the one the entry recorded. An entry restored
-//! by a restart recorded an epoch that the restored clock, owned by the old instance, carried;
-//! the verification restarts that epoch before the name is given, and a fresh epoch is never
-//! one an entry recorded before (2^-64). Puts and invalidations do not verify: an entry stored
-//! on the restored instance before its first verification recorded the restored epoch, and
-//! the verification drops it too. Guarded by
-//! `a_restart_from_a_snapshot_serves_nothing_it_restored` in `tests/redis_backend.rs`.
+//! owned the clock, and the clock's owner is the one the entry recorded. An entry restored by
+//! a restart recorded the old instance's run id (or an owner older releases wrote); the
+//! verification gives the clock the new instance's before the name is given, and run ids
+//! are random (equal 64-bit prefixes: 2^-64). Puts and invalidations do not verify: an entry
+//! stored on the restored instance before its first verification recorded the restored owner,
+//! and the verification drops it too. Guarded by
+//! `a_restart_from_a_snapshot_serves_nothing_it_restored` and
+//! `a_reconnect_to_the_same_server_keeps_every_entry` in `tests/redis_backend.rs`.
 //!
 //! Not covered: Redis Cluster (its client hides which connection a command takes, so reads
-//! there do not check the epoch), a proxy that keeps client connections open across a server
-//! restart, and keys restored into a running server (`RESTORE`, `DEBUG RELOAD` of another
-//! file), which keep its run id.
+//! there do not check the owner), a proxy that keeps client connections open across a server
+//! restart, a master demoted to a replica while the connection stays open, and keys restored
+//! into a running server (`RESTORE`), which keep its run id.
 
 use std::sync::{Arc, Mutex, PoisonError};
 

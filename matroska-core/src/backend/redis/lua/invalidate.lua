@@ -29,8 +29,9 @@
 --   guarded put refuses while that id is not the server's own, until ticket.lua starts a new
 --   epoch. On one server this script therefore asks the server for its run id only when it
 --   starts a clock (`INFO` is most of a small invalidation's server time), and keeps the
---   clock's otherwise. A clock it starts is owned by this server instance, so a verification
---   (incarnation.rs) does not restart it again and drop the entries stored since;
+--   clock's otherwise. A clock it starts is owned by this server instance, so entries stored
+--   on it before the clock was lost still match it (they record the owner: incarnation.rs)
+--   and a verification does not restart it;
 -- * the caller bounds the number of dependencies per call, so a call never blocks the
 --   server for long.
 local c = redis.call('GET', KEYS[1])

@@ -5,8 +5,8 @@
 --          another server instance
 --
 -- Also the verification a read runs on each new connection (incarnation.rs): entries record
--- the clock's epoch and are served only while it is current, so restarting the epoch here
--- drops every entry a restarted server restored from a snapshot.
+-- the clock's owner and are served only while it is current, so giving the clock to this
+-- instance here drops every entry a restarted server restored from a snapshot.
 --
 -- Returns '<epoch>:<count>'. Every invalidation that runs after this call writes stamps
 -- '<epoch>:<higher count>' (see invalidate.lua), so a guarded put with this ticket can tell
