@@ -504,6 +504,36 @@ fn paired_ratios(_: &mut Criterion) {
                 }
             }
         };
+        // The same with what a read sends since issue 16, item 16: `CLIENT GETNAME` first and
+        // the clock in the `MGET` (the cost of the restart check, on raw redis-rs).
+        let checked = {
+            let (raw, entry_key, stamp_keys, json) = (
+                raw.clone(),
+                entry_key.clone(),
+                stamp_keys.clone(),
+                json.clone(),
+            );
+            let clock_key = backend.entry_key("").replace(":e:", ":c");
+            move || {
+                let mut conn = raw.clone();
+                let mut pipe = redis::pipe();
+                pipe.cmd("CLIENT")
+                    .arg("GETNAME")
+                    .cmd("GET")
+                    .arg(&*entry_key)
+                    .cmd("MGET")
+                    .arg(&stamp_keys[..])
+                    .arg(&clock_key);
+                let json = Arc::clone(&json);
+                async move {
+                    type Reply = (Option<String>, Option<Vec<u8>>, Vec<Option<Vec<u8>>>);
+                    let (_, entry, _): Reply = pipe.query_async(&mut conn).await.unwrap();
+                    assert!(entry.is_some());
+                    let article: Article = serde_json::from_slice(&json).unwrap();
+                    std::hint::black_box(article);
+                }
+            }
+        };
         let plain = {
             let raw = raw.clone();
             move || {
@@ -529,6 +559,13 @@ fn paired_ratios(_: &mut Criterion) {
                 tasks,
                 ("matroska", ours.clone()),
                 ("plain GET+decode", plain.clone()),
+            );
+            paired(
+                &rt,
+                &format!("redis/paired get hit, {n} dependencies"),
+                tasks,
+                ("GETNAME+GET+MGET(+clock)+decode", checked.clone()),
+                ("GET+MGET+decode", floor.clone()),
             );
         }
     }

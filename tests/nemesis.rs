@@ -11,7 +11,8 @@
 //! a bucket's list and a bucket's count, and two of those inside `seaorm::transaction`.
 //!
 //! A nemesis injects faults at times drawn from the seed: it deletes random entries and
-//! stamps on Redis, restarts the private `redis-server` (it keeps nothing), kills the relay
+//! stamps on Redis, restarts the private `redis-server` (empty, or from a snapshot it saved
+//! 0.1–0.7 s before: entries and stamps older than the invalidations since), kills the relay
 //! and starts another one later, re-runs the outbox `install`, and pauses every load's put
 //! (a loader held past the memory backend's stale window, which the seed may shorten to
 //! 40 ms; the seed may also shorten the entries' TTL).
@@ -126,6 +127,10 @@ enum Fault {
     DeleteStamps,
     /// Kill the private `redis-server` and start it again, empty.
     RestartRedis,
+    /// `SAVE` a snapshot, let the run go on for a while, then kill the private
+    /// `redis-server` and start it again from that snapshot: it comes back with entries and
+    /// stamps older than the invalidations made since (issue 16, item 16).
+    RestoreSnapshot,
     /// Stop the relay, and start a new one after a pause.
     RestartRelay,
     /// Run the outbox `install` again.
@@ -151,6 +156,7 @@ impl Fault {
                 Fault::DeleteEntries,
                 Fault::DeleteStamps,
                 Fault::RestartRedis,
+                Fault::RestoreSnapshot,
             ]);
         }
         let all = std::env::var("NEMESIS_ALL_FAULTS").is_ok_and(|v| v == "1");
@@ -265,7 +271,7 @@ impl Harness {
                 None,
             ),
             Store::Redis => {
-                let server = tokio::task::spawn_blocking(support::PrivateRedis::start)
+                let server = tokio::task::spawn_blocking(support::PrivateRedis::start_persistent)
                     .await
                     .unwrap();
                 let prefix = support::unique(name);
@@ -716,6 +722,29 @@ async fn inject(h: &Harness, fault: Fault, rng: &mut Rng) -> String {
             .await
             .unwrap();
             "restarted empty".into()
+        }
+        Fault::RestoreSnapshot => {
+            let (server, _) = h.storage.redis.as_ref().unwrap();
+            let url = server.lock().unwrap().url();
+            let saved: redis::RedisResult<()> = match redis::Client::open(url)
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+            {
+                Ok(mut c) => redis::cmd("SAVE").query_async(&mut c).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = saved {
+                return format!("no snapshot: {e}");
+            }
+            // Long enough for writes to land between the snapshot and the crash.
+            let after = Duration::from_millis(100 + rng.next(600));
+            tokio::time::sleep(after).await;
+            let server = Arc::clone(server);
+            tokio::task::spawn_blocking(move || server.lock().unwrap().restart_from_snapshot())
+                .await
+                .unwrap();
+            format!("restarted from a snapshot {after:?} old")
         }
         Fault::RestartRelay => {
             let pause = Duration::from_millis(rng.next(150));

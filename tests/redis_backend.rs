@@ -29,6 +29,9 @@ async fn each_operation_is_one_round_trip() {
     cache.put("warm", &0, &deps, None).await.unwrap();
     cache.invalidate(&deps[..1]).await.unwrap();
     cache.backend().ticket().await.unwrap();
+    // The first read verifies the connection (`EVAL` of ticket.lua, `CLIENT SETNAME`: once
+    // per connection, see incarnation.rs).
+    cache.get::<i32>("warm").await.unwrap();
     let mut monitor = support::Monitor::start(&redis);
 
     let (r, sent) = monitor
@@ -37,14 +40,15 @@ async fn each_operation_is_one_round_trip() {
     r.unwrap();
     assert_eq!(sent, ["evalsha"], "put with 20 dependencies");
 
-    // The entry and the stamps its put recorded, pipelined: one round trip.
+    // The connection's name, the entry and the stamps its put recorded with the clock,
+    // pipelined: one round trip.
     let (r, sent) = monitor.commands(cache.get::<Vec<i32>>("list")).await;
     assert_eq!(r.unwrap(), Some(vec![1, 2, 3]));
-    assert_eq!(sent, ["get", "mget"], "get hit");
+    assert_eq!(sent, ["client", "get", "mget"], "get hit");
 
     let (r, sent) = monitor.commands(cache.get::<Vec<i32>>("missing")).await;
     assert_eq!(r.unwrap(), None);
-    assert_eq!(sent, ["get"], "get miss");
+    assert_eq!(sent, ["client", "get", "mget"], "get miss");
 
     let many: Vec<Dependency> = (0..500).map(|i| Dependency::tag(format!("t{i}"))).collect();
     for i in 0..200 {
@@ -65,7 +69,11 @@ async fn each_operation_is_one_round_trip() {
         }))
         .await;
     assert_eq!(r.unwrap(), 1);
-    assert_eq!(sent, ["get", "evalsha", "evalsha"], "get_or_load miss");
+    assert_eq!(
+        sent,
+        ["client", "get", "mget", "evalsha", "evalsha"],
+        "get_or_load miss"
+    );
 }
 
 /// Invalidation work is bounded by dependencies, whatever the fan-out: a dependency with 5,000
@@ -963,7 +971,7 @@ async fn put_with_very_many_dependencies_is_split_and_still_guarded() {
 ///
 /// The clock is owned by the master (a ticket reset it there) before it is replicated, so the
 /// promoted replica's clock has the ticket's epoch and a count the repeated invalidation brings
-/// up to the ticket's: the epoch and the stamps both pass, and only the replication id written
+/// up to the ticket's: the epoch and the stamps both pass, and only the owner (run id) written
 /// with the clock (put.lua, and check_clock.lua for the step-by-step put) refuses.
 #[tokio::test]
 async fn ticket_from_the_old_master_never_stores_on_a_promoted_replica() {
@@ -993,7 +1001,7 @@ async fn ticket_from_the_old_master_never_stores_on_a_promoted_replica() {
     let dep = vec![Dependency::id("row", 1).encode()];
     // Two dependencies and a batch of one: the step-by-step put (stamp.lua, check_clock.lua).
     let deps = vec![dep[0].clone(), Dependency::id("row", 2).encode()];
-    // The first ticket makes the clock the master's: '<epoch>:0:<master's replication id>'.
+    // The first ticket makes the clock the master's: '<epoch>:0:<master's run id>'.
     let first = on_master.ticket().await.unwrap();
     on_master.invalidate(&deps).await.unwrap();
     let synced: i64 = redis::cmd("WAIT")
@@ -1092,4 +1100,141 @@ async fn late_follower_never_gets_the_lease_holders_pre_invalidation_value() {
         support::redis_backend("late_follower").await,
     )
     .await;
+}
+
+/// Retries `op` until Redis answers (the backend reconnects by itself after a restart).
+async fn once_connected<T, F: Future<Output = matroska::Result<T>>>(
+    mut op: impl FnMut() -> F,
+) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match op().await {
+            Ok(v) => return v,
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "never reconnected: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Issue 16, item 16: a server restarted from a snapshot brings back entries and the stamps
+/// they recorded, older than the invalidations made since the snapshot. Nothing it restored
+/// may be served, by a process that reads and writes or by one that only reads, and a ticket
+/// from before the restart never stores; afterwards the cache works as before.
+#[tokio::test]
+async fn a_restart_from_a_snapshot_serves_nothing_it_restored() {
+    let mut redis = PrivateRedis::start_persistent();
+    let writer = backend(&redis, |c| c).await;
+    // Another process on the same prefix that only reads.
+    let reader = backend(&redis, |c| c).await;
+    let ttl = Duration::from_secs(600);
+    let value = |v: i32| bytes::Bytes::from(matroska::Codec::Json.encode("k", &v, 0).unwrap());
+    let rows: Vec<Vec<String>> = (0..30)
+        .map(|i| vec![Dependency::id("row", i).encode()])
+        .collect();
+    // Every third key has no dependency at all: only the epoch can tell it was restored.
+    let deps = |i: usize| if i % 3 == 2 { &[][..] } else { &rows[i][..] };
+    for i in 0..rows.len() {
+        let ticket = writer.ticket().await.unwrap();
+        let key = format!("k{i}");
+        let put = PutRequest::new(&key, value(1), deps(i), ttl).guarded_by(Some(ticket));
+        assert_eq!(writer.put(put).await.unwrap(), PutOutcome::Stored);
+        assert!(reader.get(&format!("k{i}")).await.unwrap().is_some());
+    }
+    let _: () = redis::cmd("SAVE").query(&mut redis.client()).unwrap();
+    // After the snapshot: half the rows change, and a load starts after that.
+    for row in &rows[..15] {
+        writer.invalidate(row).await.unwrap();
+    }
+    let late = writer.ticket().await.unwrap();
+    for i in (0..15).filter(|i| !deps(*i).is_empty()) {
+        assert!(reader.get(&format!("k{i}")).await.unwrap().is_none());
+    }
+    redis.restart_from_snapshot();
+    let restored: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(writer.entry_key("k0"))
+        .query(&mut redis.client())
+        .unwrap();
+    assert!(
+        restored.is_some(),
+        "the scenario needs the snapshot restored"
+    );
+
+    // A load that took its ticket before the restart, first thing on the restored server.
+    let refused = once_connected(|| {
+        writer.put(PutRequest::new("k0", value(2), &rows[0], ttl).guarded_by(Some(late)))
+    })
+    .await;
+    assert_eq!(refused, PutOutcome::Stale);
+    for b in [&reader, &writer] {
+        let mut served = Vec::new();
+        for i in 0..rows.len() {
+            let key = format!("k{i}");
+            if once_connected(|| b.get(&key)).await.is_some() {
+                served.push(i);
+            }
+        }
+        assert_eq!(served, Vec::<usize>::new(), "restored entries were served");
+    }
+    let outcome = writer
+        .put(PutRequest::new("k0", value(2), &rows[0], ttl).guarded_by(Some(late)))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        PutOutcome::Stale,
+        "a ticket from before the restart"
+    );
+
+    // The cache works as before.
+    let ticket = writer.ticket().await.unwrap();
+    let put = PutRequest::new("k0", value(3), &rows[0], ttl).guarded_by(Some(ticket));
+    assert_eq!(writer.put(put).await.unwrap(), PutOutcome::Stored);
+    assert!(reader.get("k0").await.unwrap().is_some());
+    writer.invalidate(&rows[0]).await.unwrap();
+    assert!(reader.get("k0").await.unwrap().is_none());
+}
+
+/// A reconnect to the same server instance (the connection was killed, the server kept
+/// running) verifies the new connection and drops nothing.
+#[tokio::test]
+async fn a_reconnect_to_the_same_server_keeps_every_entry() {
+    let redis = PrivateRedis::start();
+    let b = backend(&redis, |c| c).await;
+    let dep = vec![Dependency::id("row", 1).encode()];
+    let ticket = b.ticket().await.unwrap();
+    let value = bytes::Bytes::from(matroska::Codec::Json.encode("k", &1, 0).unwrap());
+    let put = PutRequest::new("k", value, &dep, Duration::from_secs(60)).guarded_by(Some(ticket));
+    assert_eq!(b.put(put).await.unwrap(), PutOutcome::Stored);
+    assert!(b.get("k").await.unwrap().is_some());
+    let clock = |redis: &PrivateRedis| -> String {
+        redis::cmd("GET")
+            .arg("{app}:c")
+            .query(&mut redis.client())
+            .unwrap()
+    };
+    let before = clock(&redis);
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query(&mut redis.client())
+        .unwrap();
+    assert!(killed >= 1);
+    assert!(once_connected(|| b.get("k")).await.is_some());
+    assert_eq!(clock(&redis), before, "the epoch was restarted");
+    let names: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut redis.client())
+        .unwrap();
+    assert!(
+        names.contains("name=matroska-"),
+        "the new connection was not verified: {names}"
+    );
 }

@@ -27,6 +27,8 @@ pub fn unique(name: &str) -> String {
 pub struct PrivateRedis {
     child: Option<Child>,
     pub port: u16,
+    /// The directory of its snapshots ([`PrivateRedis::start_persistent`]), removed on drop.
+    dir: Option<std::path::PathBuf>,
 }
 
 impl PrivateRedis {
@@ -38,15 +40,38 @@ impl PrivateRedis {
     /// Starts a server with extra `--name value` arguments.
     pub fn start_with(args: &[&str]) -> Self {
         let port = free_port();
-        let mut redis = PrivateRedis { child: None, port };
+        let mut redis = PrivateRedis {
+            child: None,
+            port,
+            dir: None,
+        };
         redis.spawn(args);
         redis
     }
 
+    /// Starts a server that keeps its snapshot (`SAVE`, never automatic) in a directory of
+    /// its own, for [`PrivateRedis::restart_from_snapshot`].
+    pub fn start_persistent() -> Self {
+        let dir = std::env::temp_dir().join(unique("snapshot"));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let mut redis = PrivateRedis {
+            child: None,
+            port: free_port(),
+            dir: Some(dir),
+        };
+        redis.spawn(&[]);
+        redis
+    }
+
     fn spawn(&mut self, args: &[&str]) {
+        let dir = self
+            .dir
+            .as_ref()
+            .map(|d| d.to_str().expect("a UTF-8 temporary directory"));
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(dir.map(|d| ["--dir", d]).into_iter().flatten())
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -90,8 +115,23 @@ impl PrivateRedis {
         assert!(status.success(), "kill -{name} {pid} failed");
     }
 
-    /// Starts the server again on the same port (empty: it keeps nothing on disk).
+    /// Starts the server again on the same port, empty (a persistent server's snapshot is
+    /// deleted first).
     pub fn restart(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_file(dir.join("dump.rdb"));
+        }
+        self.spawn(&[]);
+    }
+
+    /// Kills a [persistent](PrivateRedis::start_persistent) server (SIGKILL, as a crash) and
+    /// starts it again on the same port and directory: it comes back with its last `SAVE`.
+    pub fn restart_from_snapshot(&mut self) {
+        assert!(
+            self.dir.is_some(),
+            "start_persistent keeps snapshots, start does not"
+        );
+        self.kill();
         self.spawn(&[]);
     }
 
@@ -158,6 +198,9 @@ impl Drop for PrivateRedis {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

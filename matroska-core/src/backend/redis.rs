@@ -6,9 +6,9 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{P}:e:<key>` | string | an entry: its dependencies with the stamps they had when it was stored, then the value (codec header + payload) |
+//! | `{P}:e:<key>` | string | an entry: its dependencies with the stamps they had when it was stored, the clock's epoch then, then the value (codec header + payload) |
 //! | `{P}:s:<dependency>` | string | the dependency's stamp `<epoch>:<count>`: set to a fresh count by every invalidation, created from the clock's reading by a put (pending, `p<nonce>`, until then on a cluster) |
-//! | `{P}:c` | string | the invalidation clock, `<epoch>:<count>:<replication id>` (the only key without a TTL) |
+//! | `{P}:c` | string | the invalidation clock, `<epoch>:<count>:<run id of its server instance>` (the only key without a TTL) |
 //! | `{P}:l:<key>` | string | cross-process fill lease of a key |
 //!
 //! `<dependency>` is [`Dependency::encode`](crate::Dependency::encode), which is injective, and
@@ -20,7 +20,10 @@
 //!   the key's entry last time; the entry is a hit only when every recorded stamp equals the
 //!   current one. A wrong guess (first read of a key, changed dependencies) costs a second
 //!   round trip. A missing stamp is a miss, so eviction, expiry or a restart cannot make an
-//!   invalidated entry readable again.
+//!   invalidated entry readable again. On one server the pipeline also asks the connection's
+//!   name (`CLIENT GETNAME`) and the `MGET` the clock: an entry is served only on a connection
+//!   verified since it connected and while the clock has the owner the entry recorded, so a
+//!   restart that restored old state serves nothing it restored (`incarnation.rs`).
 //! - **invalidate**: one script call per [`RedisConfig::invalidate_batch`] dependencies sets
 //!   each stamp to `<epoch>:<count>` with a fresh count: O(dependencies), whatever the number
 //!   of dependents, and no index to lose.
@@ -47,6 +50,7 @@ mod breaker;
 mod config;
 mod connection;
 mod entry;
+mod incarnation;
 mod known;
 mod lua;
 #[cfg(test)]
@@ -58,6 +62,7 @@ pub use config::RedisConfig;
 use config::redact_password;
 use connection::{Conn, Connector, connect_in_background, with_timeout};
 use entry::{Envelope, entry_header};
+use incarnation::{Incarnation, Seen, ask_name, owner_is_current};
 use known::KnownKeys;
 use lua::{INVALIDATE, Lua, PUT, RELEASE_LEASE, TICKET};
 
@@ -100,6 +105,8 @@ struct Inner {
     /// Key -> the stamp keys of its entry as last stored or read here: what a read fetches
     /// together with the entry.
     known: KnownKeys,
+    /// Which connection was verified against restarts that restore old state.
+    incarnation: Incarnation,
     breaker: Breaker,
 }
 
@@ -186,6 +193,7 @@ impl RedisBackend {
                 stamp_prefix: format!("{spread}:s:"),
                 lease_prefix: format!("{spread}:l:"),
                 known: KnownKeys::new(config.known_keys),
+                incarnation: Incarnation::default(),
                 breaker: Breaker::new(config.retry_after),
                 config,
                 put: Lua::new(PUT),
@@ -285,6 +293,109 @@ impl RedisBackend {
             .map(|(dep, _)| [self.inner.stamp_prefix.as_bytes(), dep].concat())
             .collect()
     }
+
+    /// One read of `key`: the entry, checked against the stamps it recorded and (on one
+    /// server) the clock's owner, on a connection this backend verified.
+    async fn read(&self, key: &str) -> Result<Read> {
+        let entry_key = self.entry_key(key);
+        let known = self.inner.known.get(key);
+        let mut conn = self.conn()?;
+        let cluster = self.is_cluster();
+        // The entry and the stamps it had last time, in one round trip: `GET` runs first, so
+        // an invalidation that returned before this read started shows in the `MGET`. On one
+        // server the pipeline also asks the connection's name and the clock.
+        let (entry, guessed, clock): (Option<Vec<u8>>, Option<Stamps>, Option<Vec<u8>>) =
+            match &known {
+                Some(keys) if !keys.is_empty() && cluster => {
+                    // Other slots, so no pipeline: both requests in flight at once. Their
+                    // order does not matter: an invalidation that returned before this read
+                    // began shows in the stamps either way.
+                    let mut other = conn.clone();
+                    let (get, mget) = (
+                        redis::cmd("GET").arg(&entry_key).clone(),
+                        redis::cmd("MGET").arg(&keys[..]).clone(),
+                    );
+                    let entry = get.query_async(&mut conn);
+                    let stamps = mget.query_async(&mut other);
+                    let (entry, stamps) = self
+                        .run("get", async { tokio::try_join!(entry, stamps) })
+                        .await?;
+                    (entry, Some(stamps), None)
+                }
+                _ if cluster => (self.run("get", conn.get(&entry_key)).await?, None, None),
+                _ => {
+                    let keys = known.as_deref().unwrap_or_default();
+                    let mut pipe = redis::pipe();
+                    ask_name(&mut pipe);
+                    pipe.cmd("GET")
+                        .arg(&entry_key)
+                        .cmd("MGET")
+                        .arg(keys)
+                        .arg(&self.inner.clock_key);
+                    let (name, entry, mut stamps): (Option<String>, _, Stamps) =
+                        self.run("get", pipe.query_async(&mut conn)).await?;
+                    if let Err(seen) = self.inner.incarnation.check(name.as_deref()) {
+                        return Ok(Read::Unverified(seen));
+                    }
+                    let clock = stamps.pop().ok_or_else(|| bad_reply("a short MGET"))?;
+                    (entry, (!keys.is_empty()).then_some(stamps), clock)
+                }
+            };
+        let Some(entry) = entry else {
+            return Ok(Read::Done(None));
+        };
+        let entry = Bytes::from(entry);
+        let Some(envelope) = Envelope::parse(&entry) else {
+            tracing::debug!(key, "entry not in this layout's format; a miss");
+            return Ok(Read::Done(None));
+        };
+        let prefix = self.inner.stamp_prefix.as_bytes();
+        let valid = match (known, guessed) {
+            _ if envelope.deps.is_empty() => true,
+            (Some(keys), Some(stamps)) if envelope.has_stamp_keys(&keys, prefix) => {
+                Self::stamps_match(&envelope, &stamps)
+            }
+            _ if cluster => {
+                let keys = self.stamp_keys_of(&envelope);
+                self.inner.known.remember(key, &keys);
+                let stamps: Stamps = self
+                    .run(
+                        "get",
+                        redis::cmd("MGET").arg(&keys[..]).query_async(&mut conn),
+                    )
+                    .await?;
+                Self::stamps_match(&envelope, &stamps)
+            }
+            _ => {
+                // The stamps again, on a connection that must still be the verified one, and
+                // the clock with them (both compared below).
+                let keys = self.stamp_keys_of(&envelope);
+                self.inner.known.remember(key, &keys);
+                let mut pipe = redis::pipe();
+                ask_name(&mut pipe);
+                pipe.cmd("MGET").arg(&keys[..]).arg(&self.inner.clock_key);
+                let (name, mut stamps): (Option<String>, Stamps) =
+                    self.run("get", pipe.query_async(&mut conn)).await?;
+                if let Err(seen) = self.inner.incarnation.check(name.as_deref()) {
+                    return Ok(Read::Unverified(seen));
+                }
+                let clock = stamps.pop().ok_or_else(|| bad_reply("a short MGET"))?;
+                Self::stamps_match(&envelope, &stamps)
+                    && owner_is_current(envelope.owner, clock.as_deref())
+            }
+        };
+        // On one server the entry's clock owner must be the clock's; the cluster's reads do
+        // not check it (incarnation.rs says why).
+        let valid = valid && (cluster || owner_is_current(envelope.owner, clock.as_deref()));
+        let value_at = envelope.value_at;
+        Ok(Read::Done(valid.then(|| entry.slice(value_at..))))
+    }
+}
+
+/// What one read found: the answer, or a connection it could not trust yet.
+enum Read {
+    Done(Option<Bytes>),
+    Unverified(Seen),
 }
 
 /// How long a stamp is kept when a put creates or extends it: the entry's TTL plus a quarter,
@@ -338,64 +449,18 @@ impl Backend for RedisBackend {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        let entry_key = self.entry_key(key);
-        let known = self.inner.known.get(key);
-        let mut conn = self.conn()?;
-        // The entry and the stamps it had last time, in one round trip: `GET` runs first, so
-        // an invalidation that returned before this read started shows in the `MGET`.
-        let (entry, guessed): (Option<Vec<u8>>, Option<Stamps>) = match &known {
-            Some(keys) if !keys.is_empty() && self.is_cluster() => {
-                // Other slots, so no pipeline: both requests in flight at once. Their order
-                // does not matter: an invalidation that returned before this read began shows
-                // in the stamps either way.
-                let mut other = conn.clone();
-                let (get, mget) = (
-                    redis::cmd("GET").arg(&entry_key).clone(),
-                    redis::cmd("MGET").arg(&keys[..]).clone(),
-                );
-                let entry = get.query_async(&mut conn);
-                let stamps = mget.query_async(&mut other);
-                let (entry, stamps) = self
-                    .run("get", async { tokio::try_join!(entry, stamps) })
-                    .await?;
-                (entry, Some(stamps))
-            }
-            Some(keys) if !keys.is_empty() => {
-                let mut pipe = redis::pipe();
-                pipe.cmd("GET").arg(&entry_key).cmd("MGET").arg(&keys[..]);
-                let (entry, stamps) = self.run("get", pipe.query_async(&mut conn)).await?;
-                (entry, Some(stamps))
-            }
-            _ => (self.run("get", conn.get(&entry_key)).await?, None),
+        // A read on a connection not verified yet (the first one, or a reconnect: perhaps to
+        // a server restarted from a snapshot) verifies it and reads again (incarnation.rs).
+        let seen = match self.read(key).await? {
+            Read::Done(value) => return Ok(value),
+            Read::Unverified(seen) => seen,
         };
-        let Some(entry) = entry else {
-            return Ok(None);
-        };
-        let entry = Bytes::from(entry);
-        let Some(envelope) = Envelope::parse(&entry) else {
-            tracing::debug!(key, "entry not in this layout's format; a miss");
-            return Ok(None);
-        };
-        let prefix = self.inner.stamp_prefix.as_bytes();
-        let valid = match (known, guessed) {
-            _ if envelope.deps.is_empty() => true,
-            (Some(keys), Some(stamps)) if envelope.has_stamp_keys(&keys, prefix) => {
-                Self::stamps_match(&envelope, &stamps)
-            }
-            _ => {
-                let keys = self.stamp_keys_of(&envelope);
-                self.inner.known.remember(key, &keys);
-                let stamps: Stamps = self
-                    .run(
-                        "get",
-                        redis::cmd("MGET").arg(&keys[..]).query_async(&mut conn),
-                    )
-                    .await?;
-                Self::stamps_match(&envelope, &stamps)
-            }
-        };
-        let value_at = envelope.value_at;
-        Ok(valid.then(|| entry.slice(value_at..)))
+        self.verify(seen).await?;
+        match self.read(key).await? {
+            Read::Done(value) => Ok(value),
+            // Reconnected again meanwhile: a miss rather than a loop.
+            Read::Unverified(_) => Ok(None),
+        }
     }
 
     async fn has(&self, key: &str) -> Result<bool> {

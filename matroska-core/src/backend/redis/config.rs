@@ -29,7 +29,10 @@ pub struct RedisConfig {
     /// After each invalidation, wait (`WAIT`, up to [`RedisConfig::timeout`]) until this many
     /// replicas have it, and fail the invalidation otherwise. Off (0) by default; with
     /// replicas and automatic failover, an invalidation the promoted replica never received
-    /// is lost, and this is what prevents that.
+    /// is lost, and this is what prevents that. (On one server, a failover that moves this
+    /// backend's connection to the promoted server also empties the cache at its first read
+    /// there, as a restart does; this still matters on a cluster, and while a connection stays
+    /// open to a demoted master.)
     pub wait_for_replicas: usize,
     /// Seed nodes of a Redis Cluster (`redis://host:port` each); empty for a single server
     /// at [`RedisConfig::url`]. See [`RedisConfig::cluster`].

@@ -1,17 +1,23 @@
 //! The entry format `put.lua` writes: the dependencies, the stamps they had when the entry
-//! was stored, then the value.
+//! was stored, the owner of the clock it was stored under, then the value.
 
 use std::io::Write as _;
 
 /// First byte of an entry written by this layout (`put.lua`); anything else is not ours
-/// (0xB5 was the layout before stamps were joined by `,`: read as a miss).
-pub(super) const ENTRY_MAGIC: u8 = 0xB6;
+/// (0xB5 was the layout before stamps were joined by `,`, 0xB6 the one before entries
+/// recorded the clock's owner: both read as misses, so an entry restored from a snapshot
+/// taken before this layout is never served).
+pub(super) const ENTRY_MAGIC: u8 = 0xB7;
 
-/// An entry as `put.lua` writes it: the header ([`entry_header`]: `0xB6`, `n:`, then per
-/// dependency `<len>:<dependency>`), the recorded stamps joined by `,`, `;`, then the value.
+/// An entry as `put.lua` writes it: the header ([`entry_header`]: `0xB7`, `n:`, then per
+/// dependency `<len>:<dependency>`), the recorded stamps joined by `,`, `;`, the owner of the
+/// clock when the entry was stored (the first 16 characters of a server's run id; see
+/// `incarnation.rs`), `;`, then the value.
 #[derive(Debug)]
 pub(super) struct Envelope<'a> {
     pub(super) deps: Vec<(&'a [u8], &'a [u8])>,
+    /// The clock's owner when the entry was stored: served only while the clock still has it.
+    pub(super) owner: &'a [u8],
     /// Where the value starts.
     pub(super) value_at: usize,
 }
@@ -52,9 +58,21 @@ impl<'a> Envelope<'a> {
                 return None;
             }
         }
+        // Then the owner, letters and digits only, up to the next `;`.
+        let owner_at = stamps_end + 1;
+        let owner_len = bytes
+            .get(owner_at..)?
+            .iter()
+            .take(41)
+            .position(|&b| b == b';')?;
+        let owner = &bytes[owner_at..owner_at + owner_len];
+        if owner.is_empty() || !owner.iter().all(u8::is_ascii_alphanumeric) {
+            return None;
+        }
         Some(Envelope {
             deps,
-            value_at: stamps_end + 1,
+            owner,
+            value_at: owner_at + owner_len + 1,
         })
     }
 
@@ -68,7 +86,7 @@ impl<'a> Envelope<'a> {
     }
 }
 
-/// The start of an entry up to its stamps: `0xB6`, `n:`, then per dependency
+/// The start of an entry up to its stamps: `0xB7`, `n:`, then per dependency
 /// `<len>:<dependency>`. The caller writes it, so the script only appends the stamps it reads.
 pub(super) fn entry_header(deps: &[String]) -> Vec<u8> {
     let mut header = Vec::with_capacity(8 + deps.iter().map(|d| d.len() + 4).sum::<usize>());
@@ -89,33 +107,43 @@ mod tests {
     #[test]
     fn envelopes_parse_and_garbage_does_not() {
         let mut bytes = entry_header(&["dep".into(), "a:{};,".into()]);
-        bytes.extend_from_slice(b"1:1:2,c99;VAL;UE,");
+        bytes.extend_from_slice(b"1:1:2,c99;17ab;VAL;UE,");
         let e = Envelope::parse(&bytes).unwrap();
         assert_eq!(
             e.deps,
             vec![(&b"dep"[..], &b"1:1:2"[..]), (&b"a:{};,"[..], &b"c99"[..])]
         );
+        assert_eq!(e.owner, b"17ab");
         assert_eq!(&bytes[e.value_at..], b"VAL;UE,");
 
         let mut bytes = entry_header(&[]);
-        bytes.extend_from_slice(b";V");
+        bytes.extend_from_slice(b";4;V");
         let e = Envelope::parse(&bytes).unwrap();
         assert!(e.deps.is_empty());
+        assert_eq!(e.owner, b"4");
         assert_eq!(&bytes[e.value_at..], b"V");
 
         for garbage in [
             &b""[..],
             b"\xA7\x01\x01\0\0\0\0[]",
             b"\xB52:3:dep5:1:1:24:a:{}3:c99VALUE",
-            b"\xB6",
-            b"\xB6x:",
-            b"\xB69999999999999:",
-            b"\xB61:3:de",
-            b"\xB61:99999999999999999999:d",
-            b"\xB61:3:dep",
-            b"\xB61:3:depc1,c2;V",
-            b"\xB62:3:dep1:xc1;V",
-            b"\xB60:c1;V",
+            // The layout before entries recorded the clock's owner.
+            b"\xB61:3:dep1:1;V",
+            b"\xB60:;V",
+            b"\xB7",
+            b"\xB7x:",
+            b"\xB79999999999999:",
+            b"\xB71:3:de",
+            b"\xB71:99999999999999999999:d",
+            b"\xB71:3:dep",
+            b"\xB71:3:depc1,c2;1;V",
+            b"\xB72:3:dep1:xc1;1;V",
+            b"\xB70:c1;1;V",
+            // No owner, an empty one, or one with other characters.
+            b"\xB71:3:dep1:1;V",
+            b"\xB70:;;V",
+            b"\xB70:;1-x;V",
+            b"\xB70:;1",
         ] {
             assert!(Envelope::parse(garbage).is_none(), "{garbage:?}");
         }

@@ -2,7 +2,7 @@
 //! every interleaving of loaders (ticket, database read, guarded put), invalidators (database
 //! write, invalidation, `WAIT`) and a nemesis (losing the stamp, the clock or the
 //! entry to eviction or expiry; a restart or failover that rolls keys back to what a replica
-//! had), within small bounds, on one server and on a cluster. It checks the product's
+//! had; a restart from a snapshot, item 16), within small bounds, on one server and on a cluster. It checks the product's
 //! promise, in every state reached (as a read there would see it): no value loaded before an
 //! invalidation is served after that invalidation returned.
 //!
@@ -58,7 +58,7 @@ enum Stamp {
     Legacy(u8),
 }
 
-/// The clock `<epoch>:<count>:<owner>` (owner: a replication id, 0 for '0').
+/// The clock `<epoch>:<count>:<owner>` (owner: a server instance's run id, 0 for '0').
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 struct Clock {
     epoch: u8,
@@ -66,11 +66,12 @@ struct Clock {
     owner: u8,
 }
 
-/// An entry: the version of the row it holds, and the stamp it recorded.
+/// An entry: the version of the row it holds, the stamp and the clock owner it recorded.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 struct Entry {
     version: u8,
     recorded: Stamp,
+    owner: u8,
 }
 
 /// The keys of one prefix, wherever they live.
@@ -145,7 +146,13 @@ struct State {
     keys: Keys,
     /// What the replicas hold (synced by `WAIT` and by the nemesis), restored by a failover.
     replica: Keys,
-    /// The replication id of the server holding the clock (all keys on one server).
+    /// The last snapshot (RDB `SAVE`, taken at any time), restored by a restart (item 16).
+    snapshot: Keys,
+    /// Readers' connections have not been verified since the last restart or failover
+    /// (incarnation.rs): a read first runs `ticket.lua`.
+    unverified: bool,
+    /// The run id of the server instance holding the clock (all keys on one server): new on
+    /// every failover and restart.
     rid: u8,
     next_epoch: u8,
     /// The row's version in the database.
@@ -168,6 +175,11 @@ struct Variant {
     /// Item 5: a cluster invalidation's stamp never moves a stamp backwards within an epoch
     /// (`set_stamp.lua`), and the cluster's clock bump restarts the epoch after a failover.
     never_backwards: bool,
+    /// Item 16: entries record the clock's owner, a read serves one only while the clock has
+    /// it and verifies a new connection first (`ticket.lua`), and clocks started by puts and
+    /// invalidations are owned by the server (one server only: reads on a cluster do not
+    /// check the owner).
+    incarnation: bool,
 }
 
 impl Variant {
@@ -175,11 +187,13 @@ impl Variant {
         cluster: false,
         created_from_clock: true,
         never_backwards: true,
+        incarnation: true,
     };
     const OLD: Variant = Variant {
         cluster: false,
         created_from_clock: false,
         never_backwards: false,
+        incarnation: false,
     };
 
     fn on_cluster(self) -> Variant {
@@ -199,6 +213,8 @@ struct Bounds {
     faults: u8,
     /// Whether the nemesis may fail servers over (and replicas sync).
     failover: bool,
+    /// Whether the nemesis may restart the server from its last snapshot (one server).
+    restore: bool,
 }
 
 struct Model {
@@ -234,6 +250,8 @@ impl State {
         State {
             keys: Keys::default(),
             replica: Keys::default(),
+            snapshot: Keys::default(),
+            unverified: false,
             rid: 1,
             next_epoch: 1,
             db: 0,
@@ -253,7 +271,7 @@ impl State {
 impl Model {
     /// Every state reachable in one step, with what the step was; `Err` is a violation.
     fn successors(&self, s: &State, out: &mut Vec<(State, Step)>) -> Result<(), String> {
-        Self::served_fresh(s)?;
+        self.served_fresh(s)?;
         for i in 0..2 {
             if let Some(next) = self.loader_step(s, i) {
                 out.push((next, Step::Loader(i, s.loaders[i].phase)));
@@ -306,6 +324,7 @@ impl Model {
                     n.keys.entry = Some(Entry {
                         version: l.version,
                         recorded: l.seen.expect("a stamp was read or created"),
+                        owner: n.keys.clock.map_or(0, |c| c.owner),
                     });
                 }
                 n.loaders[i].phase = LoaderPhase::Done;
@@ -321,6 +340,14 @@ impl Model {
         let t = l.ticket;
         let clock_ok = matches!(n.keys.clock, Some(c) if c.epoch == t.epoch && c.owner == n.rid);
         let mut refuse = !clock_ok;
+        if self.variant.incarnation && n.keys.clock.is_none() {
+            // The entry records an epoch: a missing clock is started, owned by the server.
+            n.keys.clock = Some(Clock {
+                epoch: n.fresh_epoch(),
+                count: 0,
+                owner: n.rid,
+            });
+        }
         let stamp = match n.keys.stamp {
             None | Some(Stamp::Pending(_)) => {
                 let created = if self.variant.created_from_clock {
@@ -362,6 +389,7 @@ impl Model {
             n.keys.entry = Some(Entry {
                 version: l.version,
                 recorded: stamp,
+                owner: n.keys.clock.map_or(0, |c| c.owner),
             });
         }
     }
@@ -474,7 +502,11 @@ impl Model {
             None => Clock {
                 epoch: n.fresh_epoch(),
                 count: 0,
-                owner: if check_owner { n.rid } else { 0 },
+                owner: if check_owner || self.variant.incarnation {
+                    n.rid
+                } else {
+                    0
+                },
             },
         };
         let next = Clock {
@@ -491,12 +523,27 @@ impl Model {
     /// taken as one instant: stamps never return to a value an entry recorded once an
     /// invalidation has moved them on, so a read split around other steps serves nothing
     /// that no single instant serves.)
-    fn served_fresh(s: &State) -> Result<(), String> {
-        match s.keys.entry {
-            Some(e) if s.keys.stamp == Some(e.recorded) && e.version < s.returned => Err(format!(
-                "a read serves version {} after the invalidation of version {} returned",
-                e.version, s.returned
-            )),
+    ///
+    /// With [`Variant::incarnation`] on one server, a read on a connection not verified since
+    /// the last restart or failover runs `ticket.lua` first, and serves an entry only while
+    /// the clock has the owner it recorded.
+    fn served_fresh(&self, s: &State) -> Result<(), String> {
+        let owners = self.variant.incarnation && !self.variant.cluster;
+        let mut read = s.clone();
+        if owners && read.unverified {
+            ticket_lua(&mut read);
+        }
+        match read.keys.entry {
+            Some(e)
+                if read.keys.stamp == Some(e.recorded)
+                    && (!owners || read.keys.clock.is_some_and(|c| c.owner == e.owner))
+                    && e.version < s.returned =>
+            {
+                Err(format!(
+                    "a read serves version {} after the invalidation of version {} returned",
+                    e.version, s.returned
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -507,6 +554,17 @@ impl Model {
             let mut n = s.clone();
             n.replica = n.keys;
             out.push((n, Step::Other("replicas sync")));
+        }
+        if self.bounds.restore && s.snapshot != s.keys {
+            let mut n = s.clone();
+            n.snapshot = n.keys;
+            out.push((n, Step::Other("SAVE (a snapshot)")));
+        }
+        if self.variant.incarnation && s.unverified {
+            let mut n = s.clone();
+            ticket_lua(&mut n);
+            n.unverified = false;
+            out.push((n, Step::Other("a reader verifies its new connection")));
         }
         if s.faults >= self.bounds.faults {
             return;
@@ -522,6 +580,16 @@ impl Model {
         fault(&|n| n.keys.stamp = None, "stamp lost (evicted or expired)");
         fault(&|n| n.keys.clock = None, "clock lost");
         fault(&|n| n.keys.entry = None, "entry lost");
+        if self.bounds.restore {
+            fault(
+                &|n| {
+                    n.keys = n.snapshot;
+                    n.rid += 1;
+                    n.unverified = true;
+                },
+                "restart from the snapshot",
+            );
+        }
         if !self.bounds.failover {
             return;
         }
@@ -556,6 +624,7 @@ impl Model {
                 &|n| {
                     n.keys = n.replica;
                     n.rid += 1;
+                    n.unverified = true;
                     lose_in_flight(n);
                 },
                 "failover (or restart: the replica may be empty)",
@@ -670,6 +739,7 @@ mod tests {
         invalidators: 2,
         faults: 1,
         failover: false,
+        restore: false,
     };
 
     fn check(variant: Variant, bounds: Bounds) -> Result<usize, String> {
@@ -690,24 +760,28 @@ mod tests {
             invalidators: 2,
             faults: 0,
             failover: false,
+            restore: false,
         },
         Bounds {
             loaders: 2,
             invalidators: 1,
             faults: 2,
             failover: false,
+            restore: false,
         },
         Bounds {
             loaders: 1,
             invalidators: 2,
             faults: 1,
             failover: false,
+            restore: false,
         },
         Bounds {
             loaders: 1,
             invalidators: 1,
             faults: 2,
             failover: true,
+            restore: false,
         },
     ];
 
@@ -719,12 +793,14 @@ mod tests {
             invalidators: 2,
             faults: 1,
             failover: false,
+            restore: false,
         },
         Bounds {
             loaders: 2,
             invalidators: 2,
             faults: 1,
             failover: true,
+            restore: false,
         },
     ];
 
@@ -767,6 +843,41 @@ mod tests {
             let found = check(variant, bounds).expect_err("no counterexample");
             assert!(found.contains("stamp lost"), "{found}");
         }
+    }
+
+    /// Restarts from a snapshot on one server (item 16), with and without other faults.
+    const RESTORE: [Bounds; 2] = [
+        Bounds {
+            loaders: 2,
+            invalidators: 1,
+            faults: 1,
+            failover: false,
+            restore: true,
+        },
+        Bounds {
+            loaders: 1,
+            invalidators: 2,
+            faults: 2,
+            failover: false,
+            restore: true,
+        },
+    ];
+
+    #[test]
+    fn the_fixed_protocol_survives_restarts_from_snapshots_on_one_server() {
+        holds(Variant::NEW, &RESTORE);
+    }
+
+    /// Item 16 without the owner check (entries compared by their stamps only, as before):
+    /// a restart from a snapshot serves an entry invalidated after the snapshot.
+    #[test]
+    fn the_checker_finds_item_16_without_the_owner_check() {
+        let stamps_only = Variant {
+            incarnation: false,
+            ..Variant::NEW
+        };
+        let found = check(stamps_only, RESTORE[0]).expect_err("no counterexample");
+        assert!(found.contains("restart from the snapshot"), "{found}");
     }
 
     /// Item 5 with the old plain `SET` of stamps on a cluster: found without any fault.

@@ -18,7 +18,8 @@
 //!   invalidation whose stamp lands after the stamps were read makes the entry a miss (the
 //!   recorded stamp is old); one whose stamp landed before is seen (its count is above the
 //!   ticket), or, if that stamp has since been lost, its clock bump is (the clock is read
-//!   after the stamps, and the re-created stamp carries that reading).
+//!   after the stamps, and the re-created stamp carries that reading). The entry records the
+//!   clock's owner then: if the clock changes owner before the entry is written, it is a miss.
 
 use std::sync::Arc;
 
@@ -83,8 +84,9 @@ impl RedisBackend {
             .filter(|&i| is_pending(&stamps[i]))
             .collect();
         // 2. The ticket against the stamps just read, then against the clock, read after
-        // them; the clock's reading is also what the pending stamps get.
-        let mut stale = false;
+        // them; the clock's reading is also what the pending stamps get, and its owner what
+        // the entry records (incarnation.rs), so the clock is read by unguarded puts too.
+        let mut unverifiable = false;
         if let Some(ticket) = request.ticket {
             let parsed: Vec<Option<Ticket>> = stamps.iter().map(|s| parse_stamp(s)).collect();
             if parsed
@@ -96,20 +98,15 @@ impl RedisBackend {
             }
             // Pending, another epoch's or an older layout's: cannot be compared with the
             // ticket, so only a clock that has not moved past it vouches for them.
-            let unverifiable = parsed
+            unverifiable = parsed
                 .iter()
                 .any(|s| s.is_none_or(|s| s.epoch != ticket.epoch));
-            let (ok, reading) = self.check_clock(Some(ticket), unverifiable).await?;
-            stale = !ok;
-            if !pending.is_empty() {
-                // Resolved even by a refused put, so that the next load can store.
-                stale |= !self
-                    .resolve(&keys, &mut stamps, &pending, &reading, ttl)
-                    .await?;
-            }
-        } else if !pending.is_empty() {
-            let (_, reading) = self.check_clock(None, true).await?;
-            stale = !self
+        }
+        let (ok, reading, owner) = self.check_clock(request.ticket, unverifiable).await?;
+        let mut stale = !ok;
+        if !pending.is_empty() {
+            // Resolved even by a refused put, so that the next load can store.
+            stale |= !self
                 .resolve(&keys, &mut stamps, &pending, &reading, ttl)
                 .await?;
         }
@@ -124,6 +121,8 @@ impl RedisBackend {
             }
             entry.extend_from_slice(stamp);
         }
+        entry.push(b';');
+        entry.extend_from_slice(owner.as_bytes());
         entry.push(b';');
         entry.extend_from_slice(&request.value);
         let mut conn = self.conn()?;
@@ -142,13 +141,14 @@ impl RedisBackend {
         Ok(PutOutcome::Stored)
     }
 
-    /// Runs `check_clock.lua`: whether a put with `ticket` may store, and the clock's reading
-    /// `<epoch>:<count>`, taken after the stamps were read.
+    /// Runs `check_clock.lua`: whether a put with `ticket` may store, the clock's reading
+    /// `<epoch>:<count>`, taken after the stamps were read, and the clock's owner as an entry
+    /// records it.
     async fn check_clock(
         &self,
         ticket: Option<Ticket>,
         unverifiable: bool,
-    ) -> Result<(bool, String)> {
+    ) -> Result<(bool, String, String)> {
         let mut invocation = self.inner.spread.check_clock.call(1);
         invocation.key(&self.inner.clock_key);
         match ticket {
@@ -159,12 +159,15 @@ impl RedisBackend {
             .arg(if unverifiable { "1" } else { "0" })
             .arg(self.nonce());
         let mut conn = self.conn()?;
-        let (ok, reading): (i64, String) =
+        let (ok, reading, owner): (i64, String, String) =
             self.run("put", invocation.invoke_async(&mut conn)).await?;
         if super::parse_clock(&reading).is_none() {
             return Err(bad_reply("a clock reading that is not `<epoch>:<count>`"));
         }
-        Ok((ok == 1, reading))
+        if owner.is_empty() || !owner.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(bad_reply("a clock owner that is not a run id"));
+        }
+        Ok((ok == 1, reading, owner))
     }
 
     /// Replaces the pending stamps `stamps[pending]` with the clock `reading` (`resolve.lua`,

@@ -3,13 +3,13 @@
 -- compares them with the current ones, so a new stamp makes every dependent entry a miss,
 -- whatever the number of dependents: the work is O(dependencies).
 --
--- KEYS[1]       the clock: '<epoch>:<count>:<replication id>' (see ticket.lua)
+-- KEYS[1]       the clock: '<epoch>:<count>:<run id>' (see ticket.lua)
 -- KEYS[2 ..]    the stamp of each dependency (none on Redis Cluster, where stamps live in
 --               other slots and the caller writes the returned stamp into them afterwards)
 -- ARGV[1]  a fresh epoch (decimal, never 0), used when the clock is missing
 -- ARGV[2]  stamp time to live, ms (the stale window; puts extend it to their entries' TTL)
--- ARGV[3]  '1' to restart the clock with a fresh epoch when it was written under another
---          replication id (Redis Cluster), else '0' or absent
+-- ARGV[3]  '1' to restart the clock with a fresh epoch when it is owned by another server
+--          instance, run id (Redis Cluster), else '0' or absent
 --
 -- Returns the stamp written, '<epoch>:<count>'.
 --
@@ -25,11 +25,13 @@
 --   (ARGV[3]), so counts handed out after a failover never fall below stamps already
 --   written, and set_stamp.lua can keep the higher of two counts of one epoch;
 -- * tickets need more: after a failover, a ticket taken on the old master may be above the
---   promoted clock. The clock keeps the replication id it was reset under (ticket.lua), and a
+--   promoted clock. The clock keeps the run id it was reset under (ticket.lua), and a
 --   guarded put refuses while that id is not the server's own, until ticket.lua starts a new
---   epoch. On one server this script therefore does not ask the server for its replication
---   id (`INFO` is most of a small invalidation's server time): it keeps the clock's, or
---   writes '0' (never an id) when it starts a clock;
+--   epoch. On one server this script therefore asks the server for its run id only when it
+--   starts a clock (`INFO` is most of a small invalidation's server time), and keeps the
+--   clock's otherwise. A clock it starts is owned by this server instance, so entries stored
+--   on it before the clock was lost still match it (they record the owner: incarnation.rs)
+--   and a verification does not restart it;
 -- * the caller bounds the number of dependencies per call, so a call never blocks the
 --   server for long.
 local c = redis.call('GET', KEYS[1])
@@ -38,12 +40,13 @@ if c then
   epoch, count, owner = string.match(c, '^(%d+):(%d+):(%w+)$')
 end
 if ARGV[3] == '1' then
-  local rid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
+  local rid = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
   if owner ~= rid then
     epoch, count, owner = ARGV[1], '0', rid
   end
 elseif not epoch then
-  epoch, count, owner = ARGV[1], '0', '0'
+  epoch, count = ARGV[1], '0'
+  owner = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
 end
 local stamp = epoch .. ':' .. string.format('%d', tonumber(count) + 1)
 redis.call('SET', KEYS[1], stamp .. ':' .. owner)
