@@ -513,7 +513,42 @@ fn paired_ratios(_: &mut Criterion) {
                 }
             }
         };
+        // The read before it was one command (raw, the same decode): what folding the `GET`
+        // into the `MGET` gained.
+        let two_commands = {
+            let (raw, entry_key, stamp_keys, json) = (
+                raw.clone(),
+                entry_key.clone(),
+                stamp_keys.clone(),
+                json.clone(),
+            );
+            move || {
+                let mut conn = raw.clone();
+                let mut pipe = redis::pipe();
+                pipe.cmd("GET")
+                    .arg(&*entry_key)
+                    .cmd("MGET")
+                    .arg(&stamp_keys[..]);
+                let json = Arc::clone(&json);
+                async move {
+                    let (entry, _): (Option<Vec<u8>>, Vec<Option<Vec<u8>>>) =
+                        pipe.query_async(&mut conn).await.unwrap();
+                    assert!(entry.is_some());
+                    let article: Article = serde_json::from_slice(&json).unwrap();
+                    std::hint::black_box(article);
+                }
+            }
+        };
         for tasks in [1, 32] {
+            if tasks > 1 {
+                paired(
+                    &rt,
+                    &format!("redis/paired get hit, {n} dependencies"),
+                    tasks,
+                    ("MGET+decode", floor.clone()),
+                    ("GET+MGET pipelined+decode", two_commands.clone()),
+                );
+            }
             paired(
                 &rt,
                 &format!("redis/paired get hit, {n} dependencies"),
