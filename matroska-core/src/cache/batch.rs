@@ -131,7 +131,7 @@ impl Cache {
     ///         // SELECT article_id, count(*) FROM favorites WHERE article_id IN (...) GROUP BY 1
     ///         Ok::<_, std::io::Error>(
     ///             missing
-    ///                 .iter()
+    ///                 .into_iter()
     ///                 .map(|id| (id as u64 * 10, vec![Dependency::id("favorite_article", id)]))
     ///                 .collect(),
     ///         )
@@ -207,10 +207,9 @@ impl Cache {
         } else {
             Some(None)
         };
-        let loaded = loader(missing.iter().map(|&at| items[at].clone()).collect())
-            .await
-            .map_err(|e| Error::Load(e.into()))?;
+        let loaded = loader(missing.iter().map(|&at| items[at].clone()).collect()).await;
         count(Counter::Load, self.name(), missing.len() as u64);
+        let loaded = loaded.map_err(|e| Error::Load(e.into()))?;
         if loaded.len() != missing.len() {
             return Err(Error::Load(
                 format!(
