@@ -10,7 +10,8 @@
 //! raw SQL (no hook, no poke: as another process would), and poll the cache until the entry is
 //! gone. Idle (as another process's write: the relay wakes on PostgreSQL's `NOTIFY`, elsewhere
 //! at its next poll), idle with `poke()` after the commit (as this process's hooked saves do),
-//! and under ~1 000 background writes/s to other rows. The percentiles of the
+//! idle with `wait_delivered` after the commit (read-your-writes for a write no hook saw: the
+//! time until it returns), and under ~1 000 background writes/s to other rows. The percentiles of the
 //! samples are printed (`lag <db> <load>: p50 .. p99 ..`); criterion reports the mean.
 
 mod common;
@@ -155,9 +156,10 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
 async fn lag_once(
     conn: &DatabaseConnection,
     cache: &Cache,
+    relay: &outbox::RelayHandle,
     row: &article::Model,
     n: u64,
-    poke: bool,
+    load: &str,
 ) -> Duration {
     cache
         .put("lag", &n, &[row.primary_key()], None)
@@ -169,9 +171,20 @@ async fn lag_once(
     )
     .await;
     let committed = Instant::now();
-    if poke {
+    if load.ends_with("poked") {
         // What a hooked save or `seaorm::transaction` does after its commit.
         outbox::poke();
+    }
+    if load.ends_with("wait_delivered") {
+        // Read-your-writes for a write no hook saw: the entry is gone when this returns.
+        relay
+            .wait_delivered(Duration::from_secs(10))
+            .await
+            .expect("delivered in time");
+        assert!(
+            !cache.has("lag").await.expect("has"),
+            "stale after the wait"
+        );
     }
     while cache.has("lag").await.expect("has") {
         tokio::time::sleep(Duration::from_micros(200)).await;
@@ -199,7 +212,12 @@ fn relay_lag(c: &mut Criterion, rt: &Runtime, db: &ScratchDb) {
     };
     let mut g = c.benchmark_group(format!("outbox/lag/{}", db.name));
     g.sample_size(20);
-    for load in ["idle", "idle, poked", "1000 writes/s"] {
+    for load in [
+        "idle",
+        "idle, poked",
+        "idle, wait_delivered",
+        "1000 writes/s",
+    ] {
         let stop = Arc::new(AtomicBool::new(false));
         let background = load.starts_with("1000").then(|| {
             let (conn, stop) = (conn.clone(), Arc::clone(&stop));
@@ -223,13 +241,13 @@ fn relay_lag(c: &mut Criterion, rt: &Runtime, db: &ScratchDb) {
         let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
         g.bench_function(load, |b| {
             b.to_async(rt).iter_custom(|iters| {
-                let (cache, row) = (cache.clone(), row.clone());
+                let (cache, row, relay) = (cache.clone(), row.clone(), &relay);
                 let (samples, n) = (Arc::clone(&samples), Arc::clone(&n));
                 async move {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
                         let i = n.fetch_add(1, Ordering::Relaxed);
-                        let lag = lag_once(conn, &cache, &row, i, load.ends_with("poked")).await;
+                        let lag = lag_once(conn, &cache, relay, &row, i, load).await;
                         samples.lock().expect("not poisoned").push(lag);
                         total += lag;
                     }

@@ -73,13 +73,14 @@ async fn get_articles_list(cache: &Cache) -> matroska::Result<Vec<Article>> {
 
 async fn modify_user(cache: &Cache, id: i64) -> matroska::Result<()> {
     // ... update the user in the database, then:
-    let dropped = cache.invalidate(&[Dependency::id("author", id)]).await?;
-    if cache.backend().name() == "memory" {
-        let entries = if dropped == 1 { "entry" } else { "entries" };
-        println!("modify_user({id}): invalidated {dropped} cached {entries}");
-    } else {
+    let invalidated = cache.invalidate(&[Dependency::id("author", id)]).await?;
+    match invalidated.dropped() {
+        Some(dropped) => {
+            let entries = if dropped == 1 { "entry" } else { "entries" };
+            println!("modify_user({id}): invalidated {dropped} cached {entries}");
+        }
         // Redis invalidates in O(dependencies) and does not count dependents.
-        println!("modify_user({id}): invalidated author {id}");
+        None => println!("modify_user({id}): invalidated author {id}"),
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 //!
 //! Run with `cargo run --example scopes`.
 
-use matroska::{Cache, CacheDeps, DependencySet, Scoped};
+use matroska::{Cache, CacheDeps, DependencySet, Invalidated, Scoped};
 
 #[derive(Debug, Clone, CacheDeps)]
 struct User {
@@ -61,16 +61,22 @@ impl Db {
             }
             changed
         });
-        let dropped = Article::scope()
+        let invalidated = Article::scope()
             .invalidate_for_change(before.as_ref(), Some(&article), cache, modified.as_deref())
             .await?
             + match &before {
                 // A modified row also drops whatever shows it (its primary key).
                 Some(before) => cache.invalidate(&[before.primary_key()]).await?,
-                None => 0,
+                None => Invalidated::counted(0),
             };
+        // Redis does not count the entries it invalidates (`None`).
+        let dropped = match invalidated.dropped() {
+            Some(1) => "1 cache entry dropped".to_owned(),
+            Some(n) => format!("{n} cache entries dropped"),
+            None => "cache entries invalidated".to_owned(),
+        };
         println!(
-            "  saved #{} {:?} ({}, {}): {dropped} cache entr{} dropped",
+            "  saved #{} {:?} ({}, {}): {dropped}",
             article.id,
             article.title,
             if article.published {
@@ -79,7 +85,6 @@ impl Db {
                 "draft"
             },
             article.category,
-            if dropped == 1 { "y" } else { "ies" },
         );
         self.articles.push(article);
         Ok(())

@@ -32,7 +32,9 @@ pub use matroska_core::*;
 /// static per type.
 ///
 /// Key and scope fields are read through [`ToValue`] (integers, `bool`, floats, strings,
-/// bytes, `Option`, and with features `chrono` and `uuid` dates, times and UUIDs).
+/// bytes, `Option`, and with features `chrono` and `uuid` dates, times and UUIDs; `seaorm`
+/// turns both on). A `uuid::Uuid` or chrono field without its feature is an error at the
+/// field: "`Uuid` cannot be a key or scope value", with a note naming the feature to turn on.
 ///
 /// # Generated API
 ///

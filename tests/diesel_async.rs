@@ -137,6 +137,45 @@ macro_rules! diesel_async_tests {
                 assert_eq!(count(&mut env).await, 3);
             }
 
+            /// `values_async` / `value_async`: a column and an aggregate, read back fresh
+            /// after a write and `wait_delivered`.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn single_columns_and_aggregates() {
+                let mut env = setup("da_values").await;
+                async fn titles(env: &mut Env<Conn>) -> Vec<String> {
+                    posts::table
+                        .select(posts::title)
+                        .order(posts::id)
+                        .cached(&env.cache)
+                        .scoped(&published_in("fantasy"))
+                        .values_async::<Post, String, _>(&mut env.conn)
+                        .await
+                        .unwrap()
+                }
+                async fn newest(env: &mut Env<Conn>) -> Option<Option<i32>> {
+                    posts::table
+                        .select(diesel::dsl::max(posts::id))
+                        .cached(&env.cache)
+                        .value_async::<Post, Option<i32>, _>(&mut env.conn)
+                        .await
+                        .unwrap()
+                }
+                assert_eq!(titles(&mut env).await, vec!["A".to_owned()]);
+                assert_eq!(newest(&mut env).await, Some(Some(env.b.id)));
+                diesel::update(posts::table.find(env.a.id))
+                    .set(posts::title.eq("A2"))
+                    .execute(&mut env.conn)
+                    .await
+                    .unwrap();
+                insert(&mut env.conn, "C", "sci-fi").await;
+                env.relay
+                    .wait_delivered(std::time::Duration::from_secs(20))
+                    .await
+                    .unwrap();
+                assert_eq!(titles(&mut env).await, vec!["A2".to_owned()]);
+                assert!(newest(&mut env).await.unwrap().unwrap() > env.b.id);
+            }
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn cached_queries_hit() {
                 let mut env = setup("da_hits").await;

@@ -81,13 +81,27 @@ async fn replaced_and_invalidated_entries_leave_no_index_rows() {
         "rows of the replaced value must go"
     );
     // The old dependency no longer reaches the new value.
-    assert_eq!(cache.invalidate(&[Dependency::tag("a")]).await.unwrap(), 0);
+    assert_eq!(
+        cache
+            .invalidate(&[Dependency::tag("a")])
+            .await
+            .unwrap()
+            .dropped(),
+        Some(0)
+    );
     assert!(cache.has("k").await.unwrap());
     cache
         .put("j", &3, &[Dependency::tag("c"), Dependency::tag("d")], None)
         .await
         .unwrap();
-    assert_eq!(cache.invalidate(&[Dependency::tag("c")]).await.unwrap(), 2);
+    assert_eq!(
+        cache
+            .invalidate(&[Dependency::tag("c")])
+            .await
+            .unwrap()
+            .dropped(),
+        Some(2)
+    );
     cache.delete("k").await.unwrap();
     backend.run_pending_tasks();
     assert_eq!(backend.index_rows(), 0);

@@ -76,7 +76,7 @@ async fn operations_are_counted() {
         None,
         "wrong type: a decode error"
     );
-    assert_eq!(cache.invalidate(&[dep]).await.unwrap(), 1);
+    assert_eq!(cache.invalidate(&[dep]).await.unwrap().dropped(), Some(1));
 
     assert_eq!(total(&totals, "matroska_hits_total"), 1);
     assert_eq!(total(&totals, "matroska_misses_total"), 2);

@@ -89,3 +89,120 @@ async fn hits_misses_fills_and_invalidations_are_logged_at_debug() {
     let _: Option<String> = cache.get("other").await.unwrap();
     assert!(!captured.take().iter().any(|l| l.contains("secret-value")));
 }
+
+/// The `info` lines logged since the last call (message and fields, without the time stamp).
+fn info_lines(captured: &Captured) -> Vec<String> {
+    captured
+        .take()
+        .into_iter()
+        .filter(|l| l.contains(" INFO "))
+        .collect()
+}
+
+/// Waits (bounded, polled) until a captured line contains `message`; returns every line
+/// captured meanwhile.
+async fn wait_for(captured: &Captured, message: &str) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut seen = Vec::new();
+    loop {
+        seen.extend(captured.take());
+        if seen.iter().any(|l| l.contains(message)) {
+            return seen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no `{message}` in {seen:#?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// An idle relay is silent at `info`: its poll loop logs at `trace`, and `info` is for state
+/// changes only (started, consumer registered, flushed, delivering again after failures).
+#[cfg(feature = "seaorm")]
+#[tokio::test(flavor = "current_thread")]
+async fn an_idle_relay_logs_nothing_at_info() {
+    use matroska::outbox::{self, Outbox, OutboxDb, Relay, SqlConnection};
+    use matroska::{ColumnDecoder, TableSpec};
+
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(captured.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let db = OutboxDb::connect("sqlite::memory:").await.unwrap();
+    db.execute_sql("CREATE TABLE t1 (id INTEGER PRIMARY KEY)")
+        .await
+        .unwrap();
+    db.execute_sql("CREATE TABLE t2 (id INTEGER PRIMARY KEY)")
+        .await
+        .unwrap();
+    let specs: Vec<TableSpec> = ["t1", "t2"]
+        .into_iter()
+        .map(|t| TableSpec::new(t, t).key("id", ColumnDecoder::of::<i64>()))
+        .collect();
+    outbox::install(&db, &Outbox::default(), &specs)
+        .await
+        .unwrap();
+    // The install's own lines (installed; triggers that were missing) are not the relay's.
+    captured.take();
+    let mut builder = Relay::builder(db.clone(), Cache::memory())
+        .poll_interval(std::time::Duration::from_millis(1));
+    for spec in specs {
+        builder = builder.watch(spec);
+    }
+    let handle = builder.build().start().await.unwrap();
+    let started = wait_for(&captured, "relay started").await;
+    let info: Vec<&String> = started.iter().filter(|l| l.contains(" INFO ")).collect();
+    // One line per state change: not one per flushed table.
+    for message in [
+        "new outbox consumer",
+        "outbox consumer flushed its cache",
+        "matroska outbox relay started",
+    ] {
+        assert_eq!(
+            info.iter().filter(|l| l.contains(message)).count(),
+            1,
+            "one `{message}` in {info:#?}"
+        );
+    }
+    assert_eq!(info.len(), 3, "{info:#?}");
+
+    // Idle polls: many, none at `info`.
+    let mut polls = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while polls < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relay did not poll"
+        );
+        let lines = captured.take();
+        polls += lines.iter().filter(|l| l.contains("outbox poll")).count();
+        let info: Vec<&String> = lines.iter().filter(|l| l.contains(" INFO ")).collect();
+        assert!(info.is_empty(), "an idle relay logged at info: {info:#?}");
+        assert!(
+            lines
+                .iter()
+                .all(|l| !l.contains("outbox poll") || l.contains("TRACE")),
+            "{lines:#?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+
+    // A failure is a warning; delivering again is one `info` line.
+    db.execute_sql("ALTER TABLE matroska_outbox RENAME TO matroska_outbox_away")
+        .await
+        .unwrap();
+    wait_for(&captured, "outbox delivery failed").await;
+    db.execute_sql("ALTER TABLE matroska_outbox_away RENAME TO matroska_outbox")
+        .await
+        .unwrap();
+    let lines = wait_for(&captured, "delivering again").await;
+    let info: Vec<&String> = lines.iter().filter(|l| l.contains(" INFO ")).collect();
+    assert_eq!(info.len(), 1, "{info:#?}");
+    assert!(info_lines(&captured).is_empty());
+    handle.shutdown().await;
+}

@@ -194,6 +194,8 @@ matrix!(
     dropped_save,
     killed_writer,
     primary_key_change,
+    wait_delivered_after_raw_sql,
+    wait_delivered_with_nothing_waiting,
 );
 
 async fn hooked_insert(env: Env) {
@@ -395,7 +397,7 @@ impl Backend for StuckInvalidate {
     async fn delete(&self, key: &str) -> matroska::Result<bool> {
         self.inner.delete(key).await
     }
-    async fn invalidate(&self, _deps: &[String]) -> matroska::Result<u64> {
+    async fn invalidate(&self, _deps: &[String]) -> matroska::Result<matroska::Invalidated> {
         self.entered.notify_one();
         std::future::pending().await
     }
@@ -423,6 +425,92 @@ async fn dropped_save(env: Env) {
         () = entered.notified() => {}
     }
     env.expect(&[ROW_A, FANTASY, SCI_FI], &[ROW_B]).await;
+}
+
+/// Read-your-writes for a write no hook saw: `wait_delivered` returns once the relay's
+/// consumer has it, so the very next read is fresh. The background relay is stopped first:
+/// only the wait can have delivered the write.
+async fn wait_delivered_after_raw_sql(env: Env) {
+    let Env {
+        db,
+        cache,
+        relay,
+        a,
+        ..
+    } = env;
+    let waiter = relay.relay().clone();
+    relay.shutdown().await;
+    let sql = format!("UPDATE article SET category = 'sci-fi' WHERE id = {}", a.id);
+    db.conn.execute_unprepared(&sql).await.unwrap();
+    waiter
+        .wait_delivered(Duration::from_secs(20))
+        .await
+        .unwrap();
+    for gone in [ROW_A, FANTASY, SCI_FI] {
+        assert!(!cache.has(gone).await.unwrap(), "{gone} still cached");
+    }
+    assert!(cache.has(ROW_B).await.unwrap(), "{ROW_B} was invalidated");
+    assert_eq!(waiter.depth().await.unwrap().rows, 0);
+}
+
+/// With nothing waiting, the wait returns at once and invalidates nothing.
+async fn wait_delivered_with_nothing_waiting(env: Env) {
+    env.relay
+        .wait_delivered(Duration::from_secs(20))
+        .await
+        .unwrap();
+    for kept in [ROW_A, ROW_B, FANTASY, SCI_FI] {
+        assert!(env.cache.has(kept).await.unwrap(), "{kept} was invalidated");
+    }
+}
+
+/// The blocking form, from a thread without a runtime (a synchronous Diesel application's),
+/// with a relay that polls once an hour (SQLite and MariaDB have no LISTEN, and a raw write
+/// does not poke): the wait delivers the write itself. (The relay's first poll may still take
+/// the write; `wait_delivered_after_raw_sql`, with no relay running, is the strict check of
+/// the shared wait.)
+async fn wait_delivered_blocking(kind: Kind) {
+    let name = "wait_delivered_blocking";
+    run(kind, name, |env| async move {
+        let Env {
+            db,
+            cache,
+            relay,
+            a,
+            ..
+        } = env;
+        relay.shutdown().await;
+        let relay = outbox::relay(&db.conn, cache.clone())
+            .unwrap()
+            .watch_type::<article::Model>()
+            .watch_type::<author::Model>()
+            .poll_interval(Duration::from_secs(3600))
+            .build()
+            .spawn();
+        let sql = format!("UPDATE article SET category = 'sci-fi' WHERE id = {}", a.id);
+        db.conn.execute_unprepared(&sql).await.unwrap();
+        let relay = Arc::new(relay);
+        let waiting = Arc::clone(&relay);
+        std::thread::spawn(move || waiting.wait_delivered_blocking(Duration::from_secs(20)))
+            .join()
+            .unwrap()
+            .unwrap();
+        for gone in [ROW_A, FANTASY, SCI_FI] {
+            assert!(!cache.has(gone).await.unwrap(), "{gone} still cached");
+        }
+        assert!(cache.has(ROW_B).await.unwrap(), "{ROW_B} was invalidated");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_delivered_blocking_sqlite() {
+    wait_delivered_blocking(Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_delivered_blocking_mysql() {
+    wait_delivered_blocking(Kind::MySql).await;
 }
 
 /// Another process writes and is killed with SIGKILL right after its commit.

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{FromRef, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -41,6 +41,22 @@ const TTL: Duration = Duration::from_secs(600);
 pub struct AppState {
     pub db: DatabaseConnection,
     pub cache: Cache,
+}
+
+/// A handler takes only what it uses — `State(cache): State<Cache>` — instead of the whole
+/// state, and no `&Cache` is threaded by hand (axum's `FromRef`; `#[derive(FromRef)]` on the
+/// state does the same with axum's `macros` feature). matroska needs no axum integration for
+/// this: a `Cache` is a cheap clone.
+impl FromRef<AppState> for Cache {
+    fn from_ref(app: &AppState) -> Cache {
+        app.cache.clone()
+    }
+}
+
+impl FromRef<AppState> for DatabaseConnection {
+    fn from_ref(app: &AppState) -> DatabaseConnection {
+        app.db.clone()
+    }
 }
 
 /// Creates the table if it is missing and installs the outbox on it (both idempotent). A real
@@ -169,12 +185,14 @@ async fn drafts(State(app): State<AppState>) -> Result<Json<Vec<post::Model>>, A
 }
 
 /// One post: the entry depends on that row's key only, so writes to other posts keep it.
+/// It takes the cache and the database as their own extractors (`FromRef` above).
 async fn show(
-    State(app): State<AppState>,
+    State(cache): State<Cache>,
+    State(db): State<DatabaseConnection>,
     id: Result<Path<i32>, PathRejection>,
 ) -> Result<Json<post::Model>, AppError> {
     let Path(id) = id?;
-    seaorm::query::find_by_id::<post::Entity, _>(&app.cache, &app.db, id)
+    seaorm::query::find_by_id::<post::Entity, _>(&cache, &db, id)
         .await?
         .map(Json)
         .ok_or(AppError::NotFound)

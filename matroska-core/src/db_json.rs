@@ -30,7 +30,7 @@ use crate::value::{ToValue, Value};
 /// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` has no decoder from a database's JSON: it does not implement `FromDbJson`",
-    note = "for `uuid::Uuid` enable the `uuid` feature of `matroska`; for chrono dates and times its `chrono` feature"
+    note = "for `uuid::Uuid` enable the `uuid` feature of `matroska`, for chrono dates and times its `chrono` feature: `matroska = {{ version = \"0.1\", features = [\"uuid\", \"chrono\"] }}`"
 )]
 pub trait FromDbJson {
     /// The value of a field of this type that the database wrote as `json`.

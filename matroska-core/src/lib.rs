@@ -78,6 +78,7 @@ pub mod scope;
 pub mod table;
 mod value;
 
+pub use backend::Invalidated;
 pub use cache::{Cache, CacheBuilder, Loaded};
 pub use codec::Codec;
 pub use collect::{CollectDeps, DependencySet, QueryRow};

@@ -50,6 +50,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
+use crate::backend::Invalidated;
 use crate::cache::Cache;
 use crate::dependency::Dependency;
 use crate::error::{Error, Result};
@@ -470,7 +471,8 @@ impl<T: ?Sized> Scope<T> {
     }
 
     /// Invalidates the lists `object` enters or leaves by being created, deleted or (with
-    /// `modified`, the names of changed fields) modified. Returns the entries dropped.
+    /// `modified`, the names of changed fields) modified. Returns what the invalidation did
+    /// (entries dropped, where the backend counts them: [`Invalidated::dropped`]).
     ///
     /// # Errors
     /// Backend failures, as [`Cache::invalidate`]; in development mode
@@ -481,7 +483,7 @@ impl<T: ?Sized> Scope<T> {
         object: &T,
         cache: &Cache,
         modified: Option<&[&str]>,
-    ) -> Result<u64> {
+    ) -> Result<Invalidated> {
         self.invalidate_for_change(Some(object), None, cache, modified)
             .await
     }
@@ -496,7 +498,7 @@ impl<T: ?Sized> Scope<T> {
         after: Option<&T>,
         cache: &Cache,
         modified: Option<&[&str]>,
-    ) -> Result<u64> {
+    ) -> Result<Invalidated> {
         let (deps, error) = self.collect(before, after, modified);
         let dropped = cache.invalidate(&deps).await?;
         match error {
@@ -509,7 +511,7 @@ impl<T: ?Sized> Scope<T> {
     ///
     /// # Errors
     /// Backend failures, as [`Cache::invalidate`].
-    pub async fn invalidate_all(&self, cache: &Cache) -> Result<u64> {
+    pub async fn invalidate_all(&self, cache: &Cache) -> Result<Invalidated> {
         cache.invalidate(&[self.all(), self.any_change()]).await
     }
 }

@@ -219,7 +219,8 @@ impl<T: ToValue + ?Sized> From<&T> for Value {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be a key or scope value: it does not implement `ToValue`",
     label = "no `ToValue` for `{Self}`",
-    note = "for `uuid::Uuid` enable the `uuid` feature of `matroska`; for chrono dates and times its `chrono` feature; for a type of your own, implement `ToValue`"
+    note = "for `uuid::Uuid` enable the `uuid` feature of `matroska`, for chrono dates and times its `chrono` feature: `matroska = {{ version = \"0.1\", features = [\"uuid\", \"chrono\"] }}`",
+    note = "for a type of your own, implement `ToValue` (see its docs)"
 )]
 pub trait ToValue {
     /// This value as a [`Value`].
@@ -235,6 +236,13 @@ pub trait ToValue {
 /// assert_eq!(7_i32.to_key_values(), [Value::from(7)]);
 /// assert_eq!((7_i32, "en").to_key_values(), [Value::from(7), Value::from("en")]);
 /// ```
+// Through the blanket impl rustc reports this trait, not `ToValue`: name the features here too.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a primary key: a key is one `ToValue`, or a tuple of up to six",
+    label = "not a key",
+    note = "for `uuid::Uuid` enable the `uuid` feature of `matroska`, for chrono dates and times its `chrono` feature: `matroska = {{ version = \"0.1\", features = [\"uuid\", \"chrono\"] }}`",
+    note = "for a type of your own, implement `ToValue` (see its docs)"
+)]
 pub trait ToKeyValues {
     /// The key's values, one per column.
     fn to_key_values(&self) -> Vec<Value>;

@@ -126,6 +126,46 @@ impl<Q> Cached<Q> {
         .await
     }
 
+    /// [`Cached::values`] on a `diesel_async` connection.
+    ///
+    /// # Errors
+    /// As [`Cached::load`].
+    pub async fn values_async<'query, M, U, C>(self, conn: &mut C) -> Result<Vec<U>>
+    where
+        C: AsyncConnection,
+        C::Backend: NamespaceBackend + Default,
+        <C::Backend as Backend>::QueryBuilder: Default,
+        Q: RunQueryDsl<C> + LoadQuery<'query, C, U> + QueryFragment<C::Backend> + 'query,
+        M: QueryRow,
+        U: Serialize + DeserializeOwned + Send,
+    {
+        let plan = self.coarse_plan::<M>("values");
+        run(plan, conn, |query, conn| query.load::<U>(conn), no_keys).await
+    }
+
+    /// [`Cached::value`] on a `diesel_async` connection.
+    ///
+    /// # Errors
+    /// As [`Cached::load`].
+    pub async fn value_async<'query, M, U, C>(self, conn: &mut C) -> Result<Option<U>>
+    where
+        C: AsyncConnection,
+        C::Backend: NamespaceBackend + Default,
+        <C::Backend as Backend>::QueryBuilder: Default,
+        Q: RunQueryDsl<C> + LoadQuery<'query, C, U> + QueryFragment<C::Backend> + 'query,
+        M: QueryRow,
+        U: Serialize + DeserializeOwned + Send,
+    {
+        let plan = self.coarse_plan::<M>("value");
+        run(
+            plan,
+            conn,
+            |query, conn| async move { query.get_result::<U>(conn).await.optional() },
+            no_keys,
+        )
+        .await
+    }
+
     /// [`Cached::count`] on a `diesel_async` connection.
     ///
     /// # Errors

@@ -24,6 +24,18 @@
 //!    [`Relay`](outbox::Relay) in each process that serves cached reads. Every committed write
 //!    — `insert_into`, `update`, `delete`, `sql_query`, another process — is then
 //!    invalidated after its commit; a rolled-back one records nothing.
+//!
+//!    The install creates the outbox's own tables in your database, which `diesel migration
+//!    run` would then write into `schema.rs`. Keep them out in `diesel.toml` (these are the
+//!    default outbox's names; with [`Outbox::named`](matroska_outbox::Outbox::named) they start with
+//!    your name instead; `_table_ids` exists on MySQL/MariaDB only; diesel_cli matches these
+//!    regular expressions anywhere in a name, hence `^..$`):
+//!
+//!    ```toml
+//!    [print_schema]
+//!    file = "src/schema.rs"
+//!    filter = { except_tables = ["^matroska_outbox$", "^matroska_outbox_dead$", "^matroska_outbox_tables$", "^matroska_outbox_consumers$", "^matroska_outbox_done$", "^matroska_outbox_table_ids$"] }
+//!    ```
 //! 3. **Queries**: `.cached(&cache)` on any Diesel query ([`CachedExt`]), optionally
 //!    `.scoped(&condition)`, then `load` / `get_results` / `get_result` / `first` / `count`,
 //!    or [`find`] by primary key (a tuple for a composite one). Joins load tuples

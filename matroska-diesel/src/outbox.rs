@@ -26,14 +26,21 @@
 //! ```
 //!
 //! Regenerate the migration when a model's key or scopes change (the triggers record exactly
-//! the watched columns). On PostgreSQL, pin the outbox to a schema
+//! the watched columns). Put it right after the migrations that create the watched tables,
+//! before any that writes rows. `up.sql` ends with a whole-table row per table
+//! ([`Outbox::record_whole_table_sql`]): each time it runs (the first time over existing
+//! data, again after a `migration redo` or a rollback past it), every relay invalidates
+//! everything cached from those tables, so what was written while no trigger recorded it
+//! (between `down.sql` and `up.sql`, say) is not served stale. On PostgreSQL, pin the outbox to a schema
 //! (`Outbox::default().in_schema("public")?`) so the triggers write there whatever a writer's
 //! `search_path`.
 //!
 //! **From Rust** (a start-up step, or a migration implemented in Rust):
 //! [`install_outbox`] runs the same statements on a Diesel connection; it is idempotent, pins
 //! PostgreSQL's outbox to the connection's current schema, and refuses to downgrade triggers a
-//! newer matroska installed.
+//! newer matroska installed. It invalidates the tables (a whole-table row) only when the
+//! triggers it replaces were missing, disabled or altered: running it at every start-up
+//! costs no invalidation.
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -95,7 +102,9 @@ use matroska_outbox::{Dialect, Outbox, SqlConnection};
 
 use crate::error::Result;
 
-pub use matroska_outbox::{OutboxDb, Relay, RelayHandle, poke};
+pub use matroska_outbox::{
+    OutboxDb, Relay, RelayHandle, poke, wait_delivered, wait_delivered_blocking,
+};
 
 /// A Diesel backend the outbox knows the SQL dialect of.
 pub trait OutboxBackend: Backend {

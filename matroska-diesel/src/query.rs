@@ -5,7 +5,9 @@
 //!
 //! - **Row types** ([`CachedRow`]): a model (`Post`), and for joins a tuple of models and
 //!   `Option`s of them (`(Post, User)` from `inner_join`, `(Post, Option<User>)` from
-//!   `left_join`), up to six; stored with serde.
+//!   `left_join`), up to six; stored with serde. Anything else a query selects — one column,
+//!   a tuple of columns, an aggregate — through [`Cached::values`] / [`Cached::value`], which
+//!   name the entity it comes from and depend on every write to it.
 //! - **Key**: `q:{entity}:{kind}:{hash}` (the entity of the row type's first model), the hash a
 //!   fixed 128-bit xxh3 of the backend, the connection's [namespace](crate::namespace)
 //!   (database, schema search path and user; asked again after any other statement), the optional
@@ -234,6 +236,13 @@ impl<Q> Cached<Q> {
         }
     }
 
+    /// [`Cached::plan`] with every entity of `M` depending on every write to it, scoped or
+    /// not: for results that are not rows (values, aggregates).
+    pub(crate) fn coarse_plan<M: QueryRow>(mut self, kind: &'static str) -> Plan<Q> {
+        self.scopes.clear();
+        self.plan::<M>(kind)
+    }
+
     /// The entry this query fills for row type `U`: its key's parts and the dependencies that
     /// do not come from rows (the conditions, and every write to each other entity of `U`).
     pub(crate) fn plan<U: QueryRow>(self, kind: &'static str) -> Plan<Q> {
@@ -335,6 +344,52 @@ impl<Q> Cached<Q> {
             conn,
             |query, conn| query.get_result::<U>(conn).optional(),
             row_keys,
+        )
+        .await
+    }
+
+    /// What the query selects when it is not a model — a column (`.select(posts::id)`), a
+    /// tuple of columns, an expression — as values of any serde type `U`, cached with every
+    /// write to the entities of `M`: `.cached(&cache).values::<Post, i32, _>(conn)`, or
+    /// `::<(Post, User), _, _>` for a join. A scope condition is not enough here (a write to
+    /// a column outside the scope changes these values and no condition), so the entry depends
+    /// on every write to each entity even when scoped.
+    ///
+    /// # Errors
+    /// As [`Cached::load`].
+    pub async fn values<'query, M, U, C>(self, conn: &mut C) -> Result<Vec<U>>
+    where
+        C: LoadConnection,
+        C::Backend: NamespaceBackend + Default,
+        <C::Backend as Backend>::QueryBuilder: Default,
+        Q: RunQueryDsl<C> + LoadQuery<'query, C, U> + QueryFragment<C::Backend>,
+        M: QueryRow,
+        U: Serialize + DeserializeOwned,
+    {
+        let plan = self.coarse_plan::<M>("values");
+        run(plan, conn, |query, conn| query.load::<U>(conn), no_keys).await
+    }
+
+    /// The first value the query selects (an aggregate, `.select(max(posts::id))`, or one
+    /// column of one row), `None` for no row; cached as [`Cached::values`].
+    ///
+    /// # Errors
+    /// As [`Cached::load`].
+    pub async fn value<'query, M, U, C>(self, conn: &mut C) -> Result<Option<U>>
+    where
+        C: LoadConnection,
+        C::Backend: NamespaceBackend + Default,
+        <C::Backend as Backend>::QueryBuilder: Default,
+        Q: RunQueryDsl<C> + LoadQuery<'query, C, U> + QueryFragment<C::Backend>,
+        M: QueryRow,
+        U: Serialize + DeserializeOwned,
+    {
+        let plan = self.coarse_plan::<M>("value");
+        run(
+            plan,
+            conn,
+            |query, conn| query.get_result::<U>(conn).optional(),
+            no_keys,
         )
         .await
     }

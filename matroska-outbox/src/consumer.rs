@@ -179,6 +179,10 @@ impl Consumer {
                         // Registered before (a process restart): the insert changed nothing,
                         // so this is the beat that says the consumer is alive again.
                         db.execute_sql(&beat).await?;
+                        tracing::info!(
+                            consumer = %self.name,
+                            "outbox consumer registered before: resuming its deliveries"
+                        );
                     }
                     break;
                 }
@@ -256,6 +260,7 @@ pub(crate) async fn flush(
     per_call: usize,
 ) -> Result<()> {
     let d = db.dialect();
+    let mut total = 0_usize;
     for (table, specs) in specs {
         let mut deps: BTreeSet<Dependency> = BTreeSet::new();
         for spec in specs {
@@ -281,7 +286,14 @@ pub(crate) async fn flush(
         for chunk in deps.chunks(per_call) {
             cache.invalidate(chunk).await?;
         }
-        tracing::info!(table = %table, dependencies = deps.len(), "outbox consumer flushed a table");
+        tracing::debug!(table = %table, dependencies = deps.len(), "outbox consumer flushed a table");
+        total += deps.len();
     }
+    // One `info` line per flush, not one per table.
+    tracing::info!(
+        tables = specs.len(),
+        dependencies = total,
+        "outbox consumer flushed its cache"
+    );
     Ok(())
 }

@@ -36,6 +36,14 @@ pub trait SqlConnection: Send + Sync {
 ///
 /// - Triggers that are up to date are left alone (no DDL at all). Up to date means what the
 ///   database holds now: a trigger disabled, dropped or replaced by hand is replaced.
+/// - Where the triggers it replaces were not recording every write — none there (the first
+///   install, one after [`uninstall`], a table dropped and re-created), some missing,
+///   disabled or altered — it also writes a whole-table row
+///   ([`Outbox::record_whole_table_sql`]) after creating them: every consumer's relay then
+///   invalidates everything cached from the table, whatever was written meanwhile (raw SQL,
+///   a migration, a process without a cache). An upgrade of intact triggers (a model gained
+///   a scope column) and an up-to-date re-run write none: running `install` at every
+///   start-up costs no invalidation.
 /// - An upgrade never leaves a moment in which a committed write records nothing: on
 ///   PostgreSQL it runs as one transaction; on MySQL/MariaDB and SQLite the new triggers are
 ///   created before the old ones are dropped (a write in between is recorded twice).
@@ -90,7 +98,7 @@ pub async fn install(
             });
         }
     }
-    let mut changed = 0_usize;
+    let (mut changed, mut flushed) = (0_usize, 0_usize);
     for recorded in wanted {
         // Bounded: each retry follows another install's completed change.
         let mut attempts = 0;
@@ -109,6 +117,15 @@ pub async fn install(
             match result {
                 Ok(()) => {
                     changed += 1;
+                    if plan.whole_table {
+                        flushed += 1;
+                        tracing::info!(
+                            table = %recorded.table,
+                            "matroska outbox: the table's triggers were missing, disabled or \
+                             altered, so writes may have gone unrecorded: everything cached from \
+                             it is invalidated through the outbox"
+                        );
+                    }
                     break;
                 }
                 Err(e) => {
@@ -133,6 +150,7 @@ pub async fn install(
     tracing::info!(
         tables = tables.len(),
         replaced = changed,
+        invalidated = flushed,
         version = LAYOUT_VERSION,
         "matroska outbox installed"
     );
@@ -176,6 +194,9 @@ async fn plan_inputs(
 struct Plan {
     inputs: PlanInputs,
     statements: Option<Vec<String>>,
+    /// The statements record a whole-table change: the triggers there were not recording
+    /// every write.
+    whole_table: bool,
 }
 
 async fn plan(
@@ -208,12 +229,7 @@ async fn plan(
             recorded = union;
         }
     }
-    facts.no_timestamp = dialect == Dialect::MySql
-        && !facts.columns.is_empty()
-        && !recorded
-            .columns()
-            .iter()
-            .any(|c| facts.timestamps.iter().any(|t| t == c));
+    facts.no_timestamp = no_timestamp(dialect, &facts, &recorded);
     if facts.unreadable_unique {
         tracing::warn!(
             table = %table,
@@ -235,8 +251,22 @@ async fn plan(
         return Ok(Plan {
             inputs,
             statements: None,
+            whole_table: false,
         });
     }
+    // Were the triggers there recording every write until now? Only if they are exactly one
+    // generation of the triggers the stored description says (enabled, unaltered): then
+    // this swap is an upgrade, and every write so far is in the outbox. Otherwise (no
+    // triggers: a first install, one after an uninstall or a dropped and re-created table;
+    // some missing, disabled or replaced by hand) writes went unrecorded, and whatever is
+    // cached from the table may be stale.
+    let intact = stored.as_ref().is_some_and(|(before, _, _)| {
+        let mut facts = facts.clone();
+        facts.no_timestamp = no_timestamp(dialect, &facts, before);
+        [0, 1]
+            .iter()
+            .any(|g| outbox.expected_trigger_states(dialect, before, &facts, *g) == inputs.triggers)
+    });
     let mut statements = Vec::new();
     if dialect == Dialect::Postgres {
         statements.extend(
@@ -244,10 +274,28 @@ async fn plan(
         );
     }
     statements.extend(outbox.swap_sql(dialect, &recorded, &facts, &existing));
+    if !intact {
+        // After the new triggers exist (in the same transaction on PostgreSQL): every
+        // consumer's relay invalidates everything cached from the table, after any write the
+        // missing triggers did not record.
+        statements.extend(outbox.record_whole_table_sql(dialect, table));
+    }
     Ok(Plan {
         inputs,
         statements: Some(statements),
+        whole_table: !intact,
     })
+}
+
+/// MySQL: whether the installer read the column types and none of `recorded`'s columns is a
+/// `TIMESTAMP` (its triggers then need not force the session's time zone to UTC).
+fn no_timestamp(dialect: Dialect, facts: &Facts, recorded: &Recorded) -> bool {
+    dialect == Dialect::MySql
+        && !facts.columns.is_empty()
+        && !recorded
+            .columns()
+            .iter()
+            .any(|c| facts.timestamps.iter().any(|t| t == c))
 }
 
 /// What the triggers of `table` need to know from the database beyond its specs.
@@ -295,6 +343,11 @@ async fn facts(
 }
 
 /// Removes the triggers of `tables` (the outbox tables and their rows stay). Idempotent.
+///
+/// From then on nothing records the tables' writes: what is cached from them may go stale
+/// until the outbox is installed again, which invalidates everything cached from them
+/// (see [`install`]). A hooked SeaORM write made without a cache meanwhile records a
+/// whole-table row itself.
 ///
 /// # Errors
 /// The database's errors.
@@ -512,6 +565,53 @@ impl OutboxDb {
             OutboxDb::Sqlite(pool) => sqlx::query_as(safe(&sql)).fetch_one(pool).await?,
         };
         Ok((u64::try_from(count).unwrap_or(0), oldest))
+    }
+
+    /// The newest row waiting for `consumer` (not yet marked delivered by it), if any: with
+    /// [`OutboxDb::waiting_up_to`], what a read-your-writes wait waits for.
+    pub(crate) async fn newest_waiting(
+        &self,
+        outbox: &Outbox,
+        consumer: &str,
+    ) -> Result<Option<i64>> {
+        let d = self.dialect();
+        let sql = format!(
+            "SELECT MAX(o.id) FROM {} o WHERE {}",
+            outbox.outbox_table(d),
+            not_delivered(outbox, d, consumer)
+        );
+        self.scalar_id(&sql).await
+    }
+
+    /// Whether a row with an id up to `horizon` still waits for `consumer`.
+    pub(crate) async fn waiting_up_to(
+        &self,
+        outbox: &Outbox,
+        consumer: &str,
+        horizon: i64,
+    ) -> Result<bool> {
+        let d = self.dialect();
+        let sql = format!(
+            "SELECT MIN(o.id) FROM {} o WHERE o.id <= {horizon} AND {}",
+            outbox.outbox_table(d),
+            not_delivered(outbox, d, consumer)
+        );
+        Ok(self.scalar_id(&sql).await?.is_some())
+    }
+
+    /// The one nullable integer `sql` selects.
+    async fn scalar_id(&self, sql: &str) -> Result<Option<i64>> {
+        let (id,): (Option<i64>,) = match self {
+            #[cfg(feature = "postgres")]
+            OutboxDb::Postgres(pool) => sqlx::query_as(safe(sql)).fetch_one(pool).await?,
+            #[cfg(feature = "mysql")]
+            OutboxDb::MySql(pool) => sqlx::query_as(safe(sql)).fetch_one(pool).await?,
+            #[cfg(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")))]
+            OutboxDb::NoDriver(never) => match *never {},
+            #[cfg(feature = "sqlite")]
+            OutboxDb::Sqlite(pool) => sqlx::query_as(safe(sql)).fetch_one(pool).await?,
+        };
+        Ok(id)
     }
 
     /// Deletes the rows every registered consumer marked delivered, and the marks of rows

@@ -3,7 +3,7 @@
 //!
 //! Everything here is text: [`Outbox::install_sql`] and [`Outbox::uninstall_sql`] give the
 //! statements for a migration that holds plain SQL (a Diesel `up.sql`, a SeaORM migration's
-//! `execute_unprepared`), and [`Outbox::install`](crate::Outbox::install) runs them.
+//! `execute_unprepared`), and [`install`](crate::install) runs them.
 //!
 //! ## What the triggers record
 //! One outbox row per changed row, in the writing transaction: the table, an operation and
@@ -16,7 +16,7 @@
 //! | `D` | delete | watched columns | – |
 //! | `U` | update changing a watched column or the key | watched columns | watched columns |
 //! | `K` | update changing no watched column | – | key columns |
-//! | `T` | `TRUNCATE` (PostgreSQL) | – | – |
+//! | `T` | `TRUNCATE` (PostgreSQL; MySQL found by the relay); an install over missing, disabled or altered triggers; a write nothing else records ([`Outbox::record_whole_table_sql`]) | – | – |
 //!
 //! On PostgreSQL the triggers are statement-level with transition tables: a 100k-row
 //! `UPDATE` adds one `INSERT .. SELECT` (old and new rows paired by key; a row whose key
@@ -336,10 +336,12 @@ impl Outbox {
     }
 
     /// How many tables the outbox has ([`Outbox::tables_present_sql`] counts them).
-    pub(crate) const TABLES: i64 = Self::SUFFIXES.len() as i64;
+    pub const TABLES: i64 = Self::SUFFIXES.len() as i64;
 
-    /// A query of how many of the outbox tables exist: one row (`name` = '', `n`).
-    pub(crate) fn tables_present_sql(&self, dialect: Dialect) -> String {
+    /// A query of how many of the outbox's tables exist: one row (`name` = '', `n`; all of
+    /// them when `n` is [`Outbox::TABLES`]). It never fails, even without the outbox, so it
+    /// is safe inside a transaction.
+    pub fn tables_present_sql(&self, dialect: Dialect) -> String {
         let names = Self::SUFFIXES.map(|suffix| format!("{}{suffix}", self.table));
         match dialect {
             Dialect::Postgres => {
@@ -384,9 +386,62 @@ impl Outbox {
         }
     }
 
+    /// The statements that record a change of the whole of `table` in the outbox: a `T` row
+    /// (as a PostgreSQL `TRUNCATE` writes), which every consumer's relay turns into the
+    /// invalidation of everything cached from the table (the entity's lists, and its rows
+    /// cached by primary key through the integrations, which also depend on the entity's
+    /// `all`), and on PostgreSQL a `pg_notify` that wakes the relays at the commit. The row
+    /// is written only while some consumer is registered: a consumer that registers later
+    /// flushes its cache before it delivers anything.
+    ///
+    /// For a write nothing else records: made while the table had no triggers (before the
+    /// install, after an uninstall) or through a path no trigger sees. Run it after that write
+    /// (or in its transaction): a relay that delivered the row before the write committed
+    /// would invalidate too early. [`install`](crate::install) writes it itself when it
+    /// (re)creates triggers that were missing, disabled or altered, and
+    /// [`Outbox::install_sql`] always.
+    ///
+    /// ```
+    /// use matroska_outbox::{Dialect, Outbox};
+    ///
+    /// let sql = Outbox::default().record_whole_table_sql(Dialect::Postgres, "post");
+    /// assert!(sql[0].contains("'T'"));
+    /// assert!(sql[1].contains("pg_notify"));
+    /// ```
+    pub fn record_whole_table_sql(&self, dialect: Dialect, table: &str) -> Vec<String> {
+        // Only while a consumer is registered: one that registers later flushes its cache
+        // first (`consumer.rs`), and a row no consumer marks would wait for the first one.
+        let mut out = vec![format!(
+            "INSERT INTO {} (table_name, op, old_row, new_row, created_us) \
+             SELECT {}, 'T', NULL, NULL, {}{} WHERE EXISTS (SELECT 1 FROM {})",
+            self.outbox_table(dialect),
+            literal(dialect, table),
+            Self::now_us(dialect),
+            if dialect == Dialect::MySql {
+                " FROM DUAL"
+            } else {
+                ""
+            },
+            self.consumers_table(dialect)
+        )];
+        if dialect == Dialect::Postgres {
+            out.push(format!(
+                "SELECT pg_notify({}, '')",
+                literal(dialect, self.channel())
+            ));
+        }
+        out
+    }
+
     /// Every statement that installs the outbox for `tables` (idempotent: tables are created
     /// if missing, triggers replaced, the layout version recorded). Specs of one table (two
     /// models on it) are installed as one: the triggers record the union of their columns.
+    ///
+    /// After each table's triggers, a whole-table (`T`) row
+    /// ([`Outbox::record_whole_table_sql`]): a migration runs this when the outbox is
+    /// installed or re-installed (after a rollback), and whatever was written to the table
+    /// while no trigger recorded it (before, or while it was uninstalled) is invalidated by
+    /// the relays. Running it again costs one invalidation of each table's cached reads.
     ///
     /// This is the text for a migration; [`install`](crate::install) does better where it
     /// can ask the database: it leaves up-to-date triggers alone, keeps the columns an earlier
@@ -404,12 +459,16 @@ impl Outbox {
             let facts = Facts::default();
             if dialect == Dialect::Postgres {
                 out.extend(self.swap_sql(dialect, &recorded, &facts, &[]));
-                continue;
+            } else {
+                out.extend(self.uninstall_table_sql(dialect, &recorded.table));
+                let fingerprint = self.fingerprint(dialect, &recorded, &facts);
+                out.extend(self.triggers_sql(dialect, &recorded, &facts, 0));
+                out.push(self.record_version_sql(dialect, &recorded, &fingerprint));
             }
-            out.extend(self.uninstall_table_sql(dialect, &recorded.table));
-            let fingerprint = self.fingerprint(dialect, &recorded, &facts);
-            out.extend(self.triggers_sql(dialect, &recorded, &facts, 0));
-            out.push(self.record_version_sql(dialect, &recorded, &fingerprint));
+            // After the triggers exist: a write before them is covered by this row, a write
+            // after by the triggers (on MySQL/SQLite nothing records between the drop and the
+            // create above: this text is for a migration, run while nothing writes).
+            out.extend(self.record_whole_table_sql(dialect, &recorded.table));
         }
         Ok(out)
     }

@@ -63,6 +63,18 @@ pub enum Error {
         /// What the relay found installed.
         reason: String,
     },
+    /// A read-your-writes wait ([`Relay::wait_delivered`](crate::Relay::wait_delivered))
+    /// ran out of time: rows committed before it began were not all delivered yet (the relay
+    /// or the cache is slow or failing). Nothing is lost: the rows stay in the outbox and are
+    /// delivered later; until then reads of what they changed may be stale.
+    #[error(
+        "outbox rows committed before the wait were not all delivered within {waited:?}: \
+         the relay or the cache is slow or failing (the rows stay and are delivered later)"
+    )]
+    NotDeliveredInTime {
+        /// How long the caller waited.
+        waited: std::time::Duration,
+    },
     /// The database URL names no database this build supports.
     #[error(
         "unsupported database URL scheme {0:?} (enable the matching feature: postgres, mysql, sqlite)"

@@ -23,7 +23,10 @@
 //!    consumer has it: two services with their own Redis prefixes, a blue/green deploy that
 //!    bumps the prefix, two processes on the in-memory backend each receive every change
 //!    ([`RelayBuilder::consumer`]). It wakes on PostgreSQL's `NOTIFY` (sent on commit), on
-//!    [`poke`] after this process's own commits, and polls as a safety net.
+//!    [`poke`] after this process's own commits, and polls as a safety net. For
+//!    read-your-writes after a write no hook saw, [`wait_delivered`] (async),
+//!    [`wait_delivered_blocking`] (sync code) or [`Relay::wait_delivered`] return once every
+//!    row committed before the call is delivered.
 //! 3. **Checks**: at start ([`Relay::start`]) and every few seconds the relay compares what
 //!    the installed triggers record with the specs it watches; a scope added to a model
 //!    without re-running the install is an error in development mode and coarse invalidation
@@ -73,6 +76,26 @@
 //! # Ok::<_, Box<dyn std::error::Error>>(()) }).unwrap();
 //! ```
 //!
+//! ### Migration SQL from the command line
+//!
+//! [`Outbox::install_sql`] is the text for a migration file. Without writing Rust, the
+//! `matroska-outbox-sql` binary (feature `cli`, no extra dependency) prints it for tables named
+//! on its command line:
+//!
+//! ```sh
+//! cargo install matroska-outbox --features cli
+//! matroska-outbox-sql --database postgres --table post:id:category,published --table tag:post_id,name > up.sql
+//! matroska-outbox-sql --database postgres --table post:id:category,published --table tag:post_id,name --down > down.sql
+//! ```
+//!
+//! `--table NAME:KEY[,KEY..][:COLUMN[,COLUMN..]]` gives a table's primary key (in the key's
+//! order) and the columns its models' scopes filter on (`col=bytes` for a binary column);
+//! `--outbox` / `--schema` name the outbox as [`Outbox::named`] / [`Outbox::in_schema`];
+//! `--delimiter //` for the `mysql` command-line client; `--help` for the rest. A table
+//! described with fewer columns than its models need is caught by the relay's start-up check
+//! (an error in development mode). [`install`] still does more where it can ask the database
+//! (see the note on MySQL above).
+//!
 //! ## Guarantee
 //!
 //! Every committed change to a watched table is invalidated in the cache at least once,
@@ -85,6 +108,15 @@
 //! `metrics` feature the gauges and counters `matroska_outbox_depth`,
 //! `matroska_outbox_rows_delivered_total`, `matroska_outbox_dead_letters_total`,
 //! `matroska_outbox_failures_total` and the histogram `matroska_outbox_lag_seconds`.
+//!
+//! **Logs** (`tracing`): `info` only for state changes — installed, relay started,
+//! consumer registered or resumed, cache flushed, delivering again after failures; `warn`
+//! for failed claims (with their back-off) and misconfiguration; each delivered batch at
+//! `debug`, the idle poll at `trace`. An idle relay is silent at `info` — but the relay runs
+//! its SQL on *your* pool, and SeaORM's `ConnectOptions` log every statement at `info` by
+//! default (`sqlx::query`): a claim per poll interval (1 s on PostgreSQL, 50 ms elsewhere).
+//! Lower them with `ConnectOptions::sqlx_logging_level(log::LevelFilter::Debug)` or filter
+//! them (`RUST_LOG=info,sqlx::query=warn`); plain sqlx pools log statements at `debug`.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 // Library code states why an `expect` cannot fail, and never unwraps.
 #![warn(clippy::unwrap_used)]
@@ -107,4 +139,7 @@ mod truncate;
 pub use db::{OutboxDb, SqlConnection, install, uninstall, watched_tables};
 pub use ddl::{Dialect, LAYOUT_VERSION, Outbox};
 pub use error::{Error, Result};
-pub use relay::{Delivery, OutboxDepth, Relay, RelayBuilder, RelayHandle, RelayStats, poke};
+pub use relay::{
+    Delivery, OutboxDepth, Relay, RelayBuilder, RelayHandle, RelayStats, poke, wait_delivered,
+    wait_delivered_blocking,
+};

@@ -21,6 +21,10 @@ use crate::installed::Installed;
 use crate::record::{Reading, read};
 use crate::truncate::TruncateWatch;
 
+mod wait;
+
+pub use wait::{wait_delivered, wait_delivered_blocking};
+
 /// Relays in this process, for [`poke`].
 static RELAYS: Mutex<Vec<Weak<Notify>>> = Mutex::new(Vec::new());
 
@@ -618,8 +622,11 @@ impl Relay {
     pub fn spawn(self) -> RelayHandle {
         let stop = Arc::new(Notify::new());
         let task = tokio::spawn(self.clone().run(Arc::clone(&stop)));
+        let runtime = tokio::runtime::Handle::current();
+        wait::register(&self, runtime.clone());
         RelayHandle {
             relay: self,
+            runtime,
             stop,
             task: Some(task),
         }
@@ -630,6 +637,16 @@ impl Relay {
         #[cfg(feature = "postgres")]
         let _listener = self.listen();
         let mut delay = inner.retry_min;
+        // State changes are logged at `info`; the idle loop (a claim every poll interval) only
+        // at `trace`, so an idle relay is silent at `info`.
+        tracing::info!(
+            consumer = %inner.consumer.name,
+            tables = inner.specs.len(),
+            poll = ?inner.poll,
+            "matroska outbox relay started"
+        );
+        // Claims failed in a row, for the one `info` line when delivery works again.
+        let mut failed = 0_u64;
         loop {
             if let Err(e) = self.check_truncations(false).await {
                 tracing::warn!(error = %e, "checking watched tables for TRUNCATE failed; retrying at the next poll");
@@ -637,9 +654,18 @@ impl Relay {
             let more = match self.run_once().await {
                 Ok(d) => {
                     delay = inner.retry_min;
+                    if failed > 0 {
+                        tracing::info!(
+                            failed_claims = failed,
+                            "matroska outbox relay delivering again after failures"
+                        );
+                        failed = 0;
+                    }
+                    tracing::trace!(rows = d.rows, "outbox poll");
                     d.rows >= inner.batch
                 }
                 Err(e) => {
+                    failed += 1;
                     tracing::warn!(error = %e, retry_in = ?delay, "outbox delivery failed; the rows stay");
                     let wait = delay;
                     delay = delay.saturating_mul(2).min(inner.retry_max);
@@ -712,6 +738,8 @@ impl Drop for AbortOnDrop {
 #[must_use = "dropping a RelayHandle stops its relay: keep it for as long as the relay should run"]
 pub struct RelayHandle {
     relay: Relay,
+    /// The runtime the relay runs on, for [`RelayHandle::wait_delivered_blocking`].
+    runtime: tokio::runtime::Handle,
     stop: Arc<Notify>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -720,6 +748,24 @@ impl RelayHandle {
     /// The relay.
     pub fn relay(&self) -> &Relay {
         &self.relay
+    }
+
+    /// [`Relay::wait_delivered`]: after a write no hook saw, waits until this relay's
+    /// consumer has every row committed before the call.
+    ///
+    /// # Errors
+    /// As [`Relay::wait_delivered`].
+    pub async fn wait_delivered(&self, timeout: Duration) -> Result<()> {
+        self.relay.wait_delivered(timeout).await
+    }
+
+    /// [`RelayHandle::wait_delivered`] for synchronous code: the wait runs on the relay's
+    /// runtime while this thread blocks. Not from async code (see [`wait_delivered_blocking`]).
+    ///
+    /// # Errors
+    /// As [`Relay::wait_delivered`].
+    pub fn wait_delivered_blocking(&self, timeout: Duration) -> Result<()> {
+        wait::block_on_waits(vec![(self.relay.clone(), self.runtime.clone())], timeout)
     }
 
     /// Stops the relay once its current claim (if any) is settled. A consumer private to

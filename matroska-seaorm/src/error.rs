@@ -25,6 +25,21 @@ pub enum Error {
          (or run the code inside `matroska_seaorm::with_cache(cache, ...)`)"
     )]
     NoCache,
+    /// A hooked write, with no cache registered, to a table that nothing in the database
+    /// records writes to (no outbox triggers on it, and no outbox the hook could record the
+    /// write in): caches of other processes may hold its rows, so the write is refused.
+    #[error(
+        "no matroska cache is registered, and no matroska outbox in the database records writes \
+         to `{table}`: other processes' caches may hold its rows, so the write was refused before \
+         it reached the database. Call `matroska_seaorm::set_global_cache(cache)` first (or run \
+         the code inside `matroska_seaorm::with_cache(cache, ...)`), or install the outbox before \
+         this write (in migrations: right after the tables are created, before any migration \
+         that writes rows)"
+    )]
+    Unrecorded {
+        /// The table written to.
+        table: String,
+    },
     /// A global cache was registered already; it is set once per process.
     #[error(
         "a global matroska cache is registered already; set it once at start-up, and use \

@@ -40,6 +40,7 @@ use sea_orm::{
 };
 
 use crate::invalidator::{Invalidator, Keep};
+use crate::outbox::Recording;
 use crate::transaction::{finish, push, stash_update, take_update, warn_if_bare_transaction};
 
 /// The `Model` of an `ActiveModel`.
@@ -129,10 +130,11 @@ fn table_of<AM: ActiveModelTrait>() -> &'static str {
 }
 
 /// The invalidator for a write to `table`, checked before the write, and how its failed
-/// invalidations are kept: `None` when no cache is registered but the outbox watches the
-/// table (its relay will invalidate). A full retry queue refuses the write only when no
-/// outbox watches the table; when one does, the write proceeds and its failed
-/// invalidations are kept only while the queue has room (the relay delivers them).
+/// invalidations are kept: `None` when no cache is registered but the database records the
+/// write (the outbox's triggers, or the whole-table row `after_save` / `after_delete` write
+/// where the outbox exists without them; its relays invalidate). A full retry queue refuses
+/// the write only when no outbox watches the table; when one does, the write proceeds and
+/// its failed invalidations are kept only while the queue has room (the relay delivers them).
 pub(crate) async fn current_for_write<C>(
     db: &C,
     table: &str,
@@ -148,8 +150,17 @@ where
             }
             Err(e) => Err(e.into()),
         },
-        None if crate::outbox::covers(db, table).await => Ok(None),
-        None => Err(crate::Error::NoCache.into()),
+        // No cache in this process: nothing here to invalidate, but other processes' caches
+        // (a shared Redis) may hold the table's rows. The write goes ahead only if the
+        // database records it: the outbox's triggers, or a whole-table row the hook writes
+        // after it (`after_save` / `after_delete`).
+        None => match crate::outbox::recording(db, table).await {
+            Recording::Triggers | Recording::WholeTable => Ok(None),
+            Recording::Nothing => Err(crate::Error::Unrecorded {
+                table: table.to_owned(),
+            }
+            .into()),
+        },
     }
 }
 
@@ -175,12 +186,13 @@ async fn end_save() {
 }
 
 /// The body of `ActiveModelBehavior::before_save`: refuses the write when no cache is
-/// registered or the retry queue is full; on an update of a watched column, reads the old
-/// row (one `SELECT` on `db`) and collects the conditions it leaves.
+/// registered and nothing in the database would record it (see
+/// [`outbox`](crate::outbox)), or when the retry queue is full; on an update of a watched
+/// column, reads the old row (one `SELECT` on `db`) and collects the conditions it leaves.
 ///
 /// # Errors
-/// [`Error::NoCache`](crate::Error::NoCache), [`Error::Backlog`](crate::Error::Backlog) (as
-/// [`DbErr::Custom`]), and the database's errors.
+/// [`Error::Unrecorded`](crate::Error::Unrecorded), [`Error::Backlog`](crate::Error::Backlog)
+/// (as [`DbErr::Custom`]), and the database's errors.
 pub async fn before_save<AM, C>(am: AM, db: &C, insert: bool) -> Result<AM, DbErr>
 where
     AM: ActiveModelTrait + Send,
@@ -219,7 +231,9 @@ where
 /// Without [`before_save`] wired, an update invalidates the whole scope (old values unknown).
 ///
 /// # Errors
-/// None today (the row is written; a cache failure is queued, not returned).
+/// A cache failure is queued, not returned (the row is written). With no cache registered,
+/// the database's error when the whole-table row for a table no trigger watches could not be
+/// written (the write is made; see [`outbox`](crate::outbox)).
 pub async fn after_save<AM, C>(
     model: ModelOf<AM>,
     db: &C,
@@ -245,18 +259,21 @@ where
             }
         }
     }
-    if let Some(invalidator) = Invalidator::current() {
-        let keep = keep_after_write(&invalidator, db, table_of::<AM>()).await;
-        push(&invalidator, keep, deps);
+    match Invalidator::current() {
+        Some(invalidator) => {
+            let keep = keep_after_write(&invalidator, db, table_of::<AM>()).await;
+            push(&invalidator, keep, deps);
+        }
+        None => crate::outbox::record_unwatched(db, table_of::<AM>()).await?,
     }
     end_save().await;
     Ok(model)
 }
 
-/// The body of `ActiveModelBehavior::before_delete`: refuses the delete when no cache is
-/// registered or the retry queue is full, and collects the row's primary key and the
-/// conditions of the row as the database holds it (one `SELECT` on `db`, skipped for an entity
-/// without scopes) and of `am`'s values when it holds every column.
+/// The body of `ActiveModelBehavior::before_delete`: refuses the delete as [`before_save`]
+/// refuses a write, and collects the row's primary key and the conditions of the row as the
+/// database holds it (one `SELECT` on `db`, skipped for an entity without scopes) and of
+/// `am`'s values when it holds every column.
 ///
 /// # Errors
 /// As [`before_save`].
@@ -268,7 +285,8 @@ where
 {
     let admitted = current_for_write(db, table_of::<AM>()).await?;
     warn_if_bare_transaction::<C>();
-    // No cache registered: the outbox's relay invalidates.
+    // No cache registered: the outbox's relay invalidates (`after_delete` records a
+    // whole-table row where no trigger watches the table).
     let Some((invalidator, keep)) = admitted else {
         return Ok(am);
     };
@@ -297,13 +315,15 @@ where
 /// [`batch`](crate::batch). Failures are queued, as in [`after_save`].
 ///
 /// # Errors
-/// None today, as [`after_save`].
+/// As [`after_save`].
 pub async fn after_delete<AM, C>(am: AM, db: &C) -> Result<AM, DbErr>
 where
     AM: ActiveModelTrait + Send,
     C: ConnectionTrait,
 {
-    let _ = db;
+    if Invalidator::current().is_none() {
+        crate::outbox::record_unwatched(db, table_of::<AM>()).await?;
+    }
     end_save().await;
     Ok(am)
 }

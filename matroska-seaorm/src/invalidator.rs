@@ -8,9 +8,13 @@
 //! 2. the process-global cache set once at start-up with [`set_global_cache`] (or
 //!    [`Invalidator::install_global`]).
 //!
-//! With neither, a hooked save fails with [`Error::NoCache`] before
-//! it writes: silently skipping the invalidation would leave stale entries behind (possibly
-//! in another process that shares the Redis).
+//! With neither, a hooked save goes ahead only when the database records it (the outbox's
+//! triggers, or the whole-table row the hook writes where the outbox exists without them),
+//! and otherwise fails with [`Error::Unrecorded`] before it writes: no cache in this process
+//! means nothing cached here, but silently skipping the invalidation would leave stale
+//! entries behind in another process that shares the Redis (see
+//! [migration order](crate::outbox#migration-order)). The bulk helpers and
+//! [`invalidate`](crate::invalidate) need a cache ([`Error::NoCache`]).
 //!
 //! A cache has one invalidator while it is in use ([`Invalidator::for_cache`]): calling
 //! [`with_cache`] per request with one cache shares that cache's retry queue and its limit.
@@ -60,7 +64,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
-use matroska_core::{Cache, Dependency};
+use matroska_core::{Cache, Dependency, Invalidated};
 use tracing::Instrument;
 
 use crate::error::{Error, Result};
@@ -368,11 +372,12 @@ impl Invalidator {
         self.check_capacity().is_err()
     }
 
-    /// Delivers the retry queue now; returns the entries dropped.
+    /// Delivers the retry queue now; returns what the invalidation did (the entries dropped
+    /// where the backend counts them: [`Invalidated::dropped`]).
     ///
     /// # Errors
     /// The backend's failure; the queue is kept.
-    pub async fn flush(&self) -> Result<u64> {
+    pub async fn flush(&self) -> Result<Invalidated> {
         self.deliver(Vec::new(), Vec::new())
             .await
             .map_err(|e| Error::Cache(e.error))
@@ -412,7 +417,7 @@ impl Invalidator {
         &self,
         kept: Vec<Dependency>,
         bounded: Vec<Dependency>,
-    ) -> impl Future<Output = std::result::Result<u64, Undelivered>> + Send + use<> {
+    ) -> impl Future<Output = std::result::Result<Invalidated, Undelivered>> + Send + use<> {
         let delivery = Delivery::start(self, kept, bounded);
         let backend = self.inner.cache.backend().name();
         let running = match (delivery, tokio::runtime::Handle::try_current()) {
@@ -424,7 +429,7 @@ impl Invalidator {
         };
         async move {
             match running {
-                Running::Nothing => Ok(0),
+                Running::Nothing => Ok(Invalidated::counted(0)),
                 Running::Inline(delivery) => delivery.run().await,
                 // The task panicked or its runtime shut down: the delivery's drop queued it.
                 Running::Task(task) => task.await.unwrap_or_else(|e| {
@@ -515,7 +520,7 @@ impl RetryFlag {
 /// How [`Invalidator::deliver`] runs its delivery.
 enum Running {
     Nothing,
-    Task(tokio::task::JoinHandle<std::result::Result<u64, Undelivered>>),
+    Task(tokio::task::JoinHandle<std::result::Result<Invalidated, Undelivered>>),
     Inline(Delivery),
 }
 
@@ -564,7 +569,7 @@ impl Delivery {
     }
 
     /// One attempt; a failure is queued (not retried: see [`Delivery::run`]).
-    async fn attempt(mut self) -> std::result::Result<u64, Undelivered> {
+    async fn attempt(mut self) -> std::result::Result<Invalidated, Undelivered> {
         let result = self.invalidator.inner.cache.invalidate(&self.batch).await;
         self.settled = true;
         let failed = result
@@ -575,7 +580,7 @@ impl Delivery {
     }
 
     /// One attempt, and a retry scheduled on failure.
-    async fn run(self) -> std::result::Result<u64, Undelivered> {
+    async fn run(self) -> std::result::Result<Invalidated, Undelivered> {
         let invalidator = self.invalidator.clone();
         let result = self.attempt().await;
         if let Err(e) = &result {

@@ -7,8 +7,13 @@
 //! and then reads sees its write at once) and become an optimisation:
 //!
 //! - a hooked save with **no cache registered** (a migration, a CLI, a test) proceeds when the
-//!   outbox watches its table, instead of failing with [`Error::NoCache`](crate::Error::NoCache):
-//!   the relay will invalidate (one catalogue query per such save checks the triggers);
+//!   outbox watches its table: the relay will invalidate (one catalogue query before and one
+//!   after such a save check the triggers). When the triggers are missing but the outbox's
+//!   tables exist (a rollback uninstalled them, another table is watched), the hook records
+//!   a whole-table row after the write ([`Outbox::record_whole_table_sql`]), which every
+//!   relay turns into the invalidation of everything cached from the table. With neither,
+//!   the save is refused before it writes ([`Error::Unrecorded`](crate::Error::Unrecorded)):
+//!   see [migration order](#migration-order);
 //! - a full retry queue no longer refuses writes to a watched table, nor grows with them: their
 //!   failed invalidations are dropped once the queue is full, and the outbox delivers them.
 //!
@@ -35,6 +40,99 @@
 //!             .map_err(|e| DbErr::Migration(e.to_string()))
 //!     }
 //! }
+//! ```
+//!
+//! ## Migration order
+//!
+//! A migration's hooked writes (a seed) run with no cache registered in the migrating
+//! process, and nothing in this process knows what other processes (a shared Redis) hold.
+//! So a hooked write with no cache goes ahead only when the database records it, and is
+//! refused otherwise — with an error, before it writes, never a panic and never a silent
+//! skip:
+//!
+//! | no cache registered, and the table has | the hooked write |
+//! |---|---|
+//! | the outbox's triggers | goes ahead; the triggers record it, the relays invalidate |
+//! | no triggers, but the outbox's tables exist (a rollback uninstalled it) | goes ahead, and the hook records a whole-table row after it |
+//! | neither (a fresh database before the outbox's migration) | refused: [`Error::Unrecorded`](crate::Error::Unrecorded) |
+//!
+//! Put the outbox's migration **right after the migrations that create the watched tables,
+//! before any migration that writes rows**. A project that adds it after an existing seed
+//! migration either moves it (on a fresh database only the order of the list matters), or
+//! registers the cache before running the migrations (`set_global_cache` /
+//! [`with_cache`](crate::with_cache) around `Migrator::up`): the seed's hooks then invalidate
+//! that cache, and the install that follows finds no triggers and invalidates the tables for
+//! every consumer anyway.
+//!
+//! Installing over missing, disabled or altered triggers (a first install over existing
+//! data, the `up` after a rollback past this migration, a repair) invalidates everything
+//! cached from the tables, through the outbox, for every consumer: whatever was written
+//! while nothing recorded it — a `delete_many` in a rolled-back migration, `psql` — is not
+//! served afterwards. Re-running the install with nothing changed (every start-up)
+//! invalidates nothing. Between an uninstall and the next install, writes that bypass the
+//! hooks are not recorded: the cache may serve them stale until the re-install. So is a
+//! no-cache `update_without_returning` then (SeaORM runs only its `before_save`, and the
+//! whole-table row must follow the write).
+//!
+//! The migrations below, as functions (each the body of a `MigrationTrait::up`, called with
+//! `manager.get_connection()`), run in the documented order and in the wrong one:
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! mod post {
+//!     use sea_orm::entity::prelude::*;
+//!     # use matroska_core::{CacheDeps, Dependency, Scope, Scoped, Value};
+//!     #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+//!     #[sea_orm(table_name = "post")]
+//!     pub struct Model { #[sea_orm(primary_key)] pub id: i32, pub title: String }
+//!     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+//!     pub enum Relation {}
+//!     // `#[derive(matroska::CacheDeps)]` writes these two impls.
+//!     # impl CacheDeps for Model {
+//!     #     fn entity_name() -> &'static str { "post" }
+//!     #     fn primary_key(&self) -> Dependency { Dependency::primary_key("post", [Value::Int(self.id.into())]) }
+//!     # }
+//!     # impl Scoped for Model {
+//!     #     fn scope() -> &'static Scope<Self> {
+//!     #         static S: std::sync::LazyLock<Scope<Model>> = std::sync::LazyLock::new(|| Scope::new("post"));
+//!     #         &S
+//!     #     }
+//!     # }
+//!     matroska_seaorm::active_model_behavior!(ActiveModel);
+//! }
+//!
+//! use matroska_core::{ColumnDecoder, TableSpec};
+//! use matroska_seaorm::outbox;
+//! use sea_orm::{ActiveModelTrait, ConnectionTrait, Database, DbErr, Set};
+//!
+//! // `post::Model::watched_table()` when the model derives `CacheDeps`.
+//! let spec = || TableSpec::new("post", "post").key("id", ColumnDecoder::of::<i32>());
+//!
+//! async fn m1_create_post(db: &impl ConnectionTrait) -> Result<(), DbErr> {
+//!     db.execute_unprepared("CREATE TABLE post (id INTEGER PRIMARY KEY, title TEXT NOT NULL)")
+//!         .await
+//!         .map(drop)
+//! }
+//! async fn m2_outbox(db: &impl ConnectionTrait, spec: TableSpec) -> Result<(), DbErr> {
+//!     outbox::install(db, &[spec]).await.map_err(|e| DbErr::Migration(e.to_string()))
+//! }
+//! async fn m3_seed(db: &impl ConnectionTrait) -> Result<(), DbErr> {
+//!     let post = post::ActiveModel { title: Set("Hello".into()), ..Default::default() };
+//!     post.insert(db).await.map(drop)
+//! }
+//!
+//! // No cache registered in this process, as in a migration CLI.
+//! let db = Database::connect("sqlite::memory:").await?;
+//! m1_create_post(&db).await?;
+//! m2_outbox(&db, spec()).await?;
+//! m3_seed(&db).await?; // recorded by the triggers
+//!
+//! // The seed before the outbox, on a fresh database: refused, nothing written.
+//! let fresh = Database::connect("sqlite::memory:").await?;
+//! m1_create_post(&fresh).await?;
+//! let refused = m3_seed(&fresh).await.unwrap_err();
+//! assert!(refused.to_string().contains("install the outbox before this write"));
+//! # Ok::<_, Box<dyn std::error::Error>>(()) }).unwrap();
 //! ```
 //!
 //! ## At start-up
@@ -66,7 +164,7 @@ use matroska_core::{Cache, TableSpec};
 use matroska_outbox::{Dialect, Outbox, OutboxDb, RelayBuilder, SqlConnection};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
 
-pub use matroska_outbox::{Relay, RelayHandle, poke};
+pub use matroska_outbox::{Relay, RelayHandle, poke, wait_delivered, wait_delivered_blocking};
 
 static OUTBOX: OnceLock<Outbox> = OnceLock::new();
 
@@ -182,6 +280,84 @@ pub fn relay_db(db: &DatabaseConnection) -> matroska_outbox::Result<OutboxDb> {
 /// As [`relay_db`].
 pub fn relay(db: &DatabaseConnection, cache: Cache) -> matroska_outbox::Result<RelayBuilder> {
     Ok(Relay::builder(relay_db(db)?, cache).outbox(configured().clone()))
+}
+
+/// What records a write to a table when no cache is registered for the hooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recording {
+    /// The outbox's triggers.
+    Triggers,
+    /// Nothing does by itself, but the outbox exists: the hook records a whole-table row
+    /// after the write ([`record_unwatched`]).
+    WholeTable,
+    /// Nothing: the write must be refused.
+    Nothing,
+}
+
+/// What records a write to `table` on `conn` without a cache (see [`Recording`]). Queries
+/// that cannot fail on a missing outbox (safe inside a transaction).
+pub(crate) async fn recording<C: ConnectionTrait + ?Sized>(conn: &C, table: &str) -> Recording {
+    if covers(conn, table).await {
+        return Recording::Triggers;
+    }
+    let backend = conn.get_database_backend();
+    let sql = configured().tables_present_sql(dialect(backend));
+    match conn
+        .query_one_raw(Statement::from_string(backend, sql))
+        .await
+    {
+        Ok(Some(row))
+            if row
+                .try_get_by_index::<i64>(1)
+                .is_ok_and(|n| n >= Outbox::TABLES) =>
+        {
+            Recording::WholeTable
+        }
+        Ok(_) => Recording::Nothing,
+        Err(e) => {
+            tracing::warn!(table, error = %e, "could not check for the outbox's tables");
+            Recording::Nothing
+        }
+    }
+}
+
+/// After a hooked write made with no cache registered: unless the outbox's triggers recorded
+/// it, records a whole-table row for `table` ([`Outbox::record_whole_table_sql`]) on the
+/// write's connection (in its transaction, if any), so every relay invalidates everything
+/// cached from the table. (Between an uninstall and the next install, say: a migration's
+/// `down`, a CLI.)
+///
+/// # Errors
+/// The database's error: the write was made, and nothing recorded it.
+pub(crate) async fn record_unwatched<C: ConnectionTrait + ?Sized>(
+    conn: &C,
+    table: &str,
+) -> Result<(), DbErr> {
+    if covers(conn, table).await {
+        return Ok(());
+    }
+    let d = dialect(conn.get_database_backend());
+    for sql in configured().record_whole_table_sql(d, table) {
+        if let Err(e) = conn.execute_unprepared(&sql).await {
+            tracing::error!(
+                table,
+                error = %e,
+                "a write made with no cache registered could not be recorded in the outbox: \
+                 what is cached from the table may be stale until the outbox is installed again"
+            );
+            return Err(DbErr::Custom(format!(
+                "the write to `{table}` was made, but recording it in the matroska outbox failed \
+                 ({e}): register a cache for the hooks, or re-run the outbox install, which \
+                 invalidates the table"
+            )));
+        }
+    }
+    tracing::info!(
+        table,
+        "a write with no cache registered, to a table the outbox triggers do not watch: \
+         recorded as a change of the whole table"
+    );
+    Ok(())
 }
 
 /// Whether the outbox's triggers watch `table` on `conn`'s database. One catalogue query that

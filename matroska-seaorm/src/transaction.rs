@@ -56,7 +56,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use matroska_core::{Cache, Dependency};
+use matroska_core::{Cache, Dependency, Invalidated};
 use sea_orm::{TransactionError, TransactionTrait};
 
 use crate::invalidator::{Invalidator, Keep, Undelivered};
@@ -146,13 +146,13 @@ impl Pending {
 /// the dependencies all of them dropped.
 fn deliver_all(
     deliveries: Vec<(Invalidator, Vec<Dependency>, Vec<Dependency>)>,
-) -> impl Future<Output = Result<u64, Undelivered>> {
+) -> impl Future<Output = Result<Invalidated, Undelivered>> {
     let running: Vec<_> = deliveries
         .into_iter()
         .map(|(invalidator, kept, bounded)| invalidator.deliver(kept, bounded))
         .collect();
     async move {
-        let mut entries = 0;
+        let mut entries = Invalidated::counted(0);
         let mut failure: Option<Undelivered> = None;
         for delivery in running {
             match (delivery.await, &mut failure) {
@@ -267,9 +267,9 @@ pub(crate) fn take_update(key: &(TypeId, String)) -> Option<Vec<&'static str>> {
 ///
 /// The dependencies leave the owner's buffer and their deliveries start in one step, with
 /// no await between: a caller dropped at the await below loses nothing.
-pub(crate) async fn finish() -> Result<u64, Undelivered> {
+pub(crate) async fn finish() -> Result<Invalidated, Undelivered> {
     if in_batch() {
-        return Ok(0);
+        return Ok(Invalidated::counted(0));
     }
     let deliveries = {
         let mut owners = OWNERS.lock().unwrap_or_else(PoisonError::into_inner);
@@ -293,7 +293,7 @@ pub(crate) async fn record(
     invalidator: &Invalidator,
     keep: Keep,
     deps: Vec<Dependency>,
-) -> Result<u64, Undelivered> {
+) -> Result<Invalidated, Undelivered> {
     push(invalidator, keep, deps);
     finish().await
 }
@@ -321,7 +321,10 @@ struct FlushOnDrop {
 
 impl FlushOnDrop {
     /// Takes the buffer and starts its deliveries; they run on their own from here.
-    fn deliver(&self, outcome: Outcome) -> impl Future<Output = Result<u64, Undelivered>> + use<> {
+    fn deliver(
+        &self,
+        outcome: Outcome,
+    ) -> impl Future<Output = Result<Invalidated, Undelivered>> + use<> {
         deliver_all(self.batch.lock().take(outcome))
     }
 }

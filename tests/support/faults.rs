@@ -193,7 +193,7 @@ impl Backend for Faulty {
     async fn delete(&self, key: &str) -> matroska::Result<bool> {
         self.inner.delete(key).await
     }
-    async fn invalidate(&self, deps: &[String]) -> matroska::Result<u64> {
+    async fn invalidate(&self, deps: &[String]) -> matroska::Result<matroska::Invalidated> {
         if self.down.load(Ordering::SeqCst) {
             return Err(Error::Timeout {
                 operation: "invalidate",

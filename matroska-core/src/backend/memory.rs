@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use moka::notification::RemovalCause;
 
-use super::{Backend, PutOutcome, PutRequest, Ticket};
+use super::{Backend, Invalidated, PutOutcome, PutRequest, Ticket};
 use crate::error::Result;
 
 /// Settings of a [`MemoryBackend`].
@@ -98,7 +98,7 @@ struct State {
 /// let backend = MemoryBackend::new(MemoryConfig::default().max_entries(10_000));
 /// let cache = Cache::builder(backend).build()?;
 /// cache.put("k", &1, &[Dependency::tag("t")], None).await?;
-/// assert_eq!(cache.invalidate(&[Dependency::tag("t")]).await?, 1);
+/// assert_eq!(cache.invalidate(&[Dependency::tag("t")]).await?.dropped(), Some(1));
 /// # Ok::<_, matroska_core::Error>(()) }).unwrap();
 /// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
 /// #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f) }
@@ -320,7 +320,7 @@ impl Backend for MemoryBackend {
         Ok(self.inner.entries.remove(key).is_some())
     }
 
-    async fn invalidate(&self, deps: &[String]) -> Result<u64> {
+    async fn invalidate(&self, deps: &[String]) -> Result<Invalidated> {
         let mut state = self.inner.lock_state();
         let (_, now) = self.inner.now();
         self.inner.apply_removals(&mut state);
@@ -354,7 +354,7 @@ impl Backend for MemoryBackend {
             state.prune_markers_at = (state.markers.len() * 2).max(1024);
         }
         self.inner.apply_removals(&mut state);
-        Ok(dropped)
+        Ok(Invalidated::counted(dropped))
     }
 
     async fn ticket(&self) -> Result<Ticket> {

@@ -90,6 +90,68 @@ pub enum PutOutcome {
     Stale,
 }
 
+/// What an invalidation did: how many entries it dropped, when the backend counts them.
+///
+/// The in-memory backend drops each dependent entry and counts them. Redis invalidates in
+/// O(dependencies) without looking at dependents (their entries fail their stamp check on
+/// the next read and expire), so it cannot say how many there were: [`dropped`] is `None`
+/// there, never a misleading `0`.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use matroska_core::{Cache, Dependency};
+///
+/// let cache = Cache::memory();
+/// cache.put("a", &1, &[Dependency::tag("t")], None).await?;
+/// assert_eq!(cache.invalidate(&[Dependency::tag("t")]).await?.dropped(), Some(1));
+/// # Ok::<_, matroska_core::Error>(()) }).unwrap();
+/// ```
+///
+/// [`dropped`]: Invalidated::dropped
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Invalidated {
+    dropped: Option<u64>,
+}
+
+impl Invalidated {
+    /// A backend that counted: `dropped` entries were removed.
+    pub const fn counted(dropped: u64) -> Self {
+        Self {
+            dropped: Some(dropped),
+        }
+    }
+
+    /// A backend that invalidates without looking at dependents, so without counting them.
+    pub const fn uncounted() -> Self {
+        Self { dropped: None }
+    }
+
+    /// The entries dropped; `None` when the backend does not count them (Redis).
+    pub const fn dropped(&self) -> Option<u64> {
+        self.dropped
+    }
+}
+
+/// Two invalidations together: counted when both were.
+impl std::ops::Add for Invalidated {
+    type Output = Self;
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            dropped: self
+                .dropped
+                .zip(other.dropped)
+                .map(|(a, b)| a.saturating_add(b)),
+        }
+    }
+}
+
+impl std::ops::AddAssign for Invalidated {
+    fn add_assign(&mut self, other: Self) {
+        *self = *self + other;
+    }
+}
+
 /// Storage for a [`Cache`](crate::Cache). Implemented by [`memory::MemoryBackend`] and
 /// [`redis::RedisBackend`]; implement it to put matroska on another store.
 ///
@@ -148,10 +210,11 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     async fn delete(&self, key: &str) -> Result<bool>;
 
     /// Drops every entry that depends on any of `deps` (encoded), and makes guarded puts with
-    /// an earlier ticket refuse. Returns the number of entries dropped when the backend tracks
-    /// dependents (the memory backend); a backend that invalidates without looking at
-    /// dependents (Redis, in O(dependencies)) returns 0.
-    async fn invalidate(&self, deps: &[String]) -> Result<u64>;
+    /// an earlier ticket refuse. Returns [`Invalidated::counted`] with the number of entries
+    /// dropped when the backend tracks dependents (the memory backend), and
+    /// [`Invalidated::uncounted`] when it invalidates without looking at them (Redis, in
+    /// O(dependencies)).
+    async fn invalidate(&self, deps: &[String]) -> Result<Invalidated>;
 
     /// The current point of the backend's invalidation clock.
     async fn ticket(&self) -> Result<Ticket>;
@@ -178,5 +241,25 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// store once). `None` (the default) for a store private to this process.
     fn shared_store(&self) -> Option<String> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Invalidated;
+
+    #[test]
+    fn a_sum_is_counted_only_when_both_parts_are() {
+        assert_eq!(
+            Invalidated::counted(1) + Invalidated::counted(2),
+            Invalidated::counted(3)
+        );
+        assert_eq!(
+            Invalidated::counted(1) + Invalidated::uncounted(),
+            Invalidated::uncounted()
+        );
+        let mut total = Invalidated::uncounted();
+        total += Invalidated::counted(4);
+        assert_eq!(total.dropped(), None);
     }
 }

@@ -655,7 +655,7 @@ impl Backend for RedisBackend {
         Ok(removed > 0)
     }
 
-    async fn invalidate(&self, deps: &[String]) -> Result<u64> {
+    async fn invalidate(&self, deps: &[String]) -> Result<super::Invalidated> {
         let batch = self.inner.config.invalidate_batch.max(1);
         for chunk in deps.chunks(batch) {
             if self.is_cluster() {
@@ -706,7 +706,7 @@ impl Backend for RedisBackend {
             );
         }
         // Dependents are never looked at, so not counted.
-        Ok(0)
+        Ok(super::Invalidated::uncounted())
     }
 
     async fn ticket(&self) -> Result<Ticket> {

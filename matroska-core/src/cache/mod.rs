@@ -23,7 +23,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::backend::memory::MemoryBackend;
-use crate::backend::{Backend, PutOutcome, PutRequest, Ticket};
+use crate::backend::{Backend, Invalidated, PutOutcome, PutRequest, Ticket};
 use crate::codec::Codec;
 use crate::dependency::Dependency;
 use crate::error::{Error, Result};
@@ -41,7 +41,8 @@ use crate::observe::{Counter, backend_error, count};
 /// assert_eq!(cache.get::<Vec<String>>("articles-list").await?.unwrap(), ["Python", "Cache"]);
 ///
 /// // The author changed: everything that depends on them goes.
-/// assert_eq!(cache.invalidate(&[author]).await?, 1);
+/// // (`dropped` counts them on the in-memory backend; Redis does not count: `None`.)
+/// assert_eq!(cache.invalidate(&[author]).await?.dropped(), Some(1));
 /// assert_eq!(cache.get::<Vec<String>>("articles-list").await?, None);
 /// # Ok::<_, matroska_core::Error>(()) }).unwrap();
 /// ```
@@ -393,9 +394,10 @@ impl Cache {
         self.inner.backend.delete(key).await
     }
 
-    /// Drops every entry that depends on any of `deps`; returns how many were dropped where
-    /// the backend counts them (the in-memory backend; Redis returns 0, see
-    /// [`Backend::invalidate`]).
+    /// Drops every entry that depends on any of `deps`. The result says how many entries were
+    /// dropped only where the backend counts them: [`Invalidated::dropped`] is `Some(n)` on
+    /// the in-memory backend and `None` on Redis, which invalidates without looking at
+    /// dependents (see [`Backend::invalidate`]).
     ///
     /// One backend round trip whatever the number of dependents (on Redis, for up to
     /// [`invalidate_batch`](crate::backend::redis::RedisConfig::invalidate_batch)
@@ -406,14 +408,15 @@ impl Cache {
     /// Backend failures are always returned, never swallowed: an invalidation that did not
     /// happen leaves stale values behind, and the caller must know.
     #[tracing::instrument(level = "debug", skip_all, fields(backend = self.name(), deps = deps.len(), dropped))]
-    pub async fn invalidate(&self, deps: &[Dependency]) -> Result<u64> {
+    pub async fn invalidate(&self, deps: &[Dependency]) -> Result<Invalidated> {
         if deps.is_empty() {
-            return Ok(0);
+            // Nothing to drop, whatever the backend: an exact count.
+            return Ok(Invalidated::counted(0));
         }
         let mut encoded: Vec<String> = deps.iter().map(Dependency::encode).collect();
         encoded.sort_unstable();
         encoded.dedup();
-        let dropped = self
+        let invalidated = self
             .inner
             .backend
             .invalidate(&encoded)
@@ -423,11 +426,14 @@ impl Cache {
                 // Counts only: dependency values can be personal data.
                 tracing::error!(error = %e, deps = deps.len(), "invalidation failed");
             })?;
-        tracing::Span::current().record("dropped", dropped);
+        let dropped = invalidated.dropped();
+        if let Some(dropped) = dropped {
+            tracing::Span::current().record("dropped", dropped);
+            count(Counter::EntriesDropped, self.name(), dropped);
+        }
         tracing::debug!(deps = encoded.len(), dropped, "cache invalidate");
         count(Counter::Invalidation, self.name(), 1);
-        count(Counter::EntriesDropped, self.name(), dropped);
-        Ok(dropped)
+        Ok(invalidated)
     }
 
     /// The value under `key`; on a miss, runs `loader` and caches what it returns with its
