@@ -426,7 +426,7 @@ fn naive_floors(c: &mut Criterion) {
 }
 
 /// The goals' ratios, each side alternated with its floor in one run (`common::paired`):
-/// get hit against pipelined `GET` + `MGET` of the same keys + the same decode, and against a
+/// get hit against one `MGET` of the same keys + the same decode, and against a
 /// plain `GET` + decode; put against the naive Lua put of `../shared/floor` given the same
 /// value to encode; 1 and 32 tasks.
 fn paired_ratios(_: &mut Criterion) {
@@ -489,15 +489,13 @@ fn paired_ratios(_: &mut Criterion) {
             );
             move || {
                 let mut conn = raw.clone();
-                let mut pipe = redis::pipe();
-                pipe.cmd("GET")
-                    .arg(&*entry_key)
-                    .cmd("MGET")
-                    .arg(&stamp_keys[..]);
+                let mut mget = redis::cmd("MGET");
+                mget.arg(&*entry_key).arg(&stamp_keys[..]);
                 let json = Arc::clone(&json);
                 async move {
-                    let (entry, _): (Option<Vec<u8>>, Vec<Option<Vec<u8>>>) =
-                        pipe.query_async(&mut conn).await.unwrap();
+                    let mut values: Vec<Option<Vec<u8>>> =
+                        mget.query_async(&mut conn).await.unwrap();
+                    let entry = values.swap_remove(0);
                     assert!(entry.is_some());
                     let article: Article = serde_json::from_slice(&json).unwrap();
                     std::hint::black_box(article);
@@ -545,13 +543,48 @@ fn paired_ratios(_: &mut Criterion) {
                 }
             }
         };
+        // The read before it was one command (raw, the same decode): what folding the `GET`
+        // into the `MGET` gained.
+        let two_commands = {
+            let (raw, entry_key, stamp_keys, json) = (
+                raw.clone(),
+                entry_key.clone(),
+                stamp_keys.clone(),
+                json.clone(),
+            );
+            move || {
+                let mut conn = raw.clone();
+                let mut pipe = redis::pipe();
+                pipe.cmd("GET")
+                    .arg(&*entry_key)
+                    .cmd("MGET")
+                    .arg(&stamp_keys[..]);
+                let json = Arc::clone(&json);
+                async move {
+                    let (entry, _): (Option<Vec<u8>>, Vec<Option<Vec<u8>>>) =
+                        pipe.query_async(&mut conn).await.unwrap();
+                    assert!(entry.is_some());
+                    let article: Article = serde_json::from_slice(&json).unwrap();
+                    std::hint::black_box(article);
+                }
+            }
+        };
         for tasks in [1, 32] {
+            if tasks > 1 {
+                paired(
+                    &rt,
+                    &format!("redis/paired get hit, {n} dependencies"),
+                    tasks,
+                    ("MGET+decode", floor.clone()),
+                    ("GET+MGET pipelined+decode", two_commands.clone()),
+                );
+            }
             paired(
                 &rt,
                 &format!("redis/paired get hit, {n} dependencies"),
                 tasks,
                 ("matroska", ours.clone()),
-                ("GET+MGET+decode", floor.clone()),
+                ("MGET+decode", floor.clone()),
             );
             paired(
                 &rt,
@@ -627,6 +660,90 @@ fn paired_ratios(_: &mut Criterion) {
     }
 }
 
+/// A page of per-row lookups (20 keys, one dependency each): `get_many` against a raw `MGET`
+/// of 20 plain values + the same decode (1 and 32 tasks), and against 20 `get` calls one after
+/// the other (what an application does without batch reads; 32 tasks).
+fn paired_get_many(_: &mut Criterion) {
+    if !common::wanted("paired get_many") {
+        return;
+    }
+    let rt = runtime();
+    let (cache, raw) = rt.block_on(redis_pair("paired_many"));
+    const ROWS: usize = 20;
+    let keys: Arc<[String]> = (0..ROWS).map(|i| format!("row{i}")).collect();
+    let plain: Arc<[String]> = (0..ROWS).map(|i| format!("bench_many_plain{i}")).collect();
+    let json = serde_json::to_vec(&small()).unwrap();
+    rt.block_on(async {
+        let mut conn = raw.clone();
+        for (i, (key, plain)) in keys.iter().zip(plain.iter()).enumerate() {
+            cache
+                .put(
+                    key,
+                    &small(),
+                    &[Dependency::id("row", i as i64)],
+                    Some(Duration::from_secs(600)),
+                )
+                .await
+                .unwrap();
+            let _: () = conn.set_ex(plain, &json, 600).await.unwrap();
+        }
+    });
+    let many = {
+        let (cache, keys) = (cache.clone(), keys.clone());
+        move || {
+            let (cache, keys) = (cache.clone(), keys.clone());
+            async move {
+                let found: Vec<Option<Article>> = cache.get_many(&keys).await.unwrap();
+                assert!(found.iter().all(Option::is_some));
+            }
+        }
+    };
+    let one_by_one = {
+        let (cache, keys) = (cache.clone(), keys.clone());
+        move || {
+            let (cache, keys) = (cache.clone(), keys.clone());
+            async move {
+                for key in keys.iter() {
+                    assert!(cache.get::<Article>(key).await.unwrap().is_some());
+                }
+            }
+        }
+    };
+    let floor = {
+        let (raw, plain) = (raw.clone(), plain.clone());
+        move || {
+            let mut conn = raw.clone();
+            let plain = plain.clone();
+            async move {
+                let values: Vec<Option<Vec<u8>>> = conn.mget(&plain[..]).await.unwrap();
+                for v in values {
+                    let article: Article = serde_json::from_slice(&v.unwrap()).unwrap();
+                    std::hint::black_box(article);
+                }
+            }
+        }
+    };
+    for tasks in [1, 32] {
+        paired(
+            &rt,
+            "redis/paired get_many, 20 keys",
+            tasks,
+            ("matroska get_many", many.clone()),
+            ("raw MGET+decode", floor.clone()),
+        );
+        // With one task the answer is plain (20 round trips against one); not worth the minutes.
+        if tasks > 1 {
+            paired(
+                &rt,
+                "redis/paired get_many, 20 keys",
+                tasks,
+                ("matroska get_many", many.clone()),
+                ("20 matroska gets", one_by_one.clone()),
+            );
+        }
+    }
+}
+
 /// Invalidating one dependency with one dependent, matroska against the naive Lua invalidate
 /// of `../shared/floor`, alternated every operation; each side's dependent is stored again
 /// (untimed) before each invalidation, so both always have one to drop.
@@ -696,6 +813,7 @@ fn paired_invalidate(_: &mut Criterion) {
 criterion_group!(
     benches,
     paired_ratios,
+    paired_get_many,
     paired_invalidate,
     get,
     get_paired,

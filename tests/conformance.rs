@@ -373,6 +373,236 @@ mod cases {
         assert_eq!(outcome, PutOutcome::Stored);
     }
 
+    /// `get_many` answers each key as `get` would: hits, misses, entries whose dependency was
+    /// invalidated, entries with other dependency sets and with none, a key given twice, and
+    /// no keys at all.
+    pub async fn get_many_answers_each_key_as_get_would(cache: Cache) {
+        let (a, b) = (Dependency::id("article", 1), Dependency::id("article", 2));
+        cache
+            .put("one", &1, std::slice::from_ref(&a), None)
+            .await
+            .unwrap();
+        cache
+            .put(
+                "two",
+                &2,
+                &[a.clone(), b.clone(), Dependency::tag("t")],
+                None,
+            )
+            .await
+            .unwrap();
+        cache.put("three", &3, &[], None).await.unwrap();
+        cache
+            .put("four", &4, std::slice::from_ref(&b), None)
+            .await
+            .unwrap();
+        let keys = ["one", "missing", "two", "three", "four", "one"];
+        let got: Vec<Option<i32>> = cache.get_many(&keys).await.unwrap();
+        assert_eq!(got, [Some(1), None, Some(2), Some(3), Some(4), Some(1)]);
+
+        cache.invalidate(std::slice::from_ref(&b)).await.unwrap();
+        let got: Vec<Option<i32>> = cache.get_many(&keys).await.unwrap();
+        assert_eq!(got, [Some(1), None, None, Some(3), None, Some(1)]);
+        // The raw backend call agrees.
+        let raw = cache.backend().get_many(&keys).await.unwrap();
+        assert_eq!(
+            raw.iter().map(Option::is_some).collect::<Vec<_>>(),
+            [true, false, false, true, false, true]
+        );
+        for (key, got) in keys.iter().zip(&raw) {
+            assert_eq!(got, &cache.backend().get(key).await.unwrap(), "{key}");
+        }
+
+        let none: Vec<Option<i32>> = cache.get_many::<i32, &str>(&[]).await.unwrap();
+        assert!(none.is_empty());
+        assert!(cache.backend().get_many(&[]).await.unwrap().is_empty());
+
+        // A key over the limit is bad input, not a miss.
+        let long = "k".repeat(2000);
+        let err = cache.get_many::<i32, _>(&[long]).await.unwrap_err();
+        assert!(matches!(err, Error::KeyTooLong { .. }), "{err}");
+    }
+
+    /// `put_many` stores each request as `put` would, guarded by its own ticket.
+    pub async fn put_many_guards_each_request(cache: Cache) {
+        let backend = cache.backend();
+        let value = bytes::Bytes::from(matroska::Codec::Json.encode("k", &1, 0).unwrap());
+        let ttl = Duration::from_secs(60);
+        let (stale, fresh) = (
+            vec![Dependency::id("article", 1).encode()],
+            vec![Dependency::id("article", 2).encode()],
+        );
+        // Redis refuses a put whose stamp it must create after an invalidation later than
+        // the ticket (it cannot tell the two apart): make `fresh`'s stamp exist first.
+        backend
+            .put(PutRequest::new("warm", value.clone(), &fresh, ttl))
+            .await
+            .unwrap();
+        let ticket = backend.ticket().await.unwrap();
+        backend.invalidate(&stale).await.unwrap();
+        let outcomes = backend
+            .put_many(vec![
+                PutRequest::new("a", value.clone(), &stale, ttl).guarded_by(Some(ticket)),
+                PutRequest::new("b", value.clone(), &fresh, ttl).guarded_by(Some(ticket)),
+                PutRequest::new("c", value.clone(), &stale, ttl),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            outcomes,
+            [PutOutcome::Stale, PutOutcome::Stored, PutOutcome::Stored]
+        );
+        assert!(!cache.has("a").await.unwrap());
+        assert!(cache.has("b").await.unwrap() && cache.has("c").await.unwrap());
+        assert!(backend.put_many(vec![]).await.unwrap().is_empty());
+    }
+
+    /// The batch load: the loader gets only the missing keys (each once), its values are
+    /// returned in the items' order and cached, and the next call loads nothing.
+    pub async fn get_or_load_many_loads_only_the_misses(cache: Cache) {
+        cache
+            .put("count:2", &20, &[Dependency::id("article", 2)], None)
+            .await
+            .unwrap();
+        let ids = [1_i64, 2, 3, 1];
+        let asked = std::sync::Mutex::new(Vec::new());
+        let load = |missing: Vec<i64>| {
+            asked.lock().unwrap().push(missing.clone());
+            async move {
+                Ok::<_, Boom>(
+                    missing
+                        .into_iter()
+                        .map(|id| (id * 10, vec![Dependency::id("article", id)]))
+                        .collect(),
+                )
+            }
+        };
+        let key = |id: &i64| format!("count:{id}");
+        let got: Vec<i64> = cache.get_or_load_many(&ids, key, None, load).await.unwrap();
+        assert_eq!(got, [10, 20, 30, 10]);
+        assert_eq!(*asked.lock().unwrap(), [vec![1, 3]]);
+        let got: Vec<i64> = cache.get_or_load_many(&ids, key, None, load).await.unwrap();
+        assert_eq!(got, [10, 20, 30, 10]);
+        assert_eq!(
+            asked.lock().unwrap().len(),
+            1,
+            "loaded again after a full hit"
+        );
+
+        // Only the invalidated row is loaded again.
+        cache
+            .invalidate(&[Dependency::id("article", 3)])
+            .await
+            .unwrap();
+        let got: Vec<i64> = cache.get_or_load_many(&ids, key, None, load).await.unwrap();
+        assert_eq!(got, [10, 20, 30, 10]);
+        assert_eq!(asked.lock().unwrap()[1], [3]);
+
+        // Nothing asked for: no load.
+        let got: Vec<i64> = cache
+            .get_or_load_many(&[] as &[i64], key, None, load)
+            .await
+            .unwrap();
+        assert!(got.is_empty());
+        assert_eq!(asked.lock().unwrap().len(), 2);
+
+        // A loader that answers for another number of items is an error, not a mix-up.
+        let err = cache
+            .get_or_load_many(&[7_i64, 8], key, None, |_| async {
+                Ok::<_, Boom>(vec![(1_i64, vec![])])
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Load(e) if e.to_string().contains("1 values for 2")),
+            "{err}"
+        );
+        assert!(!cache.has("count:7").await.unwrap());
+        let err = cache
+            .get_or_load_many(&[9_i64], key, None, |_| async {
+                Err::<Vec<(i64, _)>, _>(Boom)
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Load(e) if e.to_string() == "boom"),
+            "{err}"
+        );
+    }
+
+    /// The stale-set guard of the batch load: a dependency invalidated while the loader runs
+    /// makes the puts of the values that depend on it refuse; the others are stored. The caller
+    /// still gets every value it loaded.
+    pub async fn get_or_load_many_does_not_cache_values_loaded_across_an_invalidation(
+        cache: Cache,
+    ) {
+        let ids = [1_i64, 2, 3];
+        let key = |id: &i64| format!("count:{id}");
+        // Redis refuses a put whose stamp it must create after an invalidation later than
+        // the ticket (it cannot tell the two apart): make the stamps exist first.
+        let all: Vec<Dependency> = ids
+            .iter()
+            .map(|&id| Dependency::id("article", id))
+            .collect();
+        cache.put("warm", &0, &all, None).await.unwrap();
+        cache
+            .put("warm-page", &0, &[Dependency::tag("page")], None)
+            .await
+            .unwrap();
+        let writer = &cache;
+        let got: Vec<i64> = cache
+            .get_or_load_many(&ids, key, None, |missing| async move {
+                // A writer changes article 2 and invalidates, after our read.
+                writer
+                    .invalidate(&[Dependency::id("article", 2)])
+                    .await
+                    .unwrap();
+                Ok::<_, Boom>(
+                    missing
+                        .into_iter()
+                        .map(|id| {
+                            (
+                                id,
+                                vec![Dependency::id("article", id), Dependency::tag("page")],
+                            )
+                        })
+                        .collect(),
+                )
+            })
+            .await
+            .unwrap();
+        assert_eq!(got, [1, 2, 3]);
+        assert!(cache.has("count:1").await.unwrap());
+        assert!(
+            !cache.has("count:2").await.unwrap(),
+            "a value loaded before an invalidation was cached"
+        );
+        assert!(cache.has("count:3").await.unwrap());
+
+        // Without the protection the stale value sticks: the race is real.
+        let unprotected = Cache::builder_arc(Arc::clone(cache.backend()))
+            .stale_set_protection(false)
+            .build()
+            .unwrap();
+        let writer = &unprotected;
+        let _: Vec<i64> = unprotected
+            .get_or_load_many(&ids, key, None, |missing| async move {
+                writer
+                    .invalidate(&[Dependency::id("article", 2)])
+                    .await
+                    .unwrap();
+                Ok::<_, Boom>(
+                    missing
+                        .into_iter()
+                        .map(|id| (id, vec![Dependency::id("article", id)]))
+                        .collect(),
+                )
+            })
+            .await
+            .unwrap();
+        assert!(unprotected.has("count:2").await.unwrap());
+    }
+
     pub async fn get_or_load_loads_once_then_hits(cache: Cache) {
         let loads = AtomicUsize::new(0);
         for _ in 0..3 {
@@ -587,6 +817,10 @@ macro_rules! conformance {
                 followers_do_not_get_a_refused_value,
                 concurrent_callers_share_one_failure,
                 overwrite_keeps_the_new_dependencies,
+                get_many_answers_each_key_as_get_would,
+                put_many_guards_each_request,
+                get_or_load_many_loads_only_the_misses,
+                get_or_load_many_does_not_cache_values_loaded_across_an_invalidation,
             );
         }
     };

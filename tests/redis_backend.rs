@@ -40,15 +40,15 @@ async fn each_operation_is_one_round_trip() {
     r.unwrap();
     assert_eq!(sent, ["evalsha"], "put with 20 dependencies");
 
-    // The connection's name, the entry and the stamps its put recorded with the clock,
-    // pipelined: one round trip.
+    // The connection's name, then the entry, the stamps its put recorded and the clock in
+    // one `MGET`, pipelined: one round trip.
     let (r, sent) = monitor.commands(cache.get::<Vec<i32>>("list")).await;
     assert_eq!(r.unwrap(), Some(vec![1, 2, 3]));
-    assert_eq!(sent, ["client", "get", "mget"], "get hit");
+    assert_eq!(sent, ["client", "mget"], "get hit");
 
     let (r, sent) = monitor.commands(cache.get::<Vec<i32>>("missing")).await;
     assert_eq!(r.unwrap(), None);
-    assert_eq!(sent, ["client", "get", "mget"], "get miss");
+    assert_eq!(sent, ["client", "mget"], "get miss");
 
     let many: Vec<Dependency> = (0..500).map(|i| Dependency::tag(format!("t{i}"))).collect();
     for i in 0..200 {
@@ -71,8 +71,168 @@ async fn each_operation_is_one_round_trip() {
     assert_eq!(r.unwrap(), 1);
     assert_eq!(
         sent,
-        ["client", "get", "mget", "evalsha", "evalsha"],
+        ["client", "mget", "evalsha", "evalsha"],
         "get_or_load miss"
+    );
+}
+
+/// `get_many` reads every key in one `MGET` when this process knows the keys' stamps, and
+/// the wrong guesses of a process that does not (a fresh backend instance) in one more; the
+/// answers are the same either way, invalidated entries included.
+#[tokio::test]
+async fn get_many_is_one_round_trip_and_wrong_guesses_one_more() {
+    let redis = PrivateRedis::start();
+    let writer = backend(&redis, |c| c).await;
+    let value = |v: i32| bytes::Bytes::from(matroska::Codec::Json.encode("k", &v, 0).unwrap());
+    let ttl = Duration::from_secs(60);
+    let dep = |i: i64| Dependency::id("row", i).encode();
+    let deps: Vec<Vec<String>> = vec![
+        vec![dep(0)],
+        vec![dep(1), dep(2)],
+        vec![],
+        (3..13).map(dep).collect(),
+        vec![dep(2)],
+    ];
+    for (i, deps) in deps.iter().enumerate() {
+        let key = format!("k{i}");
+        writer
+            .put(PutRequest::new(&key, value(i as i32), deps, ttl))
+            .await
+            .unwrap();
+    }
+    writer.invalidate(&[dep(2)]).await.unwrap();
+    let keys = ["k0", "k1", "k2", "k3", "k4", "missing", "k0"];
+    let expected: Vec<bool> = vec![true, false, true, true, false, false, true];
+    let hits =
+        |found: &[Option<bytes::Bytes>]| found.iter().map(Option::is_some).collect::<Vec<_>>();
+
+    // Each backend's connection is verified by its first read (`incarnation.rs`): done
+    // here with a key nobody stored, so that the counts below are a read's alone. A read is
+    // `CLIENT GETNAME` and one `MGET`, pipelined.
+    writer.get("warm-up").await.unwrap();
+    let reader = backend(&redis, |c| c).await;
+    reader.get("warm-up").await.unwrap();
+    let other = backend(&redis, |c| c).await;
+    other.get("warm-up").await.unwrap();
+    let mut monitor = support::Monitor::start(&redis);
+    let (found, sent) = monitor.commands(writer.get_many(&keys)).await;
+    assert_eq!(hits(&found.unwrap()), expected);
+    assert_eq!(sent, ["client", "mget"], "the process that stored the keys");
+
+    let (found, sent) = monitor.commands(reader.get_many(&keys)).await;
+    let found = found.unwrap();
+    assert_eq!(hits(&found), expected, "first read in a fresh process");
+    assert_eq!(found[3], writer.get("k3").await.unwrap());
+    assert_eq!(
+        sent,
+        ["client", "mget", "client", "mget"],
+        "wrong guesses cost one more round trip"
+    );
+    let (found, sent) = monitor.commands(reader.get_many(&keys)).await;
+    assert_eq!(hits(&found.unwrap()), expected);
+    assert_eq!(sent, ["client", "mget"], "guesses learnt");
+
+    // An entry stored again with other dependencies: the guess is wrong, the answer right.
+    writer
+        .put(PutRequest::new("k1", value(11), &deps[0], ttl))
+        .await
+        .unwrap();
+    writer.invalidate(&[dep(0)]).await.unwrap();
+    let (found, sent) = monitor.commands(reader.get_many(&["k1", "k3"])).await;
+    assert_eq!(hits(&found.unwrap()), [false, true]);
+    assert_eq!(sent, ["client", "mget", "client", "mget"]);
+
+    // A single get of a fresh process: the entry (and clock), then the stamps; then one read.
+    let (found, sent) = monitor.commands(other.get("k3")).await;
+    assert!(found.unwrap().is_some());
+    assert_eq!(sent, ["client", "mget", "client", "mget"]);
+    let (found, sent) = monitor.commands(other.get("k3")).await;
+    assert!(found.unwrap().is_some());
+    assert_eq!(sent, ["client", "mget"]);
+    assert!(reader.get_many(&[]).await.unwrap().is_empty());
+}
+
+/// The "one count per row of this page" pattern (a list, then a per-row lookup for each of
+/// its rows, as the Conduit article list does): once cached, a page costs two round trips
+/// whatever its length, where per-row `get_or_load` calls cost one per row.
+#[tokio::test]
+async fn a_page_of_per_row_lookups_is_two_round_trips() {
+    let redis = PrivateRedis::start();
+    let cache = Cache::builder(backend(&redis, |c| c).await)
+        .build()
+        .unwrap();
+    let page = || async {
+        let ids: Vec<i64> = cache
+            .get_or_load("articles:page1", None, || async {
+                let ids: Vec<i64> = (1..=20).collect();
+                let deps = vec![Dependency::tag("articles")];
+                Ok::<_, std::io::Error>((ids, deps))
+            })
+            .await
+            .unwrap();
+        let counts: Vec<i64> = cache
+            .get_or_load_many(
+                &ids,
+                |id| format!("favorites:{id}"),
+                None,
+                |missing| async move {
+                    Ok::<_, std::io::Error>(
+                        missing
+                            .into_iter()
+                            .map(|id| (id * 2, vec![Dependency::id("favorite_article", id)]))
+                            .collect(),
+                    )
+                },
+            )
+            .await
+            .unwrap();
+        counts
+    };
+    // Load the scripts (a first `EVALSHA` answers `NOSCRIPT`) and verify the connection
+    // (the first read does, `incarnation.rs`).
+    cache.backend().ticket().await.unwrap();
+    cache.put("warm", &0, &[], None).await.unwrap();
+    cache.get::<i32>("warm").await.unwrap();
+    let mut monitor = support::Monitor::start(&redis);
+    let (counts, sent) = monitor.commands(page()).await;
+    assert_eq!(counts, (1..=20).map(|i| i * 2).collect::<Vec<_>>());
+    // Cold: the list's get, ticket and put; the rows' one read, one ticket, and their 20 puts
+    // (one pipeline).
+    let mut cold = vec![
+        "client", "mget", "evalsha", "evalsha", "client", "mget", "evalsha",
+    ];
+    cold.extend(["evalsha"; 20]);
+    assert_eq!(sent, cold);
+
+    let (counts, sent) = monitor.commands(page()).await;
+    assert_eq!(counts.len(), 20);
+    assert_eq!(sent, ["client", "mget", "client", "mget"], "a cached page");
+
+    // One row changes: one more round trip for its ticket, one for its put.
+    cache
+        .invalidate(&[Dependency::id("favorite_article", 7)])
+        .await
+        .unwrap();
+    let (counts, sent) = monitor.commands(page()).await;
+    assert_eq!(counts[6], 14);
+    assert_eq!(
+        sent,
+        ["client", "mget", "client", "mget", "evalsha", "evalsha"]
+    );
+
+    // The pipelined puts after the server lost its scripts: each is sent again with its body.
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut redis.client())
+        .unwrap();
+    cache
+        .invalidate(&[Dependency::id("favorite_article", 8)])
+        .await
+        .unwrap();
+    let _ = page().await;
+    assert!(
+        cache.has("favorites:8").await.unwrap(),
+        "not stored after NOSCRIPT"
     );
 }
 

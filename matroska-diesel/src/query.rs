@@ -36,6 +36,41 @@
 //! (a `NOT NULL` foreign key); a scoped left join keeps every row of the scope, so it is
 //! always safe. Without `.scoped`, any filter, order and join is safe.
 //!
+//! ## A value per row of a page
+//!
+//! A count (or any lookup) for each row of a list is one query per row if each goes through
+//! its own cached query: one round trip to the cache per row even when all hit. Cache them
+//! with [`Cache::get_or_load_many`](matroska_core::Cache::get_or_load_many) instead: the hits
+//! come in one backend call, and the misses from one grouped query, each stored under its own
+//! key with its own dependencies (the same stale-set guard as a cached query). With
+//! `#[scope(article_id)]` on `Favorite`, the relay's invalidation of a favourite reaches
+//! exactly its article's count:
+//!
+//! ```text
+//! let page = articles::table.order(articles::id.desc()).limit(20)
+//!     .cached(&cache).load::<Article, _>(&mut conn).await?;
+//! let ids: Vec<i32> = page.iter().map(|a| a.id).collect();
+//! let counts: Vec<i64> = cache
+//!     .get_or_load_many(&ids, |id| format!("favorites:{id}"), None, |missing| async move {
+//!         let rows: HashMap<i32, i64> = favorites::table
+//!             .filter(favorites::article_id.eq_any(&missing))
+//!             .group_by(favorites::article_id)
+//!             .select((favorites::article_id, diesel::dsl::count_star()))
+//!             .load::<(i32, i64)>(&mut conn)?
+//!             .into_iter()
+//!             .collect();
+//!         Ok::<_, diesel::result::Error>(missing.iter().map(|id| {
+//!             let deps = FavoriteByArticleId { article_id: *id }.dependencies();
+//!             (rows.get(id).copied().unwrap_or(0), deps)
+//!         }).collect())
+//!     })
+//!     .await?;
+//! ```
+//!
+//! On Redis, once cached, the page and its 20 counts cost two round trips
+//! (`a_page_of_per_row_lookups_is_two_round_trips` in `tests/redis_backend.rs`). The batch
+//! form does not coalesce concurrent loads of the same keys (no single flight, no fill lease).
+//!
 //! ## Sync Diesel under async
 //!
 //! The cache is async and Diesel's connections are sync. The Diesel call runs on the calling

@@ -33,6 +33,43 @@
 //! (except ones that never change, like the primary key): a row whose unwatched column changes
 //! invalidates only its primary key and `any_change`, so it could enter such a query unseen.
 //! Without `.scoped`, any filter and order is safe.
+//!
+//! ## A value per row of a page
+//!
+//! A count (or any lookup) for each row of a list is one query per row if each goes through
+//! its own cached query: one round trip to the cache per row even when all hit. Cache them
+//! with [`Cache::get_or_load_many`] instead: the hits come in one backend call, and the misses
+//! from one grouped query, each stored under its own key with its own dependencies (the same
+//! stale-set guard as a cached query). With `#[scope(article_id)]` on the favourite model, the
+//! hooks' invalidation of a favourite reaches exactly its article's count:
+//!
+//! ```text
+//! let page = article::Entity::find().limit(20).cached(&cache).all(&db).await?;
+//! let ids: Vec<i32> = page.iter().map(|a| a.id).collect();
+//! let counts: Vec<i64> = cache
+//!     .get_or_load_many(&ids, |id| format!("favorites:{id}"), None, |missing| async move {
+//!         let rows: HashMap<i32, i64> = favorite::Entity::find()
+//!             .select_only()
+//!             .column(favorite::Column::ArticleId)
+//!             .column_as(favorite::Column::ArticleId.count(), "n")
+//!             .filter(favorite::Column::ArticleId.is_in(missing.clone()))
+//!             .group_by(favorite::Column::ArticleId)
+//!             .into_tuple::<(i32, i64)>()
+//!             .all(&db)
+//!             .await?
+//!             .into_iter()
+//!             .collect();
+//!         Ok::<_, DbErr>(missing.iter().map(|id| {
+//!             let deps = FavoriteByArticleId { article_id: *id }.dependencies();
+//!             (rows.get(id).copied().unwrap_or(0), deps)
+//!         }).collect())
+//!     })
+//!     .await?;
+//! ```
+//!
+//! On Redis, once cached, the page and its 20 counts cost two round trips
+//! (`a_page_of_per_row_lookups_is_two_round_trips` in `tests/redis_backend.rs`). The batch
+//! form does not coalesce concurrent loads of the same keys (no single flight, no fill lease).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -254,6 +254,13 @@ impl Backend for MemoryBackend {
         Ok(self.inner.entries.get(key).map(|s| s.value.clone()))
     }
 
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
+        Ok(keys
+            .iter()
+            .map(|key| self.inner.entries.get(*key).map(|s| s.value.clone()))
+            .collect())
+    }
+
     async fn has(&self, key: &str) -> Result<bool> {
         Ok(self.inner.entries.contains_key(key))
     }

@@ -171,11 +171,40 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// The bytes stored under `key`.
     async fn get(&self, key: &str) -> Result<Option<Bytes>>;
 
+    /// The bytes stored under each of `keys`, in order (a key given twice is answered twice).
+    /// Each answer keeps [`Backend::get`]'s guarantees: an invalidation that returned before
+    /// this call began shows in every answer.
+    ///
+    /// The default reads the keys one after the other; a remote backend overrides it to read
+    /// them in as few round trips as it can (Redis: one on a single server when this process
+    /// has read or stored the keys before).
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
+        let mut found = Vec::with_capacity(keys.len());
+        for key in keys {
+            found.push(self.get(key).await?);
+        }
+        Ok(found)
+    }
+
     /// Whether `key` holds a value.
     async fn has(&self, key: &str) -> Result<bool>;
 
     /// Stores a value with its dependencies, in one atomic step.
     async fn put(&self, request: PutRequest<'_>) -> Result<PutOutcome>;
+
+    /// Stores several values, each as [`Backend::put`] would (each put is atomic on its own,
+    /// the batch is not), and returns each one's outcome in order. An error may leave some of
+    /// the values stored.
+    ///
+    /// The default puts them one after the other; Redis sends them in one round trip on a
+    /// single server.
+    async fn put_many(&self, requests: Vec<PutRequest<'_>>) -> Result<Vec<PutOutcome>> {
+        let mut outcomes = Vec::with_capacity(requests.len());
+        for request in requests {
+            outcomes.push(self.put(request).await?);
+        }
+        Ok(outcomes)
+    }
 
     /// Removes `key`; returns whether it was there.
     async fn delete(&self, key: &str) -> Result<bool>;

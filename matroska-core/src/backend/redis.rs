@@ -16,14 +16,17 @@
 //!
 //! # Protocol
 //!
-//! - **get**: `GET` the entry and, in the same pipeline, `MGET` the stamps this process saw on
-//!   the key's entry last time; the entry is a hit only when every recorded stamp equals the
-//!   current one. A wrong guess (first read of a key, changed dependencies) costs a second
-//!   round trip. A missing stamp is a miss, so eviction, expiry or a restart cannot make an
-//!   invalidated entry readable again. On one server the pipeline also asks the connection's
-//!   name (`CLIENT GETNAME`) and the `MGET` the clock: an entry is served only on a connection
-//!   verified since it connected and while the clock has the owner the entry recorded, so a
-//!   restart that restored old state serves nothing it restored (`incarnation.rs`).
+//! - **get**: one `MGET` of the entry, the stamps this process saw on the key's entry last
+//!   time and (on one server) the clock; the entry is a hit only when every recorded stamp
+//!   equals the current one and the clock still has the owner the entry recorded. A wrong
+//!   guess (first read of a key, changed dependencies) costs a second round trip. A missing
+//!   stamp is a miss, so eviction, expiry or a restart cannot make an invalidated entry
+//!   readable again. On one server the `MGET` is pipelined after `CLIENT GETNAME`: an entry
+//!   is served only on a connection verified since it connected, so a restart that restored
+//!   old state serves nothing it restored (`incarnation.rs`). On a cluster, where the keys
+//!   live in other slots, a `GET` and an `MGET` are in flight at once.
+//! - **get_many**: the same, for every key in one `MGET` (entries, then the known stamps of
+//!   each, then the clock), and one more `MGET` for all the wrong guesses together.
 //! - **invalidate**: one script call per [`RedisConfig::invalidate_batch`] dependencies sets
 //!   each stamp to `<epoch>:<count>` with a fresh count: O(dependencies), whatever the number
 //!   of dependents, and no index to lose.
@@ -63,8 +66,8 @@ use config::redact_password;
 use connection::{Conn, Connector, connect_in_background, with_timeout};
 use entry::{Envelope, entry_header};
 use incarnation::{Incarnation, Seen, ask_name, owner_is_current};
-use known::KnownKeys;
-use lua::{INVALIDATE, Lua, PUT, RELEASE_LEASE, TICKET};
+use known::{KnownKeys, StampKeys};
+use lua::{INVALIDATE, Lua, LuaCall, PUT, RELEASE_LEASE, TICKET};
 
 /// The Redis backend. Cheap to clone.
 ///
@@ -294,22 +297,110 @@ impl RedisBackend {
             .collect()
     }
 
+    /// What an entry read together with the stamps this process guessed for it (`known`,
+    /// read as `guessed`) and, on one server, the clock (`clock`) says.
+    fn judge(
+        &self,
+        key: &str,
+        entry: &[u8],
+        known: Option<&StampKeys>,
+        guessed: Option<&[Option<Vec<u8>>]>,
+        clock: Option<&[u8]>,
+    ) -> Verdict {
+        let Some(envelope) = Envelope::parse(entry) else {
+            tracing::debug!(key, "entry not in this layout's format; a miss");
+            return Verdict::Miss;
+        };
+        if !self.owner_ok(&envelope, clock) {
+            return Verdict::Miss;
+        }
+        if envelope.deps.is_empty() {
+            return Verdict::Hit(envelope.value_at);
+        }
+        match (known, guessed) {
+            (Some(keys), Some(stamps))
+                if envelope.has_stamp_keys(keys, self.inner.stamp_prefix.as_bytes()) =>
+            {
+                if Self::stamps_match(&envelope, stamps) {
+                    Verdict::Hit(envelope.value_at)
+                } else {
+                    Verdict::Miss
+                }
+            }
+            _ => {
+                let keys = self.stamp_keys_of(&envelope);
+                self.inner.known.remember(key, &keys);
+                Verdict::Recheck(keys)
+            }
+        }
+    }
+
+    /// Where the value of `entry` starts when `stamps` (read after the entry, for the keys a
+    /// [`Verdict::Recheck`] named, with the clock on one server) are the ones it records;
+    /// `None` for a miss.
+    fn recheck(
+        &self,
+        entry: &[u8],
+        stamps: &[Option<Vec<u8>>],
+        clock: Option<&[u8]>,
+    ) -> Option<usize> {
+        let envelope = Envelope::parse(entry)?;
+        (Self::stamps_match(&envelope, stamps) && self.owner_ok(&envelope, clock))
+            .then_some(envelope.value_at)
+    }
+
+    /// On one server, whether the clock (as read with the entry) still has the owner the
+    /// entry recorded; a cluster's reads do not check it (`incarnation.rs` says why).
+    fn owner_ok(&self, envelope: &Envelope<'_>, clock: Option<&[u8]>) -> bool {
+        self.is_cluster() || owner_is_current(envelope.owner, clock)
+    }
+
+    /// One server: `mget` (which names the clock last) after `CLIENT GETNAME` on the same
+    /// connection; the values without the clock, and the clock, or the verified name the
+    /// connection's did not match ([`Read::Unverified`]).
+    async fn verified_mget(
+        &self,
+        conn: &mut Conn,
+        mget: redis::Cmd,
+        expected: usize,
+    ) -> Result<std::result::Result<(Stamps, Option<Vec<u8>>), Seen>> {
+        let mut pipe = redis::pipe();
+        ask_name(&mut pipe);
+        pipe.add_command(mget);
+        let (name, mut values): (Option<String>, Stamps) =
+            self.run("get", pipe.query_async(conn)).await?;
+        if let Err(seen) = self.inner.incarnation.check(name.as_deref()) {
+            return Ok(Err(seen));
+        }
+        if values.len() != expected {
+            return Err(bad_reply("MGET answered with another number of values"));
+        }
+        let clock = values.pop().flatten();
+        Ok(Ok((values, clock)))
+    }
+
+    /// `MGET` of `keys`, checking that the reply has one value per key.
+    async fn mget(&self, conn: &mut Conn, keys: &redis::Cmd, expected: usize) -> Result<Stamps> {
+        let values: Stamps = self.run("get", keys.query_async(conn)).await?;
+        if values.len() != expected {
+            return Err(bad_reply("MGET answered with another number of values"));
+        }
+        Ok(values)
+    }
+
     /// One read of `key`: the entry, checked against the stamps it recorded and (on one
     /// server) the clock's owner, on a connection this backend verified.
-    async fn read(&self, key: &str) -> Result<Read> {
+    async fn read(&self, key: &str) -> Result<Read<Option<Bytes>>> {
         let entry_key = self.entry_key(key);
-        let known = self.inner.known.get(key);
+        let known = self.inner.known.get(key).filter(|keys| !keys.is_empty());
         let mut conn = self.conn()?;
         let cluster = self.is_cluster();
-        // The entry and the stamps it had last time, in one round trip: `GET` runs first, so
-        // an invalidation that returned before this read started shows in the `MGET`. On one
-        // server the pipeline also asks the connection's name and the clock.
         let (entry, guessed, clock): (Option<Vec<u8>>, Option<Stamps>, Option<Vec<u8>>) =
             match &known {
-                Some(keys) if !keys.is_empty() && cluster => {
-                    // Other slots, so no pipeline: both requests in flight at once. Their
-                    // order does not matter: an invalidation that returned before this read
-                    // began shows in the stamps either way.
+                Some(keys) if cluster => {
+                    // Other slots, so no single command: both requests in flight at once.
+                    // Their order does not matter: an invalidation that returned before this
+                    // read began shows in the stamps either way.
                     let mut other = conn.clone();
                     let (get, mget) = (
                         redis::cmd("GET").arg(&entry_key).clone(),
@@ -322,79 +413,213 @@ impl RedisBackend {
                         .await?;
                     (entry, Some(stamps), None)
                 }
-                _ if cluster => (self.run("get", conn.get(&entry_key)).await?, None, None),
+                None if cluster => (self.run("get", conn.get(&entry_key)).await?, None, None),
                 _ => {
-                    let keys = known.as_deref().unwrap_or_default();
-                    let mut pipe = redis::pipe();
-                    ask_name(&mut pipe);
-                    pipe.cmd("GET")
-                        .arg(&entry_key)
-                        .cmd("MGET")
-                        .arg(keys)
-                        .arg(&self.inner.clock_key);
-                    let (name, entry, mut stamps): (Option<String>, _, Stamps) =
-                        self.run("get", pipe.query_async(&mut conn)).await?;
-                    if let Err(seen) = self.inner.incarnation.check(name.as_deref()) {
-                        return Ok(Read::Unverified(seen));
-                    }
-                    let clock = stamps.pop().ok_or_else(|| bad_reply("a short MGET"))?;
-                    (entry, (!keys.is_empty()).then_some(stamps), clock)
+                    // One server: the entry, its stamps and the clock share the `{P}` hash
+                    // tag, so one `MGET` reads them all, atomically (an invalidation that
+                    // returned before this read began shows in the stamps).
+                    let keys: &[Vec<u8>] = known.as_deref().unwrap_or_default();
+                    let mut mget = redis::cmd("MGET");
+                    mget.arg(&entry_key).arg(keys).arg(&self.inner.clock_key);
+                    let (mut values, clock) =
+                        match self.verified_mget(&mut conn, mget, 2 + keys.len()).await? {
+                            Ok(read) => read,
+                            Err(seen) => return Ok(Read::Unverified(seen)),
+                        };
+                    let entry = values.remove(0);
+                    (entry, known.is_some().then_some(values), clock)
                 }
             };
         let Some(entry) = entry else {
             return Ok(Read::Done(None));
         };
         let entry = Bytes::from(entry);
-        let Some(envelope) = Envelope::parse(&entry) else {
-            tracing::debug!(key, "entry not in this layout's format; a miss");
-            return Ok(Read::Done(None));
-        };
-        let prefix = self.inner.stamp_prefix.as_bytes();
-        let valid = match (known, guessed) {
-            _ if envelope.deps.is_empty() => true,
-            (Some(keys), Some(stamps)) if envelope.has_stamp_keys(&keys, prefix) => {
-                Self::stamps_match(&envelope, &stamps)
-            }
-            _ if cluster => {
-                let keys = self.stamp_keys_of(&envelope);
-                self.inner.known.remember(key, &keys);
-                let stamps: Stamps = self
-                    .run(
-                        "get",
-                        redis::cmd("MGET").arg(&keys[..]).query_async(&mut conn),
-                    )
-                    .await?;
-                Self::stamps_match(&envelope, &stamps)
-            }
-            _ => {
-                // The stamps again, on a connection that must still be the verified one, and
-                // the clock with them (both compared below).
-                let keys = self.stamp_keys_of(&envelope);
-                self.inner.known.remember(key, &keys);
-                let mut pipe = redis::pipe();
-                ask_name(&mut pipe);
-                pipe.cmd("MGET").arg(&keys[..]).arg(&self.inner.clock_key);
-                let (name, mut stamps): (Option<String>, Stamps) =
-                    self.run("get", pipe.query_async(&mut conn)).await?;
-                if let Err(seen) = self.inner.incarnation.check(name.as_deref()) {
-                    return Ok(Read::Unverified(seen));
+        let verdict = self.judge(
+            key,
+            &entry,
+            known.as_ref(),
+            guessed.as_deref(),
+            clock.as_deref(),
+        );
+        let value_at = match verdict {
+            Verdict::Hit(at) => at,
+            Verdict::Miss => return Ok(Read::Done(None)),
+            Verdict::Recheck(keys) => {
+                let mut mget = redis::cmd("MGET");
+                mget.arg(&keys[..]);
+                let (stamps, clock) = if cluster {
+                    (self.mget(&mut conn, &mget, keys.len()).await?, None)
+                } else {
+                    // The stamps again, on a connection that must still be the verified one,
+                    // and the clock with them.
+                    mget.arg(&self.inner.clock_key);
+                    match self.verified_mget(&mut conn, mget, keys.len() + 1).await? {
+                        Ok(read) => read,
+                        Err(seen) => return Ok(Read::Unverified(seen)),
+                    }
+                };
+                match self.recheck(&entry, &stamps, clock.as_deref()) {
+                    Some(at) => at,
+                    None => return Ok(Read::Done(None)),
                 }
-                let clock = stamps.pop().ok_or_else(|| bad_reply("a short MGET"))?;
-                Self::stamps_match(&envelope, &stamps)
-                    && owner_is_current(envelope.owner, clock.as_deref())
             }
         };
-        // On one server the entry's clock owner must be the clock's; the cluster's reads do
-        // not check it (incarnation.rs says why).
-        let valid = valid && (cluster || owner_is_current(envelope.owner, clock.as_deref()));
-        let value_at = envelope.value_at;
-        Ok(Read::Done(valid.then(|| entry.slice(value_at..))))
+        Ok(Read::Done(Some(entry.slice(value_at..))))
+    }
+
+    /// [`Backend::get_many`] on one server: one `MGET` of every entry, then of the stamps this
+    /// process knows for each, then the clock (atomic, like a single read's), and one more
+    /// for every wrong guess together; both on a verified connection.
+    async fn read_many(&self, keys: &[&str]) -> Result<Read<Vec<Option<Bytes>>>> {
+        let known: Vec<Option<StampKeys>> = keys
+            .iter()
+            .map(|key| self.inner.known.get(key).filter(|k| !k.is_empty()))
+            .collect();
+        let mut mget = redis::cmd("MGET");
+        for key in keys {
+            mget.arg(self.entry_key(key));
+        }
+        let mut guessed_count = 0;
+        for stamp_keys in known.iter().flatten() {
+            mget.arg(&stamp_keys[..]);
+            guessed_count += stamp_keys.len();
+        }
+        mget.arg(&self.inner.clock_key);
+        let mut conn = self.conn()?;
+        let (mut values, clock) = match self
+            .verified_mget(&mut conn, mget, keys.len() + guessed_count + 1)
+            .await?
+        {
+            Ok(read) => read,
+            Err(seen) => return Ok(Read::Unverified(seen)),
+        };
+        let guessed = values.split_off(keys.len());
+        let entries: Vec<Option<Bytes>> = values.into_iter().map(|e| e.map(Bytes::from)).collect();
+        let mut found = vec![None; keys.len()];
+        let mut rechecks: Vec<(usize, StampKeys)> = Vec::new();
+        let mut at = 0;
+        for (i, (entry, known)) in entries.iter().zip(&known).enumerate() {
+            let stamps = known.as_ref().map(|k| {
+                let stamps = &guessed[at..at + k.len()];
+                at += k.len();
+                stamps
+            });
+            let Some(entry) = entry else { continue };
+            match self.judge(keys[i], entry, known.as_ref(), stamps, clock.as_deref()) {
+                Verdict::Hit(value_at) => found[i] = Some(entry.slice(value_at..)),
+                Verdict::Miss => {}
+                Verdict::Recheck(stamp_keys) => rechecks.push((i, stamp_keys)),
+            }
+        }
+        if rechecks.is_empty() {
+            return Ok(Read::Done(found));
+        }
+        // Every wrong guess in one more round trip; read after the entries, so these stamps
+        // are at least as new as the entries' reads.
+        let mut mget = redis::cmd("MGET");
+        let mut count = 0;
+        for (_, stamp_keys) in &rechecks {
+            mget.arg(&stamp_keys[..]);
+            count += stamp_keys.len();
+        }
+        mget.arg(&self.inner.clock_key);
+        let (stamps, clock) = match self.verified_mget(&mut conn, mget, count + 1).await? {
+            Ok(read) => read,
+            Err(seen) => return Ok(Read::Unverified(seen)),
+        };
+        let mut at = 0;
+        for (i, stamp_keys) in &rechecks {
+            let now = &stamps[at..at + stamp_keys.len()];
+            at += stamp_keys.len();
+            if let Some(entry) = &entries[*i] {
+                found[*i] = self
+                    .recheck(entry, now, clock.as_deref())
+                    .map(|value_at| entry.slice(value_at..));
+            }
+        }
+        Ok(Read::Done(found))
+    }
+
+    /// [`Backend::get_many`] on a cluster: the keys' entries and stamps live in many slots, so
+    /// every key is read as [`Backend::get`] reads it, all at once.
+    async fn get_many_concurrently(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
+        let mut reads = tokio::task::JoinSet::new();
+        for (at, key) in keys.iter().enumerate() {
+            let (backend, key) = (self.clone(), (*key).to_owned());
+            reads.spawn(async move { (at, backend.get(&key).await) });
+        }
+        let mut found = vec![None; keys.len()];
+        // Dropping the set (an error here, or the caller dropping this future) aborts the
+        // reads still in flight: reads leave nothing behind.
+        while let Some(joined) = reads.join_next().await {
+            let (at, read) = joined.map_err(|e| Error::Backend {
+                backend: "redis",
+                message: format!("a read task failed: {e}"),
+                source: None,
+            })?;
+            found[at] = read?;
+        }
+        Ok(found)
+    }
+
+    /// The `put.lua` call of `request` (single server), and the stamp keys it names.
+    fn put_call(&self, request: &PutRequest<'_>) -> (LuaCall<'_>, StampKeys) {
+        let mut invocation = self.inner.put.call(2 + request.deps.len());
+        invocation
+            .key(self.entry_key(request.key))
+            .key(&self.inner.clock_key);
+        let keys: StampKeys = request
+            .deps
+            .iter()
+            .map(|dep| self.stamp_key_bytes(dep))
+            .collect();
+        for key in keys.iter() {
+            invocation.key(key.as_slice());
+        }
+        let (epoch, clock) = request
+            .ticket
+            .map_or((String::new(), 0), |t| (t.epoch.to_string(), t.clock));
+        let ttl = millis(request.ttl);
+        invocation
+            .arg(request.value.as_ref())
+            .arg(ttl)
+            .arg(epoch)
+            .arg(clock)
+            .arg(self.nonce())
+            .arg(entry_header(request.deps))
+            .arg(stamp_keep(ttl));
+        (invocation, keys)
+    }
+
+    /// Whether `request` takes the spread path (see [`Backend::put`]).
+    fn spreads(&self, request: &PutRequest<'_>) -> bool {
+        self.is_cluster() || request.deps.len() > self.inner.config.invalidate_batch
+    }
+
+    /// What `put.lua` answered, remembering the stamp keys of a stored entry.
+    fn put_outcome(&self, key: &str, keys: &StampKeys, stored: i64) -> PutOutcome {
+        if stored == 1 {
+            self.inner.known.remember(key, keys);
+            PutOutcome::Stored
+        } else {
+            PutOutcome::Stale
+        }
     }
 }
 
+/// What an entry and the stamps read with it say.
+enum Verdict {
+    /// A hit; the value starts here.
+    Hit(usize),
+    Miss,
+    /// The guess was wrong (or there was none): read these stamp keys, then
+    /// [`RedisBackend::recheck`].
+    Recheck(StampKeys),
+}
+
 /// What one read found: the answer, or a connection it could not trust yet.
-enum Read {
-    Done(Option<Bytes>),
+enum Read<T> {
+    Done(T),
     Unverified(Seen),
 }
 
@@ -463,6 +688,24 @@ impl Backend for RedisBackend {
         }
     }
 
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.is_cluster() {
+            return self.get_many_concurrently(keys).await;
+        }
+        let seen = match self.read_many(keys).await? {
+            Read::Done(values) => return Ok(values),
+            Read::Unverified(seen) => seen,
+        };
+        self.verify(seen).await?;
+        match self.read_many(keys).await? {
+            Read::Done(values) => Ok(values),
+            Read::Unverified(_) => Ok(vec![None; keys.len()]),
+        }
+    }
+
     async fn has(&self, key: &str) -> Result<bool> {
         Ok(self.get(key).await?.is_some())
     }
@@ -470,41 +713,60 @@ impl Backend for RedisBackend {
     async fn put(&self, request: PutRequest<'_>) -> Result<PutOutcome> {
         // One script names the entry, the clock and every stamp: on a cluster they live in
         // other slots, and with very many dependencies the script would block the server.
-        if self.is_cluster() || request.deps.len() > self.inner.config.invalidate_batch {
+        if self.spreads(&request) {
             return self.put_spread(request).await;
         }
-        let mut invocation = self.inner.put.call(2 + request.deps.len());
-        invocation
-            .key(self.entry_key(request.key))
-            .key(&self.inner.clock_key);
-        let keys: Arc<[Vec<u8>]> = request
-            .deps
-            .iter()
-            .map(|dep| self.stamp_key_bytes(dep))
-            .collect();
-        for key in keys.iter() {
-            invocation.key(key.as_slice());
-        }
-        let (epoch, clock) = request
-            .ticket
-            .map_or((String::new(), 0), |t| (t.epoch.to_string(), t.clock));
-        let ttl = millis(request.ttl);
-        invocation
-            .arg(request.value.as_ref())
-            .arg(ttl)
-            .arg(epoch)
-            .arg(clock)
-            .arg(self.nonce())
-            .arg(entry_header(request.deps))
-            .arg(stamp_keep(ttl));
+        let (invocation, keys) = self.put_call(&request);
         let mut conn = self.conn()?;
         let stored: i64 = self.run("put", invocation.invoke_async(&mut conn)).await?;
-        Ok(if stored == 1 {
-            self.inner.known.remember(request.key, &keys);
-            PutOutcome::Stored
-        } else {
-            PutOutcome::Stale
-        })
+        Ok(self.put_outcome(request.key, &keys, stored))
+    }
+
+    async fn put_many(&self, requests: Vec<PutRequest<'_>>) -> Result<Vec<PutOutcome>> {
+        let mut outcomes: Vec<Option<PutOutcome>> = vec![None; requests.len()];
+        // The script calls in one pipeline (one round trip); what must spread goes alone.
+        let mut pipe = redis::pipe();
+        let mut piped = Vec::new();
+        for (at, request) in requests.iter().enumerate() {
+            if !self.spreads(request) {
+                let (invocation, keys) = self.put_call(request);
+                pipe.add_command(invocation.cmd().clone());
+                piped.push((at, invocation, keys));
+            }
+        }
+        if !piped.is_empty() {
+            // Each answer on its own: a `NOSCRIPT` (a restarted server) is retried alone with
+            // the script's body.
+            pipe.ignore_errors();
+            let mut conn = self.conn()?;
+            let answers: Vec<redis::Value> = self.run("put", pipe.query_async(&mut conn)).await?;
+            if answers.len() != piped.len() {
+                return Err(bad_reply(
+                    "a pipeline answered with another number of replies",
+                ));
+            }
+            for ((at, invocation, keys), answer) in piped.iter().zip(answers) {
+                let stored: i64 = match answer {
+                    redis::Value::ServerError(e)
+                        if e.kind() == Some(redis::ServerErrorKind::NoScript) =>
+                    {
+                        self.run("put", invocation.invoke_async(&mut conn)).await?
+                    }
+                    answer => {
+                        redis::from_redis_value(answer).map_err(|e| Error::backend("redis", e))?
+                    }
+                };
+                outcomes[*at] = Some(self.put_outcome(requests[*at].key, keys, stored));
+            }
+        }
+        let mut done = Vec::with_capacity(requests.len());
+        for (request, outcome) in requests.into_iter().zip(outcomes) {
+            done.push(match outcome {
+                Some(outcome) => outcome,
+                None => self.put_spread(request).await?,
+            });
+        }
+        Ok(done)
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {

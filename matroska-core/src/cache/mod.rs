@@ -1,11 +1,13 @@
 //! The [`Cache`]: typed get / put / invalidate over a [`Backend`], and `get_or_load` with
 //! stale-set protection and stampede control.
 //!
-//! This module holds the public API; `get_or_load`'s machinery lives beside it:
+//! This module holds the public API; the batch reads are in `batch.rs`; `get_or_load`'s
+//! machinery lives beside it:
 //! `flight.rs` (in-process single-flight), `lease.rs` (the cross-process fill lease) and
 //! `fill.rs` (the fill protocol: the leader's steps as a pure state, the outcomes, which
 //! followers may use which outcome).
 
+mod batch;
 mod fill;
 mod flight;
 mod lease;
@@ -363,9 +365,7 @@ impl Cache {
         let ttl = ttl
             .filter(|t| !t.is_zero())
             .unwrap_or(self.inner.settings.default_ttl);
-        let mut encoded: Vec<String> = deps.iter().map(Dependency::encode).collect();
-        encoded.sort_unstable();
-        encoded.dedup();
+        let encoded = batch::encode_deps(deps);
         let request = PutRequest::new(key, bytes, &encoded, ttl).guarded_by(ticket);
         let outcome = self.inner.backend.put(request).await?;
         tracing::Span::current().record("outcome", tracing::field::debug(outcome));

@@ -58,6 +58,12 @@ impl LuaCall<'_> {
         self
     }
 
+    /// The `EVALSHA` command, to send in a pipeline (a `NOSCRIPT` answer there is the
+    /// caller's to handle, e.g. by calling [`LuaCall::invoke_async`]).
+    pub(super) fn cmd(&self) -> &redis::Cmd {
+        &self.cmd
+    }
+
     pub(super) async fn invoke_async<T: redis::FromRedisValue>(
         &self,
         conn: &mut Conn,
