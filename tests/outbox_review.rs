@@ -1,0 +1,214 @@
+//! Hostile review of read-your-writes (`wait_delivered`) and of the migrations work (issue
+//! 18): each test shows one defect found in review. A binary of its own: it registers no
+//! cache for the hooks (as a migration CLI) and spawns relays only where a test says so.
+#![cfg(feature = "seaorm")]
+#![allow(clippy::unwrap_used)]
+
+mod seaorm_blog;
+mod support;
+
+use std::time::Duration;
+
+use matroska::seaorm::outbox;
+use matroska::{Dependency, WatchedTable};
+use sea_orm::{
+    ActiveModelTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, Set,
+};
+
+use seaorm_blog::{article, author, create_tables};
+use support::db::{Kind, ScratchDb};
+
+fn specs() -> [matroska::TableSpec; 2] {
+    [
+        article::Model::watched_table(),
+        author::Model::watched_table(),
+    ]
+}
+
+async fn exec(conn: &DatabaseConnection, sql: &str) {
+    conn.execute_unprepared(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+async fn count(conn: &DatabaseConnection, sql: &str) -> i64 {
+    let row = conn
+        .query_one_raw(sea_orm::Statement::from_string(
+            conn.get_database_backend(),
+            sql.to_owned(),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get_by_index::<i64>(0).unwrap()
+}
+
+/// A relay's consumer dropped as expired by another consumer's relay (its process was
+/// paused past the expiry, say): the other relay delivers a raw write and sweeps the row,
+/// which no longer waits for the dropped consumer. `wait_delivered` of the dropped
+/// consumer's relay then finds no row waiting and returns `Ok` at once, without noticing
+/// that its consumer is gone (which would flush its cache): the next read is stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_delivered_after_its_consumer_was_dropped_postgres() {
+    let db = ScratchDb::new(Kind::Postgres, "rev_wait_dropped").await;
+    create_tables(&db.conn).await;
+    outbox::install(&db.conn, &specs()).await.unwrap();
+    exec(&db.conn, "INSERT INTO author (id, name) VALUES (1, 'a')").await;
+    exec(
+        &db.conn,
+        "INSERT INTO article (id, title, category, published, author_id) \
+         VALUES (7, 't', 'fantasy', true, 1)",
+    )
+    .await;
+    let relay = |cache: matroska::Cache, name: &str| {
+        outbox::relay(&db.conn, cache)
+            .unwrap()
+            .watch_type::<article::Model>()
+            .watch_type::<author::Model>()
+            .consumer(name)
+            .consumer_expiry(Duration::from_millis(100))
+            .build()
+    };
+    let mine = support::memory_cache();
+    let my_relay = relay(mine.clone(), "mine");
+    let other_relay = relay(support::memory_cache(), "other");
+    my_relay.run_once().await.unwrap();
+    other_relay.run_once().await.unwrap();
+    mine.put(
+        "article-7",
+        &1,
+        &[Dependency::primary_key("article", [7])],
+        None,
+    )
+    .await
+    .unwrap();
+    // Not a timing assertion: "mine" must go unseen for longer than its expiry (the
+    // database's clock decides) for the other relay to drop it.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    exec(&db.conn, "UPDATE article SET title = 'u' WHERE id = 7").await;
+    // Drops "mine" (expired), delivers the update to "other" and sweeps it.
+    other_relay.run_once().await.unwrap();
+    my_relay
+        .wait_delivered(Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(
+        !mine.has("article-7").await.unwrap(),
+        "wait_delivered returned Ok but the updated row is still cached (its consumer was \
+         dropped and nothing flushed its cache)"
+    );
+}
+
+/// `Duration::MAX` ("wait as long as it takes") panics in the process-wide wait: the
+/// deadline `Instant::now() + timeout` overflows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_wide_wait_with_duration_max_does_not_panic() {
+    let waited = tokio::spawn(outbox::wait_delivered(Duration::MAX)).await;
+    assert!(
+        waited.is_ok(),
+        "wait_delivered(Duration::MAX) panicked: {waited:?}"
+    );
+    waited.unwrap().unwrap();
+}
+
+/// The blocking forms panic the same way (`Instant::now() + timeout + 100 ms`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_wait_with_duration_max_does_not_panic() {
+    let db = ScratchDb::new(Kind::Sqlite, "rev_wait_max").await;
+    create_tables(&db.conn).await;
+    outbox::install(&db.conn, &specs()).await.unwrap();
+    let handle = std::sync::Arc::new(
+        outbox::relay(&db.conn, support::memory_cache())
+            .unwrap()
+            .watch_type::<article::Model>()
+            .watch_type::<author::Model>()
+            .build()
+            .spawn(),
+    );
+    let waiting = std::sync::Arc::clone(&handle);
+    let joined = std::thread::spawn(move || waiting.wait_delivered_blocking(Duration::MAX)).join();
+    assert!(
+        joined.is_ok(),
+        "wait_delivered_blocking(Duration::MAX) panicked"
+    );
+    joined.unwrap().unwrap();
+    let joined = std::thread::spawn(|| outbox::wait_delivered_blocking(Duration::MAX)).join();
+    assert!(joined.is_ok(), "the process-wide blocking wait panicked");
+    joined.unwrap().unwrap();
+}
+
+/// A hooked write with no cache registered, to a table whose triggers were uninstalled (a
+/// migration's `down`), by a role that may write the table but not the outbox — the role
+/// the SECURITY DEFINER triggers are designed for (`least_privilege_writer_postgres`). The
+/// hook lets the write through (`Recording::WholeTable`: the outbox's tables exist), the
+/// write commits on its own (SeaORM's `insert` is no transaction), then the whole-table row
+/// fails for lack of privilege: the save returns an error, but the row is written and
+/// nothing records it, so every other process's cache may serve the table stale forever.
+/// Either the write is refused, or it is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooked_write_without_cache_is_recorded_or_refused_for_a_least_privilege_role() {
+    let db = ScratchDb::new(Kind::Postgres, "rev_unrecorded").await;
+    let schema = db.schema.clone().unwrap();
+    create_tables(&db.conn).await;
+    outbox::install(&db.conn, &specs()).await.unwrap();
+    // A consumer (another process's cache): the whole-table row is written only then.
+    outbox::relay(&db.conn, support::memory_cache())
+        .unwrap()
+        .watch_type::<article::Model>()
+        .watch_type::<author::Model>()
+        .build()
+        .run_once()
+        .await
+        .unwrap();
+    outbox::uninstall(&db.conn, &["author"]).await.unwrap();
+    let role = support::unique("rev_writer");
+    exec(&db.conn, &format!("CREATE ROLE \"{role}\" LOGIN")).await;
+    exec(
+        &db.conn,
+        &format!("GRANT USAGE ON SCHEMA \"{schema}\" TO \"{role}\""),
+    )
+    .await;
+    exec(
+        &db.conn,
+        &format!("GRANT SELECT, INSERT, UPDATE, DELETE ON author, article TO \"{role}\""),
+    )
+    .await;
+    exec(
+        &db.conn,
+        &format!("GRANT USAGE ON ALL SEQUENCES IN SCHEMA \"{schema}\" TO \"{role}\""),
+    )
+    .await;
+    let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
+    let writer = Database::connect(
+        ConnectOptions::new(url)
+            .sqlx_logging(false)
+            .set_schema_search_path(schema.clone())
+            .to_owned(),
+    )
+    .await
+    .unwrap();
+    let saved = author::ActiveModel {
+        name: Set("written while uninstalled".into()),
+        ..Default::default()
+    }
+    .insert(&writer)
+    .await;
+    writer.close().await.ok();
+    let written = count(
+        &db.conn,
+        "SELECT COUNT(*) FROM author WHERE name = 'written while uninstalled'",
+    )
+    .await;
+    let recorded = count(
+        &db.conn,
+        "SELECT COUNT(*) FROM matroska_outbox WHERE table_name = 'author' AND op = 'T'",
+    )
+    .await;
+    exec(&db.conn, &format!("DROP OWNED BY \"{role}\"")).await;
+    exec(&db.conn, &format!("DROP ROLE \"{role}\"")).await;
+    assert!(
+        written == 0 || recorded > 0,
+        "the write committed ({written} row) with no whole-table row ({recorded}); the save \
+         returned {saved:?}"
+    );
+}
