@@ -123,9 +123,12 @@ impl Relay {
 pub async fn wait_delivered(timeout: Duration) -> Result<()> {
     // One after the other, within one deadline: a process runs one relay per cache, rarely
     // more.
-    let deadline = tokio::time::Instant::now() + timeout;
+    // `None`: no deadline the clock can represent (`Duration::MAX`, "as long as it takes").
+    let deadline = tokio::time::Instant::now().checked_add(timeout);
     for (relay, _) in running() {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let left = deadline.map_or(timeout, |d| {
+            d.saturating_duration_since(tokio::time::Instant::now())
+        });
         relay.wait_delivered(left).await.map_err(|e| match e {
             Error::NotDeliveredInTime { .. } => Error::NotDeliveredInTime { waited: timeout },
             other => other,
@@ -170,12 +173,19 @@ pub(super) fn block_on_waits(
     }
     drop(sender);
     // Each wait ends by its own time-out; the margin covers scheduling only.
-    let deadline = std::time::Instant::now() + timeout + Duration::from_millis(100);
+    // `None` (`Duration::MAX`): wait for each to answer, however long.
+    let deadline =
+        std::time::Instant::now().checked_add(timeout.saturating_add(Duration::from_millis(100)));
     for _ in 0..count {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match receiver.recv_timeout(left) {
-            Ok(done) => done?,
-            Err(_) => return Err(Error::NotDeliveredInTime { waited: timeout }),
+        let received = match deadline {
+            Some(deadline) => receiver
+                .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+                .ok(),
+            None => receiver.recv().ok(),
+        };
+        match received {
+            Some(done) => done?,
+            None => return Err(Error::NotDeliveredInTime { waited: timeout }),
         }
     }
     Ok(())
