@@ -93,6 +93,12 @@ impl Consumer {
         (self.expiry / 10).clamp(Duration::from_millis(10), Duration::from_secs(10))
     }
 
+    /// Makes the next [`Consumer::ensure`] beat (and so find out whether the consumer was
+    /// dropped meanwhile) whenever it last did.
+    pub(crate) fn beat_due(&self) {
+        self.state().beat = None;
+    }
+
     /// The claim found this consumer gone (dropped as expired): register again, flushing.
     pub(crate) fn lost(&self) {
         tracing::warn!(

@@ -78,6 +78,11 @@ impl Relay {
         let inner = &self.inner;
         // MySQL/MariaDB: a TRUNCATE leaves no row until it is noticed.
         self.check_truncations(true).await?;
+        // A consumer dropped as expired is no longer waited for: the rows it missed may be
+        // swept already, so "none waits" proves nothing until it is known registered (a
+        // drop found here registers it again, flushing its cache).
+        inner.consumer.beat_due();
+        self.prepare().await?;
         let Some(horizon) = inner
             .db
             .newest_waiting(&inner.outbox, &inner.consumer.name)
