@@ -222,6 +222,55 @@ macro_rules! diesel_tests {
                 assert_eq!(newest(&mut env).await, Some(Some(c.id)));
             }
 
+            /// Review: the module docs say "without `.scoped`, any filter, order and join is
+            /// safe", and `values` "names the entity it comes from". A filter with a subquery
+            /// on another table (posts that have a comment) selects from `posts` only, so
+            /// the entry depends on posts alone: a new comment changes the answer and
+            /// invalidates nothing it depends on. Both `values::<Post, ..>` and
+            /// `load::<Post, _>` serve the stale answer after `wait_delivered`.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn subquery_on_another_table_stays_fresh() {
+                let mut env = setup("d_subquery").await;
+                async fn commented_titles(env: &mut Env<Conn>) -> Vec<String> {
+                    posts::table
+                        .filter(posts::id.eq_any(comments::table.select(comments::post_id)))
+                        .select(posts::title)
+                        .order(posts::id)
+                        .cached(&env.cache)
+                        .values::<Post, String, _>(&mut env.conn)
+                        .await
+                        .unwrap()
+                }
+                async fn commented(env: &mut Env<Conn>) -> Vec<Post> {
+                    posts::table
+                        .filter(posts::id.eq_any(comments::table.select(comments::post_id)))
+                        .order(posts::id)
+                        .cached(&env.cache)
+                        .load::<Post, _>(&mut env.conn)
+                        .await
+                        .unwrap()
+                }
+                assert_eq!(commented_titles(&mut env).await, Vec::<String>::new());
+                assert_eq!(commented(&mut env).await, Vec::<Post>::new());
+                comment(&mut env.conn, env.a.id, "first");
+                env.relay
+                    .wait_delivered(Duration::from_secs(20))
+                    .await
+                    .unwrap();
+                let db: Vec<Post> = posts::table
+                    .filter(posts::id.eq_any(comments::table.select(comments::post_id)))
+                    .order(posts::id)
+                    .load(&mut env.conn)
+                    .unwrap();
+                assert_eq!(db, vec![env.a.clone()]);
+                // (load::<Post>, values::<Post, String>)
+                assert_eq!(
+                    (commented(&mut env).await, commented_titles(&mut env).await),
+                    (db, vec!["A".to_owned()]),
+                    "stale cached answers"
+                );
+            }
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn insert_enters_a_list() {
                 let mut env = setup("d_insert").await;
