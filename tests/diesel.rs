@@ -271,6 +271,52 @@ macro_rules! diesel_tests {
                 );
             }
 
+            /// Review: a `values` entry's key is the first entity of `M`, the kind and the
+            /// SQL, not `M` itself, yet `M` decides its dependencies. Two call sites running
+            /// one join with different `M`s share the entry: whichever fills it first decides
+            /// what invalidates it for both. Here `::<Comment, ..>` (too narrow) fills it and
+            /// the correctly typed `::<(Comment, Post), ..>` is then served the stale titles
+            /// after a post's update.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn values_of_one_query_with_another_row_type_stay_fresh() {
+                let mut env = setup("d_values_m").await;
+                comment(&mut env.conn, env.a.id, "c1");
+                env.relay
+                    .wait_delivered(Duration::from_secs(20))
+                    .await
+                    .unwrap();
+                let query = || {
+                    comments::table
+                        .inner_join(posts::table)
+                        .select(posts::title)
+                        .order(comments::id)
+                };
+                let narrow = query()
+                    .cached(&env.cache)
+                    .values::<Comment, String, _>(&mut env.conn)
+                    .await
+                    .unwrap();
+                assert_eq!(narrow, vec!["A".to_owned()]);
+                diesel::update(posts::table.find(env.a.id))
+                    .set(posts::title.eq("A2"))
+                    .execute(&mut env.conn)
+                    .unwrap();
+                env.relay
+                    .wait_delivered(Duration::from_secs(20))
+                    .await
+                    .unwrap();
+                let wide = query()
+                    .cached(&env.cache)
+                    .values::<(Comment, Post), String, _>(&mut env.conn)
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    wide,
+                    vec!["A2".to_owned()],
+                    "values::<(Comment, Post)> stale"
+                );
+            }
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn insert_enters_a_list() {
                 let mut env = setup("d_insert").await;
