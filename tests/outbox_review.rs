@@ -212,3 +212,64 @@ async fn hooked_write_without_cache_is_recorded_or_refused_for_a_least_privilege
          returned {saved:?}"
     );
 }
+
+/// A hooked write with no cache registered, to a table whose triggers were uninstalled,
+/// inside a PostgreSQL `REPEATABLE READ` transaction: the whole-table row is
+/// `INSERT .. SELECT .. WHERE EXISTS (SELECT 1 FROM matroska_outbox_consumers)`, which reads
+/// the consumers through the transaction's snapshot. A consumer that registered (and
+/// flushed) after the snapshot but before the write commits is not seen: no row is written,
+/// and what that consumer's application cached in between (the old row) is never
+/// invalidated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_table_row_sees_a_consumer_registered_during_the_transaction_postgres() {
+    use sea_orm::{IsolationLevel, TransactionTrait};
+
+    let db = ScratchDb::new(Kind::Postgres, "rev_rr_consumer").await;
+    create_tables(&db.conn).await;
+    outbox::install(&db.conn, &specs()).await.unwrap();
+    exec(&db.conn, "INSERT INTO author (id, name) VALUES (1, 'old')").await;
+    outbox::uninstall(&db.conn, &["author"]).await.unwrap();
+
+    let txn = db
+        .conn
+        .begin_with_config(Some(IsolationLevel::RepeatableRead), None)
+        .await
+        .unwrap();
+    // The snapshot is taken by the transaction's first statement.
+    txn.execute_unprepared("SELECT 1").await.unwrap();
+
+    // Another process's cache registers as a consumer (flushing), then caches the author as
+    // the database holds it now (the write below has not committed).
+    let cache = support::memory_cache();
+    let relay = outbox::relay(&db.conn, cache.clone())
+        .unwrap()
+        .watch_type::<article::Model>()
+        .watch_type::<author::Model>()
+        // Production: uninstalled triggers are invalidated coarsely rather than refused.
+        .mode(matroska::ScopeMode::Production)
+        .build();
+    relay.run_once().await.unwrap();
+    cache
+        .put(
+            "author-1",
+            &"old",
+            &matroska::TableSpec::coarse_dependencies("author"),
+            None,
+        )
+        .await
+        .unwrap();
+
+    author::ActiveModel {
+        id: sea_orm::Unchanged(1),
+        name: Set("new".into()),
+    }
+    .update(&txn)
+    .await
+    .unwrap();
+    txn.commit().await.unwrap();
+    relay.wait_delivered(Duration::from_secs(20)).await.unwrap();
+    assert!(
+        !cache.has("author-1").await.unwrap(),
+        "the author's old row is still cached after the write committed and was delivered"
+    );
+}
