@@ -273,3 +273,35 @@ async fn whole_table_row_sees_a_consumer_registered_during_the_transaction_postg
         "the author's old row is still cached after the write committed and was delivered"
     );
 }
+
+/// A relay whose handle was shut down, while the application keeps a clone of the `Relay`
+/// (as `wait_delivered_after_raw_sql` does): the process-wide wait still counts it as
+/// running, and its wait registers the private consumer (in-memory cache) that `shutdown`
+/// removed. Nothing runs that consumer any more: every later outbox row waits for it until
+/// it expires (10 minutes by default), and no row is swept meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_wide_wait_does_not_revive_a_shut_down_private_consumer() {
+    let db = ScratchDb::new(Kind::Sqlite, "rev_revive").await;
+    create_tables(&db.conn).await;
+    outbox::install(&db.conn, &specs()).await.unwrap();
+    let relay = outbox::relay(&db.conn, support::memory_cache())
+        .unwrap()
+        .watch_type::<article::Model>()
+        .watch_type::<author::Model>()
+        .build();
+    let handle = relay.clone().start().await.unwrap();
+    let consumers = "SELECT COUNT(*) FROM matroska_outbox_consumers";
+    assert_eq!(count(&db.conn, consumers).await, 1);
+    handle.shutdown().await;
+    assert_eq!(count(&db.conn, consumers).await, 0, "shutdown removes it");
+    exec(&db.conn, "INSERT INTO author (id, name) VALUES (1, 'a')").await;
+    outbox::wait_delivered(Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&db.conn, consumers).await,
+        0,
+        "the wait registered the shut-down relay's private consumer again"
+    );
+    drop(relay);
+}
