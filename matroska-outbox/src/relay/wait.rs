@@ -32,6 +32,16 @@ pub(super) fn register(relay: &Relay, runtime: tokio::runtime::Handle) {
     running.push((std::sync::Arc::downgrade(&relay.inner), runtime));
 }
 
+/// Forgets one spawn of `relay` (its handle stopped it): a stopped relay is not waited for
+/// (its wait would register again a private consumer its shutdown removed).
+pub(super) fn unregister(relay: &Relay) {
+    let mut running = RUNNING.lock().unwrap_or_else(PoisonError::into_inner);
+    let ours = std::sync::Arc::as_ptr(&relay.inner);
+    if let Some(at) = running.iter().position(|(r, _)| r.as_ptr() == ours) {
+        running.remove(at);
+    }
+}
+
 fn running() -> Vec<(Relay, tokio::runtime::Handle)> {
     RUNNING
         .lock()
