@@ -305,3 +305,46 @@ async fn process_wide_wait_does_not_revive_a_shut_down_private_consumer() {
     );
     drop(relay);
 }
+
+/// PostgreSQL: a session with `session_replication_role = replica` (pg_restore
+/// `--disable-triggers`, data-loading and replication tools) fires no ordinary (`O`)
+/// triggers, the outbox's included. A hooked write with no cache registered there is let
+/// through as recorded by the triggers (`covers` counts them: present and not disabled), so
+/// nothing records it and the consumer's cache keeps the old row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooked_write_without_cache_under_replica_role_is_recorded_postgres() {
+    use sea_orm::TransactionTrait;
+
+    let db = ScratchDb::new(Kind::Postgres, "rev_replica").await;
+    create_tables(&db.conn).await;
+    outbox::install(&db.conn, &specs()).await.unwrap();
+    exec(&db.conn, "INSERT INTO author (id, name) VALUES (1, 'old')").await;
+    let cache = support::memory_cache();
+    let relay = outbox::relay(&db.conn, cache.clone())
+        .unwrap()
+        .watch_type::<article::Model>()
+        .watch_type::<author::Model>()
+        .build();
+    relay.run_once().await.unwrap();
+    let mut deps = matroska::TableSpec::coarse_dependencies("author");
+    deps.push(Dependency::primary_key("author", [1]));
+    cache.put("author-1", &"old", &deps, None).await.unwrap();
+
+    let txn = db.conn.begin().await.unwrap();
+    txn.execute_unprepared("SET LOCAL session_replication_role = replica")
+        .await
+        .unwrap();
+    let saved = author::ActiveModel {
+        id: sea_orm::Unchanged(1),
+        name: Set("new".into()),
+    }
+    .update(&txn)
+    .await;
+    txn.commit().await.unwrap();
+    let written = count(&db.conn, "SELECT COUNT(*) FROM author WHERE name = 'new'").await;
+    relay.wait_delivered(Duration::from_secs(20)).await.unwrap();
+    assert!(
+        written == 0 || !cache.has("author-1").await.unwrap(),
+        "the write committed ({saved:?}) and nothing recorded it: the old row is still cached"
+    );
+}
