@@ -48,9 +48,8 @@ async fn count(conn: &DatabaseConnection, sql: &str) -> i64 {
 /// which no longer waits for the dropped consumer. `wait_delivered` of the dropped
 /// consumer's relay then finds no row waiting and returns `Ok` at once, without noticing
 /// that its consumer is gone (which would flush its cache): the next read is stale.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wait_delivered_after_its_consumer_was_dropped_postgres() {
-    let db = ScratchDb::new(Kind::Postgres, "rev_wait_dropped").await;
+async fn wait_delivered_after_its_consumer_was_dropped(kind: Kind) {
+    let db = ScratchDb::new(kind, "rev_wait_dropped").await;
     create_tables(&db.conn).await;
     outbox::install(&db.conn, &specs()).await.unwrap();
     exec(&db.conn, "INSERT INTO author (id, name) VALUES (1, 'a')").await;
@@ -97,6 +96,21 @@ async fn wait_delivered_after_its_consumer_was_dropped_postgres() {
         "wait_delivered returned Ok but the updated row is still cached (its consumer was \
          dropped and nothing flushed its cache)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_delivered_after_its_consumer_was_dropped_postgres() {
+    wait_delivered_after_its_consumer_was_dropped(Kind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_delivered_after_its_consumer_was_dropped_mysql() {
+    wait_delivered_after_its_consumer_was_dropped(Kind::MySql).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_delivered_after_its_consumer_was_dropped_sqlite() {
+    wait_delivered_after_its_consumer_was_dropped(Kind::Sqlite).await;
 }
 
 /// `Duration::MAX` ("wait as long as it takes") panics in the process-wide wait: the
