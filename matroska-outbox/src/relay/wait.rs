@@ -91,8 +91,13 @@ impl Relay {
         // A consumer dropped as expired is no longer waited for: the rows it missed may be
         // swept already, so "none waits" proves nothing until it is known registered (a
         // drop found here registers it again, flushing its cache).
-        inner.consumer.beat_due();
+        // Beats when due (no query otherwise): a consumer not seen for its expiry could be
+        // dropped between the check below and the read of the horizon.
         self.prepare().await?;
+        if !inner.consumer.registered(&inner.db, &inner.outbox).await? {
+            inner.consumer.beat_due();
+            self.prepare().await?;
+        }
         let Some(horizon) = inner
             .db
             .newest_waiting(&inner.outbox, &inner.consumer.name)
