@@ -362,3 +362,70 @@ async fn hooked_write_without_cache_under_replica_role_is_recorded_postgres() {
         "the write committed ({saved:?}) and nothing recorded it: the old row is still cached"
     );
 }
+
+/// Repeated read-your-writes through a stopped relay (only the wait delivers), each write on
+/// a connection of its own (another process's), on every database: no round's wait misses
+/// its write (a pooled connection left in an old snapshot — SQLite WAL read transaction,
+/// MariaDB REPEATABLE READ — would show here).
+async fn wait_delivered_every_round(kind: Kind) {
+    let db = ScratchDb::new(kind, "rev_rounds").await;
+    create_tables(&db.conn).await;
+    outbox::install(&db.conn, &specs()).await.unwrap();
+    exec(&db.conn, "INSERT INTO author (id, name) VALUES (1, 'a')").await;
+    let writer = Database::connect(
+        ConnectOptions::new(db.url.clone())
+            .sqlx_logging(false)
+            .max_connections(1)
+            .to_owned(),
+    )
+    .await
+    .unwrap();
+    if let Some(schema) = &db.schema {
+        exec(&writer, &format!("SET search_path TO \"{schema}\"")).await;
+    }
+    let cache = support::memory_cache();
+    let relay = outbox::relay(&db.conn, cache.clone())
+        .unwrap()
+        .watch_type::<article::Model>()
+        .watch_type::<author::Model>()
+        .build();
+    relay.wait_delivered(Duration::from_secs(20)).await.unwrap();
+    for round in 0..30 {
+        cache
+            .put(
+                "author-1",
+                &round,
+                &[Dependency::primary_key("author", [1])],
+                None,
+            )
+            .await
+            .unwrap();
+        // A read on the relay's pool between the fill and the write, as an application's.
+        count(&db.conn, "SELECT COUNT(*) FROM author").await;
+        exec(
+            &writer,
+            &format!("UPDATE author SET name = 'n{round}' WHERE id = 1"),
+        )
+        .await;
+        relay.wait_delivered(Duration::from_secs(20)).await.unwrap();
+        assert!(
+            !cache.has("author-1").await.unwrap(),
+            "round {round}: the write was not delivered when the wait returned"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_delivered_every_round_sqlite() {
+    wait_delivered_every_round(Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_delivered_every_round_mysql() {
+    wait_delivered_every_round(Kind::MySql).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_delivered_every_round_postgres() {
+    wait_delivered_every_round(Kind::Postgres).await;
+}
