@@ -429,3 +429,59 @@ async fn wait_delivered_every_round_mysql() {
 async fn wait_delivered_every_round_postgres() {
     wait_delivered_every_round(Kind::Postgres).await;
 }
+
+/// MariaDB: the hook's whole-table row (a no-cache hooked write to a table whose triggers
+/// were uninstalled, inside a transaction) is an `INSERT .. SELECT .. WHERE EXISTS (SELECT 1
+/// FROM matroska_outbox_consumers)`, which InnoDB runs under REPEATABLE READ as a locking
+/// read: it holds shared next-key locks on the consumers' rows until the writer commits.
+/// Every relay's claim starts by updating its consumer's row (the heartbeat), so every
+/// consumer's delivery — and every `wait_delivered` — stalls behind the writer's
+/// transaction (a migration's, say), for every table. Shown without timing: an update of a
+/// consumer's row with a one-second lock wait fails with "lock wait timeout".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_table_row_holds_no_lock_on_the_consumers_mysql() {
+    use sea_orm::TransactionTrait;
+
+    let db = ScratchDb::new(Kind::MySql, "rev_consumer_lock").await;
+    create_tables(&db.conn).await;
+    outbox::install(&db.conn, &specs()).await.unwrap();
+    exec(&db.conn, "INSERT INTO author (id, name) VALUES (1, 'old')").await;
+    let relay = outbox::relay(&db.conn, support::memory_cache())
+        .unwrap()
+        .watch_type::<article::Model>()
+        .watch_type::<author::Model>()
+        .consumer("locked")
+        .mode(matroska::ScopeMode::Production)
+        .build();
+    relay.run_once().await.unwrap();
+    outbox::uninstall(&db.conn, &["author"]).await.unwrap();
+
+    let txn = db.conn.begin().await.unwrap();
+    author::ActiveModel {
+        id: sea_orm::Unchanged(1),
+        name: Set("new".into()),
+    }
+    .update(&txn)
+    .await
+    .unwrap();
+    let other = Database::connect(
+        ConnectOptions::new(db.url.clone())
+            .sqlx_logging(false)
+            .max_connections(1)
+            .to_owned(),
+    )
+    .await
+    .unwrap();
+    exec(&other, "SET SESSION innodb_lock_wait_timeout = 1").await;
+    let beat = other
+        .execute_unprepared(
+            "UPDATE matroska_outbox_consumers SET beats = beats + 1 WHERE name = 'locked'",
+        )
+        .await;
+    txn.commit().await.unwrap();
+    other.close().await.ok();
+    assert!(
+        beat.is_ok(),
+        "a consumer's heartbeat waits for the no-cache writer's transaction: {beat:?}"
+    );
+}
