@@ -485,3 +485,35 @@ async fn whole_table_row_holds_no_lock_on_the_consumers_mysql() {
         "a consumer's heartbeat waits for the no-cache writer's transaction: {beat:?}"
     );
 }
+
+/// MariaDB: a `TRUNCATE` (no trigger fires) then `wait_delivered` on a relay that never ran
+/// (only the wait can notice it): the truncated rows' entries are gone when it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_delivered_after_truncate_mysql() {
+    let db = ScratchDb::new(Kind::MySql, "rev_truncate").await;
+    create_tables(&db.conn).await;
+    outbox::install(&db.conn, &specs()).await.unwrap();
+    exec(&db.conn, "INSERT INTO author (id, name) VALUES (1, 'a')").await;
+    let cache = support::memory_cache();
+    let relay = outbox::relay(&db.conn, cache.clone())
+        .unwrap()
+        .watch_type::<article::Model>()
+        .watch_type::<author::Model>()
+        .build();
+    relay.wait_delivered(Duration::from_secs(20)).await.unwrap();
+    cache
+        .put(
+            "articles",
+            &1,
+            &matroska::TableSpec::coarse_dependencies("article"),
+            None,
+        )
+        .await
+        .unwrap();
+    exec(&db.conn, "TRUNCATE TABLE article").await;
+    relay.wait_delivered(Duration::from_secs(20)).await.unwrap();
+    assert!(
+        !cache.has("articles").await.unwrap(),
+        "the truncate was not delivered"
+    );
+}
