@@ -246,6 +246,101 @@ macro_rules! diesel_tests {
                 assert_eq!(added, documented);
             }
 
+            /// Review: the module docs say "without `.scoped`, any filter, order and join is
+            /// safe", and `values` "names the entity it comes from". A filter with a subquery
+            /// on another table (posts that have a comment) selects from `posts` only, so
+            /// the entry depends on posts alone: a new comment changes the answer and
+            /// invalidates nothing it depends on. Both `values::<Post, ..>` and
+            /// `load::<Post, _>` serve the stale answer after `wait_delivered`.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn subquery_on_another_table_stays_fresh() {
+                let mut env = setup("d_subquery").await;
+                async fn commented_titles(env: &mut Env<Conn>) -> Vec<String> {
+                    posts::table
+                        .filter(posts::id.eq_any(comments::table.select(comments::post_id)))
+                        .select(posts::title)
+                        .order(posts::id)
+                        .cached(&env.cache)
+                        .values::<Post, String, _>(&mut env.conn)
+                        .await
+                        .unwrap()
+                }
+                async fn commented(env: &mut Env<Conn>) -> Vec<Post> {
+                    posts::table
+                        .filter(posts::id.eq_any(comments::table.select(comments::post_id)))
+                        .order(posts::id)
+                        .cached(&env.cache)
+                        .load::<Post, _>(&mut env.conn)
+                        .await
+                        .unwrap()
+                }
+                assert_eq!(commented_titles(&mut env).await, Vec::<String>::new());
+                assert_eq!(commented(&mut env).await, Vec::<Post>::new());
+                comment(&mut env.conn, env.a.id, "first");
+                env.relay
+                    .wait_delivered(Duration::from_secs(20))
+                    .await
+                    .unwrap();
+                let db: Vec<Post> = posts::table
+                    .filter(posts::id.eq_any(comments::table.select(comments::post_id)))
+                    .order(posts::id)
+                    .load(&mut env.conn)
+                    .unwrap();
+                assert_eq!(db, vec![env.a.clone()]);
+                // (load::<Post>, values::<Post, String>)
+                assert_eq!(
+                    (commented(&mut env).await, commented_titles(&mut env).await),
+                    (db, vec!["A".to_owned()]),
+                    "stale cached answers"
+                );
+            }
+
+            /// Review: a `values` entry's key is the first entity of `M`, the kind and the
+            /// SQL, not `M` itself, yet `M` decides its dependencies. Two call sites running
+            /// one join with different `M`s share the entry: whichever fills it first decides
+            /// what invalidates it for both. Here `::<Comment, ..>` (too narrow) fills it and
+            /// the correctly typed `::<(Comment, Post), ..>` is then served the stale titles
+            /// after a post's update.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn values_of_one_query_with_another_row_type_stay_fresh() {
+                let mut env = setup("d_values_m").await;
+                comment(&mut env.conn, env.a.id, "c1");
+                env.relay
+                    .wait_delivered(Duration::from_secs(20))
+                    .await
+                    .unwrap();
+                let query = || {
+                    comments::table
+                        .inner_join(posts::table)
+                        .select(posts::title)
+                        .order(comments::id)
+                };
+                let narrow = query()
+                    .cached(&env.cache)
+                    .values::<Comment, String, _>(&mut env.conn)
+                    .await
+                    .unwrap();
+                assert_eq!(narrow, vec!["A".to_owned()]);
+                diesel::update(posts::table.find(env.a.id))
+                    .set(posts::title.eq("A2"))
+                    .execute(&mut env.conn)
+                    .unwrap();
+                env.relay
+                    .wait_delivered(Duration::from_secs(20))
+                    .await
+                    .unwrap();
+                let wide = query()
+                    .cached(&env.cache)
+                    .values::<(Comment, Post), String, _>(&mut env.conn)
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    wide,
+                    vec!["A2".to_owned()],
+                    "values::<(Comment, Post)> stale"
+                );
+            }
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn insert_enters_a_list() {
                 let mut env = setup("d_insert").await;

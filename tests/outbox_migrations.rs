@@ -247,8 +247,8 @@ async fn rollback_and_reinstall_as_sql_mysql() {
 }
 
 /// While the outbox is uninstalled (its tables stay), hooked writes with no cache registered
-/// are not refused: each records a whole-table row itself, which the relay delivers before
-/// any re-install.
+/// are refused before they write (nothing would record them in their own transaction), and
+/// nothing cached goes stale.
 async fn hooked_writes_while_uninstalled(kind: Kind) {
     let (db, cache, relay) = served(kind, "hooked_uninstalled").await;
     outbox::uninstall(&db.conn, &["article", "author"])
@@ -257,15 +257,30 @@ async fn hooked_writes_while_uninstalled(kind: Kind) {
     let row = article::Entity::find_by_id(7).one(&db.conn).await.unwrap();
     let mut row: article::ActiveModel = row.unwrap().into();
     row.category = Set("sci-fi".into());
-    row.update(&db.conn).await.unwrap();
-    article::Entity::find_by_id(8)
+    let refused = row.update(&db.conn).await.unwrap_err().to_string();
+    assert!(
+        refused.contains("no matroska cache is registered") && refused.contains("`article`"),
+        "{kind:?}: {refused}"
+    );
+    let refused = article::Entity::find_by_id(8)
         .one(&db.conn)
         .await
         .unwrap()
         .unwrap()
         .delete(&db.conn)
         .await
-        .unwrap();
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("`article`"), "{kind:?}: {refused}");
+    assert_eq!(
+        article::Entity::find_by_id(8)
+            .one(&db.conn)
+            .await
+            .unwrap()
+            .map(|a| a.id),
+        Some(8),
+        "{kind:?}: the refused delete reached the database"
+    );
     relay.drain().await.unwrap();
     let left = stale(&cache, &db.conn).await;
     assert!(

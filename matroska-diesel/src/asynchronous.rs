@@ -250,14 +250,15 @@ where
     let Some(namespace) = namespace::of_async_connection(conn).await? else {
         return Ok(exec(plan.query, conn).await?);
     };
-    let key = plan.key::<C::Backend>(&namespace);
+    let (key, others) = plan.entry::<C::Backend>(&namespace);
     let Plan {
         query,
         cache,
         ttl,
-        base,
+        mut base,
         ..
     } = plan;
+    base.extend(others);
     cache
         .get_or_load(&key, ttl, || async move {
             let value = exec(query, conn).await?;

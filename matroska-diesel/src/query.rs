@@ -34,7 +34,9 @@
 //! join filters too, by its join column: a scoped inner join must join on a column that is
 //! watched (a field of one of the model's `#[scope]`s) or that cannot stop a row from joining
 //! (a `NOT NULL` foreign key); a scoped left join keeps every row of the scope, so it is
-//! always safe. Without `.scoped`, any filter, order and join is safe.
+//! always safe. Without `.scoped`, any filter, order and join is safe: every table the
+//! statement reads beyond the row type's (a subquery's, an `EXISTS`'s: each name after `FROM`
+//! or `JOIN` in its SQL) is a dependency too, on every write to it.
 //!
 //! ## A value per row of a page
 //!
@@ -114,7 +116,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Result, from_load};
 use crate::filter::ScopeFilter;
-use crate::key::query_key;
+use crate::key::{query_key, tables_read};
 use crate::namespace::{self, NamespaceBackend};
 
 /// A row type cached queries return: a model (`Post`), or for joins a tuple of models and
@@ -262,6 +264,7 @@ impl<Q> Cached<Q> {
             ttl: self.ttl,
             namespace: self.namespace,
             entity: entities.first().copied().unwrap_or("_"),
+            entities,
             kind,
             base,
         }
@@ -425,6 +428,9 @@ pub(crate) struct Plan<Q> {
     namespace: Option<String>,
     /// The entity the key is filed under.
     entity: &'static str,
+    /// The entities the result is read as (the row type's): part of the key, since they
+    /// decide the dependencies.
+    entities: Vec<&'static str>,
     kind: &'static str,
     /// The dependencies that do not come from rows.
     pub(crate) base: Vec<Dependency>,
@@ -439,25 +445,35 @@ impl<Q> Plan<Q> {
             ttl: self.ttl,
             namespace: self.namespace,
             entity: self.entity,
+            entities: self.entities,
             kind: self.kind,
             base: self.base,
         }
     }
 
-    /// The entry's key on a connection of backend `DB` whose namespace is `namespace`.
-    pub(crate) fn key<DB>(&self, namespace: &str) -> String
+    /// The entry's key on a connection of backend `DB` whose namespace is `namespace`, and
+    /// the dependencies of the tables its statement reads beyond the row type's entities (a
+    /// subquery, `EXISTS`): any write to them invalidates, whatever the row type says.
+    pub(crate) fn entry<DB>(&self, namespace: &str) -> (String, Vec<Dependency>)
     where
         DB: Backend + Default,
         DB::QueryBuilder: Default,
         Q: QueryFragment<DB>,
     {
-        query_key::<DB, _>(
+        let (key, statement) = query_key::<DB, _>(
             &self.query,
             self.entity,
             self.kind,
             namespace,
             self.namespace.as_deref(),
-        )
+            &self.entities.join(","),
+        );
+        let others = tables_read(&statement)
+            .into_iter()
+            .filter(|table| !self.entities.contains(&table.as_str()))
+            .flat_map(|table| entity_dependencies_of(&table))
+            .collect();
+        (key, others)
     }
 }
 
@@ -545,6 +561,7 @@ where
         ttl: None,
         namespace: None,
         entity: name,
+        entities: vec![name],
         kind: "id",
         base,
     }
@@ -585,14 +602,15 @@ where
     let Some(namespace) = blocking(|| namespace::of_connection(conn))? else {
         return Ok(blocking(|| exec(plan.query, conn))?);
     };
-    let key = plan.key::<C::Backend>(&namespace);
+    let (key, others) = plan.entry::<C::Backend>(&namespace);
     let Plan {
         query,
         cache,
         ttl,
-        base,
+        mut base,
         ..
     } = plan;
+    base.extend(others);
     cache
         .get_or_load(&key, ttl, || async move {
             let value = blocking(|| exec(query, conn))?;

@@ -93,6 +93,32 @@ impl Consumer {
         (self.expiry / 10).clamp(Duration::from_millis(10), Duration::from_secs(10))
     }
 
+    /// Makes the next [`Consumer::ensure`] beat (and so find out whether the consumer was
+    /// dropped meanwhile) whenever it last did.
+    pub(crate) fn beat_due(&self) {
+        self.state().beat = None;
+    }
+
+    /// Whether this process registered the consumer and the database still holds it, ready
+    /// (one query): when not, rows it missed may be gone, and [`Consumer::ensure`] must run
+    /// (registering it again, flushing) before "no row waits" means anything.
+    pub(crate) async fn registered(&self, db: &OutboxDb, outbox: &Outbox) -> Result<bool> {
+        if !self.state().ready {
+            return Ok(false);
+        }
+        let d = db.dialect();
+        let select = format!(
+            "SELECT name, ready AS n FROM {} WHERE name = {}",
+            outbox.consumers_table(d),
+            literal(d, &self.name)
+        );
+        Ok(db
+            .query_pairs(&select)
+            .await?
+            .first()
+            .is_some_and(|(_, ready)| *ready != 0))
+    }
+
     /// The claim found this consumer gone (dropped as expired): register again, flushing.
     pub(crate) fn lost(&self) {
         tracing::warn!(

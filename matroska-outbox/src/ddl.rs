@@ -508,7 +508,8 @@ impl Outbox {
 
     /// A query that counts this outbox's triggers on `table` (3 or more when it is watched;
     /// never fails, even without the outbox installed, so it is safe inside a transaction).
-    /// Disabled triggers (PostgreSQL's `ALTER TABLE .. DISABLE TRIGGER`) are not counted:
+    /// Triggers that do not fire in this session (PostgreSQL's `ALTER TABLE .. DISABLE
+    /// TRIGGER`, or a session with `session_replication_role = replica`) are not counted:
     /// they record nothing.
     pub fn triggers_present_sql(&self, dialect: Dialect, table: &str) -> String {
         format!(
@@ -532,7 +533,12 @@ impl Outbox {
                  WHERE tgrelid = to_regclass({}) AND tgname LIKE {prefix}{}",
                 literal(dialect, &quote(dialect, table)),
                 if enabled_only {
-                    " AND tgenabled <> 'D'"
+                    // Firing in this session: `O` (the default) fires unless the session is a
+                    // replica's (`session_replication_role`, as pg_restore
+                    // --disable-triggers sets it), `R` only there, `A` always, `D` never.
+                    " AND (tgenabled = 'A' \
+                     OR (tgenabled = 'O' AND current_setting('session_replication_role') <> 'replica') \
+                     OR (tgenabled = 'R' AND current_setting('session_replication_role') = 'replica'))"
                 } else {
                     ""
                 }

@@ -774,6 +774,7 @@ impl RelayHandle {
     pub async fn shutdown(mut self) {
         self.stop.notify_one();
         if let Some(task) = self.task.take() {
+            wait::unregister(&self.relay);
             let _ = task.await;
         }
         let inner = &self.relay.inner;
@@ -792,6 +793,7 @@ impl RelayHandle {
 impl Drop for RelayHandle {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
+            wait::unregister(&self.relay);
             // A claim cut short rolls back: its rows stay for the next relay.
             task.abort();
         }

@@ -40,7 +40,6 @@ use sea_orm::{
 };
 
 use crate::invalidator::{Invalidator, Keep};
-use crate::outbox::Recording;
 use crate::transaction::{finish, push, stash_update, take_update, warn_if_bare_transaction};
 
 /// The `Model` of an `ActiveModel`.
@@ -130,9 +129,8 @@ fn table_of<AM: ActiveModelTrait>() -> &'static str {
 }
 
 /// The invalidator for a write to `table`, checked before the write, and how its failed
-/// invalidations are kept: `None` when no cache is registered but the database records the
-/// write (the outbox's triggers, or the whole-table row `after_save` / `after_delete` write
-/// where the outbox exists without them; its relays invalidate). A full retry queue refuses
+/// invalidations are kept: `None` when no cache is registered but the outbox's triggers
+/// record the write (its relays invalidate). A full retry queue refuses
 /// the write only when no outbox watches the table; when one does, the write proceeds and
 /// its failed invalidations are kept only while the queue has room (the relay delivers them).
 pub(crate) async fn current_for_write<C>(
@@ -152,15 +150,16 @@ where
         },
         // No cache in this process: nothing here to invalidate, but other processes' caches
         // (a shared Redis) may hold the table's rows. The write goes ahead only if the
-        // database records it: the outbox's triggers, or a whole-table row the hook writes
-        // after it (`after_save` / `after_delete`).
-        None => match crate::outbox::recording(db, table).await {
-            Recording::Triggers | Recording::WholeTable => Ok(None),
-            Recording::Nothing => Err(crate::Error::Unrecorded {
-                table: table.to_owned(),
-            }
-            .into()),
-        },
+        // database records it in the write's own transaction: the outbox's triggers. (A
+        // whole-table row written by the hook after the write was tried, and dropped: SeaORM
+        // runs a single save without a transaction, so the write could commit and the row
+        // fail — a role without rights on the outbox, a dropped future — leaving it
+        // unrecorded; and its consumer check held locks on every relay's consumer row.)
+        None if crate::outbox::covers(db, table).await => Ok(None),
+        None => Err(crate::Error::Unrecorded {
+            table: table.to_owned(),
+        }
+        .into()),
     }
 }
 
@@ -231,9 +230,7 @@ where
 /// Without [`before_save`] wired, an update invalidates the whole scope (old values unknown).
 ///
 /// # Errors
-/// A cache failure is queued, not returned (the row is written). With no cache registered,
-/// the database's error when the whole-table row for a table no trigger watches could not be
-/// written (the write is made; see [`outbox`](crate::outbox)).
+/// A cache failure is queued, not returned (the row is written).
 pub async fn after_save<AM, C>(
     model: ModelOf<AM>,
     db: &C,
@@ -259,12 +256,11 @@ where
             }
         }
     }
-    match Invalidator::current() {
-        Some(invalidator) => {
-            let keep = keep_after_write(&invalidator, db, table_of::<AM>()).await;
-            push(&invalidator, keep, deps);
-        }
-        None => crate::outbox::record_unwatched(db, table_of::<AM>()).await?,
+    // No cache registered: `before_save` admitted the write only where the outbox's
+    // triggers record it.
+    if let Some(invalidator) = Invalidator::current() {
+        let keep = keep_after_write(&invalidator, db, table_of::<AM>()).await;
+        push(&invalidator, keep, deps);
     }
     end_save().await;
     Ok(model)
@@ -285,8 +281,8 @@ where
 {
     let admitted = current_for_write(db, table_of::<AM>()).await?;
     warn_if_bare_transaction::<C>();
-    // No cache registered: the outbox's relay invalidates (`after_delete` records a
-    // whole-table row where no trigger watches the table).
+    // No cache registered: the outbox's triggers record the delete (`current_for_write`
+    // refuses it otherwise) and its relay invalidates.
     let Some((invalidator, keep)) = admitted else {
         return Ok(am);
     };
@@ -316,14 +312,11 @@ where
 ///
 /// # Errors
 /// As [`after_save`].
-pub async fn after_delete<AM, C>(am: AM, db: &C) -> Result<AM, DbErr>
+pub async fn after_delete<AM, C>(am: AM, _db: &C) -> Result<AM, DbErr>
 where
     AM: ActiveModelTrait + Send,
     C: ConnectionTrait,
 {
-    if Invalidator::current().is_none() {
-        crate::outbox::record_unwatched(db, table_of::<AM>()).await?;
-    }
     end_save().await;
     Ok(am)
 }

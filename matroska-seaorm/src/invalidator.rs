@@ -8,9 +8,8 @@
 //! 2. the process-global cache set once at start-up with [`set_global_cache`] (or
 //!    [`Invalidator::install_global`]).
 //!
-//! With neither, a hooked save goes ahead only when the database records it (the outbox's
-//! triggers, or the whole-table row the hook writes where the outbox exists without them),
-//! and otherwise fails with [`Error::Unrecorded`] before it writes: no cache in this process
+//! With neither, a hooked save goes ahead only when the database records it in the write's
+//! own transaction (the outbox's triggers), and otherwise fails with [`Error::Unrecorded`] before it writes: no cache in this process
 //! means nothing cached here, but silently skipping the invalidation would leave stale
 //! entries behind in another process that shares the Redis (see
 //! [migration order](crate::outbox#migration-order)). The bulk helpers and

@@ -7,13 +7,9 @@
 //! and then reads sees its write at once) and become an optimisation:
 //!
 //! - a hooked save with **no cache registered** (a migration, a CLI, a test) proceeds when the
-//!   outbox watches its table: the relay will invalidate (one catalogue query before and one
-//!   after such a save check the triggers). When the triggers are missing but the outbox's
-//!   tables exist (a rollback uninstalled them, another table is watched), the hook records
-//!   a whole-table row after the write ([`Outbox::record_whole_table_sql`]), which every
-//!   relay turns into the invalidation of everything cached from the table. With neither,
-//!   the save is refused before it writes ([`Error::Unrecorded`](crate::Error::Unrecorded)):
-//!   see [migration order](#migration-order);
+//!   outbox's triggers watch its table: the relay will invalidate (one catalogue query before
+//!   such a save checks the triggers). Otherwise the save is refused before it writes
+//!   ([`Error::Unrecorded`](crate::Error::Unrecorded)): see [migration order](#migration-order);
 //! - a full retry queue no longer refuses writes to a watched table, nor grows with them: their
 //!   failed invalidations are dropped once the queue is full, and the outbox delivers them.
 //!
@@ -53,8 +49,7 @@
 //! | no cache registered, and the table has | the hooked write |
 //! |---|---|
 //! | the outbox's triggers | goes ahead; the triggers record it, the relays invalidate |
-//! | no triggers, but the outbox's tables exist (a rollback uninstalled it) | goes ahead, and the hook records a whole-table row after it |
-//! | neither (a fresh database before the outbox's migration) | refused: [`Error::Unrecorded`](crate::Error::Unrecorded) |
+//! | no triggers (a fresh database before the outbox's migration, or a rollback uninstalled it) | refused: [`Error::Unrecorded`](crate::Error::Unrecorded) |
 //!
 //! Put the outbox's migration **right after the migrations that create the watched tables,
 //! before any migration that writes rows**. A project that adds it after an existing seed
@@ -70,9 +65,8 @@
 //! while nothing recorded it — a `delete_many` in a rolled-back migration, `psql` — is not
 //! served afterwards. Re-running the install with nothing changed (every start-up)
 //! invalidates nothing. Between an uninstall and the next install, writes that bypass the
-//! hooks are not recorded: the cache may serve them stale until the re-install. So is a
-//! no-cache `update_without_returning` then (SeaORM runs only its `before_save`, and the
-//! whole-table row must follow the write).
+//! hooks are not recorded: the cache may serve them stale until the re-install (hooked saves
+//! with no cache are refused then).
 //!
 //! The migrations below, as functions (each the body of a `MigrationTrait::up`, called with
 //! `manager.get_connection()`), run in the documented order and in the wrong one:
@@ -280,84 +274,6 @@ pub fn relay_db(db: &DatabaseConnection) -> matroska_outbox::Result<OutboxDb> {
 /// As [`relay_db`].
 pub fn relay(db: &DatabaseConnection, cache: Cache) -> matroska_outbox::Result<RelayBuilder> {
     Ok(Relay::builder(relay_db(db)?, cache).outbox(configured().clone()))
-}
-
-/// What records a write to a table when no cache is registered for the hooks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Recording {
-    /// The outbox's triggers.
-    Triggers,
-    /// Nothing does by itself, but the outbox exists: the hook records a whole-table row
-    /// after the write ([`record_unwatched`]).
-    WholeTable,
-    /// Nothing: the write must be refused.
-    Nothing,
-}
-
-/// What records a write to `table` on `conn` without a cache (see [`Recording`]). Queries
-/// that cannot fail on a missing outbox (safe inside a transaction).
-pub(crate) async fn recording<C: ConnectionTrait + ?Sized>(conn: &C, table: &str) -> Recording {
-    if covers(conn, table).await {
-        return Recording::Triggers;
-    }
-    let backend = conn.get_database_backend();
-    let sql = configured().tables_present_sql(dialect(backend));
-    match conn
-        .query_one_raw(Statement::from_string(backend, sql))
-        .await
-    {
-        Ok(Some(row))
-            if row
-                .try_get_by_index::<i64>(1)
-                .is_ok_and(|n| n >= Outbox::TABLES) =>
-        {
-            Recording::WholeTable
-        }
-        Ok(_) => Recording::Nothing,
-        Err(e) => {
-            tracing::warn!(table, error = %e, "could not check for the outbox's tables");
-            Recording::Nothing
-        }
-    }
-}
-
-/// After a hooked write made with no cache registered: unless the outbox's triggers recorded
-/// it, records a whole-table row for `table` ([`Outbox::record_whole_table_sql`]) on the
-/// write's connection (in its transaction, if any), so every relay invalidates everything
-/// cached from the table. (Between an uninstall and the next install, say: a migration's
-/// `down`, a CLI.)
-///
-/// # Errors
-/// The database's error: the write was made, and nothing recorded it.
-pub(crate) async fn record_unwatched<C: ConnectionTrait + ?Sized>(
-    conn: &C,
-    table: &str,
-) -> Result<(), DbErr> {
-    if covers(conn, table).await {
-        return Ok(());
-    }
-    let d = dialect(conn.get_database_backend());
-    for sql in configured().record_whole_table_sql(d, table) {
-        if let Err(e) = conn.execute_unprepared(&sql).await {
-            tracing::error!(
-                table,
-                error = %e,
-                "a write made with no cache registered could not be recorded in the outbox: \
-                 what is cached from the table may be stale until the outbox is installed again"
-            );
-            return Err(DbErr::Custom(format!(
-                "the write to `{table}` was made, but recording it in the matroska outbox failed \
-                 ({e}): register a cache for the hooks, or re-run the outbox install, which \
-                 invalidates the table"
-            )));
-        }
-    }
-    tracing::info!(
-        table,
-        "a write with no cache registered, to a table the outbox triggers do not watch: \
-         recorded as a change of the whole table"
-    );
-    Ok(())
 }
 
 /// Whether the outbox's triggers watch `table` on `conn`'s database. One catalogue query that

@@ -32,6 +32,16 @@ pub(super) fn register(relay: &Relay, runtime: tokio::runtime::Handle) {
     running.push((std::sync::Arc::downgrade(&relay.inner), runtime));
 }
 
+/// Forgets one spawn of `relay` (its handle stopped it): a stopped relay is not waited for
+/// (its wait would register again a private consumer its shutdown removed).
+pub(super) fn unregister(relay: &Relay) {
+    let mut running = RUNNING.lock().unwrap_or_else(PoisonError::into_inner);
+    let ours = std::sync::Arc::as_ptr(&relay.inner);
+    if let Some(at) = running.iter().position(|(r, _)| r.as_ptr() == ours) {
+        running.remove(at);
+    }
+}
+
 fn running() -> Vec<(Relay, tokio::runtime::Handle)> {
     RUNNING
         .lock()
@@ -78,6 +88,16 @@ impl Relay {
         let inner = &self.inner;
         // MySQL/MariaDB: a TRUNCATE leaves no row until it is noticed.
         self.check_truncations(true).await?;
+        // A consumer dropped as expired is no longer waited for: the rows it missed may be
+        // swept already, so "none waits" proves nothing until it is known registered (a
+        // drop found here registers it again, flushing its cache).
+        // Beats when due (no query otherwise): a consumer not seen for its expiry could be
+        // dropped between the check below and the read of the horizon.
+        self.prepare().await?;
+        if !inner.consumer.registered(&inner.db, &inner.outbox).await? {
+            inner.consumer.beat_due();
+            self.prepare().await?;
+        }
         let Some(horizon) = inner
             .db
             .newest_waiting(&inner.outbox, &inner.consumer.name)
@@ -123,9 +143,12 @@ impl Relay {
 pub async fn wait_delivered(timeout: Duration) -> Result<()> {
     // One after the other, within one deadline: a process runs one relay per cache, rarely
     // more.
-    let deadline = tokio::time::Instant::now() + timeout;
+    // `None`: no deadline the clock can represent (`Duration::MAX`, "as long as it takes").
+    let deadline = tokio::time::Instant::now().checked_add(timeout);
     for (relay, _) in running() {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let left = deadline.map_or(timeout, |d| {
+            d.saturating_duration_since(tokio::time::Instant::now())
+        });
         relay.wait_delivered(left).await.map_err(|e| match e {
             Error::NotDeliveredInTime { .. } => Error::NotDeliveredInTime { waited: timeout },
             other => other,
@@ -170,12 +193,19 @@ pub(super) fn block_on_waits(
     }
     drop(sender);
     // Each wait ends by its own time-out; the margin covers scheduling only.
-    let deadline = std::time::Instant::now() + timeout + Duration::from_millis(100);
+    // `None` (`Duration::MAX`): wait for each to answer, however long.
+    let deadline =
+        std::time::Instant::now().checked_add(timeout.saturating_add(Duration::from_millis(100)));
     for _ in 0..count {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match receiver.recv_timeout(left) {
-            Ok(done) => done?,
-            Err(_) => return Err(Error::NotDeliveredInTime { waited: timeout }),
+        let received = match deadline {
+            Some(deadline) => receiver
+                .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+                .ok(),
+            None => receiver.recv().ok(),
+        };
+        match received {
+            Some(done) => done?,
+            None => return Err(Error::NotDeliveredInTime { waited: timeout }),
         }
     }
     Ok(())
