@@ -51,7 +51,9 @@ mod known;
 mod lua;
 #[cfg(test)]
 mod model;
+mod near;
 mod spread;
+mod subscriber;
 
 use breaker::Breaker;
 pub use config::RedisConfig;
@@ -60,6 +62,7 @@ use connection::{Conn, Connector, connect_in_background, with_timeout};
 use entry::{Envelope, entry_header};
 use known::KnownKeys;
 use lua::{INVALIDATE, Lua, PUT, RELEASE_LEASE, TICKET};
+pub use near::NearConfig;
 
 /// The Redis backend. Cheap to clone.
 ///
@@ -101,6 +104,8 @@ struct Inner {
     /// together with the entry.
     known: KnownKeys,
     breaker: Breaker,
+    /// The near cache, when configured (`near.rs`).
+    near: Option<Arc<near::Near>>,
 }
 
 impl Inner {
@@ -131,7 +136,7 @@ impl RedisBackend {
     pub async fn connect(config: RedisConfig) -> Result<Self> {
         let connector = Connector::for_config(&config)?;
         let conn = with_timeout("connect", config.timeout, connector.connect()).await?;
-        let backend = Self::unconnected(config, connector);
+        let backend = Self::unconnected(config, connector)?;
         backend.inner.set_conn(conn);
         Ok(backend)
     }
@@ -162,12 +167,44 @@ impl RedisBackend {
                     .into(),
             )
         })?;
-        let backend = Self::unconnected(config, connector);
+        let backend = Self::unconnected(config, connector)?;
         runtime.spawn(connect_in_background(Arc::downgrade(&backend.inner)));
         Ok(backend)
     }
 
-    fn unconnected(config: RedisConfig, connector: Connector) -> Self {
+    fn unconnected(config: RedisConfig, connector: Connector) -> Result<Self> {
+        // --- near cache (issue 19) ---
+        let near = match (&config.near_cache, &connector) {
+            (None, _) => None,
+            (Some(near), Connector::Single(client, _)) => {
+                let near = Arc::new(near::Near::new(
+                    near.clone(),
+                    format!("{{{}}}:n", config.prefix),
+                ));
+                let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+                    Error::Config(
+                        "a Redis backend with a near cache must be made inside a Tokio runtime \
+                         (its subscriber is a background task)"
+                            .into(),
+                    )
+                })?;
+                runtime.spawn(subscriber::run(
+                    Arc::downgrade(&near),
+                    client.clone(),
+                    config.timeout,
+                ));
+                Some(near)
+            }
+            #[cfg(feature = "cluster")]
+            (Some(_), Connector::Cluster(_)) => {
+                return Err(Error::Config(
+                    "the near cache is not available on Redis Cluster yet; turn it off \
+                     (RedisConfig::near_cache) for a cluster"
+                        .into(),
+                ));
+            }
+        };
+        // --- end near cache ---
         let prefix = &config.prefix;
         // On one server everything shares the hash tag `{P}`, so the put script can name the
         // entry, the clock and the stamps at once; on a cluster they spread over slots.
@@ -176,7 +213,7 @@ impl RedisBackend {
         } else {
             prefix.clone()
         };
-        RedisBackend {
+        Ok(RedisBackend {
             inner: Arc::new(Inner {
                 conn: OnceLock::new(),
                 connector,
@@ -193,8 +230,9 @@ impl RedisBackend {
                 ticket: Lua::new(TICKET),
                 release_lease: Lua::new(RELEASE_LEASE),
                 spread: spread::Scripts::default(),
+                near,
             }),
-        }
+        })
     }
 
     /// Whether the first connection has succeeded (the connection may be down again since:
@@ -221,6 +259,11 @@ impl RedisBackend {
     /// [`RedisBackend::stamp_key`] as bytes, for the stamp keys an entry records.
     fn stamp_key_bytes(&self, dep: &str) -> Vec<u8> {
         [self.inner.stamp_prefix.as_bytes(), dep.as_bytes()].concat()
+    }
+
+    /// `{P}:n`, where invalidations and deletes are published for near caches.
+    fn near_channel(&self) -> String {
+        format!("{{{}}}:n", self.inner.config.prefix)
     }
 
     fn lease_key(&self, key: &str) -> String {
@@ -338,6 +381,14 @@ impl Backend for RedisBackend {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        // --- near cache (issue 19): a hit without a round trip; else note the sequence
+        // before the remote read, so an invalidation recorded meanwhile refuses its value.
+        let near = self.inner.near.as_deref();
+        if let Some(value) = near.and_then(|n| n.get(key)) {
+            return Ok(Some(value));
+        }
+        let noted = near.map(near::Near::note);
+        // --- end near cache ---
         let entry_key = self.entry_key(key);
         let known = self.inner.known.get(key);
         let mut conn = self.conn()?;
@@ -395,7 +446,14 @@ impl Backend for RedisBackend {
             }
         };
         let value_at = envelope.value_at;
-        Ok(valid.then(|| entry.slice(value_at..)))
+        let value = valid.then(|| entry.slice(value_at..));
+        // --- near cache (issue 19): a validated remote hit fills the tier.
+        if let (Some(near), Some(noted), Some(value)) = (near, noted, &value) {
+            near.hooks.fill_gate(key).await;
+            near.insert(key, value.clone(), envelope.deps.iter().map(|d| d.0), noted);
+        }
+        // --- end near cache ---
+        Ok(value)
     }
 
     async fn has(&self, key: &str) -> Result<bool> {
@@ -444,7 +502,22 @@ impl Backend for RedisBackend {
 
     async fn delete(&self, key: &str) -> Result<bool> {
         let mut conn = self.conn()?;
-        let removed: i64 = self.run("delete", conn.del(self.entry_key(key))).await?;
+        // --- near cache (issue 19): every process drops its near copy; the `PUBLISH` follows
+        // the `DEL` on the same connection, so a process that hears it reads the deletion.
+        let mut pipe = redis::pipe();
+        pipe.del(self.entry_key(key));
+        if !self.is_cluster() {
+            pipe.cmd("PUBLISH")
+                .arg(self.near_channel())
+                .arg(near::key_message(key))
+                .ignore();
+        }
+        let result = self.run("delete", pipe.query_async(&mut conn)).await;
+        if let Some(near) = &self.inner.near {
+            near.deleted(key);
+        }
+        let (removed,): (i64,) = result?;
+        // --- end near cache ---
         Ok(removed > 0)
     }
 
@@ -462,11 +535,24 @@ impl Backend for RedisBackend {
             }
             invocation
                 .arg(self.nonce())
-                .arg(millis(self.inner.config.stale_window));
+                .arg(millis(self.inner.config.stale_window))
+                // --- near cache (issue 19): published by the script with the stamps, always
+                // (a process without a near cache still invalidates those that have one).
+                .arg("0")
+                .arg(self.near_channel())
+                .arg(near::deps_message(chunk.iter().map(|d| d.as_bytes())));
             let mut conn = self.conn()?;
-            let _stamp: String = self
+            let result: Result<String> = self
                 .run("invalidate", invocation.invoke_async(&mut conn))
-                .await?;
+                .await;
+            // After the stamps changed (a fill noted before this then refuses its value) and
+            // before returning, even on an error (the script may have run): recording more
+            // than happened only costs misses.
+            if let Some(near) = &self.inner.near {
+                near.invalidated(chunk.iter().map(|d| d.as_bytes()));
+            }
+            // --- end near cache ---
+            let _stamp = result?;
         }
         let replicas = self.inner.config.wait_for_replicas;
         if replicas > 0 {
