@@ -294,6 +294,25 @@ async fn a_redis_restart_empties_the_near_tier_and_it_serves_nothing_meanwhile()
     .await;
 }
 
+#[tokio::test]
+async fn dropping_the_backend_ends_its_subscription() {
+    let redis = PrivateRedis::start();
+    let a = redis_backend_with(near_config(&redis.url(), &unique("near_drop"))).await;
+    let subscribers = || {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query(&mut redis.client())
+            .unwrap();
+        list.lines().count()
+    };
+    eventually("A subscribes", async || a.near_is_live()).await;
+    assert_eq!(subscribers(), 1);
+    drop(a);
+    eventually("the subscription ends", async || subscribers() == 0).await;
+}
+
 /// The tier never holds more than its byte bound, whatever the workload; prints what an
 /// entry costs.
 #[tokio::test]

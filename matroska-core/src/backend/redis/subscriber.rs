@@ -12,7 +12,7 @@
 //! backend's time-out) it marks the tier disconnected (nothing is served), reconnects with a
 //! back-off, and after subscribing again empties the tier: messages sent meanwhile are lost.
 
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt as _, StreamExt as _};
@@ -20,12 +20,13 @@ use redis::aio::PubSubStream;
 
 use super::near::Near;
 
-/// Runs until the tier (its backend) is dropped.
+/// Runs until the tier (its backend) is dropped. Holds the tier only weakly, and strongly
+/// only for a moment at a time, so that dropping the backend ends it.
 pub(super) async fn run(near: Weak<Near>, client: redis::Client, timeout: Duration) {
     let mut pause = Duration::from_millis(20);
     loop {
+        let ended = session(&near, &client, timeout).await;
         let Some(live) = near.upgrade() else { return };
-        let ended = session(&live, &client, timeout).await;
         live.disconnected();
         drop(live);
         match ended {
@@ -45,12 +46,24 @@ enum Ended {
     Failed(String),
 }
 
+type Ping =
+    std::pin::Pin<Box<dyn Future<Output = redis::RedisResult<redis::Value>> + Send + 'static>>;
+
 /// One subscription, from connecting until it fails.
-async fn session(near: &Arc<Near>, client: &redis::Client, timeout: Duration) -> Ended {
+async fn session(weak: &Weak<Near>, client: &redis::Client, timeout: Duration) -> Ended {
+    let Some((channel, every, mut stall)) = weak.upgrade().map(|near| {
+        (
+            near.channel.clone(),
+            near.config.max_lag / 4,
+            near.hooks.stall.subscribe(),
+        )
+    }) else {
+        return Ended::Dropped;
+    };
     let connect = async {
         let pubsub = client.get_async_pubsub().await?;
         let (mut sink, stream) = pubsub.split();
-        sink.subscribe(&near.channel).await?;
+        sink.subscribe(&channel).await?;
         Ok::<_, redis::RedisError>((sink, stream))
     };
     let (sink, mut stream) = match tokio::time::timeout(timeout, connect).await {
@@ -60,28 +73,47 @@ async fn session(near: &Arc<Near>, client: &redis::Client, timeout: Duration) ->
     };
     // Subscribed: anything invalidated before now reached Redis before any read that starts
     // from here on, and what was filled before may have missed messages.
+    let Some(near) = weak.upgrade() else {
+        return Ended::Dropped;
+    };
     near.restart();
-    let weak = Arc::downgrade(near);
-    let every = near.config.max_lag / 4;
-    let mut stall = near.hooks.stall.subscribe();
+    drop(near);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    type Ping =
-        std::pin::Pin<Box<dyn Future<Output = redis::RedisResult<redis::Value>> + Send + 'static>>;
     let mut ping: Option<(Instant, Ping)> = None;
+    // Test hook: while stalled, messages are held (not recorded) and pings not confirmed, as
+    // in a process that does not run.
+    let mut held: Vec<redis::Msg> = Vec::new();
     loop {
-        if *stall.borrow_and_update() {
-            // Test hook: a stalled process records nothing and confirms nothing.
-            if stall.wait_for(|s| !*s).await.is_err() {
-                return Ended::Dropped;
-            }
-        }
         tokio::select! {
             biased;
+            changed = stall.changed() => {
+                if changed.is_err() {
+                    return Ended::Dropped;
+                }
+                if !*stall.borrow_and_update() {
+                    let Some(near) = weak.upgrade() else { return Ended::Dropped };
+                    for message in held.drain(..) {
+                        near.received(message.get_payload_bytes());
+                    }
+                }
+            }
             message = stream.next() => {
                 let Some(message) = message else {
+                    if *stall.borrow() && stall.wait_for(|s| !*s).await.is_err() {
+                        return Ended::Dropped;
+                    }
+                    if let Some(near) = weak.upgrade() {
+                        for message in held.drain(..) {
+                            near.received(message.get_payload_bytes());
+                        }
+                    }
                     return Ended::Failed("the subscribed connection closed".into());
                 };
+                if *stall.borrow() {
+                    held.push(message);
+                    continue;
+                }
                 let Some(near) = weak.upgrade() else { return Ended::Dropped };
                 near.received(message.get_payload_bytes());
             }
@@ -95,6 +127,9 @@ async fn session(near: &Arc<Near>, client: &redis::Client, timeout: Duration) ->
                 ping = None;
                 if let Err(e) = answer {
                     return Ended::Failed(e.to_string());
+                }
+                if *stall.borrow() {
+                    continue;
                 }
                 let Some(near) = weak.upgrade() else { return Ended::Dropped };
                 drain(&near, &mut stream);
