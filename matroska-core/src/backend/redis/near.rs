@@ -302,7 +302,9 @@ impl Near {
             .chain(deps.into_iter().map(|d| mark(DEPS, d)))
             .collect();
         let entry = Entry {
-            value,
+            // A copy: the value read is a slice of the whole Redis entry (dependencies and
+            // stamps included), which it would otherwise keep alive uncounted.
+            value: Bytes::copy_from_slice(&value),
             marks,
             filled: noted,
             checked: AtomicU64::new(noted),
