@@ -605,8 +605,19 @@ async fn redis(name: &str) -> Cache {
     support::redis_cache(name).await
 }
 
+/// The Redis backend with its near cache on: the same contract.
+async fn redis_near(name: &str) -> Cache {
+    let config =
+        matroska::backend::redis::RedisConfig::new(support::redis_url(), support::unique(name))
+            .near_cache(matroska::backend::redis::NearConfig::new(1 << 20));
+    Cache::builder(support::redis_backend_with(config).await)
+        .build()
+        .unwrap()
+}
+
 conformance!(memory_backend, memory);
 conformance!(redis_backend, redis);
+conformance!(redis_near_backend, redis_near);
 #[cfg(feature = "cluster")]
 conformance!(redis_cluster_backend, redis_cluster);
 

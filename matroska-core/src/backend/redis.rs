@@ -449,8 +449,24 @@ impl Backend for RedisBackend {
         let value = valid.then(|| entry.slice(value_at..));
         // --- near cache (issue 19): a validated remote hit fills the tier.
         if let (Some(near), Some(noted), Some(value)) = (near, noted, &value) {
-            near.hooks.fill_gate(key).await;
-            near.insert(key, value.clone(), envelope.deps.iter().map(|d| d.0), noted);
+            // The near copy must not outlive the entry: one more round trip, per fill only.
+            let ttl: Result<i64> = self
+                .run(
+                    "get",
+                    redis::cmd("PTTL").arg(&entry_key).query_async(&mut conn),
+                )
+                .await;
+            if let Ok(ttl @ 1..) = ttl {
+                near.hooks.fill_gate(key).await;
+                let deps = envelope.deps.iter().map(|d| d.0);
+                near.insert(
+                    key,
+                    value.clone(),
+                    deps,
+                    noted,
+                    Duration::from_millis(ttl as u64),
+                );
+            }
         }
         // --- end near cache ---
         Ok(value)
@@ -461,6 +477,10 @@ impl Backend for RedisBackend {
     }
 
     async fn put(&self, request: PutRequest<'_>) -> Result<PutOutcome> {
+        // --- near cache (issue 19): when the put ends (or is dropped), after its write, this
+        // process's near copy of the key and its fills in flight are refused.
+        let _near = self.inner.near.as_deref().map(|n| n.put_guard(request.key));
+        // --- end near cache ---
         // One script names the entry, the clock and every stamp: on a cluster they live in
         // other slots, and with very many dependencies the script would block the server.
         if self.is_cluster() || request.deps.len() > self.inner.config.invalidate_batch {

@@ -163,6 +163,23 @@ struct Entry {
     /// The newest sequence number at which the entry was found valid: while the sequence has
     /// not moved, a hit needs no look at the marks.
     checked: AtomicU64,
+    /// What was left of the Redis entry's time to live when it was read (capped by
+    /// `max_age`): the near copy never outlives it.
+    ttl: Duration,
+}
+
+/// Expires each entry after its own [`Entry::ttl`].
+struct EntryTtl;
+
+impl moka::Expiry<Box<str>, Arc<Entry>> for EntryTtl {
+    fn expire_after_create(
+        &self,
+        _key: &Box<str>,
+        entry: &Arc<Entry>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(entry.ttl)
+    }
 }
 
 struct Marks {
@@ -221,15 +238,13 @@ pub(super) struct Near {
 
 impl Near {
     pub(super) fn new(config: NearConfig, channel: String) -> Self {
-        let mut builder = moka::sync::Cache::builder()
+        let entries = moka::sync::Cache::builder()
             .max_capacity(config.max_bytes)
-            .weigher(weigh);
-        if let Some(age) = config.max_age {
-            // moka refuses more than 1000 years.
-            builder = builder.time_to_live(age.min(Duration::from_secs(1 << 34)));
-        }
+            .weigher(weigh)
+            .expire_after(EntryTtl)
+            .build();
         Near {
-            entries: builder.build(),
+            entries,
             marks: Mutex::new(Marks {
                 last: HashMap::new(),
                 floor: 0,
@@ -297,6 +312,7 @@ impl Near {
         value: Bytes,
         deps: impl IntoIterator<Item = &'a [u8]>,
         noted: u64,
+        ttl: Duration,
     ) {
         let marks: Box<[Box<[u8]>]> = std::iter::once(mark(KEY, key.as_bytes()))
             .chain(deps.into_iter().map(|d| mark(DEPS, d)))
@@ -308,6 +324,12 @@ impl Near {
             marks,
             filled: noted,
             checked: AtomicU64::new(noted),
+            // moka refuses more than 1000 years.
+            ttl: self
+                .config
+                .max_age
+                .map_or(ttl, |age| age.min(ttl))
+                .min(Duration::from_secs(1 << 34)),
         };
         // Not needed for correctness (a hit checks again), but keeps a value already known
         // stale from taking room.
@@ -325,6 +347,13 @@ impl Near {
     pub(super) fn deleted(&self, key: &str) {
         self.record(vec![mark(KEY, key.as_bytes())]);
         self.entries.invalidate(key);
+    }
+
+    /// A guard that, when dropped (after a put of `key` in this process wrote, failed or was
+    /// dropped), refuses this process's near copy of `key` and the fills of it in flight:
+    /// read-your-writes for puts within a process. Puts are not broadcast.
+    pub(super) fn put_guard<'a>(&'a self, key: &'a str) -> PutGuard<'a> {
+        PutGuard { near: self, key }
     }
 
     /// Records a message received on the channel.
@@ -383,6 +412,18 @@ impl Near {
     /// Whether the tier may serve hits now.
     pub(super) fn is_live(&self) -> bool {
         self.live()
+    }
+}
+
+/// See [`Near::put_guard`].
+pub(super) struct PutGuard<'a> {
+    near: &'a Near,
+    key: &'a str,
+}
+
+impl Drop for PutGuard<'_> {
+    fn drop(&mut self) {
+        self.near.deleted(self.key);
     }
 }
 
@@ -461,6 +502,31 @@ fn forget_older_half(marks: &mut Marks) {
 mod tests {
     use super::*;
 
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn entries_expire_with_their_redis_ttl_or_max_age() {
+        let near = Near::new(
+            NearConfig::new(1 << 20).max_age(Duration::from_millis(30)),
+            "c".into(),
+        );
+        near.confirm(Instant::now());
+        let noted = near.note();
+        near.insert(
+            "short",
+            Bytes::from_static(b"v"),
+            [],
+            noted,
+            Duration::from_millis(20),
+        );
+        near.insert("aged", Bytes::from_static(b"v"), [], noted, HOUR);
+        assert!(near.get("short").is_some() && near.get("aged").is_some());
+        std::thread::sleep(Duration::from_millis(40));
+        near.confirm(Instant::now());
+        assert_eq!(near.get("short"), None, "the Redis entry's TTL");
+        assert_eq!(near.get("aged"), None, "max_age");
+    }
+
     fn near() -> Near {
         let near = Near::new(NearConfig::new(1 << 20), "c".into());
         near.confirm(Instant::now());
@@ -496,7 +562,7 @@ mod tests {
         let near = near();
         let noted = near.note();
         near.invalidated([&b"dep"[..]]);
-        near.insert("k", Bytes::from_static(b"old"), [&b"dep"[..]], noted);
+        near.insert("k", Bytes::from_static(b"old"), [&b"dep"[..]], noted, HOUR);
         assert_eq!(near.get("k"), None);
         // Inserted anyway (as if the insert check raced): the hit still refuses it.
         near.entries.insert(
@@ -506,11 +572,12 @@ mod tests {
                 marks: vec![mark(KEY, b"k"), mark(DEPS, b"dep")].into(),
                 filled: noted,
                 checked: AtomicU64::new(noted),
+                ttl: HOUR,
             }),
         );
         assert_eq!(near.get("k"), None);
         let noted = near.note();
-        near.insert("k", Bytes::from_static(b"new"), [&b"dep"[..]], noted);
+        near.insert("k", Bytes::from_static(b"new"), [&b"dep"[..]], noted, HOUR);
         assert_eq!(near.get("k").as_deref(), Some(&b"new"[..]));
         near.invalidated([&b"other"[..]]);
         assert_eq!(near.get("k").as_deref(), Some(&b"new"[..]));
@@ -523,19 +590,19 @@ mod tests {
         let near = near();
         let noted = near.note();
         near.deleted("k");
-        near.insert("k", Bytes::from_static(b"v"), [], noted);
+        near.insert("k", Bytes::from_static(b"v"), [], noted, HOUR);
         assert_eq!(near.get("k"), None);
 
         let noted = near.note();
-        near.insert("k", Bytes::from_static(b"v"), [], noted);
+        near.insert("k", Bytes::from_static(b"v"), [], noted, HOUR);
         assert!(near.get("k").is_some());
         near.restart();
         assert_eq!(near.get("k"), None);
-        near.insert("k", Bytes::from_static(b"v"), [], noted);
+        near.insert("k", Bytes::from_static(b"v"), [], noted, HOUR);
         assert_eq!(near.get("k"), None, "filled before the restart");
 
         let noted = near.note();
-        near.insert("k", Bytes::from_static(b"v"), [], noted);
+        near.insert("k", Bytes::from_static(b"v"), [], noted, HOUR);
         near.received(b"garbage");
         assert_eq!(near.get("k"), None);
     }
@@ -551,7 +618,7 @@ mod tests {
         }
         assert!(near.marks.lock().unwrap().last.len() <= 17);
         // `dep`'s mark is forgotten: the floor refuses the fill instead.
-        near.insert("k", Bytes::from_static(b"old"), [&b"dep"[..]], noted);
+        near.insert("k", Bytes::from_static(b"old"), [&b"dep"[..]], noted, HOUR);
         assert_eq!(near.get("k"), None);
     }
 
@@ -562,7 +629,7 @@ mod tests {
             "c".into(),
         );
         let noted = near.note();
-        near.insert("k", Bytes::from_static(b"v"), [], noted);
+        near.insert("k", Bytes::from_static(b"v"), [], noted, HOUR);
         assert_eq!(near.get("k"), None, "never confirmed");
         near.confirm(Instant::now());
         assert!(near.get("k").is_some());
@@ -581,7 +648,7 @@ mod tests {
         let value = Bytes::from(vec![0u8; 1000]);
         for i in 0..1000 {
             let noted = near.note();
-            near.insert(&format!("k{i}"), value.clone(), [&b"dep"[..]], noted);
+            near.insert(&format!("k{i}"), value.clone(), [&b"dep"[..]], noted, HOUR);
         }
         let (count, bytes) = near.usage();
         assert!(bytes <= 100_000, "{bytes} bytes in {count} entries");
