@@ -64,6 +64,13 @@ async fn fill(backend: &RedisBackend, key: &str, value: &str) {
     .await;
 }
 
+/// Waits until more than `before` reads of `backend` stopped at its closed fill gate.
+async fn fill_gate_reached(backend: &RedisBackend, before: usize) {
+    tokio::time::timeout(DEADLINE, backend.near_fills_stopped_after(before))
+        .await
+        .expect("the read reaches the fill gate (it went to Redis and found a value)");
+}
+
 fn peek(backend: &RedisBackend, key: &str) -> Option<String> {
     backend
         .near_peek(key)
@@ -147,7 +154,7 @@ async fn a_fill_racing_an_invalidation_never_leaves_a_stale_entry() {
         let a = Arc::clone(&a);
         async move { a.get("k").await }
     });
-    a.near_fills_stopped_after(0).await;
+    fill_gate_reached(&a, 0).await;
     // The read has the old value (valid when read) and waits before inserting it.
     invalidate(&b, "dep").await;
     eventually("A records B's invalidation", async || {
@@ -175,11 +182,37 @@ async fn a_fill_racing_an_invalidation_never_leaves_a_stale_entry() {
         let a = Arc::clone(&a);
         async move { a.get("k").await }
     });
-    a.near_fills_stopped_after(1).await;
+    fill_gate_reached(&a, 1).await;
     a.stall_and(|| async { invalidate(&a, "dep").await }).await;
     a.near_close_fills(false);
     reader.await.unwrap().unwrap();
     assert_eq!(peek(&a, "k"), None);
+}
+
+/// A put in this process is seen by this process's next read, also when a fill of the old
+/// value was in flight (puts are not broadcast; see the consistency model).
+#[tokio::test]
+async fn a_put_is_read_back_in_its_own_process() {
+    let prefix = unique("near_put");
+    let a = Arc::new(redis_backend_with(near_config(&redis_url(), &prefix)).await);
+    put(&a, "k", "v1", &["d1"]).await;
+    fill(&a, "k", "v1").await;
+    put(&a, "k", "v2", &["d2"]).await;
+    assert_eq!(a.get("k").await.unwrap().as_deref(), Some(&b"v2"[..]));
+
+    // The put also keeps the tier from serving v2, so the next read goes to Redis.
+    put(&a, "k", "v2b", &["d2"]).await;
+    a.near_close_fills(true);
+    let reader = tokio::spawn({
+        let a = Arc::clone(&a);
+        async move { a.get("k").await }
+    });
+    fill_gate_reached(&a, 0).await;
+    put(&a, "k", "v3", &["d3"]).await;
+    a.near_close_fills(false);
+    reader.await.unwrap().unwrap();
+    assert_ne!(peek(&a, "k").as_deref(), Some("v2b"), "the fill in flight");
+    assert_eq!(a.get("k").await.unwrap().as_deref(), Some(&b"v3"[..]));
 }
 
 fn client_kill_pubsub(redis: &PrivateRedis) -> i64 {

@@ -448,7 +448,10 @@ impl Backend for RedisBackend {
         let value_at = envelope.value_at;
         let value = valid.then(|| entry.slice(value_at..));
         // --- near cache (issue 19): a validated remote hit fills the tier.
-        if let (Some(near), Some(noted), Some(value)) = (near, noted, &value) {
+        // Not while the tier is off: the next subscription would refuse the entry anyway.
+        if let (Some(near), Some(noted), Some(value)) = (near, noted, &value)
+            && near.is_live()
+        {
             // The near copy must not outlive the entry: one more round trip, per fill only.
             let ttl: Result<i64> = self
                 .run(
