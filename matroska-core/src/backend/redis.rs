@@ -482,7 +482,7 @@ impl Backend for RedisBackend {
     async fn put(&self, request: PutRequest<'_>) -> Result<PutOutcome> {
         // --- near cache (issue 19): when the put ends (or is dropped), after its write, this
         // process's near copy of the key and its fills in flight are refused.
-        let _near = self.inner.near.as_deref().map(|n| n.put_guard(request.key));
+        let _near = self.inner.near.as_deref().map(|n| n.key_guard(request.key));
         // --- end near cache ---
         // One script names the entry, the clock and every stamp: on a cluster they live in
         // other slots, and with very many dependencies the script would block the server.
@@ -524,9 +524,12 @@ impl Backend for RedisBackend {
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
+        // --- near cache (issue 19): this process drops its near copy when the delete ends
+        // (or is dropped), after its write; the others when they hear the `PUBLISH`, which
+        // follows the `DEL` on the same connection, so a process that hears it reads the
+        // deletion.
+        let _near = self.inner.near.as_deref().map(|n| n.key_guard(key));
         let mut conn = self.conn()?;
-        // --- near cache (issue 19): every process drops its near copy; the `PUBLISH` follows
-        // the `DEL` on the same connection, so a process that hears it reads the deletion.
         let mut pipe = redis::pipe();
         pipe.del(self.entry_key(key));
         if !self.is_cluster() {
@@ -535,11 +538,7 @@ impl Backend for RedisBackend {
                 .arg(near::key_message(key))
                 .ignore();
         }
-        let result = self.run("delete", pipe.query_async(&mut conn)).await;
-        if let Some(near) = &self.inner.near {
-            near.deleted(key);
-        }
-        let (removed,): (i64,) = result?;
+        let (removed,): (i64,) = self.run("delete", pipe.query_async(&mut conn)).await?;
         // --- end near cache ---
         Ok(removed > 0)
     }
@@ -547,6 +546,12 @@ impl Backend for RedisBackend {
     async fn invalidate(&self, deps: &[String]) -> Result<u64> {
         let batch = self.inner.config.invalidate_batch.max(1);
         for chunk in deps.chunks(batch) {
+            // --- near cache (issue 19): this process's marks, recorded when this chunk's call
+            // ends (or is dropped or fails: the script may have run; more marks than needed
+            // only cost misses), after the stamps changed, so that a fill that noted the
+            // sequence before then refuses its value; before `invalidate` returns.
+            let _near = self.inner.near.as_deref().map(|n| n.deps_guard(chunk));
+            // --- end near cache ---
             if self.is_cluster() {
                 self.invalidate_spread(chunk).await?;
                 continue;
@@ -564,18 +569,11 @@ impl Backend for RedisBackend {
                 .arg("0")
                 .arg(self.near_channel())
                 .arg(near::deps_message(chunk.iter().map(|d| d.as_bytes())));
-            let mut conn = self.conn()?;
-            let result: Result<String> = self
-                .run("invalidate", invocation.invoke_async(&mut conn))
-                .await;
-            // After the stamps changed (a fill noted before this then refuses its value) and
-            // before returning, even on an error (the script may have run): recording more
-            // than happened only costs misses.
-            if let Some(near) = &self.inner.near {
-                near.invalidated(chunk.iter().map(|d| d.as_bytes()));
-            }
             // --- end near cache ---
-            let _stamp = result?;
+            let mut conn = self.conn()?;
+            let _stamp: String = self
+                .run("invalidate", invocation.invoke_async(&mut conn))
+                .await?;
         }
         let replicas = self.inner.config.wait_for_replicas;
         if replicas > 0 {

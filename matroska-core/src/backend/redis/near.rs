@@ -350,11 +350,18 @@ impl Near {
         self.entries.invalidate(key);
     }
 
-    /// A guard that, when dropped (after a put of `key` in this process wrote, failed or was
-    /// dropped), refuses this process's near copy of `key` and the fills of it in flight:
-    /// read-your-writes for puts within a process. Puts are not broadcast.
-    pub(super) fn put_guard<'a>(&'a self, key: &'a str) -> PutGuard<'a> {
-        PutGuard { near: self, key }
+    /// A guard to take before a put or delete of `key`: when dropped (after the write
+    /// returned, failed or was cancelled) it refuses this process's near copy of `key` and the
+    /// fills of it in flight, so this process reads its own writes. Recorded after the write,
+    /// not before: a fill that noted the sequence after the mark could still read the old
+    /// value.
+    pub(super) fn key_guard<'a>(&'a self, key: &'a str) -> KeyGuard<'a> {
+        KeyGuard { near: self, key }
+    }
+
+    /// The same for an invalidation of `deps` (encoded dependencies).
+    pub(super) fn deps_guard<'a>(&'a self, deps: &'a [String]) -> DepsGuard<'a> {
+        DepsGuard { near: self, deps }
     }
 
     /// Records a message received on the channel.
@@ -416,15 +423,28 @@ impl Near {
     }
 }
 
-/// See [`Near::put_guard`].
-pub(super) struct PutGuard<'a> {
+/// See [`Near::key_guard`].
+pub(super) struct KeyGuard<'a> {
     near: &'a Near,
     key: &'a str,
 }
 
-impl Drop for PutGuard<'_> {
+impl Drop for KeyGuard<'_> {
     fn drop(&mut self) {
         self.near.deleted(self.key);
+    }
+}
+
+/// See [`Near::deps_guard`].
+pub(super) struct DepsGuard<'a> {
+    near: &'a Near,
+    deps: &'a [String],
+}
+
+impl Drop for DepsGuard<'_> {
+    fn drop(&mut self) {
+        self.near
+            .invalidated(self.deps.iter().map(|d| d.as_bytes()));
     }
 }
 
