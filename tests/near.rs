@@ -183,10 +183,14 @@ async fn a_fill_racing_an_invalidation_never_leaves_a_stale_entry() {
         async move { a.get("k").await }
     });
     fill_gate_reached(&a, 1).await;
-    a.stall_and(|| async { invalidate(&a, "dep").await }).await;
-    a.near_close_fills(false);
-    reader.await.unwrap().unwrap();
-    assert_eq!(peek(&a, "k"), None);
+    // Stalled throughout: only A's own marks can refuse the fill.
+    a.stall_and(|| async {
+        invalidate(&a, "dep").await;
+        a.near_close_fills(false);
+        reader.await.unwrap().unwrap();
+        assert_eq!(peek(&a, "k"), None);
+    })
+    .await;
 }
 
 /// A put in this process is seen by this process's next read, also when a fill of the old
