@@ -525,6 +525,16 @@ mod tests {
 
     const HOUR: Duration = Duration::from_secs(3600);
 
+    #[cfg(feature = "cluster")]
+    #[tokio::test]
+    async fn a_cluster_config_with_a_near_cache_is_refused() {
+        // Nothing listens on port 1: the refusal comes before any connection.
+        let config = super::super::RedisConfig::cluster(["redis://127.0.0.1:1"], "p")
+            .near_cache(NearConfig::new(1 << 20));
+        let err = RedisBackend::new(config).unwrap_err();
+        assert!(matches!(err, crate::Error::Config(_)), "{err}");
+    }
+
     #[test]
     fn entries_expire_with_their_redis_ttl_or_max_age() {
         let near = Near::new(
