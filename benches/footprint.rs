@@ -155,6 +155,44 @@ fn main() {
         (entry as f64 / N as f64, index as f64 / N as f64)
     });
 
+    // The Redis backend's near tier: heap bytes the reads that fill it keep (the puts before
+    // them already made every other per-key allocation: the known-keys memo).
+    let (near_bytes, near_weight) = rt.block_on(async {
+        let backend = matroska::backend::redis::RedisBackend::connect(
+            matroska::backend::redis::RedisConfig::new(
+                common::redis_url(),
+                common::prefix("footprint_near"),
+            )
+            .near_cache(matroska::backend::redis::NearConfig::new(1 << 30)),
+        )
+        .await
+        .expect("Redis is required for this bench (REDIS_URL)");
+        let cache = matroska::Cache::builder(backend.clone()).build().unwrap();
+        for (i, key) in keys.iter().enumerate() {
+            cache
+                .put(
+                    key,
+                    &common::small(),
+                    &deps(i),
+                    Some(Duration::from_secs(600)),
+                )
+                .await
+                .unwrap();
+        }
+        while !backend.near_is_live() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        backend.near_usage();
+        let before = LIVE.load(Ordering::Relaxed);
+        for key in &keys {
+            backend.get(key).await.unwrap().unwrap();
+        }
+        let (count, weight) = backend.near_usage().unwrap();
+        assert_eq!(count, N as u64, "every entry is in the near tier");
+        let bytes = (LIVE.load(Ordering::Relaxed) - before) as f64 / N as f64;
+        (bytes, weight as f64 / N as f64)
+    });
+
     println!(
         "| store ({N} entries, ~{} B values, 5 deps each) | bytes per entry |",
         value.len()
@@ -165,4 +203,7 @@ fn main() {
     println!("| Redis: entry key | {redis_entry:.0} |");
     println!("| Redis: stamps + clock, per entry | {redis_index:.0} |");
     println!("| Redis: total | {:.0} |", redis_entry + redis_index);
+    println!(
+        "| Redis near tier, per entry in process (its weight: {near_weight:.0}) | {near_bytes:.0} |"
+    );
 }

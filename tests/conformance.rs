@@ -843,8 +843,27 @@ async fn redis(name: &str) -> Cache {
     support::redis_cache(name).await
 }
 
+/// The Redis backend with its near cache on: the same contract.
+async fn redis_near(name: &str) -> Cache {
+    let config =
+        matroska::backend::redis::RedisConfig::new(support::redis_url(), support::unique(name))
+            .near_cache(matroska::backend::redis::NearConfig::new(1 << 20));
+    let backend = support::redis_backend_with(config).await;
+    // Subscribed and confirmed, so that the cases' reads are near hits where they can be.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !backend.near_is_live() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the near tier goes live"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    Cache::builder(backend).build().unwrap()
+}
+
 conformance!(memory_backend, memory);
 conformance!(redis_backend, redis);
+conformance!(redis_near_backend, redis_near);
 #[cfg(feature = "cluster")]
 conformance!(redis_cluster_backend, redis_cluster);
 

@@ -70,6 +70,8 @@ enum Store {
     Memory,
     /// A private `redis-server` of the run's own (so the nemesis may restart it).
     Redis,
+    /// The same with the near cache on (issue 19): reads are served in process.
+    RedisNear,
     /// The test binary's private Redis Cluster.
     Cluster,
 }
@@ -151,7 +153,7 @@ const AWAITING_FIXES: &[Fault] = &[];
 impl Fault {
     fn on(store: Store) -> Vec<Fault> {
         let mut faults = vec![Fault::RestartRelay, Fault::Reinstall, Fault::PauseLoads];
-        if store == Store::Redis {
+        if matches!(store, Store::Redis | Store::RedisNear) {
             faults.extend([
                 Fault::DeleteEntries,
                 Fault::DeleteStamps,
@@ -270,14 +272,17 @@ impl Harness {
                 )),
                 None,
             ),
-            Store::Redis => {
+            Store::Redis | Store::RedisNear => {
                 let server = tokio::task::spawn_blocking(support::PrivateRedis::start_persistent)
                     .await
                     .unwrap();
                 let prefix = support::unique(name);
-                let backend =
-                    support::redis_backend_with(RedisConfig::new(server.url(), prefix.clone()))
-                        .await;
+                let mut redis_config = RedisConfig::new(server.url(), prefix.clone());
+                if config.store == Store::RedisNear {
+                    redis_config =
+                        redis_config.near_cache(matroska::backend::redis::NearConfig::new(1 << 22));
+                }
+                let backend = support::redis_backend_with(redis_config).await;
                 (
                     Arc::new(backend),
                     Some((Arc::new(std::sync::Mutex::new(server)), prefix)),
@@ -971,6 +976,11 @@ async fn postgres_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_redis() {
     check(Kind::Postgres, Store::Redis, "postgres_redis").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_redis_near() {
+    check(Kind::Postgres, Store::RedisNear, "postgres_redis_near").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -58,7 +58,9 @@ mod known;
 mod lua;
 #[cfg(test)]
 mod model;
+mod near;
 mod spread;
+mod subscriber;
 
 use breaker::Breaker;
 pub use config::RedisConfig;
@@ -68,6 +70,7 @@ use entry::{Envelope, entry_header};
 use incarnation::{Incarnation, Seen, ask_name, owner_is_current};
 use known::{KnownKeys, StampKeys};
 use lua::{INVALIDATE, Lua, LuaCall, PUT, RELEASE_LEASE, TICKET};
+pub use near::NearConfig;
 
 /// The Redis backend. Cheap to clone.
 ///
@@ -111,6 +114,8 @@ struct Inner {
     /// Which connection was verified against restarts that restore old state.
     incarnation: Incarnation,
     breaker: Breaker,
+    /// The near cache, when configured (`near.rs`).
+    near: Option<Arc<near::Near>>,
 }
 
 impl Inner {
@@ -141,7 +146,7 @@ impl RedisBackend {
     pub async fn connect(config: RedisConfig) -> Result<Self> {
         let connector = Connector::for_config(&config)?;
         let conn = with_timeout("connect", config.timeout, connector.connect()).await?;
-        let backend = Self::unconnected(config, connector);
+        let backend = Self::unconnected(config, connector)?;
         backend.inner.set_conn(conn);
         Ok(backend)
     }
@@ -172,12 +177,44 @@ impl RedisBackend {
                     .into(),
             )
         })?;
-        let backend = Self::unconnected(config, connector);
+        let backend = Self::unconnected(config, connector)?;
         runtime.spawn(connect_in_background(Arc::downgrade(&backend.inner)));
         Ok(backend)
     }
 
-    fn unconnected(config: RedisConfig, connector: Connector) -> Self {
+    fn unconnected(config: RedisConfig, connector: Connector) -> Result<Self> {
+        // --- near cache (issue 19) ---
+        let near = match (&config.near_cache, &connector) {
+            (None, _) => None,
+            (Some(near), Connector::Single(client, _)) => {
+                let near = Arc::new(near::Near::new(
+                    near.clone(),
+                    format!("{{{}}}:n", config.prefix),
+                ));
+                let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+                    Error::Config(
+                        "a Redis backend with a near cache must be made inside a Tokio runtime \
+                         (its subscriber is a background task)"
+                            .into(),
+                    )
+                })?;
+                runtime.spawn(subscriber::run(
+                    Arc::downgrade(&near),
+                    client.clone(),
+                    config.timeout,
+                ));
+                Some(near)
+            }
+            #[cfg(feature = "cluster")]
+            (Some(_), Connector::Cluster(_)) => {
+                return Err(Error::Config(
+                    "the near cache is not available on Redis Cluster yet; turn it off \
+                     (RedisConfig::near_cache) for a cluster"
+                        .into(),
+                ));
+            }
+        };
+        // --- end near cache ---
         let prefix = &config.prefix;
         // On one server everything shares the hash tag `{P}`, so the put script can name the
         // entry, the clock and the stamps at once; on a cluster they spread over slots.
@@ -186,7 +223,7 @@ impl RedisBackend {
         } else {
             prefix.clone()
         };
-        RedisBackend {
+        Ok(RedisBackend {
             inner: Arc::new(Inner {
                 conn: OnceLock::new(),
                 connector,
@@ -204,8 +241,9 @@ impl RedisBackend {
                 ticket: Lua::new(TICKET),
                 release_lease: Lua::new(RELEASE_LEASE),
                 spread: spread::Scripts::default(),
+                near,
             }),
-        }
+        })
     }
 
     /// Whether the first connection has succeeded (the connection may be down again since:
@@ -232,6 +270,11 @@ impl RedisBackend {
     /// [`RedisBackend::stamp_key`] as bytes, for the stamp keys an entry records.
     fn stamp_key_bytes(&self, dep: &str) -> Vec<u8> {
         [self.inner.stamp_prefix.as_bytes(), dep.as_bytes()].concat()
+    }
+
+    /// `{P}:n`, where invalidations and deletes are published for near caches.
+    fn near_channel(&self) -> String {
+        format!("{{{}}}:n", self.inner.config.prefix)
     }
 
     fn lease_key(&self, key: &str) -> String {
@@ -389,8 +432,9 @@ impl RedisBackend {
     }
 
     /// One read of `key`: the entry, checked against the stamps it recorded and (on one
-    /// server) the clock's owner, on a connection this backend verified.
-    async fn read(&self, key: &str) -> Result<Read<Option<Bytes>>> {
+    /// server) the clock's owner, on a connection this backend verified; a hit is the whole
+    /// entry and where its value starts.
+    async fn read(&self, key: &str) -> Result<Read<Option<(Bytes, usize)>>> {
         let entry_key = self.entry_key(key);
         let known = self.inner.known.get(key).filter(|keys| !keys.is_empty());
         let mut conn = self.conn()?;
@@ -464,7 +508,7 @@ impl RedisBackend {
                 }
             }
         };
-        Ok(Read::Done(Some(entry.slice(value_at..))))
+        Ok(Read::Done(Some((entry, value_at))))
     }
 
     /// [`Backend::get_many`] on one server: one `MGET` of every entry, then of the stamps this
@@ -674,18 +718,61 @@ impl Backend for RedisBackend {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        // --- near cache (issue 19): a hit without a round trip; else note the sequence
+        // before the remote read, so an invalidation recorded meanwhile refuses its value.
+        let near = self.inner.near.as_deref();
+        if let Some(value) = near.and_then(|n| n.get(key)) {
+            return Ok(Some(value));
+        }
+        let noted = near.map(near::Near::note);
+        // --- end near cache ---
         // A read on a connection not verified yet (the first one, or a reconnect: perhaps to
         // a server restarted from a snapshot) verifies it and reads again (incarnation.rs).
-        let seen = match self.read(key).await? {
-            Read::Done(value) => return Ok(value),
-            Read::Unverified(seen) => seen,
+        let found = match self.read(key).await? {
+            Read::Done(found) => found,
+            Read::Unverified(seen) => {
+                self.verify(seen).await?;
+                match self.read(key).await? {
+                    Read::Done(found) => found,
+                    // Reconnected again meanwhile: a miss rather than a loop.
+                    Read::Unverified(_) => None,
+                }
+            }
         };
-        self.verify(seen).await?;
-        match self.read(key).await? {
-            Read::Done(value) => Ok(value),
-            // Reconnected again meanwhile: a miss rather than a loop.
-            Read::Unverified(_) => Ok(None),
+        let Some((entry, value_at)) = found else {
+            return Ok(None);
+        };
+        let value = entry.slice(value_at..);
+        // --- near cache (issue 19): a validated remote hit fills the tier.
+        // Not while the tier is off: the next subscription would refuse the entry anyway.
+        if let (Some(near), Some(noted)) = (near, noted)
+            && near.is_live()
+            && let Some(envelope) = Envelope::parse(&entry)
+        {
+            // The near copy must not outlive the entry: one more round trip, per fill only.
+            let mut conn = self.conn()?;
+            let ttl: Result<i64> = self
+                .run(
+                    "get",
+                    redis::cmd("PTTL")
+                        .arg(self.entry_key(key))
+                        .query_async(&mut conn),
+                )
+                .await;
+            if let Ok(ttl @ 1..) = ttl {
+                near.hooks.fill_gate(key).await;
+                let deps = envelope.deps.iter().map(|d| d.0);
+                near.insert(
+                    key,
+                    value.clone(),
+                    deps,
+                    noted,
+                    Duration::from_millis(ttl.unsigned_abs()),
+                );
+            }
         }
+        // --- end near cache ---
+        Ok(Some(value))
     }
 
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
@@ -711,6 +798,10 @@ impl Backend for RedisBackend {
     }
 
     async fn put(&self, request: PutRequest<'_>) -> Result<PutOutcome> {
+        // --- near cache (issue 19): when the put ends (or is dropped), after its write, this
+        // process's near copy of the key and its fills in flight are refused.
+        let _near = self.inner.near.as_deref().map(|n| n.key_guard(request.key));
+        // --- end near cache ---
         // One script names the entry, the clock and every stamp: on a cluster they live in
         // other slots, and with very many dependencies the script would block the server.
         if self.spreads(&request) {
@@ -770,14 +861,34 @@ impl Backend for RedisBackend {
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
+        // --- near cache (issue 19): this process drops its near copy when the delete ends
+        // (or is dropped), after its write; the others when they hear the `PUBLISH`, which
+        // follows the `DEL` on the same connection, so a process that hears it reads the
+        // deletion.
+        let _near = self.inner.near.as_deref().map(|n| n.key_guard(key));
         let mut conn = self.conn()?;
-        let removed: i64 = self.run("delete", conn.del(self.entry_key(key))).await?;
+        let mut pipe = redis::pipe();
+        pipe.del(self.entry_key(key));
+        if !self.is_cluster() {
+            pipe.cmd("PUBLISH")
+                .arg(self.near_channel())
+                .arg(near::key_message(key))
+                .ignore();
+        }
+        let (removed,): (i64,) = self.run("delete", pipe.query_async(&mut conn)).await?;
+        // --- end near cache ---
         Ok(removed > 0)
     }
 
     async fn invalidate(&self, deps: &[String]) -> Result<super::Invalidated> {
         let batch = self.inner.config.invalidate_batch.max(1);
         for chunk in deps.chunks(batch) {
+            // --- near cache (issue 19): this process's marks, recorded when this chunk's call
+            // ends (or is dropped or fails: the script may have run; more marks than needed
+            // only cost misses), after the stamps changed, so that a fill that noted the
+            // sequence before then refuses its value; before `invalidate` returns.
+            let _near = self.inner.near.as_deref().map(|n| n.deps_guard(chunk));
+            // --- end near cache ---
             if self.is_cluster() {
                 self.invalidate_spread(chunk).await?;
                 continue;
@@ -789,7 +900,13 @@ impl Backend for RedisBackend {
             }
             invocation
                 .arg(self.nonce())
-                .arg(millis(self.inner.config.stale_window));
+                .arg(millis(self.inner.config.stale_window))
+                // --- near cache (issue 19): published by the script with the stamps, always
+                // (a process without a near cache still invalidates those that have one).
+                .arg("0")
+                .arg(self.near_channel())
+                .arg(near::deps_message(chunk.iter().map(|d| d.as_bytes())));
+            // --- end near cache ---
             let mut conn = self.conn()?;
             let _stamp: String = self
                 .run("invalidate", invocation.invoke_async(&mut conn))

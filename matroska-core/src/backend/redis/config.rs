@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::near::NearConfig;
 use crate::error::{Error, Result};
 
 /// Settings of a [`RedisBackend`].
@@ -37,6 +38,9 @@ pub struct RedisConfig {
     /// Seed nodes of a Redis Cluster (`redis://host:port` each); empty for a single server
     /// at [`RedisConfig::url`]. See [`RedisConfig::cluster`].
     pub cluster_nodes: Vec<String>,
+    /// The in-process tier in front of Redis, off (`None`) by default. See
+    /// [`RedisConfig::near_cache`].
+    pub near_cache: Option<NearConfig>,
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -58,6 +62,7 @@ impl std::fmt::Debug for RedisConfig {
                     .map(|url| redact_password(url))
                     .collect::<Vec<_>>(),
             )
+            .field("near_cache", &self.near_cache)
             .finish()
     }
 }
@@ -96,6 +101,7 @@ impl RedisConfig {
             known_keys: 10_000,
             wait_for_replicas: 0,
             cluster_nodes: Vec::new(),
+            near_cache: None,
         }
     }
 
@@ -149,6 +155,49 @@ impl RedisConfig {
     #[must_use]
     pub fn known_keys(mut self, keys: u64) -> Self {
         self.known_keys = keys;
+        self
+    }
+
+    /// Turns on the near cache: a bounded in-process tier in front of Redis that serves hits
+    /// without a round trip.
+    ///
+    /// Every invalidation publishes the dependencies it stamped (in the same script as the
+    /// stamps, on the channel `{prefix}:n`) and `delete` publishes its key, whether or not the
+    /// publishing process has a near cache; each process with one holds a subscribed
+    /// connection and drops its near entries that depend on them. The consistency model:
+    /// - an invalidation or delete in this process reaches its own near tier before it returns
+    ///   (read-your-writes is unchanged);
+    /// - another process stops serving the old value once it has received the message
+    ///   (delivery latency, milliseconds on a LAN), and in any case no read that begins more
+    ///   than [`NearConfig::max_lag`] after the invalidation returned is served from its near
+    ///   tier unless that process's subscriber has confirmed, with a ping on its subscribed
+    ///   connection, that it recorded every message published up to then. A killed
+    ///   subscription, a Redis restart, a stalled or paused process: the tier serves nothing
+    ///   until it is subscribed and confirmed again, and then starts empty;
+    /// - a `put` is not broadcast: a process may keep serving the value it holds for a key
+    ///   that another process overwrote without invalidating a dependency or deleting the key
+    ///   (for cached queries that is the same answer: only a write, which invalidates, changes
+    ///   it), until [`NearConfig::max_age`] or eviction;
+    /// - releases before the near cache do not publish: do not mix them with processes that
+    ///   have it on.
+    ///
+    /// Single server only for now: on a cluster ([`RedisConfig::cluster`]) the backend's
+    /// constructor refuses it with [`Error::Config`].
+    ///
+    /// ```no_run
+    /// # async fn run() -> matroska_core::Result<()> {
+    /// use std::time::Duration;
+    /// use matroska_core::Cache;
+    /// use matroska_core::backend::redis::{NearConfig, RedisBackend, RedisConfig};
+    ///
+    /// let config = RedisConfig::new("redis://127.0.0.1:6379", "myapp")
+    ///     .near_cache(NearConfig::new(64 << 20).max_lag(Duration::from_millis(200)));
+    /// let cache = Cache::builder(RedisBackend::connect(config).await?).build()?;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn near_cache(mut self, near: NearConfig) -> Self {
+        self.near_cache = Some(near);
         self
     }
 

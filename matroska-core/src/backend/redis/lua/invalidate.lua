@@ -10,6 +10,9 @@
 -- ARGV[2]  stamp time to live, ms (the stale window; puts extend it to their entries' TTL)
 -- ARGV[3]  '1' to restart the clock with a fresh epoch when it is owned by another server
 --          instance, run id (Redis Cluster), else '0' or absent
+-- ARGV[4]  the near-cache channel '{P}:n', or absent (Redis Cluster: the caller publishes
+--          after writing the stamps)
+-- ARGV[5]  the message to publish there: the dependencies of KEYS[2 ..] (near.rs)
 --
 -- Returns the stamp written, '<epoch>:<count>'.
 --
@@ -32,6 +35,9 @@
 --   clock's otherwise. A clock it starts is owned by this server instance, so entries stored
 --   on it before the clock was lost still match it (they record the owner: incarnation.rs)
 --   and a verification does not restart it;
+-- * every process's near cache hears of this invalidation in the same step as the stamps
+--   change (ARGV[4]): one that receives the message and then reads Redis sees the new stamps,
+--   so its refill cannot bring the old value back;
 -- * the caller bounds the number of dependencies per call, so a call never blocks the
 --   server for long.
 local c = redis.call('GET', KEYS[1])
@@ -52,5 +58,8 @@ local stamp = epoch .. ':' .. string.format('%d', tonumber(count) + 1)
 redis.call('SET', KEYS[1], stamp .. ':' .. owner)
 for i = 2, #KEYS do
   redis.call('SET', KEYS[i], stamp, 'PX', ARGV[2])
+end
+if ARGV[4] then
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
 end
 return stamp
