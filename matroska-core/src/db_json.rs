@@ -59,6 +59,9 @@ pub type DecodeFn = fn(&Json) -> Result<Value, String>;
 pub struct ColumnDecoder {
     decode: DecodeFn,
     bytes: bool,
+    /// [`ColumnDecoder::untyped`]: the field's type is unknown, so a value bound in a query
+    /// cannot be shown to equal the field's [`ToValue`](crate::ToValue).
+    untyped: bool,
 }
 
 impl ColumnDecoder {
@@ -67,6 +70,7 @@ impl ColumnDecoder {
         ColumnDecoder {
             decode: T::from_db_json,
             bytes: T::BYTES,
+            untyped: false,
         }
     }
 
@@ -76,6 +80,7 @@ impl ColumnDecoder {
         ColumnDecoder {
             decode: decode_untyped,
             bytes: false,
+            untyped: true,
         }
     }
 
@@ -90,6 +95,11 @@ impl ColumnDecoder {
     /// Whether the column may hold bytes (see [`FromDbJson::BYTES`]).
     pub fn is_bytes(&self) -> bool {
         self.bytes
+    }
+
+    /// Whether this is [`ColumnDecoder::untyped`] (the field type has no [`FromDbJson`]).
+    pub fn is_untyped(&self) -> bool {
+        self.untyped
     }
 }
 

@@ -68,6 +68,7 @@ mod codec;
 mod collect;
 mod db_json;
 mod dependency;
+pub mod derived;
 mod error;
 pub mod fold;
 mod key;
