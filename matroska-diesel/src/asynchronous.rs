@@ -250,6 +250,8 @@ where
     let Some(namespace) = namespace::of_async_connection(conn).await? else {
         return Ok(exec(plan.query, conn).await?);
     };
+    let mut plan = plan;
+    plan.derive::<C::Backend>();
     let (key, others) = plan.entry::<C::Backend>(&namespace);
     let Plan {
         query,

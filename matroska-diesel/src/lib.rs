@@ -163,6 +163,7 @@
 #[cfg(feature = "diesel-async")]
 #[cfg_attr(docsrs, doc(cfg(feature = "diesel-async")))]
 pub mod asynchronous;
+mod derived;
 mod error;
 mod filter;
 mod key;

@@ -305,6 +305,10 @@ fn next_private_owner() -> u64 {
 /// A backend whose connections can say which data they read. Implemented for Diesel's SQLite,
 /// PostgreSQL and MySQL backends (with this crate's features of the same names).
 pub trait NamespaceBackend: Backend + Sized {
+    /// How the backend renders SQL, for [`Cached::derived`](crate::Cached::derived).
+    #[doc(hidden)]
+    const DIALECT: matroska_core::derived::Dialect;
+
     /// Asks the namespace on a sync connection.
     #[doc(hidden)]
     fn ask<C>(conn: &mut C) -> QueryResult<Asked>
@@ -357,6 +361,9 @@ impl Asked {
 macro_rules! namespace_backend {
     ($backend:ty, $name:expr, $sql:expr, $row:ty, |$r:ident| $memory:expr) => {
         impl NamespaceBackend for $backend {
+            const DIALECT: matroska_core::derived::Dialect =
+                matroska_core::derived::Dialect::Sqlite;
+
             fn ask<C>(conn: &mut C) -> QueryResult<Asked>
             where
                 C: LoadConnection<Backend = Self>,
@@ -448,8 +455,11 @@ impl<C> RunQueryDsl<C> for Probe {}
 /// Implements [`NamespaceBackend`] for a backend asked with [`Probe`].
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 macro_rules! probe_backend {
-    ($backend:ty, $name:expr) => {
+    ($backend:ty, $name:expr, $dialect:ident) => {
         impl NamespaceBackend for $backend {
+            const DIALECT: matroska_core::derived::Dialect =
+                matroska_core::derived::Dialect::$dialect;
+
             fn ask<C>(conn: &mut C) -> QueryResult<Asked>
             where
                 C: LoadConnection<Backend = Self>,
@@ -480,9 +490,9 @@ macro_rules! probe_backend {
 }
 
 #[cfg(feature = "postgres")]
-probe_backend!(diesel::pg::Pg, "Postgres");
+probe_backend!(diesel::pg::Pg, "Postgres", Postgres);
 #[cfg(feature = "mysql")]
-probe_backend!(diesel::mysql::Mysql, MYSQL);
+probe_backend!(diesel::mysql::Mysql, MYSQL, MySql);
 
 /// The namespace of a sync connection: remembered in it if it has run nothing since it was
 /// asked, else asked (and remembered when its instrumentation slot allows); `None` when its

@@ -110,7 +110,11 @@ use diesel::query_builder::{AsQuery, QueryFragment};
 use diesel::query_dsl::methods::{FilterDsl, FindDsl, LimitDsl, SelectDsl};
 use diesel::query_dsl::{LoadQuery, RunQueryDsl};
 use diesel::{OptionalExtension, QueryResult};
-use matroska_core::{Cache, CacheDeps, Dependency, DependencySet, Loaded, QueryRow, ToKeyValues};
+use matroska_core::derived::{Basis, Derivation};
+use matroska_core::{
+    Cache, CacheDeps, Dependency, DependencySet, Loaded, QueryRow, TableSpec, ToKeyValues,
+    WatchedTable,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -172,6 +176,7 @@ impl<Q: AsQuery> CachedExt for Q {
             namespace: None,
             conditions: Vec::new(),
             scopes: Vec::new(),
+            derive: None,
         }
     }
 }
@@ -188,6 +193,8 @@ pub struct Cached<Q> {
     conditions: Vec<Dependency>,
     /// The entities the conditions are of: they depend on their condition, not on every write.
     scopes: Vec<&'static str>,
+    /// With [`Cached::derived`]: the table whose dependencies are read from the `WHERE`.
+    derive: Option<TableSpec>,
 }
 
 impl<Q> Cached<Q> {
@@ -235,6 +242,78 @@ impl<Q> Cached<Q> {
             namespace: self.namespace,
             conditions,
             scopes,
+            derive: self.derive,
+        }
+    }
+
+    /// Reads the entry's dependencies on `M`'s entity from the query's own `WHERE` instead of
+    /// depending on every write to it (opt-in for now): a query that lists primary keys
+    /// (`posts::id.eq_any(ids)`, `.find(id)`) depends on those keys, one filtered only by
+    /// equalities on the fields of one `#[scope(..)]` (and ordered by them or the key) on
+    /// those conditions, as [`Cached::scoped`] would; anything else stays coarse. See
+    /// [`matroska_core::derived`] for the rules, and [`Cached::explain`] for what a query got.
+    ///
+    /// Applies to `load`, `get_results`, `get_result`, `first` and `count` of a query on `M`'s
+    /// table alone (no join), and is ignored with [`Cached::scoped`] (the declared conditions
+    /// stay) and by `values` / `value` (a write to any column may change those).
+    ///
+    /// ```text
+    /// let list = posts::table
+    ///     .filter(posts::id.eq_any(&ids))
+    ///     .order(posts::created_at.desc())
+    ///     .cached(&cache)
+    ///     .derived::<Post>()
+    ///     .load::<Post, _>(conn)
+    ///     .await?;
+    /// ```
+    pub fn derived<M: WatchedTable>(mut self) -> Self {
+        self.derive = Some(M::watched_table());
+        self
+    }
+
+    /// The dependencies this query's entry gets on backend `DB` beside its rows' keys, and
+    /// why: [`Basis::Declared`] with [`Cached::scoped`], the derived ones (or coarse with the
+    /// reason) with [`Cached::derived`], else coarse.
+    ///
+    /// ```
+    /// use diesel::prelude::*;
+    /// use matroska_core::{Cache, ColumnDecoder, TableSpec, WatchedTable};
+    /// use matroska_diesel::CachedExt;
+    ///
+    /// diesel::table! { posts (id) { id -> Integer, title -> Text } }
+    /// struct Post;
+    /// impl WatchedTable for Post {
+    ///     fn watched_table() -> TableSpec {
+    ///         TableSpec::new("posts", "posts").key("id", ColumnDecoder::of::<i32>())
+    ///     }
+    /// }
+    ///
+    /// let cache = Cache::memory();
+    /// let by_ids = posts::table.filter(posts::id.eq_any(vec![1, 2])).cached(&cache).derived::<Post>();
+    /// assert_eq!(by_ids.explain::<diesel::sqlite::Sqlite>().to_string(), "derived: 2 primary key(s)");
+    /// let by_title = posts::table.filter(posts::title.eq("a")).cached(&cache).derived::<Post>();
+    /// assert!(by_title.explain::<diesel::sqlite::Sqlite>().is_coarse());
+    /// ```
+    pub fn explain<DB>(&self) -> Derivation
+    where
+        DB: NamespaceBackend + Default,
+        DB::QueryBuilder: Default,
+        Q: QueryFragment<DB>,
+    {
+        match (&self.derive, self.scopes.first()) {
+            (_, Some(_)) => Derivation {
+                dependencies: self.conditions.clone(),
+                basis: Basis::Declared,
+            },
+            (Some(spec), None) => crate::derived::derivation::<DB, _>(spec, &self.query),
+            // The row type (its entities) is known only when the query runs.
+            (None, None) => Derivation {
+                dependencies: Vec::new(),
+                basis: Basis::Coarse(
+                    "neither `.scoped` nor `.derived`: every write to each entity of the row type"
+                        .to_owned(),
+                ),
+            },
         }
     }
 
@@ -242,6 +321,7 @@ impl<Q> Cached<Q> {
     /// not: for results that are not rows (values, aggregates).
     pub(crate) fn coarse_plan<M: QueryRow>(mut self, kind: &'static str) -> Plan<Q> {
         self.scopes.clear();
+        self.derive = None;
         self.plan::<M>(kind)
     }
 
@@ -250,15 +330,20 @@ impl<Q> Cached<Q> {
     pub(crate) fn plan<U: QueryRow>(self, kind: &'static str) -> Plan<Q> {
         let mut entities = Vec::new();
         U::entities(&mut entities);
+        // Derived: a query of the spec's entity alone, not scoped.
+        let derive = self.derive.filter(|spec| {
+            self.scopes.is_empty() && entities.len() == 1 && entities[0] == spec.entity()
+        });
         let mut base = self.conditions;
         let mut seen: Vec<&'static str> = Vec::new();
         for entity in &entities {
-            if !self.scopes.contains(entity) && !seen.contains(entity) {
+            if derive.is_none() && !self.scopes.contains(entity) && !seen.contains(entity) {
                 seen.push(entity);
                 base.extend(entity_dependencies_of(entity));
             }
         }
         Plan {
+            derive,
             query: self.query,
             cache: self.cache,
             ttl: self.ttl,
@@ -434,6 +519,8 @@ pub(crate) struct Plan<Q> {
     kind: &'static str,
     /// The dependencies that do not come from rows.
     pub(crate) base: Vec<Dependency>,
+    /// The table whose dependencies [`Plan::derive`] adds to `base` from the query's SQL.
+    derive: Option<TableSpec>,
 }
 
 impl<Q> Plan<Q> {
@@ -448,6 +535,22 @@ impl<Q> Plan<Q> {
             entities: self.entities,
             kind: self.kind,
             base: self.base,
+            derive: self.derive,
+        }
+    }
+
+    /// Adds the dependencies derived from the query as backend `DB` renders it, when
+    /// [`Cached::derived`] applies: done by the sync and async drivers before a fill.
+    pub(crate) fn derive<DB>(&mut self)
+    where
+        DB: NamespaceBackend + Default,
+        DB::QueryBuilder: Default,
+        Q: QueryFragment<DB>,
+    {
+        if let Some(spec) = self.derive.take() {
+            let derivation = crate::derived::derivation::<DB, _>(&spec, &self.query);
+            tracing::debug!(entity = spec.entity(), %derivation, "derived dependencies");
+            self.base.extend(derivation.dependencies);
         }
     }
 
@@ -564,6 +667,7 @@ where
         entities: vec![name],
         kind: "id",
         base,
+        derive: None,
     }
 }
 
@@ -602,6 +706,8 @@ where
     let Some(namespace) = blocking(|| namespace::of_connection(conn))? else {
         return Ok(blocking(|| exec(plan.query, conn))?);
     };
+    let mut plan = plan;
+    plan.derive::<C::Backend>();
     let (key, others) = plan.entry::<C::Backend>(&namespace);
     let Plan {
         query,

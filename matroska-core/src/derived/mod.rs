@@ -76,7 +76,7 @@ pub enum Dialect {
     Postgres,
     /// `` `ident` ``, `?` (`"..."` is a string).
     MySql,
-    /// `"ident"`, `?`.
+    /// `"ident"` or `` `ident` ``, `?`.
     Sqlite,
 }
 
@@ -110,6 +110,8 @@ pub enum Basis {
     Derived(Vec<Term>),
     /// Every write to the entity: the reason no narrower dependency is correct.
     Coarse(String),
+    /// The scope conditions the query was given (`.scoped(&condition)`), not read from it.
+    Declared,
 }
 
 /// How one term (conjunction) of a filter was derived.
@@ -135,7 +137,9 @@ impl Derivation {
         matches!(self.basis, Basis::Coarse(_))
     }
 
-    fn coarse(entity: &str, reason: impl Into<String>) -> Self {
+    /// Every write to `entity` ([`Dependency::any_change`] and [`Dependency::invalidate_all`]),
+    /// for `reason`.
+    pub fn coarse(entity: &str, reason: impl Into<String>) -> Self {
         Derivation {
             dependencies: vec![
                 Dependency::any_change(entity),
@@ -150,6 +154,7 @@ impl fmt::Display for Derivation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.basis {
             Basis::Coarse(reason) => write!(f, "coarse (every write to the entity): {reason}"),
+            Basis::Declared => f.write_str("declared: the `.scoped` conditions"),
             Basis::Derived(terms) => {
                 f.write_str("derived:")?;
                 for (i, term) in terms.iter().enumerate() {

@@ -47,15 +47,17 @@ fn tokenize(sql: &str, dialect: Dialect) -> Parsed<Vec<Tok>> {
     let mut out = Vec::new();
     let mut i = 0;
     let mut next_positional = 0;
-    let quote = match dialect {
-        Dialect::MySql => '`',
-        Dialect::Postgres | Dialect::Sqlite => '"',
+    // SQLite takes both quotes (Diesel writes backticks there, SeaORM double quotes).
+    let is_ident_quote = |c: char| match dialect {
+        Dialect::MySql => c == '`',
+        Dialect::Postgres => c == '"',
+        Dialect::Sqlite => c == '"' || c == '`',
     };
     while let Some(&c) = chars.get(i) {
         if c.is_whitespace() {
             i += 1;
-        } else if c == quote {
-            let (text, next) = quoted(&chars, i, quote)?;
+        } else if is_ident_quote(c) {
+            let (text, next) = quoted(&chars, i, c)?;
             out.push(Tok::Ident(text));
             i = next;
         } else if c == '\'' || c == '"' || c == '`' {
