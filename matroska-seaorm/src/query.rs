@@ -74,7 +74,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use matroska_core::{Cache, CacheDeps, Dependency, Loaded};
+use matroska_core::derived::{Basis, Bound, Derivation, Dialect};
+use matroska_core::{Cache, CacheDeps, Dependency, Loaded, TableSpec, WatchedTable};
 use sea_orm::sea_query::{FromValueTuple, IntoValueTuple};
 use sea_orm::{
     DbErr, EntityName, EntityTrait, PaginatorTrait, PrimaryKeyTrait, QueryFilter, QueryTrait,
@@ -160,6 +161,8 @@ pub struct Cached<S> {
     ttl: Option<Duration>,
     /// The scope conditions' dependencies; empty for an unscoped query.
     conditions: Vec<Dependency>,
+    /// With [`Cached::derived`]: the table whose dependencies are read from the `WHERE`.
+    derive: Option<TableSpec>,
 }
 
 impl<S: QueryFilter + QueryTrait> Cached<S> {
@@ -169,7 +172,18 @@ impl<S: QueryFilter + QueryTrait> Cached<S> {
             cache: cache.clone(),
             ttl: None,
             conditions: Vec::new(),
+            derive: None,
         }
+    }
+
+    /// The dependencies derived from the query as `backend` renders it, when
+    /// [`Cached::derived`] applies (set, and no `.scoped` condition).
+    fn derivation(&self, backend: sea_orm::DbBackend) -> Option<Derivation> {
+        let spec = self.derive.as_ref()?;
+        if !self.conditions.is_empty() {
+            return None;
+        }
+        Some(derivation(spec, &self.query.build(backend)))
     }
 
     /// Time to live of the entry (default: the cache's).
@@ -248,7 +262,15 @@ impl<S: QueryFilter + QueryTrait> Cached<S> {
         let Some(namespace) = cache_namespace::<E, C>(db, kind).await? else {
             return Ok(load(query, db).await?.0);
         };
-        let key = self.key::<E>(kind, &namespace, db.get_database_backend());
+        let backend = db.get_database_backend();
+        let mut extra = extra;
+        if let Some(derived) = self.derivation(backend) {
+            // Set only on a `Select` of one entity, whose `extra` is that entity's coarse
+            // dependencies: the derived ones replace them.
+            tracing::debug!(table = E::default().table_name(), %derived, "derived dependencies");
+            extra = derived.dependencies;
+        }
+        let key = self.key::<E>(kind, &namespace, backend);
         self.load(&key, || async move {
             let (rows, mut deps) = load(query, db).await?;
             deps.extend(extra);
@@ -458,6 +480,49 @@ where
     )))
 }
 
+/// The dependencies of `statement` on `spec`'s table, read from its SQL and values.
+fn derivation(spec: &TableSpec, statement: &Statement) -> Derivation {
+    let dialect = match statement.db_backend {
+        sea_orm::DbBackend::Postgres => Dialect::Postgres,
+        sea_orm::DbBackend::MySql => Dialect::MySql,
+        sea_orm::DbBackend::Sqlite => Dialect::Sqlite,
+        #[allow(unreachable_patterns)]
+        _ => return Derivation::coarse(spec.entity(), "a database backend of unknown dialect"),
+    };
+    let binds: Vec<Bound> = statement
+        .values
+        .iter()
+        .flat_map(|values| values.iter())
+        .map(|v| match bound_value(v.clone()) {
+            Some(v) => Bound::Value(v),
+            None => Bound::Unknown,
+        })
+        .collect();
+    matroska_core::derived::derive(spec, dialect, &statement.sql, &binds)
+}
+
+/// A bound value as the derive's `ToValue` renders the field it is compared with, for the
+/// types whose rendering is known (`NULL` of them included); arrays, floats, dates, JSON and
+/// the rest are unknown (their predicates stay coarse).
+fn bound_value(value: sea_orm::Value) -> Option<matroska_core::Value> {
+    use matroska_core::Value as V;
+    use sea_orm::Value as S;
+    match value {
+        S::Bool(None)
+        | S::TinyInt(None)
+        | S::SmallInt(None)
+        | S::Int(None)
+        | S::BigInt(None)
+        | S::TinyUnsigned(None)
+        | S::SmallUnsigned(None)
+        | S::Unsigned(None)
+        | S::BigUnsigned(None)
+        | S::String(None)
+        | S::Uuid(None) => Some(V::Null),
+        other => key_values(other.into_value_tuple())?.pop(),
+    }
+}
+
 /// A primary key's values as the derive's `ToValue` renders them, when every part has a
 /// known rendering.
 fn key_values(values: sea_orm::sea_query::ValueTuple) -> Option<Vec<matroska_core::Value>> {
@@ -495,6 +560,49 @@ where
     /// (see the [module docs](self)).
     pub fn scoped<C: ScopeFilter<Entity = E>>(self, condition: &C) -> Self {
         self.scope_by(condition)
+    }
+
+    /// Reads the entry's dependencies from the select's own `WHERE` instead of depending on
+    /// every write to the entity (opt-in for now): a select that lists primary keys
+    /// (`Column::Id.is_in(ids)`, `find_by_id`) depends on those keys, one filtered only by
+    /// equalities on the fields of one `#[scope(..)]` (and ordered by them or the key) on
+    /// those conditions, as [`Cached::scoped`] would; anything else stays coarse. See
+    /// [`matroska_core::derived`] for the rules and [`Cached::explain`] for what a select got.
+    /// Ignored with [`Cached::scoped`] (the declared conditions stay).
+    ///
+    /// ```text
+    /// let list = post::Entity::find()
+    ///     .filter(post::Column::Id.is_in(ids))
+    ///     .order_by_desc(post::Column::CreatedAt)
+    ///     .cached(&cache)
+    ///     .derived()
+    ///     .all(&db)
+    ///     .await?;
+    /// ```
+    pub fn derived(mut self) -> Self
+    where
+        E::Model: WatchedTable,
+    {
+        self.derive = Some(<E::Model as WatchedTable>::watched_table());
+        self
+    }
+
+    /// The dependencies this select's entries get on `backend` beside their rows' keys, and
+    /// why: [`Basis::Declared`] with [`Cached::scoped`], the derived ones (or coarse with the
+    /// reason) with [`Cached::derived`], else coarse.
+    pub fn explain(&self, backend: sea_orm::DbBackend) -> Derivation {
+        if let Some(derived) = self.derivation(backend) {
+            return derived;
+        }
+        if self.conditions.is_empty() {
+            let entity = <E::Model as CacheDeps>::entity_name();
+            Derivation::coarse(entity, "neither `.scoped` nor `.derived`")
+        } else {
+            Derivation {
+                dependencies: self.conditions.clone(),
+                basis: Basis::Declared,
+            }
+        }
     }
 
     /// All rows, as `Select::all`.
@@ -734,5 +842,127 @@ mod tests {
             statement_hash("Sqlite", &select),
             statement_hash("", &select)
         );
+    }
+
+    mod post {
+        use sea_orm::entity::prelude::*;
+
+        #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+        #[sea_orm(table_name = "posts")]
+        pub struct Model {
+            #[sea_orm(primary_key)]
+            pub id: i32,
+            pub title: String,
+            pub category: String,
+            pub published: bool,
+            pub series: Option<String>,
+        }
+
+        #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+        pub enum Relation {}
+
+        impl ActiveModelBehavior for ActiveModel {}
+    }
+
+    fn spec() -> TableSpec {
+        use matroska_core::ColumnDecoder;
+        TableSpec::new("posts", "posts")
+            .key("id", ColumnDecoder::of::<i32>())
+            .scope(
+                &[
+                    ("published", ColumnDecoder::of::<bool>()),
+                    ("category", ColumnDecoder::of::<String>()),
+                ],
+                false,
+            )
+            .scope(&[("series", ColumnDecoder::of::<Option<String>>())], false)
+    }
+
+    /// The selects as SeaORM builds them for each backend.
+    #[test]
+    fn derived_from_the_sql_seaorm_builds() {
+        use matroska_core::Value;
+        use sea_orm::{ColumnTrait, QueryOrder, QuerySelect};
+        let pk = |i: i32| Dependency::primary_key("posts", [i]);
+        let all = Dependency::invalidate_all("posts");
+        for backend in [DbBackend::Postgres, DbBackend::MySql, DbBackend::Sqlite] {
+            let ids = post::Entity::find()
+                .filter(post::Column::Id.is_in([1, 2]))
+                .filter(post::Column::Title.eq("x"))
+                .order_by_desc(post::Column::Title)
+                .limit(3)
+                .offset(1);
+            let d = derivation(&spec(), &ids.build(backend));
+            assert_eq!(
+                d.dependencies,
+                vec![pk(1), pk(2), all.clone()],
+                "{backend:?}: {d}"
+            );
+            let one = post::Entity::find_by_id(7);
+            let d = derivation(&spec(), &one.build(backend));
+            assert_eq!(d.dependencies, vec![pk(7), all.clone()], "{backend:?}: {d}");
+            let scope = post::Entity::find()
+                .filter(post::Column::Published.eq(true))
+                .filter(post::Column::Category.is_in(["a", "b"]))
+                .order_by_asc(post::Column::Id);
+            let d = derivation(&spec(), &scope.build(backend));
+            let cond = |c: &str| {
+                Dependency::condition(
+                    "posts",
+                    [
+                        ("published", Value::Bool(true)),
+                        ("category", Value::from(c)),
+                    ],
+                )
+            };
+            assert_eq!(
+                d.dependencies,
+                vec![cond("a"), cond("b"), all.clone()],
+                "{backend:?}: {d}"
+            );
+            let series = post::Entity::find().filter(post::Column::Series.is_null());
+            assert!(!derivation(&spec(), &series.build(backend)).is_coarse());
+            let empty = post::Entity::find().filter(post::Column::Id.is_in(Vec::<i32>::new()));
+            let d = derivation(&spec(), &empty.build(backend));
+            assert_eq!(
+                d.dependencies,
+                vec![all.clone()],
+                "{backend:?} {}: {d}",
+                empty.build(backend).sql
+            );
+            let either = post::Entity::find().filter(
+                sea_orm::Condition::any()
+                    .add(post::Column::Id.eq(3))
+                    .add(post::Column::Series.eq("s")),
+            );
+            let d = derivation(&spec(), &either.build(backend));
+            assert_eq!(d.dependencies.len(), 3, "{backend:?}: {d}");
+            for coarse in [
+                post::Entity::find(),
+                post::Entity::find().filter(post::Column::Title.eq("t")),
+                post::Entity::find().filter(post::Column::Id.gt(1)),
+                post::Entity::find().filter(post::Column::Title.like("a%")),
+                post::Entity::find().filter(post::Column::Series.is_not_null()),
+                post::Entity::find()
+                    .filter(post::Column::Category.eq("a"))
+                    .order_by_asc(post::Column::Title),
+                post::Entity::find()
+                    .filter(post::Column::Category.eq("a"))
+                    .filter(post::Column::Title.eq("t")),
+                post::Entity::find().filter(post::Column::Category.eq(5)),
+                post::Entity::find().filter(
+                    post::Column::Id.in_subquery(
+                        sea_orm::sea_query::Query::select()
+                            .column(post::Column::Id)
+                            .from(post::Entity)
+                            .to_owned(),
+                    ),
+                ),
+            ] {
+                let statement = coarse.build(backend);
+                let d = derivation(&spec(), &statement);
+                assert!(d.is_coarse(), "{backend:?} {}: {d}", statement.sql);
+            }
+        }
     }
 }

@@ -179,7 +179,7 @@ impl fmt::Display for Derivation {
 /// values in order) on `spec`'s table; see the [module docs](self).
 pub fn derive(spec: &TableSpec, dialect: Dialect, sql: &str, binds: &[Bound]) -> Derivation {
     let entity = spec.entity();
-    let select = match sql::parse(sql, dialect) {
+    let select = match sql::parse(sql, dialect, binds) {
         Ok(select) => select,
         Err(sql::Unsupported(reason)) => return Derivation::coarse(entity, reason),
     };

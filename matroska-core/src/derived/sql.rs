@@ -6,7 +6,8 @@
 //! coarse dependencies: a statement this parser does not fully understand never yields
 //! anything narrower.
 
-use super::Dialect;
+use super::{Bound, Dialect};
+use crate::value::Value;
 
 /// At most this many terms (conjunctions) in a normalised `WHERE`; past it, coarse.
 pub const MAX_TERMS: usize = 16;
@@ -223,15 +224,21 @@ pub struct Select {
 /// # Errors
 /// [`Unsupported`] for anything outside the subset (joins, subqueries, grouping, operators
 /// other than `=`, `IN`, `= ANY`, `IS NULL`, `AND`, `OR`, ...).
-pub fn parse(sql: &str, dialect: Dialect) -> Parsed<Select> {
+pub fn parse(sql: &str, dialect: Dialect, binds: &[Bound]) -> Parsed<Select> {
     let tokens = tokenize(sql, dialect)?;
-    let mut p = Parser { tokens, at: 0 };
+    let mut p = Parser {
+        tokens,
+        at: 0,
+        binds,
+    };
     p.statement()
 }
 
-struct Parser {
+struct Parser<'b> {
     tokens: Vec<Tok>,
     at: usize,
+    /// To evaluate comparisons of constants (`$1 = $2`, SeaORM's empty `IN`).
+    binds: &'b [Bound],
 }
 
 /// An unnormalised filter.
@@ -242,7 +249,7 @@ enum Expr {
     Or(Vec<Expr>),
 }
 
-impl Parser {
+impl Parser<'_> {
     fn peek(&self) -> Option<&Tok> {
         self.tokens.get(self.at)
     }
@@ -440,16 +447,13 @@ impl Parser {
         if self.eat_word("FALSE") {
             return Ok(Expr::Const(false));
         }
-        if let Some(Tok::Number(left)) = self.peek().cloned() {
-            // `1 = 1` / `1 = 2` / `1=0`: what the ORMs render for empty `IN` lists and
-            // empty conditions.
-            self.at += 1;
+        if matches!(self.peek(), Some(Tok::Number(_) | Tok::Param(_))) {
+            // `1 = 1`, `1=0`, `$1 = $2`: what the ORMs render for empty `IN` lists and empty
+            // conditions. Integers only (a string comparison would need the collation).
+            let left = self.operand()?;
             self.expect(&Tok::Op("=".to_owned()))?;
-            let right = match self.next() {
-                Some(Tok::Number(right)) => right,
-                _ => return Err(Unsupported::new("a comparison of a literal")),
-            };
-            let (l, r) = (integer(&left)?, integer(&right)?);
+            let right = self.operand()?;
+            let (l, r) = (self.integer(&left)?, self.integer(&right)?);
             return Ok(Expr::Const(l == r));
         }
         let column = self.column(table)?;
@@ -496,6 +500,18 @@ impl Parser {
             return Ok(Expr::Pred(Predicate::IsNull { column }));
         }
         Err(self.unexpected("`=`, `IN` or `IS NULL`"))
+    }
+
+    fn integer(&self, operand: &Operand) -> Parsed<i128> {
+        match operand {
+            Operand::Int(i) => Ok(*i),
+            Operand::Param(i) => match self.binds.get(*i) {
+                Some(Bound::Value(Value::Int(v))) => Ok(*v),
+                _ => Err(Unsupported::new(
+                    "a comparison of constants that are not both integers",
+                )),
+            },
+        }
     }
 
     fn operand(&mut self) -> Parsed<Operand> {

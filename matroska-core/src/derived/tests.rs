@@ -390,12 +390,18 @@ fn text_keys_are_coarse_and_composite_keys_need_every_column() {
 
 #[test]
 fn empty_lists_and_constants() {
-    // SeaORM's `is_in([])` is `1 = 2`, Diesel's `eq_any(vec![])` on SQLite `1=0`.
+    // SeaORM's `is_in([])` is `$1 = $2` (1, 2), Diesel's `eq_any(vec![])` on SQLite `1=0`.
     for sql in [
         format!(r#"{PG_COLUMNS} WHERE 1 = 2"#),
         format!(r#"{PG_COLUMNS} WHERE 1=0 AND "posts"."title" = $1"#),
+        format!(r#"{PG_COLUMNS} WHERE $2 = $3"#),
     ] {
-        let d = derive(&spec(), Dialect::Postgres, &sql, &[text("x")]);
+        let d = derive(
+            &spec(),
+            Dialect::Postgres,
+            &sql,
+            &[text("x"), int(1), int(2)],
+        );
         assert_eq!(d.dependencies, vec![all()], "{sql}");
         assert_eq!(d.basis, Basis::Derived(vec![]));
     }
@@ -406,6 +412,15 @@ fn empty_lists_and_constants() {
     let sql = format!(r#"{PG_COLUMNS} WHERE 1 = 1 AND "posts"."id" = $1"#);
     let d = derive(&spec(), Dialect::Postgres, &sql, &[int(3)]);
     assert_eq!(deps(&d), BTreeSet::from([pk(3), all()]));
+    // Strings compare under a collation: not evaluated.
+    let sql = format!(r#"{PG_COLUMNS} WHERE $1 = $2 OR "posts"."id" = $3"#);
+    let d = derive(
+        &spec(),
+        Dialect::Postgres,
+        &sql,
+        &[text("a"), text("A"), int(3)],
+    );
+    assert!(d.is_coarse(), "{d}");
 }
 
 #[test]
