@@ -837,6 +837,268 @@ macro_rules! diesel_tests {
                 assert_eq!(list_db(&mut env, "fantasy").len(), 3);
             }
 
+            /// Posts `ids` by a key list, `.derived()`: ordered by an unwatched column, which
+            /// a key list allows.
+            async fn by_ids(env: &mut Env<Conn>, ids: &[i32]) -> Vec<Post> {
+                posts::table
+                    .filter(posts::id.eq_any(ids.to_vec()))
+                    .order((posts::title, posts::id))
+                    .cached(&env.cache)
+                    .derived::<Post>()
+                    .load::<Post, _>(&mut env.conn)
+                    .await
+                    .unwrap()
+            }
+
+            async fn by_ids_count(env: &mut Env<Conn>, ids: &[i32]) -> i64 {
+                posts::table
+                    .filter(posts::id.eq_any(ids.to_vec()))
+                    .cached(&env.cache)
+                    .derived::<Post>()
+                    .count::<Post, _>(&mut env.conn)
+                    .await
+                    .unwrap()
+            }
+
+            /// Whether the key list and its count were served from the cache, after checking
+            /// that both answer what the database holds.
+            async fn by_ids_hit(env: &mut Env<Conn>, backend: &Faulty, ids: &[i32]) -> bool {
+                let before = backend.hits();
+                let list = by_ids(env, ids).await;
+                let listed = backend.hits() > before;
+                let count = by_ids_count(env, ids).await;
+                let counted = backend.hits() > before + usize::from(listed);
+                let db: Vec<Post> = posts::table
+                    .filter(posts::id.eq_any(ids.to_vec()))
+                    .order((posts::title, posts::id))
+                    .load(&mut env.conn)
+                    .unwrap();
+                assert_eq!(list, db, "key list");
+                assert_eq!(count, db.len() as i64, "key count");
+                assert_eq!(
+                    listed, counted,
+                    "the list and its count are dropped together"
+                );
+                listed
+            }
+
+            async fn delivered(env: &Env<Conn>) {
+                env.relay
+                    .wait_delivered(Duration::from_secs(20))
+                    .await
+                    .unwrap();
+            }
+
+            /// A `.derived()` key list (`id IN (..)` / `= ANY`) and its count depend on the
+            /// listed keys: writes to other rows keep them; an update, a delete, or the insert
+            /// of a listed id that was missing drops them, through Diesel or raw SQL.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn derived_key_lists() {
+                let backend = Arc::new(Faulty::new(support::redis_backend("d_derived_keys").await));
+                let cache = Cache::builder_arc(backend.clone()).build().unwrap();
+                let mut env = setup_with("d_derived_keys", cache).await;
+                let (a, b) = (env.a.id, env.b.id);
+                let missing = b + 100;
+                let ids = [a, missing];
+                let explained = posts::table
+                    .filter(posts::id.eq_any(ids.to_vec()))
+                    .cached(&env.cache)
+                    .derived::<Post>()
+                    .explain::<Backend>();
+                assert_eq!(explained.to_string(), "derived: 2 primary key(s)");
+                assert!(
+                    !by_ids_hit(&mut env, &backend, &ids).await,
+                    "first read loads"
+                );
+                assert!(
+                    by_ids_hit(&mut env, &backend, &ids).await,
+                    "second read hits"
+                );
+
+                // Other rows: an unwatched and a watched column of B, a new row, by Diesel and
+                // raw SQL.
+                diesel::update(posts::table.find(b))
+                    .set(posts::title.eq("B2"))
+                    .execute(&mut env.conn)
+                    .unwrap();
+                diesel::sql_query(format!(
+                    "UPDATE posts SET category = 'fantasy' WHERE id = {b}"
+                ))
+                .execute(&mut env.conn)
+                .unwrap();
+                let c = insert(&mut env.conn, "C", "fantasy");
+                assert_ne!(c.id, missing);
+                delivered(&env).await;
+                assert!(
+                    by_ids_hit(&mut env, &backend, &ids).await,
+                    "a write outside the list dropped it"
+                );
+
+                let writes = [
+                    format!("UPDATE posts SET title = 'A2' WHERE id = {a}"),
+                    format!(
+                        "INSERT INTO posts (id, title, category, published) \
+                         VALUES ({missing}, 'M', 'x', true)"
+                    ),
+                    format!("UPDATE posts SET published = false WHERE id = {missing}"),
+                    format!("DELETE FROM posts WHERE id = {a}"),
+                ];
+                for write in writes {
+                    diesel::sql_query(&write).execute(&mut env.conn).unwrap();
+                    delivered(&env).await;
+                    assert!(!by_ids_hit(&mut env, &backend, &ids).await, "{write}: kept");
+                    assert!(
+                        by_ids_hit(&mut env, &backend, &ids).await,
+                        "{write}: refilled"
+                    );
+                }
+                // Through Diesel's query builder too.
+                diesel::update(posts::table.find(missing))
+                    .set(posts::title.eq("M2"))
+                    .execute(&mut env.conn)
+                    .unwrap();
+                delivered(&env).await;
+                assert!(
+                    !by_ids_hit(&mut env, &backend, &ids).await,
+                    "Diesel update: kept"
+                );
+                // A write the relay cannot narrow to rows (PostgreSQL records a `TRUNCATE` as
+                // one, invalidating the entity's `all`): only `all` reaches the list.
+                if <Conn as DieselConn>::KIND == support::db::Kind::Postgres {
+                    assert!(by_ids_hit(&mut env, &backend, &ids).await);
+                    env.conn.batch_execute("TRUNCATE posts").unwrap();
+                    delivered(&env).await;
+                    assert!(
+                        !by_ids_hit(&mut env, &backend, &ids).await,
+                        "TRUNCATE: kept"
+                    );
+                }
+            }
+
+            /// A `.derived()` filter on a declared scope's fields gets what `.scoped` gives,
+            /// and behaves so; a filter outside the subset is coarse: any write drops it.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn derived_scope_and_coarse_filters() {
+                let backend =
+                    Arc::new(Faulty::new(support::redis_backend("d_derived_scope").await));
+                let cache = Cache::builder_arc(backend.clone()).build().unwrap();
+                let mut env = setup_with("d_derived_scope", cache).await;
+                fn fantasy() -> diesel::helper_types::Order<
+                    diesel::helper_types::Filter<
+                        diesel::helper_types::Filter<
+                            posts::table,
+                            diesel::helper_types::Eq<posts::published, bool>,
+                        >,
+                        diesel::helper_types::Eq<posts::category, &'static str>,
+                    >,
+                    posts::id,
+                > {
+                    posts::table
+                        .filter(posts::published.eq(true))
+                        .filter(posts::category.eq("fantasy"))
+                        .order(posts::id)
+                }
+                let explained = fantasy()
+                    .cached(&env.cache)
+                    .derived::<Post>()
+                    .explain::<Backend>();
+                let mut got = explained.dependencies.clone();
+                let mut want = published_in("fantasy").dependencies();
+                got.sort();
+                want.sort();
+                assert_eq!(got, want, "{explained}");
+                async fn hit(env: &mut Env<Conn>, backend: &Faulty) -> bool {
+                    let before = backend.hits();
+                    let list = fantasy()
+                        .cached(&env.cache)
+                        .derived::<Post>()
+                        .load::<Post, _>(&mut env.conn)
+                        .await
+                        .unwrap();
+                    assert_eq!(list, fantasy().load::<Post>(&mut env.conn).unwrap());
+                    backend.hits() > before
+                }
+                async fn titled_hit(env: &mut Env<Conn>, backend: &Faulty) -> bool {
+                    let before = backend.hits();
+                    let query = || {
+                        posts::table
+                            .filter(posts::title.like("%A%"))
+                            .order(posts::id)
+                    };
+                    let list = query()
+                        .cached(&env.cache)
+                        .derived::<Post>()
+                        .load::<Post, _>(&mut env.conn)
+                        .await
+                        .unwrap();
+                    assert_eq!(list, query().load::<Post>(&mut env.conn).unwrap());
+                    backend.hits() > before
+                }
+                let coarse = posts::table
+                    .filter(posts::title.like("%A%"))
+                    .cached(&env.cache)
+                    .derived::<Post>()
+                    .explain::<Backend>();
+                assert!(coarse.is_coarse(), "{coarse}");
+                // The same SQL as `list(env, "fantasy")`'s (`.scoped` renders this filter), so
+                // the same entry: `setup` filled it.
+                assert!(hit(&mut env, &backend).await);
+                assert!(!titled_hit(&mut env, &backend).await);
+                assert!(titled_hit(&mut env, &backend).await);
+                // An unwatched column of a sci-fi row: the scope list stays, the coarse one goes.
+                diesel::update(posts::table.find(env.b.id))
+                    .set(posts::title.eq("B2"))
+                    .execute(&mut env.conn)
+                    .unwrap();
+                delivered(&env).await;
+                assert!(
+                    hit(&mut env, &backend).await,
+                    "scope list dropped by another list's row"
+                );
+                assert!(!titled_hit(&mut env, &backend).await, "coarse list kept");
+                // A scope filter with one more conjunct on an unwatched column: coarse, since
+                // a title change (which reaches no condition) moves A into it.
+                async fn titled_fantasy_hit(env: &mut Env<Conn>, backend: &Faulty) -> bool {
+                    let before = backend.hits();
+                    let query = || {
+                        posts::table
+                            .filter(posts::category.eq("fantasy"))
+                            .filter(posts::title.eq("Z"))
+                            .order(posts::id)
+                    };
+                    let list = query()
+                        .cached(&env.cache)
+                        .derived::<Post>()
+                        .load::<Post, _>(&mut env.conn)
+                        .await
+                        .unwrap();
+                    assert_eq!(
+                        list,
+                        query().load::<Post>(&mut env.conn).unwrap(),
+                        "a title filter beside a scope"
+                    );
+                    backend.hits() > before
+                }
+                assert!(!titled_fantasy_hit(&mut env, &backend).await);
+                assert!(titled_fantasy_hit(&mut env, &backend).await);
+                diesel::update(posts::table.find(env.a.id))
+                    .set(posts::title.eq("Z"))
+                    .execute(&mut env.conn)
+                    .unwrap();
+                delivered(&env).await;
+                assert!(!titled_fantasy_hit(&mut env, &backend).await);
+                // A row moving into the scope, by raw SQL: dropped, fresh after.
+                diesel::sql_query(format!(
+                    "UPDATE posts SET category = 'fantasy' WHERE id = {}",
+                    env.b.id
+                ))
+                .execute(&mut env.conn)
+                .unwrap();
+                delivered(&env).await;
+                assert!(!hit(&mut env, &backend).await, "a row entering the scope");
+                assert_eq!(fantasy().load::<Post>(&mut env.conn).unwrap().len(), 2);
+            }
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn migration_sql_route() {
                 let mut env = setup("d_migration").await;

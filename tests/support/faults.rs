@@ -7,7 +7,7 @@
 //! closed (a reply still on its way while the world moves on).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -37,6 +37,8 @@ pub struct Faulty {
     hits_stopped: watch::Sender<usize>,
     /// Reads answered (to the caller), ever.
     gets_answered: watch::Sender<usize>,
+    /// Reads that found a value, ever.
+    hits: AtomicUsize,
 }
 
 impl Faulty {
@@ -60,6 +62,7 @@ impl Faulty {
             hits_open: watch::Sender::new(true),
             hits_stopped: watch::Sender::new(0),
             gets_answered: watch::Sender::new(0),
+            hits: AtomicUsize::new(0),
         }
     }
 
@@ -92,6 +95,11 @@ impl Faulty {
     /// How many reads have been answered so far.
     pub fn gets_answered(&self) -> usize {
         *self.gets_answered.borrow()
+    }
+
+    /// How many reads have found a value so far (hits of cached queries).
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
     }
 
     /// Waits until more than `before` reads have been answered.
@@ -166,6 +174,7 @@ impl Backend for Faulty {
     async fn get(&self, key: &str) -> matroska::Result<Option<Bytes>> {
         let read = self.inner.get(key).await;
         if matches!(read, Ok(Some(_))) {
+            self.hits.fetch_add(1, Ordering::SeqCst);
             let mut open = self.hits_open.subscribe();
             if !*open.borrow_and_update() {
                 self.hits_stopped.send_modify(|n| *n += 1);
