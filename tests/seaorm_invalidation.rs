@@ -84,6 +84,7 @@ matrix!(
     cached_queries_match_uncached,
     lookup_by_id_depends_on_its_key_only,
     with_cache_inside_a_unit_of_work,
+    derived_queries,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -869,4 +870,175 @@ async fn with_cache_inside_a_unit_of_work(env: Env) {
         ["outer", "v3"],
         "the row rolled back to the savepoint is still cached"
     );
+}
+
+/// `.derived()` selects: a key list (`is_in` on the primary key, ordered by an unwatched
+/// column) depends on its keys only, a filter on a declared scope's fields on its conditions
+/// (as `.scoped`), anything else on every write. A write behind the hooks' back
+/// (`update_many`, no hooks) shows whether an entry is still served.
+async fn derived_queries(env: Env) {
+    let db = env.conn();
+    let kolypto = new_author(db, "kolypto").await;
+    let first = new_article("Python", "A", true, kolypto.id)
+        .insert(db)
+        .await
+        .unwrap();
+    let second = new_article("Cache", "B", true, kolypto.id)
+        .insert(db)
+        .await
+        .unwrap();
+    let missing = second.id + 100;
+    let ids = [first.id, missing];
+    let by_ids = || {
+        article::Entity::find()
+            .filter(article::Column::Id.is_in(ids))
+            .order_by_asc(article::Column::Title)
+            .cached(&env.cache)
+            .derived()
+    };
+    let db_by_ids = || async {
+        article::Entity::find()
+            .filter(article::Column::Id.is_in(ids))
+            .order_by_asc(article::Column::Title)
+            .all(db)
+            .await
+            .unwrap()
+    };
+    let fresh = || async {
+        let cached = by_ids().all(db).await.unwrap();
+        assert_eq!(cached, db_by_ids().await, "stale key list");
+        assert_eq!(
+            by_ids().count(db).await.unwrap(),
+            cached.len() as u64,
+            "stale key count"
+        );
+        cached
+    };
+    let sneak_title = |id: i32, title: &'static str| async move {
+        article::Entity::update_many()
+            .col_expr(article::Column::Title, Expr::val(title))
+            .filter(article::Column::Id.eq(id))
+            .exec(db)
+            .await
+            .unwrap();
+    };
+    assert_eq!(
+        by_ids().explain(db.get_database_backend()).to_string(),
+        "derived: 2 primary key(s)"
+    );
+    assert_eq!(titles(&fresh().await), ["Python"]);
+
+    // Another row's saves (an unwatched and a watched column) and a new row keep the list.
+    let mut am = second.clone().into_active_model();
+    am.title = Set("Caching".into());
+    am.category = Set("A".into());
+    am.update(db).await.unwrap();
+    new_article("Other", "A", true, kolypto.id)
+        .insert(db)
+        .await
+        .unwrap();
+    sneak_title(first.id, "sneaked").await;
+    assert_eq!(
+        titles(&by_ids().all(db).await.unwrap()),
+        ["Python"],
+        "a write outside the list dropped it"
+    );
+
+    // A listed row's save drops it.
+    let mut am = first.clone().into_active_model();
+    am.title = Set("Rust".into());
+    let first = am.update(db).await.unwrap();
+    assert_eq!(titles(&fresh().await), ["Rust"]);
+    // The insert of a listed key that was missing drops it.
+    article::ActiveModel {
+        id: Set(missing),
+        ..new_article("Late", "B", false, kolypto.id)
+    }
+    .insert(db)
+    .await
+    .unwrap();
+    assert_eq!(titles(&fresh().await), ["Late", "Rust"]);
+    // So do a bulk update and a delete.
+    bulk::update_many::<article::Entity>()
+        .col_expr(article::Column::Title, Expr::val("Bulk"))
+        .filter(article::Column::Id.eq(missing))
+        .exec(db)
+        .await
+        .unwrap();
+    assert_eq!(titles(&fresh().await), ["Bulk", "Rust"]);
+    first.delete(db).await.unwrap();
+    assert_eq!(titles(&fresh().await), ["Bulk"]);
+
+    // A declared scope's fields: what `.scoped` gives, and an entering row drops it.
+    let scope = || {
+        article::Entity::find()
+            .filter(article::Column::Published.eq(true))
+            .filter(article::Column::Category.eq("A"))
+            .order_by_asc(article::Column::Id)
+            .cached(&env.cache)
+            .derived()
+    };
+    let explained = scope().explain(db.get_database_backend());
+    let mut got = explained.dependencies.clone();
+    let mut want = article::published_in("A").dependencies();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "{explained}");
+    let scope_db = || async {
+        article::Entity::find()
+            .filter(article::published_in("A").filter())
+            .order_by_asc(article::Column::Id)
+            .all(db)
+            .await
+            .unwrap()
+    };
+    assert_eq!(scope().all(db).await.unwrap(), scope_db().await);
+    // A row of another list: kept (the sneaked title shows it).
+    let b_row = new_article("B1", "B", true, kolypto.id)
+        .insert(db)
+        .await
+        .unwrap();
+    let listed = scope().all(db).await.unwrap();
+    let id = listed[0].id;
+    sneak_title(id, "sneaked").await;
+    let mut am = b_row.clone().into_active_model();
+    am.title = Set("B2".into());
+    am.update(db).await.unwrap();
+    assert_eq!(
+        scope().all(db).await.unwrap(),
+        listed,
+        "dropped by another list's row"
+    );
+    // Moving that row into the scope drops it.
+    let mut am = b_row.into_active_model();
+    am.category = Set("A".into());
+    am.update(db).await.unwrap();
+    assert_eq!(scope().all(db).await.unwrap(), scope_db().await);
+
+    // Outside the subset: coarse, any save drops it.
+    let titled = || {
+        article::Entity::find()
+            .filter(article::Column::Title.like("%a%"))
+            .order_by_asc(article::Column::Id)
+            .cached(&env.cache)
+            .derived()
+    };
+    let explained = titled().explain(db.get_database_backend());
+    assert!(explained.is_coarse(), "{explained}");
+    let titled_db = || async {
+        article::Entity::find()
+            .filter(article::Column::Title.like("%a%"))
+            .order_by_asc(article::Column::Id)
+            .all(db)
+            .await
+            .unwrap()
+    };
+    assert_eq!(titled().all(db).await.unwrap(), titled_db().await);
+    sneak_title(id, "sneaked again").await;
+    let author = new_author(db, "unrelated").await;
+    new_article("zzz", "C", false, author.id)
+        .insert(db)
+        .await
+        .unwrap();
+    assert_eq!(titled().all(db).await.unwrap(), titled_db().await);
 }
