@@ -197,6 +197,84 @@ macro_rules! diesel_async_tests {
                 assert!(first(&mut env).await.is_some());
             }
 
+            /// `.derived()` on the async forms: a key list follows a write to a listed row and
+            /// stays cached through a write to another row (seen afterwards through a write
+            /// the triggers, removed, do not record).
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn derived_key_list() {
+                let mut env = setup("da_derived").await;
+                let (a, b) = (env.a.id, env.b.id);
+                async fn titles(env: &mut Env<Conn>, ids: &[i32]) -> (Vec<String>, Option<String>) {
+                    let query = || {
+                        posts::table
+                            .filter(posts::id.eq_any(ids.to_vec()))
+                            .order(posts::title)
+                            .cached(&env.cache)
+                            .derived::<Post>()
+                    };
+                    let list = query().load_async::<Post, _>(&mut env.conn).await.unwrap();
+                    let first = query().first_async::<Post, _>(&mut env.conn).await.unwrap();
+                    (
+                        list.into_iter().map(|p| p.title).collect(),
+                        first.map(|p| p.title),
+                    )
+                }
+                let ids = [a, b + 100];
+                assert_eq!(
+                    titles(&mut env, &ids).await,
+                    (vec!["A".to_owned()], Some("A".to_owned()))
+                );
+                diesel::update(posts::table.find(a))
+                    .set(posts::title.eq("A2"))
+                    .execute(&mut env.conn)
+                    .await
+                    .unwrap();
+                env.relay
+                    .wait_delivered(std::time::Duration::from_secs(20))
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    titles(&mut env, &ids).await,
+                    (vec!["A2".to_owned()], Some("A2".to_owned()))
+                );
+                // The listed key that was missing, inserted by raw SQL.
+                diesel::sql_query(format!(
+                    "INSERT INTO posts (id, title, category, published) VALUES ({}, 'M', 'x', true)",
+                    b + 100
+                ))
+                .execute(&mut env.conn)
+                .await
+                .unwrap();
+                env.relay
+                    .wait_delivered(std::time::Duration::from_secs(20))
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    titles(&mut env, &ids).await,
+                    (vec!["A2".to_owned(), "M".to_owned()], Some("A2".to_owned()))
+                );
+                diesel::update(posts::table.find(b))
+                    .set(posts::title.eq("B2"))
+                    .execute(&mut env.conn)
+                    .await
+                    .unwrap();
+                env.relay
+                    .wait_delivered(std::time::Duration::from_secs(20))
+                    .await
+                    .unwrap();
+                uninstall_outbox(&mut <Sync as DieselConn>::open(&env.db), &["posts"]).unwrap();
+                diesel::update(posts::table.find(a))
+                    .set(posts::title.eq("A3"))
+                    .execute(&mut env.conn)
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    titles(&mut env, &ids).await,
+                    (vec!["A2".to_owned(), "M".to_owned()], Some("A2".to_owned())),
+                    "the write to B dropped the key list"
+                );
+            }
+
             async fn inner_join(env: &mut Env<Conn>) -> Vec<(Comment, Post)> {
                 comments::table
                     .inner_join(posts::table)

@@ -337,7 +337,7 @@ impl<Q> Cached<Q> {
         let mut base = self.conditions;
         let mut seen: Vec<&'static str> = Vec::new();
         for entity in &entities {
-            if derive.is_none() && !self.scopes.contains(entity) && !seen.contains(entity) {
+            if !self.scopes.contains(entity) && !seen.contains(entity) {
                 seen.push(entity);
                 base.extend(entity_dependencies_of(entity));
             }
@@ -519,7 +519,8 @@ pub(crate) struct Plan<Q> {
     kind: &'static str,
     /// The dependencies that do not come from rows.
     pub(crate) base: Vec<Dependency>,
-    /// The table whose dependencies [`Plan::derive`] adds to `base` from the query's SQL.
+    /// The table whose dependencies [`Plan::derive`] puts in `base` (in place of its coarse
+    /// ones) from the query's SQL.
     derive: Option<TableSpec>,
 }
 
@@ -550,6 +551,10 @@ impl<Q> Plan<Q> {
         if let Some(spec) = self.derive.take() {
             let derivation = crate::derived::derivation::<DB, _>(&spec, &self.query);
             tracing::debug!(entity = spec.entity(), %derivation, "derived dependencies");
+            // `base` holds the entity's coarse dependencies until here, so a driver that
+            // skipped this step would be coarse, never too narrow.
+            let coarse = entity_dependencies_of(spec.entity());
+            self.base.retain(|dep| !coarse.contains(dep));
             self.base.extend(derivation.dependencies);
         }
     }
