@@ -18,6 +18,9 @@
 //!   entity of the row type,
 //!   - the scope condition given with [`Cached::scoped`] (which also filters the query), for
 //!     the entity it is a condition of;
+//!   - with [`Cached::derived`] (opt-in), for a query of one entity alone, the dependencies
+//!     read from the query's own `WHERE` ([`matroska_core::derived`]): the listed primary keys
+//!     of `id = ANY(..)` / `IN (..)`, or a declared scope's conditions, else coarse;
 //!   - otherwise the entity's `any_change` and `all` dependencies: any committed write to its
 //!     table invalidates the entry (coarse, never stale).
 //!

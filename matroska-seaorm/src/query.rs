@@ -12,6 +12,9 @@
 //! - **Dependencies**: the primary key of every row returned (related rows included), plus
 //!   - with [`Cached::scoped`], the scope condition (which also filters the query: one typed
 //!     value serves both, since a `Select`'s filter cannot be read back);
+//!   - with [`Cached::derived`] (opt-in), the dependencies read from the select's own `WHERE`
+//!     ([`matroska_core::derived`]): the listed primary keys of `is_in` / `eq` on the key, or
+//!     a declared scope's conditions, else coarse;
 //!   - otherwise the entity's `any_change` and `all` dependencies: any write to the entity
 //!     invalidates the entry (coarse, never stale).
 //!
