@@ -1,7 +1,7 @@
 //! Dependencies derived from a cached query's own `WHERE`, for selects on one table.
 //!
 //! Neither SeaORM nor Diesel hands a query's filter back, but both render deterministic SQL
-//! with its bound values. [`derive`] reads that SQL back (a small parser for the subset the
+//! with its bound values. [`derive()`] reads that SQL back (a small parser for the subset the
 //! ORMs generate: qualified columns, `=`, `IN (..)`, `= ANY($n)`, `IS NULL`, `AND`, `OR`,
 //! parentheses, `ORDER BY` columns, `LIMIT` / `OFFSET`), normalises the filter to at most
 //! [`MAX_TERMS`] conjunctions, and gives each conjunction the narrowest dependencies that are
@@ -13,7 +13,7 @@
 //!   which every write to that row invalidates, an insert of a missing one included) and on
 //!   the entity's `all` (bulk writes);
 //! - **a declared scope**: a conjunction whose predicates are all equalities (or `IN` lists,
-//!   or `IS NULL`) on the fields of one `#[scope(..)]` that [`Scope::condition`] would serve,
+//!   or `IS NULL`) on the fields of one `#[scope(..)]` that [`Scope::condition`](crate::Scope::condition) would serve,
 //!   in a query ordered only by that scope's fields or the key, depends on those conditions
 //!   and `all`, exactly as `.scoped(&condition)` would;
 //! - a disjunction is the union of its terms, when every term is one of the above.
