@@ -97,13 +97,13 @@ impl DebugText {
 
     fn value(&mut self) -> Option<Bound> {
         match self.peek()? {
-            '"' => self.string().map(|s| Bound::Value(Value::Str(s))),
+            '"' => self.string().map(|s| Bound::Scalar(Value::Str(s))),
             '[' => {
                 let items = self.list()?;
                 let values: Option<Vec<Value>> = items
                     .into_iter()
                     .map(|item| match item {
-                        Bound::Value(v) => Some(v),
+                        Bound::Scalar(v) => Some(v),
                         _ => None,
                     })
                     .collect();
@@ -142,7 +142,7 @@ impl DebugText {
                         .or_else(|| uuid(w).map(|u| Value::typed("uuid", u))),
                 };
                 match (scalar, self.at_separator()) {
-                    (Some(value), true) => Some(Bound::Value(value)),
+                    (Some(value), true) => Some(Bound::Scalar(value)),
                     _ => {
                         // A type this reader does not know (`UserId(5)`, `1.5`,
                         // `2026-01-01T00:00:00`): skip it whole, brackets and strings included.
@@ -272,17 +272,17 @@ mod tests {
         assert_eq!(
             binds,
             vec![
-                Bound::Value(Value::Int(1)),
-                Bound::Value(Value::Int(-2)),
-                Bound::Value(Value::from("a, \"b\"]\n\u{1f}")),
-                Bound::Value(Value::Bool(true)),
-                Bound::Value(Value::Null),
-                Bound::Value(Value::from("x")),
+                Bound::Scalar(Value::Int(1)),
+                Bound::Scalar(Value::Int(-2)),
+                Bound::Scalar(Value::from("a, \"b\"]\n\u{1f}")),
+                Bound::Scalar(Value::Bool(true)),
+                Bound::Scalar(Value::Null),
+                Bound::Scalar(Value::from("x")),
                 Bound::List(vec![Value::Int(1), Value::Int(2)]),
                 Bound::Unknown,
                 Bound::Unknown,
                 Bound::Unknown,
-                Bound::Value(Value::typed("uuid", "67e55044-10b1-426f-9239-0c80c1d34f2b")),
+                Bound::Scalar(Value::typed("uuid", "67e55044-10b1-426f-9239-0c80c1d34f2b")),
                 Bound::List(vec![]),
             ]
         );
@@ -307,7 +307,7 @@ mod tests {
             let text = format!("{:?}", vec![s]);
             assert_eq!(
                 parse_binds(&text),
-                Some(vec![Bound::Value(Value::from(s))]),
+                Some(vec![Bound::Scalar(Value::from(s))]),
                 "{text}"
             );
         }

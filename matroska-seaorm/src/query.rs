@@ -497,7 +497,7 @@ fn derivation(spec: &TableSpec, statement: &Statement) -> Derivation {
         .iter()
         .flat_map(|values| values.iter())
         .map(|v| match bound_value(v.clone()) {
-            Some(v) => Bound::Value(v),
+            Some(v) => Bound::Scalar(v),
             None => Bound::Unknown,
         })
         .collect();

@@ -45,7 +45,7 @@
 //!     &spec,
 //!     Dialect::Sqlite,
 //!     r#"SELECT "posts"."id" FROM "posts" WHERE "posts"."title" LIKE ?"#,
-//!     &[Bound::Value(Value::from("A%"))],
+//!     &[Bound::Scalar(Value::from("A%"))],
 //! );
 //! assert!(by_title.is_coarse());
 //! assert!(by_title.dependencies.contains(&Dependency::any_change("posts")));
@@ -84,8 +84,10 @@ pub enum Dialect {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Bound {
-    /// A scalar, as [`ToValue`](crate::ToValue) renders it.
-    Value(Value),
+    /// A scalar, as [`ToValue`](crate::ToValue) renders it. (Not named `Value`: a second
+    /// public `Value` in the crate graph makes rustc print `ToValue`'s implementers with
+    /// full paths, which changes the derive's compile-fail messages.)
+    Scalar(Value),
     /// An array (PostgreSQL's `= ANY($1)`).
     List(Vec<Value>),
     /// A value the integration cannot read: any predicate using it is coarse.
@@ -242,7 +244,7 @@ fn values(
             .map(|v| match v {
                 Operand::Int(i) => Ok(Value::Int(*i)),
                 Operand::Param(i) => match binds.get(*i) {
-                    Some(Bound::Value(v)) => Ok(v.clone()),
+                    Some(Bound::Scalar(v)) => Ok(v.clone()),
                     Some(Bound::List(_)) => Err(format!("`{name}` compared to a list")),
                     Some(Bound::Unknown) => Err(format!(
                         "`{name}` compared to a value of an unreadable type"

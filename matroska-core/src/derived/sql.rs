@@ -506,7 +506,7 @@ impl Parser<'_> {
         match operand {
             Operand::Int(i) => Ok(*i),
             Operand::Param(i) => match self.binds.get(*i) {
-                Some(Bound::Value(Value::Int(v))) => Ok(*v),
+                Some(Bound::Scalar(Value::Int(v))) => Ok(*v),
                 _ => Err(Unsupported::new(
                     "a comparison of constants that are not both integers",
                 )),

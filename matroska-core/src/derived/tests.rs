@@ -28,11 +28,11 @@ fn spec() -> TableSpec {
 }
 
 fn int(i: i128) -> Bound {
-    Bound::Value(Value::Int(i))
+    Bound::Scalar(Value::Int(i))
 }
 
 fn text(s: &str) -> Bound {
-    Bound::Value(Value::from(s))
+    Bound::Scalar(Value::from(s))
 }
 
 fn pk(id: i32) -> Dependency {
@@ -123,14 +123,14 @@ fn a_declared_scope_is_derived_as_scoped_would_give_it() {
             format!(
                 r#"{PG_COLUMNS} WHERE (("posts"."published" = $1) AND ("posts"."category" = $2)) ORDER BY "posts"."id""#
             ),
-            vec![Bound::Value(Value::Bool(true)), text("fantasy")],
+            vec![Bound::Scalar(Value::Bool(true)), text("fantasy")],
         ),
         (
             Dialect::MySql,
             format!(
                 "{MY_COLUMNS} WHERE `posts`.`category` = ? AND `posts`.`published` = ? ORDER BY `posts`.`published` ASC, `posts`.`category` DESC"
             ),
-            vec![text("fantasy"), Bound::Value(Value::Bool(true))],
+            vec![text("fantasy"), Bound::Scalar(Value::Bool(true))],
         ),
     ] {
         let d = derive(&spec(), dialect, &sql, &binds);
@@ -239,7 +239,7 @@ fn disjunctions_are_the_union_of_precise_terms() {
     let sql = format!(
         r#"{PG_COLUMNS} WHERE "posts"."id" = $1 OR ("posts"."published" = $2 AND "posts"."category" = $3)"#
     );
-    let binds = [int(7), Bound::Value(Value::Bool(false)), text("x")];
+    let binds = [int(7), Bound::Scalar(Value::Bool(false)), text("x")];
     let d = derive(&spec(), Dialect::Postgres, &sql, &binds);
     let cond = Dependency::condition(
         "posts",
@@ -348,7 +348,7 @@ fn bound_values_must_be_what_the_fields_type_renders() {
             &spec(),
             Dialect::Postgres,
             &by_id,
-            &[Bound::Value(Value::float(1.0))]
+            &[Bound::Scalar(Value::float(1.0))]
         )
         .is_coarse()
     );
@@ -559,7 +559,7 @@ fn render(dnf: &[Vec<Pred>], binds: &mut Vec<Bound>) -> String {
                     Pred::Published(b) => {
                         format!(
                             r#""posts"."published" = {}"#,
-                            param(Bound::Value(Value::Bool(*b)))
+                            param(Bound::Scalar(Value::Bool(*b)))
                         )
                     }
                     Pred::Category(cs) => {
