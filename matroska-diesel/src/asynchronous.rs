@@ -45,7 +45,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{Result, from_load};
 use crate::namespace::{self, NamespaceBackend};
 use crate::query::{
-    Cached, CachedRow, Plan, dependencies, find_plan, no_keys, row_keys, rows_keys,
+    Cached, CachedRow, Plan, dependencies, derived_base, find_plan, no_keys, row_keys, rows_keys,
 };
 
 impl<Q> Cached<Q> {
@@ -250,19 +250,19 @@ where
     let Some(namespace) = namespace::of_async_connection(conn).await? else {
         return Ok(exec(plan.query, conn).await?);
     };
-    let mut plan = plan;
-    plan.derive::<C::Backend>();
     let (key, others) = plan.entry::<C::Backend>(&namespace);
     let Plan {
         query,
         cache,
         ttl,
         mut base,
+        derive,
         ..
     } = plan;
     base.extend(others);
     cache
         .get_or_load(&key, ttl, || async move {
+            let base = derived_base::<C::Backend, _>(base, derive, &query);
             let value = exec(query, conn).await?;
             let deps = dependencies(&value, keys, base);
             Ok::<Loaded<T>, diesel::result::Error>((value, deps))

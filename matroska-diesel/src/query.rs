@@ -522,9 +522,9 @@ pub(crate) struct Plan<Q> {
     kind: &'static str,
     /// The dependencies that do not come from rows.
     pub(crate) base: Vec<Dependency>,
-    /// The table whose dependencies [`Plan::derive`] puts in `base` (in place of its coarse
+    /// The table whose dependencies [`derived_base`] puts in `base` (in place of its coarse
     /// ones) from the query's SQL.
-    derive: Option<TableSpec>,
+    pub(crate) derive: Option<TableSpec>,
 }
 
 impl<Q> Plan<Q> {
@@ -540,25 +540,6 @@ impl<Q> Plan<Q> {
             kind: self.kind,
             base: self.base,
             derive: self.derive,
-        }
-    }
-
-    /// Adds the dependencies derived from the query as backend `DB` renders it, when
-    /// [`Cached::derived`] applies: done by the sync and async drivers before a fill.
-    pub(crate) fn derive<DB>(&mut self)
-    where
-        DB: NamespaceBackend + Default,
-        DB::QueryBuilder: Default,
-        Q: QueryFragment<DB>,
-    {
-        if let Some(spec) = self.derive.take() {
-            let derivation = crate::derived::derivation::<DB, _>(&spec, &self.query);
-            tracing::debug!(entity = spec.entity(), %derivation, "derived dependencies");
-            // `base` holds the entity's coarse dependencies until here, so a driver that
-            // skipped this step would be coarse, never too narrow.
-            let coarse = entity_dependencies_of(spec.entity());
-            self.base.retain(|dep| !coarse.contains(dep));
-            self.base.extend(derivation.dependencies);
         }
     }
 
@@ -586,6 +567,30 @@ impl<Q> Plan<Q> {
             .collect();
         (key, others)
     }
+}
+
+/// `base` with the dependencies derived from `query` as backend `DB` renders it in place of
+/// the entity's coarse ones, when [`Cached::derived`] applies (`derive`). Both drivers call it
+/// in the loader, so a hit pays no parse; until it runs, `base` holds the coarse dependencies,
+/// so a driver that skipped it would be coarse, never too narrow.
+pub(crate) fn derived_base<DB, Q>(
+    mut base: Vec<Dependency>,
+    derive: Option<TableSpec>,
+    query: &Q,
+) -> Vec<Dependency>
+where
+    DB: NamespaceBackend + Default,
+    DB::QueryBuilder: Default,
+    Q: QueryFragment<DB>,
+{
+    if let Some(spec) = derive {
+        let derivation = crate::derived::derivation::<DB, _>(&spec, query);
+        tracing::debug!(entity = spec.entity(), %derivation, "derived dependencies");
+        let coarse = entity_dependencies_of(spec.entity());
+        base.retain(|dep| !coarse.contains(dep));
+        base.extend(derivation.dependencies);
+    }
+    base
 }
 
 /// The row keys of a list's rows.
@@ -714,19 +719,19 @@ where
     let Some(namespace) = blocking(|| namespace::of_connection(conn))? else {
         return Ok(blocking(|| exec(plan.query, conn))?);
     };
-    let mut plan = plan;
-    plan.derive::<C::Backend>();
     let (key, others) = plan.entry::<C::Backend>(&namespace);
     let Plan {
         query,
         cache,
         ttl,
         mut base,
+        derive,
         ..
     } = plan;
     base.extend(others);
     cache
         .get_or_load(&key, ttl, || async move {
+            let base = derived_base::<C::Backend, _>(base, derive, &query);
             let value = blocking(|| exec(query, conn))?;
             let deps = dependencies(&value, keys, base);
             Ok::<Loaded<T>, diesel::result::Error>((value, deps))

@@ -248,7 +248,7 @@ impl<S: QueryFilter + QueryTrait> Cached<S> {
     /// The body every cached select shares: key, then on a miss run `load` and cache what it
     /// returns (rows in their cached form, and their dependencies) with `extra` added.
     async fn fetch<'c, E, T, C, Fut>(
-        self,
+        mut self,
         db: &'c C,
         kind: &str,
         extra: Vec<Dependency>,
@@ -265,16 +265,25 @@ impl<S: QueryFilter + QueryTrait> Cached<S> {
         let Some(namespace) = cache_namespace::<E, C>(db, kind).await? else {
             return Ok(load(query, db).await?.0);
         };
-        let backend = db.get_database_backend();
-        let mut extra = extra;
-        if let Some(derived) = self.derivation(backend) {
-            // Set only on a `Select` of one entity, whose `extra` is that entity's coarse
-            // dependencies: the derived ones replace them.
-            tracing::debug!(table = E::default().table_name(), %derived, "derived dependencies");
-            extra = derived.dependencies;
-        }
-        let key = self.key::<E>(kind, &namespace, backend);
+        let statement = self.query.build(db.get_database_backend());
+        let key = statement_key::<E>(kind, &namespace, &statement);
+        let derive = if self.conditions.is_empty() {
+            self.derive.take()
+        } else {
+            None
+        };
         self.load(&key, || async move {
+            // Derived on a fill only: a hit pays no parse. `derive` is set only on a `Select`
+            // of one entity, whose `extra` is that entity's coarse dependencies: the derived
+            // ones replace them.
+            let extra = match derive {
+                Some(spec) => {
+                    let derived = derivation(&spec, &statement);
+                    tracing::debug!(table = spec.table(), %derived, "derived dependencies");
+                    derived.dependencies
+                }
+                None => extra,
+            };
             let (rows, mut deps) = load(query, db).await?;
             deps.extend(extra);
             Ok((rows, deps))
@@ -345,10 +354,15 @@ fn query_key<E: EntityName, S: QueryTrait>(
     namespace: &str,
     backend: sea_orm::DbBackend,
 ) -> String {
+    statement_key::<E>(kind, namespace, &query.build(backend))
+}
+
+/// `q:{table}:{kind}:{hash of statement}`.
+fn statement_key<E: EntityName>(kind: &str, namespace: &str, statement: &Statement) -> String {
     format!(
         "q:{}:{kind}:{:032x}",
         E::default().table_name(),
-        statement_hash(namespace, &query.build(backend))
+        statement_hash(namespace, statement)
     )
 }
 
