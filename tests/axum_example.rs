@@ -293,3 +293,92 @@ async fn axum_example_on_postgres() {
 async fn axum_example_on_mariadb() {
     drive(Kind::MySql).await;
 }
+
+/// Starts the example's router for `state` on a loopback port; the stop signal and the
+/// server task.
+async fn serve(
+    state: AppState,
+) -> (
+    Client,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = Client(listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let router = app::router(state);
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    (client, stop, server)
+}
+
+/// Two instances of the example on one database and one Redis prefix, each with a near cache
+/// (as `NEAR_CACHE=1` runs it): what one writes, the other reads back fresh once the
+/// invalidation's broadcast arrives (bounded poll, far above the broadcast's sub-millisecond
+/// delivery), though it served the old answer from its own memory just before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_with_near_caches_on_postgres() {
+    use matroska::backend::redis::{NearConfig, RedisConfig};
+
+    let db = ScratchDb::new(Kind::Postgres, "axum_near").await;
+    app::migrate(&db.conn).await.unwrap();
+    let prefix = support::unique("axum_near");
+    let near_cache = || async {
+        let config = RedisConfig::new(support::redis_url(), prefix.clone())
+            .near_cache(NearConfig::new(1 << 20));
+        matroska::Cache::builder(support::redis_backend_with(config).await)
+            .build()
+            .unwrap()
+    };
+    let (cache_a, cache_b) = (near_cache().await, near_cache().await);
+    let relay = app::relay(&db.conn, cache_a.clone()).unwrap();
+    let (a, stop_a, server_a) = serve(AppState {
+        db: db.conn.clone(),
+        cache: cache_a,
+    })
+    .await;
+    let (b, stop_b, server_b) = serve(AppState {
+        db: db.conn.clone(),
+        cache: cache_b,
+    })
+    .await;
+
+    let id = a.create("first", true).await["id"].as_i64().unwrap();
+    let path = format!("/posts/{id}");
+    // B caches the post (Redis, then its near tier) and serves it again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.get(&path).await["title"] != "first" {
+        assert!(Instant::now() < deadline, "B never read the created post");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(b.get(&path).await["title"], "first");
+    assert_eq!(b.page(1, 10).await, (strings(&["first"]), 1));
+
+    // A updates it (a hooked save: A's own reads are fresh at once) ...
+    a.patch(id, json!({ "title": "second" })).await;
+    assert_eq!(a.get(&path).await["title"], "second");
+    // ... and B drops its near copies when the broadcast arrives.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (post, page) = (b.get(&path).await, b.page(1, 10).await);
+        if post["title"] == "second" && page == (strings(&["second"]), 1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B still serves the old post: {post}, {page:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    for (stop, server) in [(stop_a, server_a), (stop_b, server_b)] {
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+    relay.shutdown().await;
+}

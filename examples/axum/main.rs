@@ -11,7 +11,13 @@
 //! own app: `matroska = { version = "0.1", features = ["sqlx-postgres"] }`, or the
 //! `sqlx-*` feature of your database.)
 //!
+//! Two instances on one database and one Redis, each with a near cache (in-process hits; an
+//! invalidation in either drops the other's copies through Redis's broadcast):
+//!
 //! ```sh
+//! export DATABASE_URL=postgres://postgres@127.0.0.1:5432/test REDIS_URL=redis://127.0.0.1:6379
+//! NEAR_CACHE=1 ADDR=127.0.0.1:3000 cargo run -p matroska-tests --example axum &
+//! NEAR_CACHE=1 ADDR=127.0.0.1:3001 cargo run -p matroska-tests --example axum
 //! ```
 //!
 //! Then (`ADDR`, default `127.0.0.1:3000`):
@@ -36,7 +42,7 @@ mod post;
 use std::error::Error;
 
 use matroska::Cache;
-use matroska::backend::redis::{RedisBackend, RedisConfig};
+use matroska::backend::redis::{NearConfig, RedisBackend, RedisConfig};
 use sea_orm::{ConnectOptions, Database};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -66,7 +72,13 @@ async fn main() -> Result<(), Box<dyn Error>> {
             };
             // `new`, not `connect`: the app starts while Redis is down (reads are misses, and
             // the backend connects in the background).
-            Cache::builder(RedisBackend::new(RedisConfig::new(redis, prefix))?).build()?
+            let mut config = RedisConfig::new(redis, prefix);
+            if std::env::var_os("NEAR_CACHE").is_some() {
+                // Hits served in process, kept coherent across instances by Redis's
+                // invalidation broadcast (64 MiB; a copy is checked at least every 200 ms).
+                config = config.near_cache(NearConfig::new(64 << 20));
+            }
+            Cache::builder(RedisBackend::new(config)?).build()?
         }
         Err(_) => Cache::memory(),
     };
