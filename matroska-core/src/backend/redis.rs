@@ -814,6 +814,14 @@ impl Backend for RedisBackend {
     }
 
     async fn put_many(&self, requests: Vec<PutRequest<'_>>) -> Result<Vec<PutOutcome>> {
+        // --- near cache (issue 19): as in `put`, every key's near copy and fills in flight
+        // are refused when this call ends (or is dropped), after its writes.
+        let keys: Vec<&str> = requests.iter().map(|r| r.key).collect();
+        let _near: Vec<_> = match self.inner.near.as_deref() {
+            Some(near) => keys.iter().map(|key| near.key_guard(key)).collect(),
+            None => Vec::new(),
+        };
+        // --- end near cache ---
         let mut outcomes: Vec<Option<PutOutcome>> = vec![None; requests.len()];
         // The script calls in one pipeline (one round trip); what must spread goes alone.
         let mut pipe = redis::pipe();
