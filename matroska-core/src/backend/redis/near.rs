@@ -238,7 +238,11 @@ pub(super) struct Near {
 }
 
 impl Near {
-    pub(super) fn new(config: NearConfig, channel: String) -> Self {
+    pub(super) fn new(mut config: NearConfig, channel: String) -> Self {
+        // The fields are public: keep the bounds the setters keep (a zero `max_lag` would
+        // also be a zero ping period, which panics the subscriber's interval).
+        let (lag, marks) = (config.max_lag, config.max_marks);
+        config = config.max_lag(lag).max_marks(marks);
         let entries = moka::sync::Cache::builder()
             .max_capacity(config.max_bytes)
             .weigher(weigh)
