@@ -177,8 +177,7 @@ async fn a_zero_max_lag_field_does_not_kill_the_subscriber() {
     let prefix = unique("review_zero_lag");
     let mut near = NearConfig::new(1 << 20);
     near.max_lag = Duration::ZERO;
-    let backend =
-        redis_backend_with(RedisConfig::new(redis_url(), &prefix).near_cache(near)).await;
+    let backend = redis_backend_with(RedisConfig::new(redis_url(), &prefix).near_cache(near)).await;
     put(&backend, "k", "v", &[]).await;
     fill(&backend, "k", "v").await;
 }
@@ -196,4 +195,63 @@ async fn a_put_many_is_read_back_in_its_own_process() {
     let outcomes = a.put_many(vec![request("k", "v2", &deps)]).await.unwrap();
     assert_eq!(outcomes.len(), 1);
     assert_eq!(a.get("k").await.unwrap().as_deref(), Some(&b"v2"[..]));
+}
+
+/// Finding 5 (design, documented as not covered). A put is not broadcast and `max_age` is
+/// `None` by default, so with the near tier on, `Cache::put` overwriting a key in process A
+/// (write-through: update the row, then put the new value) leaves process B serving the old
+/// value until the Redis entry's TTL, while every read of Redis (B's `get_many` included)
+/// already returns the new one. Without the near tier B reads the new value at once.
+#[tokio::test]
+async fn a_put_overwrite_in_another_process_is_not_served_stale_beyond_max_lag() {
+    let prefix = unique("review_put_overwrite");
+    let a = redis_backend_with(RedisConfig::new(redis_url(), &prefix)).await;
+    let b = redis_backend_with(near_config(&redis_url(), &prefix)).await;
+    put(&a, "k", "v1", &["dep"]).await;
+    fill(&b, "k", "v1").await;
+    put(&a, "k", "v2", &["dep"]).await;
+    let written = Instant::now();
+    assert_eq!(
+        b.get_many(&["k"]).await.unwrap()[0].as_deref(),
+        Some(&b"v2"[..])
+    );
+    tokio::time::sleep(written + 3 * LAG - Instant::now()).await;
+    assert_eq!(
+        b.get("k").await.unwrap().as_deref(),
+        Some(&b"v2"[..]),
+        "{:?} after the put returned",
+        written.elapsed()
+    );
+}
+
+/// Passes: the subscriber works with RESP3 and a database number in the URL (pub/sub
+/// channels ignore the database, so two databases sharing a prefix only over-invalidate).
+#[tokio::test]
+async fn the_near_tier_works_with_resp3_and_a_database_number() {
+    let prefix = unique("review_resp3_db");
+    let url = format!("{}/3?protocol=resp3", redis_url().trim_end_matches('/'));
+    let a = redis_backend_with(near_config(&url, &prefix)).await;
+    let b = redis_backend_with(RedisConfig::new(redis_url(), &prefix)).await;
+    put(&a, "k", "v1", &["dep"]).await;
+    fill(&a, "k", "v1").await;
+    // B writes in database 0: A hears it (over-invalidation, never staleness).
+    b.invalidate(&["dep".to_owned()]).await.unwrap();
+    eventually("A hears the invalidation", async || peek(&a, "k").is_none()).await;
+    a.invalidate(&["dep".to_owned()]).await.unwrap();
+    assert_eq!(a.get("k").await.unwrap(), None);
+}
+
+/// Passes: a `max_lag` of `Duration::MAX` (set with the builder) does not panic the
+/// subscriber (its ping period and the liveness arithmetic saturate).
+#[tokio::test]
+async fn a_huge_max_lag_does_not_kill_the_subscriber() {
+    let prefix = unique("review_huge_lag");
+    let near = NearConfig::new(1 << 20)
+        .max_lag(Duration::MAX)
+        .max_age(Duration::MAX);
+    let backend = redis_backend_with(RedisConfig::new(redis_url(), &prefix).near_cache(near)).await;
+    put(&backend, "k", "v", &["dep"]).await;
+    fill(&backend, "k", "v").await;
+    backend.invalidate(&["dep".to_owned()]).await.unwrap();
+    assert_eq!(peek(&backend, "k"), None);
 }
