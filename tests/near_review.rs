@@ -102,7 +102,6 @@ impl SwitchProxy {
 /// TTL (`max_age` is `None` by default). The liveness proof (a ping answered on the
 /// subscribed connection) does not prove the subscription is on the server the writes go to.
 #[tokio::test]
-#[ignore = "review 2, finding 1: not fixed (needs a liveness proof tied to the data path)"]
 async fn a_subscription_left_on_the_old_master_stops_serving_within_max_lag() {
     let old = PrivateRedis::start();
     let new = PrivateRedis::start();
