@@ -686,6 +686,20 @@ fn bad_reply(what: &str) -> Error {
     }
 }
 
+/// Warns (once per process) that Redis refused the near-cache broadcast on `channel`: the
+/// write happened, but processes with a near cache do not hear of it.
+fn broadcast_refused(channel: &str, why: Option<&redis::Value>) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            channel,
+            error = ?why,
+            "Redis refused the near-cache PUBLISH (an ACL user needs the channel: \
+             `&{channel}`); near caches of other processes will not hear of these writes"
+        );
+    }
+}
+
 /// Parses the clock `<epoch>:<count>` that ticket.lua returns.
 fn parse_clock(clock: &str) -> Option<Ticket> {
     let (epoch, count) = clock.split_once(':')?;
@@ -814,6 +828,14 @@ impl Backend for RedisBackend {
     }
 
     async fn put_many(&self, requests: Vec<PutRequest<'_>>) -> Result<Vec<PutOutcome>> {
+        // --- near cache (issue 19): as in `put`, every key's near copy and fills in flight
+        // are refused when this call ends (or is dropped), after its writes.
+        let keys: Vec<&str> = requests.iter().map(|r| r.key).collect();
+        let _near: Vec<_> = match self.inner.near.as_deref() {
+            Some(near) => keys.iter().map(|key| near.key_guard(key)).collect(),
+            None => Vec::new(),
+        };
+        // --- end near cache ---
         let mut outcomes: Vec<Option<PutOutcome>> = vec![None; requests.len()];
         // The script calls in one pipeline (one round trip); what must spread goes alone.
         let mut pipe = redis::pipe();
@@ -872,10 +894,23 @@ impl Backend for RedisBackend {
         if !self.is_cluster() {
             pipe.cmd("PUBLISH")
                 .arg(self.near_channel())
-                .arg(near::key_message(key))
-                .ignore();
+                .arg(near::key_message(key));
         }
-        let (removed,): (i64,) = self.run("delete", pipe.query_async(&mut conn)).await?;
+        // Each reply on its own: a refused `PUBLISH` must not fail the delete.
+        pipe.ignore_errors();
+        let mut replies: Vec<redis::Value> =
+            self.run("delete", pipe.query_async(&mut conn)).await?;
+        if replies.len() == 2
+            && let Some(redis::Value::ServerError(e)) = replies.pop()
+        {
+            broadcast_refused(&self.near_channel(), Some(&redis::Value::ServerError(e)));
+        }
+        let removed: i64 = match replies.pop() {
+            Some(reply) => {
+                redis::from_redis_value(reply).map_err(|e| Error::backend("redis", e))?
+            }
+            None => return Err(bad_reply("DEL answered nothing")),
+        };
         // --- end near cache ---
         Ok(removed > 0)
     }
@@ -908,9 +943,12 @@ impl Backend for RedisBackend {
                 .arg(near::deps_message(chunk.iter().map(|d| d.as_bytes())));
             // --- end near cache ---
             let mut conn = self.conn()?;
-            let _stamp: String = self
+            let answer: redis::Value = self
                 .run("invalidate", invocation.invoke_async(&mut conn))
                 .await?;
+            if let redis::Value::Array(answer) = answer {
+                broadcast_refused(&self.near_channel(), answer.get(1));
+            }
         }
         let replicas = self.inner.config.wait_for_replicas;
         if replicas > 0 {

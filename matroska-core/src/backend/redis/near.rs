@@ -20,7 +20,9 @@
 //!   an invalidation that returned at `t` can be served stale only by a read that began
 //!   before `t + max_lag`, whatever failed (connection killed, Redis restarted, this process
 //!   paused). On every (re)subscription the tier starts empty (the floor moves past every
-//!   entry).
+//!   entry). Every verification of a new data connection (`incarnation.rs`) resubscribes, so
+//!   that a failover behind a switching address does not leave the subscription on the old
+//!   master, which would answer pings and hear no write.
 //! - **Read-your-writes.** `invalidate` and `delete` record their marks in this process
 //!   before returning, independently of the broadcast.
 
@@ -235,10 +237,18 @@ pub(super) struct Near {
     pub(super) config: NearConfig,
     pub(super) channel: String,
     pub(super) hooks: Hooks,
+    /// Bumped when the backend verified a new data connection (a reconnect, perhaps to
+    /// another server after a failover behind a switching address): the subscriber
+    /// resubscribes, so that it listens where the writes now go.
+    pub(super) resubscribe: watch::Sender<u64>,
 }
 
 impl Near {
-    pub(super) fn new(config: NearConfig, channel: String) -> Self {
+    pub(super) fn new(mut config: NearConfig, channel: String) -> Self {
+        // The fields are public: keep the bounds the setters keep (a zero `max_lag` would
+        // also be a zero ping period, which panics the subscriber's interval).
+        let (lag, marks) = (config.max_lag, config.max_marks);
+        config = config.max_lag(lag).max_marks(marks);
         let entries = moka::sync::Cache::builder()
             .max_capacity(config.max_bytes)
             .weigher(weigh)
@@ -256,6 +266,7 @@ impl Near {
             config,
             channel,
             hooks: Hooks::default(),
+            resubscribe: watch::Sender::new(0),
         }
     }
 

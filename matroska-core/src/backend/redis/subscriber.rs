@@ -31,6 +31,10 @@ pub(super) async fn run(near: Weak<Near>, client: redis::Client, timeout: Durati
         drop(live);
         match ended {
             Ended::Dropped => return,
+            Ended::Moved => {
+                tracing::debug!("the data connection was verified anew; resubscribing");
+                continue;
+            }
             Ended::Failed(why) => {
                 tracing::warn!(error = %why, retry_in = ?pause, "near-cache subscription lost; near tier off");
             }
@@ -43,6 +47,8 @@ pub(super) async fn run(near: Weak<Near>, client: redis::Client, timeout: Durati
 enum Ended {
     /// The backend is gone.
     Dropped,
+    /// The backend verified a new data connection: subscribe again, where it now leads.
+    Moved,
     Failed(String),
 }
 
@@ -51,11 +57,13 @@ type Ping =
 
 /// One subscription, from connecting until it fails.
 async fn session(weak: &Weak<Near>, client: &redis::Client, timeout: Duration) -> Ended {
-    let Some((channel, every, mut stall)) = weak.upgrade().map(|near| {
+    let Some((channel, every, mut stall, mut moved)) = weak.upgrade().map(|near| {
         (
             near.channel.clone(),
             near.config.max_lag / 4,
             near.hooks.stall.subscribe(),
+            // Marked seen before connecting: a verification from here on moves this session.
+            near.resubscribe.subscribe(),
         )
     }) else {
         return Ended::Dropped;
@@ -97,6 +105,12 @@ async fn session(weak: &Weak<Near>, client: &redis::Client, timeout: Duration) -
                         near.received(message.get_payload_bytes());
                     }
                 }
+            }
+            changed = moved.changed() => {
+                if changed.is_err() {
+                    return Ended::Dropped;
+                }
+                return Ended::Moved;
             }
             message = stream.next() => {
                 let Some(message) = message else {

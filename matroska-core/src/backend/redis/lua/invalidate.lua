@@ -14,7 +14,7 @@
 --          after writing the stamps)
 -- ARGV[5]  the message to publish there: the dependencies of KEYS[2 ..] (near.rs)
 --
--- Returns the stamp written, '<epoch>:<count>'.
+-- Returns the stamp written, '<epoch>:<count>'; `{stamp, error}` when the PUBLISH was refused.
 --
 -- Invariants:
 -- * no entry stored before this call's clock bump matches the stamp it writes: the count
@@ -60,6 +60,11 @@ for i = 2, #KEYS do
   redis.call('SET', KEYS[i], stamp, 'PX', ARGV[2])
 end
 if ARGV[4] then
-  redis.call('PUBLISH', ARGV[4], ARGV[5])
+  -- pcall: a refused PUBLISH (an ACL user without the channel: Redis 7's default for new
+  -- users) must not fail the invalidation, whose stamps are written already; the caller warns.
+  local sent = redis.pcall('PUBLISH', ARGV[4], ARGV[5])
+  if type(sent) == 'table' and sent.err then
+    return {stamp, sent.err}
+  end
 end
 return stamp
