@@ -197,13 +197,11 @@ async fn a_put_many_is_read_back_in_its_own_process() {
     assert_eq!(a.get("k").await.unwrap().as_deref(), Some(&b"v2"[..]));
 }
 
-/// Finding 5 (design, documented as not covered). A put is not broadcast and `max_age` is
-/// `None` by default, so with the near tier on, `Cache::put` overwriting a key in process A
-/// (write-through: update the row, then put the new value) leaves process B serving the old
-/// value until the Redis entry's TTL, while every read of Redis (B's `get_many` included)
-/// already returns the new one. Without the near tier B reads the new value at once.
+/// Finding 5. With the near tier on, `Cache::put` overwriting a key in process A
+/// (write-through: update the row, then put the new value) left process B serving the old
+/// value until the Redis entry's TTL (puts were not broadcast; `max_age` is `None` by
+/// default). `put.lua` now publishes the key of a stored entry.
 #[tokio::test]
-#[ignore = "review 2, finding 5: a design decision (puts are not broadcast), not fixed"]
 async fn a_put_overwrite_in_another_process_is_not_served_stale_beyond_max_lag() {
     let prefix = unique("review_put_overwrite");
     let a = redis_backend_with(RedisConfig::new(redis_url(), &prefix)).await;

@@ -631,7 +631,10 @@ impl RedisBackend {
             .arg(clock)
             .arg(self.nonce())
             .arg(entry_header(request.deps))
-            .arg(stamp_keep(ttl));
+            .arg(stamp_keep(ttl))
+            // --- near cache (issue 19): other processes drop a copy this value replaces.
+            .arg(self.near_channel())
+            .arg(near::key_message(request.key));
         (invocation, keys)
     }
 

@@ -174,10 +174,10 @@ impl RedisConfig {
     ///   connection, that it recorded every message published up to then. A killed
     ///   subscription, a Redis restart, a stalled or paused process: the tier serves nothing
     ///   until it is subscribed and confirmed again, and then starts empty;
-    /// - a `put` is not broadcast: a process may keep serving the value it holds for a key
-    ///   that another process overwrote without invalidating a dependency or deleting the key
-    ///   (for cached queries that is the same answer: only a write, which invalidates, changes
-    ///   it), until [`NearConfig::max_age`] or eviction;
+    /// - a stored `put` publishes its key like a `delete`: another process drops the copy the
+    ///   new value replaces, within the same bound (puts with more dependencies than
+    ///   [`RedisConfig::invalidate_batch`] do not publish: until [`NearConfig::max_age`] or
+    ///   eviction there);
     /// - releases before the near cache do not publish: do not mix them with processes that
     ///   have it on.
     ///

@@ -12,6 +12,10 @@
 --          '<len>:<dependency>' (the dependencies of KEYS[3 ..], in order)
 -- ARGV[7]  how long a stamp is kept when this call creates or extends it, ms (at least
 --          ARGV[2]; the slack above it spares most puts the extension)
+-- ARGV[8]  the near-cache channel '{P}:n', or absent
+-- ARGV[9]  the message to publish there when the entry is stored: its key (near.rs), so
+--          every process drops a near copy the new value replaces; a refused PUBLISH (an ACL
+--          user without the channel) does not fail the put
 --
 -- The entry is the header, the stamps read joined by ',' (a stamp never holds ',' or ';'),
 -- ';', the clock's owner (its first 16 characters), ';', then the value. Returns 1 when
@@ -106,4 +110,7 @@ end
 redis.call('SET', KEYS[1],
   ARGV[6] .. table.concat(stamps, ',') .. ';' .. string.sub(owner, 1, 16) .. ';' .. ARGV[1],
   'PX', ttl)
+if ARGV[8] then
+  redis.pcall('PUBLISH', ARGV[8], ARGV[9])
+end
 return 1
