@@ -53,7 +53,11 @@ pub struct NearConfig {
     /// a fixed per-entry overhead ([`NearConfig::ENTRY_OVERHEAD`]).
     pub max_bytes: u64,
     /// How long an entry may be served from the tier before it is read from Redis again;
-    /// `None` (the default) for no limit.
+    /// `None` for no limit. Default 60 s: it bounds what no broadcast reaches — a process
+    /// that only hits its tier while its subscription stays on an old master after a
+    /// failover behind one address, a put with more dependencies than
+    /// [`RedisConfig::invalidate_batch`](super::RedisConfig::invalidate_batch), a writer whose
+    /// `PUBLISH` an ACL refuses.
     pub max_age: Option<Duration>,
     /// How far behind the invalidation broadcast this process may be and still serve near
     /// hits: a hit is served only if a ping sent on the subscribed connection at most this
@@ -72,11 +76,11 @@ impl NearConfig {
     /// entry of a 13-byte key, an 87-byte value and 5 dependencies, which this weighs 675.
     pub const ENTRY_OVERHEAD: u64 = 360;
 
-    /// A near cache of at most `max_bytes`, no maximum age, a 200 ms maximum lag.
+    /// A near cache of at most `max_bytes`, a 60 s maximum age, a 200 ms maximum lag.
     pub fn new(max_bytes: u64) -> Self {
         NearConfig {
             max_bytes,
-            max_age: None,
+            max_age: Some(Duration::from_secs(60)),
             max_lag: Duration::from_millis(200),
             max_marks: 65_536,
         }
