@@ -599,17 +599,23 @@ impl OutboxDb {
         Ok(self.scalar_id(&sql).await?.is_some())
     }
 
-    /// The one nullable integer `sql` selects.
+    /// The one nullable integer `sql` selects. Unprepared (`raw_sql`, the text protocol):
+    /// the SQL holds a new id each time, and preparing each would churn the connection's
+    /// statement cache, whose evictions stall MySQL/MariaDB for a delayed ACK (~40 ms; see
+    /// BENCHMARKS.md, the relay's claim).
     async fn scalar_id(&self, sql: &str) -> Result<Option<i64>> {
-        let (id,): (Option<i64>,) = match self {
+        use sqlx::Row as _;
+        let id: Option<i64> = match self {
             #[cfg(feature = "postgres")]
-            OutboxDb::Postgres(pool) => sqlx::query_as(safe(sql)).fetch_one(pool).await?,
+            OutboxDb::Postgres(pool) => {
+                sqlx::raw_sql(safe(sql)).fetch_one(pool).await?.try_get(0)?
+            }
             #[cfg(feature = "mysql")]
-            OutboxDb::MySql(pool) => sqlx::query_as(safe(sql)).fetch_one(pool).await?,
+            OutboxDb::MySql(pool) => sqlx::raw_sql(safe(sql)).fetch_one(pool).await?.try_get(0)?,
             #[cfg(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")))]
             OutboxDb::NoDriver(never) => match *never {},
             #[cfg(feature = "sqlite")]
-            OutboxDb::Sqlite(pool) => sqlx::query_as(safe(sql)).fetch_one(pool).await?,
+            OutboxDb::Sqlite(pool) => sqlx::raw_sql(safe(sql)).fetch_one(pool).await?.try_get(0)?,
         };
         Ok(id)
     }
