@@ -45,7 +45,8 @@ use serde::de::DeserializeOwned;
 use crate::error::{Result, from_load};
 use crate::namespace::{self, NamespaceBackend};
 use crate::query::{
-    Cached, CachedRow, Plan, dependencies, derived_base, find_plan, no_keys, row_keys, rows_keys,
+    Cached, CachedRow, Plan, dependencies, derived_base, find_plan, no_keys, read_elsewhere,
+    row_keys, rows_keys,
 };
 
 impl<Q> Cached<Q> {
@@ -250,18 +251,19 @@ where
     let Some(namespace) = namespace::of_async_connection(conn).await? else {
         return Ok(exec(plan.query, conn).await?);
     };
-    let (key, others) = plan.entry::<C::Backend>(&namespace);
+    let (key, statement) = plan.entry::<C::Backend>(&namespace);
     let Plan {
         query,
         cache,
         ttl,
         mut base,
         derive,
+        entities,
         ..
     } = plan;
-    base.extend(others);
     cache
         .get_or_load(&key, ttl, || async move {
+            base.extend(read_elsewhere(&statement, &entities));
             let base = derived_base::<C::Backend, _>(base, derive, &query);
             let value = exec(query, conn).await?;
             let deps = dependencies(&value, keys, base);

@@ -518,7 +518,7 @@ pub(crate) struct Plan<Q> {
     entity: &'static str,
     /// The entities the result is read as (the row type's): part of the key, since they
     /// decide the dependencies.
-    entities: Vec<&'static str>,
+    pub(crate) entities: Vec<&'static str>,
     kind: &'static str,
     /// The dependencies that do not come from rows.
     pub(crate) base: Vec<Dependency>,
@@ -544,29 +544,33 @@ impl<Q> Plan<Q> {
     }
 
     /// The entry's key on a connection of backend `DB` whose namespace is `namespace`, and
-    /// the dependencies of the tables its statement reads beyond the row type's entities (a
-    /// subquery, `EXISTS`): any write to them invalidates, whatever the row type says.
-    pub(crate) fn entry<DB>(&self, namespace: &str) -> (String, Vec<Dependency>)
+    /// the statement it hashes (for [`read_elsewhere`], on a fill).
+    pub(crate) fn entry<DB>(&self, namespace: &str) -> (String, String)
     where
         DB: Backend + Default,
         DB::QueryBuilder: Default,
         Q: QueryFragment<DB>,
     {
-        let (key, statement) = query_key::<DB, _>(
+        query_key::<DB, _>(
             &self.query,
             self.entity,
             self.kind,
             namespace,
             self.namespace.as_deref(),
             &self.entities.join(","),
-        );
-        let others = tables_read(&statement)
-            .into_iter()
-            .filter(|table| !self.entities.contains(&table.as_str()))
-            .flat_map(|table| entity_dependencies_of(&table))
-            .collect();
-        (key, others)
+        )
     }
+}
+
+/// The dependencies of the tables `statement` reads beyond the row type's `entities` (a
+/// subquery's, an `EXISTS`'s): any write to them invalidates, whatever the row type says.
+/// Both drivers call it in the loader, so a hit pays no scan.
+pub(crate) fn read_elsewhere(statement: &str, entities: &[&'static str]) -> Vec<Dependency> {
+    tables_read(statement)
+        .into_iter()
+        .filter(|table| !entities.contains(&table.as_str()))
+        .flat_map(|table| entity_dependencies_of(&table))
+        .collect()
 }
 
 /// `base` with the dependencies derived from `query` as backend `DB` renders it in place of
@@ -719,18 +723,19 @@ where
     let Some(namespace) = blocking(|| namespace::of_connection(conn))? else {
         return Ok(blocking(|| exec(plan.query, conn))?);
     };
-    let (key, others) = plan.entry::<C::Backend>(&namespace);
+    let (key, statement) = plan.entry::<C::Backend>(&namespace);
     let Plan {
         query,
         cache,
         ttl,
         mut base,
         derive,
+        entities,
         ..
     } = plan;
-    base.extend(others);
     cache
         .get_or_load(&key, ttl, || async move {
+            base.extend(read_elsewhere(&statement, &entities));
             let base = derived_base::<C::Backend, _>(base, derive, &query);
             let value = blocking(|| exec(query, conn))?;
             let deps = dependencies(&value, keys, base);

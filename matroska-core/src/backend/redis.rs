@@ -765,9 +765,10 @@ impl Backend for RedisBackend {
         if let (Some(near), Some(noted)) = (near, noted)
             && near.is_live()
             && let Some(envelope) = Envelope::parse(&entry)
+            && let Ok(mut conn) = self.conn()
         {
-            // The near copy must not outlive the entry: one more round trip, per fill only.
-            let mut conn = self.conn()?;
+            // The near copy must not outlive the entry: one more round trip, per fill only
+            // (a failure only skips the fill: the hit stands).
             let ttl: Result<i64> = self
                 .run(
                     "get",
