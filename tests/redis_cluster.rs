@@ -129,3 +129,76 @@ async fn reordered_invalidations_never_move_a_stamp_backwards() {
     let b = support::redis_cluster_backend("reordered").await;
     support::stamps::reordered_invalidations_never_move_a_stamp_backwards(&b).await;
 }
+
+/// A cluster whose nodes persist to disk is refused at connect (issue 16, item 16, on a
+/// cluster): a node restarted from its snapshot would serve entries older than the
+/// invalidations made since, and on a cluster the backend cannot detect that restart. The
+/// refusal names the node; `allow_cluster_persistence` accepts it; a background connection
+/// (`new`) reports it on every operation and connects once persistence is turned off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_that_persists_to_disk_is_refused_unless_allowed() {
+    use matroska::Error;
+    use matroska::backend::Backend;
+    use matroska::backend::redis::RedisBackend;
+    let cluster = tokio::task::spawn_blocking(|| PrivateCluster::start_with_replicas(0))
+        .await
+        .unwrap();
+    let urls = cluster.urls();
+    let persistent = urls[1].clone();
+    let config_set = |url: &str, name: &str, value: &str| {
+        let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query(&mut c)
+            .unwrap();
+    };
+    let config = RedisConfig::cluster(urls.clone(), support::unique("persist"));
+
+    // Off everywhere (the private cluster's nodes run with `save ""`): accepted.
+    RedisBackend::connect(config.clone()).await.unwrap();
+
+    config_set(&persistent, "save", "3600 1");
+    let refused = RedisBackend::connect(config.clone()).await;
+    let Err(Error::Config(message)) = &refused else {
+        panic!("a persistent node must be refused, got {refused:?}");
+    };
+    let port = persistent.rsplit(':').next().unwrap();
+    assert!(
+        message.contains(&format!(":{port} (save \"3600 1\")")),
+        "{message}"
+    );
+    RedisBackend::connect(config.clone().allow_cluster_persistence())
+        .await
+        .unwrap();
+
+    // In the background: every operation fails naming the cause, until the node stops
+    // persisting; then the retry connects.
+    let background = RedisBackend::new(config.clone()).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let failure = loop {
+        match background.invalidate(&["dep".to_owned()]).await {
+            Err(e) if e.to_string().contains("persist to disk") => break e,
+            other => {
+                assert!(tokio::time::Instant::now() < deadline, "got {other:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert!(!background.is_connected(), "{failure}");
+    config_set(&persistent, "save", "");
+    config_set(&persistent, "appendonly", "yes");
+    let refused = RedisBackend::connect(config.clone()).await;
+    assert!(
+        matches!(&refused, Err(Error::Config(m)) if m.contains("appendonly yes")),
+        "{refused:?}"
+    );
+    config_set(&persistent, "appendonly", "no");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !background.is_connected() {
+        assert!(tokio::time::Instant::now() < deadline, "never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    background.invalidate(&["dep".to_owned()]).await.unwrap();
+}

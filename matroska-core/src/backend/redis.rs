@@ -59,13 +59,14 @@ mod lua;
 #[cfg(test)]
 mod model;
 mod near;
+mod persistence;
 mod spread;
 mod subscriber;
 
 use breaker::Breaker;
 pub use config::RedisConfig;
 use config::redact_password;
-use connection::{Conn, Connector, connect_in_background, with_timeout};
+use connection::{Conn, Connector, connect_checked, connect_in_background, with_timeout};
 use entry::{Envelope, entry_header};
 use incarnation::{Incarnation, Seen, ask_name, owner_is_current};
 use known::{KnownKeys, StampKeys};
@@ -145,7 +146,7 @@ impl RedisBackend {
     /// when the server cannot be reached.
     pub async fn connect(config: RedisConfig) -> Result<Self> {
         let connector = Connector::for_config(&config)?;
-        let conn = with_timeout("connect", config.timeout, connector.connect()).await?;
+        let conn = connect_checked(&connector, &config).await?;
         let backend = Self::unconnected(config, connector)?;
         backend.inner.set_conn(conn);
         Ok(backend)

@@ -41,6 +41,9 @@ pub struct RedisConfig {
     /// The in-process tier in front of Redis, off (`None`) by default. See
     /// [`RedisConfig::near_cache`].
     pub near_cache: Option<NearConfig>,
+    /// Whether a cluster whose nodes persist to disk is accepted (off by default). See
+    /// [`RedisConfig::allow_cluster_persistence`].
+    pub allow_cluster_persistence: bool,
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -63,6 +66,7 @@ impl std::fmt::Debug for RedisConfig {
                     .collect::<Vec<_>>(),
             )
             .field("near_cache", &self.near_cache)
+            .field("allow_cluster_persistence", &self.allow_cluster_persistence)
             .finish()
     }
 }
@@ -102,6 +106,7 @@ impl RedisConfig {
             wait_for_replicas: 0,
             cluster_nodes: Vec::new(),
             near_cache: None,
+            allow_cluster_persistence: false,
         }
     }
 
@@ -121,6 +126,30 @@ impl RedisConfig {
         let mut config = Self::new(nodes.first().cloned().unwrap_or_default(), prefix);
         config.cluster_nodes = nodes;
         config
+    }
+
+    /// Accepts Redis Cluster nodes that persist to disk (`save` points, `appendonly yes`),
+    /// which a cluster backend otherwise refuses when it connects ([`Error::Config`]).
+    ///
+    /// A node restarted from its snapshot brings back entries older than the invalidations
+    /// made since; on one server the backend detects that restart and serves nothing it
+    /// restored, but on a cluster it cannot (the cluster client hides which node and
+    /// connection a command takes, and an entry, its stamps and the clock live on different
+    /// nodes). Turn this on only if every node restored from a snapshot is flushed
+    /// (`FLUSHALL`) before it serves. Nodes that refuse `CONFIG GET` (managed services, ACLs
+    /// without `@admin`) cannot be checked: the backend connects and logs a warning.
+    ///
+    /// ```
+    /// use matroska_core::backend::redis::RedisConfig;
+    ///
+    /// let config = RedisConfig::cluster(["redis://10.0.0.1:7000"], "myapp")
+    ///     .allow_cluster_persistence();
+    /// assert!(config.allow_cluster_persistence);
+    /// ```
+    #[must_use]
+    pub fn allow_cluster_persistence(mut self) -> Self {
+        self.allow_cluster_persistence = true;
+        self
     }
 
     /// Sets [`RedisConfig::retry_after`] (zero turns the fast-fail off).

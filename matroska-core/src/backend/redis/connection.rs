@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::Inner;
 use super::config::{RedisConfig, validate_prefix};
+use super::{Inner, persistence};
 use crate::error::{Error, Result};
 
 /// The server is unreachable (as opposed to slow, or answering with an error).
@@ -114,17 +114,76 @@ impl Connector {
     }
 }
 
+/// Connects, within the time-out, and on a cluster refuses nodes that persist to disk unless
+/// allowed (`persistence.rs`).
+pub(super) async fn connect_checked(connector: &Connector, config: &RedisConfig) -> Result<Conn> {
+    let conn = with_timeout("connect", config.timeout, connector.connect()).await?;
+    match &conn {
+        Conn::Single(_) => {}
+        #[cfg(feature = "cluster")]
+        Conn::Cluster(cluster) => {
+            let nodes = cluster_persistence(cluster.clone(), config.timeout).await?;
+            persistence::judge(&nodes, config.allow_cluster_persistence)?;
+        }
+    }
+    Ok(conn)
+}
+
+/// Every node's answer to `CONFIG GET save appendonly`, by address.
+#[cfg(feature = "cluster")]
+async fn cluster_persistence(
+    mut cluster: redis::cluster_async::ClusterConnection,
+    timeout: Duration,
+) -> Result<Vec<(String, persistence::Persistence)>> {
+    use redis::Value;
+    use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+    let mut cmd = redis::cmd("CONFIG");
+    cmd.arg("GET").arg("save").arg("appendonly");
+    // No response policy: the answers come back as a map from node address to answer.
+    let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllNodes, None));
+    let answer = match tokio::time::timeout(timeout, cluster.route_command(cmd, routing)).await {
+        Ok(Ok(answer)) => answer,
+        // CONFIG refused (an ACL without @admin, a renamed command): not checkable.
+        Ok(Err(e)) => {
+            return Ok(vec![(
+                "every node".into(),
+                persistence::Persistence::Unknown(e.to_string()),
+            )]);
+        }
+        Err(_) => {
+            return Err(Error::Timeout {
+                operation: "CONFIG GET (cluster persistence check)",
+                timeout,
+            });
+        }
+    };
+    Ok(match answer {
+        Value::Map(nodes) => nodes
+            .iter()
+            .map(|(node, answer)| {
+                let node = match node {
+                    Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                    Value::SimpleString(s) => s.clone(),
+                    other => format!("{other:?}"),
+                };
+                (node, persistence::persistence_of(answer))
+            })
+            .collect(),
+        single => vec![("a node".into(), persistence::persistence_of(&single))],
+    })
+}
+
 /// Tries to connect until it succeeds or the backend is dropped, backing off up to 5 s.
 pub(super) async fn connect_in_background(inner: Weak<Inner>) {
     let mut pause = Duration::from_millis(50);
     loop {
-        let Some((timeout, connector)) = inner
+        let Some((config, connector)) = inner
             .upgrade()
-            .map(|i| (i.config.timeout, i.connector.clone()))
+            .map(|i| (i.config.clone(), i.connector.clone()))
         else {
             return;
         };
-        let attempt = with_timeout("connect", timeout, connector.connect()).await;
+        let attempt = connect_checked(&connector, &config).await;
         let Some(live) = inner.upgrade() else {
             return;
         };
