@@ -206,3 +206,54 @@ async fn an_idle_relay_logs_nothing_at_info() {
     assert!(info_lines(&captured).is_empty());
     handle.shutdown().await;
 }
+
+/// An entry an older release wrote under the prefix (another layout byte) reads as a miss
+/// and logs one warning: mixing releases on one prefix is unsupported (ARCHITECTURE.md
+/// "Rolling deploys"), and this is where a newer release can see an older one at work.
+#[tokio::test(flavor = "current_thread")]
+async fn an_entry_written_by_an_older_release_warns_once() {
+    use matroska::backend::Backend;
+    use matroska::backend::redis::{RedisBackend, RedisConfig};
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(captured.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let prefix = format!(
+        "older_release_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let backend = RedisBackend::connect(RedisConfig::new("redis://127.0.0.1:6379", &prefix))
+        .await
+        .unwrap();
+    let mut redis = redis::Client::open("redis://127.0.0.1:6379")
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // 0xB6: the layout before entries recorded the clock's owner.
+    for key in ["a", "b"] {
+        let _: () = redis::cmd("SET")
+            .arg(backend.entry_key(key))
+            .arg(b"\xB60:;v".as_slice())
+            .arg("EX")
+            .arg(60)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert!(backend.get(key).await.unwrap().is_none(), "{key}");
+    }
+    let warnings: Vec<String> = captured
+        .take()
+        .into_iter()
+        .filter(|l| l.contains("older matroska release"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(warnings[0].contains("layout=0xB6"), "{}", warnings[0]);
+}

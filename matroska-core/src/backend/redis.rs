@@ -67,7 +67,7 @@ use breaker::Breaker;
 pub use config::RedisConfig;
 use config::redact_password;
 use connection::{Conn, Connector, connect_checked, connect_in_background, with_timeout};
-use entry::{Envelope, entry_header};
+use entry::{Envelope, entry_header, note_if_older_release};
 use incarnation::{Incarnation, Seen, ask_name, owner_is_current};
 use known::{KnownKeys, StampKeys};
 use lua::{INVALIDATE, Lua, LuaCall, PUT, RELEASE_LEASE, TICKET};
@@ -353,6 +353,7 @@ impl RedisBackend {
     ) -> Verdict {
         let Some(envelope) = Envelope::parse(entry) else {
             tracing::debug!(key, "entry not in this layout's format; a miss");
+            note_if_older_release(key, entry);
             return Verdict::Miss;
         };
         if !self.owner_ok(&envelope, clock) {

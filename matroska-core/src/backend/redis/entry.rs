@@ -9,6 +9,32 @@ use std::io::Write as _;
 /// taken before this layout is never served).
 pub(super) const ENTRY_MAGIC: u8 = 0xB7;
 
+/// First bytes of the entries older releases wrote (see [`ENTRY_MAGIC`]).
+const OLDER_MAGICS: [u8; 2] = [0xB5, 0xB6];
+
+/// Logs once per process when `entry` (which [`Envelope::parse`] refused) was written by an
+/// older release: mixing releases on one prefix is not supported (ARCHITECTURE.md "Rolling
+/// deploys": an older release's put can record a stamp this one left pending and serve its
+/// value to the older release's readers), and this is the one place a newer release can see
+/// an older one at work. A snapshot from before an upgrade shows it too, once.
+pub(super) fn note_if_older_release(key: &str, entry: &[u8]) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if let Some(&magic) = entry.first()
+        && OLDER_MAGICS.contains(&magic)
+        && !WARNED.swap(true, Ordering::Relaxed)
+    {
+        tracing::warn!(
+            key,
+            layout = format_args!("{magic:#04X}"),
+            "found a cache entry written by an older matroska release under this prefix (read \
+             as a miss). If that release still runs on this prefix, its readers can be served \
+             stale values: do not mix releases on one prefix; deploy blue/green with a new \
+             prefix, or stop the old release first"
+        );
+    }
+}
+
 /// An entry as `put.lua` writes it: the header ([`entry_header`]: `0xB7`, `n:`, then per
 /// dependency `<len>:<dependency>`), the recorded stamps joined by `,`, `;`, the owner of the
 /// clock when the entry was stored (the first 16 characters of a server's run id; see
