@@ -16,8 +16,9 @@ use serde_json::Value as Json;
 
 use crate::value::{ToValue, Value};
 
-/// Decodes a column's JSON form into the [`Value`] of a field of this type; see the
-/// [module docs](self).
+/// Decodes a column's JSON form, as a database trigger records it, into the [`Value`] of a
+/// field of this type (each database writes a column its own way: a boolean is `true` on
+/// PostgreSQL and `1` on MySQL and SQLite).
 ///
 /// ```
 /// use matroska_core::{FromDbJson, ToValue};

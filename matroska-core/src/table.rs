@@ -3,7 +3,7 @@
 //! hooked save would have invalidated.
 //!
 //! A [`TableSpec`] names the entity, its table, its primary-key columns and the columns of
-//! each scope, each with the decoder of its field's type ([`FromDbJson`]). `#[derive(CacheDeps)]`
+//! each scope, each with the decoder of its field's type ([`FromDbJson`](crate::FromDbJson)). `#[derive(CacheDeps)]`
 //! generates it ([`WatchedTable`]); the outbox triggers record exactly these columns, and the
 //! relay turns each recorded change back into dependencies with [`TableSpec::dependencies`]:
 //! the row's [`Dependency::PrimaryKey`], [`Dependency::any_change`], and the scope conditions of

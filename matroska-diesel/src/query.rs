@@ -9,7 +9,7 @@
 //!   a tuple of columns, an aggregate — through [`Cached::values`] / [`Cached::value`], which
 //!   name the entity it comes from and depend on every write to it.
 //! - **Key**: `q:{entity}:{kind}:{hash}` (the entity of the row type's first model), the hash a
-//!   fixed 128-bit xxh3 of the backend, the connection's [namespace](crate::namespace)
+//!   fixed 128-bit xxh3 of the backend, the connection's [namespace]
 //!   (database, schema search path and user; asked again after any other statement), the optional
 //!   [user namespace](Cached::namespace), and Diesel's [`debug_query`](diesel::debug_query)
 //!   text of the statement (SQL and bound values). Equal queries on one database share an

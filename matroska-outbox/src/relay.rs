@@ -112,7 +112,7 @@ impl RelayBuilder {
     /// prefix is a new one), or for a store private to the process (the in-memory backend) a
     /// name unique to this process and cache, removed when the relay shuts down.
     ///
-    /// [`Backend::shared_store`]: matroska_core::Backend::shared_store
+    /// [`Backend::shared_store`]: matroska_core::backend::Backend::shared_store
     pub fn consumer(mut self, name: impl Into<String>) -> Self {
         self.consumer = Some(name.into());
         self
@@ -425,7 +425,7 @@ impl Relay {
         }
     }
 
-    /// Claims one batch and delivers it; see the [module docs](self).
+    /// Claims one batch and delivers it; see [`Relay`].
     ///
     /// # Errors
     /// The database's or the cache's failure; the batch stays in the outbox. In development

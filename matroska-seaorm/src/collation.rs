@@ -4,7 +4,7 @@
 //! trailing spaces; PostgreSQL's `citext` ignores case. A list cached for `category =
 //! "Fantasy"` then holds the rows stored as `"fantasy"`; unless the scope field folds its
 //! values the same way (`#[cache(fold = "ci_ai")]` on the field, see
-//! [`Fold`](matroska_core::Fold)), saving such a row invalidates another condition and the
+//! [`Fold`]), saving such a row invalidates another condition and the
 //! list stays stale. [`check_collations`] asks the database itself, under each scope column's
 //! own collation, whether it equates a fixed list of tricky pairs (`ı`/`i`, `ł`/`l`,
 //! `œ`/`oe`, trailing spaces, ...) and finds the fields whose fold tells a pair apart that the

@@ -5,7 +5,7 @@ use std::time::Duration;
 use super::near::NearConfig;
 use crate::error::{Error, Result};
 
-/// Settings of a [`RedisBackend`].
+/// Settings of a [`RedisBackend`](super::RedisBackend).
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct RedisConfig {
