@@ -53,6 +53,46 @@ mod loose {
     matroska::seaorm::active_model_behavior!(ActiveModel);
 }
 
+/// Unfolded, written only by raw SQL and read through the relay: the relay's own check
+/// (this entity is never saved through a hook in this process).
+mod relayed {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, matroska::CacheDeps)]
+    #[sea_orm(table_name = "relayed_shelf")]
+    #[scope(category)]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i32,
+        pub category: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    matroska::seaorm::active_model_behavior!(ActiveModel);
+}
+
+/// Unfolded, on a PostgreSQL case-insensitive (nondeterministic ICU) column, saved inside a
+/// transaction.
+mod tagged {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, matroska::CacheDeps)]
+    #[sea_orm(table_name = "tagged")]
+    #[scope(tag)]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i32,
+        pub tag: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    matroska::seaorm::active_model_behavior!(ActiveModel);
+}
+
 /// A folded scope field whose column's collation the probe tests change.
 // Only the check reads these scopes: their `By*` keys go unused.
 #[allow(dead_code)]
@@ -348,13 +388,18 @@ async fn the_check_finds_unfolded_fields_and_production_goes_coarse() {
         ..Default::default()
     };
     seaorm::with_cache(cache.clone(), async {
-        // Without a fold, a row the collation equates does not drop the list: stale.
+        // Without a fold, a row the collation equates would not drop the list (stale): the
+        // hooks check the table's collations by themselves before the first invalidation,
+        // and the column goes coarse.
         assert!(list().all(&db.conn).await.unwrap().is_empty());
         insert("fantasy").insert(&db.conn).await.unwrap();
-        assert!(
-            list().all(&db.conn).await.unwrap().is_empty(),
-            "the failure this check exists for"
+        assert_eq!(
+            list().all(&db.conn).await.unwrap().len(),
+            1,
+            "the failure this check exists for: a write through a column that compares more \
+             loosely than its fold must still drop the list"
         );
+        assert!(matroska::fold::is_coarse("loose_shelf", "category"));
 
         let spec = [loose::Model::watched_table()];
         let err = seaorm::check_collations(&db.conn, &spec, ScopeMode::Development)
@@ -370,6 +415,91 @@ async fn the_check_finds_unfolded_fields_and_production_goes_coarse() {
         assert_eq!(issues.len(), 1);
         insert("FANTASY").insert(&db.conn).await.unwrap();
         assert_eq!(list().all(&db.conn).await.unwrap().len(), 2);
+        assert_eq!(list().all(&db.conn).await.unwrap().len(), 2);
+    })
+    .await;
+}
+
+/// The relay checks the collations of the tables it watches before it delivers anything: a
+/// raw insert of a value the column's collation equates drops the list, though nobody called
+/// `check_collations` and no hook of this entity ran in the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_checks_collations_by_itself() {
+    let db = ScratchDb::new(Kind::MySql, "collation_relay").await;
+    db.conn
+        .execute(&Schema::new(db.backend()).create_table_from_entity(relayed::Entity))
+        .await
+        .unwrap();
+    outbox::install(&db.conn, &[relayed::Model::watched_table()])
+        .await
+        .unwrap();
+    let cache = support::redis_cache("collation_relay").await;
+    let fantasy = relayed::ByCategory {
+        category: "Fantasy".into(),
+    };
+    let list = || {
+        relayed::Entity::find()
+            .filter(fantasy.filter())
+            .cached(&cache)
+            .scoped(&fantasy)
+    };
+    let relay = outbox::relay(&db.conn, cache.clone())
+        .unwrap()
+        .watch_type::<relayed::Model>()
+        .build()
+        .start()
+        .await
+        .unwrap();
+    assert!(matroska::fold::is_coarse("relayed_shelf", "category"));
+    assert!(list().all(&db.conn).await.unwrap().is_empty());
+    db.conn
+        .execute_unprepared("INSERT INTO relayed_shelf (category) VALUES ('fantasy')")
+        .await
+        .unwrap();
+    relay.wait_delivered(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(list().all(&db.conn).await.unwrap().len(), 1);
+    relay.shutdown().await;
+}
+
+/// PostgreSQL, a case-insensitive column without a fold, saved inside a `transaction`: the
+/// hooks' check runs on
+/// the transaction's connection (catalogue reads and casts that cannot fail), the commit goes
+/// through, and the list is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hooks_check_inside_a_transaction_postgres() {
+    let db = ScratchDb::new(Kind::Postgres, "collation_txn").await;
+    db.conn
+        .execute_unprepared(
+            "CREATE COLLATION level2 (provider = icu, locale = 'und-u-ks-level2', \
+             deterministic = false); \
+             CREATE TABLE tagged (id SERIAL PRIMARY KEY, tag text COLLATE level2 NOT NULL)",
+        )
+        .await
+        .unwrap();
+    let cache = support::redis_cache("collation_txn").await;
+    let rust = tagged::ByTag { tag: "Rust".into() };
+    let list = || {
+        tagged::Entity::find()
+            .filter(rust.filter())
+            .cached(&cache)
+            .scoped(&rust)
+    };
+    seaorm::with_cache(cache.clone(), async {
+        assert!(list().all(&db.conn).await.unwrap().is_empty());
+        seaorm::transaction(&db.conn, |txn| {
+            Box::pin(async move {
+                tagged::ActiveModel {
+                    tag: Set("rust".into()),
+                    ..Default::default()
+                }
+                .insert(txn)
+                .await
+            })
+        })
+        .await
+        .unwrap();
+        assert!(matroska::fold::is_coarse("tagged", "tag"));
+        assert_eq!(list().all(&db.conn).await.unwrap().len(), 1);
     })
     .await;
 }

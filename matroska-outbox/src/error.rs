@@ -75,6 +75,11 @@ pub enum Error {
         /// How long the caller waited.
         waited: std::time::Duration,
     },
+    /// Scope columns whose collation compares more loosely than their field's fold (a
+    /// [`check_collations`](crate::check_collations) in development mode): each issue, with
+    /// the fold the field needs.
+    #[error("scope columns compare more loosely than their fields fold: {0}")]
+    Collation(String),
     /// The database URL names no database this build supports.
     #[error(
         "unsupported database URL scheme {0:?} (enable the matching feature: postgres, mysql, sqlite)"

@@ -127,6 +127,7 @@
 )]
 
 mod cascade;
+pub mod collation;
 mod consumer;
 mod db;
 pub mod ddl;
@@ -136,6 +137,10 @@ mod record;
 mod relay;
 mod truncate;
 
+pub use collation::{
+    CollationIssue, ScopedTable, check_collations, check_scoped_tables, ensure_collations_checked,
+    ensure_scoped_table_checked,
+};
 pub use db::{OutboxDb, SqlConnection, install, uninstall, watched_tables};
 pub use ddl::{Dialect, LAYOUT_VERSION, Outbox};
 pub use error::{Error, Result};

@@ -388,6 +388,11 @@ impl Relay {
             .installed
             .check(&inner.db, &inner.outbox, &inner.specs, inner.mode)
             .await?;
+        // Before the first delivery: a scope column whose collation equates values its fold
+        // tells apart goes coarse (once per process and table; a no-op afterwards).
+        for spec in inner.specs.values().flatten() {
+            crate::collation::ensure_collations_checked(&inner.db, spec).await;
+        }
         let flush = || {
             consumer::flush(
                 &inner.db,

@@ -231,9 +231,12 @@ fn by_keys<E: EntityTrait>(rows: &[Model<E>]) -> Condition {
 async fn write_invalidator<E, C>(db: &C) -> Result<Invalidator>
 where
     E: EntityTrait,
+    E::Model: Scoped,
     C: ConnectionTrait,
 {
     let invalidator = Invalidator::require()?;
+    // Before the conditions of the rows written are computed (`collation.rs`).
+    crate::collation::ensure_checked::<E::Model, C>(db, E::default().table_name()).await;
     if invalidator.is_full() && !crate::outbox::covers(db, E::default().table_name()).await {
         invalidator.check_capacity()?;
     }

@@ -198,6 +198,8 @@ where
     C: ConnectionTrait,
     ModelOf<AM>: CacheDeps + Scoped + Send + Sync,
 {
+    // Before the conditions of the row are computed, here or in `after_save` (`collation.rs`).
+    crate::collation::ensure_checked::<ModelOf<AM>, C>(db, table_of::<AM>()).await;
     let invalidator = current_for_write(db, table_of::<AM>()).await?;
     warn_if_bare_transaction::<C>();
     if insert {
@@ -241,6 +243,8 @@ where
     C: ConnectionTrait,
     ModelOf<AM>: CacheDeps + Scoped + Send + Sync,
 {
+    // A no-op after `before_save` (it checked): for an `after_save` wired alone.
+    crate::collation::ensure_checked::<ModelOf<AM>, C>(db, table_of::<AM>()).await;
     let scope = <ModelOf<AM> as Scoped>::scope();
     let mut deps = vec![model.primary_key()];
     if insert {
@@ -279,6 +283,7 @@ where
     C: ConnectionTrait,
     ModelOf<AM>: CacheDeps + Scoped + Send + Sync,
 {
+    crate::collation::ensure_checked::<ModelOf<AM>, C>(db, table_of::<AM>()).await;
     let admitted = current_for_write(db, table_of::<AM>()).await?;
     warn_if_bare_transaction::<C>();
     // No cache registered: the outbox's triggers record the delete (`current_for_write`

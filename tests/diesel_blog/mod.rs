@@ -61,8 +61,12 @@ pub mod schema {
 pub struct Post {
     pub id: i32,
     pub title: String,
+    /// Folded as MariaDB's default `_ci` collations compare (without it, the relay's
+    /// automatic collation check on MariaDB makes these columns coarse).
+    #[cache(fold = "ci_ai")]
     pub category: String,
     pub published: bool,
+    #[cache(fold = "ci_ai")]
     pub series: Option<String>,
 }
 

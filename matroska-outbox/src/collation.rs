@@ -1,0 +1,424 @@
+//! Scope columns whose collation compares more loosely than their field's fold, found by
+//! asking the database itself; and the check every invalidating process runs by itself.
+//!
+//! MariaDB's and MySQL's default collations (and PostgreSQL's `citext`, nondeterministic ICU
+//! collations) compare `"Fantasy"` and `"fantasy "` as equal: a list cached for
+//! `category = "Fantasy"` then holds the rows stored as `"fantasy"`, and unless the scope
+//! field folds its values the same way (`#[cache(fold = "ci_ai")]`), saving such a row
+//! invalidates another condition and the list stays stale. [`check_collations`] asks the
+//! database, under each scope column's own collation, whether it equates a fixed list of
+//! tricky pairs ([`PROBES`]); a pair it equates but the field's fold tells apart is an issue.
+//!
+//! Nobody has to remember to call it: [`ensure_collations_checked`] runs it once per process
+//! and table before the first invalidation that computes conditions from the table's rows
+//! (the relay at start, the SeaORM hooks and bulk helpers, Diesel's `invalidate`), in
+//! production semantics: an issue is logged at `warn` level and its column marked coarse
+//! ([`matroska_core::fold::mark_coarse`]), so every write through it invalidates all of its
+//! entity's lists — never stale. Call [`check_collations`] in development mode (a test, a
+//! start-up check) to turn issues into errors instead. SQLite is not inspected (its
+//! `COLLATE NOCASE` columns need `fold = "case"` by hand).
+//!
+//! Every query here goes through [`SqlConnection::query_pairs`] as text, reads only the
+//! catalogue and literals, and is built not to fail (a domain column is probed through its
+//! base type), so it is safe on a connection inside the caller's transaction.
+
+use std::collections::HashSet;
+use std::sync::{LazyLock, Mutex, PoisonError};
+
+use matroska_core::{Fold, ScopeMode, TableSpec};
+
+use crate::db::SqlConnection;
+use crate::ddl::{Dialect, literal};
+use crate::error::{Error, Result};
+
+/// The pairs every scope column is probed with: each is equal under some common collation
+/// and told apart by some simple fold (case, accents without a decomposition, ligatures,
+/// compatibility forms, `PAD SPACE`).
+pub const PROBES: &[(&str, &str)] = &[
+    ("a", "A"),
+    ("é", "e"),
+    ("É", "e"),
+    ("a ", "a"),
+    ("ı", "i"),
+    ("İ", "i"),
+    ("ł", "l"),
+    ("Ł", "l"),
+    ("œ", "oe"),
+    ("æ", "ae"),
+    ("ß", "ss"),
+    ("ß", "s"),
+    ("ø", "o"),
+    ("đ", "d"),
+    ("ð", "d"),
+    ("ħ", "h"),
+    ("ŀ", "l"),
+    ("ĳ", "ij"),
+    ("ﬁ", "fi"),
+    ("Ａ", "A"),
+    ("ａ", "a"),
+];
+
+/// A scope column whose collation compares more loosely than the field's fold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CollationIssue {
+    /// The entity (scope) name.
+    pub entity: String,
+    /// The table.
+    pub table: String,
+    /// The column.
+    pub column: String,
+    /// The column's collation (MySQL) or type and collation (PostgreSQL), as the database
+    /// names it.
+    pub collation: String,
+    /// The [`PROBES`] the column equates but the field's fold tells apart.
+    pub pairs: Vec<(String, String)>,
+    /// The finest named fold that equates every probe the column equates; `None` when none
+    /// does (then only a binary collation, or going coarse, avoids stale lists).
+    pub needs: Option<Fold>,
+    /// The fold the field has.
+    pub has: Fold,
+}
+
+impl std::fmt::Display for CollationIssue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pairs = self
+            .pairs
+            .iter()
+            .map(|(a, b)| format!("{a:?} = {b:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        write!(
+            f,
+            "{}.{} ({}) equates {pairs} but its scope field folds {:?}: ",
+            self.table, self.column, self.collation, self.has
+        )?;
+        match self.needs {
+            Some(needs) => {
+                let attribute = if needs == Fold::CASE { "case" } else { "ci_ai" };
+                write!(
+                    f,
+                    "add `#[cache(fold = \"{attribute}\")]` to the field (or use a binary collation)"
+                )
+            }
+            None => write!(f, "no fold equates them; use a binary collation"),
+        }
+    }
+}
+
+/// The finest named fold that equates every pair in `equal`.
+fn needed(equal: &[(&str, &str)]) -> Option<Fold> {
+    [Fold::EXACT, Fold::CASE, Fold::CI_AI]
+        .into_iter()
+        .find(|fold| equal.iter().all(|(a, b)| fold.text(a) == fold.text(b)))
+}
+
+/// Whether a name read from the catalog can be spliced into SQL as it is.
+fn plain_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// The query of `table`'s columns that have a collation: rows of (`name`: the column, what a
+/// probe converts to (MySQL: the character set; PostgreSQL: the type, a domain's base type,
+/// string types only, so that a probe's cast cannot fail) and the collation, separated by
+/// newlines; `n` = 0). `None` for SQLite.
+fn columns_sql(dialect: Dialect, table: &str) -> Option<String> {
+    let table = literal(dialect, table);
+    match dialect {
+        Dialect::MySql => Some(format!(
+            "SELECT CONCAT(COLUMN_NAME, CHAR(10), CHARACTER_SET_NAME, CHAR(10), COLLATION_NAME) \
+             AS name, CAST(0 AS SIGNED) AS n FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = {table} \
+             AND COLLATION_NAME IS NOT NULL"
+        )),
+        Dialect::Postgres => Some(format!(
+            "SELECT a.attname::text || chr(10) || format_type(coalesce(b.oid, t.oid), NULL) \
+             || chr(10) || quote_ident(ns.nspname) || '.' || quote_ident(co.collname) AS name, \
+             0::bigint AS n \
+             FROM pg_attribute a \
+             JOIN pg_type t ON t.oid = a.atttypid \
+             LEFT JOIN pg_type b ON t.typtype = 'd' AND b.oid = t.typbasetype \
+             JOIN pg_collation co ON co.oid = a.attcollation \
+             JOIN pg_namespace ns ON ns.oid = co.collnamespace \
+             WHERE a.attrelid = to_regclass(quote_ident(current_schema()) || '.' || quote_ident({table})) \
+             AND a.attnum > 0 AND NOT a.attisdropped \
+             AND coalesce(b.typcategory, t.typcategory) = 'S'"
+        )),
+        Dialect::Sqlite => None,
+    }
+}
+
+/// The probe query for one column: a row per [`PROBES`] pair (`name`: its index, `n`: 1 when
+/// the column's collation equates the pair). `None` for names that cannot be spliced.
+fn probe_sql(dialect: Dialect, charset: &str, collation: &str) -> Option<String> {
+    let rows: Vec<String> = match dialect {
+        Dialect::MySql => {
+            // The column's character set may lack a character (`ł` in latin1 becomes `?`):
+            // such a pair answers 0, only the ones that survive the round trip are compared.
+            if !plain_name(charset) || !plain_name(collation) {
+                return None;
+            }
+            let text = |s: &str| format!("_utf8mb4{}", literal(dialect, s));
+            let fits = |s: &str| {
+                format!(
+                    "HEX(CONVERT(CONVERT({v} USING {charset}) USING utf8mb4)) = HEX({v})",
+                    v = text(s)
+                )
+            };
+            PROBES
+                .iter()
+                .enumerate()
+                .map(|(i, (a, b))| {
+                    format!(
+                        "SELECT '{i}' AS name, CAST(CASE WHEN {} AND {} THEN \
+                         CONVERT({} USING {charset}) = CONVERT({} USING {charset}) COLLATE \
+                         {collation} ELSE 0 END AS SIGNED) AS n",
+                        fits(a),
+                        fits(b),
+                        text(a),
+                        text(b)
+                    )
+                })
+                .collect()
+        }
+        Dialect::Postgres => {
+            // `charset` is the column's type and `collation` its quoted collation, both
+            // rendered by PostgreSQL itself.
+            PROBES
+                .iter()
+                .enumerate()
+                .map(|(i, (a, b))| {
+                    format!(
+                        "SELECT '{i}'::text AS name, (CAST({} AS {charset}) COLLATE {collation} \
+                         = CAST({} AS {charset}))::int::bigint AS n",
+                        literal(dialect, a),
+                        literal(dialect, b)
+                    )
+                })
+                .collect()
+        }
+        Dialect::Sqlite => return None,
+    };
+    Some(rows.join(" UNION ALL "))
+}
+
+/// What the check needs of a table: the entity (scope) name, the table, and the scope
+/// columns with their folds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopedTable {
+    entity: String,
+    table: String,
+    columns: Vec<(String, Fold)>,
+}
+
+impl ScopedTable {
+    /// The scope columns of `entity`'s `table`, with their folds (names that are no column
+    /// of the table are skipped by the check).
+    pub fn new(
+        entity: impl Into<String>,
+        table: impl Into<String>,
+        columns: impl IntoIterator<Item = (String, Fold)>,
+    ) -> Self {
+        ScopedTable {
+            entity: entity.into(),
+            table: table.into(),
+            columns: columns.into_iter().collect(),
+        }
+    }
+
+    /// The scope columns of a [`TableSpec`].
+    pub fn of(spec: &TableSpec) -> Self {
+        Self::new(
+            spec.entity(),
+            spec.table(),
+            spec.scopes()
+                .iter()
+                .flat_map(|s| s.columns())
+                .map(|c| (c.name().to_owned(), c.fold())),
+        )
+    }
+
+    fn fold_of(&self, column: &str) -> Option<Fold> {
+        self.columns
+            .iter()
+            .find(|(name, _)| name == column)
+            .map(|&(_, fold)| fold)
+    }
+}
+
+/// Finds the scope columns of `tables` whose collation equates values their field's fold
+/// tells apart (see the [module docs](self)). In [`ScopeMode::Development`] any such column is
+/// an error; in production each is logged at `warn` level and marked coarse
+/// ([`matroska_core::fold::mark_coarse`]): every write through it then invalidates all of its
+/// entity's lists. Returns the issues. SQLite is not inspected.
+///
+/// # Errors
+/// [`Error::Collation`] in development mode; the database's errors.
+pub async fn check_collations(
+    conn: &(impl SqlConnection + ?Sized),
+    tables: &[TableSpec],
+    mode: ScopeMode,
+) -> Result<Vec<CollationIssue>> {
+    let tables: Vec<ScopedTable> = tables.iter().map(ScopedTable::of).collect();
+    check_scoped_tables(conn, &tables, mode).await
+}
+
+/// [`check_collations`] for tables described by their scope columns alone.
+///
+/// # Errors
+/// As [`check_collations`].
+pub async fn check_scoped_tables(
+    conn: &(impl SqlConnection + ?Sized),
+    tables: &[ScopedTable],
+    mode: ScopeMode,
+) -> Result<Vec<CollationIssue>> {
+    let dialect = conn.dialect();
+    let mut issues = Vec::new();
+    for spec in tables {
+        let Some(sql) = columns_sql(dialect, &spec.table) else {
+            return Ok(Vec::new());
+        };
+        for (described, _) in conn.query_pairs(&sql).await? {
+            let mut parts = described.splitn(3, '\n');
+            let (Some(column), Some(charset), Some(collation)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let Some(has) = spec.fold_of(column) else {
+                continue;
+            };
+            let Some(sql) = probe_sql(dialect, charset, collation) else {
+                tracing::warn!(
+                    table = spec.table,
+                    column,
+                    collation,
+                    "unusual collation name: not probed"
+                );
+                continue;
+            };
+            let answers = conn.query_pairs(&sql).await?;
+            let equal: Vec<(&str, &str)> = answers
+                .iter()
+                .filter(|(_, same)| *same != 0)
+                .filter_map(|(i, _)| PROBES.get(i.parse::<usize>().ok()?).copied())
+                .collect();
+            let pairs: Vec<(String, String)> = equal
+                .iter()
+                .filter(|(a, b)| has.text(a) != has.text(b))
+                .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+                .collect();
+            if pairs.is_empty() {
+                continue;
+            }
+            let collation = match dialect {
+                Dialect::Postgres => format!("{charset} COLLATE {collation}"),
+                _ => collation.to_owned(),
+            };
+            issues.push(CollationIssue {
+                entity: spec.entity.clone(),
+                table: spec.table.clone(),
+                column: column.to_owned(),
+                collation,
+                pairs,
+                needs: needed(&equal),
+                has,
+            });
+        }
+    }
+    match mode {
+        ScopeMode::Development if !issues.is_empty() => Err(Error::Collation(
+            issues
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        )),
+        _ => {
+            for issue in &issues {
+                tracing::warn!(%issue, "writes through this column invalidate all of its entity's lists");
+                matroska_core::fold::mark_coarse(&issue.entity, &issue.column);
+            }
+            Ok(issues)
+        }
+    }
+}
+
+/// Tables whose collations this process has checked (entity and table).
+static CHECKED: LazyLock<Mutex<HashSet<(String, String)>>> = LazyLock::new(Mutex::default);
+
+/// Whether `table` was checked by [`ensure_collations_checked`] in this process (a table
+/// without scope columns needs no check).
+pub fn collations_checked(table: &ScopedTable) -> bool {
+    table.columns.is_empty()
+        || CHECKED
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&(table.entity.clone(), table.table.clone()))
+}
+
+/// Runs the check for `spec` once per process (production semantics: issues are logged and
+/// their columns marked coarse), before the first invalidation that computes scope
+/// conditions from the table's rows; a no-op afterwards, and for a table without scope
+/// columns. A check that fails (the database's error) marks every scope column of the table
+/// coarse instead, with an error logged: coarse, never stale.
+///
+/// Concurrent first calls may both run the check; each returns only after a check finished.
+pub async fn ensure_collations_checked(conn: &(impl SqlConnection + ?Sized), spec: &TableSpec) {
+    ensure_scoped_table_checked(conn, &ScopedTable::of(spec)).await;
+}
+
+/// [`ensure_collations_checked`] for a table described by its scope columns alone.
+pub async fn ensure_scoped_table_checked(
+    conn: &(impl SqlConnection + ?Sized),
+    table: &ScopedTable,
+) {
+    if collations_checked(table) {
+        return;
+    }
+    if let Err(e) =
+        check_scoped_tables(conn, std::slice::from_ref(table), ScopeMode::Production).await
+    {
+        tracing::error!(
+            table = table.table,
+            error = %e,
+            "could not check the scope columns' collations: writes through them invalidate all \
+             of the entity's lists"
+        );
+        for (column, _) in &table.columns {
+            matroska_core::fold::mark_coarse(&table.entity, column);
+        }
+    }
+    CHECKED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert((table.entity.clone(), table.table.clone()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn needs_is_the_finest_fold_that_equates_the_pairs() {
+        assert_eq!(needed(&[]), Some(Fold::EXACT));
+        assert_eq!(needed(&[("a", "A")]), Some(Fold::CASE));
+        assert_eq!(needed(&[("a", "A"), ("é", "e")]), Some(Fold::CI_AI));
+        assert_eq!(needed(&[("a", "b")]), None);
+        assert!(plain_name("utf8mb4_general_ci"));
+        assert!(!plain_name("x; DROP TABLE y"));
+    }
+
+    #[test]
+    fn probes_are_one_row_per_pair_and_refuse_unusual_names() {
+        let sql = probe_sql(Dialect::MySql, "utf8mb4", "utf8mb4_general_ci").unwrap();
+        assert_eq!(sql.matches(" UNION ALL ").count(), PROBES.len() - 1);
+        assert!(probe_sql(Dialect::MySql, "utf8mb4", "x'; DROP").is_none());
+        assert!(probe_sql(Dialect::Sqlite, "", "").is_none());
+        let pg = probe_sql(Dialect::Postgres, "citext", "pg_catalog.\"default\"").unwrap();
+        assert!(
+            pg.starts_with("SELECT '0'::text AS name, (CAST('a' AS citext)"),
+            "{pg}"
+        );
+    }
+}
