@@ -93,6 +93,25 @@ mod tagged {
     matroska::seaorm::active_model_behavior!(ActiveModel);
 }
 
+/// Unfolded, on a SQLite `COLLATE NOCASE` column.
+mod labelled {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, matroska::CacheDeps)]
+    #[sea_orm(table_name = "labelled")]
+    #[scope(label)]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i32,
+        pub label: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    matroska::seaorm::active_model_behavior!(ActiveModel);
+}
+
 /// A folded scope field whose column's collation the probe tests change.
 // Only the check reads these scopes: their `By*` keys go unused.
 #[allow(dead_code)]
@@ -502,4 +521,51 @@ async fn the_hooks_check_inside_a_transaction_postgres() {
         assert_eq!(list().all(&db.conn).await.unwrap().len(), 1);
     })
     .await;
+}
+
+/// SQLite keeps a column's collation only in its `CREATE TABLE` text: a `COLLATE NOCASE`
+/// column without a fold is found there, probed, and goes coarse, so a hooked insert of
+/// "rust" drops the list cached for "Rust".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_nocase_columns_are_found_in_the_create_table_text() {
+    let db = ScratchDb::new(Kind::Sqlite, "collation_nocase").await;
+    db.conn
+        .execute_unprepared(
+            "CREATE TABLE labelled (id INTEGER PRIMARY KEY AUTOINCREMENT, \
+             label TEXT NOT NULL COLLATE NOCASE)",
+        )
+        .await
+        .unwrap();
+    let cache = support::redis_cache("collation_nocase").await;
+    let rust = labelled::ByLabel {
+        label: "Rust".into(),
+    };
+    let list = || {
+        labelled::Entity::find()
+            .filter(rust.filter())
+            .cached(&cache)
+            .scoped(&rust)
+    };
+    seaorm::with_cache(cache.clone(), async {
+        assert!(list().all(&db.conn).await.unwrap().is_empty());
+        labelled::ActiveModel {
+            label: Set("rust".into()),
+            ..Default::default()
+        }
+        .insert(&db.conn)
+        .await
+        .unwrap();
+        assert_eq!(list().all(&db.conn).await.unwrap().len(), 1);
+    })
+    .await;
+    let issues = seaorm::check_collations(
+        &db.conn,
+        &[labelled::Model::watched_table()],
+        ScopeMode::Production,
+    )
+    .await
+    .unwrap();
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert_eq!(issues[0].pairs, pairs(&[("a", "A")]), "{}", issues[0]);
+    assert_eq!(issues[0].needs, Some(matroska::Fold::CASE), "{}", issues[0]);
 }

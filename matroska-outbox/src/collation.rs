@@ -15,8 +15,8 @@
 //! production semantics: an issue is logged at `warn` level and its column marked coarse
 //! ([`matroska_core::fold::mark_coarse`]), so every write through it invalidates all of its
 //! entity's lists — never stale. Call [`check_collations`] in development mode (a test, a
-//! start-up check) to turn issues into errors instead. SQLite is not inspected (its
-//! `COLLATE NOCASE` columns need `fold = "case"` by hand).
+//! start-up check) to turn issues into errors instead. On SQLite the collations are read from
+//! the `CREATE TABLE` text (`COLLATE NOCASE`, `RTRIM`, or the application's own).
 //!
 //! Every query here goes through [`SqlConnection::query_pairs`] as text, reads only the
 //! catalogue and literals, and is built not to fail (a domain column is probed through its
@@ -121,7 +121,7 @@ fn plain_name(name: &str) -> bool {
 /// The query of `table`'s columns that have a collation: rows of (`name`: the column, what a
 /// probe converts to (MySQL: the character set; PostgreSQL: the type, a domain's base type,
 /// string types only, so that a probe's cast cannot fail) and the collation, separated by
-/// newlines; `n` = 0). `None` for SQLite.
+/// newlines; `n` = 0); on SQLite the table's `CREATE TABLE` text ([`sqlite_collations`]).
 fn columns_sql(dialect: Dialect, table: &str) -> Option<String> {
     let table = literal(dialect, table);
     match dialect {
@@ -144,8 +144,138 @@ fn columns_sql(dialect: Dialect, table: &str) -> Option<String> {
              AND a.attnum > 0 AND NOT a.attisdropped \
              AND coalesce(b.typcategory, t.typcategory) = 'S'"
         )),
-        Dialect::Sqlite => None,
+        // The `CREATE TABLE` text: SQLite keeps no column collation anywhere else.
+        Dialect::Sqlite => Some(format!(
+            "SELECT sql AS name, 0 AS n FROM sqlite_master WHERE type = 'table' AND name = {table}"
+        )),
     }
+}
+
+/// SQLite: the columns of a `CREATE TABLE` statement declared with a `COLLATE` other than
+/// `BINARY`, with that collation. Read leniently: a `COLLATE` anywhere in a column's
+/// definition counts (one inside a `CHECK` only costs a probe), table constraints are skipped.
+fn sqlite_collations(create: &str) -> Vec<(String, String)> {
+    let Some(open) = create.find('(') else {
+        return Vec::new();
+    };
+    // Split the definitions at top-level commas, outside quotes and parentheses.
+    let mut defs = Vec::new();
+    let (mut depth, mut quote, mut start) = (0_i32, None::<char>, open + 1);
+    for (i, c) in create.char_indices().skip_while(|&(i, _)| i <= open) {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"' | '`') => quote = Some(c),
+            (None, '[') => quote = Some(']'),
+            (None, '(') => depth += 1,
+            (None, ')') if depth == 0 => {
+                defs.push(&create[start..i]);
+                break;
+            }
+            (None, ')') => depth -= 1,
+            (None, ',') if depth == 0 => {
+                defs.push(&create[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    let unquote = |word: &str| {
+        let w = word.trim();
+        let inner = w
+            .strip_prefix('"')
+            .and_then(|w| w.strip_suffix('"'))
+            .or_else(|| w.strip_prefix('`').and_then(|w| w.strip_suffix('`')))
+            .or_else(|| w.strip_prefix('[').and_then(|w| w.strip_suffix(']')));
+        inner.map_or_else(|| w.to_owned(), |i| i.replace("\"\"", "\""))
+    };
+    let mut out = Vec::new();
+    for def in defs {
+        let def = def.trim();
+        let upper = def.to_ascii_uppercase();
+        if ["CONSTRAINT", "PRIMARY", "UNIQUE", "CHECK", "FOREIGN"]
+            .iter()
+            .any(|k| upper.starts_with(k))
+        {
+            continue;
+        }
+        // The name: a quoted identifier, or the first word.
+        let name_end = match def.chars().next() {
+            Some(q @ ('"' | '`' | '[')) => {
+                let close = if q == '[' { ']' } else { q };
+                def[1..].find(close).map_or(def.len(), |e| e + 2)
+            }
+            _ => def.find(char::is_whitespace).unwrap_or(def.len()),
+        };
+        let Some(at) = keyword_outside_quotes(def, "COLLATE") else {
+            continue;
+        };
+        let collation = def[at + "COLLATE".len()..]
+            .split(|c: char| c.is_whitespace() || c == ',' || c == ')')
+            .find(|w| !w.is_empty())
+            .map(unquote)
+            .unwrap_or_default();
+        if !collation.is_empty() && !collation.eq_ignore_ascii_case("BINARY") {
+            out.push((unquote(&def[..name_end]), collation));
+        }
+    }
+    out
+}
+
+/// Where the word `keyword` (upper case) starts in `text`, outside quotes.
+fn keyword_outside_quotes(text: &str, keyword: &str) -> Option<usize> {
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut quote = None::<char>;
+    let mut before = ' ';
+    for (i, c) in text.char_indices() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if matches!(c, '\'' | '"' | '`') => quote = Some(c),
+            None if c == '[' => quote = Some(']'),
+            None if !word(before)
+                && text[i..]
+                    .get(..keyword.len())
+                    .is_some_and(|w| w.eq_ignore_ascii_case(keyword))
+                && !text[i + keyword.len()..].starts_with(word) =>
+            {
+                return Some(i);
+            }
+            None => {}
+        }
+        before = c;
+    }
+    None
+}
+
+/// `table`'s columns with a collation: (column, what a probe converts to, collation).
+async fn column_collations(
+    conn: &(impl SqlConnection + ?Sized),
+    table: &str,
+) -> Result<Vec<(String, String, String)>> {
+    let dialect = conn.dialect();
+    let Some(sql) = columns_sql(dialect, table) else {
+        return Ok(Vec::new());
+    };
+    let rows = conn.query_pairs(&sql).await?;
+    Ok(match dialect {
+        Dialect::Sqlite => rows
+            .iter()
+            .flat_map(|(create, _)| sqlite_collations(create))
+            .map(|(column, collation)| (column, String::new(), collation))
+            .collect(),
+        _ => rows
+            .into_iter()
+            .filter_map(|(described, _)| {
+                let mut parts = described.splitn(3, '\n');
+                Some((
+                    parts.next()?.to_owned(),
+                    parts.next()?.to_owned(),
+                    parts.next()?.to_owned(),
+                ))
+            })
+            .collect(),
+    })
 }
 
 /// The probe query for one column: a row per [`PROBES`] pair (`name`: its index, `n`: 1 when
@@ -197,7 +327,24 @@ fn probe_sql(dialect: Dialect, charset: &str, collation: &str) -> Option<String>
                 })
                 .collect()
         }
-        Dialect::Sqlite => return None,
+        Dialect::Sqlite => {
+            // Built-in collations (NOCASE, RTRIM) and the application's own: a collation this
+            // connection does not know fails the probe, and the check goes coarse.
+            if !plain_name(collation) {
+                return None;
+            }
+            PROBES
+                .iter()
+                .enumerate()
+                .map(|(i, (a, b))| {
+                    format!(
+                        "SELECT '{i}' AS name, ({} = {} COLLATE {collation}) AS n",
+                        literal(dialect, a),
+                        literal(dialect, b)
+                    )
+                })
+                .collect()
+        }
     };
     Some(rows.join(" UNION ALL "))
 }
@@ -250,7 +397,7 @@ impl ScopedTable {
 /// tells apart (see the [module docs](self)). In [`ScopeMode::Development`] any such column is
 /// an error; in production each is logged at `warn` level and marked coarse
 /// ([`matroska_core::fold::mark_coarse`]): every write through it then invalidates all of its
-/// entity's lists. Returns the issues. SQLite is not inspected.
+/// entity's lists. Returns the issues.
 ///
 /// # Errors
 /// [`Error::Collation`] in development mode; the database's errors.
@@ -275,16 +422,8 @@ pub async fn check_scoped_tables(
     let dialect = conn.dialect();
     let mut issues = Vec::new();
     for spec in tables {
-        let Some(sql) = columns_sql(dialect, &spec.table) else {
-            return Ok(Vec::new());
-        };
-        for (described, _) in conn.query_pairs(&sql).await? {
-            let mut parts = described.splitn(3, '\n');
-            let (Some(column), Some(charset), Some(collation)) =
-                (parts.next(), parts.next(), parts.next())
-            else {
-                continue;
-            };
+        for (column, charset, collation) in column_collations(conn, &spec.table).await? {
+            let (column, charset, collation) = (column.as_str(), charset.as_str(), &collation);
             let Some(has) = spec.fold_of(column) else {
                 continue;
             };
@@ -410,11 +549,30 @@ mod tests {
     }
 
     #[test]
+    fn sqlite_collations_are_read_from_the_create_table_text() {
+        let create = "CREATE TABLE \"post\" (\"id\" integer NOT NULL PRIMARY KEY, \
+                      \"tag\" text NOT NULL COLLATE NOCASE, title TEXT DEFAULT 'a, COLLATE x', \
+                      [note] varchar(10) collate rtrim, plain text COLLATE BINARY, \
+                      `both` text CHECK (length(`both`) > 0) COLLATE \"NOCASE\", \
+                      UNIQUE (tag COLLATE NOCASE))";
+        assert_eq!(
+            sqlite_collations(create),
+            [
+                ("tag".to_owned(), "NOCASE".to_owned()),
+                ("note".to_owned(), "rtrim".to_owned()),
+                ("both".to_owned(), "NOCASE".to_owned()),
+            ]
+        );
+        assert!(sqlite_collations("CREATE TABLE t (a, b)").is_empty());
+    }
+
+    #[test]
     fn probes_are_one_row_per_pair_and_refuse_unusual_names() {
         let sql = probe_sql(Dialect::MySql, "utf8mb4", "utf8mb4_general_ci").unwrap();
         assert_eq!(sql.matches(" UNION ALL ").count(), PROBES.len() - 1);
         assert!(probe_sql(Dialect::MySql, "utf8mb4", "x'; DROP").is_none());
         assert!(probe_sql(Dialect::Sqlite, "", "").is_none());
+        assert!(probe_sql(Dialect::Sqlite, "", "NOCASE").is_some());
         let pg = probe_sql(Dialect::Postgres, "citext", "pg_catalog.\"default\"").unwrap();
         assert!(
             pg.starts_with("SELECT '0'::text AS name, (CAST('a' AS citext)"),
