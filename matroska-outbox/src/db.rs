@@ -346,8 +346,8 @@ async fn facts(
 ///
 /// From then on nothing records the tables' writes: what is cached from them may go stale
 /// until the outbox is installed again, which invalidates everything cached from them
-/// (see [`install`]). A hooked SeaORM write made without a cache meanwhile records a
-/// whole-table row itself.
+/// (see [`install`]). A hooked SeaORM write made without a cache meanwhile is refused before
+/// it writes (`matroska_seaorm::Error::Unrecorded`).
 ///
 /// # Errors
 /// The database's errors.

@@ -21,8 +21,8 @@ pub enum Error {
     Cache(#[from] matroska_core::Error),
     /// A hook or helper needed the cache, and none is registered for this task or process.
     #[error(
-        "no matroska cache is registered: call `matroska_seaorm::set_global_cache(cache)` at start-up \
-         (or run the code inside `matroska_seaorm::with_cache(cache, ...)`)"
+        "no matroska cache is registered: call `matroska::seaorm::set_global_cache(cache)` at start-up \
+         (or run the code inside `matroska::seaorm::with_cache(cache, ...)`)"
     )]
     NoCache,
     /// A hooked write, with no cache registered, to a table that nothing in the database
@@ -31,10 +31,10 @@ pub enum Error {
     #[error(
         "no matroska cache is registered, and no matroska outbox in the database records writes \
          to `{table}`: other processes' caches may hold its rows, so the write was refused before \
-         it reached the database. Call `matroska_seaorm::set_global_cache(cache)` first (or run \
-         the code inside `matroska_seaorm::with_cache(cache, ...)`), or install the outbox before \
-         this write (in migrations: right after the tables are created, before any migration \
-         that writes rows)"
+         it reached the database. Call `matroska::seaorm::set_global_cache(cache)` first (or run \
+         the code inside `matroska::seaorm::with_cache(cache, ...)`), or install the outbox before \
+         this write (in migrations: `matroska::seaorm::outbox_migration!` right after the tables \
+         are created, before any migration that writes rows)"
     )]
     Unrecorded {
         /// The table written to.

@@ -144,7 +144,9 @@ pub use transaction::{batch, transaction};
 #[doc(hidden)]
 pub mod __private {
     pub use async_trait::async_trait;
+    pub use matroska_core::WatchedTable;
     pub use sea_orm;
+    pub use std::vec::Vec;
 
     use sea_orm::{ActiveModelTrait, ConnectionTrait, DbErr};
 

@@ -15,6 +15,17 @@
 //!
 //! ## In a migration
 //!
+//! With sea-orm-migration, one line is the whole migration file
+//! ([`outbox_migration!`](crate::outbox_migration): `up` installs, `down` uninstalls, for the
+//! tables of the models listed):
+//!
+//! ```text
+//! // migration/src/m20220120_000001_matroska_outbox.rs
+//! matroska::seaorm::outbox_migration!(entity::post::Model, entity::comment::Model);
+//! ```
+//!
+//! It is this migration, written by hand:
+//!
 //! ```text
 //! use sea_orm_migration::prelude::*;
 //! use matroska::WatchedTable;
@@ -52,8 +63,9 @@
 //! | no triggers (a fresh database before the outbox's migration, or a rollback uninstalled it) | refused: [`Error::Unrecorded`](crate::Error::Unrecorded) |
 //!
 //! Put the outbox's migration **right after the migrations that create the watched tables,
-//! before any migration that writes rows**. A project that adds it after an existing seed
-//! migration either moves it (on a fresh database only the order of the list matters), or
+//! before any migration that writes rows**. A project that adds it to existing migrations
+//! lists it there too (sea-orm-migration applies a pending migration listed before applied
+//! ones at the next `up`: existing databases get it, fresh ones get the right order), or
 //! registers the cache before running the migrations (`set_global_cache` /
 //! [`with_cache`](crate::with_cache) around `Migrator::up`): the seed's hooks then invalidate
 //! that cache, and the install that follows finds no triggers and invalidates the tables for
@@ -66,7 +78,12 @@
 //! served afterwards. Re-running the install with nothing changed (every start-up)
 //! invalidates nothing. Between an uninstall and the next install, writes that bypass the
 //! hooks are not recorded: the cache may serve them stale until the re-install (hooked saves
-//! with no cache are refused then).
+//! with no cache are refused then). A relay in development mode (the default in debug builds,
+//! [`RelayBuilder::mode`]) refuses to deliver while a table it watches has no triggers, and
+//! retries with back-off: it delivers the re-install's invalidation at its next retry, up to
+//! the longest wait of [`RelayBuilder::retry_delay`] (5 s by default) after the `up` — an
+//! app served stale reads for 2 and 5.6 s there (SeaORM's axum example, `migrate down`
+//! twice, then `up`). In production mode it keeps delivering, coarsely, meanwhile.
 //!
 //! The migrations below, as functions (each the body of a `MigrationTrait::up`, called with
 //! `manager.get_connection()`), run in the documented order and in the wrong one:
@@ -242,6 +259,162 @@ where
     C: ConnectionTrait + Sync + ?Sized,
 {
     matroska_outbox::uninstall(&SeaOrmSql(conn), configured(), tables).await
+}
+
+/// A sea-orm-migration migration that installs the outbox on the tables of the listed models
+/// (`up`: [`install`]) and removes it (`down`: [`uninstall`] of the same tables): the whole
+/// migration file, whose name (the file's stem, as `DeriveMigrationName` takes it) is the
+/// migration's.
+///
+/// ```text
+/// // migration/src/m20220120_000001_matroska_outbox.rs
+/// matroska::seaorm::outbox_migration!(entity::post::Model, entity::comment::Model);
+///
+/// // migration/src/lib.rs: right after the migrations that create the tables, before any
+/// // that writes rows (see *Migration order* in the module docs)
+/// vec![Box::new(m20220120_000001_create_post_table::Migration),
+///      Box::new(m20220120_000001_matroska_outbox::Migration),
+///      Box::new(m20220120_000002_seed_posts::Migration)]
+/// ```
+///
+/// It generates `pub struct Migration` and its `MigrationTrait` impl, naming
+/// `sea_orm_migration` items by path: the crate that calls it depends on `sea-orm-migration`
+/// under that name (as every SeaORM migration crate does). Each model must derive
+/// `matroska::CacheDeps` (for [`WatchedTable`](matroska_core::WatchedTable)). Adding the
+/// migration in the middle of the list is fine on an existing database too: sea-orm-migration
+/// applies every pending migration, wherever it is listed.
+///
+/// ```
+/// mod post {
+///     use sea_orm::entity::prelude::*;
+///     # use matroska_core::{CacheDeps, ColumnDecoder, Dependency, Scope, Scoped, TableSpec, Value, WatchedTable};
+///     #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+///     #[sea_orm(table_name = "post")]
+///     pub struct Model { #[sea_orm(primary_key)] pub id: i32, pub title: String }
+///     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+///     pub enum Relation {}
+///     // `#[derive(matroska::CacheDeps)]` writes these three impls.
+///     # impl CacheDeps for Model {
+///     #     fn entity_name() -> &'static str { "post" }
+///     #     fn primary_key(&self) -> Dependency { Dependency::primary_key("post", [Value::Int(self.id.into())]) }
+///     # }
+///     # impl Scoped for Model {
+///     #     fn scope() -> &'static Scope<Self> {
+///     #         static S: std::sync::LazyLock<Scope<Model>> = std::sync::LazyLock::new(|| Scope::new("post"));
+///     #         &S
+///     #     }
+///     # }
+///     # impl WatchedTable for Model {
+///     #     fn watched_table() -> TableSpec { TableSpec::new("post", "post").key("id", ColumnDecoder::of::<i32>()) }
+///     # }
+///     matroska_seaorm::active_model_behavior!(ActiveModel);
+/// }
+///
+/// mod m1_create_post {
+///     use sea_orm_migration::prelude::*;
+///     // Named by hand: this example is one file (`#[derive(DeriveMigrationName)]` in a file
+///     // of its own, as the outbox's migration is named by its file).
+///     pub struct Migration;
+///     impl MigrationName for Migration {
+///         fn name(&self) -> &str { "m1_create_post" }
+///     }
+///     #[async_trait::async_trait]
+///     impl MigrationTrait for Migration {
+///         async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+///             manager.get_connection()
+///                 .execute_unprepared("CREATE TABLE post (id INTEGER PRIMARY KEY, title TEXT NOT NULL)")
+///                 .await
+///                 .map(drop)
+///         }
+///     }
+/// }
+/// mod m2_outbox {
+///     // In a file of its own, this line is the whole migration.
+///     matroska_seaorm::outbox_migration!(super::post::Model);
+/// }
+/// mod m3_seed {
+///     use sea_orm::{ActiveModelTrait, Set};
+///     use sea_orm_migration::prelude::*;
+///     // Named by hand: this example is one file (`#[derive(DeriveMigrationName)]` in a file
+///     // of its own, as the outbox's migration is named by its file).
+///     pub struct Migration;
+///     impl MigrationName for Migration {
+///         fn name(&self) -> &str { "m3_seed" }
+///     }
+///     #[async_trait::async_trait]
+///     impl MigrationTrait for Migration {
+///         async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+///             // A hooked insert with no cache registered: the outbox's triggers record it.
+///             let post = super::post::ActiveModel { title: Set("Hello".into()), ..Default::default() };
+///             post.insert(manager.get_connection()).await.map(drop)
+///         }
+///         async fn down(&self, _: &SchemaManager) -> Result<(), DbErr> {
+///             Ok(())
+///         }
+///     }
+/// }
+///
+/// use sea_orm::{ActiveModelTrait, EntityTrait, Set};
+/// use sea_orm_migration::{MigrationTrait, MigratorTrait};
+///
+/// struct Migrator;
+/// #[sea_orm_migration::async_trait::async_trait]
+/// impl MigratorTrait for Migrator {
+///     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+///         vec![Box::new(m1_create_post::Migration),
+///              Box::new(m2_outbox::Migration),
+///              Box::new(m3_seed::Migration)]
+///     }
+/// }
+///
+/// # fn main() { tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+///
+/// // No cache registered in this process, as in the migration CLI.
+/// let db = sea_orm::Database::connect("sqlite::memory:").await?;
+/// Migrator::up(&db, None).await?;
+/// assert_eq!(post::Entity::find().all(&db).await?.len(), 1);
+///
+/// // Rolling back the seed and the outbox uninstalls the triggers: a hooked write with no
+/// // cache is refused again, before it writes.
+/// Migrator::down(&db, Some(2)).await?;
+/// let refused = post::ActiveModel { title: Set("Late".into()), ..Default::default() }
+///     .insert(&db)
+///     .await
+///     .unwrap_err();
+/// assert!(refused.to_string().contains("install the outbox before this write"));
+/// # Ok::<_, Box<dyn std::error::Error>>(()) }).unwrap() }
+/// ```
+#[macro_export]
+macro_rules! outbox_migration {
+    ($($model:ty),+ $(,)?) => {
+        /// Installs the matroska outbox on the tables of its models (`down` removes it).
+        #[derive(sea_orm_migration::prelude::DeriveMigrationName)]
+        pub struct Migration;
+
+        #[sea_orm_migration::async_trait::async_trait]
+        impl sea_orm_migration::MigrationTrait for Migration {
+            async fn up(
+                &self,
+                manager: &sea_orm_migration::SchemaManager,
+            ) -> ::core::result::Result<(), sea_orm_migration::DbErr> {
+                let tables = [$(<$model as $crate::__private::WatchedTable>::watched_table()),+];
+                $crate::outbox::install(manager.get_connection(), &tables)
+                    .await
+                    .map_err(|e| sea_orm_migration::DbErr::Migration(e.to_string()))
+            }
+
+            async fn down(
+                &self,
+                manager: &sea_orm_migration::SchemaManager,
+            ) -> ::core::result::Result<(), sea_orm_migration::DbErr> {
+                let tables = [$(<$model as $crate::__private::WatchedTable>::watched_table()),+];
+                let names: $crate::__private::Vec<&str> = tables.iter().map(|t| t.table()).collect();
+                $crate::outbox::uninstall(manager.get_connection(), &names)
+                    .await
+                    .map_err(|e| sea_orm_migration::DbErr::Migration(e.to_string()))
+            }
+        }
+    };
 }
 
 /// The sqlx pool behind a SeaORM connection, for the relay.

@@ -308,7 +308,7 @@ pub(crate) fn warn_if_bare_transaction<C: ?Sized>() {
         tracing::warn!(
             "a hooked save ran inside a bare `begin()` transaction: its invalidation happens before \
              the commit, so a concurrent reader may re-cache the old row; use \
-             `matroska_seaorm::transaction` or wrap the code in `matroska_seaorm::batch`"
+             `matroska::seaorm::transaction` or wrap the code in `matroska::seaorm::batch`"
         );
     }
 }

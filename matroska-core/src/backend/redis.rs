@@ -59,6 +59,8 @@ mod lua;
 #[cfg(test)]
 mod model;
 mod near;
+// Only a cluster's nodes are checked (a single server's restart is detected otherwise).
+#[cfg(any(feature = "cluster", test))]
 mod persistence;
 mod spread;
 mod subscriber;

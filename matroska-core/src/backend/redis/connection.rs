@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use super::Inner;
 use super::config::{RedisConfig, validate_prefix};
-use super::{Inner, persistence};
+#[cfg(feature = "cluster")]
+use super::persistence;
 use crate::error::{Error, Result};
 
 /// The server is unreachable (as opposed to slow, or answering with an error).
