@@ -654,3 +654,29 @@ pub async fn with_cache<F: Future>(cache: Cache, fut: F) -> F::Output {
 pub fn current_cache() -> Option<Cache> {
     Invalidator::current().map(|i| i.inner.cache.clone())
 }
+
+/// The cache the hooks use here, for code that reads through it without being handed one: a
+/// service layer whose functions take only the connection stays as it is, and `?` turns a
+/// missing cache into a `DbErr` in functions that return one.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use matroska_core::Cache;
+/// use sea_orm::DbErr;
+///
+/// async fn service() -> Result<bool, DbErr> {
+///     let cache = matroska_seaorm::registered_cache()?; // e.g. `.cached(&cache)` on a select
+///     Ok(cache.has("anything").await.is_ok())
+/// }
+/// assert!(service().await.is_err()); // none registered: `Error::NoCache`, as a `DbErr`
+/// matroska_seaorm::with_cache(Cache::memory(), async {
+///     assert!(service().await.unwrap());
+/// }).await;
+/// # })
+/// ```
+///
+/// # Errors
+/// [`Error::NoCache`] when no cache is registered ([`set_global_cache`], [`with_cache`]).
+pub fn registered_cache() -> Result<Cache> {
+    current_cache().ok_or(Error::NoCache)
+}

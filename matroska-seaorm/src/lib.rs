@@ -135,7 +135,7 @@ pub use error::{Error, Result};
 pub use filter::ScopeFilter;
 pub use hooks::Hooks;
 pub use invalidator::{
-    Invalidator, InvalidatorBuilder, current_cache, set_global_cache, with_cache,
+    Invalidator, InvalidatorBuilder, current_cache, registered_cache, set_global_cache, with_cache,
 };
 pub use query::{Cached, CachedExt};
 pub use transaction::{batch, transaction};
