@@ -184,8 +184,10 @@ impl RedisBackend {
 
     fn unconnected(config: RedisConfig, connector: Connector) -> Result<Self> {
         // --- near cache (issue 19) ---
-        let near = match (&config.near_cache, &connector) {
-            (None, _) => None,
+        // The subscriber is started below, once the backend exists: its heartbeats go through
+        // the backend's data connection.
+        let (near, subscriber) = match (&config.near_cache, &connector) {
+            (None, _) => (None, None),
             (Some(near), Connector::Single(client, _)) => {
                 let near = Arc::new(near::Near::new(
                     near.clone(),
@@ -198,12 +200,7 @@ impl RedisBackend {
                             .into(),
                     )
                 })?;
-                runtime.spawn(subscriber::run(
-                    Arc::downgrade(&near),
-                    client.clone(),
-                    config.timeout,
-                ));
-                Some(near)
+                (Some(near), Some((runtime, client.clone())))
             }
             #[cfg(feature = "cluster")]
             (Some(_), Connector::Cluster(_)) => {
@@ -223,7 +220,7 @@ impl RedisBackend {
         } else {
             prefix.clone()
         };
-        Ok(RedisBackend {
+        let backend = RedisBackend {
             inner: Arc::new(Inner {
                 conn: OnceLock::new(),
                 connector,
@@ -243,7 +240,18 @@ impl RedisBackend {
                 spread: spread::Scripts::default(),
                 near,
             }),
-        })
+        };
+        // --- near cache (issue 19): it holds the backend weakly, so dropping it ends the task.
+        if let Some((runtime, client)) = subscriber {
+            let timeout = backend.inner.config.timeout;
+            runtime.spawn(subscriber::run(
+                Arc::downgrade(&backend.inner),
+                client,
+                timeout,
+            ));
+        }
+        // --- end near cache ---
+        Ok(backend)
     }
 
     /// Whether the first connection has succeeded (the connection may be down again since:
