@@ -30,7 +30,7 @@ fn main() {
     const KEYS: usize = 10_000;
     const ROUNDS: usize = 15;
     const OPS: usize = 200_000;
-    // The subscriber (pings, messages) runs on this runtime's threads.
+    // The subscriber (heartbeats, messages) runs on this runtime's threads.
     let rt = common::runtime();
     let keys: Vec<String> = (0..KEYS).map(|i| format!("articles:{i}")).collect();
     let deps = common::deps(5, 0);

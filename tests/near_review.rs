@@ -169,6 +169,51 @@ async fn an_acl_user_without_channels_can_still_invalidate_and_delete() {
     assert!(deleted.is_ok(), "delete: {:?}", deleted.err());
 }
 
+/// Publish rights: the tier's liveness proof is a heartbeat it publishes through its data
+/// connection. An ACL user without `PUBLISH` can still subscribe (and, before, its tier went
+/// live on pings alone while its own writes broadcast nothing): its heartbeats are refused, so
+/// its tier serves nothing, every read goes to Redis, and the backend warns once.
+#[tokio::test]
+async fn an_acl_user_without_publish_gets_no_near_hits() {
+    let redis = PrivateRedis::start();
+    let _: () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER", "app", "on", ">pw", "~*", "&*", "+@all", "-publish",
+        ])
+        .query(&mut redis.client())
+        .unwrap();
+    let url = format!("redis://app:pw@127.0.0.1:{}", redis.port);
+    let prefix = unique("review_acl_publish");
+    let backend = redis_backend_with(near_config(&url, &prefix)).await;
+    put(&backend, "k", "v", &["dep"]).await;
+    let refused = || {
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut redis.client())
+            .unwrap();
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_publish:"))
+            .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("rejected_calls=")))
+            .map_or(0, |n| n.trim().parse::<u64>().unwrap())
+    };
+    // Counted after the put, whose own `PUBLISH` the ACL refused too.
+    let before = refused();
+    // (Or the tier went live, which the reads below refuse.)
+    eventually("a heartbeat is refused", async || {
+        refused() > before || backend.near_is_live()
+    })
+    .await;
+    // Reads for a while (the tier would go live, and fill, within a heartbeat's round trip).
+    let until = Instant::now() + 3 * LAG;
+    while Instant::now() < until {
+        assert_eq!(backend.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+        assert_eq!(peek(&backend, "k"), None, "a near hit without a heartbeat");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!backend.near_is_live());
+}
+
 /// Finding 3. `NearConfig`'s fields are public; a `max_lag` of zero set on the field (the
 /// builder clamps it to 4 ms, the field does not) panics the subscriber task
 /// (`tokio::time::interval` of a zero period): the tier is silently off for good.
@@ -241,7 +286,7 @@ async fn the_near_tier_works_with_resp3_and_a_database_number() {
 }
 
 /// Passes: a `max_lag` of `Duration::MAX` (set with the builder) does not panic the
-/// subscriber (its ping period and the liveness arithmetic saturate).
+/// subscriber (its heartbeat period and the liveness arithmetic saturate).
 #[tokio::test]
 async fn a_huge_max_lag_does_not_kill_the_subscriber() {
     let prefix = unique("review_huge_lag");
@@ -255,11 +300,12 @@ async fn a_huge_max_lag_does_not_kill_the_subscriber() {
     assert_eq!(peek(&backend, "k"), None);
 }
 
-/// Finding 1, what is left: a process whose reads all hit its near tier sends nothing on its
-/// data connection, so it verifies nothing after the failover and its subscription stays on
-/// the old master, live and deaf.
+/// Finding 1, what was left: a process whose reads all hit its near tier sent nothing on its
+/// data connection, so it verified nothing after the failover and its subscription stayed on
+/// the old master, live (it answered pings) and deaf. The liveness proof now goes through the
+/// data path: a heartbeat published on the data connection must come back on the
+/// subscription.
 #[tokio::test]
-#[ignore = "review 2, finding 1 (rest): not fixed (needs a liveness proof through the data path)"]
 async fn a_near_only_reader_stops_serving_within_max_lag_after_a_failover() {
     let old = PrivateRedis::start();
     let new = PrivateRedis::start();

@@ -187,8 +187,10 @@ impl RedisBackend {
 
     fn unconnected(config: RedisConfig, connector: Connector) -> Result<Self> {
         // --- near cache (issue 19) ---
-        let near = match (&config.near_cache, &connector) {
-            (None, _) => None,
+        // The subscriber is started below, once the backend exists: its heartbeats go through
+        // the backend's data connection.
+        let (near, subscriber) = match (&config.near_cache, &connector) {
+            (None, _) => (None, None),
             (Some(near), Connector::Single(client, _)) => {
                 let near = Arc::new(near::Near::new(
                     near.clone(),
@@ -201,12 +203,7 @@ impl RedisBackend {
                             .into(),
                     )
                 })?;
-                runtime.spawn(subscriber::run(
-                    Arc::downgrade(&near),
-                    client.clone(),
-                    config.timeout,
-                ));
-                Some(near)
+                (Some(near), Some((runtime, client.clone())))
             }
             #[cfg(feature = "cluster")]
             (Some(_), Connector::Cluster(_)) => {
@@ -226,7 +223,7 @@ impl RedisBackend {
         } else {
             prefix.clone()
         };
-        Ok(RedisBackend {
+        let backend = RedisBackend {
             inner: Arc::new(Inner {
                 conn: OnceLock::new(),
                 connector,
@@ -246,7 +243,18 @@ impl RedisBackend {
                 spread: spread::Scripts::default(),
                 near,
             }),
-        })
+        };
+        // --- near cache (issue 19): it holds the backend weakly, so dropping it ends the task.
+        if let Some((runtime, client)) = subscriber {
+            let timeout = backend.inner.config.timeout;
+            runtime.spawn(subscriber::run(
+                Arc::downgrade(&backend.inner),
+                client,
+                timeout,
+            ));
+        }
+        // --- end near cache ---
+        Ok(backend)
     }
 
     /// Whether the first connection has succeeded (the connection may be down again since:

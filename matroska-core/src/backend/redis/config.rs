@@ -199,10 +199,14 @@ impl RedisConfig {
     /// - another process stops serving the old value once it has received the message
     ///   (delivery latency, milliseconds on a LAN), and in any case no read that begins more
     ///   than [`NearConfig::max_lag`] after the invalidation returned is served from its near
-    ///   tier unless that process's subscriber has confirmed, with a ping on its subscribed
-    ///   connection, that it recorded every message published up to then. A killed
-    ///   subscription, a Redis restart, a stalled or paused process: the tier serves nothing
-    ///   until it is subscribed and confirmed again, and then starts empty;
+    ///   tier unless that process has confirmed, with a heartbeat it published through its
+    ///   data connection and received on its subscribed one, that it recorded every message
+    ///   published up to then on the server its data now goes to (one `PUBLISH` every
+    ///   `max_lag / 4` per process). A killed subscription, a Redis restart, a stalled or
+    ///   paused process, a subscription left on an old master after a failover behind one
+    ///   address: the tier serves nothing until it is subscribed and confirmed again, and then
+    ///   starts empty. An ACL user needs the channels `{prefix}:n*` and the `publish` and
+    ///   `subscribe` commands, or the tier serves nothing (one warning);
     /// - a stored `put` publishes its key like a `delete`: another process drops the copy the
     ///   new value replaces, within the same bound (puts with more dependencies than
     ///   [`RedisConfig::invalidate_batch`] do not publish: until [`NearConfig::max_age`] or

@@ -140,13 +140,6 @@ impl RedisBackend {
             .verified
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(name.into());
-        // --- near cache (issue 19): the subscribed connection may still be on the server this
-        // connection left (a failover behind a switching address, whose old master answers
-        // pings but hears no write): move it too. Its new subscription empties the tier.
-        if let Some(near) = &self.inner.near {
-            near.resubscribe.send_modify(|n| *n += 1);
-        }
-        // --- end near cache ---
         Ok(())
     }
 }

@@ -14,15 +14,18 @@
 //!   floor (below). So a remote read racing an invalidation can insert its value, but never
 //!   serve it after the invalidation is recorded. The marks map is bounded: forgetting a mark
 //!   raises the floor to its number, which refuses every entry filled before it.
-//! - **Liveness.** The subscriber pings Redis on its subscribed connection; a reply to a ping
-//!   sent at `s` (same connection, in order) proves every message published before `s` was
-//!   recorded. A hit is served only while the newest such `s` is at most `max_lag` old, so
-//!   an invalidation that returned at `t` can be served stale only by a read that began
-//!   before `t + max_lag`, whatever failed (connection killed, Redis restarted, this process
-//!   paused). On every (re)subscription the tier starts empty (the floor moves past every
-//!   entry). Every verification of a new data connection (`incarnation.rs`) resubscribes, so
-//!   that a failover behind a switching address does not leave the subscription on the old
-//!   master, which would answer pings and hear no write.
+//! - **Liveness.** Every `max_lag / 4` the subscriber publishes a heartbeat on this tier's
+//!   own channel `{P}:n:<nonce>` *through the backend's data connection* and waits for it on
+//!   the subscribed one. Invariant: when a heartbeat sent at `s` comes back, every message the
+//!   server that ran its `PUBLISH` had published before it — so every invalidation that
+//!   returned before `s` on the server the data connection reaches — has been recorded,
+//!   because one server delivers a subscriber's messages in the order it ran their
+//!   `PUBLISH`es and the subscriber records them in the order received. A hit is served only
+//!   while the newest such `s` is at most `max_lag` old, so an invalidation that returned at
+//!   `t` can be served stale only by a read that began before `t + max_lag`, whatever failed
+//!   (connection killed, Redis restarted, this process paused, the subscription left on an old
+//!   master after a failover behind one address, the heartbeat refused). On every
+//!   (re)subscription the tier starts empty (the floor moves past every entry).
 //! - **Read-your-writes.** `invalidate` and `delete` record their marks in this process
 //!   before returning, independently of the broadcast.
 
@@ -53,17 +56,17 @@ pub struct NearConfig {
     /// a fixed per-entry overhead ([`NearConfig::ENTRY_OVERHEAD`]).
     pub max_bytes: u64,
     /// How long an entry may be served from the tier before it is read from Redis again;
-    /// `None` for no limit. Default 60 s: it bounds what no broadcast reaches — a process
-    /// that only hits its tier while its subscription stays on an old master after a
-    /// failover behind one address, a put with more dependencies than
+    /// `None` for no limit. Default 60 s: it bounds what no broadcast reaches — a put with
+    /// more dependencies than
     /// [`RedisConfig::invalidate_batch`](super::RedisConfig::invalidate_batch), a writer whose
     /// `PUBLISH` an ACL refuses.
     pub max_age: Option<Duration>,
     /// How far behind the invalidation broadcast this process may be and still serve near
-    /// hits: a hit is served only if a ping sent on the subscribed connection at most this
-    /// long ago has been answered (and every message before it recorded). It bounds how long
-    /// after an invalidation returned another process may still serve the old value when
-    /// delivery fails. Default 200 ms.
+    /// hits: a hit is served only if a heartbeat published through the data connection at
+    /// most this long ago has come back on the subscribed connection (and every message
+    /// before it was recorded). It bounds how long after an invalidation returned another
+    /// process may still serve the old value when delivery fails. Costs one `PUBLISH` every
+    /// `max_lag / 4` per process (20 per second at the default). Default 200 ms.
     pub max_lag: Duration,
     /// How many invalidated dependencies (and deleted keys) the tier remembers; forgetting
     /// the older half makes every entry filled before them a miss. Default 65,536.
@@ -93,7 +96,8 @@ impl NearConfig {
         self
     }
 
-    /// Sets [`NearConfig::max_lag`] (at least 4 ms: the subscriber pings every quarter of it).
+    /// Sets [`NearConfig::max_lag`] (at least 4 ms: the subscriber sends a heartbeat every
+    /// quarter of it).
     #[must_use]
     pub fn max_lag(mut self, lag: Duration) -> Self {
         self.max_lag = lag.max(Duration::from_millis(4));
@@ -198,7 +202,8 @@ struct Marks {
 
 /// Test hooks that stall parts of the protocol (doc-hidden methods on the backend).
 pub(super) struct Hooks {
-    /// While set, the subscriber records nothing and answers no ping (a stalled process).
+    /// While set, the subscriber records nothing and sends and confirms no heartbeat (a
+    /// stalled process).
     pub(super) stall: watch::Sender<bool>,
     /// While set, a read that found a valid value in Redis waits before inserting it.
     fills_closed: watch::Sender<bool>,
@@ -234,23 +239,22 @@ pub(super) struct Near {
     marks: Mutex<Marks>,
     /// Bumped, under `marks`' lock, after every recorded invalidation, delete or restart.
     seq: AtomicU64,
-    /// Send time (nanoseconds after `origin`, +1 so that 0 means none) of the newest ping
-    /// whose reply arrived with every message before it recorded.
+    /// Send time (nanoseconds after `origin`, +1 so that 0 means none) of the newest
+    /// heartbeat that came back with every message before it recorded.
     confirmed: AtomicU64,
     origin: Instant,
     pub(super) config: NearConfig,
     pub(super) channel: String,
+    /// `{P}:n:<nonce>`: this tier's own heartbeat channel (one per tier, so that N processes
+    /// publish N heartbeats, not N² broadcasts).
+    pub(super) heartbeat_channel: String,
     pub(super) hooks: Hooks,
-    /// Bumped when the backend verified a new data connection (a reconnect, perhaps to
-    /// another server after a failover behind a switching address): the subscriber
-    /// resubscribes, so that it listens where the writes now go.
-    pub(super) resubscribe: watch::Sender<u64>,
 }
 
 impl Near {
     pub(super) fn new(mut config: NearConfig, channel: String) -> Self {
         // The fields are public: keep the bounds the setters keep (a zero `max_lag` would
-        // also be a zero ping period, which panics the subscriber's interval).
+        // also be a zero heartbeat period, which panics the subscriber's interval).
         let (lag, marks) = (config.max_lag, config.max_marks);
         config = config.max_lag(lag).max_marks(marks);
         let entries = moka::sync::Cache::builder()
@@ -268,9 +272,9 @@ impl Near {
             confirmed: AtomicU64::new(0),
             origin: Instant::now(),
             config,
+            heartbeat_channel: format!("{channel}:{:016x}", crate::nonce::next()),
             channel,
             hooks: Hooks::default(),
-            resubscribe: watch::Sender::new(0),
         }
     }
 
@@ -415,7 +419,7 @@ impl Near {
         self.entries.invalidate_all();
     }
 
-    /// A ping sent at `sent` was answered and every message before it recorded.
+    /// A heartbeat sent at `sent` came back and every message before it was recorded.
     pub(super) fn confirm(&self, sent: Instant) {
         self.confirmed
             .fetch_max(self.nanos(sent) + 1, Ordering::AcqRel);
@@ -473,6 +477,24 @@ fn weigh(key: &Box<str>, entry: &Arc<Entry>) -> u32 {
     u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 
+impl RedisBackend {
+    /// Publishes heartbeat `seq` on `channel` through the data connection (the one reads and
+    /// invalidations take, so it goes wherever the data now lives); how many subscribers got
+    /// it. Through the fast-fail like any command: during an outage none is sent, and the
+    /// tier serves nothing.
+    pub(super) async fn near_heartbeat(&self, channel: &str, seq: u64) -> crate::Result<i64> {
+        let mut conn = self.conn()?;
+        self.run(
+            "near heartbeat",
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(seq)
+                .query_async(&mut conn),
+        )
+        .await
+    }
+}
+
 /// Inspection and test hooks of the near cache; not part of the API.
 impl RedisBackend {
     fn near(&self) -> Option<&Near> {
@@ -485,7 +507,8 @@ impl RedisBackend {
         self.near()?.get(key)
     }
 
-    /// Whether the near tier may serve hits now (subscribed and confirmed within `max_lag`).
+    /// Whether the near tier may serve hits now (subscribed, and a heartbeat sent within
+    /// `max_lag` came back).
     #[doc(hidden)]
     pub fn near_is_live(&self) -> bool {
         self.near().is_some_and(Near::is_live)
@@ -497,8 +520,8 @@ impl RedisBackend {
         self.near().map(Near::usage)
     }
 
-    /// Stalls the subscriber (it records no message and confirms no ping) until unstalled,
-    /// as if this process were paused.
+    /// Stalls the subscriber (it records no message, and sends and confirms no heartbeat)
+    /// until unstalled, as if this process were paused.
     #[doc(hidden)]
     pub fn near_stall_subscriber(&self, stalled: bool) {
         if let Some(near) = self.near() {
