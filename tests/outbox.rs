@@ -2304,6 +2304,50 @@ async fn outdated_triggers_fail_in_development(kind: Kind) {
     assert!(!cache.has("by-name").await.unwrap(), "{kind:?}");
 }
 
+/// Development mode, a running relay: the re-install's notification ends its wait for the
+/// next retry (a back-off of a minute here), so delivery resumes at once instead of after the
+/// back-off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reinstall_wakes_a_relay_waiting_on_outdated_triggers_postgres() {
+    let db = outdated_tag_table(Kind::Postgres, "outdated_wake").await;
+    let cache = support::memory_cache();
+    let relay = outbox::relay(&db.conn, cache.clone())
+        .unwrap()
+        .watch(grown_tag_spec())
+        .mode(matroska::ScopeMode::Development)
+        .retry_delay(Duration::from_secs(60), Duration::from_secs(60))
+        .build()
+        .spawn();
+    exec(&db, "INSERT INTO tag (id, name, cat) VALUES (1, 'n', 'c')").await;
+    // The relay has failed its first claim and is waiting out its back-off.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while relay.relay().stats().failures == 0 {
+        assert!(Instant::now() < deadline, "the relay never tried");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cache
+        .put(
+            "by-name",
+            &1,
+            &[Dependency::condition("tag", [("name", "m".into())])],
+            None,
+        )
+        .await
+        .unwrap();
+    outbox::install(&db.conn, &[grown_tag_spec()])
+        .await
+        .unwrap();
+    exec(&db, "UPDATE tag SET name = 'm' WHERE id = 1").await;
+    while cache.has("by-name").await.unwrap() {
+        assert!(
+            Instant::now() < deadline,
+            "still waiting out the back-off after the re-install"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    relay.shutdown().await;
+}
+
 /// Production mode: the relay warns and invalidates the entity's lists for every change,
 /// without dead letters.
 async fn outdated_triggers_go_coarse_in_production(kind: Kind) {

@@ -674,9 +674,15 @@ impl Relay {
                     tracing::warn!(error = %e, retry_in = ?delay, "outbox delivery failed; the rows stay");
                     let wait = delay;
                     delay = delay.saturating_mul(2).min(inner.retry_max);
+                    // Outdated triggers (development mode) end only with a re-install, whose
+                    // whole-table row notifies: try again then, not after the back-off (up
+                    // to `retry_max`). Other failures (a cache outage) keep their back-off,
+                    // which every write's notification would otherwise cut short.
+                    let outdated = matches!(e, crate::Error::TriggersOutdated { .. });
                     tokio::select! {
                         () = stop.notified() => return,
                         () = tokio::time::sleep(wait) => {}
+                        () = inner.wake.notified(), if outdated => {}
                     }
                     continue;
                 }
