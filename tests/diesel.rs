@@ -1120,6 +1120,188 @@ macro_rules! diesel_tests {
                 insert(&mut env.conn, "D", "fantasy");
                 env.expect(&[FANTASY], &[SCI_FI, ROW_A, ROW_B]).await;
             }
+
+            /// What the cached queries of the blocking tests answer: every blocking form once.
+            type Answers = (
+                Vec<Post>,
+                Vec<Post>,
+                Option<Post>,
+                Option<Post>,
+                Vec<String>,
+                Option<Option<i32>>,
+                i64,
+                Option<Post>,
+            );
+
+            /// The fantasy list through `load_blocking`, as `list` reads it with `load`.
+            fn list_blocking(cache: &Cache, conn: &mut Conn) -> Vec<Post> {
+                posts::table
+                    .order(posts::id)
+                    .cached(cache)
+                    .scoped(&published_in("fantasy"))
+                    .load_blocking::<Post, _>(conn)
+                    .unwrap()
+            }
+
+            /// Every blocking form, from sync code.
+            fn read_blocking(cache: &Cache, conn: &mut Conn, id: i32) -> Answers {
+                (
+                    list_blocking(cache, conn),
+                    posts::table
+                        .order(posts::id)
+                        .cached(cache)
+                        .scoped(&published_in("sci-fi"))
+                        .get_results_blocking::<Post, _>(conn)
+                        .unwrap(),
+                    posts::table
+                        .filter(posts::id.eq(id))
+                        .cached(cache)
+                        .get_result_blocking::<Post, _>(conn)
+                        .unwrap(),
+                    posts::table
+                        .order(posts::id)
+                        .cached(cache)
+                        .first_blocking::<Post, _>(conn)
+                        .unwrap(),
+                    posts::table
+                        .select(posts::title)
+                        .order(posts::id)
+                        .cached(cache)
+                        .values_blocking::<Post, String, _>(conn)
+                        .unwrap(),
+                    posts::table
+                        .select(diesel::dsl::max(posts::id))
+                        .cached(cache)
+                        .value_blocking::<Post, Option<i32>, _>(conn)
+                        .unwrap(),
+                    posts::table
+                        .cached(cache)
+                        .count_blocking::<Post, _>(conn)
+                        .unwrap(),
+                    matroska::diesel::find_blocking::<Post, _, _, _>(cache, conn, posts::table, id)
+                        .unwrap(),
+                )
+            }
+
+            /// What the database holds for the same queries.
+            fn read_db(conn: &mut Conn, id: i32) -> Answers {
+                let by_id = posts::table
+                    .filter(posts::id.eq(id))
+                    .first::<Post>(conn)
+                    .optional()
+                    .unwrap();
+                (
+                    posts::table
+                        .filter(published_in("fantasy").filter())
+                        .order(posts::id)
+                        .load(conn)
+                        .unwrap(),
+                    posts::table
+                        .filter(published_in("sci-fi").filter())
+                        .order(posts::id)
+                        .load(conn)
+                        .unwrap(),
+                    by_id.clone(),
+                    posts::table
+                        .order(posts::id)
+                        .first(conn)
+                        .optional()
+                        .unwrap(),
+                    posts::table
+                        .select(posts::title)
+                        .order(posts::id)
+                        .load(conn)
+                        .unwrap(),
+                    Some(
+                        posts::table
+                            .select(diesel::dsl::max(posts::id))
+                            .get_result(conn)
+                            .unwrap(),
+                    ),
+                    posts::table.count().get_result(conn).unwrap(),
+                    by_id,
+                )
+            }
+
+            /// A sync app: a plain thread with no runtime (the relay runs on a runtime of its
+            /// own, as a sync app would start one at boot), the in-memory backend. The blocking
+            /// forms fill, hit, and after a Diesel write and the relay's delivery
+            /// (`wait_delivered_blocking`), answer what the database holds.
+            #[test]
+            fn blocking_forms_on_a_plain_thread() {
+                let relay_runtime = tokio::runtime::Runtime::new().unwrap();
+                let mut env =
+                    relay_runtime.block_on(setup_with("d_blocking_plain", support::memory_cache()));
+                let a = env.a.id;
+                std::thread::scope(|scope| {
+                    scope
+                        .spawn(|| {
+                            assert!(tokio::runtime::Handle::try_current().is_err());
+                            let Env {
+                                conn, cache, relay, ..
+                            } = &mut env;
+                            let fresh = read_db(conn, a);
+                            assert_eq!(read_blocking(cache, conn, a), fresh, "filled");
+                            assert_eq!(read_blocking(cache, conn, a), fresh, "hit");
+                            diesel::update(posts::table.find(a))
+                                .set(posts::title.eq("A2"))
+                                .execute(conn)
+                                .unwrap();
+                            insert(conn, "C", "fantasy");
+                            relay
+                                .wait_delivered_blocking(Duration::from_secs(20))
+                                .unwrap();
+                            let fresh = read_db(conn, a);
+                            assert_eq!(fresh.0.len(), 2);
+                            assert_eq!(read_blocking(cache, conn, a), fresh, "after the write");
+                        })
+                        .join()
+                        .unwrap();
+                });
+                relay_runtime.block_on(async move { drop(env) });
+            }
+
+            /// The blocking forms on `spawn_blocking` threads, with the Redis backend made in
+            /// this multi-thread runtime: they hit the entries the async forms filled (one
+            /// implementation, one key), and answer what the database holds after a write the
+            /// relay delivered.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn blocking_forms_on_a_blocking_thread_with_redis() {
+                let backend = Arc::new(Faulty::new(support::redis_backend("d_blocking").await));
+                let cache = Cache::builder_arc(backend.clone()).build().unwrap();
+                let mut env = setup_with("d_blocking", cache).await;
+                let a = env.a.id;
+                let on_a_blocking_thread =
+                    |env: &Env<Conn>, read: fn(&Cache, &mut Conn, i32) -> Answers| {
+                        let (cache, mut conn) = (env.cache.clone(), Conn::open(&env.db));
+                        tokio::task::spawn_blocking(move || {
+                            (read(&cache, &mut conn, a), read_db(&mut conn, a))
+                        })
+                    };
+                // `setup` filled the fantasy list with `load`: `load_blocking` hits it.
+                let before = backend.hits();
+                let hit = on_a_blocking_thread(&env, |cache, conn, _| {
+                    let list = list_blocking(cache, conn);
+                    (list, Vec::new(), None, None, Vec::new(), None, 0, None)
+                })
+                .await
+                .unwrap();
+                assert_eq!(hit.0.0, hit.1.0);
+                assert_eq!(backend.hits(), before + 1, "the async form's entry");
+                for round in ["filled", "hit"] {
+                    let (cached, fresh) = on_a_blocking_thread(&env, read_blocking).await.unwrap();
+                    assert_eq!(cached, fresh, "{round}");
+                }
+                diesel::update(posts::table.find(a))
+                    .set(posts::title.eq("A2"))
+                    .execute(&mut env.conn)
+                    .unwrap();
+                insert(&mut env.conn, "C", "fantasy");
+                delivered(&env).await;
+                let (cached, fresh) = on_a_blocking_thread(&env, read_blocking).await.unwrap();
+                assert_eq!(fresh.0.len(), 2);
+                assert_eq!(cached, fresh, "after the write");
+            }
         }
     };
 }
@@ -1265,6 +1447,147 @@ async fn deadpool_diesel_on_mariadb() {
     env.expect(&[FANTASY], &[SCI_FI, ROW_A, ROW_B]).await;
     assert_eq!(interact(pool.clone(), env.cache.clone()).await.len(), 2);
     assert_eq!(lock(pool.clone(), env.cache.clone()).await.len(), 2);
+}
+
+/// An in-memory SQLite database with two posts, for the blocking tests that need no relay.
+fn sqlite_posts() -> diesel::SqliteConnection {
+    let mut conn = diesel::SqliteConnection::establish(":memory:").unwrap();
+    create_tables(&mut conn, support::db::Kind::Sqlite);
+    conn.batch_execute(
+        "INSERT INTO posts (title, category, published) VALUES ('A', 'fantasy', 1), ('B', 'sci-fi', 1)",
+    )
+    .unwrap();
+    conn
+}
+
+fn titles_blocking(
+    cache: &Cache,
+    conn: &mut diesel::SqliteConnection,
+) -> matroska::diesel::Result<Vec<Post>> {
+    posts::table
+        .order(posts::id)
+        .cached(cache)
+        .load_blocking::<Post, _>(conn)
+}
+
+/// A blocking form called from async code — `Runtime::block_on`'s future on a current-thread
+/// runtime (`#[tokio::test]`), a task of a multi-thread one — is an error that says to
+/// `.await` (not a panic, not a deadlock), and reads nothing.
+#[test]
+fn a_blocking_form_in_async_code_is_an_error() {
+    let is_async_context = |result: matroska::diesel::Result<Vec<Post>>| {
+        matches!(
+            result,
+            Err(matroska::diesel::Error::Cache(
+                matroska::Error::AsyncContext
+            ))
+        )
+    };
+    let current = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cache = support::memory_cache();
+    let in_block_on = current.block_on(async {
+        let mut conn = sqlite_posts();
+        titles_blocking(&cache, &mut conn)
+    });
+    assert!(is_async_context(in_block_on));
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let in_task = multi
+        .block_on(multi.spawn(async move {
+            let mut conn = sqlite_posts();
+            let result = titles_blocking(&cache, &mut conn);
+            // The error names what to do.
+            let message = result.as_ref().err().map(ToString::to_string);
+            assert!(message.is_some_and(|m| m.contains("`.await` the async form")));
+            result
+        }))
+        .unwrap();
+    assert!(is_async_context(in_task));
+    // From a blocking thread of the same runtime, the same call works.
+    let cache = support::memory_cache();
+    let on_blocking_thread = multi
+        .block_on(multi.spawn_blocking(move || titles_blocking(&cache, &mut sqlite_posts())))
+        .unwrap();
+    assert_eq!(on_blocking_thread.unwrap().len(), 2);
+}
+
+/// A fill that waits for another process's fill lease polls on Tokio's timer; from a plain
+/// thread with no runtime, a bare executor would panic there ("no reactor running"). Leases
+/// held elsewhere (always) make every miss poll until the lease would expire, then load.
+#[test]
+fn a_blocking_fill_polling_a_lease_on_a_plain_thread() {
+    let backend = Arc::new(Faulty::new(
+        matroska::backend::memory::MemoryBackend::default(),
+    ));
+    backend.hold_leases_elsewhere(true);
+    let cache = Cache::builder_arc(backend.clone())
+        .fill_lease(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let loaded = std::thread::spawn(move || {
+        assert!(tokio::runtime::Handle::try_current().is_err());
+        let mut conn = sqlite_posts();
+        let first = titles_blocking(&cache, &mut conn).unwrap();
+        (first, backend.lease_asks())
+    })
+    .join()
+    .unwrap();
+    assert_eq!(loaded.0.len(), 2);
+    assert!(loaded.1 > 0, "the fill asked for the lease");
+}
+
+/// A Redis backend made on a current-thread runtime that another thread drives (inside its
+/// `Runtime::block_on`): blocking forms from a plain thread fill and hit through it (its
+/// connection task runs there; the cache's timers on matroska's own runtime). Once nothing
+/// drives that runtime, its connection stops answering: the reads end at the backend's
+/// time-out and degrade to the database (right answers, no error, no hang).
+#[test]
+fn redis_made_on_a_current_thread_runtime_driven_elsewhere() {
+    let (made, cache) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let driver = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let backend = support::redis_backend_with(
+                matroska::backend::redis::RedisConfig::new(
+                    support::redis_url(),
+                    support::unique("d_blocking_ct"),
+                )
+                .timeout(Duration::from_millis(300)),
+            )
+            .await;
+            let backend = Arc::new(Faulty::new(backend));
+            let cache = Cache::builder_arc(backend.clone()).build().unwrap();
+            made.send((cache, backend)).unwrap();
+            let _ = stopped.await;
+        });
+        runtime
+    });
+    let (cache, backend) = cache.recv().unwrap();
+    let mut conn = sqlite_posts();
+    assert_eq!(titles_blocking(&cache, &mut conn).unwrap().len(), 2);
+    let before = backend.hits();
+    assert_eq!(titles_blocking(&cache, &mut conn).unwrap().len(), 2);
+    assert_eq!(backend.hits(), before + 1, "served by Redis");
+    // Nobody drives the backend's runtime any more (it is kept, not dropped).
+    stop.send(()).unwrap();
+    let _runtime = driver.join().unwrap();
+    let before = backend.hits();
+    diesel::sql_query("DELETE FROM posts WHERE title = 'B'")
+        .execute(&mut conn)
+        .unwrap();
+    // No relay here: a hit would still list B; a degraded read lists what the database holds.
+    assert_eq!(titles_blocking(&cache, &mut conn).unwrap().len(), 1);
+    assert_eq!(backend.hits(), before, "Redis did not answer");
 }
 
 /// The titles of the cached list of posts on `conn`.

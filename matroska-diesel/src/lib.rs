@@ -163,6 +163,7 @@
 #[cfg(feature = "diesel-async")]
 #[cfg_attr(docsrs, doc(cfg(feature = "diesel-async")))]
 pub mod asynchronous;
+pub mod blocking;
 mod derived;
 mod error;
 mod filter;
@@ -176,6 +177,7 @@ use matroska_core::{Cache, CacheDeps, Scoped};
 #[cfg(feature = "diesel-async")]
 #[cfg_attr(docsrs, doc(cfg(feature = "diesel-async")))]
 pub use asynchronous::find_async;
+pub use blocking::find_blocking;
 pub use error::{Error, Result};
 pub use filter::ScopeFilter;
 pub use namespace::{CacheInstrumentation, NamespaceBackend};
