@@ -112,22 +112,20 @@ const BUDGET_PROBE: usize = 512;
 /// or the probe's allowance is used up (then it is lifted), and gives every unit back.
 fn polling_a_task() -> bool {
     let mut cx = Context::from_waker(Waker::noop());
-    let mut taken = Vec::with_capacity(BUDGET_PROBE);
-    let mut limited = false;
-    for _ in 0..BUDGET_PROBE {
-        match tokio::task::coop::poll_proceed(&mut cx) {
-            Poll::Ready(unit) => taken.push(unit),
-            Poll::Pending => {
-                limited = true;
-                break;
-            }
+    // Dropped at the end, the first unit's guard puts the budget back as it was before the
+    // probe; the others are marked as progress, so that dropping them restores nothing and the
+    // budget keeps going down.
+    let Poll::Ready(first) = tokio::task::coop::poll_proceed(&mut cx) else {
+        return true;
+    };
+    let limited = (1..BUDGET_PROBE).any(|_| match tokio::task::coop::poll_proceed(&mut cx) {
+        Poll::Ready(unit) => {
+            unit.made_progress();
+            false
         }
-    }
-    // Each guard puts back the budget it found, unless told it made progress: dropped last
-    // to first, the first one restores the budget as it was before the probe.
-    while let Some(unit) = taken.pop() {
-        drop(unit);
-    }
+        Poll::Pending => true,
+    });
+    drop(first);
     limited
 }
 
@@ -194,9 +192,15 @@ mod tests {
                 .expect("no panic");
             assert_eq!(got.ok(), Some(7));
             // A thread under the runtime's `enter()` guard, nothing driving a current-thread
-            // one: the process runtime's timer still fires.
-            let _entered = runtime.enter();
-            assert_eq!(block_on(needs_a_runtime()).ok(), Some(7));
+            // one: the process runtime's timer still fires (a bounded wait: on the idle
+            // runtime's own timer, it would never).
+            let (done, got) = std::sync::mpsc::channel();
+            let handle = runtime.handle().clone();
+            std::thread::spawn(move || {
+                let _entered = handle.enter();
+                let _ = done.send(block_on(needs_a_runtime()).ok());
+            });
+            assert_eq!(got.recv_timeout(Duration::from_secs(30)), Ok(Some(7)));
         }
     }
 
