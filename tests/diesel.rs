@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 
 use diesel::connection::{SimpleConnection, TransactionManager};
 use diesel::prelude::*;
-use matroska::diesel::{CachedExt, install_outbox, uninstall_outbox};
+use diesel::r2d2::ConnectionManager;
+use matroska::diesel::{CachePool, CachedExt, install_outbox, uninstall_outbox};
 use matroska::outbox::Outbox;
 use matroska::seaorm::outbox as seaorm_outbox;
 use matroska::{Cache, WatchedTable};
@@ -1302,6 +1303,106 @@ macro_rules! diesel_tests {
                 assert_eq!(fresh.0.len(), 2);
                 assert_eq!(cached, fresh, "after the write");
             }
+
+            /// An r2d2 pool of connections to `db`, set up as `Conn::open` sets one up, that
+            /// counts its checkouts.
+            fn r2d2_pool(
+                db: &ScratchDb,
+                checkouts: &Checkouts,
+            ) -> CachePool<ConnectionManager<Conn>> {
+                let (url, session) = pool_settings(db);
+                let pool = diesel::r2d2::Pool::builder()
+                    .max_size(2)
+                    .connection_customizer(Box::new(Session(session)))
+                    .event_handler(Box::new(checkouts.clone()))
+                    .build(ConnectionManager::<Conn>::new(url))
+                    .unwrap();
+                CachePool::new(pool)
+            }
+
+            /// Every pooled form.
+            fn read_pooled(
+                cache: &Cache,
+                pool: &CachePool<ConnectionManager<Conn>>,
+                id: i32,
+            ) -> Answers {
+                (
+                    posts::table
+                        .order(posts::id)
+                        .cached(cache)
+                        .scoped(&published_in("fantasy"))
+                        .load_pooled::<Post, _>(pool)
+                        .unwrap(),
+                    posts::table
+                        .order(posts::id)
+                        .cached(cache)
+                        .scoped(&published_in("sci-fi"))
+                        .get_results_pooled::<Post, _>(pool)
+                        .unwrap(),
+                    posts::table
+                        .filter(posts::id.eq(id))
+                        .cached(cache)
+                        .get_result_pooled::<Post, _>(pool)
+                        .unwrap(),
+                    posts::table
+                        .order(posts::id)
+                        .cached(cache)
+                        .first_pooled::<Post, _>(pool)
+                        .unwrap(),
+                    posts::table
+                        .select(posts::title)
+                        .order(posts::id)
+                        .cached(cache)
+                        .values_pooled::<Post, String, _>(pool)
+                        .unwrap(),
+                    posts::table
+                        .select(diesel::dsl::max(posts::id))
+                        .cached(cache)
+                        .value_pooled::<Post, Option<i32>, _>(pool)
+                        .unwrap(),
+                    posts::table
+                        .cached(cache)
+                        .count_pooled::<Post, _>(pool)
+                        .unwrap(),
+                    matroska::diesel::find_pooled::<Post, _, _, _>(
+                        cache,
+                        pool,
+                        posts::table,
+                        id,
+                    )
+                    .unwrap(),
+                )
+            }
+
+            /// The pooled forms from sync code (Redis made in a runtime of its own, the relay
+            /// on it): misses check out a connection, hits none; after a write the relay
+            /// delivered they answer what the database holds.
+            #[test]
+            fn pooled_forms_hit_without_a_checkout() {
+                let runtime = tokio::runtime::Runtime::new().unwrap();
+                let mut env = runtime.block_on(setup("d_pooled"));
+                let a = env.a.id;
+                let checkouts = Checkouts::default();
+                let pool = r2d2_pool(&env.db, &checkouts);
+                let fresh = read_db(&mut env.conn, a);
+                assert_eq!(read_pooled(&env.cache, &pool, a), fresh, "filled");
+                assert!(checkouts.count() > 0, "misses check out");
+                assert!(pool.namespace().is_some());
+                let before = checkouts.count();
+                assert_eq!(read_pooled(&env.cache, &pool, a), fresh, "hit");
+                assert_eq!(checkouts.count(), before, "a hit checked out a connection");
+                diesel::update(posts::table.find(a))
+                    .set(posts::title.eq("A2"))
+                    .execute(&mut env.conn)
+                    .unwrap();
+                insert(&mut env.conn, "C", "fantasy");
+                env.relay.wait_delivered_blocking(Duration::from_secs(20)).unwrap();
+                let fresh = read_db(&mut env.conn, a);
+                assert_eq!(fresh.0.len(), 2);
+                assert_eq!(read_pooled(&env.cache, &pool, a), fresh, "after the write");
+                drop(pool);
+                runtime.block_on(async move { drop(env) });
+            }
         }
     };
 }
@@ -1588,6 +1689,111 @@ fn redis_made_on_a_current_thread_runtime_driven_elsewhere() {
     // No relay here: a hit would still list B; a degraded read lists what the database holds.
     assert_eq!(titles_blocking(&cache, &mut conn).unwrap().len(), 1);
     assert_eq!(backend.hits(), before, "Redis did not answer");
+}
+
+/// Counts the checkouts of an r2d2 pool.
+#[derive(Debug, Default, Clone)]
+struct Checkouts(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Checkouts {
+    fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl diesel::r2d2::HandleEvent for Checkouts {
+    fn handle_checkout(&self, _: diesel::r2d2::event::CheckoutEvent) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Runs its statements on every connection an r2d2 pool opens.
+#[derive(Debug)]
+struct Session(String);
+
+impl<C: SimpleConnection> diesel::r2d2::CustomizeConnection<C, diesel::r2d2::Error> for Session {
+    fn on_acquire(&self, conn: &mut C) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute(&self.0)
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+/// The URL an r2d2 `ConnectionManager` opens `db` with, and what each new connection runs
+/// (as `DieselConn::open` does).
+fn pool_settings(db: &ScratchDb) -> (String, String) {
+    match db.kind {
+        support::db::Kind::Sqlite => {
+            let path = db.url.trim_start_matches("sqlite://");
+            let path = path.split_once('?').map_or(path, |(path, _)| path);
+            (path.to_owned(), "PRAGMA busy_timeout = 10000".to_owned())
+        }
+        support::db::Kind::Postgres => {
+            let schema = db.schema.as_deref().unwrap();
+            (db.url.clone(), format!("SET search_path TO \"{schema}\""))
+        }
+        support::db::Kind::MySql => (db.url.clone(), "SET @matroska_test = 1".to_owned()),
+    }
+}
+
+/// A pooled connection switched to another tenant's schema (`SET search_path`, then given
+/// back to the pool) is caught on a miss: its own namespace is not the pool's, so the query
+/// reads through (that connection's rows) and nothing is stored under the pool's key. Without
+/// the check, tenant b's rows would be stored under tenant a's key and served to a's requests.
+#[test]
+fn a_pooled_connection_switched_to_another_schema_reads_through() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (cache, dbs) = runtime.block_on(async {
+        (
+            support::redis_cache("d_pooled_search_path").await,
+            tenants(support::db::Kind::Postgres, "d_pooled_search_path").await,
+        )
+    });
+    let schema = |i: usize| dbs[i].0.schema.clone().unwrap();
+    let (a, b) = (schema(0), schema(1));
+    // One connection, so the switched one is the one the next miss gets.
+    let pool = CachePool::new(
+        diesel::r2d2::Pool::builder()
+            .max_size(1)
+            .connection_customizer(Box::new(Session(format!("SET search_path TO \"{a}\""))))
+            .build(ConnectionManager::<PgConnection>::new(support::db::postgres_url()))
+            .unwrap(),
+    );
+    let newest_first = || {
+        posts::table
+            .order(posts::id.desc())
+            .cached(&cache)
+            .load_pooled::<Post, _>(&pool)
+            .unwrap()
+            .into_iter()
+            .map(|post| post.title)
+            .collect::<Vec<_>>()
+    };
+    let oldest_first = || {
+        posts::table
+            .order(posts::id)
+            .cached(&cache)
+            .load_pooled::<Post, _>(&pool)
+            .unwrap()
+            .into_iter()
+            .map(|post| post.title)
+            .collect::<Vec<_>>()
+    };
+    // The pool's namespace: tenant a's (its first miss).
+    assert_eq!(oldest_first(), ["tenant a"]);
+    pool.get()
+        .unwrap()
+        .batch_execute(&format!("SET search_path TO \"{b}\""))
+        .unwrap();
+    // A miss on the switched connection: its own rows, not stored.
+    assert_eq!(newest_first(), ["tenant b"]);
+    // A hit needs no connection: tenant a's entry, whatever the idle connection reads.
+    assert_eq!(oldest_first(), ["tenant a"]);
+    pool.get()
+        .unwrap()
+        .batch_execute(&format!("SET search_path TO \"{a}\""))
+        .unwrap();
+    assert_eq!(newest_first(), ["tenant a"], "tenant b's rows under a's key");
+    runtime.block_on(async move { drop(dbs) });
 }
 
 /// The titles of the cached list of posts on `conn`.

@@ -170,6 +170,9 @@ mod filter;
 mod key;
 pub mod namespace;
 pub mod outbox;
+#[cfg(feature = "r2d2")]
+#[cfg_attr(docsrs, doc(cfg(feature = "r2d2")))]
+pub mod pool;
 pub mod query;
 
 use matroska_core::{Cache, CacheDeps, Scoped};
@@ -182,6 +185,9 @@ pub use error::{Error, Result};
 pub use filter::ScopeFilter;
 pub use namespace::{CacheInstrumentation, NamespaceBackend};
 pub use outbox::{install_outbox, uninstall_outbox};
+#[cfg(feature = "r2d2")]
+#[cfg_attr(docsrs, doc(cfg(feature = "r2d2")))]
+pub use pool::{CachePool, find_pooled};
 pub use query::{Cached, CachedExt, CachedRow, entity_dependencies, find};
 
 /// Invalidates, right away, what a write of `rows` affects: each row's primary key, the scope

@@ -704,7 +704,7 @@ fn entity_dependencies_of(name: &str) -> Vec<Dependency> {
 /// Runs `plan` on `conn` through the cache: read-through inside a transaction, else
 /// [`Cache::get_or_load`] under the key of the connection's namespace, with the result's row
 /// keys from `keys` and the plan's base dependencies.
-async fn run<Q, C, T>(
+pub(crate) async fn run<Q, C, T>(
     plan: Plan<Q>,
     conn: &mut C,
     exec: impl FnOnce(Q, &mut C) -> QueryResult<T>,
