@@ -1364,13 +1364,8 @@ macro_rules! diesel_tests {
                         .cached(cache)
                         .count_pooled::<Post, _>(pool)
                         .unwrap(),
-                    matroska::diesel::find_pooled::<Post, _, _, _>(
-                        cache,
-                        pool,
-                        posts::table,
-                        id,
-                    )
-                    .unwrap(),
+                    matroska::diesel::find_pooled::<Post, _, _, _>(cache, pool, posts::table, id)
+                        .unwrap(),
                 )
             }
 
@@ -1396,7 +1391,9 @@ macro_rules! diesel_tests {
                     .execute(&mut env.conn)
                     .unwrap();
                 insert(&mut env.conn, "C", "fantasy");
-                env.relay.wait_delivered_blocking(Duration::from_secs(20)).unwrap();
+                env.relay
+                    .wait_delivered_blocking(Duration::from_secs(20))
+                    .unwrap();
                 let fresh = read_db(&mut env.conn, a);
                 assert_eq!(fresh.0.len(), 2);
                 assert_eq!(read_pooled(&env.cache, &pool, a), fresh, "after the write");
@@ -1755,7 +1752,9 @@ fn a_pooled_connection_switched_to_another_schema_reads_through() {
         diesel::r2d2::Pool::builder()
             .max_size(1)
             .connection_customizer(Box::new(Session(format!("SET search_path TO \"{a}\""))))
-            .build(ConnectionManager::<PgConnection>::new(support::db::postgres_url()))
+            .build(ConnectionManager::<PgConnection>::new(
+                support::db::postgres_url(),
+            ))
             .unwrap(),
     );
     let newest_first = || {
@@ -1792,7 +1791,11 @@ fn a_pooled_connection_switched_to_another_schema_reads_through() {
         .unwrap()
         .batch_execute(&format!("SET search_path TO \"{a}\""))
         .unwrap();
-    assert_eq!(newest_first(), ["tenant a"], "tenant b's rows under a's key");
+    assert_eq!(
+        newest_first(),
+        ["tenant a"],
+        "tenant b's rows under a's key"
+    );
     runtime.block_on(async move { drop(dbs) });
 }
 

@@ -80,7 +80,9 @@ use serde::de::DeserializeOwned;
 
 use crate::error::Result;
 use crate::namespace::{self, NamespaceBackend};
-use crate::query::{Cached, CachedRow, Plan, find_plan, no_keys, row_keys, rows_keys, run};
+use crate::query::{
+    Cached, CachedRow, Plan, find_plan, in_transaction, no_keys, row_keys, rows_keys, run_in,
+};
 
 /// An r2d2 pool of Diesel connections that remembers its cache namespace, so the `_pooled`
 /// cached queries hit without checking out a connection (see the [module docs](self)).
@@ -375,17 +377,23 @@ where
     }
     let mut conn = pool.pool.get()?;
     let conn: &mut C = &mut conn;
+    // Diesel's r2d2 manager drops a connection given back inside a transaction; checked
+    // anyway, as the connection forms do.
+    if in_transaction(conn) {
+        return Ok(exec(plan.query, conn)?);
+    }
     let Some(own) = namespace::of_connection(conn)? else {
         // A connection whose cached queries read through (see `namespace`).
         return Ok(exec(plan.query, conn)?);
     };
     let pools = pool.namespace.get_or_init(|| Arc::clone(&own));
+    // The entry is filed under the pool's namespace, where hits look: filled from a
+    // connection that reads other data, it would serve that data to the pool's readers.
     if *pools != own {
         warn_other_namespace(pools, &own);
         return Ok(exec(plan.query, conn)?);
     }
-    // The connection's namespace is remembered in it (asked just now): `run` asks no more.
-    run(plan, conn, exec, keys).await
+    run_in(plan, conn, pools, exec, keys).await
 }
 
 /// Once per process: a pooled connection read other data than its pool.

@@ -704,7 +704,7 @@ fn entity_dependencies_of(name: &str) -> Vec<Dependency> {
 /// Runs `plan` on `conn` through the cache: read-through inside a transaction, else
 /// [`Cache::get_or_load`] under the key of the connection's namespace, with the result's row
 /// keys from `keys` and the plan's base dependencies.
-pub(crate) async fn run<Q, C, T>(
+async fn run<Q, C, T>(
     plan: Plan<Q>,
     conn: &mut C,
     exec: impl FnOnce(Q, &mut C) -> QueryResult<T>,
@@ -723,7 +723,27 @@ where
     let Some(namespace) = blocking(|| namespace::of_connection(conn))? else {
         return Ok(blocking(|| exec(plan.query, conn))?);
     };
-    let (key, statement) = plan.entry::<C::Backend>(&namespace);
+    run_in(plan, conn, &namespace, exec, keys).await
+}
+
+/// [`run`]'s cached part: [`Cache::get_or_load`] under the key of `namespace`, which must be
+/// what `conn` reads (its own, or a pool's it was checked against), on a connection outside a
+/// transaction.
+pub(crate) async fn run_in<Q, C, T>(
+    plan: Plan<Q>,
+    conn: &mut C,
+    namespace: &str,
+    exec: impl FnOnce(Q, &mut C) -> QueryResult<T>,
+    keys: impl FnOnce(&T, &mut DependencySet),
+) -> Result<T>
+where
+    C: LoadConnection,
+    C::Backend: NamespaceBackend + Default,
+    <C::Backend as Backend>::QueryBuilder: Default,
+    Q: QueryFragment<C::Backend>,
+    T: Serialize + DeserializeOwned,
+{
+    let (key, statement) = plan.entry::<C::Backend>(namespace);
     let Plan {
         query,
         cache,
@@ -750,7 +770,7 @@ where
 ///
 /// `transaction_manager_status_mut` is hidden in Diesel's docs (part of its backend-author
 /// API) but public; Diesel's own connection pools use it the same way.
-fn in_transaction<C: LoadConnection>(conn: &mut C) -> bool {
+pub(crate) fn in_transaction<C: LoadConnection>(conn: &mut C) -> bool {
     match <C::TransactionManager as TransactionManager<C>>::transaction_manager_status_mut(conn)
         .transaction_depth()
     {
