@@ -1487,8 +1487,8 @@ async fn a_zero_sized_instrumentation_of_the_users_is_kept() {
 }
 
 /// A sync Diesel pool in an async app (deadpool-diesel on MariaDB), both ways to use a pooled
-/// connection: `interact` (the closure runs on a blocking thread, which blocks on the cached
-/// query) and `lock` (the `&mut` connection on the task; the query runs in `block_in_place`).
+/// connection: `interact` (the closure runs on a blocking thread: the blocking form) and
+/// `lock` (the `&mut` connection on the task; the query runs in `block_in_place`).
 /// Both share entries (same database, same namespace) and follow writes through the relay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadpool_diesel_on_mariadb() {
@@ -1501,16 +1501,13 @@ async fn deadpool_diesel_on_mariadb() {
         .unwrap();
     let interact = |pool: deadpool_diesel::mysql::Pool, cache: Cache| async move {
         let pooled = pool.get().await.unwrap();
-        let runtime = tokio::runtime::Handle::current();
         pooled
             .interact(move |conn| {
-                runtime.block_on(
-                    posts::table
-                        .order(posts::id)
-                        .cached(&cache)
-                        .scoped(&published_in("fantasy"))
-                        .load::<Post, _>(conn),
-                )
+                posts::table
+                    .order(posts::id)
+                    .cached(&cache)
+                    .scoped(&published_in("fantasy"))
+                    .load_blocking::<Post, _>(conn)
             })
             .await
             .unwrap()

@@ -1,7 +1,7 @@
 //! Cached queries on an r2d2 pool (feature `r2d2`): a hit checks out no connection.
 //!
 //! A cached query on a connection ([`Cached::load_blocking`]) needs that connection checked
-//! out first, even to hit: the key carries the connection's [namespace](crate::namespace),
+//! out first, even to hit: the key carries the connection's [namespace],
 //! which only the connection can tell. [`CachePool`] wraps an r2d2 pool and remembers the
 //! namespace *per pool*, as matroska-seaorm does for SeaORM's pools: asked once, on the
 //! pool's first miss, on the connection that miss checks out. After that, the `_pooled` forms

@@ -78,7 +78,8 @@
 //!
 //! ## Sync Diesel under async
 //!
-//! The cache is async and Diesel's connections are sync. The Diesel call runs on the calling
+//! The cache is async and Diesel's connections are sync. (A sync app uses the `_blocking`
+//! forms instead, see [`crate::blocking`].) The Diesel call runs on the calling
 //! task, inside [`tokio::task::block_in_place`] on a multi-thread runtime (the worker hands its
 //! other tasks to another thread while the query runs), and directly elsewhere (a
 //! current-thread runtime, or a blocking thread). It takes the connection as `&mut`, so it
@@ -90,10 +91,9 @@
 //! let pooled = pool.get().await?;
 //! let list = posts::table.cached(&cache).load::<Post, _>(&mut *pooled.lock()?).await?;
 //!
-//! // On a blocking thread (`interact` is deadpool's `spawn_blocking`): block on the query there.
-//! let runtime = tokio::runtime::Handle::current();
+//! // On a blocking thread (`interact` is deadpool's `spawn_blocking`): the blocking form.
 //! let list = pooled
-//!     .interact(move |conn| runtime.block_on(posts::table.cached(&cache).load::<Post, _>(conn)))
+//!     .interact(move |conn| posts::table.cached(&cache).load_blocking::<Post, _>(conn))
 //!     .await??;
 //! ```
 //!
