@@ -13,6 +13,11 @@
 //! writes to either side and new joinable rows written by raw SQL; `find` takes composite keys;
 //! two databases (PostgreSQL schemas, MariaDB databases, SQLite files, in-memory SQLite
 //! connections) behind one cache never share entries.
+//!
+//! The blocking forms (`load_blocking`, ..., from sync code: a plain thread, `spawn_blocking`,
+//! Redis on a runtime driven elsewhere; an error from async code) and the r2d2 pooled forms
+//! (`load_pooled`, ...: no checkout on a hit; a connection switched to another schema reads
+//! through) answer what the database holds after relayed writes.
 #![cfg(all(
     feature = "diesel-postgres",
     feature = "diesel-mysql",
