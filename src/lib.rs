@@ -3,7 +3,7 @@
 //! The facade crate: re-exports [`matroska_core`] and, behind features, the derive macros
 //! (`derive`, on by default), the SeaORM integration (`seaorm`, with SeaORM's drivers picked
 //! by `sqlx-postgres`, `sqlx-mysql`, `sqlx-sqlite`, each of which implies `seaorm`), the Diesel
-//! integration (`diesel`, `diesel-postgres`, `diesel-mysql`, `diesel-async`) and the database
+//! integration (`diesel`, `diesel-postgres`, `diesel-mysql`, `diesel-async`, `diesel-r2d2`) and the database
 //! outbox (`outbox`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

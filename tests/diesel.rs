@@ -13,6 +13,11 @@
 //! writes to either side and new joinable rows written by raw SQL; `find` takes composite keys;
 //! two databases (PostgreSQL schemas, MariaDB databases, SQLite files, in-memory SQLite
 //! connections) behind one cache never share entries.
+//!
+//! The blocking forms (`load_blocking`, ..., from sync code: a plain thread, `spawn_blocking`,
+//! Redis on a runtime driven elsewhere; an error from async code) and the r2d2 pooled forms
+//! (`load_pooled`, ...: no checkout on a hit; a connection switched to another schema reads
+//! through) answer what the database holds after relayed writes.
 #![cfg(all(
     feature = "diesel-postgres",
     feature = "diesel-mysql",
@@ -29,7 +34,8 @@ use std::time::{Duration, Instant};
 
 use diesel::connection::{SimpleConnection, TransactionManager};
 use diesel::prelude::*;
-use matroska::diesel::{CachedExt, install_outbox, uninstall_outbox};
+use diesel::r2d2::ConnectionManager;
+use matroska::diesel::{CachePool, CachedExt, install_outbox, uninstall_outbox};
 use matroska::outbox::Outbox;
 use matroska::seaorm::outbox as seaorm_outbox;
 use matroska::{Cache, WatchedTable};
@@ -1120,6 +1126,285 @@ macro_rules! diesel_tests {
                 insert(&mut env.conn, "D", "fantasy");
                 env.expect(&[FANTASY], &[SCI_FI, ROW_A, ROW_B]).await;
             }
+
+            /// What the cached queries of the blocking tests answer: every blocking form once.
+            type Answers = (
+                Vec<Post>,
+                Vec<Post>,
+                Option<Post>,
+                Option<Post>,
+                Vec<String>,
+                Option<Option<i32>>,
+                i64,
+                Option<Post>,
+            );
+
+            /// The fantasy list through `load_blocking`, as `list` reads it with `load`.
+            fn list_blocking(cache: &Cache, conn: &mut Conn) -> Vec<Post> {
+                posts::table
+                    .order(posts::id)
+                    .cached(cache)
+                    .scoped(&published_in("fantasy"))
+                    .load_blocking::<Post, _>(conn)
+                    .unwrap()
+            }
+
+            /// Every blocking form, from sync code.
+            fn read_blocking(cache: &Cache, conn: &mut Conn, id: i32) -> Answers {
+                (
+                    list_blocking(cache, conn),
+                    posts::table
+                        .order(posts::id)
+                        .cached(cache)
+                        .scoped(&published_in("sci-fi"))
+                        .get_results_blocking::<Post, _>(conn)
+                        .unwrap(),
+                    posts::table
+                        .filter(posts::id.eq(id))
+                        .cached(cache)
+                        .get_result_blocking::<Post, _>(conn)
+                        .unwrap(),
+                    posts::table
+                        .order(posts::id)
+                        .cached(cache)
+                        .first_blocking::<Post, _>(conn)
+                        .unwrap(),
+                    posts::table
+                        .select(posts::title)
+                        .order(posts::id)
+                        .cached(cache)
+                        .values_blocking::<Post, String, _>(conn)
+                        .unwrap(),
+                    posts::table
+                        .select(diesel::dsl::max(posts::id))
+                        .cached(cache)
+                        .value_blocking::<Post, Option<i32>, _>(conn)
+                        .unwrap(),
+                    posts::table
+                        .cached(cache)
+                        .count_blocking::<Post, _>(conn)
+                        .unwrap(),
+                    matroska::diesel::find_blocking::<Post, _, _, _>(cache, conn, posts::table, id)
+                        .unwrap(),
+                )
+            }
+
+            /// What the database holds for the same queries.
+            fn read_db(conn: &mut Conn, id: i32) -> Answers {
+                let by_id = posts::table
+                    .filter(posts::id.eq(id))
+                    .first::<Post>(conn)
+                    .optional()
+                    .unwrap();
+                (
+                    posts::table
+                        .filter(published_in("fantasy").filter())
+                        .order(posts::id)
+                        .load(conn)
+                        .unwrap(),
+                    posts::table
+                        .filter(published_in("sci-fi").filter())
+                        .order(posts::id)
+                        .load(conn)
+                        .unwrap(),
+                    by_id.clone(),
+                    posts::table
+                        .order(posts::id)
+                        .first(conn)
+                        .optional()
+                        .unwrap(),
+                    posts::table
+                        .select(posts::title)
+                        .order(posts::id)
+                        .load(conn)
+                        .unwrap(),
+                    Some(
+                        posts::table
+                            .select(diesel::dsl::max(posts::id))
+                            .get_result(conn)
+                            .unwrap(),
+                    ),
+                    posts::table.count().get_result(conn).unwrap(),
+                    by_id,
+                )
+            }
+
+            /// A sync app: a plain thread with no runtime (the relay runs on a runtime of its
+            /// own, as a sync app would start one at boot), the in-memory backend. The blocking
+            /// forms fill, hit, and after a Diesel write and the relay's delivery
+            /// (`wait_delivered_blocking`), answer what the database holds.
+            #[test]
+            fn blocking_forms_on_a_plain_thread() {
+                let relay_runtime = tokio::runtime::Runtime::new().unwrap();
+                let mut env =
+                    relay_runtime.block_on(setup_with("d_blocking_plain", support::memory_cache()));
+                let a = env.a.id;
+                std::thread::scope(|scope| {
+                    scope
+                        .spawn(|| {
+                            assert!(tokio::runtime::Handle::try_current().is_err());
+                            let Env {
+                                conn, cache, relay, ..
+                            } = &mut env;
+                            let fresh = read_db(conn, a);
+                            assert_eq!(read_blocking(cache, conn, a), fresh, "filled");
+                            assert_eq!(read_blocking(cache, conn, a), fresh, "hit");
+                            diesel::update(posts::table.find(a))
+                                .set(posts::title.eq("A2"))
+                                .execute(conn)
+                                .unwrap();
+                            insert(conn, "C", "fantasy");
+                            relay
+                                .wait_delivered_blocking(Duration::from_secs(20))
+                                .unwrap();
+                            let fresh = read_db(conn, a);
+                            assert_eq!(fresh.0.len(), 2);
+                            assert_eq!(read_blocking(cache, conn, a), fresh, "after the write");
+                        })
+                        .join()
+                        .unwrap();
+                });
+                relay_runtime.block_on(async move { drop(env) });
+            }
+
+            /// The blocking forms on `spawn_blocking` threads, with the Redis backend made in
+            /// this multi-thread runtime: they hit the entries the async forms filled (one
+            /// implementation, one key), and answer what the database holds after a write the
+            /// relay delivered.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn blocking_forms_on_a_blocking_thread_with_redis() {
+                let backend = Arc::new(Faulty::new(support::redis_backend("d_blocking").await));
+                let cache = Cache::builder_arc(backend.clone()).build().unwrap();
+                let mut env = setup_with("d_blocking", cache).await;
+                let a = env.a.id;
+                let on_a_blocking_thread =
+                    |env: &Env<Conn>, read: fn(&Cache, &mut Conn, i32) -> Answers| {
+                        let (cache, mut conn) = (env.cache.clone(), Conn::open(&env.db));
+                        tokio::task::spawn_blocking(move || {
+                            (read(&cache, &mut conn, a), read_db(&mut conn, a))
+                        })
+                    };
+                // `setup` filled the fantasy list with `load`: `load_blocking` hits it.
+                let before = backend.hits();
+                let hit = on_a_blocking_thread(&env, |cache, conn, _| {
+                    let list = list_blocking(cache, conn);
+                    (list, Vec::new(), None, None, Vec::new(), None, 0, None)
+                })
+                .await
+                .unwrap();
+                assert_eq!(hit.0.0, hit.1.0);
+                assert_eq!(backend.hits(), before + 1, "the async form's entry");
+                for round in ["filled", "hit"] {
+                    let (cached, fresh) = on_a_blocking_thread(&env, read_blocking).await.unwrap();
+                    assert_eq!(cached, fresh, "{round}");
+                }
+                diesel::update(posts::table.find(a))
+                    .set(posts::title.eq("A2"))
+                    .execute(&mut env.conn)
+                    .unwrap();
+                insert(&mut env.conn, "C", "fantasy");
+                delivered(&env).await;
+                let (cached, fresh) = on_a_blocking_thread(&env, read_blocking).await.unwrap();
+                assert_eq!(fresh.0.len(), 2);
+                assert_eq!(cached, fresh, "after the write");
+            }
+
+            /// An r2d2 pool of connections to `db`, set up as `Conn::open` sets one up, that
+            /// counts its checkouts.
+            fn r2d2_pool(
+                db: &ScratchDb,
+                checkouts: &Checkouts,
+            ) -> CachePool<ConnectionManager<Conn>> {
+                let (url, session) = pool_settings(db);
+                let pool = diesel::r2d2::Pool::builder()
+                    .max_size(2)
+                    .connection_customizer(Box::new(Session(session)))
+                    .event_handler(Box::new(checkouts.clone()))
+                    .build(ConnectionManager::<Conn>::new(url))
+                    .unwrap();
+                CachePool::new(pool)
+            }
+
+            /// Every pooled form.
+            fn read_pooled(
+                cache: &Cache,
+                pool: &CachePool<ConnectionManager<Conn>>,
+                id: i32,
+            ) -> Answers {
+                (
+                    posts::table
+                        .order(posts::id)
+                        .cached(cache)
+                        .scoped(&published_in("fantasy"))
+                        .load_pooled::<Post, _>(pool)
+                        .unwrap(),
+                    posts::table
+                        .order(posts::id)
+                        .cached(cache)
+                        .scoped(&published_in("sci-fi"))
+                        .get_results_pooled::<Post, _>(pool)
+                        .unwrap(),
+                    posts::table
+                        .filter(posts::id.eq(id))
+                        .cached(cache)
+                        .get_result_pooled::<Post, _>(pool)
+                        .unwrap(),
+                    posts::table
+                        .order(posts::id)
+                        .cached(cache)
+                        .first_pooled::<Post, _>(pool)
+                        .unwrap(),
+                    posts::table
+                        .select(posts::title)
+                        .order(posts::id)
+                        .cached(cache)
+                        .values_pooled::<Post, String, _>(pool)
+                        .unwrap(),
+                    posts::table
+                        .select(diesel::dsl::max(posts::id))
+                        .cached(cache)
+                        .value_pooled::<Post, Option<i32>, _>(pool)
+                        .unwrap(),
+                    posts::table
+                        .cached(cache)
+                        .count_pooled::<Post, _>(pool)
+                        .unwrap(),
+                    matroska::diesel::find_pooled::<Post, _, _, _>(cache, pool, posts::table, id)
+                        .unwrap(),
+                )
+            }
+
+            /// The pooled forms from sync code (Redis made in a runtime of its own, the relay
+            /// on it): misses check out a connection, hits none; after a write the relay
+            /// delivered they answer what the database holds.
+            #[test]
+            fn pooled_forms_hit_without_a_checkout() {
+                let runtime = tokio::runtime::Runtime::new().unwrap();
+                let mut env = runtime.block_on(setup("d_pooled"));
+                let a = env.a.id;
+                let checkouts = Checkouts::default();
+                let pool = r2d2_pool(&env.db, &checkouts);
+                let fresh = read_db(&mut env.conn, a);
+                assert_eq!(read_pooled(&env.cache, &pool, a), fresh, "filled");
+                assert!(checkouts.count() > 0, "misses check out");
+                assert!(pool.namespace().is_some());
+                let before = checkouts.count();
+                assert_eq!(read_pooled(&env.cache, &pool, a), fresh, "hit");
+                assert_eq!(checkouts.count(), before, "a hit checked out a connection");
+                diesel::update(posts::table.find(a))
+                    .set(posts::title.eq("A2"))
+                    .execute(&mut env.conn)
+                    .unwrap();
+                insert(&mut env.conn, "C", "fantasy");
+                env.relay
+                    .wait_delivered_blocking(Duration::from_secs(20))
+                    .unwrap();
+                let fresh = read_db(&mut env.conn, a);
+                assert_eq!(fresh.0.len(), 2);
+                assert_eq!(read_pooled(&env.cache, &pool, a), fresh, "after the write");
+                drop(pool);
+                runtime.block_on(async move { drop(env) });
+            }
         }
     };
 }
@@ -1207,8 +1492,8 @@ async fn a_zero_sized_instrumentation_of_the_users_is_kept() {
 }
 
 /// A sync Diesel pool in an async app (deadpool-diesel on MariaDB), both ways to use a pooled
-/// connection: `interact` (the closure runs on a blocking thread, which blocks on the cached
-/// query) and `lock` (the `&mut` connection on the task; the query runs in `block_in_place`).
+/// connection: `interact` (the closure runs on a blocking thread: the blocking form) and
+/// `lock` (the `&mut` connection on the task; the query runs in `block_in_place`).
 /// Both share entries (same database, same namespace) and follow writes through the relay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadpool_diesel_on_mariadb() {
@@ -1221,16 +1506,13 @@ async fn deadpool_diesel_on_mariadb() {
         .unwrap();
     let interact = |pool: deadpool_diesel::mysql::Pool, cache: Cache| async move {
         let pooled = pool.get().await.unwrap();
-        let runtime = tokio::runtime::Handle::current();
         pooled
             .interact(move |conn| {
-                runtime.block_on(
-                    posts::table
-                        .order(posts::id)
-                        .cached(&cache)
-                        .scoped(&published_in("fantasy"))
-                        .load::<Post, _>(conn),
-                )
+                posts::table
+                    .order(posts::id)
+                    .cached(&cache)
+                    .scoped(&published_in("fantasy"))
+                    .load_blocking::<Post, _>(conn)
             })
             .await
             .unwrap()
@@ -1265,6 +1547,258 @@ async fn deadpool_diesel_on_mariadb() {
     env.expect(&[FANTASY], &[SCI_FI, ROW_A, ROW_B]).await;
     assert_eq!(interact(pool.clone(), env.cache.clone()).await.len(), 2);
     assert_eq!(lock(pool.clone(), env.cache.clone()).await.len(), 2);
+}
+
+/// An in-memory SQLite database with two posts, for the blocking tests that need no relay.
+fn sqlite_posts() -> diesel::SqliteConnection {
+    let mut conn = diesel::SqliteConnection::establish(":memory:").unwrap();
+    create_tables(&mut conn, support::db::Kind::Sqlite);
+    conn.batch_execute(
+        "INSERT INTO posts (title, category, published) VALUES ('A', 'fantasy', 1), ('B', 'sci-fi', 1)",
+    )
+    .unwrap();
+    conn
+}
+
+fn titles_blocking(
+    cache: &Cache,
+    conn: &mut diesel::SqliteConnection,
+) -> matroska::diesel::Result<Vec<Post>> {
+    posts::table
+        .order(posts::id)
+        .cached(cache)
+        .load_blocking::<Post, _>(conn)
+}
+
+/// A blocking form called from async code — `Runtime::block_on`'s future on a current-thread
+/// runtime (`#[tokio::test]`), a task of a multi-thread one — is an error that says to
+/// `.await` (not a panic, not a deadlock), and reads nothing.
+#[test]
+fn a_blocking_form_in_async_code_is_an_error() {
+    let is_async_context = |result: matroska::diesel::Result<Vec<Post>>| {
+        matches!(
+            result,
+            Err(matroska::diesel::Error::Cache(
+                matroska::Error::AsyncContext
+            ))
+        )
+    };
+    let current = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cache = support::memory_cache();
+    let in_block_on = current.block_on(async {
+        let mut conn = sqlite_posts();
+        titles_blocking(&cache, &mut conn)
+    });
+    assert!(is_async_context(in_block_on));
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let in_task = multi
+        .block_on(multi.spawn(async move {
+            let mut conn = sqlite_posts();
+            let result = titles_blocking(&cache, &mut conn);
+            // The error names what to do.
+            let message = result.as_ref().err().map(ToString::to_string);
+            assert!(message.is_some_and(|m| m.contains("`.await` the async form")));
+            result
+        }))
+        .unwrap();
+    assert!(is_async_context(in_task));
+    // From a blocking thread of the same runtime, the same call works.
+    let cache = support::memory_cache();
+    let on_blocking_thread = multi
+        .block_on(multi.spawn_blocking(move || titles_blocking(&cache, &mut sqlite_posts())))
+        .unwrap();
+    assert_eq!(on_blocking_thread.unwrap().len(), 2);
+}
+
+/// A fill that waits for another process's fill lease polls on Tokio's timer; from a plain
+/// thread with no runtime, a bare executor would panic there ("no reactor running"). Leases
+/// held elsewhere (always) make every miss poll until the lease would expire, then load.
+#[test]
+fn a_blocking_fill_polling_a_lease_on_a_plain_thread() {
+    let backend = Arc::new(Faulty::new(
+        matroska::backend::memory::MemoryBackend::default(),
+    ));
+    backend.hold_leases_elsewhere(true);
+    let cache = Cache::builder_arc(backend.clone())
+        .fill_lease(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let loaded = std::thread::spawn(move || {
+        assert!(tokio::runtime::Handle::try_current().is_err());
+        let mut conn = sqlite_posts();
+        let first = titles_blocking(&cache, &mut conn).unwrap();
+        (first, backend.lease_asks())
+    })
+    .join()
+    .unwrap();
+    assert_eq!(loaded.0.len(), 2);
+    assert!(loaded.1 > 0, "the fill asked for the lease");
+}
+
+/// A Redis backend made on a current-thread runtime that another thread drives (inside its
+/// `Runtime::block_on`): blocking forms from a plain thread fill and hit through it (its
+/// connection task runs there; the cache's timers on matroska's own runtime). Once nothing
+/// drives that runtime, its connection stops answering: the reads end at the backend's
+/// time-out and degrade to the database (right answers, no error, no hang).
+#[test]
+fn redis_made_on_a_current_thread_runtime_driven_elsewhere() {
+    let (made, cache) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let driver = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let backend = support::redis_backend_with(
+                matroska::backend::redis::RedisConfig::new(
+                    support::redis_url(),
+                    support::unique("d_blocking_ct"),
+                )
+                .timeout(Duration::from_millis(300)),
+            )
+            .await;
+            let backend = Arc::new(Faulty::new(backend));
+            let cache = Cache::builder_arc(backend.clone()).build().unwrap();
+            made.send((cache, backend)).unwrap();
+            let _ = stopped.await;
+        });
+        runtime
+    });
+    let (cache, backend) = cache.recv().unwrap();
+    let mut conn = sqlite_posts();
+    assert_eq!(titles_blocking(&cache, &mut conn).unwrap().len(), 2);
+    let before = backend.hits();
+    assert_eq!(titles_blocking(&cache, &mut conn).unwrap().len(), 2);
+    assert_eq!(backend.hits(), before + 1, "served by Redis");
+    // Nobody drives the backend's runtime any more (it is kept, not dropped).
+    stop.send(()).unwrap();
+    let _runtime = driver.join().unwrap();
+    let before = backend.hits();
+    diesel::sql_query("DELETE FROM posts WHERE title = 'B'")
+        .execute(&mut conn)
+        .unwrap();
+    // No relay here: a hit would still list B; a degraded read lists what the database holds.
+    assert_eq!(titles_blocking(&cache, &mut conn).unwrap().len(), 1);
+    assert_eq!(backend.hits(), before, "Redis did not answer");
+}
+
+/// Counts the checkouts of an r2d2 pool.
+#[derive(Debug, Default, Clone)]
+struct Checkouts(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Checkouts {
+    fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl diesel::r2d2::HandleEvent for Checkouts {
+    fn handle_checkout(&self, _: diesel::r2d2::event::CheckoutEvent) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Runs its statements on every connection an r2d2 pool opens.
+#[derive(Debug)]
+struct Session(String);
+
+impl<C: SimpleConnection> diesel::r2d2::CustomizeConnection<C, diesel::r2d2::Error> for Session {
+    fn on_acquire(&self, conn: &mut C) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute(&self.0)
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+/// The URL an r2d2 `ConnectionManager` opens `db` with, and what each new connection runs
+/// (as `DieselConn::open` does).
+fn pool_settings(db: &ScratchDb) -> (String, String) {
+    match db.kind {
+        support::db::Kind::Sqlite => {
+            let path = db.url.trim_start_matches("sqlite://");
+            let path = path.split_once('?').map_or(path, |(path, _)| path);
+            (path.to_owned(), "PRAGMA busy_timeout = 10000".to_owned())
+        }
+        support::db::Kind::Postgres => {
+            let schema = db.schema.as_deref().unwrap();
+            (db.url.clone(), format!("SET search_path TO \"{schema}\""))
+        }
+        support::db::Kind::MySql => (db.url.clone(), "SET @matroska_test = 1".to_owned()),
+    }
+}
+
+/// A pooled connection switched to another tenant's schema (`SET search_path`, then given
+/// back to the pool) is caught on a miss: its own namespace is not the pool's, so the query
+/// reads through (that connection's rows) and nothing is stored under the pool's key. Without
+/// the check, tenant b's rows would be stored under tenant a's key and served to a's requests.
+#[test]
+fn a_pooled_connection_switched_to_another_schema_reads_through() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (cache, dbs) = runtime.block_on(async {
+        (
+            support::redis_cache("d_pooled_search_path").await,
+            tenants(support::db::Kind::Postgres, "d_pooled_search_path").await,
+        )
+    });
+    let schema = |i: usize| dbs[i].0.schema.clone().unwrap();
+    let (a, b) = (schema(0), schema(1));
+    // One connection, so the switched one is the one the next miss gets.
+    let pool = CachePool::new(
+        diesel::r2d2::Pool::builder()
+            .max_size(1)
+            .connection_customizer(Box::new(Session(format!("SET search_path TO \"{a}\""))))
+            .build(ConnectionManager::<PgConnection>::new(
+                support::db::postgres_url(),
+            ))
+            .unwrap(),
+    );
+    let newest_first = || {
+        posts::table
+            .order(posts::id.desc())
+            .cached(&cache)
+            .load_pooled::<Post, _>(&pool)
+            .unwrap()
+            .into_iter()
+            .map(|post| post.title)
+            .collect::<Vec<_>>()
+    };
+    let oldest_first = || {
+        posts::table
+            .order(posts::id)
+            .cached(&cache)
+            .load_pooled::<Post, _>(&pool)
+            .unwrap()
+            .into_iter()
+            .map(|post| post.title)
+            .collect::<Vec<_>>()
+    };
+    // The pool's namespace: tenant a's (its first miss).
+    assert_eq!(oldest_first(), ["tenant a"]);
+    pool.get()
+        .unwrap()
+        .batch_execute(&format!("SET search_path TO \"{b}\""))
+        .unwrap();
+    // A miss on the switched connection: its own rows, not stored.
+    assert_eq!(newest_first(), ["tenant b"]);
+    // A hit needs no connection: tenant a's entry, whatever the idle connection reads.
+    assert_eq!(oldest_first(), ["tenant a"]);
+    pool.get()
+        .unwrap()
+        .batch_execute(&format!("SET search_path TO \"{a}\""))
+        .unwrap();
+    assert_eq!(
+        newest_first(),
+        ["tenant a"],
+        "tenant b's rows under a's key"
+    );
+    runtime.block_on(async move { drop(dbs) });
 }
 
 /// The titles of the cached list of posts on `conn`.

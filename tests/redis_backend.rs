@@ -719,6 +719,49 @@ async fn a_lease_taken_by_a_dropped_request_is_released() {
     assert_eq!(value.unwrap(), 2);
 }
 
+/// A blocking fill (`matroska::blocking::block_on`) on a plain thread with no runtime of its
+/// own, whose loader panics, releases its fill lease: the lease guard's drop spawns the
+/// release on the runtime `block_on` entered. Without a runtime context the release would be
+/// skipped (nothing to spawn on) and another process would wait out the hour-long lease.
+#[test]
+fn a_blocking_fill_whose_loader_panics_releases_its_lease() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let prefix = support::unique("blocking_lease");
+    let lease = Duration::from_secs(3600);
+    let cache = || async {
+        let config = RedisConfig::new(support::redis_url(), prefix.clone());
+        Cache::builder(support::redis_backend_with(config).await)
+            .fill_lease(lease)
+            .build()
+            .unwrap()
+    };
+    let (here, there) = runtime.block_on(async { (cache().await, cache().await) });
+    let panicked = std::thread::spawn(move || {
+        assert!(tokio::runtime::Handle::try_current().is_err());
+        let loader = || async {
+            if true {
+                panic!("the loader fails");
+            }
+            Ok::<_, std::io::Error>((1, vec![Dependency::tag("hot")]))
+        };
+        matroska::blocking::block_on(here.get_or_load("hot", None, loader))
+    })
+    .join();
+    assert!(panicked.is_err(), "the loader's panic reaches the caller");
+    // A deadline, not a measurement: with the lease left behind this would wait an hour.
+    let value = runtime.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            there.get_or_load("hot", None, || async {
+                Ok::<_, std::io::Error>((2, vec![Dependency::tag("hot")]))
+            }),
+        )
+        .await
+        .expect("the lease of the panicked fill was released")
+    });
+    assert_eq!(value.unwrap(), 2);
+}
+
 /// Fills a private server with `maxmemory 2mb` far past its memory, so Redis evicts keys of
 /// every kind, while entries are read, written and invalidated. Whatever it evicts, a read
 /// after an invalidation returned never sees the invalidated value.

@@ -14,6 +14,8 @@
 //! - A [`Backend`](backend::Backend) holds the bytes and the reverse index: the in-memory
 //!   [`MemoryBackend`](backend::memory::MemoryBackend) (always available) or the Redis backend
 //!   (feature `redis`).
+//! - Every operation is async; [`blocking::block_on`] runs one from plain sync code (no
+//!   runtime of your own needed), which the integrations' `_blocking` forms build on.
 //!
 //! ## Usage
 //!
@@ -63,6 +65,7 @@
 #![warn(clippy::unwrap_used)]
 
 pub mod backend;
+pub mod blocking;
 mod cache;
 mod codec;
 mod collect;

@@ -14,6 +14,11 @@ pub enum Error {
     /// Backend failures are not errors of a cached read: it degrades to the database.
     #[error(transparent)]
     Cache(#[from] matroska_core::Error),
+    /// A cached query on an r2d2 pool could not check out a connection.
+    #[cfg(feature = "r2d2")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "r2d2")))]
+    #[error(transparent)]
+    Pool(#[from] diesel::r2d2::PoolError),
     /// Installing or removing the outbox failed.
     #[error(transparent)]
     Outbox(#[from] matroska_outbox::Error),

@@ -11,6 +11,8 @@
 //! # matroska = { version = "0.1", features = ["diesel-mysql"] }     # MySQL / MariaDB
 //! # matroska = { version = "0.1", features = ["diesel-sqlite"] }    # SQLite
 //! # (each brings that database only; combine them for several)
+//! # features = ["diesel-r2d2"]   # cached queries on an r2d2 pool that hit without a checkout
+//! # features = ["diesel-async"]   # the same queries on diesel-async connections
 //! ```
 //!
 //! ## The flow
@@ -47,6 +49,14 @@
 //!    (remembered in the connection until it runs another statement, see [`namespace`]), so
 //!    tenants' databases or schemas behind one cache never share entries, even when a pooled
 //!    connection switches `search_path`, role or database between them.
+//! 5. **Sync or async app**: the forms above are `async fn`s (a sync connection used from
+//!    async code, see [`query`]). A sync app calls the same queries as plain functions with a
+//!    `_blocking` suffix — `load_blocking`, `count_blocking`, [`find_blocking`], ... — with
+//!    no runtime of its own and no `.await` ([`blocking`]: each runs its async form to
+//!    completion, one implementation). With an r2d2 pool (feature `r2d2`), the `_pooled`
+//!    forms (`load_pooled(&pool)`, [`find_pooled`]) take the pool and check
+//!    out a connection only on a miss: the pool's namespace is remembered in a
+//!    [`CachePool`] ([`pool`]).
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -153,9 +163,41 @@
 //! # Ok::<_, Box<dyn std::error::Error>>(()) }).unwrap();
 //! ```
 //!
+//! The same flow in a sync app, with no runtime and no `.await` ([`blocking`]):
+//!
+//! ```
+//! use diesel::prelude::*;
+//! use matroska_core::{Cache, CacheDeps, Dependency};
+//! use matroska_diesel::CachedExt;
+//!
+//! diesel::table! { posts (id) { id -> Integer, category -> Text } }
+//!
+//! #[derive(Queryable, Selectable, serde::Serialize, serde::Deserialize)]
+//! struct Post { id: i32, category: String }
+//! # impl CacheDeps for Post {
+//! #     fn entity_name() -> &'static str { "posts" }
+//! #     fn primary_key(&self) -> Dependency { Dependency::primary_key("posts", [self.id]) }
+//! # }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let mut conn = SqliteConnection::establish(":memory:")?;
+//!     diesel::sql_query("CREATE TABLE posts (id INTEGER PRIMARY KEY, category TEXT NOT NULL)")
+//!         .execute(&mut conn)?;
+//!     diesel::sql_query("INSERT INTO posts VALUES (1, 'fantasy')").execute(&mut conn)?;
+//!     let cache = Cache::memory();
+//!
+//!     let list = posts::table.cached(&cache).load_blocking::<Post, _>(&mut conn)?;
+//!     assert_eq!(list.len(), 1);
+//!     let post = matroska_diesel::find_blocking::<Post, _, _, _>(&cache, &mut conn, posts::table, 1)?;
+//!     assert_eq!(post.map(|p| p.category).as_deref(), Some("fantasy"));
+//!     Ok(())
+//! }
+//! ```
+//!
 //! See [`query`] for keys, dependencies, transactions and how a sync connection is used from
-//! async code, [`outbox`] for the migration and the relay, and `asynchronous` (feature
-//! `diesel-async`) for the same queries on `diesel_async` connections.
+//! async code, [`blocking`] for sync apps (and which runtime a blocking call runs on),
+//! [`pool`] (feature `r2d2`) for r2d2 pools, [`outbox`] for the migration and the relay, and
+//! `asynchronous` (feature `diesel-async`) for the same queries on `diesel_async` connections.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 // Library code states why an `expect` cannot fail, and never unwraps.
 #![warn(clippy::unwrap_used)]
@@ -163,12 +205,16 @@
 #[cfg(feature = "diesel-async")]
 #[cfg_attr(docsrs, doc(cfg(feature = "diesel-async")))]
 pub mod asynchronous;
+pub mod blocking;
 mod derived;
 mod error;
 mod filter;
 mod key;
 pub mod namespace;
 pub mod outbox;
+#[cfg(feature = "r2d2")]
+#[cfg_attr(docsrs, doc(cfg(feature = "r2d2")))]
+pub mod pool;
 pub mod query;
 
 use matroska_core::{Cache, CacheDeps, Scoped};
@@ -176,10 +222,14 @@ use matroska_core::{Cache, CacheDeps, Scoped};
 #[cfg(feature = "diesel-async")]
 #[cfg_attr(docsrs, doc(cfg(feature = "diesel-async")))]
 pub use asynchronous::find_async;
+pub use blocking::find_blocking;
 pub use error::{Error, Result};
 pub use filter::ScopeFilter;
 pub use namespace::{CacheInstrumentation, NamespaceBackend};
 pub use outbox::{install_outbox, uninstall_outbox};
+#[cfg(feature = "r2d2")]
+#[cfg_attr(docsrs, doc(cfg(feature = "r2d2")))]
+pub use pool::{CachePool, find_pooled};
 pub use query::{Cached, CachedExt, CachedRow, entity_dependencies, find};
 
 /// Invalidates, right away, what a write of `rows` affects: each row's primary key, the scope

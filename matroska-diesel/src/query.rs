@@ -78,7 +78,8 @@
 //!
 //! ## Sync Diesel under async
 //!
-//! The cache is async and Diesel's connections are sync. The Diesel call runs on the calling
+//! The cache is async and Diesel's connections are sync. (A sync app uses the `_blocking`
+//! forms instead, see [`crate::blocking`].) The Diesel call runs on the calling
 //! task, inside [`tokio::task::block_in_place`] on a multi-thread runtime (the worker hands its
 //! other tasks to another thread while the query runs), and directly elsewhere (a
 //! current-thread runtime, or a blocking thread). It takes the connection as `&mut`, so it
@@ -90,10 +91,9 @@
 //! let pooled = pool.get().await?;
 //! let list = posts::table.cached(&cache).load::<Post, _>(&mut *pooled.lock()?).await?;
 //!
-//! // On a blocking thread (`interact` is deadpool's `spawn_blocking`): block on the query there.
-//! let runtime = tokio::runtime::Handle::current();
+//! // On a blocking thread (`interact` is deadpool's `spawn_blocking`): the blocking form.
 //! let list = pooled
-//!     .interact(move |conn| runtime.block_on(posts::table.cached(&cache).load::<Post, _>(conn)))
+//!     .interact(move |conn| posts::table.cached(&cache).load_blocking::<Post, _>(conn))
 //!     .await??;
 //! ```
 //!
@@ -723,7 +723,27 @@ where
     let Some(namespace) = blocking(|| namespace::of_connection(conn))? else {
         return Ok(blocking(|| exec(plan.query, conn))?);
     };
-    let (key, statement) = plan.entry::<C::Backend>(&namespace);
+    run_in(plan, conn, &namespace, exec, keys).await
+}
+
+/// [`run`]'s cached part: [`Cache::get_or_load`] under the key of `namespace`, which must be
+/// what `conn` reads (its own, or a pool's it was checked against), on a connection outside a
+/// transaction.
+pub(crate) async fn run_in<Q, C, T>(
+    plan: Plan<Q>,
+    conn: &mut C,
+    namespace: &str,
+    exec: impl FnOnce(Q, &mut C) -> QueryResult<T>,
+    keys: impl FnOnce(&T, &mut DependencySet),
+) -> Result<T>
+where
+    C: LoadConnection,
+    C::Backend: NamespaceBackend + Default,
+    <C::Backend as Backend>::QueryBuilder: Default,
+    Q: QueryFragment<C::Backend>,
+    T: Serialize + DeserializeOwned,
+{
+    let (key, statement) = plan.entry::<C::Backend>(namespace);
     let Plan {
         query,
         cache,
@@ -750,7 +770,7 @@ where
 ///
 /// `transaction_manager_status_mut` is hidden in Diesel's docs (part of its backend-author
 /// API) but public; Diesel's own connection pools use it the same way.
-fn in_transaction<C: LoadConnection>(conn: &mut C) -> bool {
+pub(crate) fn in_transaction<C: LoadConnection>(conn: &mut C) -> bool {
     match <C::TransactionManager as TransactionManager<C>>::transaction_manager_status_mut(conn)
         .transaction_depth()
     {

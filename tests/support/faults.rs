@@ -72,6 +72,11 @@ impl Faulty {
         self.leases_held_elsewhere.store(held, Ordering::SeqCst);
     }
 
+    /// How many lease requests have been made so far.
+    pub fn lease_asks(&self) -> usize {
+        *self.lease_asks.borrow()
+    }
+
     /// Waits until more than `before` lease requests have been made.
     pub async fn lease_asks_after(&self, before: usize) {
         wait_above(&self.lease_asks, before).await;
