@@ -303,15 +303,33 @@ enum Fault {
     /// Kill the master of a random slot, wait until its replica took over, start the old
     /// master again (it rejoins as the new one's replica) and wait until it is in sync.
     Failover,
+    /// The same after cutting the master's replicas off for 50–300 ms (SIGSTOP, and the
+    /// master drops their links): writes acknowledged by the master alone meanwhile are lost
+    /// with it, which is what `wait_for_replicas` guards (a partition, then the crash).
+    PartitionFailover,
 }
 
 /// Fault kinds left out of the default runs because the fix for what they find is not on
-/// main yet (turn them on with `NEMESIS_ALL_FAULTS=1`). Empty now: `DeleteStamps` was here
-/// until the stamp re-creation fix (issue 16, item 1: created stamps carry the clock's count)
-/// landed; before it, it found stale reads on main (`NEMESIS_SEED=16902992922294168202
-/// NEMESIS_MINUTES=0 .. postgres_redis`: a stale list 20 ms after held puts were let go with 5
-/// stamps deleted; `NEMESIS_SEED=15968181054327747194 .. mariadb_redis`: a stale row).
-const AWAITING_FIXES: &[Fault] = &[];
+/// main yet (turn them on with `NEMESIS_ALL_FAULTS=1`).
+///
+/// `PartitionFailover` finds stale reads on main, with `wait_for_replicas(1)`, not yet
+/// explained, and intermittent: `NEMESIS_ALL_FAULTS=1 NEMESIS_SEED=3 .. postgres_cluster`
+/// (3 violations in 1 of 6 runs: a row one version old ~0.5 s after the failover ended;
+/// seeds 1–6 once each: only 3), and on an earlier
+/// schedule seed 1 in about one run of 4 to 14 (a row's cached list one version old, the
+/// version a hooked save had invalidated — returning `Ok`, so `WAIT` was acked — about 70 ms
+/// before the master died; writes invalidated later during the partition failed, were
+/// retried and were not stale). Plain kills (`Failover`) on that seed: 0 of 12.
+/// `DeleteStamps` was here until the stamp re-creation fix (issue 16, item 1: created stamps
+/// carry the clock's count) landed; before it, it found stale reads on main
+/// (`NEMESIS_SEED=16902992922294168202 NEMESIS_MINUTES=0 .. postgres_redis`: a stale list
+/// 20 ms after held puts were let go with 5 stamps deleted; `NEMESIS_SEED=15968181054327747194
+/// .. mariadb_redis`: a stale row).
+const AWAITING_FIXES: &[Fault] = &[Fault::PartitionFailover];
+
+fn all_faults() -> bool {
+    std::env::var("NEMESIS_ALL_FAULTS").is_ok_and(|v| v == "1")
+}
 
 impl Fault {
     /// The kinds the nemesis draws from; `soak`: a long run, which may also draw the slow
@@ -324,7 +342,7 @@ impl Fault {
             Fault::SecondCache,
         ];
         if store == Store::Cluster && soak {
-            faults.push(Fault::Failover);
+            faults.extend([Fault::Failover, Fault::PartitionFailover]);
         }
         if matches!(store, Store::Redis | Store::RedisNear) {
             faults.extend([
@@ -334,8 +352,7 @@ impl Fault {
                 Fault::RestoreSnapshot,
             ]);
         }
-        let all = std::env::var("NEMESIS_ALL_FAULTS").is_ok_and(|v| v == "1");
-        faults.retain(|f| all || !AWAITING_FIXES.contains(f));
+        faults.retain(|f| all_faults() || !AWAITING_FIXES.contains(f));
         faults
     }
 }
@@ -373,7 +390,11 @@ impl Config {
             ttl: (rng.next(3) == 0).then(|| Duration::from_millis(100 + rng.next(400))),
             paths: Path::on(kind),
             faults: Fault::on(store, writes > WRITES),
-            first: (store == Store::Cluster).then_some(Fault::Failover),
+            first: (store == Store::Cluster).then_some(if all_faults() {
+                Fault::PartitionFailover
+            } else {
+                Fault::Failover
+            }),
             writes,
         }
     }
@@ -834,6 +855,7 @@ async fn writer(h: Arc<Harness>, w: u64) {
         let two = matches!(path, Path::Transaction | Path::Diesel);
         let mut locked = lock_rows(&h, &mut rng, two).await;
         let result = write(&h, path, &locked).await;
+        let returned = h.now();
         if let Err(e) = &result {
             // A failure may come after the commit (an invalidation that could not be
             // delivered): the database says what committed.
@@ -868,7 +890,10 @@ async fn writer(h: Arc<Harness>, w: u64) {
             support::relay::delivered_to(h.conn(), &h.consumer).await;
         }
         if std::env::var("NEMESIS_TRACE").is_ok() {
-            eprintln!("{:?} {w} finished {path:?} {finished:?}", h.now());
+            eprintln!(
+                "{:?} {w} finished {path:?} {finished:?} (returned at {returned:?}, queued {queued})",
+                h.now()
+            );
         }
         for to in finished {
             h.ledger.finish(to.id, to.version, i64::from(to.bucket));
@@ -1346,14 +1371,11 @@ async fn inject(h: &Harness, fault: Fault, rng: &mut Rng) -> String {
             };
             format!("{consumer} on {store}, {how} after {lived:?}")
         }
-        Fault::Failover => {
+        Fault::Failover | Fault::PartitionFailover => {
             let cluster = Arc::clone(h.storage.cluster.as_ref().unwrap());
             let key = format!("k{}", rng.next(u64::MAX));
-            // The run's first failover, and half the others, cut the replicas off first, for
-            // long enough that writes land on the master alone (a partition, then the crash):
-            // what the promoted replica lacks then is what `wait_for_replicas` guards.
-            let partition = rng.next(2) == 0 || !h.first_done.load(Ordering::SeqCst);
-            let cut_off = partition.then(|| Duration::from_millis(50 + rng.next(250)));
+            let cut_off = (fault == Fault::PartitionFailover)
+                .then(|| Duration::from_millis(50 + rng.next(250)));
             tokio::task::spawn_blocking(move || {
                 let mut cluster = cluster.lock().unwrap();
                 let started = Instant::now();
