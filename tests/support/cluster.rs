@@ -76,6 +76,25 @@ impl PrivateCluster {
         }
     }
 
+    /// Waits until the node on `port` (restarted after a failover) is a replica in sync with
+    /// its master: before that its slot has no replica a second failover could promote.
+    pub fn wait_for_replica(&self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let info: String = Self::client(port)
+                .and_then(|mut c| redis::cmd("INFO").arg("replication").query(&mut c).ok())
+                .unwrap_or_default();
+            if info.contains("role:slave") && info.contains("master_link_status:up") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {port} never became a synced replica"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits until the cluster has failed `dead` over: every live node marks it failed, it
     /// serves no slot, and the cluster is healthy again.
     pub fn wait_for_failover(&self, dead: u16) {
@@ -242,6 +261,56 @@ impl PrivateCluster {
                 "cluster node {port} did not come back"
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The ports of the replicas of the master on `port`, as it reports them.
+    pub fn replicas_of(&self, port: u16) -> Vec<u16> {
+        let info: String = Self::client(port)
+            .and_then(|mut c| redis::cmd("INFO").arg("replication").query(&mut c).ok())
+            .unwrap_or_default();
+        info.lines()
+            .filter(|l| l.starts_with("slave"))
+            .filter_map(|l| {
+                l.split(',')
+                    .find_map(|f| f.strip_prefix("port="))
+                    .and_then(|p| p.parse().ok())
+            })
+            .collect()
+    }
+
+    /// Cuts the replicas of the master on `port` off from it, as a network partition would:
+    /// each replica is stopped (SIGSTOP) and the master drops its replication links, so the
+    /// writes it acknowledges from now on reach no replica. [`PrivateCluster::heal`] resumes
+    /// them. Returns the replicas cut off.
+    pub fn partition_replicas(&self, port: u16) -> Vec<u16> {
+        let replicas = self.replicas_of(port);
+        for &replica in &replicas {
+            self.signal(replica, "STOP");
+        }
+        if let Some(mut c) = Self::client(port) {
+            let _: redis::RedisResult<i64> = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("replica")
+                .query(&mut c);
+        }
+        replicas
+    }
+
+    /// Resumes replicas stopped by [`PrivateCluster::partition_replicas`].
+    pub fn heal(&self, replicas: &[u16]) {
+        for &replica in replicas {
+            self.signal(replica, "CONT");
+        }
+    }
+
+    fn signal(&self, port: u16, signal: &str) {
+        if let Some((_, Some(child))) = self.nodes.iter().find(|(p, _)| *p == port) {
+            let _ = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(child.id().to_string())
+                .status();
         }
     }
 

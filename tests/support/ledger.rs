@@ -212,9 +212,116 @@ impl Snapshot {
     }
 }
 
+/// A value per key (the number of child rows of a parent) that writes replace, one generation
+/// each; writes of one key are serialized by the caller (under a lock held from
+/// [`Generations::begin`] to the commit). A read of a key, taken between two snapshots, must
+/// return the value of a generation no older than the highest one finished before it and no
+/// newer than the highest one begun after it.
+pub struct Generations {
+    keys: Vec<std::sync::Mutex<GenerationState>>,
+}
+
+struct GenerationState {
+    /// The value of each generation; generation 0 is the initial one.
+    values: Vec<u64>,
+    finished: usize,
+}
+
+/// [`Generations`] at one instant: per key, (highest finished, highest begun).
+pub struct GenerationSnapshot(Vec<(usize, usize)>);
+
+impl Generations {
+    /// Keys `0..n`, each at `initial`.
+    pub fn new(n: usize, initial: u64) -> Self {
+        Generations {
+            keys: (0..n)
+                .map(|_| {
+                    std::sync::Mutex::new(GenerationState {
+                        values: vec![initial],
+                        finished: 0,
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    fn key(&self, key: usize) -> std::sync::MutexGuard<'_, GenerationState> {
+        self.keys[key].lock().expect("no panic while held")
+    }
+
+    /// A write of `key` to `value` starts; returns its generation. (If it fails, the key keeps
+    /// the previous generation's value, which every read that may see this one may see too.)
+    pub fn begin(&self, key: usize, value: u64) -> usize {
+        let mut k = self.key(key);
+        k.values.push(value);
+        k.values.len() - 1
+    }
+
+    /// The write of generation `generation` left `key` at `value`, as the database says after
+    /// it (committed or not).
+    pub fn commit(&self, key: usize, generation: usize, value: u64) {
+        self.key(key).values[generation] = value;
+    }
+
+    /// The write of generation `generation` is committed and invalidated.
+    pub fn finish(&self, key: usize, generation: usize) {
+        let mut k = self.key(key);
+        k.finished = k.finished.max(generation);
+    }
+
+    pub fn snapshot(&self) -> GenerationSnapshot {
+        GenerationSnapshot(
+            (0..self.keys.len())
+                .map(|key| {
+                    let k = self.key(key);
+                    (k.finished, k.values.len() - 1)
+                })
+                .collect(),
+        )
+    }
+
+    /// Whether `value`, read between `before` and `after`, is the value of a generation the
+    /// read may see.
+    pub fn check(
+        &self,
+        key: usize,
+        before: &GenerationSnapshot,
+        after: &GenerationSnapshot,
+        value: u64,
+    ) -> bool {
+        let k = self.key(key);
+        let (from, to) = (before.0[key].0, after.0[key].1);
+        k.values[from..=to].contains(&value)
+    }
+
+    /// The value of the highest generation finished at `at`, for reports.
+    pub fn floor(&self, key: usize, at: &GenerationSnapshot) -> u64 {
+        self.key(key).values[at.0[key].0]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_count_is_checked_against_the_generations_around_the_read() {
+        let counts = Generations::new(1, 3);
+        let start = counts.snapshot();
+        let g = counts.begin(0, 0);
+        let during = counts.snapshot();
+        // In flight: the old and the new value are both right.
+        assert!(counts.check(0, &start, &during, 3));
+        assert!(counts.check(0, &start, &during, 0));
+        assert!(!counts.check(0, &start, &during, 1));
+        counts.finish(0, g);
+        let done = counts.snapshot();
+        assert!(
+            !counts.check(0, &done, &done, 3),
+            "older than a finished write"
+        );
+        assert!(counts.check(0, &done, &done, 0));
+    }
 
     #[test]
     fn overlapping_writers_keep_the_highest_version_with_its_bucket() {

@@ -69,3 +69,49 @@ pub async fn delivered(db: &DatabaseConnection) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Waits (at most 30 s) until every outbox row written up to now has reached `consumer`'s
+/// cache: none up to the highest id at the call is still unmarked by it, and it is registered
+/// and ready (flushed). With several consumers a row stays until all of them marked it, so
+/// [`delivered`] would wait for the slowest (or an abandoned one, until it expires); and a row
+/// swept while `consumer` was not registered reached its cache only through the flush of its
+/// next registration, which "ready", read after the rows, vouches for (a sweep while it is
+/// registered needs its mark).
+pub async fn delivered_to(db: &DatabaseConnection, consumer: &str) {
+    let written = outbox_edge(db, "MAX", 0).await;
+    let name = consumer.replace('\'', "''");
+    let backend = db.get_database_backend();
+    let int = if backend == DbBackend::MySql {
+        "SIGNED"
+    } else {
+        "BIGINT"
+    };
+    let pending = format!(
+        "SELECT CAST(COALESCE(MIN(o.id), {}) AS {int}) FROM matroska_outbox o WHERE NOT EXISTS \
+         (SELECT 1 FROM matroska_outbox_done d WHERE d.consumer = '{name}' AND d.id = o.id)",
+        i64::MAX
+    );
+    let ready = format!(
+        "SELECT CAST(COUNT(*) AS {int}) FROM matroska_outbox_consumers \
+         WHERE name = '{name}' AND ready <> 0"
+    );
+    let one = |sql: String| async move {
+        db.query_one_raw(Statement::from_string(backend, sql))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get_by_index::<i64>(0)
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if one(pending.clone()).await > written && one(ready.clone()).await > 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the relay of {consumer} did not deliver"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
