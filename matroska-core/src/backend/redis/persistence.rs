@@ -57,7 +57,11 @@ pub(super) fn persistence_of(answer: &Value) -> Persistence {
             .map(|(_, v)| v.trim().to_owned())
     };
     let (Some(save), Some(appendonly)) = (setting("save"), setting("appendonly")) else {
-        return Persistence::Unknown(format!("CONFIG GET answered {pairs:?}"));
+        // Not the pairs themselves: `CONFIG GET *` includes `requirepass` and `masterauth`.
+        return Persistence::Unknown(format!(
+            "CONFIG GET answered {} settings, without save or appendonly",
+            pairs.len()
+        ));
     };
     let mut on = Vec::new();
     if !save.is_empty() {
