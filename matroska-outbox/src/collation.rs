@@ -66,7 +66,7 @@ pub struct CollationIssue {
     pub entity: String,
     /// The table.
     pub table: String,
-    /// The column.
+    /// The column, as its scope field spells it (MySQL's column names ignore case).
     pub column: String,
     /// The column's collation (MySQL) or type and collation (PostgreSQL), as the database
     /// names it.
@@ -140,7 +140,7 @@ fn columns_sql(dialect: Dialect, table: &str) -> Option<String> {
              LEFT JOIN pg_type b ON t.typtype = 'd' AND b.oid = t.typbasetype \
              JOIN pg_collation co ON co.oid = a.attcollation \
              JOIN pg_namespace ns ON ns.oid = co.collnamespace \
-             WHERE a.attrelid = to_regclass(quote_ident(current_schema()) || '.' || quote_ident({table})) \
+             WHERE a.attrelid = to_regclass(quote_ident({table})) \
              AND a.attnum > 0 AND NOT a.attisdropped \
              AND coalesce(b.typcategory, t.typcategory) = 'S'"
         )),
@@ -385,11 +385,17 @@ impl ScopedTable {
         )
     }
 
-    fn fold_of(&self, column: &str) -> Option<Fold> {
+    /// The scope field `column` (a name from the catalogue) is, and its fold. MySQL's column
+    /// names are case-insensitive (SeaORM's `category` reaches a column created as
+    /// `Category`); the field's own spelling is the one writes look up coarse marks by.
+    fn field_of(&self, dialect: Dialect, column: &str) -> Option<(&str, Fold)> {
         self.columns
             .iter()
-            .find(|(name, _)| name == column)
-            .map(|&(_, fold)| fold)
+            .find(|(name, _)| match dialect {
+                Dialect::MySql => name.eq_ignore_ascii_case(column),
+                _ => name == column,
+            })
+            .map(|(name, fold)| (name.as_str(), *fold))
     }
 }
 
@@ -423,8 +429,8 @@ pub async fn check_scoped_tables(
     let mut issues = Vec::new();
     for spec in tables {
         for (column, charset, collation) in column_collations(conn, &spec.table).await? {
-            let (column, charset, collation) = (column.as_str(), charset.as_str(), &collation);
-            let Some(has) = spec.fold_of(column) else {
+            let (charset, collation) = (charset.as_str(), &collation);
+            let Some((column, has)) = spec.field_of(dialect, &column) else {
                 continue;
             };
             let Some(sql) = probe_sql(dialect, charset, collation) else {

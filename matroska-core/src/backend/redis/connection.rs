@@ -131,7 +131,7 @@ pub(super) async fn connect_checked(connector: &Connector, config: &RedisConfig)
     Ok(conn)
 }
 
-/// Every node's answer to `CONFIG GET save appendonly`, by address.
+/// Every node's answer to `CONFIG GET *` (read for `save` and `appendonly`), by address.
 #[cfg(feature = "cluster")]
 async fn cluster_persistence(
     mut cluster: redis::cluster_async::ClusterConnection,
@@ -140,7 +140,10 @@ async fn cluster_persistence(
     use redis::Value;
     use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
     let mut cmd = redis::cmd("CONFIG");
-    cmd.arg("GET").arg("save").arg("appendonly");
+    // One pattern, not `save appendonly`: before Redis 7.0, `CONFIG GET` takes exactly one
+    // (two are an error on every node, which would read as "cannot tell" and let a
+    // persistent cluster through with a warning). The answer is small and read once.
+    cmd.arg("GET").arg("*");
     // No response policy: the answers come back as a map from node address to answer.
     let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllNodes, None));
     let answer = match tokio::time::timeout(timeout, cluster.route_command(cmd, routing)).await {

@@ -32,8 +32,8 @@ pub(super) enum Persistence {
     Unknown(String),
 }
 
-/// Reads a node's answer to `CONFIG GET save appendonly` (a flat array of name/value pairs
-/// under RESP2, a map under RESP3).
+/// Reads `save` and `appendonly` from a node's answer to `CONFIG GET *` (a flat array of
+/// name/value pairs under RESP2, a map under RESP3).
 pub(super) fn persistence_of(answer: &Value) -> Persistence {
     let pairs: Vec<(String, String)> = match answer {
         Value::Array(items) => items
@@ -57,7 +57,11 @@ pub(super) fn persistence_of(answer: &Value) -> Persistence {
             .map(|(_, v)| v.trim().to_owned())
     };
     let (Some(save), Some(appendonly)) = (setting("save"), setting("appendonly")) else {
-        return Persistence::Unknown(format!("CONFIG GET answered {pairs:?}"));
+        // Not the pairs themselves: `CONFIG GET *` includes `requirepass` and `masterauth`.
+        return Persistence::Unknown(format!(
+            "CONFIG GET answered {} settings, without save or appendonly",
+            pairs.len()
+        ));
     };
     let mut on = Vec::new();
     if !save.is_empty() {
@@ -159,6 +163,26 @@ mod tests {
             (bulk("save"), bulk("")),
         ]);
         assert_eq!(persistence_of(&resp3), Persistence::Off);
+        // `CONFIG GET *`: every setting, the two read among them.
+        let everything = Value::Array(
+            [
+                "dir",
+                "/data",
+                "appendonly",
+                "yes",
+                "save",
+                "",
+                "appendfsync",
+                "everysec",
+            ]
+            .into_iter()
+            .map(bulk)
+            .collect(),
+        );
+        assert_eq!(
+            persistence_of(&everything),
+            Persistence::On("appendonly yes".into())
+        );
         // A node that answers only one of the two settings is not taken as "off".
         assert!(matches!(
             persistence_of(&Value::Array(vec![bulk("save"), bulk("")])),
