@@ -90,25 +90,34 @@ impl Fold {
 
     /// Folds a string.
     pub fn text(&self, s: &str) -> String {
-        let s = if self.trailing_spaces {
-            s.trim_end_matches(' ')
-        } else {
-            s
-        };
         let mut out: String = if self.accents {
+            // UCA collations (`unicode_ci`, `uca1400_ai_ci`) also ignore what has no weight:
+            // control characters and default-ignorable code points (zero-width spaces and
+            // joiners, soft hyphens, variation selectors), measured on MariaDB 10.11. The
+            // compatibility decomposition comes before the trailing spaces are trimmed, so
+            // a trailing no-break space goes too.
             s.chars()
+                .filter(|&c| !ignorable(c))
                 .flat_map(base_letter)
                 .collect::<String>()
                 .nfkd()
-                .filter(|c| !unicode_normalization::char::is_combining_mark(*c))
+                .filter(|c| !unicode_normalization::char::is_combining_mark(*c) && !ignorable(*c))
                 .collect()
         } else {
             s.to_owned()
         };
+        if self.trailing_spaces {
+            out.truncate(out.trim_end_matches(' ').len());
+        }
         if self.case {
             // `utf8mb4_general_ci` equates ß with s, `utf8mb4_unicode_ci` with ss: folding
-            // all three to s is coarser than either (measured on MariaDB 10.11).
-            out = out.to_lowercase().replace('ß', "s").replace("ss", "s");
+            // all three to s is coarser than either (measured on MariaDB 10.11); and final
+            // sigma with sigma, which lowercasing keeps apart.
+            out = out
+                .to_lowercase()
+                .replace('ß', "s")
+                .replace("ss", "s")
+                .replace('ς', "σ");
         }
         out
     }
@@ -120,6 +129,32 @@ impl Fold {
             other => other,
         }
     }
+}
+
+/// Characters UCA collations give no weight: controls and the default-ignorable code points
+/// (Unicode's `Default_Ignorable_Code_Point`, its main ranges).
+fn ignorable(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{034F}'
+                | '\u{061C}'
+                | '\u{115F}'..='\u{1160}'
+                | '\u{17B4}'..='\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{FFF0}'..='\u{FFF8}'
+                | '\u{1BCA0}'..='\u{1BCA3}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0000}'..='\u{E0FFF}'
+        )
 }
 
 /// The letters with no canonical decomposition that accent-insensitive collations still
@@ -150,6 +185,25 @@ fn base_letter(c: char) -> std::iter::Take<std::array::IntoIter<char, 2>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What UCA collations give no weight (measured on MariaDB 10.11's `utf8mb4_unicode_ci`
+    /// by the review of the automatic check) folds away under `CI_AI`.
+    #[test]
+    fn ci_ai_drops_what_uca_collations_ignore() {
+        let f = Fold::CI_AI;
+        for equal in [
+            "Fantasy\u{A0}",
+            "Fan\u{200B}tasy",
+            "Fan\u{200D}tasy",
+            "Fan\u{AD}tasy",
+            "Fan\u{1}tasy",
+            "FANTASY  ",
+        ] {
+            assert_eq!(f.text(equal), f.text("fantasy"), "{equal:?}");
+        }
+        assert_eq!(f.text("ς"), f.text("Σ"));
+        assert_ne!(f.text("fan tasy"), f.text("fantasy"));
+    }
 
     #[test]
     fn ci_ai_equates_what_mysql_equates() {

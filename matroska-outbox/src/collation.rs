@@ -56,6 +56,11 @@ pub const PROBES: &[(&str, &str)] = &[
     ("ﬁ", "fi"),
     ("Ａ", "A"),
     ("ａ", "a"),
+    ("a\u{A0}", "a"),
+    ("a\u{200B}b", "ab"),
+    ("a\u{AD}b", "ab"),
+    ("a\u{1}b", "ab"),
+    ("ς", "σ"),
 ];
 
 /// A scope column whose collation compares more loosely than the field's fold.
@@ -88,6 +93,15 @@ impl std::fmt::Display for CollationIssue {
             .map(|(a, b)| format!("{a:?} = {b:?}"))
             .collect::<Vec<_>>()
             .join(", ");
+        if self.pairs.is_empty() {
+            return write!(
+                f,
+                "{}.{} ({}) cannot be probed on a server encoding other than UTF-8 (its \
+                 comparison may equate characters the probes cannot be written in): writes \
+                 through it invalidate all of its entity's lists",
+                self.table, self.column, self.collation
+            );
+        }
         write!(
             f,
             "{}.{} ({}) equates {pairs} but its scope field folds {:?}: ",
@@ -131,18 +145,31 @@ fn columns_sql(dialect: Dialect, table: &str) -> Option<String> {
              WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = {table} \
              AND COLLATION_NAME IS NOT NULL"
         )),
+        // The type a probe casts to is the column's base type, through any number of
+        // domains (a domain's CHECK could reject a probe and abort the caller's
+        // transaction); the fourth line says whether the server encoding can hold every
+        // probe (`utf8`), whether the type compares as the built-in string types do
+        // (`std`), and whether the collation is deterministic (read through `to_jsonb`:
+        // no error on a server older than the column).
         Dialect::Postgres => Some(format!(
-            "SELECT a.attname::text || chr(10) || format_type(coalesce(b.oid, t.oid), NULL) \
-             || chr(10) || quote_ident(ns.nspname) || '.' || quote_ident(co.collname) AS name, \
+            "SELECT a.attname::text || chr(10) || format_type(bt.oid, NULL) \
+             || chr(10) || quote_ident(ns.nspname) || '.' || quote_ident(co.collname) \
+             || chr(10) || CASE WHEN current_setting('server_encoding') = 'UTF8' \
+             THEN 'utf8' ELSE 'other' END \
+             || ':' || CASE WHEN bt.typname IN ('text', 'varchar', 'bpchar', 'name') \
+             THEN 'std' ELSE 'ext' END \
+             || ':' || coalesce(to_jsonb(co) ->> 'collisdeterministic', 'true') AS name, \
              0::bigint AS n \
              FROM pg_attribute a \
-             JOIN pg_type t ON t.oid = a.atttypid \
-             LEFT JOIN pg_type b ON t.typtype = 'd' AND b.oid = t.typbasetype \
+             JOIN LATERAL (WITH RECURSIVE b(o, depth) AS (SELECT a.atttypid, 0 \
+             UNION ALL SELECT t.typbasetype, b.depth + 1 FROM pg_type t JOIN b ON t.oid = b.o \
+             WHERE t.typtype = 'd' AND b.depth < 32) \
+             SELECT t.oid, t.typname, t.typcategory FROM b JOIN pg_type t ON t.oid = b.o \
+             ORDER BY b.depth DESC LIMIT 1) bt ON true \
              JOIN pg_collation co ON co.oid = a.attcollation \
              JOIN pg_namespace ns ON ns.oid = co.collnamespace \
              WHERE a.attrelid = to_regclass(quote_ident({table})) \
-             AND a.attnum > 0 AND NOT a.attisdropped \
-             AND coalesce(b.typcategory, t.typcategory) = 'S'"
+             AND a.attnum > 0 AND NOT a.attisdropped AND bt.typcategory = 'S'"
         )),
         // The `CREATE TABLE` text: SQLite keeps no column collation anywhere else.
         Dialect::Sqlite => Some(format!(
@@ -248,11 +275,35 @@ fn keyword_outside_quotes(text: &str, keyword: &str) -> Option<usize> {
     None
 }
 
-/// `table`'s columns with a collation: (column, what a probe converts to, collation).
+/// Which probes a column can be asked about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probes {
+    /// Every pair of [`PROBES`].
+    All,
+    /// Only the pairs written in ASCII (PostgreSQL on a server encoding other than UTF-8,
+    /// where the other probes cannot be written: a standard string type under a
+    /// deterministic collation, which equates nothing else anyway).
+    Ascii,
+    /// None that would clear it (a server encoding other than UTF-8, with a nondeterministic
+    /// collation or a type of its own such as `citext`): reported as an issue, coarse.
+    Unclearable,
+}
+
+/// A column with a collation, as the catalogue describes it.
+#[derive(Debug)]
+struct CollatedColumn {
+    name: String,
+    /// What a probe converts to: MySQL the character set, PostgreSQL the base type.
+    charset: String,
+    collation: String,
+    probes: Probes,
+}
+
+/// `table`'s columns with a collation.
 async fn column_collations(
     conn: &(impl SqlConnection + ?Sized),
     table: &str,
-) -> Result<Vec<(String, String, String)>> {
+) -> Result<Vec<CollatedColumn>> {
     let dialect = conn.dialect();
     let Some(sql) = columns_sql(dialect, table) else {
         return Ok(Vec::new());
@@ -262,17 +313,39 @@ async fn column_collations(
         Dialect::Sqlite => rows
             .iter()
             .flat_map(|(create, _)| sqlite_collations(create))
-            .map(|(column, collation)| (column, String::new(), collation))
+            .map(|(name, collation)| CollatedColumn {
+                name,
+                charset: String::new(),
+                collation,
+                probes: Probes::All,
+            })
             .collect(),
         _ => rows
             .into_iter()
             .filter_map(|(described, _)| {
-                let mut parts = described.splitn(3, '\n');
-                Some((
-                    parts.next()?.to_owned(),
-                    parts.next()?.to_owned(),
-                    parts.next()?.to_owned(),
-                ))
+                let mut parts = described.splitn(4, '\n');
+                let (name, charset, collation) = (parts.next()?, parts.next()?, parts.next()?);
+                let probes = match parts.next() {
+                    // MySQL: no fourth line; a probe converts to the column's character set.
+                    None => Probes::All,
+                    Some(flags) => {
+                        let mut f = flags.split(':');
+                        let utf8 = f.next() == Some("utf8");
+                        let standard = f.next() == Some("std");
+                        let deterministic = f.next() != Some("false");
+                        match (utf8, standard && deterministic) {
+                            (true, _) => Probes::All,
+                            (false, true) => Probes::Ascii,
+                            (false, false) => Probes::Unclearable,
+                        }
+                    }
+                };
+                Some(CollatedColumn {
+                    name: name.to_owned(),
+                    charset: charset.to_owned(),
+                    collation: collation.to_owned(),
+                    probes,
+                })
             })
             .collect(),
     })
@@ -280,7 +353,8 @@ async fn column_collations(
 
 /// The probe query for one column: a row per [`PROBES`] pair (`name`: its index, `n`: 1 when
 /// the column's collation equates the pair). `None` for names that cannot be spliced.
-fn probe_sql(dialect: Dialect, charset: &str, collation: &str) -> Option<String> {
+fn probe_sql(dialect: Dialect, charset: &str, collation: &str, probes: Probes) -> Option<String> {
+    let asked = |(a, b): &(&str, &str)| probes != Probes::Ascii || (a.is_ascii() && b.is_ascii());
     let rows: Vec<String> = match dialect {
         Dialect::MySql => {
             // The column's character set may lack a character (`ł` in latin1 becomes `?`):
@@ -298,6 +372,7 @@ fn probe_sql(dialect: Dialect, charset: &str, collation: &str) -> Option<String>
             PROBES
                 .iter()
                 .enumerate()
+                .filter(|(_, pair)| asked(pair))
                 .map(|(i, (a, b))| {
                     format!(
                         "SELECT '{i}' AS name, CAST(CASE WHEN {} AND {} THEN \
@@ -317,6 +392,7 @@ fn probe_sql(dialect: Dialect, charset: &str, collation: &str) -> Option<String>
             PROBES
                 .iter()
                 .enumerate()
+                .filter(|(_, pair)| asked(pair))
                 .map(|(i, (a, b))| {
                     format!(
                         "SELECT '{i}'::text AS name, (CAST({} AS {charset}) COLLATE {collation} \
@@ -336,6 +412,7 @@ fn probe_sql(dialect: Dialect, charset: &str, collation: &str) -> Option<String>
             PROBES
                 .iter()
                 .enumerate()
+                .filter(|(_, pair)| asked(pair))
                 .map(|(i, (a, b))| {
                     format!(
                         "SELECT '{i}' AS name, ({} = {} COLLATE {collation}) AS n",
@@ -428,12 +505,24 @@ pub async fn check_scoped_tables(
     let dialect = conn.dialect();
     let mut issues = Vec::new();
     for spec in tables {
-        for (column, charset, collation) in column_collations(conn, &spec.table).await? {
-            let (charset, collation) = (charset.as_str(), &collation);
-            let Some((column, has)) = spec.field_of(dialect, &column) else {
+        for found in column_collations(conn, &spec.table).await? {
+            let (charset, collation) = (found.charset.as_str(), &found.collation);
+            let Some((column, has)) = spec.field_of(dialect, &found.name) else {
                 continue;
             };
-            let Some(sql) = probe_sql(dialect, charset, collation) else {
+            if found.probes == Probes::Unclearable {
+                issues.push(CollationIssue {
+                    entity: spec.entity.clone(),
+                    table: spec.table.clone(),
+                    column: column.to_owned(),
+                    collation: format!("{charset} COLLATE {collation}"),
+                    pairs: Vec::new(),
+                    needs: None,
+                    has,
+                });
+                continue;
+            }
+            let Some(sql) = probe_sql(dialect, charset, collation, found.probes) else {
                 tracing::warn!(
                     table = spec.table,
                     column,
@@ -574,12 +663,26 @@ mod tests {
 
     #[test]
     fn probes_are_one_row_per_pair_and_refuse_unusual_names() {
-        let sql = probe_sql(Dialect::MySql, "utf8mb4", "utf8mb4_general_ci").unwrap();
+        let sql = probe_sql(Dialect::MySql, "utf8mb4", "utf8mb4_general_ci", Probes::All).unwrap();
         assert_eq!(sql.matches(" UNION ALL ").count(), PROBES.len() - 1);
-        assert!(probe_sql(Dialect::MySql, "utf8mb4", "x'; DROP").is_none());
-        assert!(probe_sql(Dialect::Sqlite, "", "").is_none());
-        assert!(probe_sql(Dialect::Sqlite, "", "NOCASE").is_some());
-        let pg = probe_sql(Dialect::Postgres, "citext", "pg_catalog.\"default\"").unwrap();
+        assert!(probe_sql(Dialect::MySql, "utf8mb4", "x'; DROP", Probes::All).is_none());
+        assert!(probe_sql(Dialect::Sqlite, "", "", Probes::All).is_none());
+        assert!(probe_sql(Dialect::Sqlite, "", "NOCASE", Probes::All).is_some());
+        let pg = probe_sql(
+            Dialect::Postgres,
+            "citext",
+            "pg_catalog.\"default\"",
+            Probes::All,
+        )
+        .unwrap();
+        let ascii =
+            probe_sql(Dialect::Postgres, "text", "pg_catalog.\"C\"", Probes::Ascii).unwrap();
+        assert!(ascii.is_ascii(), "{ascii}");
+        assert_eq!(
+            ascii.matches(" UNION ALL ").count(),
+            1,
+            "a/A and \"a \"/a: {ascii}"
+        );
         assert!(
             pg.starts_with("SELECT '0'::text AS name, (CAST('a' AS citext)"),
             "{pg}"
