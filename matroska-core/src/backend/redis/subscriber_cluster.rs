@@ -346,9 +346,10 @@ async fn ask(
     let host = addr.rsplit_once(':').map_or("", |(host, _)| host);
     let masters = masters
         .split_whitespace()
-        .map(|m| match m.strip_prefix(':') {
-            Some(port) => format!("{host}:{port}"),
-            None => m.to_owned(),
+        .map(|m| match m.rsplit_once(':') {
+            // Not `::1:port` (IPv6): only an empty host.
+            Some(("", port)) => format!("{host}:{port}"),
+            _ => m.to_owned(),
         })
         .collect();
     Ok(Answer {
