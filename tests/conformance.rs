@@ -873,3 +873,27 @@ async fn redis_cluster(name: &str) -> Cache {
         .build()
         .unwrap()
 }
+
+#[cfg(feature = "cluster")]
+conformance!(redis_cluster_near_backend, redis_cluster_near);
+
+/// The Redis backend on a cluster with its near cache on, live.
+#[cfg(feature = "cluster")]
+async fn redis_cluster_near(name: &str) -> Cache {
+    let cluster = tokio::task::spawn_blocking(support::cluster::PrivateCluster::shared)
+        .await
+        .expect("the cluster starts");
+    let config =
+        matroska::backend::redis::RedisConfig::cluster(cluster.urls(), support::unique(name))
+            .near_cache(matroska::backend::redis::NearConfig::new(1 << 20));
+    let backend = support::redis_backend_with(config).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !backend.near_is_live() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the near tier goes live"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    Cache::builder(backend).build().unwrap()
+}

@@ -189,9 +189,40 @@ impl RedisBackend {
         // --- near cache (issue 19) ---
         // The subscriber is started below, once the backend exists: its heartbeats go through
         // the backend's data connection.
-        let (near, subscriber) = match (&config.near_cache, &connector) {
-            (None, _) => (None, None),
-            (Some(near), Connector::Single(client, _)) => {
+        let (near, subscriber) = match &config.near_cache {
+            None => (None, None),
+            Some(near) => {
+                let target = match &connector {
+                    Connector::Single(client, _) => subscriber::Target::Single(client.clone()),
+                    // Subscribed on every master, with the first seed node's settings
+                    // (subscriber_cluster.rs).
+                    #[cfg(feature = "cluster")]
+                    Connector::Cluster(_) => {
+                        let clients = config
+                            .cluster_nodes
+                            .iter()
+                            .map(|url| redis::Client::open(url.as_str()))
+                            .collect::<redis::RedisResult<Vec<_>>>()
+                            .map_err(|e| Error::Config(format!("bad Redis URL: {e}")))?;
+                        let seeds = clients
+                            .iter()
+                            .filter_map(|c| match c.get_connection_info().addr() {
+                                redis::ConnectionAddr::Tcp(host, port)
+                                | redis::ConnectionAddr::TcpTls { host, port, .. } => {
+                                    Some(format!("{host}:{port}"))
+                                }
+                                _ => None,
+                            })
+                            .collect();
+                        let seed = clients.into_iter().next().ok_or_else(|| {
+                            Error::Config("a cluster config without nodes".into())
+                        })?;
+                        subscriber::Target::Cluster(subscriber::cluster::ClusterTarget {
+                            seed,
+                            seeds,
+                        })
+                    }
+                };
                 let near = Arc::new(near::Near::new(
                     near.clone(),
                     format!("{{{}}}:n", config.prefix),
@@ -203,15 +234,7 @@ impl RedisBackend {
                             .into(),
                     )
                 })?;
-                (Some(near), Some((runtime, client.clone())))
-            }
-            #[cfg(feature = "cluster")]
-            (Some(_), Connector::Cluster(_)) => {
-                return Err(Error::Config(
-                    "the near cache is not available on Redis Cluster yet; turn it off \
-                     (RedisConfig::near_cache) for a cluster"
-                        .into(),
-                ));
+                (Some(near), Some((runtime, target)))
             }
         };
         // --- end near cache ---
@@ -245,11 +268,11 @@ impl RedisBackend {
             }),
         };
         // --- near cache (issue 19): it holds the backend weakly, so dropping it ends the task.
-        if let Some((runtime, client)) = subscriber {
+        if let Some((runtime, target)) = subscriber {
             let timeout = backend.inner.config.timeout;
             runtime.spawn(subscriber::run(
                 Arc::downgrade(&backend.inner),
-                client,
+                target,
                 timeout,
             ));
         }
@@ -904,14 +927,18 @@ impl Backend for RedisBackend {
         // follows the `DEL` on the same connection, so a process that hears it reads the
         // deletion.
         let _near = self.inner.near.as_deref().map(|n| n.key_guard(key));
+        // On a cluster a keyless `PUBLISH` would go to any node: one script on the entry's
+        // master deletes and publishes (`write_entry.lua`), so that the subscriber on that
+        // master receives it before that master's next heartbeat.
+        if self.is_cluster() {
+            return self.write_entry(key, b"", 0, "delete").await;
+        }
         let mut conn = self.conn()?;
         let mut pipe = redis::pipe();
         pipe.del(self.entry_key(key));
-        if !self.is_cluster() {
-            pipe.cmd("PUBLISH")
-                .arg(self.near_channel())
-                .arg(near::key_message(key));
-        }
+        pipe.cmd("PUBLISH")
+            .arg(self.near_channel())
+            .arg(near::key_message(key));
         // Each reply on its own: a refused `PUBLISH` must not fail the delete.
         pipe.ignore_errors();
         let mut replies: Vec<redis::Value> =

@@ -208,14 +208,16 @@ impl RedisConfig {
     ///   starts empty. An ACL user needs the channels `{prefix}:n*` and the `publish` and
     ///   `subscribe` commands, or the tier serves nothing (one warning);
     /// - a stored `put` publishes its key like a `delete`: another process drops the copy the
-    ///   new value replaces, within the same bound (puts with more dependencies than
-    ///   [`RedisConfig::invalidate_batch`] do not publish: until [`NearConfig::max_age`] or
-    ///   eviction there);
+    ///   new value replaces, within the same bound;
     /// - releases before the near cache do not publish: do not mix them with processes that
     ///   have it on.
     ///
-    /// Single server only for now: on a cluster ([`RedisConfig::cluster`]) the backend's
-    /// constructor refuses it with [`Error::Config`].
+    /// On a cluster ([`RedisConfig::cluster`]) each process subscribes on every master (the
+    /// nodes' addresses as the cluster names them must be reachable, with the first seed
+    /// URL's credentials and TLS settings) and its heartbeat round runs a small script on
+    /// every master; any failover, node death or change of the masters empties the tier and
+    /// it serves nothing until a round is confirmed on every master again. An ACL user there
+    /// also needs `evalsha`, `eval`, `info` and `cluster|nodes` (the round's script).
     ///
     /// ```no_run
     /// # async fn run() -> matroska_core::Result<()> {

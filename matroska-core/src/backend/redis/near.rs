@@ -25,7 +25,9 @@
 //!   `t` can be served stale only by a read that began before `t + max_lag`, whatever failed
 //!   (connection killed, Redis restarted, this process paused, the subscription left on an old
 //!   master after a failover behind one address, the heartbeat refused). On every
-//!   (re)subscription the tier starts empty (the floor moves past every entry).
+//!   (re)subscription the tier starts empty (the floor moves past every entry). On Redis
+//!   Cluster the subscriber subscribes on every master and a heartbeat round must come back
+//!   from each (`subscriber_cluster.rs`).
 //! - **Read-your-writes.** `invalidate` and `delete` record their marks in this process
 //!   before returning, independently of the broadcast.
 
@@ -56,10 +58,8 @@ pub struct NearConfig {
     /// a fixed per-entry overhead ([`NearConfig::ENTRY_OVERHEAD`]).
     pub max_bytes: u64,
     /// How long an entry may be served from the tier before it is read from Redis again;
-    /// `None` for no limit. Default 60 s: it bounds what no broadcast reaches — a put with
-    /// more dependencies than
-    /// [`RedisConfig::invalidate_batch`](super::RedisConfig::invalidate_batch), a writer whose
-    /// `PUBLISH` an ACL refuses.
+    /// `None` for no limit. Default 60 s: it bounds what no broadcast reaches — a writer
+    /// whose `PUBLISH` an ACL refuses, a release without the broadcast.
     pub max_age: Option<Duration>,
     /// How far behind the invalidation broadcast this process may be and still serve near
     /// hits: a hit is served only if a heartbeat published through the data connection at
@@ -562,16 +562,6 @@ mod tests {
     use super::*;
 
     const HOUR: Duration = Duration::from_secs(3600);
-
-    #[cfg(feature = "cluster")]
-    #[tokio::test]
-    async fn a_cluster_config_with_a_near_cache_is_refused() {
-        // Nothing listens on port 1: the refusal comes before any connection.
-        let config = super::super::RedisConfig::cluster(["redis://127.0.0.1:1"], "p")
-            .near_cache(NearConfig::new(1 << 20));
-        let err = RedisBackend::new(config).unwrap_err();
-        assert!(matches!(err, crate::Error::Config(_)), "{err}");
-    }
 
     #[test]
     fn entries_expire_with_their_redis_ttl_or_max_age() {

@@ -8,7 +8,8 @@
 //! - **invalidate**: bump the clock (`invalidate.lua` with the clock only), then write the new
 //!   stamp into every dependency. Until a stamp is written its dependents still read as hits,
 //!   which is what "the invalidation has not returned yet" allows; a failure part-way is
-//!   reported and the caller repeats the invalidation.
+//!   reported and the caller repeats the invalidation. Each stamp's script publishes its
+//!   dependency for near caches on the stamp's master, after writing it (`set_stamp.lua`).
 //! - **invalidate**: (continued) each stamp is written by `set_stamp.lua`, which keeps a
 //!   higher count of the same epoch: two invalidations may take their counts in one order
 //!   and write in the other, and a stamp must never go backwards within an epoch.
@@ -20,6 +21,8 @@
 //!   ticket), or, if that stamp has since been lost, its clock bump is (the clock is read
 //!   after the stamps, and the re-created stamp carries that reading). The entry records the
 //!   clock's owner then: if the clock changes owner before the entry is written, it is a miss.
+//!   The entry is written by `write_entry.lua`, which also publishes its key for near caches
+//!   (a cluster `delete` uses it too).
 
 use std::sync::Arc;
 
@@ -32,6 +35,7 @@ static STAMP: &str = include_str!("lua/stamp.lua");
 static CHECK_CLOCK: &str = include_str!("lua/check_clock.lua");
 static RESOLVE: &str = include_str!("lua/resolve.lua");
 static SET_STAMP: &str = include_str!("lua/set_stamp.lua");
+static WRITE_ENTRY: &str = include_str!("lua/write_entry.lua");
 
 /// The scripts of the spread protocol.
 pub(super) struct Scripts {
@@ -40,6 +44,8 @@ pub(super) struct Scripts {
     check_clock: Lua,
     resolve: Arc<Lua>,
     set_stamp: Arc<Lua>,
+    /// Writes or deletes an entry and publishes its key (near caches).
+    pub(super) write_entry: Lua,
 }
 
 impl Default for Scripts {
@@ -49,6 +55,7 @@ impl Default for Scripts {
             check_clock: Lua::new(CHECK_CLOCK),
             resolve: Arc::new(Lua::new(RESOLVE)),
             set_stamp: Arc::new(Lua::new(SET_STAMP)),
+            write_entry: Lua::new(WRITE_ENTRY),
         }
     }
 }
@@ -125,20 +132,50 @@ impl RedisBackend {
         entry.extend_from_slice(owner.as_bytes());
         entry.push(b';');
         entry.extend_from_slice(&request.value);
-        let mut conn = self.conn()?;
-        let _: () = self
-            .run(
-                "put",
-                redis::cmd("SET")
-                    .arg(self.entry_key(request.key))
-                    .arg(entry)
-                    .arg("PX")
-                    .arg(ttl)
-                    .query_async(&mut conn),
-            )
-            .await?;
+        // --- near cache (issue 19): written and its key published in one script, so that
+        // another process drops a near copy this value replaces (as `put.lua` does).
+        self.write_entry(request.key, &entry, ttl, "put").await?;
+        // --- end near cache ---
         self.inner.known.remember(request.key, &keys);
         Ok(PutOutcome::Stored)
+    }
+
+    /// Writes `entry` (or deletes it, when empty) and publishes the key on the near-cache
+    /// channel, in one script on the entry's master (`write_entry.lua`); whether there was
+    /// something to write or delete.
+    pub(super) async fn write_entry(
+        &self,
+        key: &str,
+        entry: &[u8],
+        ttl: u64,
+        operation: &'static str,
+    ) -> Result<bool> {
+        let mut invocation = self.inner.spread.write_entry.call(1);
+        invocation
+            .key(self.entry_key(key))
+            .arg(entry)
+            .arg(ttl)
+            .arg(self.near_channel())
+            .arg(super::near::key_message(key));
+        let mut conn = self.conn()?;
+        let answer: redis::Value = self
+            .run(operation, invocation.invoke_async(&mut conn))
+            .await?;
+        self.done_or_refused(answer)
+    }
+
+    /// A script's `n`, or `{n, error}` when its near-cache `PUBLISH` was refused (warned
+    /// once; the write stands).
+    pub(super) fn done_or_refused(&self, answer: redis::Value) -> Result<bool> {
+        let done = match answer {
+            redis::Value::Array(mut parts) if parts.len() == 2 => {
+                super::broadcast_refused(&self.near_channel(), parts.get(1));
+                parts.swap_remove(0)
+            }
+            other => other,
+        };
+        let done: i64 = redis::from_redis_value(done).map_err(|e| Error::backend("redis", e))?;
+        Ok(done == 1)
     }
 
     /// Runs `check_clock.lua`: whether a put with `ticket` may store, the clock's reading
@@ -288,6 +325,14 @@ impl RedisBackend {
                 stamp.to_owned(),
             );
             let nonce = self.nonce();
+            // --- near cache (issue 19): each stamp's script publishes its dependency on the
+            // stamp's master, after writing it (set_stamp.lua), always (a process without a
+            // near cache still invalidates those that have one).
+            let (channel, message) = (
+                self.near_channel(),
+                super::near::deps_message([dep.as_bytes()]),
+            );
+            // --- end near cache ---
             writes.spawn(async move {
                 script
                     .call(1)
@@ -295,14 +340,25 @@ impl RedisBackend {
                     .arg(stamp)
                     .arg(ttl)
                     .arg(nonce)
-                    .invoke_async::<i64>(&mut conn)
+                    .arg(channel)
+                    .arg(message)
+                    .invoke_async::<redis::Value>(&mut conn)
                     .await
-                    .map(drop)
             });
         }
         self.run("invalidate", async {
+            let mut refused = None;
             while let Some(done) = writes.join_next().await {
-                done.map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))??;
+                let answer = done
+                    .map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))??;
+                if let redis::Value::Array(mut parts) = answer
+                    && parts.len() == 2
+                {
+                    refused = parts.pop();
+                }
+            }
+            if let Some(why) = refused {
+                super::broadcast_refused(&self.near_channel(), Some(&why));
             }
             Ok(())
         })

@@ -32,16 +32,29 @@ use super::near::Near;
 use super::{Inner, RedisBackend};
 use crate::error::Error;
 
+#[cfg(feature = "cluster")]
+#[path = "subscriber_cluster.rs"]
+pub(super) mod cluster;
+
 /// Runs until the backend is dropped. Holds it only weakly, and strongly only for a moment at
 /// a time (a heartbeat in flight: at most the time-out), so that dropping the backend ends it.
-pub(super) async fn run(inner: Weak<Inner>, client: redis::Client, timeout: Duration) {
+pub(super) async fn run(inner: Weak<Inner>, target: Target, timeout: Duration) {
     const FIRST_PAUSE: Duration = Duration::from_millis(20);
     let mut pause = FIRST_PAUSE;
     // Heartbeat numbers never repeat across sessions: a late heartbeat of an earlier session
     // confirms nothing in this one.
     let mut next_beat = 0u64;
+    // On a cluster: the masters of the last session, asked first for the current ones.
+    #[cfg(feature = "cluster")]
+    let mut known = Vec::new();
     loop {
-        let (ended, confirmed) = session(&inner, &client, timeout, &mut next_beat).await;
+        let (ended, confirmed) = match &target {
+            Target::Single(client) => session(&inner, client, timeout, &mut next_beat).await,
+            #[cfg(feature = "cluster")]
+            Target::Cluster(target) => {
+                cluster::session(&inner, target, &mut known, timeout, &mut next_beat).await
+            }
+        };
         let Some(near) = near_of(&inner) else { return };
         near.disconnected();
         drop(near);
@@ -63,6 +76,15 @@ pub(super) async fn run(inner: Weak<Inner>, client: redis::Client, timeout: Dura
             (pause * 2).min(Duration::from_secs(1))
         };
     }
+}
+
+/// Where the subscriber subscribes.
+pub(super) enum Target {
+    /// The server the backend's URL leads to.
+    Single(redis::Client),
+    /// Every master of a cluster, each on its own connections (`subscriber_cluster.rs`).
+    #[cfg(feature = "cluster")]
+    Cluster(cluster::ClusterTarget),
 }
 
 enum Ended {

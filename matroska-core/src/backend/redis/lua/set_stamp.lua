@@ -6,9 +6,11 @@
 -- ARGV[2]  stamp time to live, ms (the stale window)
 -- ARGV[3]  a fresh nonce, for the pending value written when the current one cannot be
 --          compared
+-- ARGV[4]  the near-cache channel '{P}:n'
+-- ARGV[5]  the message to publish there: this dependency (near.rs)
 --
 -- Returns 1 when written, 0 when the stamp already holds a count of the same epoch at least
--- as high.
+-- as high; `{1 or 0, error}` when the PUBLISH was refused.
 --
 -- Invariant: a stamp never goes back to an older value. Two invalidations take their counts
 -- from the clock in one order and may write the stamp in the other: a plain SET would let the
@@ -27,6 +29,19 @@
 --   gets a fresh pending value 'p<nonce>': no entry recorded it, a put holding the old
 --   pending value fails to resolve it and refuses, and the next put replaces it with a clock
 --   reading taken after it, at least every count handed out so far (stamp.lua, resolve.lua).
+--
+-- Near cache: the dependency is published in this script, after the stamp is written (or
+-- found newer), on the master that holds the stamp, so that a subscriber on that master
+-- receives it before anything that master runs later (its heartbeats included), and a process
+-- that receives it and then reads sees the new stamp. Published also when the stamp was kept:
+-- a newer invalidation wrote it, and may not have published yet.
+local function publish(written)
+  local sent = redis.pcall('PUBLISH', ARGV[4], ARGV[5])
+  if type(sent) == 'table' and sent.err then
+    return {written, sent.err}
+  end
+  return written
+end
 local current = redis.call('GET', KEYS[1])
 local epoch, count
 if current then
@@ -35,10 +50,10 @@ end
 local new_epoch, new_count = string.match(ARGV[1], '^(%d+):(%d+)$')
 if epoch and epoch == new_epoch then
   if tonumber(count) >= tonumber(new_count) then
-    return 0
+    return publish(0)
   end
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 else
   redis.call('SET', KEYS[1], 'p' .. ARGV[3], 'PX', ARGV[2])
 end
-return 1
+return publish(1)
