@@ -222,6 +222,8 @@ enum Store {
     RedisNear,
     /// The test binary's private Redis Cluster.
     Cluster,
+    /// The same with the near cache on (issue 19), failovers included.
+    ClusterNear,
 }
 
 /// The write paths.
@@ -341,7 +343,7 @@ impl Fault {
             Fault::PauseLoads,
             Fault::SecondCache,
         ];
-        if store == Store::Cluster && soak {
+        if matches!(store, Store::Cluster | Store::ClusterNear) && soak {
             faults.extend([Fault::Failover, Fault::PartitionFailover]);
         }
         if matches!(store, Store::Redis | Store::RedisNear) {
@@ -390,11 +392,13 @@ impl Config {
             ttl: (rng.next(3) == 0).then(|| Duration::from_millis(100 + rng.next(400))),
             paths: Path::on(kind),
             faults: Fault::on(store, writes > WRITES),
-            first: (store == Store::Cluster).then_some(if all_faults() {
-                Fault::PartitionFailover
-            } else {
-                Fault::Failover
-            }),
+            first: matches!(store, Store::Cluster | Store::ClusterNear).then_some(
+                if all_faults() {
+                    Fault::PartitionFailover
+                } else {
+                    Fault::Failover
+                },
+            ),
             writes,
         }
     }
@@ -542,19 +546,21 @@ impl Harness {
                     Some((Arc::new(std::sync::Mutex::new(server)), prefix)),
                 )
             }
-            Store::Cluster => {
+            Store::Cluster | Store::ClusterNear => {
                 let cluster = tokio::task::spawn_blocking(support::cluster::PrivateCluster::start)
                     .await
                     .unwrap();
                 // A failover loses what the dead master had not replicated: invalidations
                 // wait for a replica, or a promoted replica serves entries whose stamps it
                 // never got (ARCHITECTURE.md, "Replication").
-                let backend = support::redis_backend_with(
-                    RedisConfig::cluster(cluster.urls(), support::unique(name))
-                        .timeout(Duration::from_millis(500))
-                        .wait_for_replicas(1),
-                )
-                .await;
+                let mut redis_config = RedisConfig::cluster(cluster.urls(), support::unique(name))
+                    .timeout(Duration::from_millis(500))
+                    .wait_for_replicas(1);
+                if config.store == Store::ClusterNear {
+                    redis_config =
+                        redis_config.near_cache(matroska::backend::redis::NearConfig::new(1 << 22));
+                }
+                let backend = support::redis_backend_with(redis_config).await;
                 cluster_handle = Some(Arc::new(std::sync::Mutex::new(cluster)));
                 (Arc::new(backend), None)
             }
@@ -1646,4 +1652,10 @@ async fn sqlite_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_cluster() {
     check(Kind::Postgres, Store::Cluster, "postgres_cluster").await;
+}
+
+#[cfg(feature = "cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_cluster_near() {
+    check(Kind::Postgres, Store::ClusterNear, "postgres_cluster_near").await;
 }
