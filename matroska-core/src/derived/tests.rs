@@ -480,6 +480,124 @@ fn explain_says_why() {
     assert!(d.to_string().contains("LIKE"), "{d}");
 }
 
+fn comments_spec() -> TableSpec {
+    TableSpec::new("comments", "comments")
+        .key("id", ColumnDecoder::of::<i32>())
+        .tracked("post_id", ColumnDecoder::of::<i32>())
+        .tracked("author", ColumnDecoder::of::<String>())
+        .tracked("editor_id", ColumnDecoder::of::<Option<i32>>())
+}
+
+fn on_post(post: i32) -> Dependency {
+    Dependency::condition("comments", [("post_id", Value::Int(post.into()))])
+}
+
+#[test]
+fn a_tracked_column_bounds_the_rows_whatever_else_filters() {
+    let spec = comments_spec();
+    let all = Dependency::invalidate_all("comments");
+    // A count of one post's comments, filtered and ordered by columns nothing watches.
+    let d = derive(
+        &spec,
+        Dialect::Postgres,
+        r#"SELECT COUNT(*) FROM "comments" WHERE "comments"."post_id" = $1 AND "comments"."body" = $2"#,
+        &[int(7), text("x")],
+    );
+    assert_eq!(deps(&d), BTreeSet::from([on_post(7), all.clone()]));
+    assert_eq!(
+        d.to_string(),
+        "derived: 1 condition(s) on tracked column `post_id`"
+    );
+    // `belonging_to(&posts)`: `= ANY` on PostgreSQL, `IN` elsewhere; ordered, limited.
+    let d = derive(
+        &spec,
+        Dialect::Postgres,
+        r#"SELECT "comments"."id" FROM "comments" WHERE "comments"."post_id" = ANY($1) ORDER BY "comments"."body" LIMIT $2"#,
+        &[Bound::List(vec![Value::Int(1), Value::Int(2)]), int(5)],
+    );
+    assert_eq!(
+        deps(&d),
+        BTreeSet::from([on_post(1), on_post(2), all.clone()])
+    );
+    let d = derive(
+        &spec,
+        Dialect::MySql,
+        "SELECT `comments`.`id` FROM `comments` WHERE `comments`.`post_id` IN (?, ?)",
+        &[int(1), int(1)],
+    );
+    assert_eq!(deps(&d), BTreeSet::from([on_post(1), all.clone()]));
+    // The narrower of two tracked columns; `IS NULL` is a value.
+    let d = derive(
+        &spec,
+        Dialect::Sqlite,
+        r#"SELECT "comments"."id" FROM "comments" WHERE "comments"."post_id" IN (?, ?) AND "comments"."editor_id" IS NULL"#,
+        &[int(1), int(2)],
+    );
+    assert_eq!(
+        deps(&d),
+        BTreeSet::from([
+            Dependency::condition("comments", [("editor_id", Value::Null)]),
+            all.clone()
+        ])
+    );
+    // A primary key still wins: the narrowest.
+    let d = derive(
+        &spec,
+        Dialect::Sqlite,
+        r#"SELECT "comments"."id" FROM "comments" WHERE "comments"."id" = ? AND "comments"."post_id" = ?"#,
+        &[int(3), int(1)],
+    );
+    assert_eq!(d.to_string(), "derived: 1 primary key(s)");
+}
+
+#[test]
+fn tracked_columns_refuse_text_unknown_and_unparsed() {
+    let spec = comments_spec();
+    // Text: a collation may equate values.
+    let d = derive(
+        &spec,
+        Dialect::Sqlite,
+        r#"SELECT "comments"."id" FROM "comments" WHERE "comments"."author" = ?"#,
+        &[text("Ann")],
+    );
+    assert!(coarse_reason(&d).contains("text tracked column"), "{d}");
+    // A value of another type than the field's, or unreadable.
+    for bound in [text("7"), Bound::Unknown] {
+        let d = derive(
+            &spec,
+            Dialect::Sqlite,
+            r#"SELECT "comments"."id" FROM "comments" WHERE "comments"."post_id" = ?"#,
+            &[bound],
+        );
+        assert!(d.is_coarse(), "{d}");
+    }
+    // A construct the parser does not know, beside the tracked equality.
+    let d = derive(
+        &spec,
+        Dialect::Sqlite,
+        r#"SELECT "comments"."id" FROM "comments" WHERE "comments"."post_id" = ? AND "comments"."body" LIKE ?"#,
+        &[int(1), text("a%")],
+    );
+    assert!(d.is_coarse(), "{d}");
+    // A disjunction needs every term bounded.
+    let d = derive(
+        &spec,
+        Dialect::Sqlite,
+        r#"SELECT "comments"."id" FROM "comments" WHERE "comments"."post_id" = ? OR "comments"."body" = ?"#,
+        &[int(1), text("a")],
+    );
+    assert!(d.is_coarse(), "{d}");
+    // Without `.tracked`, the same column is coarse.
+    let plain = TableSpec::new("comments", "comments").key("id", ColumnDecoder::of::<i32>());
+    let d = derive(
+        &plain,
+        Dialect::Sqlite,
+        r#"SELECT "comments"."id" FROM "comments" WHERE "comments"."post_id" = ?"#,
+        &[int(1)],
+    );
+    assert!(d.is_coarse(), "{d}");
+}
+
 // --- The rules against the relay ---------------------------------------------------------
 //
 // A table of rows (id, published, category, title) and a random filter of the understood
@@ -494,6 +612,8 @@ struct PostRow {
     published: bool,
     category: &'static str,
     title: &'static str,
+    /// A tracked column (a foreign key).
+    author: i32,
 }
 
 #[derive(Debug, Clone)]
@@ -502,6 +622,7 @@ enum Pred {
     Published(bool),
     Category(Vec<&'static str>),
     Title(&'static str),
+    Author(Vec<i32>),
 }
 
 const CATEGORIES: [&str; 2] = ["a", "b"];
@@ -513,12 +634,14 @@ fn row_strategy() -> impl Strategy<Value = PostRow> {
         any::<bool>(),
         prop::sample::select(&CATEGORIES[..]),
         prop::sample::select(&TITLES[..]),
+        0..3_i32,
     )
-        .prop_map(|(id, published, category, title)| PostRow {
+        .prop_map(|(id, published, category, title, author)| PostRow {
             id,
             published,
             category,
             title,
+            author,
         })
 }
 
@@ -528,6 +651,7 @@ fn pred_strategy() -> impl Strategy<Value = Pred> {
         any::<bool>().prop_map(Pred::Published),
         prop::collection::vec(prop::sample::select(&CATEGORIES[..]), 1..3).prop_map(Pred::Category),
         prop::sample::select(&TITLES[..]).prop_map(Pred::Title),
+        prop::collection::vec(0..3_i32, 1..3).prop_map(Pred::Author),
     ]
 }
 
@@ -537,6 +661,7 @@ fn matches(row: &PostRow, p: &Pred) -> bool {
         Pred::Published(b) => row.published == *b,
         Pred::Category(cs) => cs.contains(&row.category),
         Pred::Title(t) => row.title == *t,
+        Pred::Author(authors) => authors.contains(&row.author),
     }
 }
 
@@ -567,6 +692,11 @@ fn render(dnf: &[Vec<Pred>], binds: &mut Vec<Bound>) -> String {
                         format!(r#""posts"."category" IN ({})"#, list.join(", "))
                     }
                     Pred::Title(t) => format!(r#""posts"."title" = {}"#, param(text(t))),
+                    Pred::Author(authors) => {
+                        let list: Vec<String> =
+                            authors.iter().map(|a| param(int((*a).into()))).collect();
+                        format!(r#""posts"."author" IN ({})"#, list.join(", "))
+                    }
                 })
                 .collect();
             format!("({})", preds.join(" AND "))
@@ -576,10 +706,20 @@ fn render(dnf: &[Vec<Pred>], binds: &mut Vec<Bound>) -> String {
 }
 
 fn json_row(r: &PostRow) -> crate::table::Row {
-    match json!({"id": r.id, "published": r.published, "category": r.category}) {
+    match json!({"id": r.id, "published": r.published, "category": r.category, "author": r.author})
+    {
         serde_json::Value::Object(map) => map,
         _ => unreachable!("an object"),
     }
+}
+
+/// What the triggers record in a `K` row: the spec's key-only columns and nothing else.
+fn key_only_row(spec: &TableSpec, r: &PostRow) -> crate::table::Row {
+    let all = json_row(r);
+    spec.key_only_columns()
+        .into_iter()
+        .map(|c| (c.to_owned(), all[c].clone()))
+        .collect()
 }
 
 fn relay_spec() -> TableSpec {
@@ -592,6 +732,7 @@ fn relay_spec() -> TableSpec {
             ],
             false,
         )
+        .tracked("author", ColumnDecoder::of::<i32>())
 }
 
 proptest! {
@@ -604,6 +745,7 @@ proptest! {
         dnf in prop::collection::vec(prop::collection::vec(pred_strategy(), 1..3), 1..3),
         order_by_title in any::<bool>(),
         limit in any::<bool>(),
+        count in any::<bool>(),
         write in (0..3_u8, row_strategy()),
     ) {
         // Distinct keys, as a table holds them.
@@ -613,10 +755,13 @@ proptest! {
                 table.push(r);
             }
         }
+        // A count (`SELECT COUNT(*) ..`, unlimited) returns no rows: its entry holds no key.
+        let limit = limit && !count;
         let mut binds = Vec::new();
-        let order = if order_by_title { r#" ORDER BY "posts"."title", "posts"."id""# } else { r#" ORDER BY "posts"."id""# };
+        let order = if count { "" } else if order_by_title { r#" ORDER BY "posts"."title", "posts"."id""# } else { r#" ORDER BY "posts"."id""# };
         let limit_sql = if limit { " LIMIT 1" } else { "" };
-        let sql = format!(r#"SELECT "posts"."id" FROM "posts" WHERE {}{order}{limit_sql}"#, render(&dnf, &mut binds));
+        let select = if count { "COUNT(*)" } else { r#""posts"."id""# };
+        let sql = format!(r#"SELECT {select} FROM "posts" WHERE {}{order}{limit_sql}"#, render(&dnf, &mut binds));
         let spec = relay_spec();
         let d = derive(&spec, Dialect::Sqlite, &sql, &binds);
         let answer = |table: &[PostRow]| -> Vec<PostRow> {
@@ -635,26 +780,39 @@ proptest! {
             }
             out
         };
+        let answer = |table: &[PostRow]| -> Vec<PostRow> {
+            let rows = answer(table);
+            if count {
+                vec![PostRow { id: rows.len() as i32, published: false, category: "", title: "", author: 0 }]
+            } else {
+                rows
+            }
+        };
         let before = answer(&table);
         let mut entry: BTreeSet<Dependency> = d.dependencies.iter().cloned().collect();
-        entry.extend(before.iter().map(|r| Dependency::primary_key("posts", [r.id])));
+        if !count {
+            entry.extend(before.iter().map(|r| Dependency::primary_key("posts", [r.id])));
+        }
 
         let (kind, new) = write;
         let old = table.iter().position(|r| r.id == new.id);
         let old_row = old.map(|i| json_row(&table[i]));
         let new_row = json_row(&new);
+        let key_row = key_only_row(&spec, &new);
         let change = match (kind, old) {
             (0, None) => {
                 table.push(new.clone());
                 RowChange::Insert { new: &new_row }
             }
             (1, Some(i)) => {
-                let watched = table[i].published != new.published || table[i].category != new.category;
+                let watched = table[i].published != new.published
+                    || table[i].category != new.category
+                    || table[i].author != new.author;
                 table[i] = new.clone();
                 if watched {
                     RowChange::Update { old: old_row.as_ref(), new: Some(&new_row) }
                 } else {
-                    RowChange::KeyOnly { key: &new_row }
+                    RowChange::KeyOnly { key: &key_row }
                 }
             }
             (2, Some(i)) => {

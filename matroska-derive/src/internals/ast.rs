@@ -25,6 +25,9 @@ pub struct Container<'a> {
     /// `primary_key(..)` order).
     pub key: Vec<usize>,
     pub scopes: Vec<Scope>,
+    /// Indices of the tracked fields: on a Diesel model, the foreign-key column of each
+    /// `#[diesel(belongs_to(..))]`, once each.
+    pub tracked: Vec<usize>,
 }
 
 /// A named field.
@@ -114,11 +117,33 @@ impl<'a> Container<'a> {
             crate_path,
             key: Vec::new(),
             scopes: Vec::new(),
+            tracked: Vec::new(),
         };
         cont.key = cont.resolve_key(cx);
         cont.check_fields(cx);
         cont.scopes = cont.resolve_scopes(cx);
+        cont.tracked = cont.resolve_tracked();
         Some(cont)
+    }
+
+    /// The fields of the Diesel model's foreign keys (`belongs_to`), by column name as Diesel
+    /// finds them; one Diesel cannot find is its error to report, and stays untracked.
+    fn resolve_tracked(&self) -> Vec<usize> {
+        if !self.is_diesel_model() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for column in &self.attrs.diesel_foreign_keys {
+            let found = self.fields.iter().position(|f| {
+                f.attrs.diesel_not_column.is_none() && unraw(&f.diesel_column()) == unraw(column)
+            });
+            if let Some(i) = found
+                && !out.contains(&i)
+            {
+                out.push(i);
+            }
+        }
+        out
     }
 
     /// Whether the struct is the `ModelEx` that SeaORM 2.0's `#[sea_orm::model]` generates
