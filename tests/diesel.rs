@@ -1571,6 +1571,29 @@ macro_rules! diesel_tests {
 /// Two in-memory SQLite databases behind one cache: each connection's entries are its own,
 /// and each still hits (its namespace is remembered in the connection, through an
 /// instrumentation of the user's too).
+/// `invalidate_now` (read-your-writes before the relay delivers) reaches what a
+/// `.derived()` query bounded by a tracked foreign key depends on: the derive's
+/// `tracked_dependencies`, equal to the relay's conditions for the row.
+#[tokio::test]
+async fn invalidate_now_reaches_tracked_conditions() {
+    use matroska::{CacheDeps, Dependency, Value};
+    let cache = support::memory_cache();
+    let comment = Comment {
+        id: 1,
+        post_id: 7,
+        body: "x".into(),
+    };
+    let on_post = |post: i32| Dependency::condition("comments", [("post_id", Value::from(post))]);
+    assert_eq!(comment.tracked_dependencies(), [on_post(7)]);
+    cache.put("on-7", &1, &[on_post(7)], None).await.unwrap();
+    cache.put("on-8", &1, &[on_post(8)], None).await.unwrap();
+    matroska::diesel::invalidate_now(&cache, &[&comment])
+        .await
+        .unwrap();
+    assert!(!cache.has("on-7").await.unwrap());
+    assert!(cache.has("on-8").await.unwrap());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_memory_sqlite_databases_do_not_share() {
     use diesel::connection::InstrumentationEvent;

@@ -2353,7 +2353,7 @@ async fn tracked_columns_need_a_reinstall(kind: Kind) {
     exec(&db, "INSERT INTO tag (id, name, cat) VALUES (1, 'n', 'c')").await;
     relay.drain().await.unwrap();
     let in_c = Dependency::condition("tag", [("cat", "c".into())]);
-    cache.put("in-c", &1, &[in_c.clone()], None).await.unwrap();
+    cache.put("in-c", &1, &[in_c], None).await.unwrap();
     // Only `name` changes: a key-only row, which now holds `cat`.
     exec(&db, "UPDATE tag SET name = 'm' WHERE id = 1").await;
     assert_eq!(relay.drain().await.unwrap(), 1, "{kind:?}");

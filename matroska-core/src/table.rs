@@ -258,6 +258,15 @@ impl TableSpec {
         self
     }
 
+    /// The spec without its tracked columns: for an integration whose own invalidation
+    /// (SeaORM's save hooks) never emits their conditions, so that no derived query relies
+    /// on them.
+    #[must_use]
+    pub fn without_tracked(mut self) -> Self {
+        self.tracked.clear();
+        self
+    }
+
     /// Folds the string values of scope column `column` (see [`Scope::fold`](crate::Scope::fold)):
     /// the relay's conditions then equal those of a scope with the same fold.
     #[must_use]

@@ -550,6 +550,30 @@ fn a_tracked_column_bounds_the_rows_whatever_else_filters() {
     assert_eq!(d.to_string(), "derived: 1 primary key(s)");
 }
 
+/// Conduit's surrogate keys: a UUID foreign key is no text (its decoder is typed), so it
+/// bounds the rows.
+#[cfg(feature = "uuid")]
+#[test]
+fn uuid_tracked_columns_are_derived() {
+    let spec = TableSpec::new("favorites", "favorites")
+        .key("id", ColumnDecoder::of::<uuid::Uuid>())
+        .tracked("article_id", ColumnDecoder::of::<uuid::Uuid>());
+    let article = Value::typed("uuid", "67e55044-10b1-426f-9247-bb680e5fe0c8");
+    let d = derive(
+        &spec,
+        Dialect::Postgres,
+        r#"SELECT COUNT(*) FROM "favorites" WHERE "favorites"."article_id" = $1"#,
+        &[Bound::Scalar(article.clone())],
+    );
+    assert_eq!(
+        deps(&d),
+        BTreeSet::from([
+            Dependency::condition("favorites", [("article_id", article)]),
+            Dependency::invalidate_all("favorites"),
+        ])
+    );
+}
+
 #[test]
 fn tracked_columns_refuse_text_unknown_and_unparsed() {
     let spec = comments_spec();
@@ -830,4 +854,171 @@ proptest! {
             );
         }
     }
+}
+
+// --- A Conduit-like workload: false invalidations, coarse against tracked ------------------
+//
+// `comments(id, article_id, author_id, body)` and `favorites(id, article_id, user_id,
+// created_at)` with surrogate keys, as in the RealWorld (Conduit) Diesel app; cached per
+// article: its favorites count (`WHERE article_id = $1`) and its comments list
+// (`belonging_to`: `article_id = ANY($1)`, ordered by the body); random inserts, deletes and
+// updates of an unwatched column (`body` / `created_at`, one column `body` here) of random
+// rows, each turned into the relay's dependencies. Every entry a write reaches is
+// dropped (and reloaded); one whose answer did not change is a false invalidation. An entry
+// the write does not reach must still answer what the table holds (no stale read).
+
+/// A row of either table: `(id, article, user, body)`.
+type ConduitRow = (i64, i64, i64, i64);
+
+/// A cached entry: its dependencies and the answer it holds.
+type ConduitEntry = (BTreeSet<Dependency>, Vec<(i64, i64)>);
+
+fn conduit_spec(table: &str, user: &str, tracked: bool) -> TableSpec {
+    let spec = TableSpec::new(table, table).key("id", ColumnDecoder::of::<i64>());
+    if tracked {
+        spec.tracked("article_id", ColumnDecoder::of::<i64>())
+            .tracked(user, ColumnDecoder::of::<i64>())
+    } else {
+        spec
+    }
+}
+
+fn conduit_json(row: &ConduitRow, user: &str, columns: &[&str]) -> crate::table::Row {
+    let all = json!({"id": row.0, "article_id": row.1, user: row.2, "body": row.3});
+    columns
+        .iter()
+        .map(|c| ((*c).to_owned(), all[*c].clone()))
+        .collect()
+}
+
+/// (entries dropped, of which unchanged, stale reads) over `writes` random writes.
+fn conduit_run(tracked: bool, articles: i64, writes: usize, seed: u64) -> (usize, usize, usize) {
+    let mut state = seed;
+    let mut next = move |n: i64| -> i64 {
+        // xorshift64*: deterministic, no dependency.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as i64 % n
+    };
+    let tables = [("comments", "author_id"), ("favorites", "user_id")];
+    let specs: Vec<TableSpec> = tables
+        .iter()
+        .map(|(t, u)| conduit_spec(t, u, tracked))
+        .collect();
+    let mut rows: Vec<Vec<ConduitRow>> = vec![Vec::new(), Vec::new()];
+    let mut ids = 0_i64;
+    for (t, table) in rows.iter_mut().enumerate() {
+        for _ in 0..articles * (3 - t as i64) {
+            ids += 1;
+            table.push((ids, next(articles), next(50), 0));
+        }
+    }
+    // The answer of entry (table, article): its rows' ids and bodies, in order.
+    let answer = |rows: &[Vec<ConduitRow>], t: usize, article: i64| -> Vec<(i64, i64)> {
+        let mut out: Vec<(i64, i64)> = rows[t]
+            .iter()
+            .filter(|r| r.1 == article)
+            .map(|r| (r.3, r.0))
+            .collect();
+        out.sort_unstable();
+        // The count entry (favorites) answers only how many.
+        if t == 1 {
+            return vec![(out.len() as i64, 0)];
+        }
+        out
+    };
+    let sql = |t: usize| -> String {
+        let (table, _) = tables[t];
+        if t == 1 {
+            format!(r#"SELECT COUNT(*) FROM "{table}" WHERE "{table}"."article_id" = $1"#)
+        } else {
+            format!(
+                r#"SELECT "{table}"."id" FROM "{table}" WHERE "{table}"."article_id" = ANY($1) ORDER BY "{table}"."body""#
+            )
+        }
+    };
+    let fill = |rows: &[Vec<ConduitRow>], t: usize, article: i64| {
+        let bind = if t == 1 {
+            int(article.into())
+        } else {
+            Bound::List(vec![Value::Int(article.into())])
+        };
+        let d = derive(&specs[t], Dialect::Postgres, &sql(t), &[bind]);
+        assert_eq!(d.is_coarse(), !tracked, "{d}");
+        let mut deps: BTreeSet<Dependency> = d.dependencies.into_iter().collect();
+        if t == 0 {
+            deps.extend(
+                rows[t]
+                    .iter()
+                    .filter(|r| r.1 == article)
+                    .map(|r| Dependency::primary_key(tables[t].0, [r.0])),
+            );
+        }
+        (deps, answer(rows, t, article))
+    };
+    let mut entries: Vec<Vec<ConduitEntry>> = (0..2)
+        .map(|t| (0..articles).map(|a| fill(&rows, t, a)).collect())
+        .collect();
+    let (mut dropped, mut unchanged, mut stale) = (0, 0, 0);
+    for _ in 0..writes {
+        let t = next(2) as usize;
+        let (_, user) = tables[t];
+        let watched = specs[t].watched_columns();
+        let key_only = specs[t].key_only_columns();
+        let kind = next(3);
+        let deps = if kind == 0 || rows[t].is_empty() {
+            ids += 1;
+            let row = (ids, next(articles), next(50), next(100));
+            rows[t].push(row);
+            specs[t].dependencies(&RowChange::Insert {
+                new: &conduit_json(&row, user, &watched),
+            })
+        } else if kind == 1 {
+            let i = next(rows[t].len() as i64) as usize;
+            let row = rows[t].swap_remove(i);
+            specs[t].dependencies(&RowChange::Delete {
+                old: &conduit_json(&row, user, &watched),
+            })
+        } else {
+            // An unwatched column (the body): a key-only row.
+            let i = next(rows[t].len() as i64) as usize;
+            rows[t][i].3 = next(100);
+            specs[t].dependencies(&RowChange::KeyOnly {
+                key: &conduit_json(&rows[t][i], user, &key_only),
+            })
+        }
+        .unwrap();
+        let deps: BTreeSet<Dependency> = deps.into_iter().collect();
+        for (t, per_article) in entries.iter_mut().enumerate() {
+            for (article, entry) in per_article.iter_mut().enumerate() {
+                let now = answer(&rows, t, article as i64);
+                if entry.0.is_disjoint(&deps) {
+                    stale += usize::from(entry.1 != now);
+                } else {
+                    dropped += 1;
+                    unchanged += usize::from(entry.1 == now);
+                    *entry = fill(&rows, t, article as i64);
+                }
+            }
+        }
+    }
+    (dropped, unchanged, stale)
+}
+
+/// `cargo test -p matroska-core --lib conduit -- --nocapture` prints the numbers in
+/// BENCHMARKS.md.
+#[test]
+fn conduit_workload_false_invalidations() {
+    let (articles, writes) = (200, 1_000);
+    let coarse = conduit_run(false, articles, writes, 0x5eed);
+    let tracked = conduit_run(true, articles, writes, 0x5eed);
+    for (name, (dropped, unchanged, stale)) in [("coarse", coarse), ("tracked", tracked)] {
+        println!(
+            "{name}: {dropped} entries dropped, {unchanged} of them unchanged ({:.1} %), {stale} stale reads",
+            100.0 * unchanged as f64 / dropped.max(1) as f64
+        );
+        assert_eq!(stale, 0, "{name}");
+    }
+    assert!(tracked.0 < coarse.0 / 50, "{tracked:?} against {coarse:?}");
 }

@@ -623,6 +623,51 @@ mod tests {
         assert_eq!(got.expect("valid input"), ["entity=blog_posts", "key=id"]);
     }
 
+    /// The tracked fields of `belongs_to(..)`, by Diesel's rule.
+    fn tracked(input: DeriveInput) -> Vec<String> {
+        let cx = Ctxt::new();
+        let cont = Container::from_ast(&cx, &input);
+        let names = cont.map(|c| c.tracked.iter().map(|&i| c.fields[i].name()).collect());
+        cx.check().expect("valid input");
+        names.expect("valid input")
+    }
+
+    #[test]
+    fn diesel_belongs_to_columns_are_tracked() {
+        // Default column (`BlogPost` → `blog_post_id`, as Diesel infers it), `foreign_key`,
+        // a `column_name`'d field, a path with generics; twice is once.
+        let got = tracked(syn::parse_quote! {
+            #[diesel(table_name = comments, belongs_to(super::BlogPost<'a>))]
+            #[diesel(belongs_to(User, foreign_key = author_id), belongs_to(BlogPost))]
+            #[diesel(belongs_to(HTTPThing))]
+            struct Comment {
+                id: i32,
+                blog_post_id: i32,
+                #[diesel(column_name = author_id)]
+                author: i32,
+                h_t_t_p_thing_id: Option<i64>,
+                body: String,
+            }
+        });
+        assert_eq!(got, ["blog_post_id", "author", "h_t_t_p_thing_id"]);
+        // No such field (Diesel's error): untracked. Not a Diesel model: none.
+        assert!(
+            tracked(syn::parse_quote! {
+                #[diesel(belongs_to(Post))]
+                struct Comment { id: i32, post: i32 }
+            })
+            .is_empty()
+        );
+        assert!(
+            tracked(syn::parse_quote! {
+                #[sea_orm(table_name = "comments")]
+                #[diesel(belongs_to(Post))]
+                struct Model { #[sea_orm(primary_key)] id: i32, post_id: i32 }
+            })
+            .is_empty()
+        );
+    }
+
     #[test]
     fn diesel_key_follows_primary_key_order() {
         // `primary_key(..)`'s order, not the fields'; `#[cache(key)]` may repeat it.
