@@ -2,12 +2,15 @@
 //! writer (a bulk statement, raw SQL, another process) can be turned into the dependencies a
 //! hooked save would have invalidated.
 //!
-//! A [`TableSpec`] names the entity, its table, its primary-key columns and the columns of
-//! each scope, each with the decoder of its field's type ([`FromDbJson`](crate::FromDbJson)). `#[derive(CacheDeps)]`
-//! generates it ([`WatchedTable`]); the outbox triggers record exactly these columns, and the
+//! A [`TableSpec`] names the entity, its table, its primary-key columns, the columns of each
+//! scope and its tracked columns (foreign keys), each with the decoder of its field's type
+//! ([`FromDbJson`](crate::FromDbJson)). `#[derive(CacheDeps)]` generates it
+//! ([`WatchedTable`]); the outbox triggers record exactly these columns, and the
 //! relay turns each recorded change back into dependencies with [`TableSpec::dependencies`]:
-//! the row's [`Dependency::PrimaryKey`], [`Dependency::any_change`], and the scope conditions of
-//! its old and new values (every subset, as [`Scope`](crate::Scope) hands them out).
+//! the row's [`Dependency::PrimaryKey`], [`Dependency::any_change`], the scope conditions of
+//! its old and new values (every subset, as [`Scope`](crate::Scope) hands them out), and the
+//! single-field condition of each tracked column's old and new value
+//! ([`TableSpec::tracked`]).
 //!
 //! ```
 //! use matroska_core::{ColumnDecoder, Dependency, RowChange, TableSpec, Value};
