@@ -981,6 +981,176 @@ macro_rules! diesel_tests {
                 }
             }
 
+            /// A post's comments through `.derived()`, by the tracked foreign key
+            /// (`belongs_to(Post)` → `post_id`): their count (`post_id = $1`) and their
+            /// `belonging_to(&[post])` list (`= ANY` / `IN`), ordered by an unwatched column.
+            /// Whether both were served from the cache, after checking that both answer what
+            /// the database holds.
+            async fn comments_hit(env: &mut Env<Conn>, backend: &Faulty, post: &Post) -> bool {
+                let posts = vec![post.clone()];
+                let before = backend.hits();
+                let count = comments::table
+                    .filter(comments::post_id.eq(post.id))
+                    .cached(&env.cache)
+                    .derived::<Comment>()
+                    .count::<Comment, _>(&mut env.conn)
+                    .await
+                    .unwrap();
+                let counted = backend.hits() > before;
+                let list = Comment::belonging_to(&posts)
+                    .order((comments::body, comments::id))
+                    .cached(&env.cache)
+                    .derived::<Comment>()
+                    .load::<Comment, _>(&mut env.conn)
+                    .await
+                    .unwrap();
+                let listed = backend.hits() > before + usize::from(counted);
+                let db: Vec<Comment> = Comment::belonging_to(&posts)
+                    .order((comments::body, comments::id))
+                    .load(&mut env.conn)
+                    .unwrap();
+                assert_eq!(list, db, "comments of post {}", post.id);
+                assert_eq!(count, db.len() as i64, "count of post {}", post.id);
+                assert_eq!(listed, counted, "the list and its count go together");
+                listed
+            }
+
+            /// The tracked foreign key (`comments.post_id`): a post's comment count and its
+            /// `belonging_to` list stay cached across writes to another post's comments, and
+            /// are dropped by an insert, a delete, an update of an unwatched column of one of
+            /// its comments (a key-only `K` row, which records the tracked column too) and a
+            /// comment moved to or away from it (both sides of a `U` row), through Diesel or
+            /// raw SQL; every recorded row is read exactly (no dead letter, no coarse fallback).
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tracked_foreign_keys() {
+                let backend = Arc::new(Faulty::new(support::redis_backend("d_tracked").await));
+                let cache = Cache::builder_arc(backend.clone()).build().unwrap();
+                let mut env = setup_with("d_tracked", cache).await;
+                let (a, b) = (env.a.clone(), env.b.clone());
+                diesel::sql_query(format!(
+                    "INSERT INTO comments (id, post_id, body) VALUES \
+                     (1, {a}, 'x'), (2, {a}, 'y'), (3, {b}, 'z')",
+                    a = a.id,
+                    b = b.id
+                ))
+                .execute(&mut env.conn)
+                .unwrap();
+                delivered(&env).await;
+                let explained = comments::table
+                    .filter(comments::post_id.eq(a.id))
+                    .cached(&env.cache)
+                    .derived::<Comment>()
+                    .explain::<Backend>();
+                assert_eq!(
+                    explained.to_string(),
+                    "derived: 1 condition(s) on tracked column `post_id`"
+                );
+                let posts = vec![a.clone(), b.clone()];
+                let explained = Comment::belonging_to(&posts)
+                    .order(comments::body)
+                    .cached(&env.cache)
+                    .derived::<Comment>()
+                    .explain::<Backend>();
+                assert_eq!(
+                    explained.to_string(),
+                    "derived: 2 condition(s) on tracked column `post_id`"
+                );
+                assert!(
+                    !comments_hit(&mut env, &backend, &a).await,
+                    "first read loads"
+                );
+                assert!(
+                    comments_hit(&mut env, &backend, &a).await,
+                    "second read hits"
+                );
+
+                // Another post's comments: an unwatched column (a `K` row), a new one, one
+                // deleted; and the post itself.
+                diesel::update(comments::table.find(3))
+                    .set(comments::body.eq("z2"))
+                    .execute(&mut env.conn)
+                    .unwrap();
+                for write in [
+                    format!(
+                        "INSERT INTO comments (id, post_id, body) VALUES (4, {}, 'w')",
+                        b.id
+                    ),
+                    "DELETE FROM comments WHERE id = 4".to_owned(),
+                    format!("UPDATE posts SET title = 'A2' WHERE id = {}", a.id),
+                ] {
+                    diesel::sql_query(&write).execute(&mut env.conn).unwrap();
+                }
+                delivered(&env).await;
+                assert!(
+                    comments_hit(&mut env, &backend, &a).await,
+                    "a write to another post's comments dropped them"
+                );
+
+                let writes = [
+                    // Inserted into the post.
+                    format!(
+                        "INSERT INTO comments (id, post_id, body) VALUES (5, {}, 'v')",
+                        a.id
+                    ),
+                    // An unwatched column of one of its comments: a key-only row.
+                    "UPDATE comments SET body = 'x2' WHERE id = 1".to_owned(),
+                    // Moved to it (the new side of the update).
+                    format!("UPDATE comments SET post_id = {} WHERE id = 3", a.id),
+                    // Moved away from it (the old side).
+                    format!("UPDATE comments SET post_id = {} WHERE id = 1", b.id),
+                    "DELETE FROM comments WHERE id = 2".to_owned(),
+                ];
+                for write in writes {
+                    diesel::sql_query(&write).execute(&mut env.conn).unwrap();
+                    delivered(&env).await;
+                    assert!(!comments_hit(&mut env, &backend, &a).await, "{write}: kept");
+                    assert!(
+                        comments_hit(&mut env, &backend, &a).await,
+                        "{write}: refilled"
+                    );
+                }
+                // Through Diesel's query builder: a key-only update, and a move away.
+                diesel::update(comments::table.find(5))
+                    .set(comments::body.eq("v2"))
+                    .execute(&mut env.conn)
+                    .unwrap();
+                delivered(&env).await;
+                assert!(
+                    !comments_hit(&mut env, &backend, &a).await,
+                    "Diesel update: kept"
+                );
+                diesel::update(comments::table.find(5))
+                    .set(comments::post_id.eq(b.id))
+                    .execute(&mut env.conn)
+                    .unwrap();
+                delivered(&env).await;
+                assert!(
+                    !comments_hit(&mut env, &backend, &a).await,
+                    "Diesel move: kept"
+                );
+                assert_eq!(
+                    comments::table
+                        .filter(comments::post_id.eq(a.id))
+                        .count()
+                        .get_result::<i64>(&mut env.conn)
+                        .unwrap(),
+                    1
+                );
+                let dead = env.relay.relay().dead_letters().await.unwrap();
+                assert!(dead.is_empty(), "rows read coarsely: {dead:?}");
+                // A write the relay cannot narrow to rows (PostgreSQL records a `TRUNCATE` as
+                // one): only the entity's `all` reaches them.
+                if <Conn as DieselConn>::KIND == support::db::Kind::Postgres {
+                    assert!(comments_hit(&mut env, &backend, &a).await);
+                    env.conn.batch_execute("TRUNCATE comments").unwrap();
+                    delivered(&env).await;
+                    assert!(
+                        !comments_hit(&mut env, &backend, &a).await,
+                        "TRUNCATE: kept"
+                    );
+                }
+            }
+
             /// A `.derived()` filter on a declared scope's fields gets what `.scoped` gives,
             /// and behaves so; a filter outside the subset is coarse: any write drops it.
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1412,6 +1582,29 @@ macro_rules! diesel_tests {
 /// Two in-memory SQLite databases behind one cache: each connection's entries are its own,
 /// and each still hits (its namespace is remembered in the connection, through an
 /// instrumentation of the user's too).
+/// `invalidate_now` (read-your-writes before the relay delivers) reaches what a
+/// `.derived()` query bounded by a tracked foreign key depends on: the derive's
+/// `tracked_dependencies`, equal to the relay's conditions for the row.
+#[tokio::test]
+async fn invalidate_now_reaches_tracked_conditions() {
+    use matroska::{CacheDeps, Dependency, Value};
+    let cache = support::memory_cache();
+    let comment = Comment {
+        id: 1,
+        post_id: 7,
+        body: "x".into(),
+    };
+    let on_post = |post: i32| Dependency::condition("comments", [("post_id", Value::from(post))]);
+    assert_eq!(comment.tracked_dependencies(), [on_post(7)]);
+    cache.put("on-7", &1, &[on_post(7)], None).await.unwrap();
+    cache.put("on-8", &1, &[on_post(8)], None).await.unwrap();
+    matroska::diesel::invalidate_now(&cache, &[&comment])
+        .await
+        .unwrap();
+    assert!(!cache.has("on-7").await.unwrap());
+    assert!(cache.has("on-8").await.unwrap());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_memory_sqlite_databases_do_not_share() {
     use diesel::connection::InstrumentationEvent;

@@ -2304,6 +2304,81 @@ async fn outdated_triggers_fail_in_development(kind: Kind) {
     assert!(!cache.has("by-name").await.unwrap(), "{kind:?}");
 }
 
+/// A model whose scope column became tracked (a foreign key), over triggers of layout 2 that
+/// record only the key in `K` rows: the relay reports the column missing (development mode)
+/// until the install is re-run; the re-install is an upgrade of intact triggers (no
+/// whole-table row), and a key-only update then invalidates the tracked column's condition,
+/// read exactly (no dead letter).
+async fn tracked_columns_need_a_reinstall(kind: Kind) {
+    let db = outdated_tag_table(kind, "outdated_tracked").await;
+    // What layout 2 stored: its version, and no `tracked` in the description.
+    exec(
+        &db,
+        r#"UPDATE matroska_outbox_tables SET version = 2, columns = REPLACE(columns, ',"tracked":[]', '')"#,
+    )
+    .await;
+    let stored = texts(&db, "SELECT columns FROM matroska_outbox_tables").await;
+    assert!(!stored[0].contains("tracked"), "{kind:?}: {stored:?}");
+    let tracked = || tag_spec().tracked("cat", ColumnDecoder::of::<String>());
+    let cache = support::memory_cache();
+    let relay = outbox::relay(&db.conn, cache.clone())
+        .unwrap()
+        .watch(tracked())
+        .mode(matroska::ScopeMode::Development)
+        .build();
+    let error = relay.clone().start().await.unwrap_err();
+    assert!(
+        matches!(&error, matroska::outbox::Error::TriggersOutdated { table, missing, .. }
+            if table == "tag" && missing == &["cat".to_owned()]),
+        "{kind:?}: {error:?}"
+    );
+
+    outbox::install(&db.conn, &[tracked()]).await.unwrap();
+    assert_eq!(
+        outbox_rows(&db).await,
+        0,
+        "{kind:?}: an upgrade invalidated the table"
+    );
+    let versions = texts(
+        &db,
+        "SELECT CAST(version AS CHAR(20)) FROM matroska_outbox_tables",
+    )
+    .await;
+    let versions: Vec<&str> = versions.iter().map(|v| v.trim()).collect();
+    assert_eq!(
+        versions,
+        [matroska::outbox::LAYOUT_VERSION.to_string()],
+        "{kind:?}"
+    );
+    exec(&db, "INSERT INTO tag (id, name, cat) VALUES (1, 'n', 'c')").await;
+    relay.drain().await.unwrap();
+    let in_c = Dependency::condition("tag", [("cat", "c".into())]);
+    cache.put("in-c", &1, &[in_c], None).await.unwrap();
+    // Only `name` changes: a key-only row, which now holds `cat`.
+    exec(&db, "UPDATE tag SET name = 'm' WHERE id = 1").await;
+    assert_eq!(relay.drain().await.unwrap(), 1, "{kind:?}");
+    assert!(
+        !cache.has("in-c").await.unwrap(),
+        "{kind:?}: the key-only update kept it"
+    );
+    assert!(relay.dead_letters().await.unwrap().is_empty(), "{kind:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracked_columns_need_a_reinstall_sqlite() {
+    tracked_columns_need_a_reinstall(Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracked_columns_need_a_reinstall_postgres() {
+    tracked_columns_need_a_reinstall(Kind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracked_columns_need_a_reinstall_mysql() {
+    tracked_columns_need_a_reinstall(Kind::MySql).await;
+}
+
 /// Development mode, a running relay: the re-install's notification ends its wait for the
 /// next retry (a back-off of a minute here), so delivery resumes at once instead of after the
 /// back-off.

@@ -355,3 +355,47 @@ async fn uninstall_removes_the_foreign_key_triggers() {
         .unwrap();
     assert_eq!(own, 3, "the parent's own triggers stay");
 }
+
+/// `ON DELETE SET NULL` of a foreign-key column no spec watches: the child rows change no
+/// watched column, so the parent's trigger records them as key-only (`K`) rows, which hold
+/// the child's tracked column too (as the child's own triggers' `K` rows do): an entry on
+/// that column's condition is dropped, and every row is read exactly (no dead letter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_null_key_only_rows_carry_tracked_columns() {
+    let db = ScratchDb::mysql("fk_set_null_tracked").await;
+    for sql in [
+        "CREATE TABLE parent (id INT PRIMARY KEY) ENGINE=InnoDB",
+        "CREATE TABLE child (id INT PRIMARY KEY, parent_id INT NULL, owner INT NOT NULL, \
+         CONSTRAINT child_parent FOREIGN KEY (parent_id) REFERENCES parent (id) \
+         ON DELETE SET NULL) ENGINE=InnoDB",
+        "INSERT INTO parent VALUES (1)",
+        "INSERT INTO child VALUES (10, 1, 7)",
+    ] {
+        db.conn.execute_unprepared(sql).await.unwrap();
+    }
+    let parent = TableSpec::new("parent", "parent").key("id", ColumnDecoder::of::<i32>());
+    let child = TableSpec::new("child", "child")
+        .key("id", ColumnDecoder::of::<i32>())
+        .tracked("owner", ColumnDecoder::of::<i32>());
+    outbox::install(&db.conn, &[parent.clone(), child.clone()])
+        .await
+        .unwrap();
+    let cache = support::memory_cache();
+    let relay = outbox::relay(&db.conn, cache.clone())
+        .unwrap()
+        .watch(parent)
+        .watch(child)
+        .build();
+    relay.drain().await.unwrap();
+    let owned = |owner: i32| Dependency::condition("child", [("owner", owner.into())]);
+    cache.put("owned-7", &1, &[owned(7)], None).await.unwrap();
+    cache.put("owned-8", &1, &[owned(8)], None).await.unwrap();
+    db.conn
+        .execute_unprepared("DELETE FROM parent WHERE id = 1")
+        .await
+        .unwrap();
+    relay.drain().await.unwrap();
+    assert!(!cache.has("owned-7").await.unwrap(), "the SET NULL kept it");
+    assert!(cache.has("owned-8").await.unwrap(), "read coarsely");
+    assert!(relay.dead_letters().await.unwrap().is_empty());
+}

@@ -127,6 +127,20 @@ fn impl_cache_deps(cont: &Container<'_>) -> TokenStream {
         .key
         .iter()
         .map(|&i| to_value(path, &cont.fields[i], quote!(self)));
+    // The conditions the relay gives each tracked column's value (`TableSpec::dependencies`).
+    let tracked = (!cont.tracked.is_empty()).then(|| {
+        let conditions = cont.tracked.iter().map(|&i| {
+            let field = &cont.fields[i];
+            let name = field_name(cont, field);
+            let value = to_value(path, field, quote!(self));
+            quote!(#path::Dependency::condition(#entity, [(#name, #value)]))
+        });
+        quote! {
+            fn tracked_dependencies(&self) -> #path::__private::Vec<#path::Dependency> {
+                #path::__private::vec![#(#conditions),*]
+            }
+        }
+    });
     quote! {
         #[automatically_derived]
         impl #impl_generics #path::CacheDeps for #ident #ty_generics #where_clause {
@@ -137,6 +151,8 @@ fn impl_cache_deps(cont: &Container<'_>) -> TokenStream {
             fn primary_key(&self) -> #path::Dependency {
                 #path::Dependency::primary_key(#entity, [#(#key),*])
             }
+
+            #tracked
         }
     }
 }
@@ -241,8 +257,9 @@ fn impl_scoped(cont: &Container<'_>) -> TokenStream {
 }
 
 /// `WatchedTable` for every non-generic struct: the table (the entity name; SeaORM's
-/// `table_name`), the key columns and each scope's columns with their fields' decoders, so
-/// the outbox relay computes the same dependencies as a hooked save.
+/// `table_name`), the key columns, each scope's columns and a Diesel model's `belongs_to`
+/// foreign keys (tracked) with their fields' decoders, so the outbox relay computes the same
+/// dependencies as a hooked save.
 fn impl_watched_table(cont: &Container<'_>) -> TokenStream {
     if !cont.generics.params.is_empty() {
         return TokenStream::new();
@@ -276,6 +293,12 @@ fn impl_watched_table(cont: &Container<'_>) -> TokenStream {
             None => quote!(.scope(&[#(#columns),*], #guarded)),
         }
     });
+    let tracked = cont.tracked.iter().map(|&i| {
+        let field = &cont.fields[i];
+        let name = field_name(cont, field);
+        let decode = decoder(field);
+        quote!(.tracked(#name, #decode))
+    });
     let folds = folds(cont).map(|(name, fold)| quote!(.fold(#name, #path::Fold::#fold)));
     quote! {
         #[automatically_derived]
@@ -283,7 +306,7 @@ fn impl_watched_table(cont: &Container<'_>) -> TokenStream {
             fn watched_table() -> #path::TableSpec {
                 #[allow(unused_imports)]
                 use #path::__private::{ViaFromDbJson as _, ViaUntyped as _};
-                #path::TableSpec::new(#entity, #entity) #(#keys)* #(#scopes)* #(#folds)*
+                #path::TableSpec::new(#entity, #entity) #(#keys)* #(#scopes)* #(#tracked)* #(#folds)*
             }
         }
     }

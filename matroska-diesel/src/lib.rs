@@ -233,7 +233,8 @@ pub use pool::{CachePool, find_pooled};
 pub use query::{Cached, CachedExt, CachedRow, entity_dependencies, find};
 
 /// Invalidates, right away, what a write of `rows` affects: each row's primary key, the scope
-/// conditions it matches, and its entity's `any_change`. For read-your-writes: call it after
+/// conditions it matches, the conditions of its tracked (`belongs_to`) columns' values, and
+/// its entity's `any_change`. For read-your-writes: call it after
 /// the write commits, with the rows' old and new values, so this request's next cached read
 /// sees the write without waiting for the relay (which invalidates the same dependencies
 /// again, so nothing is lost if this call fails or is skipped).
@@ -269,6 +270,9 @@ pub async fn invalidate_now<M: CacheDeps + Scoped>(cache: &Cache, rows: &[&M]) -
     for row in rows {
         deps.push(row.primary_key());
         deps.extend(M::scope().dependencies_for(row, None));
+        // The `belongs_to` foreign keys' conditions, on which `.derived()` counts and
+        // `belonging_to` lists depend (the relay invalidates them again for the write).
+        deps.extend(row.tracked_dependencies());
     }
     cache.invalidate(&deps).await?;
     // The relay will deliver the write too; let it find the row without waiting for a poll.

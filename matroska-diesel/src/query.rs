@@ -20,7 +20,8 @@
 //!     the entity it is a condition of;
 //!   - with [`Cached::derived`] (opt-in), for a query of one entity alone, the dependencies
 //!     read from the query's own `WHERE` ([`matroska_core::derived`]): the listed primary keys
-//!     of `id = ANY(..)` / `IN (..)`, or a declared scope's conditions, else coarse;
+//!     of `id = ANY(..)` / `IN (..)`, or a declared scope's conditions, or the values of a
+//!     `belongs_to` foreign key (`belonging_to`, `post_id = $1`), else coarse;
 //!   - otherwise the entity's `any_change` and `all` dependencies: any committed write to its
 //!     table invalidates the entry (coarse, never stale).
 //!
@@ -253,7 +254,11 @@ impl<Q> Cached<Q> {
     /// depending on every write to it (opt-in for now): a query that lists primary keys
     /// (`posts::id.eq_any(ids)`, `.find(id)`) depends on those keys, one filtered only by
     /// equalities on the fields of one `#[scope(..)]` (and ordered by them or the key) on
-    /// those conditions, as [`Cached::scoped`] would; anything else stays coarse. See
+    /// those conditions, as [`Cached::scoped`] would; one with an equality (or `eq_any`) on a
+    /// `#[diesel(belongs_to(..))]` foreign key — a *tracked* column: `comments::post_id.eq(id)`,
+    /// `Comment::belonging_to(&posts)` — on that column's values, whatever else it filters,
+    /// orders or limits by (the outbox relay, which must watch `M`, invalidates those values
+    /// for every write to a row holding them, before or after); anything else stays coarse. See
     /// [`matroska_core::derived`] for the rules, and [`Cached::explain`] for what a query got.
     ///
     /// Applies to `load`, `get_results`, `get_result`, `first` and `count` of a query on `M`'s

@@ -355,8 +355,8 @@ impl<'a> Plan<'a> {
                     .filter(|c| watched.contains(c))
                     .collect();
                 if nulled.is_empty() {
-                    let keys: Vec<&str> = spec.key_columns().iter().map(|c| c.name()).collect();
-                    let key = Outbox::json_object(d, &recorded, &owned(&keys), ALIAS);
+                    // A `K` row: the key and the tracked columns, as the row triggers do.
+                    let key = Outbox::json_object(d, &recorded, &recorded.key_only(), ALIAS);
                     ("'K'".to_owned(), "NULL".to_owned(), key)
                 } else {
                     let paths = nulled

@@ -7,16 +7,21 @@
 //!
 //! ## What the triggers record
 //! One outbox row per changed row, in the writing transaction: the table, an operation and
-//! the *watched* columns ([`TableSpec::watched_columns`]: the key and every scope column) of
-//! the old and the new row as JSON:
+//! the *watched* columns ([`TableSpec::watched_columns`]: the key, every scope column and
+//! every tracked column) of the old and the new row as JSON:
 //!
 //! | op | when | `old_row` | `new_row` |
 //! |---|---|---|---|
 //! | `I` | insert | – | watched columns |
 //! | `D` | delete | watched columns | – |
 //! | `U` | update changing a watched column or the key | watched columns | watched columns |
-//! | `K` | update changing no watched column | – | key columns |
+//! | `K` | update changing no watched column | – | key and tracked columns |
 //! | `T` | `TRUNCATE` (PostgreSQL; MySQL found by the relay); an install over missing, disabled or altered triggers; a write nothing else records ([`Outbox::record_whole_table_sql`]) | – | – |
+//!
+//! Tracked columns ([`TableSpec::tracked`], a Diesel model's foreign keys) are in every row
+//! the triggers record, `K` rows included ([`TableSpec::key_only_columns`]): the relay
+//! invalidates their values' single-field conditions for every change of a row, on which
+//! cached queries filtered by them depend ([`matroska_core::derived`]).
 //!
 //! On PostgreSQL the triggers are statement-level with transition tables: a 100k-row
 //! `UPDATE` adds one `INSERT .. SELECT` (old and new rows paired by key; a row whose key
@@ -36,7 +41,9 @@ pub(crate) const RACED: &str = "matroska outbox: another install changed these t
 
 /// The version of the trigger layout this crate installs. Installing a newer version replaces
 /// the triggers of an older one; an older crate refuses to replace a newer one.
-pub const LAYOUT_VERSION: i64 = 2;
+///
+/// 3: `K` rows record the tracked columns ([`TableSpec::tracked`]) beside the key.
+pub const LAYOUT_VERSION: i64 = 3;
 
 /// The SQL dialect of a database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -724,7 +731,9 @@ impl Outbox {
     /// The key of every row of `recorded.table`, as the triggers record a key-only change:
     /// rows of (`name`: the key as JSON, `n` = 0).
     pub(crate) fn keys_sql(&self, dialect: Dialect, recorded: &Recorded) -> String {
-        let json = Self::json_object(dialect, recorded, &recorded.keys, "o");
+        // The key-only columns, as a `K` row holds them: `TableSpec::dependencies` of a
+        // key-only change needs the tracked columns too.
+        let json = Self::json_object(dialect, recorded, &recorded.key_only(), "o");
         let table = quote(dialect, &recorded.table);
         match dialect {
             Dialect::Postgres => {
@@ -976,6 +985,9 @@ impl Outbox {
         // be found, and a type without `=` (json, point) still compares.
         let old_keys = Self::json_object(d, recorded, keys, "o");
         let new_keys = Self::json_object(d, recorded, keys, "n");
+        // A `K` row: the key and the tracked columns (whose conditions every change
+        // invalidates).
+        let new_key_only = Self::json_object(d, recorded, &recorded.key_only(), "n");
         let changed = if scoped.is_empty() {
             format!("o.{first_key} IS NULL OR n.{first_key} IS NULL")
         } else {
@@ -1026,7 +1038,7 @@ impl Outbox {
                SELECT {name},\n\
                  CASE WHEN {changed} THEN 'U' ELSE 'K' END,\n\
                  CASE WHEN o.{first_key} IS NULL THEN NULL WHEN {changed} THEN {old_all} END,\n\
-                 CASE WHEN n.{first_key} IS NULL THEN NULL WHEN {changed} THEN {new_all} ELSE {new_keys} END,\n\
+                 CASE WHEN n.{first_key} IS NULL THEN NULL WHEN {changed} THEN {new_all} ELSE {new_key_only} END,\n\
                  {now}\n\
                FROM matroska_old o FULL JOIN matroska_new n ON {old_keys} = {new_keys};\n\
              ELSE\n\
@@ -1074,7 +1086,6 @@ impl Outbox {
         let name = literal(d, &recorded.table);
         let now = Self::now_us(d);
         let watched = &recorded.columns;
-        let keys = &recorded.keys;
         // Null-safe equality of every watched column (the key included: a changed key is a
         // full change, both keys are invalidated).
         let same = watched
@@ -1090,7 +1101,8 @@ impl Outbox {
             .join(" AND ");
         let old_all = Self::json_object(d, recorded, watched, "OLD");
         let new_all = Self::json_object(d, recorded, watched, "NEW");
-        let new_key = Self::json_object(d, recorded, keys, "NEW");
+        // A `K` row: the key and the tracked columns.
+        let new_key = Self::json_object(d, recorded, &recorded.key_only(), "NEW");
         let insert = format!("INSERT INTO {outbox} (table_name, op, old_row, new_row, created_us)");
         let (op, old, new) = match d {
             Dialect::MySql => (
@@ -1283,6 +1295,9 @@ pub(crate) struct Recorded {
     keys: Vec<String>,
     /// Every recorded column, the key first.
     columns: Vec<String>,
+    /// The tracked columns ([`TableSpec::tracked`]), among `columns`: recorded in `K` rows
+    /// too.
+    tracked: Vec<String>,
     /// Columns recorded as `{"hex": ..}` on MySQL.
     hex: Vec<String>,
 }
@@ -1434,6 +1449,7 @@ impl Recorded {
             .key_columns()
             .iter()
             .chain(spec.scopes().iter().flat_map(|s| s.columns()))
+            .chain(spec.tracked_columns())
             .filter(|c| c.decoder().is_bytes())
             .map(|c| c.name().to_owned())
             .collect();
@@ -1449,6 +1465,12 @@ impl Recorded {
                 .watched_columns()
                 .into_iter()
                 .map(str::to_owned)
+                .collect(),
+            tracked: spec
+                .tracked_columns()
+                .iter()
+                .map(|c| c.name().to_owned())
+                .filter(|c| !spec.key_columns().iter().any(|k| k.name() == c))
                 .collect(),
             hex,
         }
@@ -1484,6 +1506,7 @@ impl Recorded {
         for (mine, theirs) in [
             (&mut self.entities, &other.entities),
             (&mut self.columns, &other.columns),
+            (&mut self.tracked, &other.tracked),
             (&mut self.hex, &other.hex),
         ] {
             for item in theirs {
@@ -1501,6 +1524,7 @@ impl Recorded {
             "entities": self.entities,
             "key": self.keys,
             "columns": self.columns,
+            "tracked": self.tracked,
             "hex": self.hex,
             "fingerprint": fingerprint,
         })
@@ -1523,6 +1547,11 @@ impl Recorded {
             entities: list("entities")?,
             keys: list("key")?,
             columns: list("columns")?,
+            // Absent from layouts before tracked columns: they recorded none in `K` rows.
+            tracked: match json.get("tracked") {
+                None => Vec::new(),
+                Some(_) => list("tracked")?,
+            },
             hex: list("hex")?,
         };
         let fingerprint = json.get("fingerprint")?.as_str()?.to_owned();
@@ -1539,11 +1568,22 @@ impl Recorded {
         &self.columns
     }
 
+    /// The tracked columns (recorded in `K` rows too).
+    pub(crate) fn tracked(&self) -> &[String] {
+        &self.tracked
+    }
+
+    /// What a `K` row records: the key, then the tracked columns.
+    pub(crate) fn key_only(&self) -> Vec<String> {
+        self.keys.iter().chain(&self.tracked).cloned().collect()
+    }
+
     /// Keeps the recorded non-key columns for which `keep` holds.
     pub(crate) fn retain_columns(&mut self, keep: impl Fn(&str) -> bool) {
         let keys = self.keys.clone();
         self.columns.retain(|c| keys.contains(c) || keep(c));
         let columns = self.columns.clone();
+        self.tracked.retain(|c| columns.contains(c));
         self.hex.retain(|c| columns.contains(c));
     }
 }

@@ -1,7 +1,8 @@
 //! What the installed triggers record, against what the relay's specs need.
 //!
-//! A model that gained a scope (or whose key changed) after the triggers were installed is
-//! silently stale: the triggers do not record the new column, so the relay cannot compute the
+//! A model that gained a scope or a tracked column (or whose key changed) after the triggers
+//! were installed is silently stale: the triggers do not record the new column (a tracked
+//! one: not in key-only rows, as layouts before 3 did), so the relay cannot compute the
 //! conditions it would invalidate. The relay reads the triggers' description
 //! (`matroska_outbox_tables`, written by [`install`](crate::install)) at start and again every
 //! few seconds, and compares it with every watched spec: in development mode a spec needing a
@@ -155,19 +156,30 @@ async fn mismatches(
                 ),
                 Some(Some(recorded)) => {
                     let key: Vec<&str> = spec.key_columns().iter().map(|c| c.name()).collect();
+                    // A tracked column must be in `K` rows too (triggers of layout 2 and
+                    // earlier record only the key there).
+                    let tracked: Vec<&str> = spec
+                        .tracked_columns()
+                        .iter()
+                        .map(|c| c.name())
+                        .filter(|c| !key.contains(c))
+                        .collect();
                     let missing: Vec<String> = needed
                         .into_iter()
                         .filter(|c| {
                             !recorded.columns().contains(c)
                                 || (key.contains(&c.as_str()) && !recorded.keys().contains(c))
+                                || (tracked.contains(&c.as_str())
+                                    && !recorded.tracked().contains(c))
                         })
                         .collect();
                     (
                         missing,
                         format!(
-                            "the triggers record {:?} with key {:?}",
+                            "the triggers record {:?} with key {:?}, and {:?} in key-only rows",
                             recorded.columns(),
-                            recorded.keys()
+                            recorded.keys(),
+                            recorded.key_only()
                         ),
                     )
                 }

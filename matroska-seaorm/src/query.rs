@@ -515,7 +515,12 @@ fn derivation(spec: &TableSpec, statement: &Statement) -> Derivation {
             None => Bound::Unknown,
         })
         .collect();
-    matroska_core::derived::derive(spec, dialect, &statement.sql, &binds)
+    // SeaORM's save hooks invalidate a row's key and scope conditions, never a tracked
+    // column's condition (tracked columns are a Diesel model's `belongs_to`, recorded by the
+    // outbox's triggers): with hooks and no relay a query bounded by one would stay stale.
+    // So no tracked-column rule for SeaORM, even from a hand-written spec.
+    let spec = spec.clone().without_tracked();
+    matroska_core::derived::derive(&spec, dialect, &statement.sql, &binds)
 }
 
 /// A bound value as the derive's `ToValue` renders the field it is compared with, for the
@@ -893,6 +898,22 @@ mod tests {
                 false,
             )
             .scope(&[("series", ColumnDecoder::of::<Option<String>>())], false)
+    }
+
+    /// A tracked column (which SeaORM's hooks never invalidate) does not narrow a SeaORM
+    /// select, even in a hand-written spec: coarse.
+    #[test]
+    fn tracked_columns_do_not_narrow_seaorm_selects() {
+        use matroska_core::ColumnDecoder;
+        use sea_orm::ColumnTrait;
+        let spec = TableSpec::new("posts", "posts")
+            .key("id", ColumnDecoder::of::<i32>())
+            .tracked("published", ColumnDecoder::of::<bool>());
+        for backend in [DbBackend::Postgres, DbBackend::MySql, DbBackend::Sqlite] {
+            let select = post::Entity::find().filter(post::Column::Published.eq(true));
+            let d = derivation(&spec, &select.build(backend));
+            assert!(d.is_coarse(), "{backend:?}: {d}");
+        }
     }
 
     /// The selects as SeaORM builds them for each backend.

@@ -16,6 +16,13 @@
 //!   or `IS NULL`) on the fields of one `#[scope(..)]` that [`Scope::condition`](crate::Scope::condition) would serve,
 //!   in a query ordered only by that scope's fields or the key, depends on those conditions
 //!   and `all`, exactly as `.scoped(&condition)` would;
+//! - **a tracked column** ([`TableSpec::tracked`], a model's foreign keys): every recorded
+//!   change of a row, one that changes no watched column included, invalidates the
+//!   single-field conditions of its tracked columns' old and new values. A conjunction
+//!   holding an equality (or `IN` list, `= ANY`, `IS NULL`) on a tracked column reads no row
+//!   outside those values, whatever else it filters, orders or limits by, so it depends on
+//!   those conditions and `all` (bulk writes). Text values are refused (a collation may
+//!   equate values the cache tells apart);
 //! - a disjunction is the union of its terms, when every term is one of the above.
 //!
 //! Everything else — any construct the parser does not know (ranges, `LIKE`, `NOT`,
@@ -129,6 +136,13 @@ pub enum Term {
         /// How many conditions (one per combination of `IN` values).
         conditions: usize,
     },
+    /// It requires this tracked column to hold one of this many values.
+    Tracked {
+        /// The tracked column.
+        column: String,
+        /// How many single-field conditions (one per value).
+        conditions: usize,
+    },
     /// It can match no row (`IN ()`, `1 = 0`): it depends on nothing.
     Empty,
 }
@@ -168,6 +182,9 @@ impl fmt::Display for Derivation {
                             "{conditions} scope condition(s) on ({})",
                             fields.join(", ")
                         )?,
+                        Term::Tracked { column, conditions } => {
+                            write!(f, "{conditions} condition(s) on tracked column `{column}`")?
+                        }
                         Term::Empty => f.write_str("no row")?,
                     }
                 }
@@ -340,7 +357,28 @@ fn derive_term(
         return Ok(Term::PrimaryKeys(n));
     }
 
-    // A declared scope: every predicate on its fields, the order by its fields or the key.
+    match scope_term(spec, conjunction, order_by, binds, out) {
+        Ok(term) => Ok(term),
+        // Not a scope's: a tracked column may still bound the rows it can read.
+        Err(reason) => match tracked_term(spec, conjunction, binds, out) {
+            Some(Ok(term)) => Ok(term),
+            Some(Err(tracked)) => Err(format!("{reason}; {tracked}")),
+            None => Err(reason),
+        },
+    }
+}
+
+/// A declared scope: every predicate on its fields, the order by its fields or the key.
+fn scope_term(
+    spec: &TableSpec,
+    conjunction: &[Predicate],
+    order_by: &[String],
+    binds: &[Bound],
+    out: &mut BTreeSet<Dependency>,
+) -> Result<Term, String> {
+    let entity = spec.entity();
+    let key = spec.key_columns();
+    let first = |name: &str| conjunction.iter().find(|p| p.column() == name);
     let columns: BTreeSet<&str> = conjunction.iter().map(Predicate::column).collect();
     let scope = spec
         .scopes()
@@ -397,6 +435,73 @@ fn derive_term(
         fields,
         conditions: n,
     })
+}
+
+/// A tracked column's predicate: the conditions of its values. `None` when the conjunction
+/// constrains no tracked column; an error when every one it constrains is refused (text or
+/// unreadable values).
+///
+/// Correct whatever the other predicates, the order and the limit: a row outside the
+/// column's values never matches the conjunction, and every recorded change of a row inside
+/// them (before or after the change) invalidates its value's condition
+/// ([`TableSpec::dependencies`]), so a write that can change the answer reaches the entry.
+fn tracked_term(
+    spec: &TableSpec,
+    conjunction: &[Predicate],
+    binds: &[Bound],
+    out: &mut BTreeSet<Dependency>,
+) -> Option<Result<Term, String>> {
+    let mut best: Option<(&ColumnSpec, Vec<Value>)> = None;
+    let mut refused = None;
+    for column in spec.tracked_columns() {
+        // Every predicate on the column bounds the rows; the one with fewest values is kept.
+        for predicate in conjunction.iter().filter(|p| p.column() == column.name()) {
+            let values = match values(column, predicate, binds) {
+                Ok(values) => values,
+                Err(reason) => {
+                    refused.get_or_insert(reason);
+                    continue;
+                }
+            };
+            if values.iter().any(|v| matches!(v, Value::Str(_))) {
+                refused.get_or_insert(format!(
+                    "`{}` is a text tracked column: a collation may equate values the cache \
+                     tells apart",
+                    column.name()
+                ));
+                continue;
+            }
+            let mut distinct: Vec<Value> = Vec::new();
+            for v in values {
+                if !distinct.contains(&v) {
+                    distinct.push(v);
+                }
+            }
+            if best.as_ref().is_none_or(|(_, b)| distinct.len() < b.len()) {
+                best = Some((column, distinct));
+            }
+        }
+    }
+    let Some((column, values)) = best else {
+        return refused.map(Err);
+    };
+    if values.is_empty() {
+        return Some(Ok(Term::Empty));
+    }
+    if values.len() > MAX_DERIVED {
+        return Some(Err(format!("more than {MAX_DERIVED} derived dependencies")));
+    }
+    let n = values.len();
+    for value in values {
+        out.insert(Dependency::condition(
+            spec.entity(),
+            [(column.name().to_owned(), value)],
+        ));
+    }
+    Some(Ok(Term::Tracked {
+        column: column.name().to_owned(),
+        conditions: n,
+    }))
 }
 
 /// Every combination of `prefixes` with one of `values`, bounded by [`MAX_DERIVED`].

@@ -480,6 +480,148 @@ fn explain_says_why() {
     assert!(d.to_string().contains("LIKE"), "{d}");
 }
 
+fn comments_spec() -> TableSpec {
+    TableSpec::new("comments", "comments")
+        .key("id", ColumnDecoder::of::<i32>())
+        .tracked("post_id", ColumnDecoder::of::<i32>())
+        .tracked("author", ColumnDecoder::of::<String>())
+        .tracked("editor_id", ColumnDecoder::of::<Option<i32>>())
+}
+
+fn on_post(post: i32) -> Dependency {
+    Dependency::condition("comments", [("post_id", Value::Int(post.into()))])
+}
+
+#[test]
+fn a_tracked_column_bounds_the_rows_whatever_else_filters() {
+    let spec = comments_spec();
+    let all = Dependency::invalidate_all("comments");
+    // A count of one post's comments, filtered and ordered by columns nothing watches.
+    let d = derive(
+        &spec,
+        Dialect::Postgres,
+        r#"SELECT COUNT(*) FROM "comments" WHERE "comments"."post_id" = $1 AND "comments"."body" = $2"#,
+        &[int(7), text("x")],
+    );
+    assert_eq!(deps(&d), BTreeSet::from([on_post(7), all.clone()]));
+    assert_eq!(
+        d.to_string(),
+        "derived: 1 condition(s) on tracked column `post_id`"
+    );
+    // `belonging_to(&posts)`: `= ANY` on PostgreSQL, `IN` elsewhere; ordered, limited.
+    let d = derive(
+        &spec,
+        Dialect::Postgres,
+        r#"SELECT "comments"."id" FROM "comments" WHERE "comments"."post_id" = ANY($1) ORDER BY "comments"."body" LIMIT $2"#,
+        &[Bound::List(vec![Value::Int(1), Value::Int(2)]), int(5)],
+    );
+    assert_eq!(
+        deps(&d),
+        BTreeSet::from([on_post(1), on_post(2), all.clone()])
+    );
+    let d = derive(
+        &spec,
+        Dialect::MySql,
+        "SELECT `comments`.`id` FROM `comments` WHERE `comments`.`post_id` IN (?, ?)",
+        &[int(1), int(1)],
+    );
+    assert_eq!(deps(&d), BTreeSet::from([on_post(1), all.clone()]));
+    // The narrower of two tracked columns; `IS NULL` is a value.
+    let d = derive(
+        &spec,
+        Dialect::Sqlite,
+        r#"SELECT "comments"."id" FROM "comments" WHERE "comments"."post_id" IN (?, ?) AND "comments"."editor_id" IS NULL"#,
+        &[int(1), int(2)],
+    );
+    assert_eq!(
+        deps(&d),
+        BTreeSet::from([
+            Dependency::condition("comments", [("editor_id", Value::Null)]),
+            all.clone()
+        ])
+    );
+    // A primary key still wins: the narrowest.
+    let d = derive(
+        &spec,
+        Dialect::Sqlite,
+        r#"SELECT "comments"."id" FROM "comments" WHERE "comments"."id" = ? AND "comments"."post_id" = ?"#,
+        &[int(3), int(1)],
+    );
+    assert_eq!(d.to_string(), "derived: 1 primary key(s)");
+}
+
+/// Conduit's surrogate keys: a UUID foreign key is no text (its decoder is typed), so it
+/// bounds the rows.
+#[cfg(feature = "uuid")]
+#[test]
+fn uuid_tracked_columns_are_derived() {
+    let spec = TableSpec::new("favorites", "favorites")
+        .key("id", ColumnDecoder::of::<uuid::Uuid>())
+        .tracked("article_id", ColumnDecoder::of::<uuid::Uuid>());
+    let article = Value::typed("uuid", "67e55044-10b1-426f-9247-bb680e5fe0c8");
+    let d = derive(
+        &spec,
+        Dialect::Postgres,
+        r#"SELECT COUNT(*) FROM "favorites" WHERE "favorites"."article_id" = $1"#,
+        &[Bound::Scalar(article.clone())],
+    );
+    assert_eq!(
+        deps(&d),
+        BTreeSet::from([
+            Dependency::condition("favorites", [("article_id", article)]),
+            Dependency::invalidate_all("favorites"),
+        ])
+    );
+}
+
+#[test]
+fn tracked_columns_refuse_text_unknown_and_unparsed() {
+    let spec = comments_spec();
+    // Text: a collation may equate values.
+    let d = derive(
+        &spec,
+        Dialect::Sqlite,
+        r#"SELECT "comments"."id" FROM "comments" WHERE "comments"."author" = ?"#,
+        &[text("Ann")],
+    );
+    assert!(coarse_reason(&d).contains("text tracked column"), "{d}");
+    // A value of another type than the field's, or unreadable.
+    for bound in [text("7"), Bound::Unknown] {
+        let d = derive(
+            &spec,
+            Dialect::Sqlite,
+            r#"SELECT "comments"."id" FROM "comments" WHERE "comments"."post_id" = ?"#,
+            &[bound],
+        );
+        assert!(d.is_coarse(), "{d}");
+    }
+    // A construct the parser does not know, beside the tracked equality.
+    let d = derive(
+        &spec,
+        Dialect::Sqlite,
+        r#"SELECT "comments"."id" FROM "comments" WHERE "comments"."post_id" = ? AND "comments"."body" LIKE ?"#,
+        &[int(1), text("a%")],
+    );
+    assert!(d.is_coarse(), "{d}");
+    // A disjunction needs every term bounded.
+    let d = derive(
+        &spec,
+        Dialect::Sqlite,
+        r#"SELECT "comments"."id" FROM "comments" WHERE "comments"."post_id" = ? OR "comments"."body" = ?"#,
+        &[int(1), text("a")],
+    );
+    assert!(d.is_coarse(), "{d}");
+    // Without `.tracked`, the same column is coarse.
+    let plain = TableSpec::new("comments", "comments").key("id", ColumnDecoder::of::<i32>());
+    let d = derive(
+        &plain,
+        Dialect::Sqlite,
+        r#"SELECT "comments"."id" FROM "comments" WHERE "comments"."post_id" = ?"#,
+        &[int(1)],
+    );
+    assert!(d.is_coarse(), "{d}");
+}
+
 // --- The rules against the relay ---------------------------------------------------------
 //
 // A table of rows (id, published, category, title) and a random filter of the understood
@@ -494,6 +636,8 @@ struct PostRow {
     published: bool,
     category: &'static str,
     title: &'static str,
+    /// A tracked column (a foreign key).
+    author: i32,
 }
 
 #[derive(Debug, Clone)]
@@ -502,6 +646,7 @@ enum Pred {
     Published(bool),
     Category(Vec<&'static str>),
     Title(&'static str),
+    Author(Vec<i32>),
 }
 
 const CATEGORIES: [&str; 2] = ["a", "b"];
@@ -513,12 +658,14 @@ fn row_strategy() -> impl Strategy<Value = PostRow> {
         any::<bool>(),
         prop::sample::select(&CATEGORIES[..]),
         prop::sample::select(&TITLES[..]),
+        0..3_i32,
     )
-        .prop_map(|(id, published, category, title)| PostRow {
+        .prop_map(|(id, published, category, title, author)| PostRow {
             id,
             published,
             category,
             title,
+            author,
         })
 }
 
@@ -528,6 +675,7 @@ fn pred_strategy() -> impl Strategy<Value = Pred> {
         any::<bool>().prop_map(Pred::Published),
         prop::collection::vec(prop::sample::select(&CATEGORIES[..]), 1..3).prop_map(Pred::Category),
         prop::sample::select(&TITLES[..]).prop_map(Pred::Title),
+        prop::collection::vec(0..3_i32, 1..3).prop_map(Pred::Author),
     ]
 }
 
@@ -537,6 +685,7 @@ fn matches(row: &PostRow, p: &Pred) -> bool {
         Pred::Published(b) => row.published == *b,
         Pred::Category(cs) => cs.contains(&row.category),
         Pred::Title(t) => row.title == *t,
+        Pred::Author(authors) => authors.contains(&row.author),
     }
 }
 
@@ -567,6 +716,11 @@ fn render(dnf: &[Vec<Pred>], binds: &mut Vec<Bound>) -> String {
                         format!(r#""posts"."category" IN ({})"#, list.join(", "))
                     }
                     Pred::Title(t) => format!(r#""posts"."title" = {}"#, param(text(t))),
+                    Pred::Author(authors) => {
+                        let list: Vec<String> =
+                            authors.iter().map(|a| param(int((*a).into()))).collect();
+                        format!(r#""posts"."author" IN ({})"#, list.join(", "))
+                    }
                 })
                 .collect();
             format!("({})", preds.join(" AND "))
@@ -576,10 +730,20 @@ fn render(dnf: &[Vec<Pred>], binds: &mut Vec<Bound>) -> String {
 }
 
 fn json_row(r: &PostRow) -> crate::table::Row {
-    match json!({"id": r.id, "published": r.published, "category": r.category}) {
+    match json!({"id": r.id, "published": r.published, "category": r.category, "author": r.author})
+    {
         serde_json::Value::Object(map) => map,
         _ => unreachable!("an object"),
     }
+}
+
+/// What the triggers record in a `K` row: the spec's key-only columns and nothing else.
+fn key_only_row(spec: &TableSpec, r: &PostRow) -> crate::table::Row {
+    let all = json_row(r);
+    spec.key_only_columns()
+        .into_iter()
+        .map(|c| (c.to_owned(), all[c].clone()))
+        .collect()
 }
 
 fn relay_spec() -> TableSpec {
@@ -592,6 +756,7 @@ fn relay_spec() -> TableSpec {
             ],
             false,
         )
+        .tracked("author", ColumnDecoder::of::<i32>())
 }
 
 proptest! {
@@ -604,6 +769,7 @@ proptest! {
         dnf in prop::collection::vec(prop::collection::vec(pred_strategy(), 1..3), 1..3),
         order_by_title in any::<bool>(),
         limit in any::<bool>(),
+        count in any::<bool>(),
         write in (0..3_u8, row_strategy()),
     ) {
         // Distinct keys, as a table holds them.
@@ -613,10 +779,13 @@ proptest! {
                 table.push(r);
             }
         }
+        // A count (`SELECT COUNT(*) ..`, unlimited) returns no rows: its entry holds no key.
+        let limit = limit && !count;
         let mut binds = Vec::new();
-        let order = if order_by_title { r#" ORDER BY "posts"."title", "posts"."id""# } else { r#" ORDER BY "posts"."id""# };
+        let order = if count { "" } else if order_by_title { r#" ORDER BY "posts"."title", "posts"."id""# } else { r#" ORDER BY "posts"."id""# };
         let limit_sql = if limit { " LIMIT 1" } else { "" };
-        let sql = format!(r#"SELECT "posts"."id" FROM "posts" WHERE {}{order}{limit_sql}"#, render(&dnf, &mut binds));
+        let select = if count { "COUNT(*)" } else { r#""posts"."id""# };
+        let sql = format!(r#"SELECT {select} FROM "posts" WHERE {}{order}{limit_sql}"#, render(&dnf, &mut binds));
         let spec = relay_spec();
         let d = derive(&spec, Dialect::Sqlite, &sql, &binds);
         let answer = |table: &[PostRow]| -> Vec<PostRow> {
@@ -635,26 +804,39 @@ proptest! {
             }
             out
         };
+        let answer = |table: &[PostRow]| -> Vec<PostRow> {
+            let rows = answer(table);
+            if count {
+                vec![PostRow { id: rows.len() as i32, published: false, category: "", title: "", author: 0 }]
+            } else {
+                rows
+            }
+        };
         let before = answer(&table);
         let mut entry: BTreeSet<Dependency> = d.dependencies.iter().cloned().collect();
-        entry.extend(before.iter().map(|r| Dependency::primary_key("posts", [r.id])));
+        if !count {
+            entry.extend(before.iter().map(|r| Dependency::primary_key("posts", [r.id])));
+        }
 
         let (kind, new) = write;
         let old = table.iter().position(|r| r.id == new.id);
         let old_row = old.map(|i| json_row(&table[i]));
         let new_row = json_row(&new);
+        let key_row = key_only_row(&spec, &new);
         let change = match (kind, old) {
             (0, None) => {
                 table.push(new.clone());
                 RowChange::Insert { new: &new_row }
             }
             (1, Some(i)) => {
-                let watched = table[i].published != new.published || table[i].category != new.category;
+                let watched = table[i].published != new.published
+                    || table[i].category != new.category
+                    || table[i].author != new.author;
                 table[i] = new.clone();
                 if watched {
                     RowChange::Update { old: old_row.as_ref(), new: Some(&new_row) }
                 } else {
-                    RowChange::KeyOnly { key: &new_row }
+                    RowChange::KeyOnly { key: &key_row }
                 }
             }
             (2, Some(i)) => {
@@ -672,4 +854,171 @@ proptest! {
             );
         }
     }
+}
+
+// --- A Conduit-like workload: false invalidations, coarse against tracked ------------------
+//
+// `comments(id, article_id, author_id, body)` and `favorites(id, article_id, user_id,
+// created_at)` with surrogate keys, as in the RealWorld (Conduit) Diesel app; cached per
+// article: its favorites count (`WHERE article_id = $1`) and its comments list
+// (`belonging_to`: `article_id = ANY($1)`, ordered by the body); random inserts, deletes and
+// updates of an unwatched column (`body` / `created_at`, one column `body` here) of random
+// rows, each turned into the relay's dependencies. Every entry a write reaches is
+// dropped (and reloaded); one whose answer did not change is a false invalidation. An entry
+// the write does not reach must still answer what the table holds (no stale read).
+
+/// A row of either table: `(id, article, user, body)`.
+type ConduitRow = (i64, i64, i64, i64);
+
+/// A cached entry: its dependencies and the answer it holds.
+type ConduitEntry = (BTreeSet<Dependency>, Vec<(i64, i64)>);
+
+fn conduit_spec(table: &str, user: &str, tracked: bool) -> TableSpec {
+    let spec = TableSpec::new(table, table).key("id", ColumnDecoder::of::<i64>());
+    if tracked {
+        spec.tracked("article_id", ColumnDecoder::of::<i64>())
+            .tracked(user, ColumnDecoder::of::<i64>())
+    } else {
+        spec
+    }
+}
+
+fn conduit_json(row: &ConduitRow, user: &str, columns: &[&str]) -> crate::table::Row {
+    let all = json!({"id": row.0, "article_id": row.1, user: row.2, "body": row.3});
+    columns
+        .iter()
+        .map(|c| ((*c).to_owned(), all[*c].clone()))
+        .collect()
+}
+
+/// (entries dropped, of which unchanged, stale reads) over `writes` random writes.
+fn conduit_run(tracked: bool, articles: i64, writes: usize, seed: u64) -> (usize, usize, usize) {
+    let mut state = seed;
+    let mut next = move |n: i64| -> i64 {
+        // xorshift64*: deterministic, no dependency.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as i64 % n
+    };
+    let tables = [("comments", "author_id"), ("favorites", "user_id")];
+    let specs: Vec<TableSpec> = tables
+        .iter()
+        .map(|(t, u)| conduit_spec(t, u, tracked))
+        .collect();
+    let mut rows: Vec<Vec<ConduitRow>> = vec![Vec::new(), Vec::new()];
+    let mut ids = 0_i64;
+    for (t, table) in rows.iter_mut().enumerate() {
+        for _ in 0..articles * (3 - t as i64) {
+            ids += 1;
+            table.push((ids, next(articles), next(50), 0));
+        }
+    }
+    // The answer of entry (table, article): its rows' ids and bodies, in order.
+    let answer = |rows: &[Vec<ConduitRow>], t: usize, article: i64| -> Vec<(i64, i64)> {
+        let mut out: Vec<(i64, i64)> = rows[t]
+            .iter()
+            .filter(|r| r.1 == article)
+            .map(|r| (r.3, r.0))
+            .collect();
+        out.sort_unstable();
+        // The count entry (favorites) answers only how many.
+        if t == 1 {
+            return vec![(out.len() as i64, 0)];
+        }
+        out
+    };
+    let sql = |t: usize| -> String {
+        let (table, _) = tables[t];
+        if t == 1 {
+            format!(r#"SELECT COUNT(*) FROM "{table}" WHERE "{table}"."article_id" = $1"#)
+        } else {
+            format!(
+                r#"SELECT "{table}"."id" FROM "{table}" WHERE "{table}"."article_id" = ANY($1) ORDER BY "{table}"."body""#
+            )
+        }
+    };
+    let fill = |rows: &[Vec<ConduitRow>], t: usize, article: i64| {
+        let bind = if t == 1 {
+            int(article.into())
+        } else {
+            Bound::List(vec![Value::Int(article.into())])
+        };
+        let d = derive(&specs[t], Dialect::Postgres, &sql(t), &[bind]);
+        assert_eq!(d.is_coarse(), !tracked, "{d}");
+        let mut deps: BTreeSet<Dependency> = d.dependencies.into_iter().collect();
+        if t == 0 {
+            deps.extend(
+                rows[t]
+                    .iter()
+                    .filter(|r| r.1 == article)
+                    .map(|r| Dependency::primary_key(tables[t].0, [r.0])),
+            );
+        }
+        (deps, answer(rows, t, article))
+    };
+    let mut entries: Vec<Vec<ConduitEntry>> = (0..2)
+        .map(|t| (0..articles).map(|a| fill(&rows, t, a)).collect())
+        .collect();
+    let (mut dropped, mut unchanged, mut stale) = (0, 0, 0);
+    for _ in 0..writes {
+        let t = next(2) as usize;
+        let (_, user) = tables[t];
+        let watched = specs[t].watched_columns();
+        let key_only = specs[t].key_only_columns();
+        let kind = next(3);
+        let deps = if kind == 0 || rows[t].is_empty() {
+            ids += 1;
+            let row = (ids, next(articles), next(50), next(100));
+            rows[t].push(row);
+            specs[t].dependencies(&RowChange::Insert {
+                new: &conduit_json(&row, user, &watched),
+            })
+        } else if kind == 1 {
+            let i = next(rows[t].len() as i64) as usize;
+            let row = rows[t].swap_remove(i);
+            specs[t].dependencies(&RowChange::Delete {
+                old: &conduit_json(&row, user, &watched),
+            })
+        } else {
+            // An unwatched column (the body): a key-only row.
+            let i = next(rows[t].len() as i64) as usize;
+            rows[t][i].3 = next(100);
+            specs[t].dependencies(&RowChange::KeyOnly {
+                key: &conduit_json(&rows[t][i], user, &key_only),
+            })
+        }
+        .unwrap();
+        let deps: BTreeSet<Dependency> = deps.into_iter().collect();
+        for (t, per_article) in entries.iter_mut().enumerate() {
+            for (article, entry) in per_article.iter_mut().enumerate() {
+                let now = answer(&rows, t, article as i64);
+                if entry.0.is_disjoint(&deps) {
+                    stale += usize::from(entry.1 != now);
+                } else {
+                    dropped += 1;
+                    unchanged += usize::from(entry.1 == now);
+                    *entry = fill(&rows, t, article as i64);
+                }
+            }
+        }
+    }
+    (dropped, unchanged, stale)
+}
+
+/// `cargo test -p matroska-core --lib conduit -- --nocapture` prints the numbers in
+/// BENCHMARKS.md.
+#[test]
+fn conduit_workload_false_invalidations() {
+    let (articles, writes) = (200, 1_000);
+    let coarse = conduit_run(false, articles, writes, 0x5eed);
+    let tracked = conduit_run(true, articles, writes, 0x5eed);
+    for (name, (dropped, unchanged, stale)) in [("coarse", coarse), ("tracked", tracked)] {
+        println!(
+            "{name}: {dropped} entries dropped, {unchanged} of them unchanged ({:.1} %), {stale} stale reads",
+            100.0 * unchanged as f64 / dropped.max(1) as f64
+        );
+        assert_eq!(stale, 0, "{name}");
+    }
+    assert!(tracked.0 < coarse.0 / 50, "{tracked:?} against {coarse:?}");
 }

@@ -25,6 +25,9 @@ pub struct Container<'a> {
     /// `primary_key(..)` order).
     pub key: Vec<usize>,
     pub scopes: Vec<Scope>,
+    /// Indices of the tracked fields: on a Diesel model, the foreign-key column of each
+    /// `#[diesel(belongs_to(..))]`, once each.
+    pub tracked: Vec<usize>,
 }
 
 /// A named field.
@@ -114,11 +117,33 @@ impl<'a> Container<'a> {
             crate_path,
             key: Vec::new(),
             scopes: Vec::new(),
+            tracked: Vec::new(),
         };
         cont.key = cont.resolve_key(cx);
         cont.check_fields(cx);
         cont.scopes = cont.resolve_scopes(cx);
+        cont.tracked = cont.resolve_tracked();
         Some(cont)
+    }
+
+    /// The fields of the Diesel model's foreign keys (`belongs_to`), by column name as Diesel
+    /// finds them; one Diesel cannot find is its error to report, and stays untracked.
+    fn resolve_tracked(&self) -> Vec<usize> {
+        if !self.is_diesel_model() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for column in &self.attrs.diesel_foreign_keys {
+            let found = self.fields.iter().position(|f| {
+                f.attrs.diesel_not_column.is_none() && unraw(&f.diesel_column()) == unraw(column)
+            });
+            if let Some(i) = found
+                && !out.contains(&i)
+            {
+                out.push(i);
+            }
+        }
+        out
     }
 
     /// Whether the struct is the `ModelEx` that SeaORM 2.0's `#[sea_orm::model]` generates
@@ -596,6 +621,51 @@ mod tests {
             struct BlogPost { id: i32 }
         });
         assert_eq!(got.expect("valid input"), ["entity=blog_posts", "key=id"]);
+    }
+
+    /// The tracked fields of `belongs_to(..)`, by Diesel's rule.
+    fn tracked(input: DeriveInput) -> Vec<String> {
+        let cx = Ctxt::new();
+        let cont = Container::from_ast(&cx, &input);
+        let names = cont.map(|c| c.tracked.iter().map(|&i| c.fields[i].name()).collect());
+        cx.check().expect("valid input");
+        names.expect("valid input")
+    }
+
+    #[test]
+    fn diesel_belongs_to_columns_are_tracked() {
+        // Default column (`BlogPost` → `blog_post_id`, as Diesel infers it), `foreign_key`,
+        // a `column_name`'d field, a path with generics; twice is once.
+        let got = tracked(syn::parse_quote! {
+            #[diesel(table_name = comments, belongs_to(super::BlogPost<'a>))]
+            #[diesel(belongs_to(User, foreign_key = author_id), belongs_to(BlogPost))]
+            #[diesel(belongs_to(HTTPThing))]
+            struct Comment {
+                id: i32,
+                blog_post_id: i32,
+                #[diesel(column_name = author_id)]
+                author: i32,
+                h_t_t_p_thing_id: Option<i64>,
+                body: String,
+            }
+        });
+        assert_eq!(got, ["blog_post_id", "author", "h_t_t_p_thing_id"]);
+        // No such field (Diesel's error): untracked. Not a Diesel model: none.
+        assert!(
+            tracked(syn::parse_quote! {
+                #[diesel(belongs_to(Post))]
+                struct Comment { id: i32, post: i32 }
+            })
+            .is_empty()
+        );
+        assert!(
+            tracked(syn::parse_quote! {
+                #[sea_orm(table_name = "comments")]
+                #[diesel(belongs_to(Post))]
+                struct Model { #[sea_orm(primary_key)] id: i32, post_id: i32 }
+            })
+            .is_empty()
+        );
     }
 
     #[test]

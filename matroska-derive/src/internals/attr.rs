@@ -58,6 +58,11 @@ pub const COLUMN_NAME: &str = "column_name";
 pub const EMBED: &str = "embed";
 /// `#[diesel(select_expression = ...)]`: a field computed by an expression, not a column.
 pub const SELECT_EXPRESSION: &str = "select_expression";
+/// `#[diesel(belongs_to(Parent))]` / `#[diesel(belongs_to(Parent, foreign_key = col))]` on a
+/// Diesel model: its foreign-key column is tracked.
+pub const BELONGS_TO: &str = "belongs_to";
+/// `foreign_key = col` in `belongs_to(..)`.
+pub const FOREIGN_KEY: &str = "foreign_key";
 
 /// The attributes of the struct.
 #[derive(Default)]
@@ -76,6 +81,8 @@ pub struct Container {
     pub diesel_table: Option<syn::Path>,
     /// `#[diesel(primary_key(a, b))]`: the key's columns.
     pub diesel_primary_key: Option<Vec<Ident>>,
+    /// The foreign-key column of each `#[diesel(belongs_to(..))]`, as Diesel names it.
+    pub diesel_foreign_keys: Vec<Ident>,
 }
 
 /// One `#[scope(field, ..., when = ..., name = ...)]`.
@@ -230,6 +237,15 @@ impl Container {
                             return Err(err);
                         }
                         out.diesel_primary_key = Some(columns);
+                    } else if meta.path.is_ident(BELONGS_TO) {
+                        // Diesel reports a malformed one; one not read here only leaves its
+                        // column untracked (its queries coarse), never wrong.
+                        let content;
+                        syn::parenthesized!(content in meta.input);
+                        if let Some(column) = foreign_key(&content) {
+                            out.diesel_foreign_keys.push(column);
+                        }
+                        let _rest: TokenStream = content.parse()?;
                     } else {
                         skip_value(&meta);
                     }
@@ -488,6 +504,35 @@ fn skip_value(meta: &ParseNestedMeta<'_>) {
             Ok(())
         });
     }
+}
+
+/// The foreign-key column of `belongs_to(Parent)` / `belongs_to(Parent, foreign_key = col)`,
+/// by Diesel's own rule (`diesel_derives`' `infer_foreign_key`): `col`, else the last segment
+/// of `Parent` with each uppercase letter after the first lowered and preceded by `_`, then
+/// `_id` (`BlogPost` → `blog_post_id`).
+fn foreign_key(content: ParseStream<'_>) -> Option<Ident> {
+    let parent: syn::TypePath = content.parse().ok()?;
+    if content.peek(Token![,]) {
+        content.parse::<Token![,]>().ok()?;
+        let option: Ident = content.parse().ok()?;
+        if option == FOREIGN_KEY {
+            content.parse::<Token![=]>().ok()?;
+            return content.parse::<Ident>().ok();
+        }
+    }
+    let last = parent.path.segments.last()?;
+    let name = last.ident.to_string();
+    let mut chars = name.chars();
+    let mut snake: String = chars.next()?.to_lowercase().collect();
+    for c in chars {
+        if c.is_uppercase() {
+            snake.push('_');
+            snake.extend(c.to_lowercase());
+        } else {
+            snake.push(c);
+        }
+    }
+    Some(Ident::new(&format!("{snake}_id"), last.ident.span()))
 }
 
 fn path_name(path: &syn::Path) -> String {
