@@ -165,7 +165,7 @@ impl<Q> Cached<Q> {
     ///
     /// # Errors
     /// As [`Cached::load_blocking`].
-    pub fn count_blocking<M, C>(self, conn: &mut C) -> Result<i64>
+    pub fn count_blocking<'query, M, C>(self, conn: &mut C) -> Result<i64>
     where
         C: LoadConnection,
         C::Backend: NamespaceBackend + Default,
@@ -173,7 +173,7 @@ impl<Q> Cached<Q> {
         M: QueryRow,
         Q: SelectDsl<dsl::CountStar>,
         dsl::Select<Q, dsl::CountStar>:
-            RunQueryDsl<C> + LoadQuery<'static, C, i64> + QueryFragment<C::Backend>,
+            RunQueryDsl<C> + LoadQuery<'query, C, i64> + QueryFragment<C::Backend>,
     {
         block_on(self.count::<M, C>(conn))?
     }
@@ -183,7 +183,7 @@ impl<Q> Cached<Q> {
 ///
 /// # Errors
 /// As [`Cached::load_blocking`].
-pub fn find_blocking<M, T, K, C>(cache: &Cache, conn: &mut C, table: T, id: K) -> Result<Option<M>>
+pub fn find_blocking<'query, M, T, K, C>(cache: &Cache, conn: &mut C, table: T, id: K) -> Result<Option<M>>
 where
     C: LoadConnection,
     C::Backend: NamespaceBackend + Default,
@@ -191,7 +191,7 @@ where
     T: FindDsl<K>,
     dsl::Find<T, K>: LimitDsl,
     dsl::Limit<dsl::Find<T, K>>:
-        RunQueryDsl<C> + LoadQuery<'static, C, M> + QueryFragment<C::Backend>,
+        RunQueryDsl<C> + LoadQuery<'query, C, M> + QueryFragment<C::Backend>,
     K: ToKeyValues,
     M: CacheDeps + CachedRow,
 {
