@@ -236,7 +236,12 @@ impl<Q> Cached<Q> {
 ///
 /// # Errors
 /// As [`Cached::load_blocking`].
-pub fn find_blocking<'query, M, T, K, C>(cache: &Cache, conn: &mut C, table: T, id: K) -> Result<Option<M>>
+pub fn find_blocking<'query, M, T, K, C>(
+    cache: &Cache,
+    conn: &mut C,
+    table: T,
+    id: K,
+) -> Result<Option<M>>
 where
     C: LoadConnection,
     C::Backend: NamespaceBackend + Default,

@@ -47,11 +47,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use diesel::QueryResult;
 use diesel::backend::Backend;
 use diesel::connection::LoadConnection;
 use diesel::connection::{Instrumentation, InstrumentationEvent, get_default_instrumentation};
 use diesel::query_dsl::RunQueryDsl;
-use diesel::QueryResult;
 use matroska_core::namespace;
 
 /// Diesel instrumentation that remembers a connection's cache namespace and forwards every

@@ -636,7 +636,12 @@ pub(crate) fn dependencies<T>(
 ///
 /// # Errors
 /// As [`Cached::load`].
-pub async fn find<'query, M, T, K, C>(cache: &Cache, conn: &mut C, table: T, id: K) -> Result<Option<M>>
+pub async fn find<'query, M, T, K, C>(
+    cache: &Cache,
+    conn: &mut C,
+    table: T,
+    id: K,
+) -> Result<Option<M>>
 where
     C: LoadConnection,
     C::Backend: NamespaceBackend + Default,
