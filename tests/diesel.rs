@@ -1350,7 +1350,9 @@ macro_rules! diesel_tests {
                         .cached(cache)
                         .value_blocking::<Post, Option<i32>, _>(conn)
                         .unwrap(),
+                    // A borrowed bind (`&id`), as sync code writes its filters.
                     posts::table
+                        .filter(posts::id.ne(&id))
                         .cached(cache)
                         .count_blocking::<Post, _>(conn)
                         .unwrap(),
@@ -1394,7 +1396,11 @@ macro_rules! diesel_tests {
                             .get_result(conn)
                             .unwrap(),
                     ),
-                    posts::table.count().get_result(conn).unwrap(),
+                    posts::table
+                        .filter(posts::id.ne(id))
+                        .count()
+                        .get_result(conn)
+                        .unwrap(),
                     by_id,
                 )
             }
@@ -1536,6 +1542,7 @@ macro_rules! diesel_tests {
                         .value_pooled::<Post, Option<i32>, _>(pool)
                         .unwrap(),
                     posts::table
+                        .filter(posts::id.ne(&id))
                         .cached(cache)
                         .count_pooled::<Post, _>(pool)
                         .unwrap(),

@@ -103,7 +103,7 @@ pub enum Error {
     /// was called on a thread that drives async tasks, where blocking would stall them or
     /// deadlock.
     #[error(
-        "a blocking cache call was made from async code (a Tokio task or `Runtime::block_on`), where it would stall or deadlock the runtime; `.await` the async form instead, or make the call inside `tokio::task::spawn_blocking`"
+        "a blocking cache call was made from async code (a Tokio task or `Runtime::block_on`), where it would stall or deadlock the runtime; `.await` the async form instead, or run the sync code that makes the call on a thread of its own (`tokio::task::spawn_blocking`, actix-web's `web::block`, a `std::thread::scope` thread)"
     )]
     AsyncContext,
     /// The loader of [`Cache::get_or_load`](crate::Cache::get_or_load) failed.

@@ -50,6 +50,59 @@
 //! assert_eq!(count, 2);
 //! # Ok::<_, Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! ## Sync code called from async handlers
+//!
+//! Many Diesel apps on an async web framework (actix-web, axum) call their sync repositories
+//! straight from the async handler. That thread drives async tasks, so a blocking form there is
+//! the `AsyncContext` error — at run time (an HTTP 500), not at compile time. Move the sync
+//! code off that thread once per request, around the call that reaches the cached queries:
+//! `tokio::task::spawn_blocking` / actix-web's `web::block` from the async handler; or, from
+//! sync code that cannot `.await` (a usecase returning actix's `HttpResponse`, which is not
+//! `Send`), a scoped thread around the repository call:
+//!
+//! ```
+//! use diesel::prelude::*;
+//! use matroska_core::{Cache, CacheDeps, Dependency};
+//! use matroska_diesel::CachedExt;
+//!
+//! diesel::table! { posts (id) { id -> Integer, title -> Text } }
+//!
+//! #[derive(Queryable, Selectable, serde::Serialize, serde::Deserialize)]
+//! struct Post { id: i32, title: String }
+//! # impl CacheDeps for Post {
+//! #     fn entity_name() -> &'static str { "posts" }
+//! #     fn primary_key(&self) -> Dependency { Dependency::primary_key("posts", [self.id]) }
+//! # }
+//!
+//! /// Runs sync code on a thread of its own and waits for it (the caller's thread blocks, as
+//! /// it does on the Diesel call anyway); `f` may borrow.
+//! fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+//!     std::thread::scope(|s| s.spawn(f).join()).unwrap_or_else(|p| std::panic::resume_unwind(p))
+//! }
+//!
+//! let mut conn = SqliteConnection::establish(":memory:")?;
+//! diesel::sql_query("CREATE TABLE posts (id INTEGER PRIMARY KEY, title TEXT NOT NULL)")
+//!     .execute(&mut conn)?;
+//! let cache = Cache::memory();
+//! let runtime = tokio::runtime::Builder::new_current_thread().build()?; // actix-web's kind
+//! runtime.block_on(async {
+//!     // In an async handler, through sync code: refused.
+//!     let refused = posts::table.cached(&cache).load_blocking::<Post, _>(&mut conn);
+//!     assert!(matches!(
+//!         refused,
+//!         Err(matroska_diesel::Error::Cache(matroska_core::Error::AsyncContext))
+//!     ));
+//!     // The same sync code on a thread of its own.
+//!     let posts = off_runtime(|| posts::table.cached(&cache).load_blocking::<Post, _>(&mut conn))?;
+//!     assert!(posts.is_empty());
+//!     Ok::<_, matroska_diesel::Error>(())
+//! })?;
+//! # Ok::<_, Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! After a write on such a path, [`wait_delivered_blocking`](crate::outbox::wait_delivered_blocking) (from the same
+//! thread of its own) returns once the relay delivered it: the next read is fresh.
 
 use diesel::backend::Backend;
 use diesel::connection::LoadConnection;
@@ -165,7 +218,7 @@ impl<Q> Cached<Q> {
     ///
     /// # Errors
     /// As [`Cached::load_blocking`].
-    pub fn count_blocking<M, C>(self, conn: &mut C) -> Result<i64>
+    pub fn count_blocking<'query, M, C>(self, conn: &mut C) -> Result<i64>
     where
         C: LoadConnection,
         C::Backend: NamespaceBackend + Default,
@@ -173,7 +226,7 @@ impl<Q> Cached<Q> {
         M: QueryRow,
         Q: SelectDsl<dsl::CountStar>,
         dsl::Select<Q, dsl::CountStar>:
-            RunQueryDsl<C> + LoadQuery<'static, C, i64> + QueryFragment<C::Backend>,
+            RunQueryDsl<C> + LoadQuery<'query, C, i64> + QueryFragment<C::Backend>,
     {
         block_on(self.count::<M, C>(conn))?
     }
@@ -183,7 +236,12 @@ impl<Q> Cached<Q> {
 ///
 /// # Errors
 /// As [`Cached::load_blocking`].
-pub fn find_blocking<M, T, K, C>(cache: &Cache, conn: &mut C, table: T, id: K) -> Result<Option<M>>
+pub fn find_blocking<'query, M, T, K, C>(
+    cache: &Cache,
+    conn: &mut C,
+    table: T,
+    id: K,
+) -> Result<Option<M>>
 where
     C: LoadConnection,
     C::Backend: NamespaceBackend + Default,
@@ -191,7 +249,7 @@ where
     T: FindDsl<K>,
     dsl::Find<T, K>: LimitDsl,
     dsl::Limit<dsl::Find<T, K>>:
-        RunQueryDsl<C> + LoadQuery<'static, C, M> + QueryFragment<C::Backend>,
+        RunQueryDsl<C> + LoadQuery<'query, C, M> + QueryFragment<C::Backend>,
     K: ToKeyValues,
     M: CacheDeps + CachedRow,
 {

@@ -53,10 +53,13 @@
 //!    async code, see [`query`]). A sync app calls the same queries as plain functions with a
 //!    `_blocking` suffix — `load_blocking`, `count_blocking`, [`find_blocking`], ... — with
 //!    no runtime of its own and no `.await` ([`blocking`]: each runs its async form to
-//!    completion, one implementation). With an r2d2 pool (feature `r2d2`), the `_pooled`
-//!    forms (`load_pooled(&pool)`, [`find_pooled`]) take the pool and check
-//!    out a connection only on a miss: the pool's namespace is remembered in a
-//!    [`CachePool`] ([`pool`]).
+//!    completion, one implementation). With an r2d2 pool (feature `r2d2`; `diesel-r2d2` on
+//!    the `matroska` facade), the `_pooled` forms (`load_pooled(&pool)`, [`find_pooled`])
+//!    take the pool and check out a connection only on a miss: the pool's namespace is
+//!    remembered in a [`CachePool`] ([`pool`]). Sync code called from an async handler
+//!    (actix-web, axum) runs on a thread of its own, or the blocking forms refuse: see
+//!    [`blocking`]. After a write, [`outbox::wait_delivered_blocking`] makes the next read
+//!    fresh.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {

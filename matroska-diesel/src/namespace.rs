@@ -47,11 +47,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use diesel::QueryResult;
 use diesel::backend::Backend;
 use diesel::connection::LoadConnection;
 use diesel::connection::{Instrumentation, InstrumentationEvent, get_default_instrumentation};
 use diesel::query_dsl::RunQueryDsl;
-use diesel::{QueryResult, QueryableByName};
 use matroska_core::namespace;
 
 /// Diesel instrumentation that remembers a connection's cache namespace and forwards every
@@ -325,7 +325,7 @@ pub trait NamespaceBackend: Backend + Sized {
 
 /// The SQLite namespace statement's row: the attached files, and whether one is in memory.
 #[cfg(feature = "sqlite")]
-#[derive(QueryableByName)]
+#[derive(diesel::QueryableByName)]
 struct SqliteRow {
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
     ns: Option<String>,
@@ -358,6 +358,7 @@ impl Asked {
 }
 
 /// Implements [`NamespaceBackend`] for a backend whose statement returns `$row`.
+#[cfg(feature = "sqlite")]
 macro_rules! namespace_backend {
     ($backend:ty, $name:expr, $sql:expr, $row:ty, |$r:ident| $memory:expr) => {
         impl NamespaceBackend for $backend {

@@ -84,8 +84,10 @@
 //!
 //! Invalidation then follows each commit by the relay's lag (it wakes on `NOTIFY` on
 //! PostgreSQL, polls elsewhere; call [`poke`] after a commit to wake it at once). For
-//! read-your-writes without waiting, [`invalidate_now`](crate::invalidate_now) right after the
-//! write commits.
+//! read-your-writes, [`wait_delivered_blocking`] (sync code) or [`wait_delivered`] (async)
+//! right after the commit: it returns once every row committed before it is delivered, so the
+//! next read is fresh, whatever wrote; or [`invalidate_now`](crate::invalidate_now) with the
+//! row's old and new values, without waiting for the relay.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};

@@ -293,7 +293,7 @@ impl<Q> Cached<Q> {
     ///
     /// # Errors
     /// As [`Cached::load_pooled`].
-    pub fn count_pooled<M, C>(
+    pub fn count_pooled<'query, M, C>(
         self,
         pool: &CachePool<diesel::r2d2::ConnectionManager<C>>,
     ) -> Result<i64>
@@ -304,7 +304,7 @@ impl<Q> Cached<Q> {
         M: QueryRow,
         Q: SelectDsl<dsl::CountStar>,
         dsl::Select<Q, dsl::CountStar>:
-            RunQueryDsl<C> + LoadQuery<'static, C, i64> + QueryFragment<C::Backend>,
+            RunQueryDsl<C> + LoadQuery<'query, C, i64> + QueryFragment<C::Backend>,
     {
         let plan = self
             .plan::<M>("count")
@@ -322,7 +322,7 @@ impl<Q> Cached<Q> {
 ///
 /// # Errors
 /// As [`Cached::load_pooled`].
-pub fn find_pooled<M, T, K, C>(
+pub fn find_pooled<'query, M, T, K, C>(
     cache: &Cache,
     pool: &CachePool<diesel::r2d2::ConnectionManager<C>>,
     table: T,
@@ -335,7 +335,7 @@ where
     T: FindDsl<K>,
     dsl::Find<T, K>: LimitDsl,
     dsl::Limit<dsl::Find<T, K>>:
-        RunQueryDsl<C> + LoadQuery<'static, C, M> + QueryFragment<C::Backend>,
+        RunQueryDsl<C> + LoadQuery<'query, C, M> + QueryFragment<C::Backend>,
     K: ToKeyValues,
     M: CacheDeps + CachedRow,
 {

@@ -496,7 +496,7 @@ impl<Q> Cached<Q> {
     ///
     /// # Errors
     /// As [`Cached::load`].
-    pub async fn count<M, C>(self, conn: &mut C) -> Result<i64>
+    pub async fn count<'query, M, C>(self, conn: &mut C) -> Result<i64>
     where
         C: LoadConnection,
         C::Backend: NamespaceBackend + Default,
@@ -504,7 +504,7 @@ impl<Q> Cached<Q> {
         M: QueryRow,
         Q: SelectDsl<dsl::CountStar>,
         dsl::Select<Q, dsl::CountStar>:
-            RunQueryDsl<C> + LoadQuery<'static, C, i64> + QueryFragment<C::Backend>,
+            RunQueryDsl<C> + LoadQuery<'query, C, i64> + QueryFragment<C::Backend>,
     {
         let plan = self
             .plan::<M>("count")
@@ -641,7 +641,12 @@ pub(crate) fn dependencies<T>(
 ///
 /// # Errors
 /// As [`Cached::load`].
-pub async fn find<M, T, K, C>(cache: &Cache, conn: &mut C, table: T, id: K) -> Result<Option<M>>
+pub async fn find<'query, M, T, K, C>(
+    cache: &Cache,
+    conn: &mut C,
+    table: T,
+    id: K,
+) -> Result<Option<M>>
 where
     C: LoadConnection,
     C::Backend: NamespaceBackend + Default,
@@ -649,7 +654,7 @@ where
     T: FindDsl<K>,
     dsl::Find<T, K>: LimitDsl,
     dsl::Limit<dsl::Find<T, K>>:
-        RunQueryDsl<C> + LoadQuery<'static, C, M> + QueryFragment<C::Backend>,
+        RunQueryDsl<C> + LoadQuery<'query, C, M> + QueryFragment<C::Backend>,
     K: ToKeyValues,
     M: CacheDeps + CachedRow,
 {

@@ -37,7 +37,8 @@ OPTIONS:
                         trigger bodies
     -h, --help          print this help
 
-List the same columns as the models' `#[cache(key)]` and `#[scope(..)]` fields: the relay
+List the same columns as the models' keys (`#[cache(key)]`, Diesel's `#[diesel(primary_key)]`,
+SeaORM's `primary_key`) and `#[scope(..)]` fields: the relay
 checks the installed triggers against its models at start (an error in development mode).
 `matroska_outbox::install` does more where it can ask the database (MySQL foreign-key
 actions and TRUNCATE, SQLite REPLACE through UNIQUE indexes); see the crate docs.
