@@ -12,7 +12,7 @@
 //! | has no runtime (a plain `std::thread`, `fn main`)                | the process-wide runtime     |
 //! | a blocking thread of a multi-thread runtime (`spawn_blocking`), or a thread in its `block_in_place` or under its `enter()` guard | that runtime  |
 //! | the same, of a current-thread runtime                            | the process-wide runtime     |
-//! | drives async tasks (inside a task, or in `Runtime::block_on`)    | nothing: [`Error::AsyncContext`] |
+//! | drives async tasks (inside a task, or in `Runtime::block_on`)    | this thread, blocked, under the process-wide runtime's context |
 //!
 //! The **process-wide runtime** is a current-thread Tokio runtime started on first use, driven
 //! by one thread of its own (`matroska-blocking`) that only runs its timers, its I/O and the few
@@ -27,13 +27,20 @@
 //! (`Runtime::block_on` in progress): otherwise its calls end at the backend's time-out, and a
 //! cached read degrades to the database as for any backend failure.
 //!
-//! **Why an error in async code.** Blocking a thread that drives tasks stalls them, and on a
-//! current-thread runtime deadlocks whatever the future waits for on that runtime; Tokio's own
-//! `Handle::block_on` panics there. Tokio offers no call that says whether the thread is
-//! driving tasks (tokio-rs/tokio#7769: `task::try_id` is also set on `spawn_blocking` threads,
-//! and not set in `Runtime::block_on`), so [`block_on`] reads the one trace a task's poll
-//! leaves that a blocking thread lacks: Tokio's cooperative budget, which is set while a task
-//! (or `Runtime::block_on`'s future) is polled and lifted on blocking threads and in
+//! **Called from async code.** Sync code called straight from an async handler (a Diesel
+//! repository under actix-web or axum) runs on a thread that drives tasks. Blocking that
+//! thread is what such an app already does on every sync Diesel call, but Tokio's own
+//! `Handle::block_on` panics there, and on a current-thread runtime waiting for that runtime's
+//! own timers would deadlock. So [`block_on`] polls the future right there, parking the thread
+//! between polls, under the process-wide runtime's context (its own thread drives the timers
+//! and I/O) and with the task's cooperative budget lifted (noted once per process at
+//! `debug`). A Redis backend made on that very current-thread runtime cannot answer meanwhile:
+//! its calls end at the backend's time-out and the read goes to the database, as in any
+//! backend failure. Tokio offers no call that says whether the thread
+//! is driving tasks (tokio-rs/tokio#7769: `task::try_id` is also set on `spawn_blocking`
+//! threads, and not set in `Runtime::block_on`), so [`block_on`] reads the one trace a task's
+//! poll leaves that a blocking thread lacks: Tokio's cooperative budget, which is set while a
+//! task (or `Runtime::block_on`'s future) is polled and lifted on blocking threads and in
 //! `block_in_place`. It is read through the public [`tokio::task::coop::poll_proceed`] and left
 //! as it was. Not seen: code inside [`tokio::task::unconstrained`], which lifts the budget too;
 //! there Tokio's own panic remains.
@@ -42,9 +49,9 @@ use std::future::Future;
 use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
 
-use tokio::runtime::{Handle, RuntimeFlavor};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::{Error, Result};
+use tokio::runtime::{Handle, RuntimeFlavor};
 
 /// Runs `future` to completion on the calling thread, in a Tokio runtime context, for the
 /// blocking forms of async operations (see the [module docs](self) for which runtime).
@@ -54,31 +61,63 @@ use crate::{Error, Result};
 ///
 /// // Plain sync code: no runtime anywhere.
 /// let cache = Cache::memory();
-/// blocking::block_on(cache.put("greeting", &"hello", &[], None))??;
-/// let hit: Option<String> = blocking::block_on(cache.get("greeting"))??;
+/// blocking::block_on(cache.put("greeting", &"hello", &[], None))?;
+/// let hit: Option<String> = blocking::block_on(cache.get("greeting"))?;
 /// assert_eq!(hit.as_deref(), Some("hello"));
 /// # Ok::<_, matroska_core::Error>(())
 /// ```
 ///
-/// # Errors
-/// [`Error::AsyncContext`] when the calling thread is driving async tasks (inside a task, or
-/// inside `Runtime::block_on`): `.await` the async form there, or call this from
-/// [`tokio::task::spawn_blocking`].
-pub fn block_on<F: Future>(future: F) -> Result<F::Output> {
+/// From async code (the calling thread drives tasks) the calling thread itself waits for the
+/// future, under the process-wide runtime's context (see the [module docs](self)).
+pub fn block_on<F: Future>(future: F) -> F::Output {
     let Ok(current) = Handle::try_current() else {
         // No runtime on this thread: nothing is entered, so `Handle::block_on` cannot panic.
-        return Ok(process_runtime().block_on(future));
+        return process_runtime().block_on(future);
     };
     if polling_a_task() {
-        return Err(Error::AsyncContext);
+        static NOTED: AtomicBool = AtomicBool::new(false);
+        if !NOTED.swap(true, Ordering::Relaxed) {
+            tracing::debug!(
+                "a blocking cache call from async code blocks its thread until it is done; \
+                 `.await` the async form where you can"
+            );
+        }
+        // The process-wide runtime's timers and I/O, which its own thread drives; the task's
+        // cooperative budget lifted, or a Tokio resource that found it spent would answer
+        // `Pending` to every poll of this one, never-ending, task poll.
+        let _entered = process_runtime().enter();
+        return park_on(tokio::task::unconstrained(future));
     }
-    Ok(match current.runtime_flavor() {
+    match current.runtime_flavor() {
         // Its workers drive its timers and sockets whatever this thread does.
         RuntimeFlavor::MultiThread => current.block_on(future),
         // A current-thread runtime's timers and sockets advance only inside its
         // `Runtime::block_on`, which no thread may be in now.
         _ => process_runtime().block_on(future),
-    })
+    }
+}
+
+/// Polls `future` on this thread until it is ready, parking the thread in between.
+fn park_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        // A wake before this park leaves its token: the park returns at once.
+        std::thread::park();
+    }
 }
 
 /// The process-wide runtime's handle, started on first use: a current-thread runtime driven by
@@ -135,7 +174,6 @@ mod tests {
     use std::time::Duration;
 
     use super::{block_on, polling_a_task};
-    use crate::Error;
 
     /// A future that needs a runtime context: Tokio's timer and a spawned task.
     async fn needs_a_runtime() -> u32 {
@@ -148,11 +186,14 @@ mod tests {
         let got = std::thread::spawn(|| block_on(needs_a_runtime()))
             .join()
             .expect("no panic");
-        assert_eq!(got.ok(), Some(7));
+        assert_eq!(got, 7);
     }
 
+    /// From async code — `Runtime::block_on`'s future, a spawned task — on either runtime
+    /// kind: the calling thread blocks and runs it (not Tokio's panic, not a deadlock on a
+    /// current-thread runtime's own timer).
     #[test]
-    fn inside_a_task_or_block_on_is_an_error_not_a_panic() {
+    fn inside_a_task_or_block_on_blocks_its_thread_and_works() {
         for runtime in [
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -165,12 +206,12 @@ mod tests {
             let runtime = runtime.expect("runtime");
             // `Runtime::block_on`'s own future.
             let in_block_on = runtime.block_on(async { block_on(needs_a_runtime()) });
-            assert!(matches!(in_block_on, Err(Error::AsyncContext)));
+            assert_eq!(in_block_on, 7);
             // A spawned task.
             let in_task = runtime
-                .block_on(runtime.spawn(async { block_on(needs_a_runtime()).is_err() }))
+                .block_on(runtime.spawn(async { block_on(needs_a_runtime()) }))
                 .expect("no panic");
-            assert!(in_task);
+            assert_eq!(in_task, 7);
             // Outside the runtime no budget is in force.
             assert!(!polling_a_task());
         }
@@ -191,7 +232,7 @@ mod tests {
             let got = runtime
                 .block_on(runtime.spawn_blocking(|| block_on(needs_a_runtime())))
                 .expect("no panic");
-            assert_eq!(got.ok(), Some(7));
+            assert_eq!(got, 7);
             // A thread under the runtime's `enter()` guard, nothing driving a current-thread
             // one: the process runtime's timer still fires (a bounded wait: on the idle
             // runtime's own timer, it would never).
@@ -199,7 +240,7 @@ mod tests {
             let handle = runtime.handle().clone();
             std::thread::spawn(move || {
                 let _entered = handle.enter();
-                let _ = done.send(block_on(needs_a_runtime()).ok());
+                let _ = done.send(Some(block_on(needs_a_runtime())));
             });
             assert_eq!(got.recv_timeout(Duration::from_secs(30)), Ok(Some(7)));
         }
@@ -216,7 +257,7 @@ mod tests {
             tokio::spawn(async { tokio::task::block_in_place(|| block_on(needs_a_runtime())) })
                 .await
         });
-        assert_eq!(got.expect("no panic").ok(), Some(7));
+        assert_eq!(got.expect("no panic"), 7);
     }
 
     #[test]

@@ -99,13 +99,6 @@ pub enum Error {
         /// What went wrong ("returned 1 values", "panicked: ...").
         problem: String,
     },
-    /// A blocking form of an async operation ([`blocking::block_on`](crate::blocking::block_on))
-    /// was called on a thread that drives async tasks, where blocking would stall them or
-    /// deadlock.
-    #[error(
-        "a blocking cache call was made from async code (a Tokio task or `Runtime::block_on`), where it would stall or deadlock the runtime; `.await` the async form instead, or run the sync code that makes the call on a thread of its own (`tokio::task::spawn_blocking`, actix-web's `web::block`, a `std::thread::scope` thread)"
-    )]
-    AsyncContext,
     /// The loader of [`Cache::get_or_load`](crate::Cache::get_or_load) failed.
     #[error("loader failed: {0}")]
     Load(#[source] Box<dyn std::error::Error + Send + Sync>),

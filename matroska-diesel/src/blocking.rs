@@ -7,11 +7,10 @@
 //! Each is the async form of the same name run to completion by
 //! [`matroska_core::blocking::block_on`]: the same key, dependencies, transaction rule and
 //! stale-set guard, one implementation. The cache's runtime needs are met there — on a thread
-//! without a runtime, a small process-wide one drives the cache's timers and I/O — and a call
-//! from async code (inside a Tokio task or `Runtime::block_on`) is an
-//! [`Error::Cache`](crate::Error::Cache) holding
-//! [`matroska_core::Error::AsyncContext`], never a panic or a deadlock: `.await` the async form
-//! there, or call the blocking one inside `spawn_blocking`.
+//! without a runtime, a small process-wide one drives the cache's timers and I/O — and sync
+//! code called straight from an async handler (a repository under actix-web or axum) works
+//! too: the call blocks that thread, as the sync Diesel query next to it does (in async code
+//! of your own, `.await` the async form instead).
 //!
 //! - **In-memory backend**: works from any thread.
 //! - **Redis backend**: it must be made inside a Tokio runtime (its connection is a task of
@@ -54,12 +53,9 @@
 //! ## Sync code called from async handlers
 //!
 //! Many Diesel apps on an async web framework (actix-web, axum) call their sync repositories
-//! straight from the async handler. That thread drives async tasks, so a blocking form there is
-//! the `AsyncContext` error — at run time (an HTTP 500), not at compile time. Move the sync
-//! code off that thread once per request, around the call that reaches the cached queries:
-//! `tokio::task::spawn_blocking` / actix-web's `web::block` from the async handler; or, from
-//! sync code that cannot `.await` (a usecase returning actix's `HttpResponse`, which is not
-//! `Send`), a scoped thread around the repository call:
+//! straight from the async handler. The blocking forms work there unchanged: the handler's
+//! thread waits for the cache as it waits for the Diesel query (on a current-thread runtime
+//! the cache's timers run on the process-wide runtime meanwhile, so nothing deadlocks):
 //!
 //! ```
 //! use diesel::prelude::*;
@@ -75,34 +71,24 @@
 //! #     fn primary_key(&self) -> Dependency { Dependency::primary_key("posts", [self.id]) }
 //! # }
 //!
-//! /// Runs sync code on a thread of its own and waits for it (the caller's thread blocks, as
-//! /// it does on the Diesel call anyway); `f` may borrow.
-//! fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-//!     std::thread::scope(|s| s.spawn(f).join()).unwrap_or_else(|p| std::panic::resume_unwind(p))
+//! /// A sync repository function, as the app has it.
+//! fn all_posts(cache: &Cache, conn: &mut SqliteConnection) -> matroska_diesel::Result<Vec<Post>> {
+//!     posts::table.cached(cache).load_blocking::<Post, _>(conn)
 //! }
 //!
 //! let mut conn = SqliteConnection::establish(":memory:")?;
 //! diesel::sql_query("CREATE TABLE posts (id INTEGER PRIMARY KEY, title TEXT NOT NULL)")
 //!     .execute(&mut conn)?;
 //! let cache = Cache::memory();
-//! let runtime = tokio::runtime::Builder::new_current_thread().build()?; // actix-web's kind
-//! runtime.block_on(async {
-//!     // In an async handler, through sync code: refused.
-//!     let refused = posts::table.cached(&cache).load_blocking::<Post, _>(&mut conn);
-//!     assert!(matches!(
-//!         refused,
-//!         Err(matroska_diesel::Error::Cache(matroska_core::Error::AsyncContext))
-//!     ));
-//!     // The same sync code on a thread of its own.
-//!     let posts = off_runtime(|| posts::table.cached(&cache).load_blocking::<Post, _>(&mut conn))?;
-//!     assert!(posts.is_empty());
-//!     Ok::<_, matroska_diesel::Error>(())
-//! })?;
+//! let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?; // actix-web's kind
+//! // An async handler calling the sync repository.
+//! let posts = runtime.block_on(async { all_posts(&cache, &mut conn) })?;
+//! assert!(posts.is_empty());
 //! # Ok::<_, Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! After a write on such a path, [`wait_delivered_blocking`](crate::outbox::wait_delivered_blocking) (from the same
-//! thread of its own) returns once the relay delivered it: the next read is fresh.
+//! After a write on such a path, [`wait_delivered_blocking`](crate::outbox::wait_delivered_blocking)
+//! returns once the relay delivered it: the next read is fresh.
 
 use diesel::backend::Backend;
 use diesel::connection::LoadConnection;
@@ -123,8 +109,7 @@ impl<Q> Cached<Q> {
     /// [`Cached::load`], blocking: for sync code (see [`crate::blocking`]).
     ///
     /// # Errors
-    /// As [`Cached::load`], and [`Error::Cache`](crate::Error::Cache) with
-    /// [`matroska_core::Error::AsyncContext`] when called from async code.
+    /// As [`Cached::load`].
     pub fn load_blocking<'query, U, C>(self, conn: &mut C) -> Result<Vec<U>>
     where
         C: LoadConnection,
@@ -133,7 +118,7 @@ impl<Q> Cached<Q> {
         Q: RunQueryDsl<C> + LoadQuery<'query, C, U> + QueryFragment<C::Backend>,
         U: CachedRow,
     {
-        block_on(self.load(conn))?
+        block_on(self.load(conn))
     }
 
     /// [`Cached::get_results`], blocking.
@@ -148,7 +133,7 @@ impl<Q> Cached<Q> {
         Q: RunQueryDsl<C> + LoadQuery<'query, C, U> + QueryFragment<C::Backend>,
         U: CachedRow,
     {
-        block_on(self.get_results(conn))?
+        block_on(self.get_results(conn))
     }
 
     /// [`Cached::get_result`], blocking.
@@ -163,7 +148,7 @@ impl<Q> Cached<Q> {
         Q: RunQueryDsl<C> + LoadQuery<'query, C, U> + QueryFragment<C::Backend>,
         U: CachedRow,
     {
-        block_on(self.get_result(conn))?
+        block_on(self.get_result(conn))
     }
 
     /// [`Cached::first`], blocking.
@@ -179,7 +164,7 @@ impl<Q> Cached<Q> {
         dsl::Limit<Q>: RunQueryDsl<C> + LoadQuery<'query, C, U> + QueryFragment<C::Backend>,
         U: CachedRow,
     {
-        block_on(self.first(conn))?
+        block_on(self.first(conn))
     }
 
     /// [`Cached::values`], blocking.
@@ -195,7 +180,7 @@ impl<Q> Cached<Q> {
         M: QueryRow,
         U: Serialize + DeserializeOwned,
     {
-        block_on(self.values::<M, U, C>(conn))?
+        block_on(self.values::<M, U, C>(conn))
     }
 
     /// [`Cached::value`], blocking.
@@ -211,7 +196,7 @@ impl<Q> Cached<Q> {
         M: QueryRow,
         U: Serialize + DeserializeOwned,
     {
-        block_on(self.value::<M, U, C>(conn))?
+        block_on(self.value::<M, U, C>(conn))
     }
 
     /// [`Cached::count`], blocking.
@@ -228,7 +213,7 @@ impl<Q> Cached<Q> {
         dsl::Select<Q, dsl::CountStar>:
             RunQueryDsl<C> + LoadQuery<'query, C, i64> + QueryFragment<C::Backend>,
     {
-        block_on(self.count::<M, C>(conn))?
+        block_on(self.count::<M, C>(conn))
     }
 }
 
@@ -253,5 +238,5 @@ where
     K: ToKeyValues,
     M: CacheDeps + CachedRow,
 {
-    block_on(find::<M, T, K, C>(cache, conn, table, id))?
+    block_on(find::<M, T, K, C>(cache, conn, table, id))
 }

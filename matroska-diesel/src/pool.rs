@@ -169,7 +169,7 @@ impl<Q> Cached<Q> {
             pool,
             |query, conn| query.load::<U>(conn),
             rows_keys,
-        ))?
+        ))
     }
 
     /// [`Cached::get_results`] on an r2d2 pool (as [`Cached::load_pooled`]).
@@ -211,7 +211,7 @@ impl<Q> Cached<Q> {
             pool,
             |query, conn| query.get_result::<U>(conn).optional(),
             row_keys,
-        ))?
+        ))
     }
 
     /// [`Cached::first`] on an r2d2 pool.
@@ -236,7 +236,7 @@ impl<Q> Cached<Q> {
             pool,
             |query, conn| query.get_result::<U>(conn).optional(),
             row_keys,
-        ))?
+        ))
     }
 
     /// [`Cached::values`] on an r2d2 pool.
@@ -261,7 +261,7 @@ impl<Q> Cached<Q> {
             pool,
             |query, conn| query.load::<U>(conn),
             no_keys,
-        ))?
+        ))
     }
 
     /// [`Cached::value`] on an r2d2 pool.
@@ -286,7 +286,7 @@ impl<Q> Cached<Q> {
             pool,
             |query, conn| query.get_result::<U>(conn).optional(),
             no_keys,
-        ))?
+        ))
     }
 
     /// [`Cached::count`] on an r2d2 pool.
@@ -314,7 +314,7 @@ impl<Q> Cached<Q> {
             pool,
             |query, conn| query.get_result(conn),
             no_keys,
-        ))?
+        ))
     }
 }
 
@@ -345,7 +345,7 @@ where
         pool,
         |query, conn| query.get_result::<M>(conn).optional(),
         no_keys,
-    ))?
+    ))
 }
 
 /// Runs `plan` through the cache on `pool`: a read under the pool's namespace first (no
