@@ -25,8 +25,10 @@
 //! # Ok::<_, matroska_diesel::Error>(())
 //! ```
 //!
-//! Regenerate the migration when a model's key or scopes change (the triggers record exactly
-//! the watched columns). Put it right after the migrations that create the watched tables,
+//! Regenerate the migration (as a new migration file) when a model's key, scopes or
+//! `belongs_to` foreign keys change, and after upgrading to a matroska release whose trigger
+//! layout changed: the triggers record exactly the watched columns, and the relay reports
+//! triggers that record less (`TriggersOutdated` in development; coarse in production). Put it right after the migrations that create the watched tables,
 //! before any that writes rows. `up.sql` ends with a whole-table row per table
 //! ([`Outbox::record_whole_table_sql`]): each time it runs (the first time over existing
 //! data, again after a `migration redo` or a rollback past it), every relay invalidates

@@ -96,11 +96,14 @@ async fn installs_and_records(db: OutboxDb, database: &str, dialect: Dialect) {
     let table = unique("cli_post");
     let outbox_name = unique("cli_ob");
     db.execute_sql(&format!(
-        "CREATE TABLE {table} (id BIGINT PRIMARY KEY, category VARCHAR(40) NOT NULL)"
+        "CREATE TABLE {table} (id BIGINT PRIMARY KEY, category VARCHAR(40) NOT NULL, \
+         author_id BIGINT NOT NULL)"
     ))
     .await
     .unwrap();
-    let spec = format!("{table}:id:category");
+    // With a Diesel `belongs_to` foreign key (a tracked column): without it the development
+    // relay below refuses the triggers (they would not record it in key-only rows).
+    let spec = format!("{table}:id:category:author_id");
     let up = sql(&[
         "--database",
         database,
@@ -116,7 +119,8 @@ async fn installs_and_records(db: OutboxDb, database: &str, dialect: Dialect) {
     // less than the model's scope needs.
     let model = TableSpec::new("post", table.as_str())
         .key("id", ColumnDecoder::of::<i64>())
-        .scope(&[("category", ColumnDecoder::of::<String>())], false);
+        .scope(&[("category", ColumnDecoder::of::<String>())], false)
+        .tracked("author_id", ColumnDecoder::of::<i64>());
     let outbox = Outbox::named(&outbox_name).unwrap();
     let cache = Cache::memory();
     let relay = Relay::builder(db.clone(), cache.clone())
@@ -131,12 +135,21 @@ async fn installs_and_records(db: OutboxDb, database: &str, dialect: Dialect) {
         .await
         .unwrap();
     db.execute_sql(&format!(
-        "INSERT INTO {table} (id, category) VALUES (1, 'fantasy')"
+        "INSERT INTO {table} (id, category, author_id) VALUES (1, 'fantasy', 7)"
     ))
     .await
     .unwrap();
     assert_eq!(relay.drain().await.unwrap(), 1, "{dialect:?}");
     assert!(!cache.has("fantasy-posts").await.unwrap(), "{dialect:?}");
+    // A key-only change (a column no scope watches) carries the foreign key: the author's
+    // entries are dropped.
+    let by_author = Dependency::condition("post", [("author_id", 7_i64.into())]);
+    cache.put("author-7", &0, &[by_author], None).await.unwrap();
+    db.execute_sql(&format!("UPDATE {table} SET id = id WHERE id = 1"))
+        .await
+        .unwrap();
+    relay.drain().await.unwrap();
+    assert!(!cache.has("author-7").await.unwrap(), "{dialect:?}");
 
     let down = sql(&[
         "--database",

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo install matroska-outbox --features cli
-//! matroska-outbox-sql --database postgres --table post:id:category,published --table tag:post_id,name
+//! matroska-outbox-sql --database postgres --table post:id:category,published --table comment:id::post_id
 //! ```
 //!
 //! Built only with the `cli` feature, which adds no dependency: the arguments are parsed by
@@ -24,9 +24,13 @@ USAGE:
 
 OPTIONS:
     --database <DB>     postgres (or postgresql), mysql (or mariadb), sqlite
-    --table <TABLE>     NAME:KEY[,KEY...][:COLUMN[,COLUMN...]]
-                        the table, its primary-key columns in the key's order, and the columns
-                        the models' scopes filter on (their old and new values are recorded).
+    --table <TABLE>     NAME:KEY[,KEY...][:COLUMN[,COLUMN...][:FOREIGN_KEY[,FOREIGN_KEY...]]]
+                        the table, its primary-key columns in the key's order, the columns
+                        the models' scopes filter on (their old and new values are recorded),
+                        and the foreign-key columns of a Diesel model's
+                        #[diesel(belongs_to(..))] (recorded in every row, for the derived
+                        dependencies of queries filtered by them; leave the scope part empty
+                        when there is none: comment:id::post_id).
                         A column written NAME=bytes holds bytes (BYTEA, BLOB, BINARY).
                         Repeat for each watched table.
     --outbox <NAME>     the outbox table's name (default: matroska_outbox)
@@ -38,13 +42,15 @@ OPTIONS:
     -h, --help          print this help
 
 List the same columns as the models' keys (`#[cache(key)]`, Diesel's `#[diesel(primary_key)]`,
-SeaORM's `primary_key`) and `#[scope(..)]` fields: the relay
+SeaORM's `primary_key`), `#[scope(..)]` fields and Diesel `belongs_to` foreign keys: the relay
 checks the installed triggers against its models at start (an error in development mode).
+Generate the migration again after upgrading matroska to a release with a new trigger layout
+(the relay says so: `TriggersOutdated`).
 `matroska_outbox::install` does more where it can ask the database (MySQL foreign-key
 actions and TRUNCATE, SQLite REPLACE through UNIQUE indexes); see the crate docs.
 
 EXAMPLE:
-    matroska-outbox-sql --database postgres --table post:id:category,published --table tag:post_id,name
+    matroska-outbox-sql --database postgres --table post:id:category,published --table comment:id::post_id
 ";
 
 /// What the command line asks for.
@@ -70,6 +76,8 @@ struct Table {
     name: String,
     keys: Vec<Column>,
     scope: Vec<Column>,
+    /// Foreign keys of a Diesel `belongs_to` (tracked columns).
+    tracked: Vec<Column>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -101,6 +109,9 @@ impl Table {
                 .map(|c| (c.name.as_str(), decoder(c)))
                 .collect();
             spec = spec.scope(&columns, false);
+        }
+        for column in &self.tracked {
+            spec = spec.tracked(column.name.as_str(), decoder(column));
         }
         spec
     }
@@ -137,23 +148,33 @@ fn parse_columns(table: &str, what: &str, list: &str) -> Result<Vec<Column>, Str
 fn parse_table(arg: &str) -> Result<Table, String> {
     let mut parts = arg.split(':');
     let name = parts.next().unwrap_or_default();
-    let (Some(keys), scope, None) = (parts.next(), parts.next(), parts.next()) else {
+    let (Some(keys), scope, tracked, None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(format!(
-            "--table {arg}: expected NAME:KEY[,KEY...][:COLUMN[,COLUMN...]], e.g. post:id:category"
+            "--table {arg}: expected NAME:KEY[,KEY...][:COLUMN[,COLUMN...][:FOREIGN_KEY[,...]]], \
+             e.g. post:id:category or comment:id::post_id"
         ));
     };
     if name.is_empty() {
         return Err(format!("--table {arg}: the table name is empty"));
     }
     let keys = parse_columns(arg, "key", keys)?;
+    // An empty scope part is allowed before the foreign keys (`comment:id::post_id`).
     let scope = match scope {
+        Some("") if tracked.is_some() => Vec::new(),
         Some(list) => parse_columns(arg, "scope", list)?,
+        None => Vec::new(),
+    };
+    let tracked = match tracked {
+        Some(list) => parse_columns(arg, "foreign-key", list)?,
         None => Vec::new(),
     };
     Ok(Table {
         name: name.to_owned(),
         keys,
         scope,
+        tracked,
     })
 }
 
@@ -346,6 +367,7 @@ mod tests {
                             bytes: false
                         }
                     ],
+                    tracked: vec![],
                 },
                 Table {
                     name: "tag".into(),
@@ -360,8 +382,28 @@ mod tests {
                         }
                     ],
                     scope: vec![],
+                    tracked: vec![],
                 },
             ]
+        );
+        let comment = &options("--database sqlite --table comment:id::post_id,author_id").tables[0];
+        assert!(comment.scope.is_empty());
+        assert_eq!(
+            comment
+                .tracked
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>(),
+            ["post_id", "author_id"]
+        );
+        assert_eq!(
+            comment
+                .spec()
+                .tracked_columns()
+                .iter()
+                .map(|c| c.name())
+                .collect::<Vec<_>>(),
+            ["post_id", "author_id"]
         );
         assert_eq!(
             options("--table t:id --database MariaDB").dialect,
@@ -383,7 +425,10 @@ mod tests {
             ("--database postgres", "at least one --table"),
             ("--database oracle --table t:id", "expected postgres, mysql"),
             ("--database postgres --table t", "expected NAME:KEY"),
-            ("--database postgres --table t:id:a:b", "expected NAME:KEY"),
+            (
+                "--database postgres --table t:id:a:b:c",
+                "expected NAME:KEY",
+            ),
             ("--database postgres --table :id", "table name is empty"),
             ("--database postgres --table t:", "empty key column"),
             ("--database postgres --table t:id,", "empty key column"),

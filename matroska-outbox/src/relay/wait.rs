@@ -159,8 +159,12 @@ pub async fn wait_delivered(timeout: Duration) -> Result<()> {
 
 /// [`wait_delivered`] for synchronous code (a sync Diesel application, a blocking thread):
 /// the wait runs on each relay's own runtime while this thread blocks, so no runtime is
-/// needed here. Do not call it from async code (it would block a runtime thread; on a
-/// single-threaded runtime that runs a relay it can only time out): use [`wait_delivered`].
+/// needed here. Sync code called straight from an async handler (a Diesel repository under
+/// actix-web or axum) may call it too: it blocks that thread, as the Diesel write before it
+/// did, and works as long as the relays run on another runtime or thread (the usual
+/// `main`-started relay; a relay on that very single-threaded runtime cannot deliver while
+/// the thread waits, and the wait times out). In async code of your own, `.await`
+/// [`wait_delivered`].
 ///
 /// ```no_run
 /// use std::time::Duration;
