@@ -12,7 +12,8 @@
 //! | has no runtime (a plain `std::thread`, `fn main`)                | the process-wide runtime     |
 //! | a blocking thread of a multi-thread runtime (`spawn_blocking`), or a thread in its `block_in_place` or under its `enter()` guard | that runtime  |
 //! | the same, of a current-thread runtime                            | the process-wide runtime     |
-//! | drives async tasks (inside a task, or in `Runtime::block_on`)    | this thread, blocked, under the process-wide runtime's context |
+//! | drives async tasks of a multi-thread runtime                      | that runtime, after `block_in_place` hands the worker's tasks to another thread |
+//! | drives async tasks of a current-thread runtime (inside a task, or in `Runtime::block_on`) | this thread, blocked, under the process-wide runtime's context |
 //!
 //! The **process-wide runtime** is a current-thread Tokio runtime started on first use, driven
 //! by one thread of its own (`matroska-blocking`) that only runs its timers, its I/O and the few
@@ -75,6 +76,14 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
         return process_runtime().block_on(future);
     };
     if polling_a_task() {
+        if current.runtime_flavor() == RuntimeFlavor::MultiThread {
+            // A worker of a multi-thread runtime: hand its core (its queued tasks and its
+            // unstealable next-task slot, where a task this future wakes lands, such as the
+            // driver of a Redis connection made on this runtime) to another thread first;
+            // parked with the core, the worker would keep them from running until the
+            // backend's time-out. In there the budget is lifted: the arm below takes it.
+            return tokio::task::block_in_place(|| block_on(future));
+        }
         static NOTED: AtomicBool = AtomicBool::new(false);
         if !NOTED.swap(true, Ordering::Relaxed) {
             tracing::debug!(
@@ -258,6 +267,51 @@ mod tests {
                 .await
         });
         assert_eq!(got.expect("no panic"), 7);
+    }
+
+    /// A task of a current-thread runtime leads the load of a key and waits on that runtime
+    /// (its timer here, a socket of an async database driver or of a Redis backend made there
+    /// in an app); another task of the same runtime then calls a blocking form for the same
+    /// key, from sync code. The blocking call joins the in-process flight and parks the only
+    /// thread that could run the leader: it must not wait for it forever.
+    #[test]
+    #[ignore = "review: a blocking follower on the thread of its flight's leader deadlocks"]
+    fn a_blocking_follower_of_a_flight_led_on_its_own_thread_finishes() {
+        let (done, got) = std::sync::mpsc::channel();
+        // On a thread of its own: when the call deadlocks, that thread stays parked and the
+        // test fails at the bounded wait below instead of hanging.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let cache = crate::Cache::memory();
+            let got = runtime.block_on(async {
+                let leader = tokio::spawn({
+                    let cache = cache.clone();
+                    async move {
+                        cache
+                            .get_or_load("k", None, || async {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                Ok::<_, std::io::Error>((1_u32, Vec::new()))
+                            })
+                            .await
+                    }
+                });
+                // The leader runs until its loader waits on the timer.
+                tokio::task::yield_now().await;
+                let follower = block_on(cache.get_or_load("k", None, || async {
+                    Ok::<_, std::io::Error>((2_u32, Vec::new()))
+                }));
+                (follower.ok(), leader.await.ok().and_then(Result::ok))
+            });
+            let _ = done.send(got);
+        });
+        let got = got.recv_timeout(Duration::from_secs(20));
+        assert!(
+            matches!(got, Ok((Some(_), Some(1)))),
+            "the blocking follower did not finish: {got:?}"
+        );
     }
 
     #[test]
