@@ -1151,6 +1151,60 @@ macro_rules! diesel_tests {
                 }
             }
 
+            /// Review: writes that change a comment's key and its tracked `post_id` in one
+            /// statement, over several rows (PostgreSQL's statement-level triggers pair old
+            /// and new rows by key: a changed key leaves both unpaired), and a multi-row
+            /// update of an unwatched column only (`K` rows): each drops the lists of every
+            /// post a changed row belonged to before or after, with no coarse fallback.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tracked_foreign_keys_across_key_changes() {
+                let backend = Arc::new(Faulty::new(support::redis_backend("d_tracked_keys").await));
+                let cache = Cache::builder_arc(backend.clone()).build().unwrap();
+                let mut env = setup_with("d_tracked_keys", cache).await;
+                let (a, b) = (env.a.clone(), env.b.clone());
+                diesel::sql_query(format!(
+                    "INSERT INTO comments (id, post_id, body) VALUES (1, {a}, 'x'), (2, {b}, 'y')",
+                    a = a.id,
+                    b = b.id
+                ))
+                .execute(&mut env.conn)
+                .unwrap();
+                delivered(&env).await;
+                let writes = [
+                    // New keys, and each comment moved to the other post.
+                    format!(
+                        "UPDATE comments SET id = id + 10, post_id = CASE WHEN post_id = {a} \
+                         THEN {b} ELSE {a} END",
+                        a = a.id,
+                        b = b.id
+                    ),
+                    // New keys only.
+                    "UPDATE comments SET id = id + 10".to_owned(),
+                    // Unwatched columns of both posts' comments.
+                    "UPDATE comments SET body = 'z'".to_owned(),
+                ];
+                for write in writes {
+                    for post in [&a, &b] {
+                        comments_hit(&mut env, &backend, post).await;
+                        assert!(
+                            comments_hit(&mut env, &backend, post).await,
+                            "{write}: cached"
+                        );
+                    }
+                    diesel::sql_query(&write).execute(&mut env.conn).unwrap();
+                    delivered(&env).await;
+                    for post in [&a, &b] {
+                        assert!(
+                            !comments_hit(&mut env, &backend, post).await,
+                            "{write}: kept post {}",
+                            post.id
+                        );
+                    }
+                }
+                let dead = env.relay.relay().dead_letters().await.unwrap();
+                assert!(dead.is_empty(), "rows read coarsely: {dead:?}");
+            }
+
             /// A `.derived()` filter on a declared scope's fields gets what `.scoped` gives,
             /// and behaves so; a filter outside the subset is coarse: any write drops it.
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

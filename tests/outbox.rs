@@ -513,6 +513,48 @@ async fn wait_delivered_blocking_mysql() {
     wait_delivered_blocking(Kind::MySql).await;
 }
 
+/// Review: the blocking form from sync code called straight from an async handler (a task of
+/// the multi-thread runtime the relay runs on), as `matroska_diesel::blocking`'s docs now
+/// suggest. The wait it spawns on the relay's runtime from this worker would land in the
+/// worker's own (unstealable) next-task slot, and time out while the worker blocks on its
+/// answer, without the worker's core handed over first. Bounded: the wait's own time-out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_delivered_blocking_from_a_task_sqlite() {
+    run(
+        Kind::Sqlite,
+        "wait_delivered_blocking_task",
+        |env| async move {
+            let Env {
+                db,
+                cache,
+                relay,
+                a,
+                ..
+            } = env;
+            relay.shutdown().await;
+            let relay = outbox::relay(&db.conn, cache.clone())
+                .unwrap()
+                .watch_type::<article::Model>()
+                .watch_type::<author::Model>()
+                .poll_interval(Duration::from_secs(3600))
+                .build()
+                .spawn();
+            let sql = format!("UPDATE article SET category = 'sci-fi' WHERE id = {}", a.id);
+            db.conn.execute_unprepared(&sql).await.unwrap();
+            let relay = Arc::new(relay);
+            let waiting = Arc::clone(&relay);
+            let waited =
+                tokio::spawn(
+                    async move { waiting.wait_delivered_blocking(Duration::from_secs(5)) },
+                )
+                .await
+                .unwrap();
+            assert!(waited.is_ok(), "{waited:?}");
+        },
+    )
+    .await;
+}
+
 /// Another process writes and is killed with SIGKILL right after its commit.
 async fn killed_writer(env: Env) {
     let update = format!(

@@ -1441,3 +1441,44 @@ async fn a_reconnect_to_the_same_server_keeps_every_entry() {
         "the new connection was not verified: {names}"
     );
 }
+
+/// A Redis backend made on a multi-thread runtime (`#[tokio::main]`'s kind) serves blocking
+/// calls from a task of that runtime too — sync code called straight from an async handler.
+/// Parked with its core, the worker would keep the connection's driver task (woken by the
+/// request from that very worker, so put in the worker's unstealable next-task slot) from
+/// running: every call would end at the backend's time-out, a backend failure, whatever the
+/// number of workers. `block_on` hands the core over first (`block_in_place`).
+#[test]
+fn a_blocking_read_from_a_worker_of_the_backends_runtime_reaches_redis() {
+    let (done, got) = std::sync::mpsc::channel();
+    // A thread of its own and a bounded wait: a stuck call fails the test, never hangs it.
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        let got = runtime.block_on(async {
+            let cache = support::redis_cache("blocking_worker").await;
+            cache.put("k", &"v", &[], None).await.unwrap();
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                let cache = cache.clone();
+                let read = tokio::spawn(async move {
+                    matroska::blocking::block_on(cache.try_get::<String>("k"))
+                });
+                got.push(format!(
+                    "{:?}",
+                    read.await.map(|r| r.map_err(|e| e.to_string()))
+                ));
+            }
+            got
+        });
+        let _ = done.send(got);
+    });
+    let got = got.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert!(
+        got.iter().all(|g| g == r#"Ok(Ok(Some("v")))"#),
+        "blocking reads from a worker: {got:?}"
+    );
+}

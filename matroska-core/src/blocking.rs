@@ -12,7 +12,8 @@
 //! | has no runtime (a plain `std::thread`, `fn main`)                | the process-wide runtime     |
 //! | a blocking thread of a multi-thread runtime (`spawn_blocking`), or a thread in its `block_in_place` or under its `enter()` guard | that runtime  |
 //! | the same, of a current-thread runtime                            | the process-wide runtime     |
-//! | drives async tasks (inside a task, or in `Runtime::block_on`)    | this thread, blocked, under the process-wide runtime's context |
+//! | drives async tasks of a multi-thread runtime                      | that runtime, after `block_in_place` hands the worker's tasks to another thread |
+//! | drives async tasks of a current-thread runtime (inside a task, or in `Runtime::block_on`) | this thread, blocked, under the process-wide runtime's context |
 //!
 //! The **process-wide runtime** is a current-thread Tokio runtime started on first use, driven
 //! by one thread of its own (`matroska-blocking`) that only runs its timers, its I/O and the few
@@ -45,8 +46,9 @@
 //! as it was. Not seen: code inside [`tokio::task::unconstrained`], which lifts the budget too;
 //! there Tokio's own panic remains.
 
+use std::cell::Cell;
 use std::future::Future;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,7 +76,17 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
         // No runtime on this thread: nothing is entered, so `Handle::block_on` cannot panic.
         return process_runtime().block_on(future);
     };
-    if polling_a_task() {
+    // Nested in a call parked below: the budget is lifted there (`unconstrained`), and the
+    // thread is still inside the caller's runtime, where `Handle::block_on` would panic.
+    if PARKING.with(Cell::get) || polling_a_task() {
+        if current.runtime_flavor() == RuntimeFlavor::MultiThread {
+            // A worker of a multi-thread runtime: hand its core (its queued tasks and its
+            // unstealable next-task slot, where a task this future wakes lands, such as the
+            // driver of a Redis connection made on this runtime) to another thread first;
+            // parked with the core, the worker would keep them from running until the
+            // backend's time-out. In there the budget is lifted: the arm below takes it.
+            return tokio::task::block_in_place(|| block_on(future));
+        }
         static NOTED: AtomicBool = AtomicBool::new(false);
         if !NOTED.swap(true, Ordering::Relaxed) {
             tracing::debug!(
@@ -97,26 +109,53 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
     }
 }
 
+thread_local! {
+    /// Whether this thread is in [`park_on`] (a blocking call nested in its future parks too).
+    static PARKING: Cell<bool> = const { Cell::new(false) };
+}
+
 /// Polls `future` on this thread until it is ready, parking the thread in between.
 fn park_on<F: Future>(future: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
+    /// Wakes the parked thread. The flag, not the thread's single park token, says whether
+    /// to poll again: a park inside the future's own poll (a nested call, a `std` channel's
+    /// wait) may take the token a wake during that poll left, and the wake would be lost.
+    struct Unpark {
+        thread: std::thread::Thread,
+        woken: AtomicBool,
+    }
     impl std::task::Wake for Unpark {
-        fn wake(self: std::sync::Arc<Self>) {
-            self.0.unpark();
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
         }
-        fn wake_by_ref(self: &std::sync::Arc<Self>) {
-            self.0.unpark();
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.woken.store(true, Ordering::Release);
+            self.thread.unpark();
         }
     }
-    let waker = Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    /// Restores [`PARKING`] as it was, a panic of the future included.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PARKING.with(|p| p.set(self.0));
+        }
+    }
+    let _restore = Restore(PARKING.with(|p| p.replace(true)));
+    let unpark = Arc::new(Unpark {
+        thread: std::thread::current(),
+        woken: AtomicBool::new(false),
+    });
+    let waker = Waker::from(Arc::clone(&unpark));
     let mut cx = Context::from_waker(&waker);
     let mut future = std::pin::pin!(future);
     loop {
         if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
             return output;
         }
-        // A wake before this park leaves its token: the park returns at once.
-        std::thread::park();
+        // A wake that came before this park (during the poll) left the flag: no park at all;
+        // spurious unparks (another waker of this thread) park again.
+        while !unpark.woken.swap(false, Ordering::Acquire) {
+            std::thread::park();
+        }
     }
 }
 
@@ -258,6 +297,121 @@ mod tests {
                 .await
         });
         assert_eq!(got.expect("no panic"), 7);
+    }
+
+    /// A task of a current-thread runtime leads the load of a key and waits on that runtime
+    /// (its timer here, a socket of an async database driver or of a Redis backend made there
+    /// in an app); another task of the same runtime then calls a blocking form for the same
+    /// key, from sync code. The blocking call joins the in-process flight and parks the only
+    /// thread that could run the leader: it must not wait for it forever.
+    #[test]
+    #[ignore = "review: a blocking follower on the thread of its flight's leader deadlocks"]
+    fn a_blocking_follower_of_a_flight_led_on_its_own_thread_finishes() {
+        let (done, got) = std::sync::mpsc::channel();
+        // On a thread of its own: when the call deadlocks, that thread stays parked and the
+        // test fails at the bounded wait below instead of hanging.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let cache = crate::Cache::memory();
+            let got = runtime.block_on(async {
+                let leader = tokio::spawn({
+                    let cache = cache.clone();
+                    async move {
+                        cache
+                            .get_or_load("k", None, || async {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                Ok::<_, std::io::Error>((1_u32, Vec::new()))
+                            })
+                            .await
+                    }
+                });
+                // The leader runs until its loader waits on the timer.
+                tokio::task::yield_now().await;
+                let follower = block_on(cache.get_or_load("k", None, || async {
+                    Ok::<_, std::io::Error>((2_u32, Vec::new()))
+                }));
+                (follower.ok(), leader.await.ok().and_then(Result::ok))
+            });
+            let _ = done.send(got);
+        });
+        let got = got.recv_timeout(Duration::from_secs(20));
+        assert!(
+            matches!(got, Ok((Some(_), Some(1)))),
+            "the blocking follower did not finish: {got:?}"
+        );
+    }
+
+    /// A blocking call inside the future of another (a blocking fill whose loader calls sync
+    /// code that reads through the cache too), from plain code and from async code of
+    /// either runtime kind.
+    #[test]
+    fn nested_block_on_works() {
+        let nested = || block_on(async { block_on(needs_a_runtime()) + 1 });
+        let (done, got) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let plain = std::panic::catch_unwind(nested).ok();
+            let mut in_tasks = Vec::new();
+            for runtime in [
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build(),
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build(),
+            ] {
+                let runtime = runtime.expect("runtime");
+                in_tasks.push(
+                    runtime
+                        .block_on(runtime.spawn(async move { nested() }))
+                        .ok(),
+                );
+            }
+            let _ = done.send((plain, in_tasks));
+        });
+        let got = got.recv_timeout(Duration::from_secs(30));
+        assert_eq!(got, Ok((Some(8), vec![Some(8), Some(8)])));
+    }
+
+    /// A wake of the outer future that comes while a nested blocking call parks the thread
+    /// (its park takes the thread's one park token) still gets the outer future polled.
+    #[test]
+    fn a_wake_during_a_nested_call_is_not_lost() {
+        struct WokenDuringNested(bool);
+        impl std::future::Future for WokenDuringNested {
+            type Output = u32;
+            fn poll(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<u32> {
+                if self.0 {
+                    return std::task::Poll::Ready(1);
+                }
+                self.0 = true;
+                // Woken from another thread, then the nested call's own wait answered: the
+                // outer wake's unpark lands while the nested call parks.
+                let (answer, answered) = tokio::sync::oneshot::channel();
+                let waker = cx.waker().clone();
+                std::thread::spawn(move || {
+                    waker.wake();
+                    let _ = answer.send(());
+                });
+                let _ = block_on(answered);
+                std::task::Poll::Pending
+            }
+        }
+        let (done, got) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let _ = done.send(runtime.block_on(async { block_on(WokenDuringNested(false)) }));
+        });
+        assert_eq!(got.recv_timeout(Duration::from_secs(20)), Ok(1));
     }
 
     #[test]

@@ -88,7 +88,9 @@
 //! ```
 //!
 //! After a write on such a path, [`wait_delivered_blocking`](crate::outbox::wait_delivered_blocking)
-//! returns once the relay delivered it: the next read is fresh.
+//! returns once the relay delivered it: the next read is fresh. Not on a current-thread
+//! runtime (actix-web's) that runs the relay itself: the relay cannot run while the thread
+//! waits, so the wait can only time out; start the relay on a runtime of its own there.
 
 use diesel::backend::Backend;
 use diesel::connection::LoadConnection;

@@ -49,12 +49,14 @@ pub(crate) fn read(
     for spec in specs {
         if coarse.contains(&(spec.table().to_owned(), spec.entity().to_owned())) {
             deps.extend(TableSpec::coarse_dependencies(spec.entity()));
+            deps.extend(keys(row, spec));
             continue;
         }
         match read_one(row, spec) {
             Ok(d) => deps.extend(d),
             Err(error) => {
                 deps.extend(TableSpec::coarse_dependencies(spec.entity()));
+                deps.extend(keys(row, spec));
                 errors.push(error);
             }
         }
@@ -67,6 +69,28 @@ pub(crate) fn read(
             error: errors.join("; "),
         }
     }
+}
+
+/// The primary keys of the row's sides that can be read, for a row read coarsely: the
+/// entity's lists are reached through `all`, but an entry that depends on a row's key alone
+/// is reached only through it. Rows of older triggers (a `K` row without a tracked column
+/// added since) still record the key.
+fn keys(row: &OutboxRow, spec: &TableSpec) -> Vec<Dependency> {
+    [row.old_row.as_deref(), row.new_row.as_deref()]
+        .into_iter()
+        .filter_map(|text| parse(text).ok().flatten())
+        .filter_map(|side| {
+            let key = spec
+                .key_columns()
+                .iter()
+                .map(|c| c.decoder().decode(side.get(c.name())?).ok())
+                .collect::<Option<Vec<_>>>()?;
+            (!key.is_empty()).then(|| Dependency::PrimaryKey {
+                entity: spec.entity().to_owned(),
+                key,
+            })
+        })
+        .collect()
 }
 
 fn read_one(row: &OutboxRow, spec: &TableSpec) -> Result<Vec<Dependency>, String> {
@@ -135,7 +159,10 @@ mod tests {
         let Reading::Exact(deps) = r else {
             panic!("{r:?}")
         };
-        assert_eq!(deps, TableSpec::coarse_dependencies("post"));
+        // Every list, and the row's own key (recorded by triggers of every layout).
+        let mut want = TableSpec::coarse_dependencies("post");
+        want.push(Dependency::primary_key("post", [1]));
+        assert_eq!(deps, want);
     }
 
     #[test]
@@ -163,6 +190,36 @@ mod tests {
             assert!(
                 matches!(&r, Reading::Unreadable { deps, .. } if deps.contains(&Dependency::invalidate_all("post"))),
                 "{bad:?} -> {r:?}"
+            );
+        }
+    }
+
+    /// A `K` row of triggers older than a model's tracked column (layout 2: the key only,
+    /// queued before the install that upgraded them, or written while the relay runs
+    /// coarsely on outdated triggers) still reaches the row's primary key: the lists are
+    /// reached through `all`, but an entry that depends on the row's key alone (a cached
+    /// `find`) would otherwise keep the old row until its TTL.
+    #[test]
+    fn rows_read_coarsely_still_reach_their_keys() {
+        let spec = TableSpec::new("comment", "comments")
+            .key("id", ColumnDecoder::of::<i64>())
+            .tracked("post_id", ColumnDecoder::of::<i64>());
+        let specs = HashMap::from([("comments".to_owned(), vec![spec])]);
+        let layout_2 = row("comments", "K", None, Some(r#"{"id": 5}"#));
+        let outdated = BTreeSet::from([("comments".to_owned(), "comment".to_owned())]);
+        for coarse in [BTreeSet::new(), outdated] {
+            let (Reading::Unreadable { deps, .. } | Reading::Exact(deps)) =
+                read(&layout_2, &specs, &coarse)
+            else {
+                panic!("a known table");
+            };
+            assert!(
+                deps.contains(&Dependency::invalidate_all("comment")),
+                "{deps:?}"
+            );
+            assert!(
+                deps.contains(&Dependency::primary_key("comment", [5])),
+                "{deps:?}"
             );
         }
     }

@@ -186,6 +186,20 @@ pub(super) fn block_on_waits(
     relays: Vec<(Relay, tokio::runtime::Handle)>,
     timeout: Duration,
 ) -> Result<()> {
+    // On a worker of a multi-thread runtime (sync code called from an async handler), hand
+    // its core to another thread first: a wait spawned from here lands in the worker's own,
+    // unstealable, next-task slot, and would only time out while the worker blocks below.
+    // (On a current-thread runtime `block_in_place` would panic; there nothing helps when
+    // the relay runs on it, as the docs of `wait_delivered_blocking` say.)
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| wait_for(relays, timeout))
+        }
+        _ => wait_for(relays, timeout),
+    }
+}
+
+fn wait_for(relays: Vec<(Relay, tokio::runtime::Handle)>, timeout: Duration) -> Result<()> {
     let (sender, receiver) = std::sync::mpsc::channel();
     let count = relays.len();
     for (relay, runtime) in relays {
