@@ -15,9 +15,14 @@
 //! | drives async tasks of a multi-thread runtime                      | that runtime, after `block_in_place` hands the worker's tasks to another thread |
 //! | drives async tasks of a current-thread runtime (inside a task, or in `Runtime::block_on`) | this thread, blocked, under the process-wide runtime's context |
 //!
-//! The **process-wide runtime** is a current-thread Tokio runtime started on first use, driven
-//! by one thread of its own (`matroska-blocking`) that only runs its timers, its I/O and the few
-//! tasks the cache spawns; the future itself still runs on the calling thread. A current-thread
+//! The **process-wide runtime** is a Tokio runtime with one worker (`matroska-blocking`),
+//! started on first use, that only runs its timers, its I/O and the few tasks the cache spawns;
+//! the future itself still runs on the calling thread. (Multi-thread, not current-thread: a
+//! task spawned inside a blocking call lands there, and a blocking call it makes hands the
+//! worker's core on instead of parking the thread that drives every blocking call's timers.)
+//! In a blocking call parked on a current-thread runtime, the cache's fills do not join
+//! another caller's in-process load (which may be a task of that runtime, unable to run until
+//! the call returns): they load on their own. A current-thread
 //! runtime of the application is not used even on its own blocking threads: its timers and
 //! sockets advance only while some thread is inside its `Runtime::block_on`, which may not be
 //! the case while this thread waits.
@@ -78,8 +83,11 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
     };
     // Nested in a call parked below: the budget is lifted there (`unconstrained`), and the
     // thread is still inside the caller's runtime, where `Handle::block_on` would panic.
-    if PARKING.with(Cell::get) || polling_a_task() {
-        if current.runtime_flavor() == RuntimeFlavor::MultiThread {
+    let nested = PARKING.with(Cell::get);
+    if nested || polling_a_task() {
+        // Nested in a parked call, the thread only looks like the process runtime's (its
+        // context is entered), and `block_in_place` refuses a thread that is no worker.
+        if !nested && current.runtime_flavor() == RuntimeFlavor::MultiThread {
             // A worker of a multi-thread runtime: hand its core (its queued tasks and its
             // unstealable next-task slot, where a task this future wakes lands, such as the
             // driver of a Redis connection made on this runtime) to another thread first;
@@ -112,6 +120,15 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
 thread_local! {
     /// Whether this thread is in [`park_on`] (a blocking call nested in its future parks too).
     static PARKING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether this thread is parked in a blocking call made from async code on a current-thread
+/// runtime: the tasks of that runtime cannot run until the call returns, so the call must not
+/// wait for one of them (the cache's fills then do not join another caller's in-process load,
+/// which may be such a task). Code run inside such a call sees the process-wide runtime as
+/// the current one but is no worker of it: `tokio::task::block_in_place` panics there.
+pub fn parked() -> bool {
+    PARKING.with(Cell::get)
 }
 
 /// Polls `future` on this thread until it is ready, parking the thread in between.
@@ -159,24 +176,26 @@ fn park_on<F: Future>(future: F) -> F::Output {
     }
 }
 
-/// The process-wide runtime's handle, started on first use: a current-thread runtime driven by
-/// a thread of its own, so futures blocked on from any thread get its timers and I/O.
+/// The process-wide runtime's handle, started on first use: a one-worker multi-thread runtime,
+/// so futures blocked on from any thread get its timers and I/O.
 fn process_runtime() -> &'static Handle {
     static RUNTIME: OnceLock<Handle> = OnceLock::new();
     RUNTIME.get_or_init(|| {
         // Without a runtime nothing of the cache can run; failing to build one means the
         // process cannot create a thread or an epoll instance: a panic, as `#[tokio::main]`.
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        // Multi-thread with one worker, not current-thread: a task spawned inside a blocking
+        // call lands here, and if it makes a blocking call of its own, `block_on` hands the
+        // worker's core to another thread (`block_in_place`) instead of parking the one
+        // thread that drives every timer of the process's blocking calls.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
             .enable_all()
             .thread_name("matroska-blocking")
             .build()
             .expect("could not start matroska's runtime for blocking calls");
         let handle = runtime.handle().clone();
-        std::thread::Builder::new()
-            .name("matroska-blocking".into())
-            // Drives the runtime for the life of the process: `pending` never completes.
-            .spawn(move || runtime.block_on(std::future::pending::<()>()))
-            .expect("could not start matroska's runtime thread for blocking calls");
+        // Kept for the life of the process (its worker drives timers and I/O by itself).
+        std::mem::forget(runtime);
         handle
     })
 }
@@ -305,7 +324,6 @@ mod tests {
     /// key, from sync code. The blocking call joins the in-process flight and parks the only
     /// thread that could run the leader: it must not wait for it forever.
     #[test]
-    #[ignore = "review: a blocking follower on the thread of its flight's leader deadlocks"]
     fn a_blocking_follower_of_a_flight_led_on_its_own_thread_finishes() {
         let (done, got) = std::sync::mpsc::channel();
         // On a thread of its own: when the call deadlocks, that thread stays parked and the

@@ -791,10 +791,14 @@ pub(crate) fn in_transaction<C: LoadConnection>(conn: &mut C) -> bool {
 
 /// Runs a sync Diesel call from async code: in `block_in_place` on a multi-thread runtime,
 /// so the worker's other tasks move to another thread meanwhile; directly elsewhere
-/// (`block_in_place` panics on a current-thread runtime).
+/// (`block_in_place` panics on a current-thread runtime, and inside a blocking form parked on
+/// one, where the current runtime is matroska's own but this thread is no worker of it).
 fn blocking<R>(f: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+        Ok(handle)
+            if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+                && !matroska_core::blocking::parked() =>
+        {
             tokio::task::block_in_place(f)
         }
         _ => f(),

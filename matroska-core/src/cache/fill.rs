@@ -318,7 +318,15 @@ impl Cache {
                 }
                 Err(e) => return Err(e),
             };
-            let hold = flight::join(&self.inner.flights, key);
+            // Parked in a blocking call on a current-thread runtime, joining a load another
+            // task of that runtime leads would wait for a task that cannot run: load alone
+            // (still guarded by its ticket; a cross-process lease held by that task bounds the
+            // wait by the lease's time).
+            let hold = if crate::blocking::parked() {
+                flight::alone(&self.inner.flights, key)
+            } else {
+                flight::join(&self.inner.flights, key)
+            };
             let flight = hold.flight();
             let mut own: Option<T> = None;
             let mut own_error: Option<Error> = None;

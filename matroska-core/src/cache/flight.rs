@@ -68,6 +68,20 @@ pub(super) fn join<'a>(flights: &'a Flights, key: &'a str) -> FlightHold<'a> {
     }
 }
 
+/// A flight of this caller's own, which nobody joins: for a caller parked in a blocking call
+/// on a current-thread runtime ([`crate::blocking`]), which must not wait for a load another
+/// task of that runtime leads (that task cannot run until the caller returns). Its hold
+/// leaves the map alone: the key's entry, if any, is another flight's.
+pub(super) fn alone<'a>(flights: &'a Flights, key: &'a str) -> FlightHold<'a> {
+    FlightHold {
+        flights,
+        key,
+        flight: Some(Arc::new(Flight {
+            outcome: OnceCell::new(),
+        })),
+    }
+}
+
 /// Takes `flight` out of the map (if it is still the key's flight): callers from here on
 /// start their own.
 pub(super) fn leave(flights: &Flights, key: &str, flight: &Arc<Flight>) {
