@@ -1071,7 +1071,40 @@ async fn read_one(
     let bucket = i32::try_from(rng.next(u64::try_from(BUCKETS).unwrap())).unwrap();
     let e = |e: seaorm::Error| e.to_string();
     let parent = rng.next(u64::try_from(PARENTS).unwrap());
-    Ok(match rng.next(7) {
+    // 7..=9: the same reads with dependencies derived from the query's own WHERE
+    // (`.derived()`, issue 20) instead of the declared scope.
+    Ok(match rng.next(10) {
+        7 => Answer::List(
+            bucket,
+            row::Entity::find()
+                .filter(row::Column::Bucket.eq(bucket))
+                .order_by_asc(row::Column::Id)
+                .cached(cache)
+                .derived()
+                .all(db)
+                .await
+                .map_err(e)?,
+        ),
+        8 => Answer::Count(
+            bucket,
+            row::Entity::find()
+                .filter(row::Column::Bucket.eq(bucket))
+                .cached(cache)
+                .derived()
+                .count(db)
+                .await
+                .map_err(e)?,
+        ),
+        9 => Answer::Children(
+            usize::try_from(parent).unwrap(),
+            child::Entity::find()
+                .filter(child::Column::ParentId.eq(PARENT + i64::try_from(parent).unwrap()))
+                .cached(cache)
+                .derived()
+                .count(db)
+                .await
+                .map_err(e)?,
+        ),
         6 => Answer::Children(
             usize::try_from(parent).unwrap(),
             child::Entity::find()
@@ -1125,9 +1158,62 @@ async fn read_diesel(
     let children = drow::DieselChildByParentId {
         parent_id: PARENT + i64::try_from(parent).unwrap(),
     };
-    let which = rng.next(7);
+    // 7..=10: the same reads with dependencies derived from the query's own WHERE
+    // (`.derived()`, issue 20) instead of the declared scope.
+    let which = rng.next(11);
     let e = |e: matroska::diesel::Error| e.to_string();
     with_diesel!(conn, c => Ok(match which {
+        7 => Answer::Row(
+            t::stress_row
+                .filter(t::id.eq(id))
+                .cached(cache)
+                .derived::<drow::DieselRow>()
+                .first::<drow::DieselRow, _>(c)
+                .await
+                .map_err(e)?
+                .expect("rows are never deleted")
+                .into(),
+        ),
+        8 => Answer::List(
+            bucket,
+            t::stress_row
+                .filter(t::bucket.eq(bucket))
+                .order(t::id)
+                .cached(cache)
+                .derived::<drow::DieselRow>()
+                .load::<drow::DieselRow, _>(c)
+                .await
+                .map_err(e)?
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+        ),
+        9 => Answer::Count(
+            bucket,
+            u64::try_from(
+                t::stress_row
+                    .filter(t::bucket.eq(bucket))
+                    .cached(cache)
+                    .derived::<drow::DieselRow>()
+                    .count::<drow::DieselRow, _>(c)
+                    .await
+                    .map_err(e)?,
+            )
+            .unwrap(),
+        ),
+        10 => Answer::Children(
+            usize::try_from(parent).unwrap(),
+            u64::try_from(
+                drow::stress_child::table
+                    .filter(drow::stress_child::parent_id.eq(children.parent_id))
+                    .cached(cache)
+                    .derived::<drow::DieselChild>()
+                    .count::<drow::DieselChild, _>(c)
+                    .await
+                    .map_err(e)?,
+            )
+            .unwrap(),
+        ),
         6 => Answer::Children(
             usize::try_from(parent).unwrap(),
             u64::try_from(
