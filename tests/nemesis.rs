@@ -137,6 +137,7 @@ mod drow {
         Debug,
         diesel::Queryable,
         diesel::Selectable,
+        diesel::Identifiable,
         serde::Serialize,
         serde::Deserialize,
         matroska::CacheDeps,
@@ -169,6 +170,26 @@ mod drow {
     #[diesel(table_name = stress_child)]
     #[scope(parent_id)]
     pub struct DieselChild {
+        pub id: i64,
+        pub parent_id: i64,
+    }
+
+    /// The same table without a scope: its foreign key is tracked (`belongs_to`, issue 20),
+    /// so `.derived()` bounds its counts by the tracked-column rule; the triggers record
+    /// `parent_id` in every row for it.
+    #[derive(
+        Clone,
+        Debug,
+        diesel::Queryable,
+        diesel::Selectable,
+        diesel::Associations,
+        serde::Serialize,
+        serde::Deserialize,
+        matroska::CacheDeps,
+    )]
+    #[diesel(table_name = stress_child)]
+    #[diesel(belongs_to(DieselRow, foreign_key = parent_id))]
+    pub struct DieselChildOf {
         pub id: i64,
         pub parent_id: i64,
     }
@@ -462,7 +483,13 @@ struct Harness {
 }
 
 fn watched_tables() -> Vec<matroska::TableSpec> {
-    vec![row::Model::watched_table(), child::Model::watched_table()]
+    // The Diesel models' specs equal the SeaORM ones but for `DieselChildOf`'s tracked
+    // foreign key, which the triggers must record too (a union per table).
+    vec![
+        row::Model::watched_table(),
+        child::Model::watched_table(),
+        drow::DieselChildOf::watched_table(),
+    ]
 }
 
 /// Inserts parent `p` (its row) with `children` children, ids from `first_child` on.
@@ -639,6 +666,7 @@ impl Harness {
             .watch_type::<drow::DieselRow>()
             .watch_type::<child::Model>()
             .watch_type::<drow::DieselChild>()
+            .watch_type::<drow::DieselChildOf>()
             .poll_interval(Duration::from_millis(10))
             // A cluster failing over refuses invalidations for a second or two: retry soon.
             .retry_delay(Duration::from_millis(10), Duration::from_millis(200))
@@ -1158,9 +1186,10 @@ async fn read_diesel(
     let children = drow::DieselChildByParentId {
         parent_id: PARENT + i64::try_from(parent).unwrap(),
     };
-    // 7..=10: the same reads with dependencies derived from the query's own WHERE
-    // (`.derived()`, issue 20) instead of the declared scope.
-    let which = rng.next(11);
+    // 7..=11: the same reads with dependencies derived from the query's own WHERE
+    // (`.derived()`, issue 20) instead of the declared scope; 11 through the tracked foreign
+    // key of a model without a scope.
+    let which = rng.next(12);
     let e = |e: matroska::diesel::Error| e.to_string();
     with_diesel!(conn, c => Ok(match which {
         7 => Answer::Row(
@@ -1196,6 +1225,19 @@ async fn read_diesel(
                     .cached(cache)
                     .derived::<drow::DieselRow>()
                     .count::<drow::DieselRow, _>(c)
+                    .await
+                    .map_err(e)?,
+            )
+            .unwrap(),
+        ),
+        11 => Answer::Children(
+            usize::try_from(parent).unwrap(),
+            u64::try_from(
+                drow::stress_child::table
+                    .filter(drow::stress_child::parent_id.eq(children.parent_id))
+                    .cached(cache)
+                    .derived::<drow::DieselChildOf>()
+                    .count::<drow::DieselChildOf, _>(c)
                     .await
                     .map_err(e)?,
             )
