@@ -117,6 +117,21 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
     }
 }
 
+/// Runs sync work that blocks (a database call, a wait on a channel) from wherever this thread
+/// is: inside [`tokio::task::block_in_place`] on a multi-thread runtime, so a worker's other
+/// tasks move to another thread meanwhile (a task `f` waits for, woken into the worker's own
+/// next-task slot, could not run otherwise); directly elsewhere — no runtime, a current-thread
+/// runtime, or inside a blocking call parked on this thread ([`parked`]), where
+/// `block_in_place` panics.
+pub fn run_blocking<R>(f: impl FnOnce() -> R) -> R {
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread && !parked() => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 thread_local! {
     /// Whether this thread is in [`park_on`] (a blocking call nested in its future parks too).
     static PARKING: Cell<bool> = const { Cell::new(false) };

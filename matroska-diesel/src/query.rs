@@ -114,6 +114,7 @@ use diesel::query_builder::{AsQuery, QueryFragment};
 use diesel::query_dsl::methods::{FilterDsl, FindDsl, LimitDsl, SelectDsl};
 use diesel::query_dsl::{LoadQuery, RunQueryDsl};
 use diesel::{OptionalExtension, QueryResult};
+use matroska_core::blocking::run_blocking;
 use matroska_core::derived::{Basis, Derivation};
 use matroska_core::{
     Cache, CacheDeps, Dependency, DependencySet, Loaded, QueryRow, TableSpec, ToKeyValues,
@@ -728,10 +729,10 @@ where
     T: Serialize + DeserializeOwned,
 {
     if in_transaction(conn) {
-        return Ok(blocking(|| exec(plan.query, conn))?);
+        return Ok(run_blocking(|| exec(plan.query, conn))?);
     }
-    let Some(namespace) = blocking(|| namespace::of_connection(conn))? else {
-        return Ok(blocking(|| exec(plan.query, conn))?);
+    let Some(namespace) = run_blocking(|| namespace::of_connection(conn))? else {
+        return Ok(run_blocking(|| exec(plan.query, conn))?);
     };
     run_in(plan, conn, &namespace, exec, keys).await
 }
@@ -767,7 +768,7 @@ where
         .get_or_load(&key, ttl, || async move {
             base.extend(read_elsewhere(&statement, &entities));
             let base = derived_base::<C::Backend, _>(base, derive, &query);
-            let value = blocking(|| exec(query, conn))?;
+            let value = run_blocking(|| exec(query, conn))?;
             let deps = dependencies(&value, keys, base);
             Ok::<Loaded<T>, diesel::result::Error>((value, deps))
         })
@@ -786,21 +787,5 @@ pub(crate) fn in_transaction<C: LoadConnection>(conn: &mut C) -> bool {
     {
         Ok(depth) => depth.is_some(),
         Err(_) => true,
-    }
-}
-
-/// Runs a sync Diesel call from async code: in `block_in_place` on a multi-thread runtime,
-/// so the worker's other tasks move to another thread meanwhile; directly elsewhere
-/// (`block_in_place` panics on a current-thread runtime, and inside a blocking form parked on
-/// one, where the current runtime is matroska's own but this thread is no worker of it).
-fn blocking<R>(f: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle)
-            if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
-                && !matroska_core::blocking::parked() =>
-        {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
     }
 }

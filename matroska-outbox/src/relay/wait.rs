@@ -191,17 +191,7 @@ pub(super) fn block_on_waits(
     // unstealable, next-task slot, and would only time out while the worker blocks below.
     // (On a current-thread runtime `block_in_place` would panic; there nothing helps when
     // the relay runs on it, as the docs of `wait_delivered_blocking` say.)
-    // (Inside a blocking cache call parked on a thread, the current runtime is matroska's own
-    // but the thread is no worker of it: `block_in_place` would panic there too.)
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle)
-            if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
-                && !matroska_core::blocking::parked() =>
-        {
-            tokio::task::block_in_place(|| wait_for(relays, timeout))
-        }
-        _ => wait_for(relays, timeout),
-    }
+    matroska_core::blocking::run_blocking(|| wait_for(relays, timeout))
 }
 
 fn wait_for(relays: Vec<(Relay, tokio::runtime::Handle)>, timeout: Duration) -> Result<()> {
